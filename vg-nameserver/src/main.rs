@@ -1,0 +1,84 @@
+//! `vg-nameserver`: parses flags, sets up logging, runs the nameserver until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use vg_wire::size::{parse_duration, parse_size};
+use vg_wire::tls::TlsPaths;
+
+/// The vg nameserver: namespace, block lists, storage registry.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "VG_HOSTNAME", default_value = "127.0.0.1")]
+    hostname: String,
+    /// UDP port to listen on.
+    #[arg(long, env = "VG_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Directory for the write-ahead log and snapshots.
+    #[arg(long, alias = "meta_dir", env = "VG_META_DIR", default_value = "meta")]
+    meta_dir: PathBuf,
+    /// Copies of each block.
+    #[arg(long, env = "VG_REPLICATION", default_value_t = 2)]
+    replication: u32,
+    /// Largest block (e.g. 4MiB, 64KiB).
+    #[arg(long, alias = "block_size", env = "VG_BLOCK_SIZE", default_value = "4MiB", value_parser = parse_size)]
+    block_size: u64,
+    /// A storage silent this long is declared down.
+    #[arg(long, alias = "heartbeat_timeout", env = "VG_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    heartbeat_timeout: std::time::Duration,
+    /// Unreferenced blocks (uploads never committed, deleted files) are removed after this long.
+    #[arg(long, alias = "gc_grace", env = "VG_GC_GRACE", default_value = "5m", value_parser = parse_duration)]
+    gc_grace: std::time::Duration,
+    /// CA certificate [default: certs/rootCA.crt].
+    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// This peer's certificate [default: certs/nameserver/nameserver.crt].
+    #[arg(long, env = "VG_CERTFILE")]
+    certfile: Option<PathBuf>,
+    /// This peer's key [default: certs/nameserver/nameserver.key].
+    #[arg(long, env = "VG_KEYFILE")]
+    keyfile: Option<PathBuf>,
+    /// Log to this file instead of stderr.
+    #[arg(long, env = "VG_LOGFILE")]
+    logfile: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, env = "VG_LOGLEVEL", default_value = "info")]
+    loglevel: String,
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("vg-nameserver: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
+    let listen = tokio::net::lookup_host((args.hostname.as_str(), args.port))
+        .await
+        .with_context(|| format!("resolve --hostname {}", args.hostname))?
+        .next()
+        .with_context(|| format!("--hostname {}: no address", args.hostname))?;
+    let block_size = u32::try_from(args.block_size).context("--block-size: too large")?;
+    let tls = TlsPaths::with_defaults(args.ca_cert, args.certfile, args.keyfile, "nameserver");
+    let mut config = vg_nameserver::Config::new(listen, args.meta_dir, tls);
+    config.replication = args.replication;
+    config.block_size = block_size;
+    config.heartbeat_timeout = args.heartbeat_timeout;
+    config.gc_grace = args.gc_grace;
+    let mut handle = vg_nameserver::start(config).await.context("start nameserver")?;
+    tokio::select! {
+        _ = handle.wait() => {}
+        _ = vg_wire::cli::shutdown_signal() => {
+            tracing::info!("shutting down");
+            handle.stop().await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,606 @@
+//! The namespace: inodes, directory entries and block lists, as pure in-memory state.
+//!
+//! Every change is an [`Op`] that carries everything it needs (new inode numbers, times),
+//! so applying the same ops to the same state always gives the same result: that is what
+//! makes write-ahead-log replay exact. [`Namespace::apply`] either applies an op whole or
+//! refuses it without changing anything.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use vg_wire::error::{ErrorCode, RemoteError};
+use vg_wire::ns::Name;
+use vg_wire::{check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, SetTime, Timestamp, ROOT_INO};
+
+use crate::error::refuse;
+
+type Refusal<T = ()> = std::result::Result<T, RemoteError>;
+
+/// What an inode holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Content {
+    /// Entries by name, and the parent directory (for `..` and rename loop checks).
+    Dir { entries: BTreeMap<Name, Ino>, parent: Ino },
+    /// Block `i` covers bytes `i*block_size..`; `None` is a hole. A block's `len` is how
+    /// many of its bytes belong to the file; bytes past it (up to the size) read as zeros.
+    File { blocks: Vec<Option<BlockRef>> },
+    /// The link target.
+    Symlink { target: Vec<u8> },
+}
+
+/// An inode: attributes and content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Inode {
+    /// POSIX attributes.
+    pub attr: Attr,
+    /// Directory entries, blocks or link target.
+    pub content: Content,
+}
+
+/// One logged change of the namespace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Op {
+    /// Make directory `ino` as `parent/name`.
+    Mkdir { parent: Ino, name: Name, ino: Ino, perm: u32, uid: u32, gid: u32, time: Timestamp },
+    /// Make empty file `ino` as `parent/name`.
+    Create { parent: Ino, name: Name, ino: Ino, perm: u32, uid: u32, gid: u32, time: Timestamp },
+    /// Make symlink `ino` as `parent/name`.
+    Symlink { parent: Ino, name: Name, ino: Ino, target: Vec<u8>, uid: u32, gid: u32, time: Timestamp },
+    /// Add `new_parent/new_name` for `ino`.
+    Link { ino: Ino, new_parent: Ino, new_name: Name, time: Timestamp },
+    /// Remove a non-directory entry.
+    Unlink { parent: Ino, name: Name, time: Timestamp },
+    /// Remove an empty directory.
+    Rmdir { parent: Ino, name: Name, time: Timestamp },
+    /// Move an entry, replacing a compatible target unless `noreplace`.
+    Rename { parent: Ino, name: Name, new_parent: Ino, new_name: Name, noreplace: bool, time: Timestamp },
+    /// Change attributes (times already resolved to `At`).
+    SetAttr { ino: Ino, set: SetAttr, block_size: u32, time: Timestamp },
+    /// Replace blocks of a file and set its size.
+    Commit { ino: Ino, size: u64, blocks: Vec<(u64, BlockRef)>, block_size: u32, time: Timestamp },
+}
+
+/// The whole namespace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Namespace {
+    inodes: HashMap<Ino, Inode>,
+    next_ino: Ino,
+    /// References to each block from all files; derived from `inodes`, never persisted.
+    #[serde(skip)]
+    refs: HashMap<BlockId, u32>,
+    /// Blocks whose last reference went away since the last [`Namespace::take_released`].
+    #[serde(skip)]
+    released: Vec<BlockId>,
+}
+
+fn not_found(what: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorCode::NotFound, format!("{what}: No such file or directory"))
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new(Timestamp::now())
+    }
+}
+
+impl Namespace {
+    /// A namespace holding only `/` (mode 0755, owned by root).
+    pub fn new(time: Timestamp) -> Self {
+        let root = Inode {
+            attr: Attr { ino: ROOT_INO, kind: FileKind::Dir, perm: 0o755, uid: 0, gid: 0, size: 0, nlink: 2, atime: time, mtime: time, ctime: time },
+            content: Content::Dir { entries: BTreeMap::new(), parent: ROOT_INO },
+        };
+        Namespace { inodes: HashMap::from([(ROOT_INO, root)]), next_ino: ROOT_INO + 1, refs: HashMap::new(), released: Vec::new() }
+    }
+
+    /// Rebuilds derived state after loading from a snapshot.
+    pub fn rebuild_refs(&mut self) {
+        self.refs.clear();
+        for inode in self.inodes.values() {
+            if let Content::File { blocks } = &inode.content {
+                for block in blocks.iter().flatten() {
+                    *self.refs.entry(block.id).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// The inode number the next create will use.
+    pub fn next_ino(&self) -> Ino {
+        self.next_ino
+    }
+
+    /// Number of inodes.
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Whether only the root exists.
+    pub fn is_empty(&self) -> bool {
+        self.inodes.len() <= 1
+    }
+
+    /// Referenced blocks and their reference counts.
+    pub fn refs(&self) -> &HashMap<BlockId, u32> {
+        &self.refs
+    }
+
+    /// Blocks that lost their last reference since the previous call.
+    pub fn take_released(&mut self) -> Vec<BlockId> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// An inode.
+    pub fn get(&self, ino: Ino) -> Refusal<&Inode> {
+        self.inodes.get(&ino).ok_or_else(|| not_found(format!("inode {ino}")))
+    }
+
+    fn dir_entries(&self, ino: Ino) -> Refusal<&BTreeMap<Name, Ino>> {
+        match &self.get(ino)?.content {
+            Content::Dir { entries, .. } => Ok(entries),
+            _ => refuse(ErrorCode::NotDir, format!("inode {ino}: Not a directory")),
+        }
+    }
+
+    /// The inode named `name` in `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Refusal<Ino> {
+        match name {
+            b"." => Ok(parent),
+            b".." => match &self.get(parent)?.content {
+                Content::Dir { parent, .. } => Ok(*parent),
+                _ => refuse(ErrorCode::NotDir, format!("inode {parent}: Not a directory")),
+            },
+            _ => self.dir_entries(parent)?.get(name).copied().ok_or_else(|| not_found(show(name))),
+        }
+    }
+
+    /// Resolves an absolute path without following symlinks.
+    pub fn resolve(&self, path: &str) -> Refusal<Ino> {
+        let mut ino = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.lookup(ino, part.as_bytes()).map_err(|e| match e.code {
+                ErrorCode::NotFound => not_found(path),
+                _ => RemoteError::new(e.code, format!("{path}: {}", e.message)),
+            })?;
+        }
+        Ok(ino)
+    }
+
+    /// Directory entries from position `offset`, at most `limit`, with attributes.
+    pub fn read_dir(&self, ino: Ino, offset: u64, limit: u32) -> Refusal<(Vec<(Name, Attr)>, bool)> {
+        let entries = self.dir_entries(ino)?;
+        let mut out = Vec::new();
+        let mut iter = entries.iter().skip(offset as usize);
+        for (name, child) in iter.by_ref().take(limit as usize) {
+            out.push((name.clone(), self.get(*child)?.attr.clone()));
+        }
+        Ok((out, iter.next().is_some()))
+    }
+
+    fn insert_entry(&mut self, parent: Ino, name: &[u8], ino: Ino, time: Timestamp) {
+        let dir = self.inodes.get_mut(&parent).expect("parent checked before insert");
+        if let Content::Dir { entries, .. } = &mut dir.content {
+            entries.insert(name.to_vec(), ino);
+            dir.attr.size = entries.len() as u64;
+        }
+        dir.attr.mtime = time;
+        dir.attr.ctime = time;
+    }
+
+    fn remove_entry(&mut self, parent: Ino, name: &[u8], time: Timestamp) {
+        let dir = self.inodes.get_mut(&parent).expect("parent checked before remove");
+        if let Content::Dir { entries, .. } = &mut dir.content {
+            entries.remove(name);
+            dir.attr.size = entries.len() as u64;
+        }
+        dir.attr.mtime = time;
+        dir.attr.ctime = time;
+    }
+
+    fn check_new(&self, parent: Ino, name: &[u8], ino: Ino) -> Refusal {
+        check_name(name)?;
+        if self.dir_entries(parent)?.contains_key(name) {
+            return refuse(ErrorCode::Exists, format!("{}: File exists", show(name)));
+        }
+        if self.inodes.contains_key(&ino) || ino < self.next_ino {
+            return refuse(ErrorCode::Invalid, format!("inode {ino} already used"));
+        }
+        Ok(())
+    }
+
+    fn add_inode(&mut self, parent: Ino, name: &[u8], inode: Inode, time: Timestamp) {
+        let ino = inode.attr.ino;
+        let is_dir = inode.attr.kind == FileKind::Dir;
+        self.inodes.insert(ino, inode);
+        self.next_ino = ino + 1;
+        self.insert_entry(parent, name, ino, time);
+        if is_dir {
+            self.inodes.get_mut(&parent).expect("parent exists").attr.nlink += 1;
+        }
+    }
+
+    fn new_attr(ino: Ino, kind: FileKind, perm: u32, uid: u32, gid: u32, time: Timestamp) -> Attr {
+        let nlink = if kind == FileKind::Dir { 2 } else { 1 };
+        Attr { ino, kind, perm: perm & 0o7777, uid, gid, size: 0, nlink, atime: time, mtime: time, ctime: time }
+    }
+
+    fn drop_blocks(&mut self, blocks: impl IntoIterator<Item = BlockRef>) {
+        for block in blocks {
+            if let Some(count) = self.refs.get_mut(&block.id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.refs.remove(&block.id);
+                    self.released.push(block.id);
+                }
+            }
+        }
+    }
+
+    fn add_blocks(&mut self, blocks: impl IntoIterator<Item = BlockRef>) {
+        for block in blocks {
+            *self.refs.entry(block.id).or_default() += 1;
+        }
+    }
+
+    /// Drops one link of `ino`; frees it (and its block references) at zero.
+    fn unlink_inode(&mut self, ino: Ino, time: Timestamp) {
+        let inode = self.inodes.get_mut(&ino).expect("linked inode exists");
+        inode.attr.nlink = inode.attr.nlink.saturating_sub(1);
+        inode.attr.ctime = time;
+        if inode.attr.nlink == 0 || inode.attr.kind == FileKind::Dir {
+            let inode = self.inodes.remove(&ino).expect("present");
+            if let Content::File { blocks } = inode.content {
+                self.drop_blocks(blocks.into_iter().flatten());
+            }
+        }
+    }
+
+    /// Whether `ancestor` is `ino` or one of its ancestors.
+    fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match self.inodes.get(&ino).map(|i| &i.content) {
+                Some(Content::Dir { parent, .. }) if *parent != ino => ino = *parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Applies one op, or refuses it leaving the namespace unchanged.
+    pub fn apply(&mut self, op: &Op) -> Refusal<Ino> {
+        match op.clone() {
+            Op::Mkdir { parent, name, ino, perm, uid, gid, time } => {
+                self.check_new(parent, &name, ino)?;
+                let inode = Inode { attr: Self::new_attr(ino, FileKind::Dir, perm, uid, gid, time), content: Content::Dir { entries: BTreeMap::new(), parent } };
+                self.add_inode(parent, &name, inode, time);
+                Ok(ino)
+            }
+            Op::Create { parent, name, ino, perm, uid, gid, time } => {
+                self.check_new(parent, &name, ino)?;
+                let inode = Inode { attr: Self::new_attr(ino, FileKind::File, perm, uid, gid, time), content: Content::File { blocks: Vec::new() } };
+                self.add_inode(parent, &name, inode, time);
+                Ok(ino)
+            }
+            Op::Symlink { parent, name, ino, target, uid, gid, time } => {
+                self.check_new(parent, &name, ino)?;
+                if target.is_empty() || target.len() > 4095 || target.contains(&0) {
+                    return refuse(ErrorCode::Invalid, format!("{}: symlink target must be 1..4095 bytes without NUL", show(&name)));
+                }
+                let mut attr = Self::new_attr(ino, FileKind::Symlink, 0o777, uid, gid, time);
+                attr.size = target.len() as u64;
+                self.add_inode(parent, &name, Inode { attr, content: Content::Symlink { target } }, time);
+                Ok(ino)
+            }
+            Op::Link { ino, new_parent, new_name, time } => {
+                check_name(&new_name)?;
+                if self.get(ino)?.attr.kind == FileKind::Dir {
+                    return refuse(ErrorCode::Forbidden, format!("inode {ino}: hard links to directories are not allowed"));
+                }
+                if self.dir_entries(new_parent)?.contains_key(&new_name) {
+                    return refuse(ErrorCode::Exists, format!("{}: File exists", show(&new_name)));
+                }
+                self.insert_entry(new_parent, &new_name, ino, time);
+                let inode = self.inodes.get_mut(&ino).expect("checked");
+                inode.attr.nlink += 1;
+                inode.attr.ctime = time;
+                Ok(ino)
+            }
+            Op::Unlink { parent, name, time } => {
+                let ino = self.lookup(parent, &name)?;
+                if self.get(ino)?.attr.kind == FileKind::Dir {
+                    return refuse(ErrorCode::IsDir, format!("{}: Is a directory", show(&name)));
+                }
+                self.remove_entry(parent, &name, time);
+                self.unlink_inode(ino, time);
+                Ok(ino)
+            }
+            Op::Rmdir { parent, name, time } => {
+                check_name(&name)?;
+                let ino = self.lookup(parent, &name)?;
+                if !self.dir_entries(ino)?.is_empty() {
+                    return refuse(ErrorCode::NotEmpty, format!("{}: Directory not empty", show(&name)));
+                }
+                self.remove_entry(parent, &name, time);
+                self.unlink_inode(ino, time);
+                self.inodes.get_mut(&parent).expect("parent exists").attr.nlink -= 1;
+                Ok(ino)
+            }
+            Op::Rename { parent, name, new_parent, new_name, noreplace, time } => self.rename(parent, &name, new_parent, &new_name, noreplace, time),
+            Op::SetAttr { ino, set, block_size, time } => {
+                let inode = self.get(ino)?;
+                if set.size.is_some() && inode.attr.kind != FileKind::File {
+                    let code = if inode.attr.kind == FileKind::Dir { ErrorCode::IsDir } else { ErrorCode::Invalid };
+                    return refuse(code, format!("inode {ino}: only regular files can be truncated"));
+                }
+                if let Some(size) = set.size {
+                    let blocks = match &inode.content {
+                        Content::File { blocks } => blocks.clone(),
+                        _ => unreachable!("kind checked above"),
+                    };
+                    self.resize(ino, blocks, size, block_size, time)?;
+                }
+                let inode = self.inodes.get_mut(&ino).expect("checked");
+                let attr = &mut inode.attr;
+                if let Some(perm) = set.perm {
+                    attr.perm = perm & 0o7777;
+                }
+                if let Some(uid) = set.uid {
+                    attr.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    attr.gid = gid;
+                }
+                let resolve = |t: SetTime| match t {
+                    SetTime::Now => time,
+                    SetTime::At(t) => t,
+                };
+                if let Some(t) = set.atime {
+                    attr.atime = resolve(t);
+                }
+                if let Some(t) = set.mtime {
+                    attr.mtime = resolve(t);
+                }
+                attr.ctime = time;
+                Ok(ino)
+            }
+            Op::Commit { ino, size, blocks: changes, block_size, time } => {
+                let inode = self.get(ino)?;
+                let Content::File { blocks } = &inode.content else {
+                    return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
+                };
+                let n_blocks = size.div_ceil(block_size as u64);
+                if let Some((idx, block)) = changes.iter().find(|(idx, b)| *idx >= n_blocks || b.len > block_size) {
+                    return refuse(ErrorCode::Invalid, format!("inode {ino}: block {idx} ({} bytes) does not fit a file of {size} bytes", block.len));
+                }
+                let mut blocks = blocks.clone();
+                if blocks.len() < n_blocks as usize {
+                    blocks.resize(n_blocks as usize, None);
+                }
+                let mut replaced = Vec::new();
+                for (idx, block) in &changes {
+                    if let Some(old) = blocks[*idx as usize].replace(*block) {
+                        replaced.push(old);
+                    }
+                }
+                self.add_blocks(changes.iter().map(|(_, b)| *b));
+                self.drop_blocks(replaced);
+                self.set_blocks(ino, blocks);
+                self.resize(ino, self.file_blocks(ino), size, block_size, time)?;
+                Ok(ino)
+            }
+        }
+    }
+
+    fn file_blocks(&self, ino: Ino) -> Vec<Option<BlockRef>> {
+        match &self.inodes[&ino].content {
+            Content::File { blocks } => blocks.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn set_blocks(&mut self, ino: Ino, new_blocks: Vec<Option<BlockRef>>) {
+        if let Some(Inode { content: Content::File { blocks }, .. }) = self.inodes.get_mut(&ino) {
+            *blocks = new_blocks;
+        }
+    }
+
+    /// Sets a file's size: drops blocks past the end, clips the last block so that bytes
+    /// past the old end read as zeros if the file grows again.
+    fn resize(&mut self, ino: Ino, mut blocks: Vec<Option<BlockRef>>, size: u64, block_size: u32, time: Timestamp) -> Refusal {
+        const MAX_FILE: u64 = 1 << 50;
+        if size > MAX_FILE {
+            return refuse(ErrorCode::Invalid, format!("inode {ino}: size {size} exceeds the limit of {MAX_FILE} bytes"));
+        }
+        let bs = block_size as u64;
+        let n_blocks = size.div_ceil(bs) as usize;
+        let dropped: Vec<BlockRef> = if blocks.len() > n_blocks { blocks.drain(n_blocks..).flatten().collect() } else { Vec::new() };
+        blocks.resize(n_blocks, None);
+        if let Some(Some(last)) = blocks.last_mut() {
+            let room = size - (n_blocks as u64 - 1) * bs;
+            last.len = last.len.min(room as u32);
+        }
+        self.drop_blocks(dropped);
+        self.set_blocks(ino, blocks);
+        let inode = self.inodes.get_mut(&ino).expect("resized inode exists");
+        if inode.attr.size != size {
+            inode.attr.mtime = time;
+        }
+        inode.attr.size = size;
+        inode.attr.ctime = time;
+        Ok(())
+    }
+
+    fn rename(&mut self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], noreplace: bool, time: Timestamp) -> Refusal<Ino> {
+        check_name(new_name)?;
+        let ino = self.lookup(parent, name)?;
+        self.dir_entries(new_parent)?;
+        let is_dir = self.get(ino)?.attr.kind == FileKind::Dir;
+        if is_dir && self.is_ancestor(ino, new_parent) {
+            return refuse(ErrorCode::Invalid, format!("{}: cannot move a directory into itself", show(name)));
+        }
+        if let Some(&target) = self.dir_entries(new_parent)?.get(new_name) {
+            if target == ino {
+                return Ok(ino);
+            }
+            if noreplace {
+                return refuse(ErrorCode::Exists, format!("{}: File exists", show(new_name)));
+            }
+            let target_is_dir = self.get(target)?.attr.kind == FileKind::Dir;
+            match (is_dir, target_is_dir) {
+                (false, true) => return refuse(ErrorCode::IsDir, format!("{}: Is a directory", show(new_name))),
+                (true, false) => return refuse(ErrorCode::NotDir, format!("{}: Not a directory", show(new_name))),
+                (true, true) if !self.dir_entries(target)?.is_empty() => {
+                    return refuse(ErrorCode::NotEmpty, format!("{}: Directory not empty", show(new_name)))
+                }
+                _ => {}
+            }
+            self.remove_entry(new_parent, new_name, time);
+            self.unlink_inode(target, time);
+            if target_is_dir {
+                self.inodes.get_mut(&new_parent).expect("exists").attr.nlink -= 1;
+            }
+        }
+        self.remove_entry(parent, name, time);
+        self.insert_entry(new_parent, new_name, ino, time);
+        let inode = self.inodes.get_mut(&ino).expect("exists");
+        inode.attr.ctime = time;
+        if let Content::Dir { parent: p, .. } = &mut inode.content {
+            *p = new_parent;
+        }
+        if is_dir && parent != new_parent {
+            self.inodes.get_mut(&parent).expect("exists").attr.nlink -= 1;
+            self.inodes.get_mut(&new_parent).expect("exists").attr.nlink += 1;
+        }
+        Ok(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u32 = 4;
+    fn t() -> Timestamp {
+        Timestamp { secs: 100, nanos: 0 }
+    }
+    fn mkdir(ns: &mut Namespace, parent: Ino, name: &str) -> Refusal<Ino> {
+        let ino = ns.next_ino();
+        ns.apply(&Op::Mkdir { parent, name: name.into(), ino, perm: 0o755, uid: 0, gid: 0, time: t() })
+    }
+    fn create(ns: &mut Namespace, parent: Ino, name: &str) -> Refusal<Ino> {
+        let ino = ns.next_ino();
+        ns.apply(&Op::Create { parent, name: name.into(), ino, perm: 0o644, uid: 0, gid: 0, time: t() })
+    }
+    fn block(byte: u8, len: u32) -> BlockRef {
+        BlockRef { id: BlockId([byte; 32]), len }
+    }
+
+    #[test]
+    fn mkdir_create_lookup_resolve() {
+        let mut ns = Namespace::new(t());
+        let a = mkdir(&mut ns, ROOT_INO, "a").unwrap();
+        let f = create(&mut ns, a, "f").unwrap();
+        assert_eq!(ns.resolve("/a/f").unwrap(), f);
+        assert_eq!(ns.lookup(a, b"..").unwrap(), ROOT_INO);
+        assert_eq!(ns.get(ROOT_INO).unwrap().attr.nlink, 3);
+        assert_eq!(create(&mut ns, a, "f").unwrap_err().code, ErrorCode::Exists);
+        assert_eq!(ns.resolve("/a/nope").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(ns.resolve("/a/f/x").unwrap_err().code, ErrorCode::NotDir);
+        assert_eq!(create(&mut ns, a, "x/y").unwrap_err().code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn rmdir_refuses_non_empty() {
+        let mut ns = Namespace::new(t());
+        let a = mkdir(&mut ns, ROOT_INO, "a").unwrap();
+        create(&mut ns, a, "f").unwrap();
+        let rmdir = |ns: &mut Namespace| ns.apply(&Op::Rmdir { parent: ROOT_INO, name: b"a".to_vec(), time: t() });
+        assert_eq!(rmdir(&mut ns).unwrap_err().code, ErrorCode::NotEmpty);
+        ns.apply(&Op::Unlink { parent: a, name: b"f".to_vec(), time: t() }).unwrap();
+        rmdir(&mut ns).unwrap();
+        assert_eq!(ns.len(), 1);
+        assert_eq!(ns.get(ROOT_INO).unwrap().attr.nlink, 2);
+    }
+
+    #[test]
+    fn rename_replaces_file_and_refuses_loops() {
+        let mut ns = Namespace::new(t());
+        let a = mkdir(&mut ns, ROOT_INO, "a").unwrap();
+        let b = mkdir(&mut ns, a, "b").unwrap();
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        let g = create(&mut ns, ROOT_INO, "g").unwrap();
+        ns.apply(&Op::Commit { ino: g, size: 4, blocks: vec![(0, block(7, 4))], block_size: BS, time: t() }).unwrap();
+        let rename = |ns: &mut Namespace, p, n: &str, np, nn: &str, noreplace| {
+            ns.apply(&Op::Rename { parent: p, name: n.into(), new_parent: np, new_name: nn.into(), noreplace, time: t() })
+        };
+        assert_eq!(rename(&mut ns, ROOT_INO, "f", ROOT_INO, "g", true).unwrap_err().code, ErrorCode::Exists);
+        rename(&mut ns, ROOT_INO, "f", ROOT_INO, "g", false).unwrap();
+        assert_eq!(ns.resolve("/g").unwrap(), f);
+        assert!(ns.get(g).is_err());
+        assert_eq!(ns.take_released(), vec![BlockId([7; 32])]);
+        assert_eq!(rename(&mut ns, ROOT_INO, "a", b, "x", false).unwrap_err().code, ErrorCode::Invalid);
+        rename(&mut ns, a, "b", ROOT_INO, "b", false).unwrap();
+        assert_eq!(ns.lookup(b, b"..").unwrap(), ROOT_INO);
+        assert_eq!(ns.get(ROOT_INO).unwrap().attr.nlink, 4);
+        assert_eq!(ns.get(a).unwrap().attr.nlink, 2);
+        assert_eq!(rename(&mut ns, ROOT_INO, "g", ROOT_INO, "a", false).unwrap_err().code, ErrorCode::IsDir);
+    }
+
+    #[test]
+    fn hard_links_keep_blocks_until_last_name() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        ns.apply(&Op::Commit { ino: f, size: 6, blocks: vec![(0, block(1, 4)), (1, block(2, 2))], block_size: BS, time: t() }).unwrap();
+        ns.apply(&Op::Link { ino: f, new_parent: ROOT_INO, new_name: b"h".to_vec(), time: t() }).unwrap();
+        assert_eq!(ns.get(f).unwrap().attr.nlink, 2);
+        ns.apply(&Op::Unlink { parent: ROOT_INO, name: b"f".to_vec(), time: t() }).unwrap();
+        assert!(ns.take_released().is_empty());
+        assert_eq!(ns.refs().len(), 2);
+        ns.apply(&Op::Unlink { parent: ROOT_INO, name: b"h".to_vec(), time: t() }).unwrap();
+        assert_eq!(ns.take_released().len(), 2);
+        assert!(ns.refs().is_empty());
+    }
+
+    #[test]
+    fn truncate_clips_and_extends_with_holes() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        ns.apply(&Op::Commit { ino: f, size: 8, blocks: vec![(0, block(1, 4)), (1, block(2, 4))], block_size: BS, time: t() }).unwrap();
+        let set_size = |ns: &mut Namespace, size| ns.apply(&Op::SetAttr { ino: f, set: SetAttr { size: Some(size), ..Default::default() }, block_size: BS, time: t() });
+        set_size(&mut ns, 3).unwrap();
+        assert_eq!(ns.take_released(), vec![BlockId([2; 32])]);
+        set_size(&mut ns, 10).unwrap();
+        let Content::File { blocks } = &ns.get(f).unwrap().content else { panic!() };
+        assert_eq!(blocks, &vec![Some(block(1, 3)), None, None]);
+        assert_eq!(ns.get(f).unwrap().attr.size, 10);
+    }
+
+    #[test]
+    fn commit_refuses_blocks_past_the_size() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        let err = ns.apply(&Op::Commit { ino: f, size: 4, blocks: vec![(1, block(1, 4))], block_size: BS, time: t() }).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert!(ns.refs().is_empty());
+    }
+
+    #[test]
+    fn readdir_pages() {
+        let mut ns = Namespace::new(t());
+        for i in 0..10 {
+            create(&mut ns, ROOT_INO, &format!("f{i}")).unwrap();
+        }
+        let (page, more) = ns.read_dir(ROOT_INO, 0, 4).unwrap();
+        assert_eq!(page.len(), 4);
+        assert!(more);
+        let (page, more) = ns.read_dir(ROOT_INO, 8, 4).unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(!more);
+    }
+}

@@ -1,0 +1,282 @@
+//! The nameserver's request handler: decodes a request, checks the caller's role, runs
+//! the operation on the shared state, logs it durably, answers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::{RecvStream, SendStream};
+use tracing::{debug, info, warn, Instrument};
+use vg_wire::error::{ErrorCode, RemoteError};
+use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs};
+use vg_wire::rpc::{respond, Peer};
+use vg_wire::{codec, Ino, Role, SetTime, Timestamp};
+
+use crate::error::{refuse, Error};
+use crate::namespace::{Content, Namespace, Op};
+use crate::registry::{Policy, Registry};
+use crate::wal::Wal;
+use crate::Config;
+
+type Answer = std::result::Result<Response, RemoteError>;
+
+struct State {
+    ns: Namespace,
+    wal: Option<Wal>,
+    registry: Registry,
+}
+
+/// Shared state of a running nameserver.
+pub struct Service {
+    state: Mutex<State>,
+    block_size: u32,
+    replication: u32,
+    snapshot_bytes: u64,
+}
+
+impl Service {
+    /// Recovers the namespace from the metadata directory.
+    pub fn open(config: &Config) -> crate::Result<Self> {
+        let (mut wal, ns, recovery) = Wal::open(&config.meta_dir)?;
+        info!(snapshot_lsn = recovery.snapshot_lsn, replayed = recovery.replayed, dropped_bytes = recovery.dropped_bytes, inodes = ns.len(), "metadata recovered");
+        if recovery.replayed > 0 || recovery.dropped_bytes > 0 {
+            wal.snapshot(&ns)?;
+        }
+        let policy = Policy {
+            replication: config.replication,
+            heartbeat_timeout: config.heartbeat_timeout,
+            gc_grace: config.gc_grace,
+            replication_timeout: Duration::from_secs(30).max(config.heartbeat_timeout * 3),
+        };
+        Ok(Service {
+            state: Mutex::new(State { ns, wal: Some(wal), registry: Registry::new(policy) }),
+            block_size: config.block_size,
+            replication: config.replication,
+            snapshot_bytes: config.snapshot_bytes,
+        })
+    }
+
+    /// Closes the log (stops its flusher).
+    pub fn close(&self) {
+        self.state.lock().expect("state lock").wal.take();
+    }
+
+    /// Runs the registry's periodic pass forever.
+    pub async fn tick_loop(self: Arc<Self>, period: Duration) {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let mut state = self.state.lock().expect("state lock");
+            let State { ns, registry, .. } = &mut *state;
+            registry.tick(ns.refs(), Instant::now());
+        }
+    }
+
+    /// Serves one request stream.
+    pub async fn handle(self: Arc<Self>, peer: Arc<Peer>, mut send: SendStream, mut recv: RecvStream) {
+        let request: Request = match codec::read_frame(&mut recv).await {
+            Ok(request) => request,
+            Err(e) => {
+                warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
+                let code = if e.to_string().contains("protocol version") { ErrorCode::Version } else { ErrorCode::Invalid };
+                respond::<Response>(&mut send, Err(RemoteError::new(code, e.to_string()))).await;
+                return;
+            }
+        };
+        let span = tracing::debug_span!("request", op = op_name(&request));
+        async {
+            let answer = self.dispatch(&peer, request).await;
+            if let Err(e) = &answer {
+                debug!(code = ?e.code, error = %e.message, "refused");
+            }
+            respond(&mut send, answer).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(&self, peer: &Peer, request: Request) -> Answer {
+        use Request::*;
+        match &request {
+            Register { .. } | Report { .. } | Activate | Heartbeat { .. } => peer.require(Role::Storage, op_name(&request))?,
+            _ => peer.require(Role::Client, op_name(&request))?,
+        }
+        let now = Timestamp::now();
+        match request {
+            Lookup { parent, name } => self.read(|ns| Ok(Response::Attr(ns.get(ns.lookup(parent, &name)?)?.attr.clone()))),
+            Resolve { path } => self.read(|ns| Ok(Response::Attr(ns.get(ns.resolve(&path)?)?.attr.clone()))),
+            GetAttr { ino } => self.read(|ns| Ok(Response::Attr(ns.get(ino)?.attr.clone()))),
+            Readlink { ino } => self.read(|ns| match &ns.get(ino)?.content {
+                Content::Symlink { target } => Ok(Response::Target(target.clone())),
+                _ => refuse(ErrorCode::Invalid, format!("inode {ino}: not a symbolic link")),
+            }),
+            ReadDir { ino, offset, limit } => self.read(|ns| {
+                let (entries, more) = ns.read_dir(ino, offset, limit.clamp(1, 10_000))?;
+                Ok(Response::Entries { entries, more })
+            }),
+            Mkdir { parent, name, perm, uid, gid } => self.mutate(|ns| Op::Mkdir { parent, name, ino: ns.next_ino(), perm, uid, gid, time: now }).await,
+            Create { parent, name, perm, uid, gid, exclusive } => {
+                if !exclusive {
+                    if let Ok(existing) = self.read(|ns| Ok(Response::Attr(ns.get(ns.lookup(parent, &name)?)?.attr.clone()))) {
+                        return Ok(existing);
+                    }
+                }
+                self.mutate(|ns| Op::Create { parent, name, ino: ns.next_ino(), perm, uid, gid, time: now }).await
+            }
+            Symlink { parent, name, target, uid, gid } => self.mutate(|ns| Op::Symlink { parent, name, ino: ns.next_ino(), target, uid, gid, time: now }).await,
+            Link { ino, new_parent, new_name } => self.mutate(|_| Op::Link { ino, new_parent, new_name, time: now }).await,
+            Unlink { parent, name } => self.mutate(|_| Op::Unlink { parent, name, time: now }).await.map(|_| Response::Done),
+            Rmdir { parent, name } => self.mutate(|_| Op::Rmdir { parent, name, time: now }).await.map(|_| Response::Done),
+            Rename { parent, name, new_parent, new_name, noreplace } => {
+                self.mutate(|_| Op::Rename { parent, name, new_parent, new_name, noreplace, time: now }).await.map(|_| Response::Done)
+            }
+            SetAttr { ino, mut set } => {
+                for time in [&mut set.atime, &mut set.mtime].into_iter().flatten() {
+                    if *time == SetTime::Now {
+                        *time = SetTime::At(now);
+                    }
+                }
+                self.mutate(|_| Op::SetAttr { ino, set, block_size: self.block_size, time: now }).await
+            }
+            StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
+            Layout { ino } => self.layout(ino),
+            PlaceBlock { id, len, exclude } => {
+                if len == 0 || len > self.block_size {
+                    return refuse(ErrorCode::Invalid, format!("block {id:?}: length {len} is outside 1..={}", self.block_size));
+                }
+                let mut state = self.lock();
+                let referenced = state.ns.refs().contains_key(&id);
+                Ok(Response::Placement(state.registry.place(id, len, &exclude, referenced, Instant::now())?))
+            }
+            Commit { ino, size, blocks, stored } => {
+                {
+                    let mut state = self.lock();
+                    for (id, holders) in &stored {
+                        let len = blocks.iter().find(|(_, b)| b.id == *id).map(|(_, b)| b.len).unwrap_or(0);
+                        state.registry.stored(*id, len, holders);
+                    }
+                    // A block the cluster no longer holds (collected while the client was
+                    // slow to commit) must be uploaded again, not referenced.
+                    if let Some((_, lost)) = blocks.iter().find(|(_, b)| !state.registry.has_any_location(&b.id)) {
+                        return refuse(ErrorCode::Unavailable, format!("block {:?} has no replica; upload it again", lost.id));
+                    }
+                }
+                self.mutate(|_| Op::Commit { ino, size, blocks, block_size: self.block_size, time: now }).await
+            }
+            Status => Ok(Response::Status(self.status(&self.lock()))),
+            ListBlocks { after, limit } => {
+                let state = self.lock();
+                let (blocks, more) = state.registry.list_blocks(state.ns.refs(), after, limit.clamp(1, 100_000));
+                Ok(Response::Blocks { blocks, more })
+            }
+            Register { name, addr, capacity, used } => {
+                if name != peer.name {
+                    warn!(peer = %peer.name, addr = %peer.addr, claimed = %name, "refused: storage registering under another name");
+                    return refuse(ErrorCode::Forbidden, format!("register {name}: refused, the certificate is for storage {}", peer.name));
+                }
+                self.lock().registry.register(&name, addr, capacity, used, Instant::now());
+                Ok(Response::Done)
+            }
+            Report { blocks } => {
+                let mut state = self.lock();
+                let State { ns, registry, .. } = &mut *state;
+                Ok(Response::Delete(registry.report(&peer.name, &blocks, ns.refs(), Instant::now())?))
+            }
+            Activate => {
+                self.lock().registry.activate(&peer.name, Instant::now())?;
+                Ok(Response::Done)
+            }
+            Heartbeat { used, received, removed, bad } => {
+                let commands = self.lock().registry.heartbeat(&peer.name, used, &received, &removed, &bad, Instant::now());
+                Ok(Response::Commands(commands))
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("state lock")
+    }
+
+    fn read(&self, f: impl FnOnce(&Namespace) -> Answer) -> Answer {
+        f(&self.lock().ns)
+    }
+
+    /// Applies an op, logs it, and answers with the inode's attributes once it is durable.
+    async fn mutate(&self, build: impl FnOnce(&Namespace) -> Op) -> Answer {
+        let (attr, lsn, waiter) = {
+            let mut state = self.lock();
+            let op = build(&state.ns);
+            let ino: Ino = state.ns.apply(&op)?;
+            let State { ns, wal, registry } = &mut *state;
+            let wal = wal.as_mut().ok_or_else(|| RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down"))?;
+            let lsn = wal.append(&op).map_err(|e| e.to_remote())?;
+            registry.released(ns.take_released(), Instant::now());
+            if wal.wants_snapshot(self.snapshot_bytes) {
+                if let Err(e) = wal.snapshot(ns) {
+                    tracing::error!(error = %e, "snapshot failed; the log keeps growing");
+                }
+            }
+            (ns.get(ino).ok().map(|i| i.attr.clone()), lsn, wal.waiter())
+        };
+        waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
+        Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
+    }
+
+    fn layout(&self, ino: Ino) -> Answer {
+        let state = self.lock();
+        let inode = state.ns.get(ino)?;
+        let Content::File { blocks } = &inode.content else {
+            return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
+        };
+        let locations = blocks.iter().map(|b| b.map(|b| state.registry.live_locations(&b.id)).unwrap_or_default()).collect();
+        Ok(Response::Layout(Layout { attr: inode.attr.clone(), block_size: self.block_size, blocks: blocks.clone(), locations }))
+    }
+
+    fn statfs(&self, state: &State) -> StatFs {
+        let (capacity, free) = state.registry.space();
+        let copies = state.registry.wanted().max(1) as u64;
+        StatFs { capacity: capacity / copies, free: free / copies, inodes: state.ns.len() as u64, block_size: self.block_size }
+    }
+
+    fn status(&self, state: &State) -> ClusterStatus {
+        let (under_replicated, missing) = state.registry.replication_health(state.ns.refs());
+        ClusterStatus {
+            storages: state.registry.status(),
+            replication: self.replication,
+            block_size: self.block_size,
+            inodes: state.ns.len() as u64,
+            blocks: state.ns.refs().len() as u64,
+            under_replicated,
+            missing,
+        }
+    }
+}
+
+fn op_name(request: &Request) -> &'static str {
+    use Request::*;
+    match request {
+        Lookup { .. } => "lookup",
+        Resolve { .. } => "resolve",
+        GetAttr { .. } => "getattr",
+        SetAttr { .. } => "setattr",
+        Mkdir { .. } => "mkdir",
+        Create { .. } => "create",
+        Symlink { .. } => "symlink",
+        Readlink { .. } => "readlink",
+        Link { .. } => "link",
+        Unlink { .. } => "unlink",
+        Rmdir { .. } => "rmdir",
+        Rename { .. } => "rename",
+        ReadDir { .. } => "readdir",
+        StatFs => "statfs",
+        Layout { .. } => "layout",
+        PlaceBlock { .. } => "place_block",
+        Commit { .. } => "commit",
+        Status => "status",
+        ListBlocks { .. } => "list_blocks",
+        Register { .. } => "register",
+        Report { .. } => "report",
+        Activate => "activate",
+        Heartbeat { .. } => "heartbeat",
+    }
+}

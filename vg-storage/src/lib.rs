@@ -1,0 +1,132 @@
+//! The vg storage: keeps replicated blocks on local disk and serves them.
+//!
+//! [`start`] opens the block store, starts serving, and runs the link to the nameserver
+//! (registration, block report, heartbeats, commands) in the background.
+
+pub mod block_store;
+pub mod error;
+mod ns_link;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+use vg_wire::rpc::{Dialer, Target};
+use vg_wire::tls::{Identity, TlsPaths};
+use vg_wire::Role;
+
+pub use error::{Error, Result};
+
+/// Everything a storage needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Storage name; must match the certificate's.
+    pub name: String,
+    /// Address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Address others reach it at (default: the bound address).
+    pub advertise: Option<SocketAddr>,
+    /// Bytes it may hold.
+    pub capacity: u64,
+    /// Directory of the blocks.
+    pub rootpath: PathBuf,
+    /// The nameserver's address.
+    pub ns_addr: SocketAddr,
+    /// The nameserver's certificate name.
+    pub ns_name: String,
+    /// CA, certificate and key.
+    pub tls: TlsPaths,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+    /// Pause between two blocks checked by the background scrub.
+    pub scrub_pause: Duration,
+}
+
+impl Config {
+    /// Defaults for the timings.
+    pub fn new(name: &str, listen: SocketAddr, capacity: u64, rootpath: PathBuf, ns_addr: SocketAddr, tls: TlsPaths) -> Self {
+        Config {
+            name: name.to_string(),
+            listen,
+            advertise: None,
+            capacity,
+            rootpath,
+            ns_addr,
+            ns_name: "nameserver".into(),
+            tls,
+            heartbeat: Duration::from_secs(1),
+            scrub_pause: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A running storage.
+pub struct Handle {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stops at once, as a crash would.
+    pub fn kill(&self) {
+        self.endpoint.close(0u32.into(), b"storage stopped");
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Runs until the endpoint is closed.
+    pub async fn wait(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Opens the block store and starts serving and talking to the nameserver.
+pub async fn start(config: Config) -> Result<Handle> {
+    let identity = Identity::load(&config.tls)?;
+    let (name, role) = identity.name_and_role().map_err(|reason| vg_wire::Error::Tls { path: config.tls.certfile.display().to_string(), reason })?;
+    if role != Role::Storage || name != config.name {
+        return Err(vg_wire::Error::Tls {
+            path: config.tls.certfile.display().to_string(),
+            reason: format!("certificate is for {role} {name}, not storage {}", config.name),
+        }
+        .into());
+    }
+    let store = tokio::task::spawn_blocking({
+        let (root, capacity) = (config.rootpath.clone(), config.capacity);
+        move || block_store::BlockStore::open(&root, capacity)
+    })
+    .await
+    .expect("scan task does not panic")?;
+    let (store, bad) = store;
+    let endpoint = vg_wire::rpc::endpoint(config.listen, Some(identity.server_config()?), identity.client_config()?)?;
+    let addr = endpoint.local_addr().map_err(|e| Error::Io { context: "local address".into(), source: e })?;
+    let advertise = config.advertise.unwrap_or(addr);
+    let dialer = Dialer::new(endpoint.clone(), Duration::from_secs(10));
+    let ns = Target { name: config.ns_name.clone(), role: Role::Nameserver, addr: config.ns_addr };
+    let storage = Arc::new(server::Storage::new(config.name.clone(), Arc::new(store), dialer));
+    if bad > 0 {
+        info!(bad, "corrupt blocks found at start will be re-replicated by the cluster");
+    }
+    info!(name = %config.name, %addr, %advertise, capacity = config.capacity, root = %config.rootpath.display(), "storage listening");
+    let serve = {
+        let storage = storage.clone();
+        tokio::spawn(vg_wire::rpc::serve(endpoint.clone(), move |peer, send, recv| storage.clone().handle(peer, send, recv)))
+    };
+    let link = tokio::spawn(ns_link::run(storage.clone(), ns, advertise, config.heartbeat));
+    let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_pause));
+    Ok(Handle { addr, endpoint, tasks: vec![serve, link, scrub] })
+}

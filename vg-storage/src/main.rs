@@ -1,0 +1,93 @@
+//! `vg-storage`: parses flags, sets up logging, runs a storage until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use vg_wire::size::parse_size;
+use vg_wire::tls::TlsPaths;
+
+/// A vg storage: keeps replicated blocks on local disk.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Storage name (must match its certificate).
+    #[arg(long, env = "VG_NAME")]
+    name: String,
+    /// Address to listen on; also advertised unless --advertise is given.
+    #[arg(long, env = "VG_HOSTNAME", default_value = "127.0.0.1")]
+    hostname: String,
+    /// UDP port to listen on.
+    #[arg(long, env = "VG_PORT", default_value_t = 8001)]
+    port: u16,
+    /// Address other peers reach this storage at (HOST:PORT).
+    #[arg(long, env = "VG_ADVERTISE")]
+    advertise: Option<String>,
+    /// Bytes this storage may hold (e.g. 1MiB, 10G).
+    #[arg(long, env = "VG_CAPACITY", value_parser = parse_size)]
+    capacity: u64,
+    /// Directory for the blocks.
+    #[arg(long, env = "VG_ROOTPATH")]
+    rootpath: PathBuf,
+    /// Nameserver host.
+    #[arg(long, alias = "ns_hostname", env = "VG_NS_HOSTNAME", default_value = "127.0.0.1")]
+    ns_hostname: String,
+    /// Nameserver port.
+    #[arg(long, alias = "ns_port", env = "VG_NS_PORT", default_value_t = 8000)]
+    ns_port: u16,
+    /// CA certificate [default: certs/rootCA.crt].
+    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// This peer's certificate [default: certs/NAME/NAME.crt].
+    #[arg(long, env = "VG_CERTFILE")]
+    certfile: Option<PathBuf>,
+    /// This peer's key [default: certs/NAME/NAME.key].
+    #[arg(long, env = "VG_KEYFILE")]
+    keyfile: Option<PathBuf>,
+    /// Log to this file instead of stderr.
+    #[arg(long, env = "VG_LOGFILE")]
+    logfile: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, env = "VG_LOGLEVEL", default_value = "info")]
+    loglevel: String,
+}
+
+async fn resolve(host: &str, port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host((host, port)).await.with_context(|| format!("resolve {flag} {host}"))?.next().with_context(|| format!("{flag} {host}: no address"))
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("vg-storage: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
+    let listen = resolve(&args.hostname, args.port, "--hostname").await?;
+    let ns_addr = resolve(&args.ns_hostname, args.ns_port, "--ns-hostname").await?;
+    let advertise = match &args.advertise {
+        Some(text) => {
+            let (host, port) = text.rsplit_once(':').with_context(|| format!("--advertise {text}: expected HOST:PORT"))?;
+            Some(resolve(host, port.parse().with_context(|| format!("--advertise {text}: bad port"))?, "--advertise").await?)
+        }
+        None if listen.ip().is_unspecified() => anyhow::bail!("--hostname {}: listening on all addresses needs --advertise HOST:PORT", args.hostname),
+        None => None,
+    };
+    let tls = TlsPaths::with_defaults(args.ca_cert, args.certfile, args.keyfile, &args.name);
+    let mut config = vg_storage::Config::new(&args.name, listen, args.capacity, args.rootpath, ns_addr, tls);
+    config.advertise = advertise;
+    let mut handle = vg_storage::start(config).await.context("start storage")?;
+    tokio::select! {
+        _ = handle.wait() => {}
+        _ = vg_wire::cli::shutdown_signal() => {
+            tracing::info!("shutting down");
+            handle.kill();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Errors of the protocol layer, and the closed error code that crosses the wire.
+
+use serde::{Deserialize, Serialize};
+
+/// A failure a peer reports back, as a closed code plus a human-readable message.
+///
+/// The message is for people (logs, CLI output); programs act on the code only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// What kind of failure this is.
+    pub code: ErrorCode,
+    /// What failed and why, naming the path, block or field.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// A remote error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// The closed set of failures a vg server can report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No such file, directory, inode or block.
+    NotFound,
+    /// The name already exists.
+    Exists,
+    /// A path component or target is not a directory.
+    NotDir,
+    /// The operation needs a non-directory but got a directory.
+    IsDir,
+    /// The directory is not empty.
+    NotEmpty,
+    /// No storage has room for the data.
+    NoSpace,
+    /// A field of the request is malformed or out of range.
+    Invalid,
+    /// A name is longer than 255 bytes.
+    NameTooLong,
+    /// The peer's certificate role does not allow this operation.
+    Forbidden,
+    /// Stored data failed its checksum.
+    Corrupt,
+    /// Not enough live storages, or the server is shutting down.
+    Unavailable,
+    /// A local I/O error on the server.
+    Io,
+    /// The request was sent with a protocol version this server does not speak.
+    Version,
+}
+
+/// Errors of the protocol layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer answered with an error.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A frame could not be read, decoded or written.
+    #[error("bad frame: {reason}")]
+    BadFrame {
+        /// Why the frame was refused.
+        reason: String,
+    },
+    /// The connection or stream failed.
+    #[error("connection to {peer}: {reason}")]
+    Connection {
+        /// The peer's name and address.
+        peer: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer did not answer in time.
+    #[error("{peer}: timed out after {secs:.1}s")]
+    Timeout {
+        /// The peer's name and address.
+        peer: String,
+        /// How long we waited.
+        secs: f64,
+    },
+    /// Certificates or keys could not be loaded or are unusable.
+    #[error("{path}: {reason}")]
+    Tls {
+        /// The file or peer concerned.
+        path: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Local I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The remote error code, if the peer answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Remote(e) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    /// Whether the failure is of the transport (retrying elsewhere may help).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Error::Connection { .. } | Error::Timeout { .. } | Error::BadFrame { .. })
+    }
+}
+
+/// Result of the protocol layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! The vg protocol: everything two vg processes must agree on.
+//!
+//! Message types ([`ns`], [`storage`]), shared value types ([`types`]), the frame codec
+//! ([`codec`], the only caller of bincode), TLS and identity ([`tls`]), and the RPC plumbing
+//! on QUIC streams ([`rpc`]) used by servers and clients alike.
+
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod codec;
+pub mod error;
+pub mod ns;
+pub mod rpc;
+pub mod size;
+pub mod storage;
+pub mod tls;
+pub mod types;
+
+pub use error::{Error, ErrorCode, RemoteError, Result};
+pub use types::*;

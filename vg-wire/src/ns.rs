@@ -1,0 +1,196 @@
+//! Messages of the nameserver service.
+//!
+//! Clients use the namespace and block-placement requests; storages use the
+//! registration requests (the nameserver checks the caller's certificate role).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Attr, BlockId, BlockRef, Ino, Location, SetAttr};
+
+/// A file name as bytes: anything but `/` and NUL, at most 255 bytes.
+pub type Name = Vec<u8>;
+
+/// A request to the nameserver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Finds `name` in directory `parent`.
+    Lookup { parent: Ino, name: Name },
+    /// Resolves an absolute slash-separated path (symlinks are not followed).
+    Resolve { path: String },
+    /// Attributes of an inode.
+    GetAttr { ino: Ino },
+    /// Changes attributes; a size change truncates or extends the file.
+    SetAttr { ino: Ino, set: SetAttr },
+    /// Makes a directory.
+    Mkdir { parent: Ino, name: Name, perm: u32, uid: u32, gid: u32 },
+    /// Makes an empty regular file; with `exclusive`, fails if the name exists,
+    /// otherwise returns the existing file.
+    Create { parent: Ino, name: Name, perm: u32, uid: u32, gid: u32, exclusive: bool },
+    /// Makes a symbolic link to `target`.
+    Symlink { parent: Ino, name: Name, target: Vec<u8>, uid: u32, gid: u32 },
+    /// The target of a symbolic link.
+    Readlink { ino: Ino },
+    /// Adds another name for a file.
+    Link { ino: Ino, new_parent: Ino, new_name: Name },
+    /// Removes a non-directory name.
+    Unlink { parent: Ino, name: Name },
+    /// Removes an empty directory.
+    Rmdir { parent: Ino, name: Name },
+    /// Moves a name; replaces an existing target unless `noreplace`.
+    Rename { parent: Ino, name: Name, new_parent: Ino, new_name: Name, noreplace: bool },
+    /// Entries of a directory with their attributes, from position `offset`, at most `limit`.
+    ReadDir { ino: Ino, offset: u64, limit: u32 },
+    /// Cluster capacity and free space.
+    StatFs,
+    /// A file's attributes, blocks and the storages holding each block.
+    Layout { ino: Ino },
+    /// Where to upload a new block; says if the cluster already holds it.
+    PlaceBlock { id: BlockId, len: u32, exclude: Vec<String> },
+    /// Replaces blocks of a file and sets its size, as one logged step.
+    Commit { ino: Ino, size: u64, blocks: Vec<(u64, BlockRef)>, stored: Vec<(BlockId, Vec<String>)> },
+    /// Storages and cluster counters, for `vgctl du`, `usage` and `status`.
+    Status,
+    /// Referenced blocks with their expected and known locations, from `after`, at most `limit`.
+    ListBlocks { after: Option<BlockId>, limit: u32 },
+    /// A storage announces itself (storage role only; `name` must match its certificate).
+    Register { name: String, addr: std::net::SocketAddr, capacity: u64, used: u64 },
+    /// Part of a storage's full block report; the answer lists the blocks to delete.
+    Report { blocks: Vec<(BlockId, u32)> },
+    /// The storage finished its report and takes new blocks.
+    Activate,
+    /// Liveness, space, and blocks gained, lost or found bad since the last heartbeat.
+    Heartbeat { used: u64, received: Vec<(BlockId, u32)>, removed: Vec<BlockId>, bad: Vec<BlockId> },
+}
+
+/// The nameserver's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Attributes of the inode concerned.
+    Attr(Attr),
+    /// No payload.
+    Done,
+    /// A symlink target.
+    Target(Vec<u8>),
+    /// Directory entries: name and attributes; `more` if the listing continues.
+    Entries { entries: Vec<(Name, Attr)>, more: bool },
+    /// Capacity figures.
+    StatFs(StatFs),
+    /// A file's layout.
+    Layout(Layout),
+    /// Where to upload a block.
+    Placement(Placement),
+    /// Cluster state.
+    Status(ClusterStatus),
+    /// Referenced blocks.
+    Blocks { blocks: Vec<BlockInfo>, more: bool },
+    /// Blocks the storage must delete.
+    Delete(Vec<BlockId>),
+    /// Work for a storage.
+    Commands(Vec<Command>),
+}
+
+/// Cluster-wide space, as `statfs` needs it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatFs {
+    /// Sum of active storages' capacities, divided by the replication factor.
+    pub capacity: u64,
+    /// Free bytes for file data, after replication.
+    pub free: u64,
+    /// Number of inodes.
+    pub inodes: u64,
+    /// Cluster block size.
+    pub block_size: u32,
+}
+
+/// A file's blocks and where they are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Layout {
+    /// The file's attributes.
+    pub attr: Attr,
+    /// Cluster block size: block `i` covers bytes `i*block_size ..`.
+    pub block_size: u32,
+    /// Block `i` of the file, or `None` for a hole that reads as zeros.
+    pub blocks: Vec<Option<BlockRef>>,
+    /// Live storages holding block `i`, in preference order.
+    pub locations: Vec<Vec<Location>>,
+}
+
+/// Where to upload a new block.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Placement {
+    /// Upload to the first, which forwards along the rest (empty if `stored`).
+    pub targets: Vec<Location>,
+    /// The cluster already holds this block with enough replicas: no upload needed.
+    pub stored: bool,
+}
+
+/// What a storage is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageState {
+    /// Registered, still reporting its blocks.
+    Joining,
+    /// Takes and serves blocks.
+    Active,
+    /// Missed its heartbeats; its blocks are being re-replicated.
+    Down,
+}
+
+/// One storage as the nameserver sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StorageStatus {
+    /// Name from its certificate.
+    pub name: String,
+    /// Advertised address.
+    pub addr: std::net::SocketAddr,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Bytes used by blocks.
+    pub used: u64,
+    /// Joining, active or down.
+    pub state: StorageState,
+    /// Number of blocks it holds.
+    pub blocks: u64,
+}
+
+/// Cluster state for `vgctl status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every storage ever registered since the nameserver started.
+    pub storages: Vec<StorageStatus>,
+    /// Replication factor.
+    pub replication: u32,
+    /// Block size.
+    pub block_size: u32,
+    /// Number of inodes.
+    pub inodes: u64,
+    /// Number of distinct referenced blocks.
+    pub blocks: u64,
+    /// Referenced blocks with fewer live replicas than the target.
+    pub under_replicated: u64,
+    /// Referenced blocks with no live replica at all.
+    pub missing: u64,
+}
+
+/// A referenced block, for `fsck`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlockInfo {
+    /// Its id.
+    pub id: BlockId,
+    /// Its length.
+    pub len: u32,
+    /// Live storages holding it.
+    pub locations: Vec<Location>,
+    /// How many copies it should have (min of R and active storages).
+    pub wanted: u32,
+}
+
+/// Work the nameserver hands a storage in a heartbeat answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Fetch this block from one of `sources` and keep it.
+    Replicate { id: BlockId, sources: Vec<Location> },
+    /// Delete these blocks.
+    Delete(Vec<BlockId>),
+    /// Register again (the nameserver restarted or lost track of this storage).
+    Reregister,
+}

@@ -1,0 +1,216 @@
+//! RPC on QUIC: the server accept loop and the client-side dialer.
+//!
+//! One long-lived connection per peer pair, one bidirectional stream per request. A
+//! request is a frame (plus raw block bytes for uploads); the answer is a frame holding
+//! `Result<Response, RemoteError>` (plus raw bytes for reads).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::codec;
+use crate::error::{Error, RemoteError, Result};
+use crate::types::Role;
+
+/// An authenticated peer: who is at the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Common name of its certificate.
+    pub name: String,
+    /// Role its certificate grants.
+    pub role: Role,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// Refuses unless the peer has `role`.
+    pub fn require(&self, role: Role, op: &str) -> std::result::Result<(), RemoteError> {
+        if self.role == role {
+            Ok(())
+        } else {
+            warn!(peer = %self.name, addr = %self.addr, role = %self.role, op, "refused: needs the {role} role");
+            Err(RemoteError::new(
+                crate::error::ErrorCode::Forbidden,
+                format!("{op}: refused for {} ({} certificate); needs a {role} certificate", self.name, self.role),
+            ))
+        }
+    }
+}
+
+/// Accepts connections until the endpoint is closed; calls `handler` on its own task for
+/// every bidirectional stream. Handshake failures (foreign CA, no certificate, expired,
+/// wrong protocol) are logged with the peer address and reason, and never reach `handler`.
+pub async fn serve<F, Fut>(endpoint: Endpoint, handler: F)
+where
+    F: Fn(Arc<Peer>, SendStream, RecvStream) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    while let Some(incoming) = endpoint.accept().await {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(%addr, reason = %e, "refused connection: handshake failed");
+                    return;
+                }
+            };
+            let peer = match crate::tls::peer_identity(&conn) {
+                Ok((name, role)) => Arc::new(Peer { name, role, addr }),
+                Err(reason) => {
+                    warn!(%addr, %reason, "refused connection: unusable certificate");
+                    conn.close(1u32.into(), b"unusable certificate");
+                    return;
+                }
+            };
+            let span = info_span!("conn", peer = %peer.name, role = %peer.role, %addr);
+            async move {
+                debug!("connected");
+                loop {
+                    match conn.accept_bi().await {
+                        Ok((send, recv)) => {
+                            tokio::spawn(handler.clone()(peer.clone(), send, recv).in_current_span());
+                        }
+                        Err(e) => {
+                            debug!(reason = %e, "connection ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+        });
+    }
+}
+
+/// Sends the answer to a request and finishes the stream.
+pub async fn respond<T: Serialize>(send: &mut SendStream, answer: std::result::Result<T, RemoteError>) {
+    if let Err(e) = codec::write_frame(send, &answer).await {
+        debug!(reason = %e, "could not send answer");
+    }
+    let _ = send.finish();
+}
+
+/// Reads an answer frame and turns a remote error into [`Error::Remote`].
+pub async fn read_answer<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T> {
+    let answer: std::result::Result<T, RemoteError> = codec::read_frame(recv).await?;
+    Ok(answer?)
+}
+
+/// A peer to dial: its certificate name, role and address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Expected certificate name; also the TLS server name.
+    pub name: String,
+    /// Expected role.
+    pub role: Role,
+    /// Address to dial.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}@{}", self.role, self.name, self.addr)
+    }
+}
+
+/// Dials peers and keeps one connection per peer for reuse.
+#[derive(Clone)]
+pub struct Dialer {
+    endpoint: Endpoint,
+    conns: Arc<Mutex<HashMap<Target, Connection>>>,
+    /// Bound on connecting and on each request.
+    pub timeout: Duration,
+}
+
+impl Dialer {
+    /// A dialer on `endpoint`, which must have a default client config.
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+        Dialer { endpoint, conns: Arc::default(), timeout }
+    }
+
+    /// The endpoint it dials from.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn conn_err(target: &Target, reason: impl std::fmt::Display) -> Error {
+        Error::Connection { peer: target.to_string(), reason: reason.to_string() }
+    }
+
+    /// The live connection to `target`, dialling it if needed and checking that the
+    /// certificate it presents has the expected name and role.
+    pub async fn connection(&self, target: &Target) -> Result<Connection> {
+        if let Some(conn) = self.conns.lock().expect("dialer lock").get(target) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let connecting = self.endpoint.connect(target.addr, &target.name).map_err(|e| Self::conn_err(target, e))?;
+        let conn = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| Error::Timeout { peer: target.to_string(), secs: self.timeout.as_secs_f64() })?
+            .map_err(|e| Self::conn_err(target, e))?;
+        let (name, role) = crate::tls::peer_identity(&conn).map_err(|e| Self::conn_err(target, e))?;
+        if role != target.role || name != target.name {
+            conn.close(1u32.into(), b"unexpected peer");
+            return Err(Self::conn_err(target, format!("presented a certificate for {role} {name}")));
+        }
+        self.conns.lock().expect("dialer lock").insert(target.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a request stream to `target`, redialling once if the cached connection died.
+    pub async fn open(&self, target: &Target) -> Result<(SendStream, RecvStream)> {
+        let conn = self.connection(target).await?;
+        match conn.open_bi().await {
+            Ok(streams) => Ok(streams),
+            Err(_) => {
+                self.forget(target);
+                let conn = self.connection(target).await?;
+                conn.open_bi().await.map_err(|e| Self::conn_err(target, e))
+            }
+        }
+    }
+
+    /// Drops the cached connection to `target` (after a failure).
+    pub fn forget(&self, target: &Target) {
+        self.conns.lock().expect("dialer lock").remove(target);
+    }
+
+    /// Sends one request and waits for its answer, within the timeout.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(&self, target: &Target, request: &Req) -> Result<Resp> {
+        let work = async {
+            let (mut send, mut recv) = self.open(target).await?;
+            codec::write_frame(&mut send, request).await?;
+            let _ = send.finish();
+            read_answer(&mut recv).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { peer: target.to_string(), secs: self.timeout.as_secs_f64() }),
+        }
+    }
+}
+
+/// Makes an endpoint that listens on `addr` (when a server config is given) and dials
+/// with `client`.
+pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>, client: quinn::ClientConfig) -> Result<Endpoint> {
+    let mut endpoint = match server {
+        Some(server) => Endpoint::server(server, addr),
+        None => Endpoint::client(addr),
+    }
+    .map_err(|e| Error::Io { context: format!("bind UDP {addr}"), source: e })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}

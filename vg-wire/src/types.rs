@@ -1,0 +1,288 @@
+//! Value types shared by every peer: block ids, attributes, roles, storage locations.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Inode number. The root directory is [`ROOT_INO`].
+pub type Ino = u64;
+
+/// The inode of `/`.
+pub const ROOT_INO: Ino = 1;
+
+/// Longest file name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Name of a block: the SHA-256 of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlockId(pub [u8; 32]);
+
+impl BlockId {
+    /// The id of the given bytes.
+    pub fn of(data: &[u8]) -> Self {
+        BlockId(Sha256::digest(data).into())
+    }
+
+    /// The 64-character lowercase hex form, which is also the block's file name.
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Twelve characters identify a block in logs; the full name is 64.
+        write!(f, "{}", &self.to_string()[..12])
+    }
+}
+
+impl FromStr for BlockId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{text:?} is not a block name (64 hex characters)"));
+        }
+        let mut id = [0u8; 32];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(BlockId(id))
+    }
+}
+
+/// A block of a file: its id and length in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRef {
+    /// SHA-256 of the bytes.
+    pub id: BlockId,
+    /// Length in bytes (at most the cluster block size).
+    pub len: u32,
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Whole seconds (negative before 1970).
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(time: SystemTime) -> Self {
+        match time.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
+                if nanos == 0 {
+                    Timestamp { secs: -secs, nanos: 0 }
+                } else {
+                    Timestamp { secs: -secs - 1, nanos: 1_000_000_000 - nanos }
+                }
+            }
+        }
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let nanos = std::time::Duration::from_nanos(t.nanos as u64);
+        if t.secs >= 0 {
+            UNIX_EPOCH + std::time::Duration::from_secs(t.secs as u64) + nanos
+        } else {
+            UNIX_EPOCH - std::time::Duration::from_secs(t.secs.unsigned_abs()) + nanos
+        }
+    }
+}
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file made of blocks.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// POSIX attributes of an inode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: Ino,
+    /// File, directory or symlink.
+    pub kind: FileKind,
+    /// Permission bits (`0o7777`), without the file type.
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Length in bytes (for a symlink, of its target).
+    pub size: u64,
+    /// Number of directory entries naming it (plus `.` and subdirectories for a directory).
+    pub nlink: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last content change.
+    pub mtime: Timestamp,
+    /// Last attribute change.
+    pub ctime: Timestamp,
+}
+
+/// A time to set: now (per the server's clock) or a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    /// The server's current time.
+    Now,
+    /// This time.
+    At(Timestamp),
+}
+
+/// Attributes to change; `None` keeps the current value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub perm: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New length: shorter drops blocks past it, longer adds a hole that reads as zeros.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// The role a certificate grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The one metadata server.
+    Nameserver,
+    /// A block server, registered under its certificate's name.
+    Storage,
+    /// vg-fuse, vgctl or any other client.
+    Client,
+}
+
+impl Role {
+    /// The lowercase word used in certificates and on the command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Nameserver => "nameserver",
+            Role::Storage => "storage",
+            Role::Client => "client",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "nameserver" => Ok(Role::Nameserver),
+            "storage" => Ok(Role::Storage),
+            "client" => Ok(Role::Client),
+            other => Err(format!("unknown role {other:?} (nameserver, storage or client)")),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a storage is reached: its certificate name and address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Location {
+    /// The storage's name (its certificate's common name).
+    pub name: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+/// Checks a directory entry name: 1..=255 bytes, no `/`, no NUL, not `.` or `..`.
+pub fn check_name(name: &[u8]) -> Result<(), crate::error::RemoteError> {
+    use crate::error::{ErrorCode, RemoteError};
+    let shown = String::from_utf8_lossy(name);
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(RemoteError::new(ErrorCode::Invalid, format!("{shown:?}: not a valid file name")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(RemoteError::new(
+            ErrorCode::NameTooLong,
+            format!("{}...: name is {} bytes, at most {MAX_NAME_LEN}", &shown[..40.min(shown.len())], name.len()),
+        ));
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(RemoteError::new(ErrorCode::Invalid, format!("{shown:?}: a name may not contain '/' or NUL")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_id_hex_round_trip() {
+        let id = BlockId::of(b"hello");
+        assert_eq!(id.to_hex().parse::<BlockId>().unwrap(), id);
+        assert!("abc".parse::<BlockId>().is_err());
+        assert!("zz".repeat(32).parse::<BlockId>().is_err());
+        assert!("../".repeat(21).parse::<BlockId>().is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name(b"a").is_ok());
+        assert!(check_name(b"").is_err());
+        assert!(check_name(b"..").is_err());
+        assert!(check_name(b"a/b").is_err());
+        assert!(check_name(b"a\0b").is_err());
+        assert!(check_name(&[b'x'; 256]).is_err());
+        assert!(check_name(&[b'x'; 255]).is_ok());
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = Timestamp { secs: -5, nanos: 250 };
+        assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+        let t = Timestamp { secs: 1_700_000_000, nanos: 1 };
+        assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+    }
+}

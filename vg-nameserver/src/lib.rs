@@ -95,21 +95,42 @@ impl Handle {
 
 /// Recovers the metadata and starts serving.
 pub async fn start(config: Config) -> Result<Handle> {
-    if config.replication == 0 || config.block_size == 0 || config.block_size > vg_wire::codec::MAX_FRAME {
+    if config.replication == 0
+        || config.block_size == 0
+        || config.block_size > vg_wire::codec::MAX_FRAME
+    {
         return Err(Error::Refused(vg_wire::error::RemoteError::new(
             vg_wire::ErrorCode::Invalid,
-            format!("replication must be at least 1 and block size 1..={} bytes", vg_wire::codec::MAX_FRAME),
+            format!(
+                "replication must be at least 1 and block size 1..={} bytes",
+                vg_wire::codec::MAX_FRAME
+            ),
         )));
     }
     let identity = Identity::load(&config.tls)?;
-    let endpoint = vg_wire::rpc::endpoint(config.listen, Some(identity.server_config()?), identity.client_config()?)?;
-    let addr = endpoint.local_addr().map_err(|e| Error::Io { context: "local address".into(), source: e })?;
+    let endpoint = vg_wire::rpc::endpoint(
+        config.listen,
+        Some(identity.server_config()?),
+        identity.client_config()?,
+    )?;
+    let addr = endpoint.local_addr().map_err(|e| Error::Io {
+        context: "local address".into(),
+        source: e,
+    })?;
     let service = Arc::new(service::Service::open(&config)?);
     info!(%addr, meta_dir = %config.meta_dir.display(), replication = config.replication, block_size = config.block_size, "nameserver listening");
     let serve = {
         let service = service.clone();
-        tokio::spawn(vg_wire::rpc::serve(endpoint.clone(), move |peer, send, recv| service.clone().handle(peer, send, recv)))
+        tokio::spawn(vg_wire::rpc::serve(
+            endpoint.clone(),
+            move |peer, send, recv| service.clone().handle(peer, send, recv),
+        ))
     };
     let ticker = tokio::spawn(service.clone().tick_loop(config.tick));
-    Ok(Handle { addr, endpoint, tasks: vec![serve, ticker], service })
+    Ok(Handle {
+        addr,
+        endpoint,
+        tasks: vec![serve, ticker],
+        service,
+    })
 }

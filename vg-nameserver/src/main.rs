@@ -72,7 +72,9 @@ async fn run() -> anyhow::Result<()> {
     config.block_size = block_size;
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.gc_grace = args.gc_grace;
-    let mut handle = vg_nameserver::start(config).await.context("start nameserver")?;
+    let mut handle = vg_nameserver::start(config)
+        .await
+        .context("start nameserver")?;
     tokio::select! {
         _ = handle.wait() => {}
         _ = vg_wire::cli::shutdown_signal() => {

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::Name;
-use vg_wire::{check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, SetTime, Timestamp, ROOT_INO};
+use vg_wire::{
+    check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, SetTime, Timestamp, ROOT_INO,
+};
 
 use crate::error::refuse;
 
@@ -20,7 +22,10 @@ type Refusal<T = ()> = std::result::Result<T, RemoteError>;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Content {
     /// Entries by name, and the parent directory (for `..` and rename loop checks).
-    Dir { entries: BTreeMap<Name, Ino>, parent: Ino },
+    Dir {
+        entries: BTreeMap<Name, Ino>,
+        parent: Ino,
+    },
     /// Block `i` covers bytes `i*block_size..`; `None` is a hole. A block's `len` is how
     /// many of its bytes belong to the file; bytes past it (up to the size) read as zeros.
     File { blocks: Vec<Option<BlockRef>> },
@@ -41,23 +46,78 @@ pub struct Inode {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Op {
     /// Make directory `ino` as `parent/name`.
-    Mkdir { parent: Ino, name: Name, ino: Ino, perm: u32, uid: u32, gid: u32, time: Timestamp },
+    Mkdir {
+        parent: Ino,
+        name: Name,
+        ino: Ino,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+    },
     /// Make empty file `ino` as `parent/name`.
-    Create { parent: Ino, name: Name, ino: Ino, perm: u32, uid: u32, gid: u32, time: Timestamp },
+    Create {
+        parent: Ino,
+        name: Name,
+        ino: Ino,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+    },
     /// Make symlink `ino` as `parent/name`.
-    Symlink { parent: Ino, name: Name, ino: Ino, target: Vec<u8>, uid: u32, gid: u32, time: Timestamp },
+    Symlink {
+        parent: Ino,
+        name: Name,
+        ino: Ino,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+    },
     /// Add `new_parent/new_name` for `ino`.
-    Link { ino: Ino, new_parent: Ino, new_name: Name, time: Timestamp },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: Name,
+        time: Timestamp,
+    },
     /// Remove a non-directory entry.
-    Unlink { parent: Ino, name: Name, time: Timestamp },
+    Unlink {
+        parent: Ino,
+        name: Name,
+        time: Timestamp,
+    },
     /// Remove an empty directory.
-    Rmdir { parent: Ino, name: Name, time: Timestamp },
+    Rmdir {
+        parent: Ino,
+        name: Name,
+        time: Timestamp,
+    },
     /// Move an entry, replacing a compatible target unless `noreplace`.
-    Rename { parent: Ino, name: Name, new_parent: Ino, new_name: Name, noreplace: bool, time: Timestamp },
+    Rename {
+        parent: Ino,
+        name: Name,
+        new_parent: Ino,
+        new_name: Name,
+        noreplace: bool,
+        time: Timestamp,
+    },
     /// Change attributes (times already resolved to `At`).
-    SetAttr { ino: Ino, set: SetAttr, block_size: u32, time: Timestamp },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+        block_size: u32,
+        time: Timestamp,
+    },
     /// Replace blocks of a file and set its size.
-    Commit { ino: Ino, size: u64, blocks: Vec<(u64, BlockRef)>, block_size: u32, time: Timestamp },
+    Commit {
+        ino: Ino,
+        size: u64,
+        blocks: Vec<(u64, BlockRef)>,
+        block_size: u32,
+        time: Timestamp,
+    },
 }
 
 /// The whole namespace.
@@ -74,7 +134,10 @@ pub struct Namespace {
 }
 
 fn not_found(what: impl std::fmt::Display) -> RemoteError {
-    RemoteError::new(ErrorCode::NotFound, format!("{what}: No such file or directory"))
+    RemoteError::new(
+        ErrorCode::NotFound,
+        format!("{what}: No such file or directory"),
+    )
 }
 
 fn show(name: &[u8]) -> String {
@@ -91,10 +154,29 @@ impl Namespace {
     /// A namespace holding only `/` (mode 0755, owned by root).
     pub fn new(time: Timestamp) -> Self {
         let root = Inode {
-            attr: Attr { ino: ROOT_INO, kind: FileKind::Dir, perm: 0o755, uid: 0, gid: 0, size: 0, nlink: 2, atime: time, mtime: time, ctime: time },
-            content: Content::Dir { entries: BTreeMap::new(), parent: ROOT_INO },
+            attr: Attr {
+                ino: ROOT_INO,
+                kind: FileKind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                nlink: 2,
+                atime: time,
+                mtime: time,
+                ctime: time,
+            },
+            content: Content::Dir {
+                entries: BTreeMap::new(),
+                parent: ROOT_INO,
+            },
         };
-        Namespace { inodes: HashMap::from([(ROOT_INO, root)]), next_ino: ROOT_INO + 1, refs: HashMap::new(), released: Vec::new() }
+        Namespace {
+            inodes: HashMap::from([(ROOT_INO, root)]),
+            next_ino: ROOT_INO + 1,
+            refs: HashMap::new(),
+            released: Vec::new(),
+        }
     }
 
     /// Rebuilds derived state after loading from a snapshot.
@@ -136,7 +218,9 @@ impl Namespace {
 
     /// An inode.
     pub fn get(&self, ino: Ino) -> Refusal<&Inode> {
-        self.inodes.get(&ino).ok_or_else(|| not_found(format!("inode {ino}")))
+        self.inodes
+            .get(&ino)
+            .ok_or_else(|| not_found(format!("inode {ino}")))
     }
 
     fn dir_entries(&self, ino: Ino) -> Refusal<&BTreeMap<Name, Ino>> {
@@ -152,9 +236,16 @@ impl Namespace {
             b"." => Ok(parent),
             b".." => match &self.get(parent)?.content {
                 Content::Dir { parent, .. } => Ok(*parent),
-                _ => refuse(ErrorCode::NotDir, format!("inode {parent}: Not a directory")),
+                _ => refuse(
+                    ErrorCode::NotDir,
+                    format!("inode {parent}: Not a directory"),
+                ),
             },
-            _ => self.dir_entries(parent)?.get(name).copied().ok_or_else(|| not_found(show(name))),
+            _ => self
+                .dir_entries(parent)?
+                .get(name)
+                .copied()
+                .ok_or_else(|| not_found(show(name))),
         }
     }
 
@@ -162,16 +253,23 @@ impl Namespace {
     pub fn resolve(&self, path: &str) -> Refusal<Ino> {
         let mut ino = ROOT_INO;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = self.lookup(ino, part.as_bytes()).map_err(|e| match e.code {
-                ErrorCode::NotFound => not_found(path),
-                _ => RemoteError::new(e.code, format!("{path}: {}", e.message)),
-            })?;
+            ino = self
+                .lookup(ino, part.as_bytes())
+                .map_err(|e| match e.code {
+                    ErrorCode::NotFound => not_found(path),
+                    _ => RemoteError::new(e.code, format!("{path}: {}", e.message)),
+                })?;
         }
         Ok(ino)
     }
 
     /// Directory entries from position `offset`, at most `limit`, with attributes.
-    pub fn read_dir(&self, ino: Ino, offset: u64, limit: u32) -> Refusal<(Vec<(Name, Attr)>, bool)> {
+    pub fn read_dir(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: u32,
+    ) -> Refusal<(Vec<(Name, Attr)>, bool)> {
         let entries = self.dir_entries(ino)?;
         let mut out = Vec::new();
         let mut iter = entries.iter().skip(offset as usize);
@@ -182,7 +280,10 @@ impl Namespace {
     }
 
     fn insert_entry(&mut self, parent: Ino, name: &[u8], ino: Ino, time: Timestamp) {
-        let dir = self.inodes.get_mut(&parent).expect("parent checked before insert");
+        let dir = self
+            .inodes
+            .get_mut(&parent)
+            .expect("parent checked before insert");
         if let Content::Dir { entries, .. } = &mut dir.content {
             entries.insert(name.to_vec(), ino);
             dir.attr.size = entries.len() as u64;
@@ -192,7 +293,10 @@ impl Namespace {
     }
 
     fn remove_entry(&mut self, parent: Ino, name: &[u8], time: Timestamp) {
-        let dir = self.inodes.get_mut(&parent).expect("parent checked before remove");
+        let dir = self
+            .inodes
+            .get_mut(&parent)
+            .expect("parent checked before remove");
         if let Content::Dir { entries, .. } = &mut dir.content {
             entries.remove(name);
             dir.attr.size = entries.len() as u64;
@@ -219,13 +323,28 @@ impl Namespace {
         self.next_ino = ino + 1;
         self.insert_entry(parent, name, ino, time);
         if is_dir {
-            self.inodes.get_mut(&parent).expect("parent exists").attr.nlink += 1;
+            self.inodes
+                .get_mut(&parent)
+                .expect("parent exists")
+                .attr
+                .nlink += 1;
         }
     }
 
     fn new_attr(ino: Ino, kind: FileKind, perm: u32, uid: u32, gid: u32, time: Timestamp) -> Attr {
         let nlink = if kind == FileKind::Dir { 2 } else { 1 };
-        Attr { ino, kind, perm: perm & 0o7777, uid, gid, size: 0, nlink, atime: time, mtime: time, ctime: time }
+        Attr {
+            ino,
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            nlink,
+            atime: time,
+            mtime: time,
+            ctime: time,
+        }
     }
 
     fn drop_blocks(&mut self, blocks: impl IntoIterator<Item = BlockRef>) {
@@ -275,35 +394,93 @@ impl Namespace {
     /// Applies one op, or refuses it leaving the namespace unchanged.
     pub fn apply(&mut self, op: &Op) -> Refusal<Ino> {
         match op.clone() {
-            Op::Mkdir { parent, name, ino, perm, uid, gid, time } => {
+            Op::Mkdir {
+                parent,
+                name,
+                ino,
+                perm,
+                uid,
+                gid,
+                time,
+            } => {
                 self.check_new(parent, &name, ino)?;
-                let inode = Inode { attr: Self::new_attr(ino, FileKind::Dir, perm, uid, gid, time), content: Content::Dir { entries: BTreeMap::new(), parent } };
+                let inode = Inode {
+                    attr: Self::new_attr(ino, FileKind::Dir, perm, uid, gid, time),
+                    content: Content::Dir {
+                        entries: BTreeMap::new(),
+                        parent,
+                    },
+                };
                 self.add_inode(parent, &name, inode, time);
                 Ok(ino)
             }
-            Op::Create { parent, name, ino, perm, uid, gid, time } => {
+            Op::Create {
+                parent,
+                name,
+                ino,
+                perm,
+                uid,
+                gid,
+                time,
+            } => {
                 self.check_new(parent, &name, ino)?;
-                let inode = Inode { attr: Self::new_attr(ino, FileKind::File, perm, uid, gid, time), content: Content::File { blocks: Vec::new() } };
+                let inode = Inode {
+                    attr: Self::new_attr(ino, FileKind::File, perm, uid, gid, time),
+                    content: Content::File { blocks: Vec::new() },
+                };
                 self.add_inode(parent, &name, inode, time);
                 Ok(ino)
             }
-            Op::Symlink { parent, name, ino, target, uid, gid, time } => {
+            Op::Symlink {
+                parent,
+                name,
+                ino,
+                target,
+                uid,
+                gid,
+                time,
+            } => {
                 self.check_new(parent, &name, ino)?;
                 if target.is_empty() || target.len() > 4095 || target.contains(&0) {
-                    return refuse(ErrorCode::Invalid, format!("{}: symlink target must be 1..4095 bytes without NUL", show(&name)));
+                    return refuse(
+                        ErrorCode::Invalid,
+                        format!(
+                            "{}: symlink target must be 1..4095 bytes without NUL",
+                            show(&name)
+                        ),
+                    );
                 }
                 let mut attr = Self::new_attr(ino, FileKind::Symlink, 0o777, uid, gid, time);
                 attr.size = target.len() as u64;
-                self.add_inode(parent, &name, Inode { attr, content: Content::Symlink { target } }, time);
+                self.add_inode(
+                    parent,
+                    &name,
+                    Inode {
+                        attr,
+                        content: Content::Symlink { target },
+                    },
+                    time,
+                );
                 Ok(ino)
             }
-            Op::Link { ino, new_parent, new_name, time } => {
+            Op::Link {
+                ino,
+                new_parent,
+                new_name,
+                time,
+            } => {
                 check_name(&new_name)?;
                 if self.get(ino)?.attr.kind == FileKind::Dir {
-                    return refuse(ErrorCode::Forbidden, format!("inode {ino}: hard links to directories are not allowed"));
+                    return refuse(
+                        ErrorCode::Forbidden,
+                        format!("inode {ino}: hard links to directories are not allowed"),
+                    );
                 }
                 if self.dir_entries(new_parent)?.contains_key(&new_name) {
-                    return refuse(ErrorCode::Exists, format!("{}: File exists", show(&new_name)));
+                    return refuse(
+                        ErrorCode::Exists,
+                        format!("{}: File exists", show(&new_name)),
+                    );
                 }
                 self.insert_entry(new_parent, &new_name, ino, time);
                 let inode = self.inodes.get_mut(&ino).expect("checked");
@@ -324,19 +501,45 @@ impl Namespace {
                 check_name(&name)?;
                 let ino = self.lookup(parent, &name)?;
                 if !self.dir_entries(ino)?.is_empty() {
-                    return refuse(ErrorCode::NotEmpty, format!("{}: Directory not empty", show(&name)));
+                    return refuse(
+                        ErrorCode::NotEmpty,
+                        format!("{}: Directory not empty", show(&name)),
+                    );
                 }
                 self.remove_entry(parent, &name, time);
                 self.unlink_inode(ino, time);
-                self.inodes.get_mut(&parent).expect("parent exists").attr.nlink -= 1;
+                self.inodes
+                    .get_mut(&parent)
+                    .expect("parent exists")
+                    .attr
+                    .nlink -= 1;
                 Ok(ino)
             }
-            Op::Rename { parent, name, new_parent, new_name, noreplace, time } => self.rename(parent, &name, new_parent, &new_name, noreplace, time),
-            Op::SetAttr { ino, set, block_size, time } => {
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                noreplace,
+                time,
+            } => self.rename(parent, &name, new_parent, &new_name, noreplace, time),
+            Op::SetAttr {
+                ino,
+                set,
+                block_size,
+                time,
+            } => {
                 let inode = self.get(ino)?;
                 if set.size.is_some() && inode.attr.kind != FileKind::File {
-                    let code = if inode.attr.kind == FileKind::Dir { ErrorCode::IsDir } else { ErrorCode::Invalid };
-                    return refuse(code, format!("inode {ino}: only regular files can be truncated"));
+                    let code = if inode.attr.kind == FileKind::Dir {
+                        ErrorCode::IsDir
+                    } else {
+                        ErrorCode::Invalid
+                    };
+                    return refuse(
+                        code,
+                        format!("inode {ino}: only regular files can be truncated"),
+                    );
                 }
                 if let Some(size) = set.size {
                     let blocks = match &inode.content {
@@ -369,13 +572,22 @@ impl Namespace {
                 attr.ctime = time;
                 Ok(ino)
             }
-            Op::Commit { ino, size, blocks: changes, block_size, time } => {
+            Op::Commit {
+                ino,
+                size,
+                blocks: changes,
+                block_size,
+                time,
+            } => {
                 let inode = self.get(ino)?;
                 let Content::File { blocks } = &inode.content else {
                     return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
                 };
                 let n_blocks = size.div_ceil(block_size as u64);
-                if let Some((idx, block)) = changes.iter().find(|(idx, b)| *idx >= n_blocks || b.len > block_size) {
+                if let Some((idx, block)) = changes
+                    .iter()
+                    .find(|(idx, b)| *idx >= n_blocks || b.len > block_size)
+                {
                     return refuse(ErrorCode::Invalid, format!("inode {ino}: block {idx} ({} bytes) does not fit a file of {size} bytes", block.len));
                 }
                 let mut blocks = blocks.clone();
@@ -405,21 +617,39 @@ impl Namespace {
     }
 
     fn set_blocks(&mut self, ino: Ino, new_blocks: Vec<Option<BlockRef>>) {
-        if let Some(Inode { content: Content::File { blocks }, .. }) = self.inodes.get_mut(&ino) {
+        if let Some(Inode {
+            content: Content::File { blocks },
+            ..
+        }) = self.inodes.get_mut(&ino)
+        {
             *blocks = new_blocks;
         }
     }
 
     /// Sets a file's size: drops blocks past the end, clips the last block so that bytes
     /// past the old end read as zeros if the file grows again.
-    fn resize(&mut self, ino: Ino, mut blocks: Vec<Option<BlockRef>>, size: u64, block_size: u32, time: Timestamp) -> Refusal {
+    fn resize(
+        &mut self,
+        ino: Ino,
+        mut blocks: Vec<Option<BlockRef>>,
+        size: u64,
+        block_size: u32,
+        time: Timestamp,
+    ) -> Refusal {
         const MAX_FILE: u64 = 1 << 50;
         if size > MAX_FILE {
-            return refuse(ErrorCode::Invalid, format!("inode {ino}: size {size} exceeds the limit of {MAX_FILE} bytes"));
+            return refuse(
+                ErrorCode::Invalid,
+                format!("inode {ino}: size {size} exceeds the limit of {MAX_FILE} bytes"),
+            );
         }
         let bs = block_size as u64;
         let n_blocks = size.div_ceil(bs) as usize;
-        let dropped: Vec<BlockRef> = if blocks.len() > n_blocks { blocks.drain(n_blocks..).flatten().collect() } else { Vec::new() };
+        let dropped: Vec<BlockRef> = if blocks.len() > n_blocks {
+            blocks.drain(n_blocks..).flatten().collect()
+        } else {
+            Vec::new()
+        };
         blocks.resize(n_blocks, None);
         if let Some(Some(last)) = blocks.last_mut() {
             let room = size - (n_blocks as u64 - 1) * bs;
@@ -436,27 +666,54 @@ impl Namespace {
         Ok(())
     }
 
-    fn rename(&mut self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], noreplace: bool, time: Timestamp) -> Refusal<Ino> {
+    fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        noreplace: bool,
+        time: Timestamp,
+    ) -> Refusal<Ino> {
         check_name(new_name)?;
         let ino = self.lookup(parent, name)?;
         self.dir_entries(new_parent)?;
         let is_dir = self.get(ino)?.attr.kind == FileKind::Dir;
         if is_dir && self.is_ancestor(ino, new_parent) {
-            return refuse(ErrorCode::Invalid, format!("{}: cannot move a directory into itself", show(name)));
+            return refuse(
+                ErrorCode::Invalid,
+                format!("{}: cannot move a directory into itself", show(name)),
+            );
         }
         if let Some(&target) = self.dir_entries(new_parent)?.get(new_name) {
             if target == ino {
                 return Ok(ino);
             }
             if noreplace {
-                return refuse(ErrorCode::Exists, format!("{}: File exists", show(new_name)));
+                return refuse(
+                    ErrorCode::Exists,
+                    format!("{}: File exists", show(new_name)),
+                );
             }
             let target_is_dir = self.get(target)?.attr.kind == FileKind::Dir;
             match (is_dir, target_is_dir) {
-                (false, true) => return refuse(ErrorCode::IsDir, format!("{}: Is a directory", show(new_name))),
-                (true, false) => return refuse(ErrorCode::NotDir, format!("{}: Not a directory", show(new_name))),
+                (false, true) => {
+                    return refuse(
+                        ErrorCode::IsDir,
+                        format!("{}: Is a directory", show(new_name)),
+                    )
+                }
+                (true, false) => {
+                    return refuse(
+                        ErrorCode::NotDir,
+                        format!("{}: Not a directory", show(new_name)),
+                    )
+                }
                 (true, true) if !self.dir_entries(target)?.is_empty() => {
-                    return refuse(ErrorCode::NotEmpty, format!("{}: Directory not empty", show(new_name)))
+                    return refuse(
+                        ErrorCode::NotEmpty,
+                        format!("{}: Directory not empty", show(new_name)),
+                    )
                 }
                 _ => {}
             }
@@ -487,18 +744,40 @@ mod tests {
 
     const BS: u32 = 4;
     fn t() -> Timestamp {
-        Timestamp { secs: 100, nanos: 0 }
+        Timestamp {
+            secs: 100,
+            nanos: 0,
+        }
     }
     fn mkdir(ns: &mut Namespace, parent: Ino, name: &str) -> Refusal<Ino> {
         let ino = ns.next_ino();
-        ns.apply(&Op::Mkdir { parent, name: name.into(), ino, perm: 0o755, uid: 0, gid: 0, time: t() })
+        ns.apply(&Op::Mkdir {
+            parent,
+            name: name.into(),
+            ino,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            time: t(),
+        })
     }
     fn create(ns: &mut Namespace, parent: Ino, name: &str) -> Refusal<Ino> {
         let ino = ns.next_ino();
-        ns.apply(&Op::Create { parent, name: name.into(), ino, perm: 0o644, uid: 0, gid: 0, time: t() })
+        ns.apply(&Op::Create {
+            parent,
+            name: name.into(),
+            ino,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            time: t(),
+        })
     }
     fn block(byte: u8, len: u32) -> BlockRef {
-        BlockRef { id: BlockId([byte; 32]), len }
+        BlockRef {
+            id: BlockId([byte; 32]),
+            len,
+        }
     }
 
     #[test]
@@ -512,7 +791,10 @@ mod tests {
         assert_eq!(create(&mut ns, a, "f").unwrap_err().code, ErrorCode::Exists);
         assert_eq!(ns.resolve("/a/nope").unwrap_err().code, ErrorCode::NotFound);
         assert_eq!(ns.resolve("/a/f/x").unwrap_err().code, ErrorCode::NotDir);
-        assert_eq!(create(&mut ns, a, "x/y").unwrap_err().code, ErrorCode::Invalid);
+        assert_eq!(
+            create(&mut ns, a, "x/y").unwrap_err().code,
+            ErrorCode::Invalid
+        );
     }
 
     #[test]
@@ -520,9 +802,20 @@ mod tests {
         let mut ns = Namespace::new(t());
         let a = mkdir(&mut ns, ROOT_INO, "a").unwrap();
         create(&mut ns, a, "f").unwrap();
-        let rmdir = |ns: &mut Namespace| ns.apply(&Op::Rmdir { parent: ROOT_INO, name: b"a".to_vec(), time: t() });
+        let rmdir = |ns: &mut Namespace| {
+            ns.apply(&Op::Rmdir {
+                parent: ROOT_INO,
+                name: b"a".to_vec(),
+                time: t(),
+            })
+        };
         assert_eq!(rmdir(&mut ns).unwrap_err().code, ErrorCode::NotEmpty);
-        ns.apply(&Op::Unlink { parent: a, name: b"f".to_vec(), time: t() }).unwrap();
+        ns.apply(&Op::Unlink {
+            parent: a,
+            name: b"f".to_vec(),
+            time: t(),
+        })
+        .unwrap();
         rmdir(&mut ns).unwrap();
         assert_eq!(ns.len(), 1);
         assert_eq!(ns.get(ROOT_INO).unwrap().attr.nlink, 2);
@@ -535,34 +828,86 @@ mod tests {
         let b = mkdir(&mut ns, a, "b").unwrap();
         let f = create(&mut ns, ROOT_INO, "f").unwrap();
         let g = create(&mut ns, ROOT_INO, "g").unwrap();
-        ns.apply(&Op::Commit { ino: g, size: 4, blocks: vec![(0, block(7, 4))], block_size: BS, time: t() }).unwrap();
+        ns.apply(&Op::Commit {
+            ino: g,
+            size: 4,
+            blocks: vec![(0, block(7, 4))],
+            block_size: BS,
+            time: t(),
+        })
+        .unwrap();
         let rename = |ns: &mut Namespace, p, n: &str, np, nn: &str, noreplace| {
-            ns.apply(&Op::Rename { parent: p, name: n.into(), new_parent: np, new_name: nn.into(), noreplace, time: t() })
+            ns.apply(&Op::Rename {
+                parent: p,
+                name: n.into(),
+                new_parent: np,
+                new_name: nn.into(),
+                noreplace,
+                time: t(),
+            })
         };
-        assert_eq!(rename(&mut ns, ROOT_INO, "f", ROOT_INO, "g", true).unwrap_err().code, ErrorCode::Exists);
+        assert_eq!(
+            rename(&mut ns, ROOT_INO, "f", ROOT_INO, "g", true)
+                .unwrap_err()
+                .code,
+            ErrorCode::Exists
+        );
         rename(&mut ns, ROOT_INO, "f", ROOT_INO, "g", false).unwrap();
         assert_eq!(ns.resolve("/g").unwrap(), f);
         assert!(ns.get(g).is_err());
         assert_eq!(ns.take_released(), vec![BlockId([7; 32])]);
-        assert_eq!(rename(&mut ns, ROOT_INO, "a", b, "x", false).unwrap_err().code, ErrorCode::Invalid);
+        assert_eq!(
+            rename(&mut ns, ROOT_INO, "a", b, "x", false)
+                .unwrap_err()
+                .code,
+            ErrorCode::Invalid
+        );
         rename(&mut ns, a, "b", ROOT_INO, "b", false).unwrap();
         assert_eq!(ns.lookup(b, b"..").unwrap(), ROOT_INO);
         assert_eq!(ns.get(ROOT_INO).unwrap().attr.nlink, 4);
         assert_eq!(ns.get(a).unwrap().attr.nlink, 2);
-        assert_eq!(rename(&mut ns, ROOT_INO, "g", ROOT_INO, "a", false).unwrap_err().code, ErrorCode::IsDir);
+        assert_eq!(
+            rename(&mut ns, ROOT_INO, "g", ROOT_INO, "a", false)
+                .unwrap_err()
+                .code,
+            ErrorCode::IsDir
+        );
     }
 
     #[test]
     fn hard_links_keep_blocks_until_last_name() {
         let mut ns = Namespace::new(t());
         let f = create(&mut ns, ROOT_INO, "f").unwrap();
-        ns.apply(&Op::Commit { ino: f, size: 6, blocks: vec![(0, block(1, 4)), (1, block(2, 2))], block_size: BS, time: t() }).unwrap();
-        ns.apply(&Op::Link { ino: f, new_parent: ROOT_INO, new_name: b"h".to_vec(), time: t() }).unwrap();
+        ns.apply(&Op::Commit {
+            ino: f,
+            size: 6,
+            blocks: vec![(0, block(1, 4)), (1, block(2, 2))],
+            block_size: BS,
+            time: t(),
+        })
+        .unwrap();
+        ns.apply(&Op::Link {
+            ino: f,
+            new_parent: ROOT_INO,
+            new_name: b"h".to_vec(),
+            time: t(),
+        })
+        .unwrap();
         assert_eq!(ns.get(f).unwrap().attr.nlink, 2);
-        ns.apply(&Op::Unlink { parent: ROOT_INO, name: b"f".to_vec(), time: t() }).unwrap();
+        ns.apply(&Op::Unlink {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            time: t(),
+        })
+        .unwrap();
         assert!(ns.take_released().is_empty());
         assert_eq!(ns.refs().len(), 2);
-        ns.apply(&Op::Unlink { parent: ROOT_INO, name: b"h".to_vec(), time: t() }).unwrap();
+        ns.apply(&Op::Unlink {
+            parent: ROOT_INO,
+            name: b"h".to_vec(),
+            time: t(),
+        })
+        .unwrap();
         assert_eq!(ns.take_released().len(), 2);
         assert!(ns.refs().is_empty());
     }
@@ -571,12 +916,31 @@ mod tests {
     fn truncate_clips_and_extends_with_holes() {
         let mut ns = Namespace::new(t());
         let f = create(&mut ns, ROOT_INO, "f").unwrap();
-        ns.apply(&Op::Commit { ino: f, size: 8, blocks: vec![(0, block(1, 4)), (1, block(2, 4))], block_size: BS, time: t() }).unwrap();
-        let set_size = |ns: &mut Namespace, size| ns.apply(&Op::SetAttr { ino: f, set: SetAttr { size: Some(size), ..Default::default() }, block_size: BS, time: t() });
+        ns.apply(&Op::Commit {
+            ino: f,
+            size: 8,
+            blocks: vec![(0, block(1, 4)), (1, block(2, 4))],
+            block_size: BS,
+            time: t(),
+        })
+        .unwrap();
+        let set_size = |ns: &mut Namespace, size| {
+            ns.apply(&Op::SetAttr {
+                ino: f,
+                set: SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                },
+                block_size: BS,
+                time: t(),
+            })
+        };
         set_size(&mut ns, 3).unwrap();
         assert_eq!(ns.take_released(), vec![BlockId([2; 32])]);
         set_size(&mut ns, 10).unwrap();
-        let Content::File { blocks } = &ns.get(f).unwrap().content else { panic!() };
+        let Content::File { blocks } = &ns.get(f).unwrap().content else {
+            panic!()
+        };
         assert_eq!(blocks, &vec![Some(block(1, 3)), None, None]);
         assert_eq!(ns.get(f).unwrap().attr.size, 10);
     }
@@ -585,7 +949,15 @@ mod tests {
     fn commit_refuses_blocks_past_the_size() {
         let mut ns = Namespace::new(t());
         let f = create(&mut ns, ROOT_INO, "f").unwrap();
-        let err = ns.apply(&Op::Commit { ino: f, size: 4, blocks: vec![(1, block(1, 4))], block_size: BS, time: t() }).unwrap_err();
+        let err = ns
+            .apply(&Op::Commit {
+                ino: f,
+                size: 4,
+                blocks: vec![(1, block(1, 4))],
+                block_size: BS,
+                time: t(),
+            })
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::Invalid);
         assert!(ns.refs().is_empty());
     }

@@ -68,15 +68,29 @@ pub struct Registry {
 impl Registry {
     /// An empty registry.
     pub fn new(policy: Policy) -> Self {
-        Registry { policy, storages: BTreeMap::new(), locations: HashMap::new(), lens: HashMap::new(), unreferenced: HashMap::new(), in_flight: HashMap::new(), rotation: 0 }
+        Registry {
+            policy,
+            storages: BTreeMap::new(),
+            locations: HashMap::new(),
+            lens: HashMap::new(),
+            unreferenced: HashMap::new(),
+            in_flight: HashMap::new(),
+            rotation: 0,
+        }
     }
 
     fn location(&self, name: &str) -> Location {
-        Location { name: name.to_string(), addr: self.storages[name].addr }
+        Location {
+            name: name.to_string(),
+            addr: self.storages[name].addr,
+        }
     }
 
     fn add_location(&mut self, id: BlockId, len: u32, name: &str) {
-        self.locations.entry(id).or_default().insert(name.to_string());
+        self.locations
+            .entry(id)
+            .or_default()
+            .insert(name.to_string());
         self.lens.entry(id).or_insert(len);
         if let Some(storage) = self.storages.get_mut(name) {
             storage.blocks.insert(id);
@@ -100,16 +114,30 @@ impl Registry {
     }
 
     fn is_active(&self, name: &str) -> bool {
-        self.storages.get(name).is_some_and(|s| s.state == StorageState::Active)
+        self.storages
+            .get(name)
+            .is_some_and(|s| s.state == StorageState::Active)
     }
 
     /// Live (active) storages holding a block.
     pub fn live_locations(&self, id: &BlockId) -> Vec<Location> {
-        self.locations.get(id).map(|holders| holders.iter().filter(|n| self.is_active(n)).map(|n| self.location(n)).collect()).unwrap_or_default()
+        self.locations
+            .get(id)
+            .map(|holders| {
+                holders
+                    .iter()
+                    .filter(|n| self.is_active(n))
+                    .map(|n| self.location(n))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn n_active(&self) -> usize {
-        self.storages.values().filter(|s| s.state == StorageState::Active).count()
+        self.storages
+            .values()
+            .filter(|s| s.state == StorageState::Active)
+            .count()
     }
 
     /// Copies a block should have now: R, or fewer if fewer storages are active.
@@ -118,22 +146,48 @@ impl Registry {
     }
 
     /// A storage (re)registers: its old block list is forgotten until it reports again.
-    pub fn register(&mut self, name: &str, addr: SocketAddr, capacity: u64, used: u64, now: Instant) {
+    pub fn register(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        capacity: u64,
+        used: u64,
+        now: Instant,
+    ) {
         if let Some(old) = self.storages.get(name) {
             for id in old.blocks.clone() {
                 self.remove_location(id, name);
             }
         }
         info!(storage = name, %addr, capacity, "storage joined");
-        self.storages.insert(name.to_string(), Storage { addr, capacity, used, state: StorageState::Joining, last_seen: now, blocks: BTreeSet::new(), commands: Vec::new() });
+        self.storages.insert(
+            name.to_string(),
+            Storage {
+                addr,
+                capacity,
+                used,
+                state: StorageState::Joining,
+                last_seen: now,
+                blocks: BTreeSet::new(),
+                commands: Vec::new(),
+            },
+        );
     }
 
     /// Part of a block report; returns the blocks the storage must delete.
-    pub fn report(&mut self, name: &str, blocks: &[(BlockId, u32)], refs: &HashMap<BlockId, u32>, now: Instant) -> Result<Vec<BlockId>, RemoteError> {
+    pub fn report(
+        &mut self,
+        name: &str,
+        blocks: &[(BlockId, u32)],
+        refs: &HashMap<BlockId, u32>,
+        now: Instant,
+    ) -> Result<Vec<BlockId>, RemoteError> {
         self.known(name)?;
         let mut delete = Vec::new();
         for &(id, len) in blocks {
-            let keep = refs.contains_key(&id) || now.duration_since(*self.unreferenced.entry(id).or_insert(now)) < self.policy.gc_grace;
+            let keep = refs.contains_key(&id)
+                || now.duration_since(*self.unreferenced.entry(id).or_insert(now))
+                    < self.policy.gc_grace;
             if keep {
                 self.add_location(id, len, name);
             } else {
@@ -144,7 +198,12 @@ impl Registry {
     }
 
     fn known(&mut self, name: &str) -> Result<&mut Storage, RemoteError> {
-        self.storages.get_mut(name).ok_or_else(|| RemoteError::new(ErrorCode::NotFound, format!("storage {name} is not registered")))
+        self.storages.get_mut(name).ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::NotFound,
+                format!("storage {name} is not registered"),
+            )
+        })
     }
 
     /// The storage finished its report.
@@ -152,12 +211,24 @@ impl Registry {
         let storage = self.known(name)?;
         storage.state = StorageState::Active;
         storage.last_seen = now;
-        info!(storage = name, blocks = storage.blocks.len(), "storage active");
+        info!(
+            storage = name,
+            blocks = storage.blocks.len(),
+            "storage active"
+        );
         Ok(())
     }
 
     /// A heartbeat; returns the storage's pending commands.
-    pub fn heartbeat(&mut self, name: &str, used: u64, received: &[(BlockId, u32)], removed: &[BlockId], bad: &[BlockId], now: Instant) -> Vec<Command> {
+    pub fn heartbeat(
+        &mut self,
+        name: &str,
+        used: u64,
+        received: &[(BlockId, u32)],
+        removed: &[BlockId],
+        bad: &[BlockId],
+        now: Instant,
+    ) -> Vec<Command> {
         match self.storages.get_mut(name) {
             Some(storage) if storage.state != StorageState::Down => {
                 storage.used = used;
@@ -197,7 +268,14 @@ impl Registry {
     }
 
     /// Chooses storages for a new block, or says the cluster already holds it.
-    pub fn place(&mut self, id: BlockId, len: u32, exclude: &[String], referenced: bool, now: Instant) -> Result<Placement, RemoteError> {
+    pub fn place(
+        &mut self,
+        id: BlockId,
+        len: u32,
+        exclude: &[String],
+        referenced: bool,
+        now: Instant,
+    ) -> Result<Placement, RemoteError> {
         let wanted = self.wanted() as usize;
         let live = self.live_locations(&id);
         if !referenced {
@@ -205,49 +283,82 @@ impl Registry {
             self.unreferenced.insert(id, now);
         }
         if wanted > 0 && live.len() >= wanted {
-            return Ok(Placement { targets: Vec::new(), stored: true });
+            return Ok(Placement {
+                targets: Vec::new(),
+                stored: true,
+            });
         }
         let holders = self.locations.get(&id).cloned().unwrap_or_default();
         let mut candidates: Vec<(&String, &Storage)> = self
             .storages
             .iter()
-            .filter(|(name, s)| s.state == StorageState::Active && s.free() >= len as u64 && !exclude.contains(name) && !holders.contains(*name))
+            .filter(|(name, s)| {
+                s.state == StorageState::Active
+                    && s.free() >= len as u64
+                    && !exclude.contains(name)
+                    && !holders.contains(*name)
+            })
             .collect();
         if candidates.is_empty() {
-            let code = if self.n_active() == 0 { ErrorCode::Unavailable } else { ErrorCode::NoSpace };
-            let reason = if self.n_active() == 0 { "no storage is active" } else { "no storage has room" };
-            return Err(RemoteError::new(code, format!("block {id:?} ({len} bytes): {reason}")));
+            let code = if self.n_active() == 0 {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::NoSpace
+            };
+            let reason = if self.n_active() == 0 {
+                "no storage is active"
+            } else {
+                "no storage has room"
+            };
+            return Err(RemoteError::new(
+                code,
+                format!("block {id:?} ({len} bytes): {reason}"),
+            ));
         }
         self.rotation = self.rotation.wrapping_add(1);
         let n = candidates.len();
         candidates.rotate_left(self.rotation % n);
         // Most free space first; the rotation breaks ties between equal storages.
         candidates.sort_by_key(|(_, s)| std::cmp::Reverse(s.free() / (1 << 20)));
-        let names: Vec<String> = candidates.iter().take(wanted.saturating_sub(live.len()).max(1)).map(|(n, _)| n.to_string()).collect();
+        let names: Vec<String> = candidates
+            .iter()
+            .take(wanted.saturating_sub(live.len()).max(1))
+            .map(|(n, _)| n.to_string())
+            .collect();
         for name in &names {
             self.storages.get_mut(name).expect("candidate exists").used += len as u64;
         }
         self.lens.insert(id, len);
-        Ok(Placement { targets: names.iter().map(|n| self.location(n)).collect(), stored: false })
+        Ok(Placement {
+            targets: names.iter().map(|n| self.location(n)).collect(),
+            stored: false,
+        })
     }
 
     /// Periodic work: declare silent storages down, schedule copies of under-replicated
     /// blocks, deletion of extra copies and of unreferenced blocks past the grace period.
     pub fn tick(&mut self, refs: &HashMap<BlockId, u32>, now: Instant) {
         for (name, storage) in &mut self.storages {
-            if storage.state != StorageState::Down && now.duration_since(storage.last_seen) > self.policy.heartbeat_timeout {
+            if storage.state != StorageState::Down
+                && now.duration_since(storage.last_seen) > self.policy.heartbeat_timeout
+            {
                 storage.state = StorageState::Down;
                 storage.commands.clear();
                 warn!(storage = %name, blocks = storage.blocks.len(), "storage left: no heartbeat; re-replicating its blocks");
             }
         }
-        self.in_flight.retain(|_, (_, since)| now.duration_since(*since) < self.policy.replication_timeout);
+        self.in_flight
+            .retain(|_, (_, since)| now.duration_since(*since) < self.policy.replication_timeout);
         let replication = self.policy.replication as usize;
         let wanted = self.wanted() as usize;
         let mut copies = Vec::new();
         let mut extras = Vec::new();
         for id in refs.keys() {
-            let holders: Vec<&String> = self.locations.get(id).map(|h| h.iter().filter(|n| self.is_active(n)).collect()).unwrap_or_default();
+            let holders: Vec<&String> = self
+                .locations
+                .get(id)
+                .map(|h| h.iter().filter(|n| self.is_active(n)).collect())
+                .unwrap_or_default();
             if holders.len() < wanted && !holders.is_empty() && !self.in_flight.contains_key(id) {
                 copies.push(*id);
             } else if holders.len() > replication {
@@ -258,7 +369,11 @@ impl Registry {
             self.schedule_copy(id, now);
         }
         for id in extras {
-            let mut holders: Vec<String> = self.locations[&id].iter().filter(|n| self.is_active(n)).cloned().collect();
+            let mut holders: Vec<String> = self.locations[&id]
+                .iter()
+                .filter(|n| self.is_active(n))
+                .cloned()
+                .collect();
             holders.sort_by_key(|n| self.storages[n].free());
             let n_extra = holders.len().saturating_sub(replication);
             for name in holders.into_iter().take(n_extra) {
@@ -277,7 +392,9 @@ impl Registry {
         let expired: Vec<BlockId> = self
             .unreferenced
             .iter()
-            .filter(|(id, since)| !refs.contains_key(*id) && now.duration_since(**since) >= self.policy.gc_grace)
+            .filter(|(id, since)| {
+                !refs.contains_key(*id) && now.duration_since(**since) >= self.policy.gc_grace
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -295,7 +412,13 @@ impl Registry {
 
     fn push_delete(&mut self, name: &str, id: BlockId) {
         let storage = self.storages.get_mut(name).expect("holder exists");
-        match storage.commands.iter_mut().find_map(|c| if let Command::Delete(ids) = c { Some(ids) } else { None }) {
+        match storage.commands.iter_mut().find_map(|c| {
+            if let Command::Delete(ids) = c {
+                Some(ids)
+            } else {
+                None
+            }
+        }) {
             Some(ids) => ids.push(id),
             None => storage.commands.push(Command::Delete(vec![id])),
         }
@@ -307,7 +430,11 @@ impl Registry {
         let target = self
             .storages
             .iter()
-            .filter(|(name, s)| s.state == StorageState::Active && !holders.contains(*name) && s.free() >= len as u64)
+            .filter(|(name, s)| {
+                s.state == StorageState::Active
+                    && !holders.contains(*name)
+                    && s.free() >= len as u64
+            })
             .max_by_key(|(_, s)| s.free())
             .map(|(name, _)| name.clone());
         let Some(target) = target else { return };
@@ -323,7 +450,14 @@ impl Registry {
     pub fn status(&self) -> Vec<StorageStatus> {
         self.storages
             .iter()
-            .map(|(name, s)| StorageStatus { name: name.clone(), addr: s.addr, capacity: s.capacity, used: s.used, state: s.state, blocks: s.blocks.len() as u64 })
+            .map(|(name, s)| StorageStatus {
+                name: name.clone(),
+                addr: s.addr,
+                capacity: s.capacity,
+                used: s.used,
+                state: s.state,
+                blocks: s.blocks.len() as u64,
+            })
             .collect()
     }
 
@@ -333,7 +467,11 @@ impl Registry {
         let mut under = 0;
         let mut missing = 0;
         for id in refs.keys() {
-            let live = self.locations.get(id).map(|h| h.iter().filter(|n| self.is_active(n)).count()).unwrap_or(0);
+            let live = self
+                .locations
+                .get(id)
+                .map(|h| h.iter().filter(|n| self.is_active(n)).count())
+                .unwrap_or(0);
             if live == 0 {
                 missing += 1;
             } else if live < wanted.max(1) {
@@ -344,22 +482,38 @@ impl Registry {
     }
 
     /// Referenced blocks with their locations, sorted by id, after `after`.
-    pub fn list_blocks(&self, refs: &HashMap<BlockId, u32>, after: Option<BlockId>, limit: u32) -> (Vec<BlockInfo>, bool) {
-        let mut ids: Vec<&BlockId> = refs.keys().filter(|id| after.is_none_or(|a| **id > a)).collect();
+    pub fn list_blocks(
+        &self,
+        refs: &HashMap<BlockId, u32>,
+        after: Option<BlockId>,
+        limit: u32,
+    ) -> (Vec<BlockInfo>, bool) {
+        let mut ids: Vec<&BlockId> = refs
+            .keys()
+            .filter(|id| after.is_none_or(|a| **id > a))
+            .collect();
         ids.sort();
         let more = ids.len() > limit as usize;
         let wanted = self.wanted();
         let blocks = ids
             .into_iter()
             .take(limit as usize)
-            .map(|id| BlockInfo { id: *id, len: self.lens.get(id).copied().unwrap_or(0), locations: self.live_locations(id), wanted })
+            .map(|id| BlockInfo {
+                id: *id,
+                len: self.lens.get(id).copied().unwrap_or(0),
+                locations: self.live_locations(id),
+                wanted,
+            })
             .collect();
         (blocks, more)
     }
 
     /// (capacity, free) summed over active storages.
     pub fn space(&self) -> (u64, u64) {
-        self.storages.values().filter(|s| s.state == StorageState::Active).fold((0, 0), |(c, f), s| (c + s.capacity, f + s.free()))
+        self.storages
+            .values()
+            .filter(|s| s.state == StorageState::Active)
+            .fold((0, 0), |(c, f), s| (c + s.capacity, f + s.free()))
     }
 
     /// Whether any storage holds the block (in any state).
@@ -373,7 +527,12 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy { replication: 2, heartbeat_timeout: Duration::from_secs(5), gc_grace: Duration::from_secs(10), replication_timeout: Duration::from_secs(30) }
+        Policy {
+            replication: 2,
+            heartbeat_timeout: Duration::from_secs(5),
+            gc_grace: Duration::from_secs(10),
+            replication_timeout: Duration::from_secs(30),
+        }
     }
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -426,7 +585,10 @@ mod tests {
         assert_eq!(reg.storages["a"].state, StorageState::Down);
         // id(1) lives only on b now: c is asked to copy it from b.
         let cmds = reg.heartbeat("c", 10, &[], &[], &[], t1);
-        assert!(matches!(&cmds[..], [Command::Replicate { id: i, sources }] if *i == id(1) && sources[0].name == "b"), "{cmds:?}");
+        assert!(
+            matches!(&cmds[..], [Command::Replicate { id: i, sources }] if *i == id(1) && sources[0].name == "b"),
+            "{cmds:?}"
+        );
         // id(2) is unreferenced: deleted once the grace period is over.
         let t2 = t1 + Duration::from_secs(4);
         reg.heartbeat("b", 10, &[], &[], &[], t2);
@@ -437,10 +599,16 @@ mod tests {
         reg.heartbeat("c", 10, &[], &[], &[], t3);
         reg.tick(&refs, t3 + Duration::from_secs(3));
         let cmds = reg.heartbeat("c", 10, &[], &[], &[], t3 + Duration::from_secs(3));
-        assert!(matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(2)]), "{cmds:?}");
+        assert!(
+            matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(2)]),
+            "{cmds:?}"
+        );
         assert_eq!(reg.live_locations(&id(1)).len(), 2);
         // A down storage heartbeating again must re-register.
-        assert!(matches!(reg.heartbeat("a", 0, &[], &[], &[], t1)[..], [Command::Reregister]));
+        assert!(matches!(
+            reg.heartbeat("a", 0, &[], &[], &[], t1)[..],
+            [Command::Reregister]
+        ));
     }
 
     #[test]
@@ -450,7 +618,9 @@ mod tests {
         let refs = HashMap::from([(id(1), 1)]);
         reg.released(vec![id(3)], t0);
         let later = t0 + Duration::from_secs(20);
-        let delete = reg.report("a", &[(id(1), 5), (id(2), 5), (id(3), 5)], &refs, later).unwrap();
+        let delete = reg
+            .report("a", &[(id(1), 5), (id(2), 5), (id(3), 5)], &refs, later)
+            .unwrap();
         // id(2) is unknown: kept for the grace period (it may be an upload in flight);
         // id(3) was released long ago: deleted.
         assert_eq!(delete, vec![id(3)]);

@@ -37,7 +37,13 @@ impl Service {
     /// Recovers the namespace from the metadata directory.
     pub fn open(config: &Config) -> crate::Result<Self> {
         let (mut wal, ns, recovery) = Wal::open(&config.meta_dir)?;
-        info!(snapshot_lsn = recovery.snapshot_lsn, replayed = recovery.replayed, dropped_bytes = recovery.dropped_bytes, inodes = ns.len(), "metadata recovered");
+        info!(
+            snapshot_lsn = recovery.snapshot_lsn,
+            replayed = recovery.replayed,
+            dropped_bytes = recovery.dropped_bytes,
+            inodes = ns.len(),
+            "metadata recovered"
+        );
         if recovery.replayed > 0 || recovery.dropped_bytes > 0 {
             wal.snapshot(&ns)?;
         }
@@ -48,7 +54,11 @@ impl Service {
             replication_timeout: Duration::from_secs(30).max(config.heartbeat_timeout * 3),
         };
         Ok(Service {
-            state: Mutex::new(State { ns, wal: Some(wal), registry: Registry::new(policy) }),
+            state: Mutex::new(State {
+                ns,
+                wal: Some(wal),
+                registry: Registry::new(policy),
+            }),
             block_size: config.block_size,
             replication: config.replication,
             snapshot_bytes: config.snapshot_bytes,
@@ -73,12 +83,21 @@ impl Service {
     }
 
     /// Serves one request stream.
-    pub async fn handle(self: Arc<Self>, peer: Arc<Peer>, mut send: SendStream, mut recv: RecvStream) {
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let request: Request = match codec::read_frame(&mut recv).await {
             Ok(request) => request,
             Err(e) => {
                 warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
-                let code = if e.to_string().contains("protocol version") { ErrorCode::Version } else { ErrorCode::Invalid };
+                let code = if e.to_string().contains("protocol version") {
+                    ErrorCode::Version
+                } else {
+                    ErrorCode::Invalid
+                };
                 respond::<Response>(&mut send, Err(RemoteError::new(code, e.to_string()))).await;
                 return;
             }
@@ -98,96 +117,274 @@ impl Service {
     async fn dispatch(&self, peer: &Peer, request: Request) -> Answer {
         use Request::*;
         match &request {
-            Register { .. } | Report { .. } | Activate | Heartbeat { .. } => peer.require(Role::Storage, op_name(&request))?,
+            Register { .. } | Report { .. } | Activate | Heartbeat { .. } => {
+                peer.require(Role::Storage, op_name(&request))?
+            }
             _ => peer.require(Role::Client, op_name(&request))?,
         }
         let now = Timestamp::now();
         match request {
-            Lookup { parent, name } => self.read(|ns| Ok(Response::Attr(ns.get(ns.lookup(parent, &name)?)?.attr.clone()))),
-            Resolve { path } => self.read(|ns| Ok(Response::Attr(ns.get(ns.resolve(&path)?)?.attr.clone()))),
+            Lookup { parent, name } => self.read(|ns| {
+                Ok(Response::Attr(
+                    ns.get(ns.lookup(parent, &name)?)?.attr.clone(),
+                ))
+            }),
+            Resolve { path } => {
+                self.read(|ns| Ok(Response::Attr(ns.get(ns.resolve(&path)?)?.attr.clone())))
+            }
             GetAttr { ino } => self.read(|ns| Ok(Response::Attr(ns.get(ino)?.attr.clone()))),
             Readlink { ino } => self.read(|ns| match &ns.get(ino)?.content {
                 Content::Symlink { target } => Ok(Response::Target(target.clone())),
-                _ => refuse(ErrorCode::Invalid, format!("inode {ino}: not a symbolic link")),
+                _ => refuse(
+                    ErrorCode::Invalid,
+                    format!("inode {ino}: not a symbolic link"),
+                ),
             }),
             ReadDir { ino, offset, limit } => self.read(|ns| {
                 let (entries, more) = ns.read_dir(ino, offset, limit.clamp(1, 10_000))?;
                 Ok(Response::Entries { entries, more })
             }),
-            Mkdir { parent, name, perm, uid, gid } => self.mutate(|ns| Op::Mkdir { parent, name, ino: ns.next_ino(), perm, uid, gid, time: now }).await,
-            Create { parent, name, perm, uid, gid, exclusive } => {
+            Mkdir {
+                parent,
+                name,
+                perm,
+                uid,
+                gid,
+            } => {
+                self.mutate(|ns| Op::Mkdir {
+                    parent,
+                    name,
+                    ino: ns.next_ino(),
+                    perm,
+                    uid,
+                    gid,
+                    time: now,
+                })
+                .await
+            }
+            Create {
+                parent,
+                name,
+                perm,
+                uid,
+                gid,
+                exclusive,
+            } => {
                 if !exclusive {
-                    if let Ok(existing) = self.read(|ns| Ok(Response::Attr(ns.get(ns.lookup(parent, &name)?)?.attr.clone()))) {
+                    if let Ok(existing) = self.read(|ns| {
+                        Ok(Response::Attr(
+                            ns.get(ns.lookup(parent, &name)?)?.attr.clone(),
+                        ))
+                    }) {
                         return Ok(existing);
                     }
                 }
-                self.mutate(|ns| Op::Create { parent, name, ino: ns.next_ino(), perm, uid, gid, time: now }).await
+                self.mutate(|ns| Op::Create {
+                    parent,
+                    name,
+                    ino: ns.next_ino(),
+                    perm,
+                    uid,
+                    gid,
+                    time: now,
+                })
+                .await
             }
-            Symlink { parent, name, target, uid, gid } => self.mutate(|ns| Op::Symlink { parent, name, ino: ns.next_ino(), target, uid, gid, time: now }).await,
-            Link { ino, new_parent, new_name } => self.mutate(|_| Op::Link { ino, new_parent, new_name, time: now }).await,
-            Unlink { parent, name } => self.mutate(|_| Op::Unlink { parent, name, time: now }).await.map(|_| Response::Done),
-            Rmdir { parent, name } => self.mutate(|_| Op::Rmdir { parent, name, time: now }).await.map(|_| Response::Done),
-            Rename { parent, name, new_parent, new_name, noreplace } => {
-                self.mutate(|_| Op::Rename { parent, name, new_parent, new_name, noreplace, time: now }).await.map(|_| Response::Done)
+            Symlink {
+                parent,
+                name,
+                target,
+                uid,
+                gid,
+            } => {
+                self.mutate(|ns| Op::Symlink {
+                    parent,
+                    name,
+                    ino: ns.next_ino(),
+                    target,
+                    uid,
+                    gid,
+                    time: now,
+                })
+                .await
             }
+            Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
+                self.mutate(|_| Op::Link {
+                    ino,
+                    new_parent,
+                    new_name,
+                    time: now,
+                })
+                .await
+            }
+            Unlink { parent, name } => self
+                .mutate(|_| Op::Unlink {
+                    parent,
+                    name,
+                    time: now,
+                })
+                .await
+                .map(|_| Response::Done),
+            Rmdir { parent, name } => self
+                .mutate(|_| Op::Rmdir {
+                    parent,
+                    name,
+                    time: now,
+                })
+                .await
+                .map(|_| Response::Done),
+            Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                noreplace,
+            } => self
+                .mutate(|_| Op::Rename {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    noreplace,
+                    time: now,
+                })
+                .await
+                .map(|_| Response::Done),
             SetAttr { ino, mut set } => {
                 for time in [&mut set.atime, &mut set.mtime].into_iter().flatten() {
                     if *time == SetTime::Now {
                         *time = SetTime::At(now);
                     }
                 }
-                self.mutate(|_| Op::SetAttr { ino, set, block_size: self.block_size, time: now }).await
+                self.mutate(|_| Op::SetAttr {
+                    ino,
+                    set,
+                    block_size: self.block_size,
+                    time: now,
+                })
+                .await
             }
             StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
             Layout { ino } => self.layout(ino),
             PlaceBlock { id, len, exclude } => {
                 if len == 0 || len > self.block_size {
-                    return refuse(ErrorCode::Invalid, format!("block {id:?}: length {len} is outside 1..={}", self.block_size));
+                    return refuse(
+                        ErrorCode::Invalid,
+                        format!(
+                            "block {id:?}: length {len} is outside 1..={}",
+                            self.block_size
+                        ),
+                    );
                 }
                 let mut state = self.lock();
                 let referenced = state.ns.refs().contains_key(&id);
-                Ok(Response::Placement(state.registry.place(id, len, &exclude, referenced, Instant::now())?))
+                Ok(Response::Placement(state.registry.place(
+                    id,
+                    len,
+                    &exclude,
+                    referenced,
+                    Instant::now(),
+                )?))
             }
-            Commit { ino, size, blocks, stored } => {
+            Commit {
+                ino,
+                size,
+                blocks,
+                stored,
+            } => {
                 {
                     let mut state = self.lock();
                     for (id, holders) in &stored {
-                        let len = blocks.iter().find(|(_, b)| b.id == *id).map(|(_, b)| b.len).unwrap_or(0);
+                        let len = blocks
+                            .iter()
+                            .find(|(_, b)| b.id == *id)
+                            .map(|(_, b)| b.len)
+                            .unwrap_or(0);
                         state.registry.stored(*id, len, holders);
                     }
                     // A block the cluster no longer holds (collected while the client was
                     // slow to commit) must be uploaded again, not referenced.
-                    if let Some((_, lost)) = blocks.iter().find(|(_, b)| !state.registry.has_any_location(&b.id)) {
-                        return refuse(ErrorCode::Unavailable, format!("block {:?} has no replica; upload it again", lost.id));
+                    if let Some((_, lost)) = blocks
+                        .iter()
+                        .find(|(_, b)| !state.registry.has_any_location(&b.id))
+                    {
+                        return refuse(
+                            ErrorCode::Unavailable,
+                            format!("block {:?} has no replica; upload it again", lost.id),
+                        );
                     }
                 }
-                self.mutate(|_| Op::Commit { ino, size, blocks, block_size: self.block_size, time: now }).await
+                self.mutate(|_| Op::Commit {
+                    ino,
+                    size,
+                    blocks,
+                    block_size: self.block_size,
+                    time: now,
+                })
+                .await
             }
             Status => Ok(Response::Status(self.status(&self.lock()))),
             ListBlocks { after, limit } => {
                 let state = self.lock();
-                let (blocks, more) = state.registry.list_blocks(state.ns.refs(), after, limit.clamp(1, 100_000));
+                let (blocks, more) =
+                    state
+                        .registry
+                        .list_blocks(state.ns.refs(), after, limit.clamp(1, 100_000));
                 Ok(Response::Blocks { blocks, more })
             }
-            Register { name, addr, capacity, used } => {
+            Register {
+                name,
+                addr,
+                capacity,
+                used,
+            } => {
                 if name != peer.name {
                     warn!(peer = %peer.name, addr = %peer.addr, claimed = %name, "refused: storage registering under another name");
-                    return refuse(ErrorCode::Forbidden, format!("register {name}: refused, the certificate is for storage {}", peer.name));
+                    return refuse(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "register {name}: refused, the certificate is for storage {}",
+                            peer.name
+                        ),
+                    );
                 }
-                self.lock().registry.register(&name, addr, capacity, used, Instant::now());
+                self.lock()
+                    .registry
+                    .register(&name, addr, capacity, used, Instant::now());
                 Ok(Response::Done)
             }
             Report { blocks } => {
                 let mut state = self.lock();
                 let State { ns, registry, .. } = &mut *state;
-                Ok(Response::Delete(registry.report(&peer.name, &blocks, ns.refs(), Instant::now())?))
+                Ok(Response::Delete(registry.report(
+                    &peer.name,
+                    &blocks,
+                    ns.refs(),
+                    Instant::now(),
+                )?))
             }
             Activate => {
                 self.lock().registry.activate(&peer.name, Instant::now())?;
                 Ok(Response::Done)
             }
-            Heartbeat { used, received, removed, bad } => {
-                let commands = self.lock().registry.heartbeat(&peer.name, used, &received, &removed, &bad, Instant::now());
+            Heartbeat {
+                used,
+                received,
+                removed,
+                bad,
+            } => {
+                let commands = self.lock().registry.heartbeat(
+                    &peer.name,
+                    used,
+                    &received,
+                    &removed,
+                    &bad,
+                    Instant::now(),
+                );
                 Ok(Response::Commands(commands))
             }
         }
@@ -208,7 +405,9 @@ impl Service {
             let op = build(&state.ns);
             let ino: Ino = state.ns.apply(&op)?;
             let State { ns, wal, registry } = &mut *state;
-            let wal = wal.as_mut().ok_or_else(|| RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down"))?;
+            let wal = wal.as_mut().ok_or_else(|| {
+                RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+            })?;
             let lsn = wal.append(&op).map_err(|e| e.to_remote())?;
             registry.released(ns.take_released(), Instant::now());
             if wal.wants_snapshot(self.snapshot_bytes) {
@@ -228,14 +427,30 @@ impl Service {
         let Content::File { blocks } = &inode.content else {
             return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
         };
-        let locations = blocks.iter().map(|b| b.map(|b| state.registry.live_locations(&b.id)).unwrap_or_default()).collect();
-        Ok(Response::Layout(Layout { attr: inode.attr.clone(), block_size: self.block_size, blocks: blocks.clone(), locations }))
+        let locations = blocks
+            .iter()
+            .map(|b| {
+                b.map(|b| state.registry.live_locations(&b.id))
+                    .unwrap_or_default()
+            })
+            .collect();
+        Ok(Response::Layout(Layout {
+            attr: inode.attr.clone(),
+            block_size: self.block_size,
+            blocks: blocks.clone(),
+            locations,
+        }))
     }
 
     fn statfs(&self, state: &State) -> StatFs {
         let (capacity, free) = state.registry.space();
         let copies = state.registry.wanted().max(1) as u64;
-        StatFs { capacity: capacity / copies, free: free / copies, inodes: state.ns.len() as u64, block_size: self.block_size }
+        StatFs {
+            capacity: capacity / copies,
+            free: free / copies,
+            inodes: state.ns.len() as u64,
+            block_size: self.block_size,
+        }
     }
 
     fn status(&self, state: &State) -> ClusterStatus {

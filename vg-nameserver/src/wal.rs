@@ -101,7 +101,9 @@ fn parse_records(bytes: &[u8]) -> (Vec<(u64, Op)>, usize) {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(format!("fsync {}", dir.display())))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("fsync {}", dir.display())))
 }
 
 impl Wal {
@@ -112,7 +114,10 @@ impl Wal {
         let snapshot_path = dir.join("snapshot");
         let mut ns = match std::fs::read(&snapshot_path) {
             Ok(bytes) => {
-                let (lsn, ns) = Self::decode_snapshot(&bytes).map_err(|reason| Error::Corrupt { path: snapshot_path.display().to_string(), reason })?;
+                let (lsn, ns) = Self::decode_snapshot(&bytes).map_err(|reason| Error::Corrupt {
+                    path: snapshot_path.display().to_string(),
+                    reason,
+                })?;
                 recovery.snapshot_lsn = lsn;
                 ns
             }
@@ -121,9 +126,15 @@ impl Wal {
         };
         ns.rebuild_refs();
         let wal_path = dir.join("wal");
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&wal_path).map_err(io_err(format!("open {}", wal_path.display())))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&wal_path)
+            .map_err(io_err(format!("open {}", wal_path.display())))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_err(format!("read {}", wal_path.display())))?;
+        file.read_to_end(&mut bytes)
+            .map_err(io_err(format!("read {}", wal_path.display())))?;
         let (records, valid) = parse_records(&bytes);
         let mut last_lsn = recovery.snapshot_lsn;
         for (lsn, op) in records {
@@ -142,12 +153,18 @@ impl Wal {
         if valid < bytes.len() {
             recovery.dropped_bytes = (bytes.len() - valid) as u64;
             warn!(path = %wal_path.display(), offset = valid, dropped = recovery.dropped_bytes, "write-ahead log has a torn or corrupt tail; recovered the valid prefix and cut the rest");
-            file.set_len(valid as u64).map_err(io_err(format!("truncate {}", wal_path.display())))?;
-            file.sync_all().map_err(io_err(format!("fsync {}", wal_path.display())))?;
+            file.set_len(valid as u64)
+                .map_err(io_err(format!("truncate {}", wal_path.display())))?;
+            file.sync_all()
+                .map_err(io_err(format!("fsync {}", wal_path.display())))?;
         }
         let (durable, _) = watch::channel(last_lsn);
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending { buf: Vec::new(), last_lsn, closed: false }),
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                last_lsn,
+                closed: false,
+            }),
             wake: Condvar::new(),
             durable,
             failed: Mutex::new(None),
@@ -155,9 +172,19 @@ impl Wal {
         let file = Arc::new(Mutex::new(file));
         let flusher = {
             let (shared, file) = (shared.clone(), file.clone());
-            std::thread::Builder::new().name("wal-flusher".into()).spawn(move || flush_loop(&shared, &file)).map_err(io_err("start WAL flusher"))?
+            std::thread::Builder::new()
+                .name("wal-flusher".into())
+                .spawn(move || flush_loop(&shared, &file))
+                .map_err(io_err("start WAL flusher"))?
         };
-        let wal = Wal { dir: dir.to_path_buf(), shared, file, next_lsn: last_lsn + 1, bytes_since_snapshot: valid as u64, flusher: Some(flusher) };
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            shared,
+            file,
+            next_lsn: last_lsn + 1,
+            bytes_since_snapshot: valid as u64,
+            flusher: Some(flusher),
+        };
         Ok((wal, ns, recovery))
     }
 
@@ -191,7 +218,10 @@ impl Wal {
     /// A receiver to wait on for durability of an LSN, usable without holding the
     /// namespace lock.
     pub fn waiter(&self) -> DurableWaiter {
-        DurableWaiter { rx: self.shared.durable.subscribe(), shared: self.shared.clone() }
+        DurableWaiter {
+            rx: self.shared.durable.subscribe(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Whether the log has grown enough that a snapshot would pay off.
@@ -212,20 +242,33 @@ impl Wal {
         let tmp = self.dir.join("snapshot.tmp");
         let path = self.dir.join("snapshot");
         let mut file = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-        file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(io_err(format!("write {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {} to {}", tmp.display(), path.display())))?;
+        file.write_all(&bytes)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(format!("write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(format!(
+            "rename {} to {}",
+            tmp.display(),
+            path.display()
+        )))?;
         sync_dir(&self.dir)?;
         // The snapshot holds everything up to `lsn`: drop buffered records and empty the
         // log. A crash before the truncation only makes replay skip those records.
         let mut pending = self.shared.pending.lock().expect("wal lock");
         let file = self.file.lock().expect("wal file lock");
         pending.buf.clear();
-        file.set_len(0).and_then(|_| file.sync_all()).map_err(io_err("truncate wal"))?;
+        file.set_len(0)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err("truncate wal"))?;
         drop(file);
         drop(pending);
         self.bytes_since_snapshot = 0;
         self.shared.durable.send_replace(lsn);
-        info!(lsn, inodes = ns.len(), bytes = bytes.len(), "snapshot written");
+        info!(
+            lsn,
+            inodes = ns.len(),
+            bytes = bytes.len(),
+            "snapshot written"
+        );
         Ok(())
     }
 }
@@ -251,13 +294,19 @@ impl DurableWaiter {
     pub async fn wait(mut self, lsn: u64) -> Result<()> {
         loop {
             if let Some(reason) = self.shared.failed.lock().expect("wal lock").clone() {
-                return Err(Error::Io { context: "write-ahead log".into(), source: std::io::Error::other(reason) });
+                return Err(Error::Io {
+                    context: "write-ahead log".into(),
+                    source: std::io::Error::other(reason),
+                });
             }
             if *self.rx.borrow_and_update() >= lsn {
                 return Ok(());
             }
             if self.rx.changed().await.is_err() {
-                return Err(Error::Io { context: "write-ahead log".into(), source: std::io::Error::other("log closed") });
+                return Err(Error::Io {
+                    context: "write-ahead log".into(),
+                    source: std::io::Error::other("log closed"),
+                });
             }
         }
     }
@@ -293,7 +342,15 @@ mod tests {
     use vg_wire::{Timestamp, ROOT_INO};
 
     fn mkdir_op(ns: &Namespace, name: &str) -> Op {
-        Op::Mkdir { parent: ROOT_INO, name: name.into(), ino: ns.next_ino(), perm: 0o755, uid: 0, gid: 0, time: Timestamp::now() }
+        Op::Mkdir {
+            parent: ROOT_INO,
+            name: name.into(),
+            ino: ns.next_ino(),
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            time: Timestamp::now(),
+        }
     }
 
     async fn write_ops(dir: &Path, names: &[&str]) {

@@ -29,7 +29,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 /// CRC-32 of each chunk of `data`, little-endian.
 fn chunk_crcs(data: &[u8]) -> Vec<u8> {
-    data.chunks(CHUNK).flat_map(|c| crc32fast::hash(c).to_le_bytes()).collect()
+    data.chunks(CHUNK)
+        .flat_map(|c| crc32fast::hash(c).to_le_bytes())
+        .collect()
 }
 
 /// The blocks of one storage.
@@ -51,14 +53,27 @@ impl BlockStore {
         // Anything in tmp/ is an upload a crash interrupted.
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-        let store = BlockStore { root: root.to_path_buf(), capacity, used: AtomicU64::new(0), sizes: Mutex::default(), tmp_seq: AtomicU64::new(0) };
+        let store = BlockStore {
+            root: root.to_path_buf(),
+            capacity,
+            used: AtomicU64::new(0),
+            sizes: Mutex::default(),
+            tmp_seq: AtomicU64::new(0),
+        };
         let mut bad = 0;
         let mut sizes = HashMap::new();
         for dir in fs::read_dir(&blocks).map_err(io_err(format!("read {}", blocks.display())))? {
-            let dir = dir.map_err(io_err(format!("read {}", blocks.display())))?.path();
+            let dir = dir
+                .map_err(io_err(format!("read {}", blocks.display())))?
+                .path();
             for entry in fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))? {
-                let path = entry.map_err(io_err(format!("read {}", dir.display())))?.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let path = entry
+                    .map_err(io_err(format!("read {}", dir.display())))?
+                    .path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
                 let Ok(id) = name.parse::<BlockId>() else {
                     if !name.ends_with(".crc") {
                         warn!(path = %path.display(), "ignoring stray file in block directory");
@@ -77,7 +92,9 @@ impl BlockStore {
                 }
             }
         }
-        store.used.store(sizes.values().map(|&s| s as u64).sum(), Ordering::Relaxed);
+        store
+            .used
+            .store(sizes.values().map(|&s| s as u64).sum(), Ordering::Relaxed);
         info!(root = %root.display(), blocks = sizes.len(), bad, "block store scanned");
         *store.sizes.lock().expect("sizes lock") = sizes;
         Ok((store, bad))
@@ -106,7 +123,12 @@ impl BlockStore {
 
     /// Every block held, with its length.
     pub fn list(&self) -> Vec<(BlockId, u32)> {
-        self.sizes.lock().expect("sizes lock").iter().map(|(id, len)| (*id, *len)).collect()
+        self.sizes
+            .lock()
+            .expect("sizes lock")
+            .iter()
+            .map(|(id, len)| (*id, *len))
+            .collect()
     }
 
     /// The length of a block, if held.
@@ -118,7 +140,10 @@ impl BlockStore {
     /// is already present succeeds without writing.
     pub fn put(&self, id: &BlockId, data: &[u8]) -> Result<()> {
         if BlockId::of(data) != *id {
-            return Err(Error::Corrupt { block: *id, reason: "uploaded bytes do not match the block name".into() });
+            return Err(Error::Corrupt {
+                block: *id,
+                reason: "uploaded bytes do not match the block name".into(),
+            });
         }
         let len = data.len() as u64;
         {
@@ -128,7 +153,11 @@ impl BlockStore {
             }
             let used = self.used.load(Ordering::Relaxed);
             if used + len > self.capacity {
-                return Err(Error::NoSpace { block: *id, len, free: self.capacity.saturating_sub(used) });
+                return Err(Error::NoSpace {
+                    block: *id,
+                    len,
+                    free: self.capacity.saturating_sub(used),
+                });
             }
             // Reserve the space now so concurrent uploads cannot overshoot the capacity.
             self.used.fetch_add(len, Ordering::Relaxed);
@@ -147,18 +176,24 @@ impl BlockStore {
         let tmp_data = self.root.join("tmp").join(format!("{seq}.data"));
         let tmp_crc = self.root.join("tmp").join(format!("{seq}.crc"));
         let write = |path: &Path, bytes: &[u8]| -> Result<()> {
-            let mut file = File::create(path).map_err(io_err(format!("create {}", path.display())))?;
-            file.write_all(bytes).and_then(|_| file.sync_data()).map_err(io_err(format!("write {}", path.display())))
+            let mut file =
+                File::create(path).map_err(io_err(format!("create {}", path.display())))?;
+            file.write_all(bytes)
+                .and_then(|_| file.sync_data())
+                .map_err(io_err(format!("write {}", path.display())))
         };
         write(&tmp_data, data)?;
         write(&tmp_crc, &chunk_crcs(data))?;
         let path = self.path(id);
         let dir = path.parent().expect("block path has a parent");
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        fs::rename(&tmp_crc, self.crc_path(id)).map_err(io_err(format!("rename into {}", dir.display())))?;
+        fs::rename(&tmp_crc, self.crc_path(id))
+            .map_err(io_err(format!("rename into {}", dir.display())))?;
         fs::rename(&tmp_data, &path).map_err(io_err(format!("rename into {}", dir.display())))?;
         // The renames are durable only once the directory is synced.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(format!("fsync {}", dir.display())))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("fsync {}", dir.display())))
     }
 
     /// Reads bytes `offset..offset+len` of a block (`len` 0: to the end), verifying the
@@ -166,7 +201,12 @@ impl BlockStore {
     pub fn read(&self, id: &BlockId, offset: u32, len: u32) -> Result<Vec<u8>> {
         let size = self.len_of(id).ok_or(Error::NotFound { block: *id })?;
         if offset > size || (len > 0 && offset as u64 + len as u64 > size as u64) {
-            return Err(Error::BadRange { block: *id, offset, len, size });
+            return Err(Error::BadRange {
+                block: *id,
+                offset,
+                len,
+                size,
+            });
         }
         let end = if len == 0 { size } else { offset + len };
         let first = offset as usize / CHUNK;
@@ -176,32 +216,55 @@ impl BlockStore {
         let mut buf = vec![0u8; stop - start];
         let path = self.path(id);
         let mut file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
-        file.seek(SeekFrom::Start(start as u64)).and_then(|_| file.read_exact(&mut buf)).map_err(|_| Error::Corrupt { block: *id, reason: "block file is shorter than recorded".into() })?;
+        file.seek(SeekFrom::Start(start as u64))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|_| Error::Corrupt {
+                block: *id,
+                reason: "block file is shorter than recorded".into(),
+            })?;
         let crc_path = self.crc_path(id);
         let mut crcs = vec![0u8; (last - first) * 4];
-        let mut crc_file = File::open(&crc_path).map_err(|_| Error::Corrupt { block: *id, reason: "checksum file missing".into() })?;
+        let mut crc_file = File::open(&crc_path).map_err(|_| Error::Corrupt {
+            block: *id,
+            reason: "checksum file missing".into(),
+        })?;
         crc_file
             .seek(SeekFrom::Start(first as u64 * 4))
             .and_then(|_| crc_file.read_exact(&mut crcs))
-            .map_err(|_| Error::Corrupt { block: *id, reason: "checksum file is short".into() })?;
+            .map_err(|_| Error::Corrupt {
+                block: *id,
+                reason: "checksum file is short".into(),
+            })?;
         if chunk_crcs(&buf) != crcs {
-            return Err(Error::Corrupt { block: *id, reason: format!("checksum mismatch in bytes {start}..{stop}") });
+            return Err(Error::Corrupt {
+                block: *id,
+                reason: format!("checksum mismatch in bytes {start}..{stop}"),
+            });
         }
         Ok(buf[offset as usize - start..end as usize - start].to_vec())
     }
 
     fn read_all(&self, id: &BlockId) -> Result<Vec<u8>> {
         let data = fs::read(self.path(id)).map_err(io_err(format!("read block {id}")))?;
-        let crcs = fs::read(self.crc_path(id)).map_err(|_| Error::Corrupt { block: *id, reason: "checksum file missing".into() })?;
+        let crcs = fs::read(self.crc_path(id)).map_err(|_| Error::Corrupt {
+            block: *id,
+            reason: "checksum file missing".into(),
+        })?;
         if chunk_crcs(&data) != crcs {
-            return Err(Error::Corrupt { block: *id, reason: "checksum mismatch".into() });
+            return Err(Error::Corrupt {
+                block: *id,
+                reason: "checksum mismatch".into(),
+            });
         }
         Ok(data)
     }
 
     /// Re-hashes a whole block: true if present and intact.
     pub fn verify(&self, id: &BlockId) -> bool {
-        self.len_of(id).is_some() && self.read_all(id).is_ok_and(|data| BlockId::of(&data) == *id)
+        self.len_of(id).is_some()
+            && self
+                .read_all(id)
+                .is_ok_and(|data| BlockId::of(&data) == *id)
     }
 
     fn remove_files(&self, id: &BlockId) {
@@ -211,7 +274,9 @@ impl BlockStore {
 
     /// Deletes a block; true if it was there.
     pub fn delete(&self, id: &BlockId) -> bool {
-        let Some(len) = self.sizes.lock().expect("sizes lock").remove(id) else { return false };
+        let Some(len) = self.sizes.lock().expect("sizes lock").remove(id) else {
+            return false;
+        };
         self.remove_files(id);
         self.used.fetch_sub(len as u64, Ordering::Relaxed);
         true
@@ -249,10 +314,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = BlockStore::open(dir.path(), 1000).unwrap();
         let bytes = data(600);
-        assert!(matches!(store.put(&BlockId::of(b"other"), &bytes), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            store.put(&BlockId::of(b"other"), &bytes),
+            Err(Error::Corrupt { .. })
+        ));
         store.put(&BlockId::of(&bytes), &bytes).unwrap();
         let more = data(500);
-        assert!(matches!(store.put(&BlockId::of(&more), &more), Err(Error::NoSpace { .. })));
+        assert!(matches!(
+            store.put(&BlockId::of(&more), &more),
+            Err(Error::NoSpace { .. })
+        ));
         assert!(store.delete(&BlockId::of(&bytes)));
         store.put(&BlockId::of(&more), &more).unwrap();
     }
@@ -269,7 +340,10 @@ mod tests {
         raw[70_000] ^= 0xff;
         fs::write(&path, raw).unwrap();
         assert!(store.read(&id, 0, 10).is_ok(), "first chunk is intact");
-        assert!(matches!(store.read(&id, 69_000, 2_000), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            store.read(&id, 69_000, 2_000),
+            Err(Error::Corrupt { .. })
+        ));
         assert!(!store.verify(&id));
         drop(store);
         let (store, bad) = BlockStore::open(dir.path(), 1 << 30).unwrap();

@@ -47,7 +47,14 @@ pub struct Config {
 
 impl Config {
     /// Defaults for the timings.
-    pub fn new(name: &str, listen: SocketAddr, capacity: u64, rootpath: PathBuf, ns_addr: SocketAddr, tls: TlsPaths) -> Self {
+    pub fn new(
+        name: &str,
+        listen: SocketAddr,
+        capacity: u64,
+        rootpath: PathBuf,
+        ns_addr: SocketAddr,
+        tls: TlsPaths,
+    ) -> Self {
         Config {
             name: name.to_string(),
             listen,
@@ -97,11 +104,19 @@ impl Drop for Handle {
 /// Opens the block store and starts serving and talking to the nameserver.
 pub async fn start(config: Config) -> Result<Handle> {
     let identity = Identity::load(&config.tls)?;
-    let (name, role) = identity.name_and_role().map_err(|reason| vg_wire::Error::Tls { path: config.tls.certfile.display().to_string(), reason })?;
+    let (name, role) = identity
+        .name_and_role()
+        .map_err(|reason| vg_wire::Error::Tls {
+            path: config.tls.certfile.display().to_string(),
+            reason,
+        })?;
     if role != Role::Storage || name != config.name {
         return Err(vg_wire::Error::Tls {
             path: config.tls.certfile.display().to_string(),
-            reason: format!("certificate is for {role} {name}, not storage {}", config.name),
+            reason: format!(
+                "certificate is for {role} {name}, not storage {}",
+                config.name
+            ),
         }
         .into());
     }
@@ -112,21 +127,51 @@ pub async fn start(config: Config) -> Result<Handle> {
     .await
     .expect("scan task does not panic")?;
     let (store, bad) = store;
-    let endpoint = vg_wire::rpc::endpoint(config.listen, Some(identity.server_config()?), identity.client_config()?)?;
-    let addr = endpoint.local_addr().map_err(|e| Error::Io { context: "local address".into(), source: e })?;
+    let endpoint = vg_wire::rpc::endpoint(
+        config.listen,
+        Some(identity.server_config()?),
+        identity.client_config()?,
+    )?;
+    let addr = endpoint.local_addr().map_err(|e| Error::Io {
+        context: "local address".into(),
+        source: e,
+    })?;
     let advertise = config.advertise.unwrap_or(addr);
     let dialer = Dialer::new(endpoint.clone(), Duration::from_secs(10));
-    let ns = Target { name: config.ns_name.clone(), role: Role::Nameserver, addr: config.ns_addr };
-    let storage = Arc::new(server::Storage::new(config.name.clone(), Arc::new(store), dialer));
+    let ns = Target {
+        name: config.ns_name.clone(),
+        role: Role::Nameserver,
+        addr: config.ns_addr,
+    };
+    let storage = Arc::new(server::Storage::new(
+        config.name.clone(),
+        Arc::new(store),
+        dialer,
+    ));
     if bad > 0 {
-        info!(bad, "corrupt blocks found at start will be re-replicated by the cluster");
+        info!(
+            bad,
+            "corrupt blocks found at start will be re-replicated by the cluster"
+        );
     }
     info!(name = %config.name, %addr, %advertise, capacity = config.capacity, root = %config.rootpath.display(), "storage listening");
     let serve = {
         let storage = storage.clone();
-        tokio::spawn(vg_wire::rpc::serve(endpoint.clone(), move |peer, send, recv| storage.clone().handle(peer, send, recv)))
+        tokio::spawn(vg_wire::rpc::serve(
+            endpoint.clone(),
+            move |peer, send, recv| storage.clone().handle(peer, send, recv),
+        ))
     };
-    let link = tokio::spawn(ns_link::run(storage.clone(), ns, advertise, config.heartbeat));
+    let link = tokio::spawn(ns_link::run(
+        storage.clone(),
+        ns,
+        advertise,
+        config.heartbeat,
+    ));
     let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_pause));
-    Ok(Handle { addr, endpoint, tasks: vec![serve, link, scrub] })
+    Ok(Handle {
+        addr,
+        endpoint,
+        tasks: vec![serve, link, scrub],
+    })
 }

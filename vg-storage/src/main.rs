@@ -31,7 +31,12 @@ struct Args {
     #[arg(long, env = "VG_ROOTPATH")]
     rootpath: PathBuf,
     /// Nameserver host.
-    #[arg(long, alias = "ns_hostname", env = "VG_NS_HOSTNAME", default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        alias = "ns_hostname",
+        env = "VG_NS_HOSTNAME",
+        default_value = "127.0.0.1"
+    )]
     ns_hostname: String,
     /// Nameserver port.
     #[arg(long, alias = "ns_port", env = "VG_NS_PORT", default_value_t = 8000)]
@@ -54,7 +59,11 @@ struct Args {
 }
 
 async fn resolve(host: &str, port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host((host, port)).await.with_context(|| format!("resolve {flag} {host}"))?.next().with_context(|| format!("{flag} {host}: no address"))
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolve {flag} {host}"))?
+        .next()
+        .with_context(|| format!("{flag} {host}: no address"))
 }
 
 #[tokio::main]
@@ -72,14 +81,34 @@ async fn run() -> anyhow::Result<()> {
     let ns_addr = resolve(&args.ns_hostname, args.ns_port, "--ns-hostname").await?;
     let advertise = match &args.advertise {
         Some(text) => {
-            let (host, port) = text.rsplit_once(':').with_context(|| format!("--advertise {text}: expected HOST:PORT"))?;
-            Some(resolve(host, port.parse().with_context(|| format!("--advertise {text}: bad port"))?, "--advertise").await?)
+            let (host, port) = text
+                .rsplit_once(':')
+                .with_context(|| format!("--advertise {text}: expected HOST:PORT"))?;
+            Some(
+                resolve(
+                    host,
+                    port.parse()
+                        .with_context(|| format!("--advertise {text}: bad port"))?,
+                    "--advertise",
+                )
+                .await?,
+            )
         }
-        None if listen.ip().is_unspecified() => anyhow::bail!("--hostname {}: listening on all addresses needs --advertise HOST:PORT", args.hostname),
+        None if listen.ip().is_unspecified() => anyhow::bail!(
+            "--hostname {}: listening on all addresses needs --advertise HOST:PORT",
+            args.hostname
+        ),
         None => None,
     };
     let tls = TlsPaths::with_defaults(args.ca_cert, args.certfile, args.keyfile, &args.name);
-    let mut config = vg_storage::Config::new(&args.name, listen, args.capacity, args.rootpath, ns_addr, tls);
+    let mut config = vg_storage::Config::new(
+        &args.name,
+        listen,
+        args.capacity,
+        args.rootpath,
+        ns_addr,
+        tls,
+    );
     config.advertise = advertise;
     let mut handle = vg_storage::start(config).await.context("start storage")?;
     tokio::select! {

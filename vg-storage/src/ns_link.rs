@@ -31,16 +31,33 @@ pub async fn run(storage: Arc<Storage>, ns: Target, advertise: SocketAddr, heart
     }
 }
 
-async fn session(storage: &Arc<Storage>, ns: &Target, advertise: SocketAddr, heartbeat: Duration, backoff: &mut Duration) -> vg_wire::Result<()> {
+async fn session(
+    storage: &Arc<Storage>,
+    ns: &Target,
+    advertise: SocketAddr,
+    heartbeat: Duration,
+    backoff: &mut Duration,
+) -> vg_wire::Result<()> {
     let store = &storage.store;
-    let call = |request: Request| async move { storage.dialer.call::<_, Response>(ns, &request).await };
+    let call =
+        |request: Request| async move { storage.dialer.call::<_, Response>(ns, &request).await };
     // Changes made before the report are covered by it.
     *storage.changes.lock().expect("changes lock") = Changes::default();
-    call(Request::Register { name: storage.name.clone(), addr: advertise, capacity: store.capacity(), used: store.used() }).await?;
+    call(Request::Register {
+        name: storage.name.clone(),
+        addr: advertise,
+        capacity: store.capacity(),
+        used: store.used(),
+    })
+    .await?;
     let blocks = store.list();
     let mut deleted = 0;
     for batch in blocks.chunks(REPORT_BATCH) {
-        if let Response::Delete(ids) = call(Request::Report { blocks: batch.to_vec() }).await? {
+        if let Response::Delete(ids) = call(Request::Report {
+            blocks: batch.to_vec(),
+        })
+        .await?
+        {
             for id in ids {
                 deleted += store.delete(&id) as usize;
             }
@@ -54,8 +71,15 @@ async fn session(storage: &Arc<Storage>, ns: &Target, advertise: SocketAddr, hea
     loop {
         interval.tick().await;
         let changes = std::mem::take(&mut *storage.changes.lock().expect("changes lock"));
-        let request = Request::Heartbeat { used: store.used(), received: changes.received, removed: changes.removed, bad: changes.bad };
-        let Response::Commands(commands) = call(request).await? else { continue };
+        let request = Request::Heartbeat {
+            used: store.used(),
+            received: changes.received,
+            removed: changes.removed,
+            bad: changes.bad,
+        };
+        let Response::Commands(commands) = call(request).await? else {
+            continue;
+        };
         for command in commands {
             match command {
                 Command::Replicate { id, sources } => {
@@ -69,8 +93,16 @@ async fn session(storage: &Arc<Storage>, ns: &Target, advertise: SocketAddr, hea
                             removed.push(id);
                         }
                     }
-                    info!(blocks = removed.len(), "deleted blocks on the nameserver's request");
-                    storage.changes.lock().expect("changes lock").removed.extend(removed);
+                    info!(
+                        blocks = removed.len(),
+                        "deleted blocks on the nameserver's request"
+                    );
+                    storage
+                        .changes
+                        .lock()
+                        .expect("changes lock")
+                        .removed
+                        .extend(removed);
                 }
                 Command::Reregister => return Ok(()),
             }

@@ -51,16 +51,31 @@ fn mib(len: u32) -> u32 {
 impl Storage {
     /// Shared state around a block store.
     pub fn new(name: String, store: Arc<BlockStore>, dialer: Dialer) -> Self {
-        Storage { name, store, dialer, changes: Mutex::default(), inflight: Semaphore::new(INFLIGHT_MIB as usize) }
+        Storage {
+            name,
+            store,
+            dialer,
+            changes: Mutex::default(),
+            inflight: Semaphore::new(INFLIGHT_MIB as usize),
+        }
     }
 
     /// Serves one request stream.
-    pub async fn handle(self: Arc<Self>, peer: Arc<Peer>, mut send: SendStream, mut recv: RecvStream) {
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let request: Request = match codec::read_frame(&mut recv).await {
             Ok(request) => request,
             Err(e) => {
                 warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
-                respond::<Response>(&mut send, Err(RemoteError::new(ErrorCode::Invalid, e.to_string()))).await;
+                respond::<Response>(
+                    &mut send,
+                    Err(RemoteError::new(ErrorCode::Invalid, e.to_string())),
+                )
+                .await;
                 return;
             }
         };
@@ -81,7 +96,11 @@ impl Storage {
                 }
                 Request::Verify { ids } => {
                     let store = self.store.clone();
-                    let answer = tokio::task::spawn_blocking(move || ids.iter().map(|id| store.verify(id)).collect()).await.expect("verify does not panic");
+                    let answer = tokio::task::spawn_blocking(move || {
+                        ids.iter().map(|id| store.verify(id)).collect()
+                    })
+                    .await
+                    .expect("verify does not panic");
                     respond(&mut send, Ok(Response::Verified(answer))).await;
                 }
             }
@@ -100,7 +119,9 @@ impl Storage {
 
     async fn read(&self, id: BlockId, offset: u32, len: u32, send: &mut SendStream) {
         let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.read(&id, offset, len)).await.expect("read does not panic");
+        let result = tokio::task::spawn_blocking(move || store.read(&id, offset, len))
+            .await
+            .expect("read does not panic");
         let data = match result {
             Ok(data) => data,
             Err(e) => {
@@ -112,30 +133,59 @@ impl Storage {
                 return;
             }
         };
-        let header = Ok::<_, RemoteError>(Response::Data { len: data.len() as u32 });
+        let header = Ok::<_, RemoteError>(Response::Data {
+            len: data.len() as u32,
+        });
         if codec::write_frame(send, &header).await.is_ok() {
             let _ = send.write_all(&data).await;
         }
         let _ = send.finish();
     }
 
-    async fn put(&self, peer: &Peer, id: BlockId, len: u32, chain: Vec<Location>, recv: &mut RecvStream) -> Result<Response, RemoteError> {
+    async fn put(
+        &self,
+        peer: &Peer,
+        id: BlockId,
+        len: u32,
+        chain: Vec<Location>,
+        recv: &mut RecvStream,
+    ) -> Result<Response, RemoteError> {
         if peer.role == Role::Nameserver {
-            return Err(RemoteError::new(ErrorCode::Forbidden, "the nameserver does not upload blocks"));
+            return Err(RemoteError::new(
+                ErrorCode::Forbidden,
+                "the nameserver does not upload blocks",
+            ));
         }
         if len == 0 || len > codec::MAX_FRAME || chain.len() > MAX_CHAIN {
-            return Err(RemoteError::new(ErrorCode::Invalid, format!("block {id}: length {len} or chain of {} is out of range", chain.len())));
+            return Err(RemoteError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "block {id}: length {len} or chain of {} is out of range",
+                    chain.len()
+                ),
+            ));
         }
-        let _permit = self.inflight.acquire_many(mib(len)).await.expect("semaphore is never closed");
+        let _permit = self
+            .inflight
+            .acquire_many(mib(len))
+            .await
+            .expect("semaphore is never closed");
         let mut data = vec![0u8; len as usize];
-        recv.read_exact(&mut data).await.map_err(|e| RemoteError::new(ErrorCode::Invalid, format!("block {id}: upload cut short: {e}")))?;
+        recv.read_exact(&mut data).await.map_err(|e| {
+            RemoteError::new(
+                ErrorCode::Invalid,
+                format!("block {id}: upload cut short: {e}"),
+            )
+        })?;
         let data = Arc::new(data);
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
             tokio::task::spawn_blocking(move || store.put(&id, &data))
         };
         let forward = async {
-            let Some((next, rest)) = chain.split_first() else { return Vec::new() };
+            let Some((next, rest)) = chain.split_first() else {
+                return Vec::new();
+            };
             match self.forward(next, rest, id, &data).await {
                 Ok(holders) => holders,
                 Err(e) => {
@@ -145,44 +195,95 @@ impl Storage {
             }
         };
         let (local, forwarded) = tokio::join!(local, forward);
-        local.expect("put does not panic").map_err(|e| e.to_remote())?;
-        self.changes.lock().expect("changes lock").received.push((id, len));
+        local
+            .expect("put does not panic")
+            .map_err(|e| e.to_remote())?;
+        self.changes
+            .lock()
+            .expect("changes lock")
+            .received
+            .push((id, len));
         debug!(block = %id, from = %peer.name, "stored");
         let mut holders = vec![self.name.clone()];
         holders.extend(forwarded);
         Ok(Response::Stored { holders })
     }
 
-    async fn forward(&self, next: &Location, rest: &[Location], id: BlockId, data: &[u8]) -> vg_wire::Result<Vec<String>> {
-        let target = Target { name: next.name.clone(), role: Role::Storage, addr: next.addr };
+    async fn forward(
+        &self,
+        next: &Location,
+        rest: &[Location],
+        id: BlockId,
+        data: &[u8],
+    ) -> vg_wire::Result<Vec<String>> {
+        let target = Target {
+            name: next.name.clone(),
+            role: Role::Storage,
+            addr: next.addr,
+        };
         let work = async {
             let (mut send, mut recv) = self.dialer.open(&target).await?;
-            codec::write_frame(&mut send, &Request::Forward { id, len: data.len() as u32, chain: rest.to_vec() }).await?;
-            send.write_all(data).await.map_err(|e| vg_wire::Error::Connection { peer: target.to_string(), reason: e.to_string() })?;
+            codec::write_frame(
+                &mut send,
+                &Request::Forward {
+                    id,
+                    len: data.len() as u32,
+                    chain: rest.to_vec(),
+                },
+            )
+            .await?;
+            send.write_all(data)
+                .await
+                .map_err(|e| vg_wire::Error::Connection {
+                    peer: target.to_string(),
+                    reason: e.to_string(),
+                })?;
             let _ = send.finish();
             match read_answer(&mut recv).await? {
                 Response::Stored { holders } => Ok(holders),
-                other => Err(vg_wire::Error::BadFrame { reason: format!("unexpected answer {other:?}") }),
+                other => Err(vg_wire::Error::BadFrame {
+                    reason: format!("unexpected answer {other:?}"),
+                }),
             }
         };
-        tokio::time::timeout(self.dialer.timeout * 3, work).await.map_err(|_| vg_wire::Error::Timeout { peer: target.to_string(), secs: self.dialer.timeout.as_secs_f64() * 3.0 })?
+        tokio::time::timeout(self.dialer.timeout * 3, work)
+            .await
+            .map_err(|_| vg_wire::Error::Timeout {
+                peer: target.to_string(),
+                secs: self.dialer.timeout.as_secs_f64() * 3.0,
+            })?
     }
 
     /// Copies a block from the first source that has it intact.
     pub async fn replicate(&self, id: BlockId, sources: Vec<Location>) {
         if self.store.len_of(&id).is_some() {
-            self.changes.lock().expect("changes lock").received.push((id, self.store.len_of(&id).unwrap_or(0)));
+            self.changes
+                .lock()
+                .expect("changes lock")
+                .received
+                .push((id, self.store.len_of(&id).unwrap_or(0)));
             return;
         }
         for source in sources.iter().filter(|s| s.name != self.name) {
-            let target = Target { name: source.name.clone(), role: Role::Storage, addr: source.addr };
+            let target = Target {
+                name: source.name.clone(),
+                role: Role::Storage,
+                addr: source.addr,
+            };
             match fetch_block(&self.dialer, &target, id, 0, 0).await {
                 Ok(data) if BlockId::of(&data) == id => {
                     let (store, len) = (self.store.clone(), data.len() as u32);
-                    match tokio::task::spawn_blocking(move || store.put(&id, &data)).await.expect("put does not panic") {
+                    match tokio::task::spawn_blocking(move || store.put(&id, &data))
+                        .await
+                        .expect("put does not panic")
+                    {
                         Ok(()) => {
                             info!(block = %id, from = %source.name, "replicated block");
-                            self.changes.lock().expect("changes lock").received.push((id, len));
+                            self.changes
+                                .lock()
+                                .expect("changes lock")
+                                .received
+                                .push((id, len));
                             return;
                         }
                         Err(e) => {
@@ -191,8 +292,12 @@ impl Storage {
                         }
                     }
                 }
-                Ok(_) => warn!(block = %id, from = %source.name, "replica source sent bytes that do not match the block"),
-                Err(e) => warn!(block = %id, from = %source.name, error = %e, "replica source failed"),
+                Ok(_) => {
+                    warn!(block = %id, from = %source.name, "replica source sent bytes that do not match the block")
+                }
+                Err(e) => {
+                    warn!(block = %id, from = %source.name, error = %e, "replica source failed")
+                }
             }
         }
     }
@@ -204,7 +309,11 @@ impl Storage {
             for (id, _) in blocks {
                 tokio::time::sleep(pause).await;
                 let store = self.store.clone();
-                let intact = tokio::task::spawn_blocking(move || store.len_of(&id).is_none() || store.verify(&id)).await.unwrap_or(true);
+                let intact = tokio::task::spawn_blocking(move || {
+                    store.len_of(&id).is_none() || store.verify(&id)
+                })
+                .await
+                .unwrap_or(true);
                 if !intact {
                     self.found_bad(id);
                 }
@@ -215,17 +324,35 @@ impl Storage {
 }
 
 /// Reads bytes of a block from a storage (`len` 0: to the end).
-pub async fn fetch_block(dialer: &Dialer, target: &Target, id: BlockId, offset: u32, len: u32) -> vg_wire::Result<Vec<u8>> {
+pub async fn fetch_block(
+    dialer: &Dialer,
+    target: &Target,
+    id: BlockId,
+    offset: u32,
+    len: u32,
+) -> vg_wire::Result<Vec<u8>> {
     let work = async {
         let (mut send, mut recv) = dialer.open(target).await?;
         codec::write_frame(&mut send, &Request::Read { id, offset, len }).await?;
         let _ = send.finish();
         let Response::Data { len } = read_answer(&mut recv).await? else {
-            return Err(vg_wire::Error::BadFrame { reason: "expected block data".into() });
+            return Err(vg_wire::Error::BadFrame {
+                reason: "expected block data".into(),
+            });
         };
         let mut data = vec![0u8; len as usize];
-        recv.read_exact(&mut data).await.map_err(|e| vg_wire::Error::Connection { peer: target.to_string(), reason: e.to_string() })?;
+        recv.read_exact(&mut data)
+            .await
+            .map_err(|e| vg_wire::Error::Connection {
+                peer: target.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(data)
     };
-    tokio::time::timeout(dialer.timeout * 3, work).await.map_err(|_| vg_wire::Error::Timeout { peer: target.to_string(), secs: dialer.timeout.as_secs_f64() * 3.0 })?
+    tokio::time::timeout(dialer.timeout * 3, work)
+        .await
+        .map_err(|_| vg_wire::Error::Timeout {
+            peer: target.to_string(),
+            secs: dialer.timeout.as_secs_f64() * 3.0,
+        })?
 }

@@ -27,12 +27,16 @@ fn options() -> impl Options {
 
 /// Serialises a value without a header (for records on disk, which carry their own).
 pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    options().serialize(value).map_err(|e| Error::BadFrame { reason: e.to_string() })
+    options().serialize(value).map_err(|e| Error::BadFrame {
+        reason: e.to_string(),
+    })
 }
 
 /// Deserialises a value written by [`to_bytes`]; never panics on bad input.
 pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    options().deserialize(bytes).map_err(|e| Error::BadFrame { reason: e.to_string() })
+    options().deserialize(bytes).map_err(|e| Error::BadFrame {
+        reason: e.to_string(),
+    })
 }
 
 /// Encodes a value as one frame, header included.
@@ -40,7 +44,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let payload = to_bytes(value)?;
     if payload.len() > MAX_FRAME as usize {
         return Err(Error::BadFrame {
-            reason: format!("frame of {} bytes exceeds the limit of {MAX_FRAME}", payload.len()),
+            reason: format!(
+                "frame of {} bytes exceeds the limit of {MAX_FRAME}",
+                payload.len()
+            ),
         });
     }
     let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -55,7 +62,9 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 /// Checks a frame header and returns the payload length.
 pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize> {
     if header[..2] != MAGIC {
-        return Err(Error::BadFrame { reason: "not a vg frame (bad magic)".into() });
+        return Err(Error::BadFrame {
+            reason: "not a vg frame (bad magic)".into(),
+        });
     }
     if header[2] != VERSION {
         return Err(Error::BadFrame {
@@ -64,7 +73,9 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize> {
     }
     let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len > MAX_FRAME {
-        return Err(Error::BadFrame { reason: format!("frame of {len} bytes exceeds the limit of {MAX_FRAME}") });
+        return Err(Error::BadFrame {
+            reason: format!("frame of {len} bytes exceeds the limit of {MAX_FRAME}"),
+        });
     }
     Ok(len as usize)
 }
@@ -74,19 +85,28 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T> {
     let header: &[u8; HEADER_LEN] = frame
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| Error::BadFrame { reason: "truncated frame header".into() })?;
+        .ok_or_else(|| Error::BadFrame {
+            reason: "truncated frame header".into(),
+        })?;
     let len = decode_header(header)?;
     let payload = &frame[HEADER_LEN..];
     if payload.len() != len {
-        return Err(Error::BadFrame { reason: format!("frame says {len} bytes, has {}", payload.len()) });
+        return Err(Error::BadFrame {
+            reason: format!("frame says {len} bytes, has {}", payload.len()),
+        });
     }
     from_bytes(payload)
 }
 
 /// Writes one frame.
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(writer: &mut W, value: &T) -> Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    value: &T,
+) -> Result<()> {
     let frame = encode(value)?;
-    writer.write_all(&frame).await.map_err(|e| Error::BadFrame { reason: format!("write: {e}") })
+    writer.write_all(&frame).await.map_err(|e| Error::BadFrame {
+        reason: format!("write: {e}"),
+    })
 }
 
 /// Reads one frame; a bad header, oversized length or malformed payload is an error.
@@ -95,13 +115,17 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(reader: &mut 
     reader
         .read_exact(&mut header)
         .await
-        .map_err(|e| Error::BadFrame { reason: format!("read header: {e}") })?;
+        .map_err(|e| Error::BadFrame {
+            reason: format!("read header: {e}"),
+        })?;
     let len = decode_header(&header)?;
     let mut payload = vec![0u8; len];
     reader
         .read_exact(&mut payload)
         .await
-        .map_err(|e| Error::BadFrame { reason: format!("read {len}-byte payload: {e}") })?;
+        .map_err(|e| Error::BadFrame {
+            reason: format!("read {len}-byte payload: {e}"),
+        })?;
     from_bytes(&payload)
 }
 
@@ -111,7 +135,13 @@ mod tests {
     use crate::ns;
 
     fn sample() -> ns::Request {
-        ns::Request::Mkdir { parent: 1, name: b"docs".to_vec(), perm: 0o755, uid: 0, gid: 0 }
+        ns::Request::Mkdir {
+            parent: 1,
+            name: b"docs".to_vec(),
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     #[test]
@@ -125,7 +155,10 @@ mod tests {
     fn truncated_frames_are_errors() {
         let frame = encode(&sample()).unwrap();
         for cut in 0..frame.len() {
-            assert!(decode::<ns::Request>(&frame[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode::<ns::Request>(&frame[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

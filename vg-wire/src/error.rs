@@ -17,7 +17,10 @@ pub struct RemoteError {
 impl RemoteError {
     /// A remote error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -109,7 +112,10 @@ impl Error {
 
     /// Whether the failure is of the transport (retrying elsewhere may help).
     pub fn is_transport(&self) -> bool {
-        matches!(self, Error::Connection { .. } | Error::Timeout { .. } | Error::BadFrame { .. })
+        matches!(
+            self,
+            Error::Connection { .. } | Error::Timeout { .. } | Error::BadFrame { .. }
+        )
     }
 }
 

@@ -22,22 +22,51 @@ pub enum Request {
     /// Changes attributes; a size change truncates or extends the file.
     SetAttr { ino: Ino, set: SetAttr },
     /// Makes a directory.
-    Mkdir { parent: Ino, name: Name, perm: u32, uid: u32, gid: u32 },
+    Mkdir {
+        parent: Ino,
+        name: Name,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    },
     /// Makes an empty regular file; with `exclusive`, fails if the name exists,
     /// otherwise returns the existing file.
-    Create { parent: Ino, name: Name, perm: u32, uid: u32, gid: u32, exclusive: bool },
+    Create {
+        parent: Ino,
+        name: Name,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    },
     /// Makes a symbolic link to `target`.
-    Symlink { parent: Ino, name: Name, target: Vec<u8>, uid: u32, gid: u32 },
+    Symlink {
+        parent: Ino,
+        name: Name,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+    },
     /// The target of a symbolic link.
     Readlink { ino: Ino },
     /// Adds another name for a file.
-    Link { ino: Ino, new_parent: Ino, new_name: Name },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: Name,
+    },
     /// Removes a non-directory name.
     Unlink { parent: Ino, name: Name },
     /// Removes an empty directory.
     Rmdir { parent: Ino, name: Name },
     /// Moves a name; replaces an existing target unless `noreplace`.
-    Rename { parent: Ino, name: Name, new_parent: Ino, new_name: Name, noreplace: bool },
+    Rename {
+        parent: Ino,
+        name: Name,
+        new_parent: Ino,
+        new_name: Name,
+        noreplace: bool,
+    },
     /// Entries of a directory with their attributes, from position `offset`, at most `limit`.
     ReadDir { ino: Ino, offset: u64, limit: u32 },
     /// Cluster capacity and free space.
@@ -45,21 +74,40 @@ pub enum Request {
     /// A file's attributes, blocks and the storages holding each block.
     Layout { ino: Ino },
     /// Where to upload a new block; says if the cluster already holds it.
-    PlaceBlock { id: BlockId, len: u32, exclude: Vec<String> },
+    PlaceBlock {
+        id: BlockId,
+        len: u32,
+        exclude: Vec<String>,
+    },
     /// Replaces blocks of a file and sets its size, as one logged step.
-    Commit { ino: Ino, size: u64, blocks: Vec<(u64, BlockRef)>, stored: Vec<(BlockId, Vec<String>)> },
+    Commit {
+        ino: Ino,
+        size: u64,
+        blocks: Vec<(u64, BlockRef)>,
+        stored: Vec<(BlockId, Vec<String>)>,
+    },
     /// Storages and cluster counters, for `vgctl du`, `usage` and `status`.
     Status,
     /// Referenced blocks with their expected and known locations, from `after`, at most `limit`.
     ListBlocks { after: Option<BlockId>, limit: u32 },
     /// A storage announces itself (storage role only; `name` must match its certificate).
-    Register { name: String, addr: std::net::SocketAddr, capacity: u64, used: u64 },
+    Register {
+        name: String,
+        addr: std::net::SocketAddr,
+        capacity: u64,
+        used: u64,
+    },
     /// Part of a storage's full block report; the answer lists the blocks to delete.
     Report { blocks: Vec<(BlockId, u32)> },
     /// The storage finished its report and takes new blocks.
     Activate,
     /// Liveness, space, and blocks gained, lost or found bad since the last heartbeat.
-    Heartbeat { used: u64, received: Vec<(BlockId, u32)>, removed: Vec<BlockId>, bad: Vec<BlockId> },
+    Heartbeat {
+        used: u64,
+        received: Vec<(BlockId, u32)>,
+        removed: Vec<BlockId>,
+        bad: Vec<BlockId>,
+    },
 }
 
 /// The nameserver's answer.
@@ -72,7 +120,10 @@ pub enum Response {
     /// A symlink target.
     Target(Vec<u8>),
     /// Directory entries: name and attributes; `more` if the listing continues.
-    Entries { entries: Vec<(Name, Attr)>, more: bool },
+    Entries {
+        entries: Vec<(Name, Attr)>,
+        more: bool,
+    },
     /// Capacity figures.
     StatFs(StatFs),
     /// A file's layout.

@@ -39,7 +39,10 @@ impl Peer {
             warn!(peer = %self.name, addr = %self.addr, role = %self.role, op, "refused: needs the {role} role");
             Err(RemoteError::new(
                 crate::error::ErrorCode::Forbidden,
-                format!("{op}: refused for {} ({} certificate); needs a {role} certificate", self.name, self.role),
+                format!(
+                    "{op}: refused for {} ({} certificate); needs a {role} certificate",
+                    self.name, self.role
+                ),
             ))
         }
     }
@@ -78,7 +81,9 @@ where
                 loop {
                     match conn.accept_bi().await {
                         Ok((send, recv)) => {
-                            tokio::spawn(handler.clone()(peer.clone(), send, recv).in_current_span());
+                            tokio::spawn(
+                                handler.clone()(peer.clone(), send, recv).in_current_span(),
+                            );
                         }
                         Err(e) => {
                             debug!(reason = %e, "connection ended");
@@ -94,7 +99,10 @@ where
 }
 
 /// Sends the answer to a request and finishes the stream.
-pub async fn respond<T: Serialize>(send: &mut SendStream, answer: std::result::Result<T, RemoteError>) {
+pub async fn respond<T: Serialize>(
+    send: &mut SendStream,
+    answer: std::result::Result<T, RemoteError>,
+) {
     if let Err(e) = codec::write_frame(send, &answer).await {
         debug!(reason = %e, "could not send answer");
     }
@@ -136,7 +144,11 @@ pub struct Dialer {
 impl Dialer {
     /// A dialer on `endpoint`, which must have a default client config.
     pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
-        Dialer { endpoint, conns: Arc::default(), timeout }
+        Dialer {
+            endpoint,
+            conns: Arc::default(),
+            timeout,
+        }
     }
 
     /// The endpoint it dials from.
@@ -145,7 +157,10 @@ impl Dialer {
     }
 
     fn conn_err(target: &Target, reason: impl std::fmt::Display) -> Error {
-        Error::Connection { peer: target.to_string(), reason: reason.to_string() }
+        Error::Connection {
+            peer: target.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     /// The live connection to `target`, dialling it if needed and checking that the
@@ -156,17 +171,30 @@ impl Dialer {
                 return Ok(conn.clone());
             }
         }
-        let connecting = self.endpoint.connect(target.addr, &target.name).map_err(|e| Self::conn_err(target, e))?;
+        let connecting = self
+            .endpoint
+            .connect(target.addr, &target.name)
+            .map_err(|e| Self::conn_err(target, e))?;
         let conn = tokio::time::timeout(self.timeout, connecting)
             .await
-            .map_err(|_| Error::Timeout { peer: target.to_string(), secs: self.timeout.as_secs_f64() })?
+            .map_err(|_| Error::Timeout {
+                peer: target.to_string(),
+                secs: self.timeout.as_secs_f64(),
+            })?
             .map_err(|e| Self::conn_err(target, e))?;
-        let (name, role) = crate::tls::peer_identity(&conn).map_err(|e| Self::conn_err(target, e))?;
+        let (name, role) =
+            crate::tls::peer_identity(&conn).map_err(|e| Self::conn_err(target, e))?;
         if role != target.role || name != target.name {
             conn.close(1u32.into(), b"unexpected peer");
-            return Err(Self::conn_err(target, format!("presented a certificate for {role} {name}")));
+            return Err(Self::conn_err(
+                target,
+                format!("presented a certificate for {role} {name}"),
+            ));
         }
-        self.conns.lock().expect("dialer lock").insert(target.clone(), conn.clone());
+        self.conns
+            .lock()
+            .expect("dialer lock")
+            .insert(target.clone(), conn.clone());
         Ok(conn)
     }
 
@@ -189,7 +217,11 @@ impl Dialer {
     }
 
     /// Sends one request and waits for its answer, within the timeout.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(&self, target: &Target, request: &Req) -> Result<Resp> {
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: &Target,
+        request: &Req,
+    ) -> Result<Resp> {
         let work = async {
             let (mut send, mut recv) = self.open(target).await?;
             codec::write_frame(&mut send, request).await?;
@@ -198,19 +230,29 @@ impl Dialer {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout { peer: target.to_string(), secs: self.timeout.as_secs_f64() }),
+            Err(_) => Err(Error::Timeout {
+                peer: target.to_string(),
+                secs: self.timeout.as_secs_f64(),
+            }),
         }
     }
 }
 
 /// Makes an endpoint that listens on `addr` (when a server config is given) and dials
 /// with `client`.
-pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>, client: quinn::ClientConfig) -> Result<Endpoint> {
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    client: quinn::ClientConfig,
+) -> Result<Endpoint> {
     let mut endpoint = match server {
         Some(server) => Endpoint::server(server, addr),
         None => Endpoint::client(addr),
     }
-    .map_err(|e| Error::Io { context: format!("bind UDP {addr}"), source: e })?;
+    .map_err(|e| Error::Io {
+        context: format!("bind UDP {addr}"),
+        source: e,
+    })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }

@@ -15,9 +15,17 @@ pub enum Request {
     Read { id: BlockId, offset: u32, len: u32 },
     /// Store a block whose `len` raw bytes follow; forward it to `chain` first-to-last.
     /// Acknowledged once every storage of the chain that could be reached has it.
-    Put { id: BlockId, len: u32, chain: Vec<Location> },
+    Put {
+        id: BlockId,
+        len: u32,
+        chain: Vec<Location>,
+    },
     /// The same as `Put`, sent by a storage forwarding along a pipeline (storage role only).
-    Forward { id: BlockId, len: u32, chain: Vec<Location> },
+    Forward {
+        id: BlockId,
+        len: u32,
+        chain: Vec<Location>,
+    },
     /// Re-hash blocks and say which are intact (for `fsck`).
     Verify { ids: Vec<BlockId> },
 }

@@ -46,7 +46,12 @@ impl TlsPaths {
     }
 
     /// Fills unset paths with the defaults under `certs/` for `name`.
-    pub fn with_defaults(ca_cert: Option<PathBuf>, certfile: Option<PathBuf>, keyfile: Option<PathBuf>, name: &str) -> Self {
+    pub fn with_defaults(
+        ca_cert: Option<PathBuf>,
+        certfile: Option<PathBuf>,
+        keyfile: Option<PathBuf>,
+        name: &str,
+    ) -> Self {
         let defaults = TlsPaths::in_dir(Path::new("certs"), name);
         TlsPaths {
             ca_cert: ca_cert.unwrap_or(defaults.ca_cert),
@@ -65,7 +70,10 @@ pub struct Identity {
 }
 
 fn tls_err(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::Tls { path: path.display().to_string(), reason: reason.to_string() }
+    Error::Tls {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 impl Identity {
@@ -83,13 +91,21 @@ impl Identity {
         };
         let mut roots = RootCertStore::empty();
         for cert in read_certs(&paths.ca_cert)? {
-            roots.add(cert).map_err(|e| tls_err(&paths.ca_cert, format!("unusable CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| tls_err(&paths.ca_cert, format!("unusable CA certificate: {e}")))?;
         }
         let chain = read_certs(&paths.certfile)?;
         let key = PrivateKeyDer::from_pem_file(&paths.keyfile)
             .map_err(|e| tls_err(&paths.keyfile, format!("cannot read private key: {e}")))?;
-        let identity = Identity { roots: Arc::new(roots), chain, key: Arc::new(key) };
-        identity.name_and_role().map_err(|e| tls_err(&paths.certfile, e))?;
+        let identity = Identity {
+            roots: Arc::new(roots),
+            chain,
+            key: Arc::new(key),
+        };
+        identity
+            .name_and_role()
+            .map_err(|e| tls_err(&paths.certfile, e))?;
         Ok(identity)
     }
 
@@ -104,17 +120,32 @@ impl Identity {
 
     /// Server config: TLS 1.3, client certificate required and verified against the CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), Self::provider())
-            .build()
-            .map_err(|e| Error::Tls { path: "CA".into(), reason: e.to_string() })?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            Self::provider(),
+        )
+        .build()
+        .map_err(|e| Error::Tls {
+            path: "CA".into(),
+            reason: e.to_string(),
+        })?;
         let mut tls = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| Error::Tls { path: "TLS".into(), reason: e.to_string() })?
+            .map_err(|e| Error::Tls {
+                path: "TLS".into(),
+                reason: e.to_string(),
+            })?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| Error::Tls { path: "certificate".into(), reason: e.to_string() })?;
+            .map_err(|e| Error::Tls {
+                path: "certificate".into(),
+                reason: e.to_string(),
+            })?;
         tls.alpn_protocols = vec![alpn()];
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls { path: "QUIC".into(), reason: e.to_string() })?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls {
+            path: "QUIC".into(),
+            reason: e.to_string(),
+        })?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(transport());
         Ok(config)
@@ -124,12 +155,21 @@ impl Identity {
     pub fn client_config(&self) -> Result<quinn::ClientConfig> {
         let mut tls = rustls::ClientConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| Error::Tls { path: "TLS".into(), reason: e.to_string() })?
+            .map_err(|e| Error::Tls {
+                path: "TLS".into(),
+                reason: e.to_string(),
+            })?
             .with_root_certificates(self.roots.clone())
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| Error::Tls { path: "certificate".into(), reason: e.to_string() })?;
+            .map_err(|e| Error::Tls {
+                path: "certificate".into(),
+                reason: e.to_string(),
+            })?;
         tls.alpn_protocols = vec![alpn()];
-        let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls { path: "QUIC".into(), reason: e.to_string() })?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls {
+            path: "QUIC".into(),
+            reason: e.to_string(),
+        })?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport());
         Ok(config)
@@ -146,13 +186,18 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .receive_window((64u32 << 20).into())
         .send_window(64 << 20)
         .keep_alive_interval(Some(Duration::from_secs(1)))
-        .max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("5 s is a valid idle timeout")));
+        .max_idle_timeout(Some(
+            Duration::from_secs(5)
+                .try_into()
+                .expect("5 s is a valid idle timeout"),
+        ));
     Arc::new(transport)
 }
 
 /// The (name, role) a vg certificate grants: its common name and organizational unit.
 pub fn cert_identity(cert: &CertificateDer<'_>) -> std::result::Result<(String, Role), String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("unparsable certificate: {e}"))?;
     let subject = parsed.subject();
     let name = subject
         .iter_common_name()
@@ -197,12 +242,18 @@ pub struct Validity {
 
 impl Default for Validity {
     fn default() -> Self {
-        Validity { from_days_ago: 1, until_days: 3650 }
+        Validity {
+            from_days_ago: 1,
+            until_days: 3650,
+        }
     }
 }
 
 fn days_from_now(days: i64) -> time::OffsetDateTime {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp(now + days * 86_400)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
@@ -214,7 +265,10 @@ pub struct Ca {
 }
 
 fn gen_err(e: impl std::fmt::Display) -> Error {
-    Error::Tls { path: "certificate generation".into(), reason: e.to_string() }
+    Error::Tls {
+        path: "certificate generation".into(),
+        reason: e.to_string(),
+    }
 }
 
 impl Ca {
@@ -223,10 +277,18 @@ impl Ca {
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "vg");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "vg");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         params.not_before = days_from_now(-1);
         params.not_after = days_from_now(3650 * 2);
         let cert = params.self_signed(&key).map_err(gen_err)?;
@@ -245,25 +307,44 @@ impl Ca {
 
     /// The CA certificate and key.
     pub fn pem(&self) -> Pem {
-        Pem { cert: self.cert.pem(), key: self.key.serialize_pem() }
+        Pem {
+            cert: self.cert.pem(),
+            key: self.key.serialize_pem(),
+        }
     }
 
     /// Issues a certificate for peer `name` with `role`, valid for the name itself and
     /// `hosts` (DNS names or IP addresses).
-    pub fn issue(&self, name: &str, role: Role, hosts: &[String], validity: Validity) -> Result<Pem> {
+    pub fn issue(
+        &self,
+        name: &str,
+        role: Role,
+        hosts: &[String],
+        validity: Validity,
+    ) -> Result<Pem> {
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, role.as_str());
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "vg");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, role.as_str());
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "vg");
         let mut sans = vec![name.to_string()];
         sans.extend(hosts.iter().cloned());
         sans.dedup();
         for host in sans {
             let san = match host.parse::<IpAddr>() {
                 Ok(ip) => rcgen::SanType::IpAddress(ip),
-                Err(_) => rcgen::SanType::DnsName(host.clone().try_into().map_err(|e| gen_err(format!("{host:?}: {e}")))?),
+                Err(_) => rcgen::SanType::DnsName(
+                    host.clone()
+                        .try_into()
+                        .map_err(|e| gen_err(format!("{host:?}: {e}")))?,
+                ),
             };
             if !params.subject_alt_names.contains(&san) {
                 params.subject_alt_names.push(san);
@@ -271,12 +352,20 @@ impl Ca {
         }
         // Every peer both serves and dials (storages forward to storages), so every
         // certificate is good for both ends of a handshake.
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.not_before = days_from_now(-validity.from_days_ago);
         params.not_after = days_from_now(validity.until_days);
-        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(gen_err)?;
-        Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(gen_err)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
     }
 }
 
@@ -285,7 +374,10 @@ impl Ca {
 pub fn write_peer(dir: &Path, name: &str, pem: &Pem) -> Result<TlsPaths> {
     let paths = TlsPaths::in_dir(dir, name);
     let peer_dir = dir.join(name);
-    std::fs::create_dir_all(&peer_dir).map_err(|e| Error::Io { context: format!("create {}", peer_dir.display()), source: e })?;
+    std::fs::create_dir_all(&peer_dir).map_err(|e| Error::Io {
+        context: format!("create {}", peer_dir.display()),
+        source: e,
+    })?;
     write_file(&paths.certfile, &pem.cert, 0o644)?;
     write_file(&paths.keyfile, &pem.key, 0o600)?;
     Ok(paths)
@@ -295,7 +387,16 @@ pub fn write_peer(dir: &Path, name: &str, pem: &Pem) -> Result<TlsPaths> {
 pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| Error::Io { context: format!("write {}", path.display()), source: e };
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(io)?;
+    let io = |e| Error::Io {
+        context: format!("write {}", path.display()),
+        source: e,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)
 }

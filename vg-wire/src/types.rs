@@ -92,14 +92,23 @@ impl Timestamp {
 impl From<SystemTime> for Timestamp {
     fn from(time: SystemTime) -> Self {
         match time.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
                 if nanos == 0 {
-                    Timestamp { secs: -secs, nanos: 0 }
+                    Timestamp {
+                        secs: -secs,
+                        nanos: 0,
+                    }
                 } else {
-                    Timestamp { secs: -secs - 1, nanos: 1_000_000_000 - nanos }
+                    Timestamp {
+                        secs: -secs - 1,
+                        nanos: 1_000_000_000 - nanos,
+                    }
                 }
             }
         }
@@ -209,7 +218,9 @@ impl FromStr for Role {
             "nameserver" => Ok(Role::Nameserver),
             "storage" => Ok(Role::Storage),
             "client" => Ok(Role::Client),
-            other => Err(format!("unknown role {other:?} (nameserver, storage or client)")),
+            other => Err(format!(
+                "unknown role {other:?} (nameserver, storage or client)"
+            )),
         }
     }
 }
@@ -240,16 +251,26 @@ pub fn check_name(name: &[u8]) -> Result<(), crate::error::RemoteError> {
     use crate::error::{ErrorCode, RemoteError};
     let shown = String::from_utf8_lossy(name);
     if name.is_empty() || name == b"." || name == b".." {
-        return Err(RemoteError::new(ErrorCode::Invalid, format!("{shown:?}: not a valid file name")));
+        return Err(RemoteError::new(
+            ErrorCode::Invalid,
+            format!("{shown:?}: not a valid file name"),
+        ));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(RemoteError::new(
             ErrorCode::NameTooLong,
-            format!("{}...: name is {} bytes, at most {MAX_NAME_LEN}", &shown[..40.min(shown.len())], name.len()),
+            format!(
+                "{}...: name is {} bytes, at most {MAX_NAME_LEN}",
+                &shown[..40.min(shown.len())],
+                name.len()
+            ),
         ));
     }
     if name.contains(&b'/') || name.contains(&0) {
-        return Err(RemoteError::new(ErrorCode::Invalid, format!("{shown:?}: a name may not contain '/' or NUL")));
+        return Err(RemoteError::new(
+            ErrorCode::Invalid,
+            format!("{shown:?}: a name may not contain '/' or NUL"),
+        ));
     }
     Ok(())
 }
@@ -280,9 +301,15 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        let t = Timestamp { secs: -5, nanos: 250 };
+        let t = Timestamp {
+            secs: -5,
+            nanos: 250,
+        };
         assert_eq!(Timestamp::from(SystemTime::from(t)), t);
-        let t = Timestamp { secs: 1_700_000_000, nanos: 1 };
+        let t = Timestamp {
+            secs: 1_700_000_000,
+            nanos: 1,
+        };
         assert_eq!(Timestamp::from(SystemTime::from(t)), t);
     }
 }

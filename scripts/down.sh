@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Stops the local cluster that scripts/up.sh started, by the PIDs it recorded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+home=${VG_HOME:-$(pwd)/.vg}
+pids=$home/pids
+if [[ ! -f $pids ]]; then
+  echo "down.sh: no cluster recorded in $home" >&2; exit 0
+fi
+while read -r name pid; do
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    echo "stopped $name ($pid)"
+  fi
+done < "$pids"
+rm -f "$pids"

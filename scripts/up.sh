@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Starts a local vg cluster on loopback: a nameserver and storages (default alice, bob,
+# carol), with certificates (made if missing) and data under $VG_HOME (default ./.vg).
+#
+#   scripts/up.sh [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE]
+#
+# PIDs go to $VG_HOME/pids so that scripts/down.sh stops exactly these processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+n_storages=3
+capacity=1GiB
+replication=2
+block_size=4MiB
+while getopts "n:c:r:b:" opt; do
+  case $opt in
+    n) n_storages=$OPTARG ;;
+    c) capacity=$OPTARG ;;
+    r) replication=$OPTARG ;;
+    b) block_size=$OPTARG ;;
+    *) echo "usage: $0 [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE]" >&2; exit 2 ;;
+  esac
+done
+
+home=${VG_HOME:-$root/.vg}
+ns_port=${VG_NS_PORT:-8000}
+names=(alice bob carol dave eve mellory trent)
+if (( n_storages < 1 || n_storages > 20 )); then
+  echo "up.sh: -n $n_storages: use 1..20 storages" >&2; exit 2
+fi
+for ((i = ${#names[@]}; i < n_storages; i++)); do names+=("storage$i"); done
+names=("${names[@]:0:n_storages}")
+
+if [[ -f $home/pids ]]; then
+  echo "up.sh: a cluster already runs from $home (scripts/down.sh stops it)" >&2; exit 1
+fi
+
+bin=${VG_BIN:-}
+if [[ -z $bin ]]; then
+  if ! command -v cargo >/dev/null; then
+    echo "up.sh: cargo is missing: install the Rust toolchain (https://rustup.rs)" >&2; exit 1
+  fi
+  cargo build --release --quiet
+  bin=$root/target/release
+fi
+
+certs=$root/certs
+peers=nameserver,client
+for name in "${names[@]}"; do peers+=",$name"; done
+if [[ ! -f $certs/rootCA.crt ]]; then
+  "$bin/vgctl" certs init --dir "$certs" --peers "$peers" >/dev/null
+fi
+for name in "${names[@]}"; do
+  [[ -f $certs/$name/$name.crt ]] || "$bin/vgctl" certs add --dir "$certs" "$name" --role storage >/dev/null
+done
+
+mkdir -p "$home/logs"
+: > "$home/pids"
+"$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$home/meta" \
+  --replication "$replication" --block-size "$block_size" --logfile "$home/logs/nameserver.log" \
+  >"$home/logs/nameserver.out" 2>&1 &
+echo "nameserver $!" >> "$home/pids"
+port=$((ns_port + 1))
+for name in "${names[@]}"; do
+  "$bin/vg-storage" --name "$name" --hostname 127.0.0.1 --port "$port" --capacity "$capacity" \
+    --rootpath "$home/data/$name" --ns-hostname 127.0.0.1 --ns-port "$ns_port" \
+    --logfile "$home/logs/$name.log" >"$home/logs/$name.out" 2>&1 &
+  echo "$name $!" >> "$home/pids"
+  port=$((port + 1))
+done
+
+# Wait until every storage is active (or give up after 30 s).
+deadline=$((SECONDS + 30))
+until "$bin/vgctl" --ns-port "$ns_port" du 2>/dev/null | grep -c ' active ' | grep -qx "${#names[@]}"; do
+  if (( SECONDS > deadline )); then
+    echo "up.sh: the cluster did not come up; see $home/logs" >&2; exit 1
+  fi
+  sleep 0.2
+done
+
+cat <<MSG
+vg is running: nameserver on 127.0.0.1:$ns_port, storages ${names[*]} (capacity $capacity each, R=$replication).
+Logs: $home/logs. Stop it with scripts/down.sh.
+
+Try:
+  $bin/vgctl du
+  $bin/vgctl put README.md /
+  $bin/vgctl ls /
+  $bin/vgctl          # interactive shell
+MSG

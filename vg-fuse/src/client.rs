@@ -1,0 +1,603 @@
+//! The cluster client: namespace calls to the nameserver, block uploads and reads on
+//! storages. Knows nothing of FUSE, so `vgctl`, the FUSE adapter and tests share it.
+
+pub mod error;
+pub mod transfer;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vg_wire::error::ErrorCode;
+use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatFs};
+use vg_wire::rpc::{read_answer, Dialer, Target};
+use vg_wire::storage;
+use vg_wire::tls::{Identity, TlsPaths};
+use vg_wire::{codec, Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
+
+pub use error::{Error, Result};
+
+/// How to reach the cluster.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Nameserver address.
+    pub ns_addr: SocketAddr,
+    /// Nameserver certificate name.
+    pub ns_name: String,
+    /// CA, certificate and key of this client.
+    pub tls: TlsPaths,
+    /// Bound on one request to a server.
+    pub request_timeout: Duration,
+    /// How long to keep retrying an unreachable nameserver before failing.
+    pub unavailable_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for the timeouts.
+    pub fn new(ns_addr: SocketAddr, tls: TlsPaths) -> Self {
+        Config {
+            ns_addr,
+            ns_name: "nameserver".into(),
+            tls,
+            request_timeout: Duration::from_secs(10),
+            unavailable_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A connection to a vg cluster. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    dialer: Dialer,
+    ns: Target,
+    unavailable_timeout: Duration,
+    /// The cluster block size.
+    pub block_size: u32,
+}
+
+fn unexpected(what: &str, answer: impl std::fmt::Debug) -> Error {
+    Error::Wire(vg_wire::Error::BadFrame {
+        reason: format!("{what}: unexpected answer {answer:?}"),
+    })
+}
+
+impl Client {
+    /// Loads the TLS material and connects to the nameserver.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let identity = Identity::load(&config.tls)?;
+        let bind: SocketAddr = if config.ns_addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = vg_wire::rpc::endpoint(bind, None, identity.client_config()?)?;
+        let mut client = Client {
+            dialer: Dialer::new(endpoint, config.request_timeout),
+            ns: Target {
+                name: config.ns_name.clone(),
+                role: Role::Nameserver,
+                addr: config.ns_addr,
+            },
+            unavailable_timeout: config.unavailable_timeout,
+            block_size: 0,
+        };
+        client.block_size = client.statfs().await?.block_size;
+        Ok(client)
+    }
+
+    /// Sends a request to the nameserver, retrying while it is unreachable (e.g.
+    /// restarting) for up to the configured time.
+    pub async fn ns_call(&self, request: ns::Request) -> Result<ns::Response> {
+        let deadline = Instant::now() + self.unavailable_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.dialer.call(&self.ns, &request).await {
+                Err(e) if e.is_transport() && Instant::now() + pause < deadline => {
+                    self.dialer.forget(&self.ns);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    async fn attr_call(&self, request: ns::Request) -> Result<Attr> {
+        match self.ns_call(request).await? {
+            ns::Response::Attr(attr) => Ok(attr),
+            other => Err(unexpected("attributes", other)),
+        }
+    }
+
+    async fn done_call(&self, request: ns::Request) -> Result<()> {
+        self.ns_call(request).await.map(|_| ())
+    }
+
+    /// Attributes of the inode at an absolute path (symlinks are not followed).
+    pub async fn resolve(&self, path: &str) -> Result<Attr> {
+        self.attr_call(ns::Request::Resolve {
+            path: path.to_string(),
+        })
+        .await
+    }
+
+    /// Attributes of `name` in directory `parent`.
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.attr_call(ns::Request::Lookup {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    /// Attributes of an inode.
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
+        self.attr_call(ns::Request::GetAttr { ino }).await
+    }
+
+    /// Changes attributes.
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.attr_call(ns::Request::SetAttr { ino, set }).await
+    }
+
+    /// Makes a directory.
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        self.attr_call(ns::Request::Mkdir {
+            parent,
+            name: name.to_vec(),
+            perm,
+            uid,
+            gid,
+        })
+        .await
+    }
+
+    /// Makes an empty file (or returns the existing one unless `exclusive`).
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> Result<Attr> {
+        self.attr_call(ns::Request::Create {
+            parent,
+            name: name.to_vec(),
+            perm,
+            uid,
+            gid,
+            exclusive,
+        })
+        .await
+    }
+
+    /// Makes a symbolic link.
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        self.attr_call(ns::Request::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid,
+            gid,
+        })
+        .await
+    }
+
+    /// Target of a symbolic link.
+    pub async fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.ns_call(ns::Request::Readlink { ino }).await? {
+            ns::Response::Target(target) => Ok(target),
+            other => Err(unexpected("readlink", other)),
+        }
+    }
+
+    /// Adds a hard link.
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.attr_call(ns::Request::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        })
+        .await
+    }
+
+    /// Removes a non-directory.
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.done_call(ns::Request::Unlink {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.done_call(ns::Request::Rmdir {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    /// Renames.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        noreplace: bool,
+    ) -> Result<()> {
+        self.done_call(ns::Request::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            noreplace,
+        })
+        .await
+    }
+
+    /// One page of a directory listing.
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<(Name, Attr)>, bool)> {
+        match self
+            .ns_call(ns::Request::ReadDir { ino, offset, limit })
+            .await?
+        {
+            ns::Response::Entries { entries, more } => Ok((entries, more)),
+            other => Err(unexpected("readdir", other)),
+        }
+    }
+
+    /// A whole directory listing.
+    pub async fn readdir_all(&self, ino: Ino) -> Result<Vec<(Name, Attr)>> {
+        let mut all = Vec::new();
+        loop {
+            let (page, more) = self.readdir(ino, all.len() as u64, 5000).await?;
+            all.extend(page);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Cluster space.
+    pub async fn statfs(&self) -> Result<StatFs> {
+        match self.ns_call(ns::Request::StatFs).await? {
+            ns::Response::StatFs(statfs) => Ok(statfs),
+            other => Err(unexpected("statfs", other)),
+        }
+    }
+
+    /// Storages and replication counters.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        match self.ns_call(ns::Request::Status).await? {
+            ns::Response::Status(status) => Ok(status),
+            other => Err(unexpected("status", other)),
+        }
+    }
+
+    /// A file's blocks and their locations.
+    pub async fn layout(&self, ino: Ino) -> Result<Layout> {
+        match self.ns_call(ns::Request::Layout { ino }).await? {
+            ns::Response::Layout(layout) => Ok(layout),
+            other => Err(unexpected("layout", other)),
+        }
+    }
+
+    /// Every referenced block with its live locations.
+    pub async fn list_blocks(&self) -> Result<Vec<BlockInfo>> {
+        let mut all: Vec<BlockInfo> = Vec::new();
+        loop {
+            let after = all.last().map(|b| b.id);
+            match self
+                .ns_call(ns::Request::ListBlocks {
+                    after,
+                    limit: 10_000,
+                })
+                .await?
+            {
+                ns::Response::Blocks { blocks, more } => {
+                    all.extend(blocks);
+                    if !more {
+                        return Ok(all);
+                    }
+                }
+                other => return Err(unexpected("list blocks", other)),
+            }
+        }
+    }
+
+    /// Replaces blocks of a file and sets its size, as one step.
+    pub async fn commit(
+        &self,
+        ino: Ino,
+        size: u64,
+        blocks: Vec<(u64, BlockRef)>,
+        stored: Vec<(BlockId, Vec<String>)>,
+    ) -> Result<Attr> {
+        self.attr_call(ns::Request::Commit {
+            ino,
+            size,
+            blocks,
+            stored,
+        })
+        .await
+    }
+
+    async fn place(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Result<Placement> {
+        match self
+            .ns_call(ns::Request::PlaceBlock { id, len, exclude })
+            .await?
+        {
+            ns::Response::Placement(placement) => Ok(placement),
+            other => Err(unexpected("place block", other)),
+        }
+    }
+
+    fn storage_target(location: &Location) -> Target {
+        Target {
+            name: location.name.clone(),
+            role: Role::Storage,
+            addr: location.addr,
+        }
+    }
+
+    async fn put_chain(
+        &self,
+        id: BlockId,
+        data: &[u8],
+        chain: &[Location],
+    ) -> vg_wire::Result<Vec<String>> {
+        let target = Self::storage_target(&chain[0]);
+        let work = async {
+            let (mut send, mut recv) = self.dialer.open(&target).await?;
+            codec::write_frame(
+                &mut send,
+                &storage::Request::Put {
+                    id,
+                    len: data.len() as u32,
+                    chain: chain[1..].to_vec(),
+                },
+            )
+            .await?;
+            send.write_all(data)
+                .await
+                .map_err(|e| vg_wire::Error::Connection {
+                    peer: target.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let _ = send.finish();
+            match read_answer(&mut recv).await? {
+                storage::Response::Stored { holders } => Ok(holders),
+                other => Err(vg_wire::Error::BadFrame {
+                    reason: format!("unexpected answer {other:?}"),
+                }),
+            }
+        };
+        let limit = self.dialer.timeout * 3;
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| vg_wire::Error::Timeout {
+                peer: target.to_string(),
+                secs: limit.as_secs_f64(),
+            })?
+    }
+
+    /// Uploads one block (deduplicated: nothing moves if the cluster holds it). Returns
+    /// its reference and the storages that acknowledged it. A storage that fails is
+    /// excluded and the block placed again; copies a failed pipeline left out are made
+    /// on further storages when the cluster has them.
+    pub async fn upload_block(&self, data: &[u8]) -> Result<(BlockRef, Vec<String>)> {
+        let id = BlockId::of(data);
+        let block = BlockRef {
+            id,
+            len: data.len() as u32,
+        };
+        let mut exclude: Vec<String> = Vec::new();
+        let mut holders: Vec<String> = Vec::new();
+        let mut wanted = None;
+        let mut last_error = None;
+        for _attempt in 0..6 {
+            let placement = match self
+                .place(
+                    id,
+                    block.len,
+                    exclude.iter().chain(&holders).cloned().collect(),
+                )
+                .await
+            {
+                Ok(p) => p,
+                // Out of candidates: fine if some copy is already durable.
+                Err(_) if !holders.is_empty() => break,
+                Err(e) => return Err(last_error.unwrap_or(e)),
+            };
+            if placement.stored {
+                return Ok((block, holders));
+            }
+            let need = wanted
+                .get_or_insert(placement.targets.len())
+                .saturating_sub(holders.len())
+                .max(1);
+            let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
+            match self.put_chain(id, data, &chain).await {
+                Ok(acked) => {
+                    holders.extend(acked);
+                    if holders.len() >= wanted.unwrap_or(1) {
+                        break;
+                    }
+                    exclude.extend(
+                        chain
+                            .iter()
+                            .map(|l| l.name.clone())
+                            .filter(|n| !holders.contains(n)),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(block = ?id, storage = %chain[0], error = %e, "upload failed; placing the block elsewhere");
+                    if e.code() == Some(ErrorCode::Invalid) {
+                        return Err(e.into());
+                    }
+                    exclude.push(chain[0].name.clone());
+                    last_error = Some(e.into());
+                }
+            }
+        }
+        if holders.is_empty() {
+            return Err(
+                last_error.unwrap_or(Error::Remote(vg_wire::RemoteError::new(
+                    ErrorCode::Unavailable,
+                    format!("block {id:?}: upload failed"),
+                ))),
+            );
+        }
+        Ok((block, holders))
+    }
+
+    /// Reads bytes `offset..offset+len` of a block from the first replica that serves
+    /// them; a whole-block read is checked against the block's SHA-256.
+    pub async fn read_block(
+        &self,
+        id: BlockId,
+        locations: &[Location],
+        offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>> {
+        let mut reason = String::from("no live replica");
+        for location in locations {
+            let target = Self::storage_target(location);
+            match self.fetch(&target, id, offset, len).await {
+                Ok(data) if offset != 0 || len != 0 || BlockId::of(&data) == id => return Ok(data),
+                Ok(_) => {
+                    reason = format!("{} sent bytes that do not match the block", location.name)
+                }
+                Err(e) => reason = format!("{}: {e}", location.name),
+            }
+            tracing::warn!(block = ?id, %reason, "replica failed; trying the next one");
+        }
+        Err(Error::Unreadable {
+            block: id.to_hex(),
+            reason,
+        })
+    }
+
+    async fn fetch(
+        &self,
+        target: &Target,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+    ) -> vg_wire::Result<Vec<u8>> {
+        let work = async {
+            let (mut send, mut recv) = self.dialer.open(target).await?;
+            codec::write_frame(&mut send, &storage::Request::Read { id, offset, len }).await?;
+            let _ = send.finish();
+            let storage::Response::Data { len } = read_answer(&mut recv).await? else {
+                return Err(vg_wire::Error::BadFrame {
+                    reason: "expected block data".into(),
+                });
+            };
+            let mut data = vec![0u8; len as usize];
+            recv.read_exact(&mut data)
+                .await
+                .map_err(|e| vg_wire::Error::Connection {
+                    peer: target.to_string(),
+                    reason: e.to_string(),
+                })?;
+            Ok(data)
+        };
+        let limit = self.dialer.timeout * 3;
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| vg_wire::Error::Timeout {
+                peer: target.to_string(),
+                secs: limit.as_secs_f64(),
+            })?
+    }
+
+    /// Asks a storage to re-hash blocks; true for each that is present and intact.
+    pub async fn verify(&self, location: &Location, ids: Vec<BlockId>) -> Result<Vec<bool>> {
+        match self
+            .dialer
+            .call(
+                &Self::storage_target(location),
+                &storage::Request::Verify { ids },
+            )
+            .await?
+        {
+            storage::Response::Verified(ok) => Ok(ok),
+            other => Err(unexpected("verify", other)),
+        }
+    }
+}
+
+/// Splits an absolute path into its parent path and final name.
+pub fn split_path(path: &str) -> Option<(&str, &str)> {
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = trimmed.rsplit_once('/')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((if parent.is_empty() { "/" } else { parent }, name))
+}
+
+/// Joins `path` onto the absolute directory `cwd` and normalises `.` and `..`.
+pub fn absolute(cwd: &str, path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{cwd}/{path}")
+    };
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// The file name of a local path, for `put` into a directory.
+pub fn local_name(path: &Path) -> Option<String> {
+    path.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(absolute("/a/b", "../c/./d"), "/a/c/d");
+        assert_eq!(absolute("/a", "/x//y/"), "/x/y");
+        assert_eq!(absolute("/", ".."), "/");
+        assert_eq!(split_path("/a/b"), Some(("/a", "b")));
+        assert_eq!(split_path("/a"), Some(("/", "a")));
+        assert_eq!(split_path("/"), None);
+    }
+}

@@ -1,0 +1,173 @@
+//! Whole-file transfers for `vgctl put` and `get`: streamed block by block with a few
+//! blocks in flight, so memory stays bounded whatever the file size.
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use vg_wire::{Attr, BlockRef, FileKind};
+
+use super::{Client, Error, Result};
+
+/// Blocks transferred concurrently.
+const IN_FLIGHT: usize = 4;
+
+/// A progress line on stderr, shown only on a terminal.
+pub struct Progress {
+    label: String,
+    total: u64,
+    done: u64,
+    shown: bool,
+}
+
+impl Progress {
+    /// A progress line for `label` of `total` bytes; silent unless stderr is a terminal.
+    pub fn new(label: &str, total: u64) -> Self {
+        Progress {
+            label: label.to_string(),
+            total,
+            done: 0,
+            shown: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        if self.shown {
+            let pct = if self.total == 0 {
+                100
+            } else {
+                self.done * 100 / self.total
+            };
+            let bar = "#".repeat((pct / 5) as usize);
+            eprint!(
+                "\r{} [{bar:<20}] {pct:3}% {}/{}",
+                self.label,
+                vg_wire::size::format_size(self.done),
+                vg_wire::size::format_size(self.total)
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Local {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Client {
+    /// Uploads a local file to `ino` (an existing regular file), replacing its content.
+    pub async fn put_file(&self, local: &Path, ino: vg_wire::Ino) -> Result<Attr> {
+        let mut file = std::fs::File::open(local).map_err(local_err(local))?;
+        let size = file.metadata().map_err(local_err(local))?.len();
+        let mut progress = Progress::new(&local.display().to_string(), size);
+        let block_size = self.block_size as usize;
+        let mut pending: VecDeque<tokio::task::JoinHandle<Result<(BlockRef, Vec<String>)>>> =
+            VecDeque::new();
+        let mut blocks = Vec::new();
+        let mut stored = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let mut buf = vec![0u8; block_size];
+            let n = read_full(&mut file, &mut buf).map_err(local_err(local))?;
+            if n > 0 {
+                buf.truncate(n);
+                let client = self.clone();
+                pending.push_back(tokio::spawn(async move { client.upload_block(&buf).await }));
+                offset += n as u64;
+            }
+            while pending.len() >= IN_FLIGHT || (n == 0 && !pending.is_empty()) {
+                let (block, holders) = pending
+                    .pop_front()
+                    .expect("non-empty")
+                    .await
+                    .expect("upload task does not panic")?;
+                progress.advance(block.len as u64);
+                stored.push((block.id, holders));
+                blocks.push((blocks.len() as u64, block));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        progress.finish();
+        if offset != size {
+            tracing::debug!(
+                expected = size,
+                read = offset,
+                "local file changed size during upload"
+            );
+        }
+        self.commit(ino, offset, blocks, stored).await
+    }
+
+    /// Downloads a file to a local path, verifying every block's SHA-256.
+    pub async fn get_file(&self, ino: vg_wire::Ino, local: &Path) -> Result<u64> {
+        let layout = self.layout(ino).await?;
+        if layout.attr.kind != FileKind::File {
+            return Err(Error::Remote(vg_wire::RemoteError::new(
+                vg_wire::ErrorCode::IsDir,
+                "not a regular file",
+            )));
+        }
+        let size = layout.attr.size;
+        let block_size = layout.block_size as u64;
+        let mut out = std::fs::File::create(local).map_err(local_err(local))?;
+        let mut progress = Progress::new(&local.display().to_string(), size);
+        let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
+        let n_blocks = layout.blocks.len();
+        let mut next = 0;
+        let mut written = 0u64;
+        while written < size || !pending.is_empty() {
+            while next < n_blocks && pending.len() < IN_FLIGHT {
+                let want = (size - next as u64 * block_size).min(block_size) as usize;
+                let block = layout.blocks[next];
+                let locations = layout.locations[next].clone();
+                let client = self.clone();
+                pending.push_back(tokio::spawn(async move {
+                    let mut data = match block {
+                        Some(block) => client.read_block(block.id, &locations, 0, 0).await?,
+                        None => Vec::new(),
+                    };
+                    // Bytes past the block's used length, and holes, read as zeros.
+                    data.truncate(block.map_or(0, |b| b.len as usize).min(want));
+                    data.resize(want, 0);
+                    Ok(data)
+                }));
+                next += 1;
+            }
+            let Some(task) = pending.pop_front() else {
+                break;
+            };
+            let data = task.await.expect("download task does not panic")?;
+            out.write_all(&data).map_err(local_err(local))?;
+            written += data.len() as u64;
+            progress.advance(data.len() as u64);
+        }
+        out.sync_all().map_err(local_err(local))?;
+        progress.finish();
+        Ok(written)
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

@@ -1,0 +1,337 @@
+//! `TestCluster`: a fresh CA, a nameserver and N storages on 127.0.0.1, one temp dir.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vg_fuse::client::{Client, Config};
+use vg_wire::tls::{write_file, write_peer, Ca, TlsPaths, Validity};
+use vg_wire::Role;
+
+/// Block size of test clusters: small, so that multi-block files stay cheap.
+pub const BLOCK: usize = 64 << 10;
+
+/// Polls `check` until it holds, failing the test after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Where the nameserver runs.
+pub enum Nameserver {
+    /// In this process.
+    InProcess(vg_nameserver::Handle),
+    /// A child `vg-nameserver` process (so that it can be SIGKILLed).
+    Child(std::process::Child),
+}
+
+/// A running test cluster.
+pub struct TestCluster {
+    /// Holds everything: certs/, meta/, data/NAME/.
+    pub dir: tempfile::TempDir,
+    /// Nameserver address.
+    pub ns_addr: SocketAddr,
+    /// The nameserver.
+    pub ns: Option<Nameserver>,
+    /// Running storages by name.
+    pub storages: BTreeMap<String, vg_storage::Handle>,
+    /// Storage capacity.
+    pub capacity: u64,
+    ca: Ca,
+}
+
+impl TestCluster {
+    /// The cluster's certificate directory (`certs/` in the original layout).
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Starts a nameserver (R=2, 64 KiB blocks, fast timers) and `n` storages.
+    pub async fn start(n: usize, capacity: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::generate("test CA").expect("CA");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let pem = ca.pem();
+        write_file(&certs.join("rootCA.crt"), &pem.cert, 0o644).unwrap();
+        write_file(&certs.join("rootCA.key"), &pem.key, 0o600).unwrap();
+        let mut cluster = TestCluster {
+            dir,
+            ns_addr: "127.0.0.1:0".parse().unwrap(),
+            ns: None,
+            storages: BTreeMap::new(),
+            capacity,
+            ca,
+        };
+        cluster.issue("nameserver", Role::Nameserver);
+        cluster.issue("client", Role::Client);
+        cluster.start_nameserver_in_process().await;
+        for i in 0..n {
+            cluster.add_storage(&format!("s{i}")).await;
+        }
+        let names: Vec<String> = cluster.storages.keys().cloned().collect();
+        cluster.wait_active(&names).await;
+        cluster
+    }
+
+    /// Issues a certificate signed by the cluster CA.
+    pub fn issue(&self, name: &str, role: Role) -> TlsPaths {
+        let pem = self
+            .ca
+            .issue(name, role, &["127.0.0.1".into()], Validity::default())
+            .unwrap();
+        write_peer(&self.certs(), name, &pem).unwrap()
+    }
+
+    fn ns_config(&self, listen: SocketAddr) -> vg_nameserver::Config {
+        let mut config = vg_nameserver::Config::new(
+            listen,
+            self.dir.path().join("meta"),
+            TlsPaths::in_dir(&self.certs(), "nameserver"),
+        );
+        config.block_size = BLOCK as u32;
+        config.heartbeat_timeout = Duration::from_millis(1500);
+        config.gc_grace = Duration::from_secs(1);
+        config.tick = Duration::from_millis(100);
+        config
+    }
+
+    /// (Re)starts the nameserver in this process, on the same port if it ran before.
+    pub async fn start_nameserver_in_process(&mut self) {
+        wait_port_free(self.ns_addr).await;
+        let handle = vg_nameserver::start(self.ns_config(self.ns_addr))
+            .await
+            .expect("start nameserver");
+        self.ns_addr = handle.addr;
+        self.ns = Some(Nameserver::InProcess(handle));
+    }
+
+    /// (Re)starts the nameserver as a child process of the real binary.
+    pub async fn start_nameserver_child(&mut self) {
+        wait_port_free(self.ns_addr).await;
+        let exe = binary("vg-nameserver");
+        let child = std::process::Command::new(exe)
+            .current_dir(self.dir.path())
+            .args([
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                &self.ns_addr.port().to_string(),
+                "--meta-dir",
+                "meta",
+            ])
+            .args([
+                "--block-size",
+                &BLOCK.to_string(),
+                "--heartbeat-timeout",
+                "1500ms",
+                "--gc-grace",
+                "1s",
+                "--loglevel",
+                "warn",
+            ])
+            .spawn()
+            .expect("spawn vg-nameserver");
+        self.ns = Some(Nameserver::Child(child));
+    }
+
+    /// Stops the nameserver abruptly: abort in-process, SIGKILL a child.
+    pub fn kill_nameserver(&mut self) {
+        match self.ns.take() {
+            Some(Nameserver::InProcess(handle)) => handle.kill(),
+            Some(Nameserver::Child(mut child)) => {
+                child.kill().expect("SIGKILL nameserver");
+                child.wait().expect("reap nameserver");
+            }
+            None => {}
+        }
+    }
+
+    /// Starts a storage `name` (issuing its certificate if needed).
+    pub async fn add_storage(&mut self, name: &str) {
+        let certs = self.certs();
+        if !certs.join(name).exists() {
+            self.issue(name, Role::Storage);
+        }
+        let mut config = vg_storage::Config::new(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            self.capacity,
+            self.data_dir(name),
+            self.ns_addr,
+            TlsPaths::in_dir(&certs, name),
+        );
+        config.heartbeat = Duration::from_millis(200);
+        config.scrub_pause = Duration::from_millis(20);
+        let handle = vg_storage::start(config).await.expect("start storage");
+        self.storages.insert(name.to_string(), handle);
+    }
+
+    /// A storage's block directory.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("data").join(name)
+    }
+
+    /// Stops a storage abruptly.
+    pub fn kill_storage(&mut self, name: &str) {
+        self.storages.remove(name).expect("storage runs").kill();
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        let mut config = Config::new(self.ns_addr, TlsPaths::in_dir(&self.certs(), "client"));
+        config.unavailable_timeout = Duration::from_secs(20);
+        Client::connect(&config).await.expect("connect client")
+    }
+
+    /// Waits until exactly these storages are active.
+    pub async fn wait_active(&self, names: &[String]) {
+        let client = self.client().await;
+        eventually(
+            &format!("storages {names:?} active"),
+            Duration::from_secs(20),
+            || async {
+                let Ok(status) = client.status().await else {
+                    return false;
+                };
+                let mut active: Vec<String> = status
+                    .storages
+                    .iter()
+                    .filter(|s| s.state == vg_wire::ns::StorageState::Active)
+                    .map(|s| s.name.clone())
+                    .collect();
+                active.sort();
+                let mut want = names.to_vec();
+                want.sort();
+                active == want
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every referenced block has `copies` live replicas and none is under-replicated.
+    pub async fn wait_replicated(&self, copies: usize) {
+        let client = self.client().await;
+        eventually(
+            &format!("every block on {copies} storages"),
+            Duration::from_secs(30),
+            || async {
+                match client.list_blocks().await {
+                    Ok(blocks) => blocks.iter().all(|b| b.locations.len() == copies),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Block files on a storage's disk.
+    pub fn blocks_on_disk(&self, name: &str) -> usize {
+        count_blocks(&self.data_dir(name).join("blocks"))
+    }
+
+    /// Writes a file through the client; returns its inode.
+    pub async fn put(
+        &self,
+        client: &Client,
+        path: &str,
+        data: &[u8],
+    ) -> vg_fuse::client::Result<vg_wire::Ino> {
+        let local = self.dir.path().join("upload.tmp");
+        std::fs::write(&local, data).unwrap();
+        let (parent, name) = vg_fuse::client::split_path(path).unwrap();
+        let parent = client.resolve(parent).await?.ino;
+        let attr = client
+            .create(parent, name.as_bytes(), 0o644, 0, 0, false)
+            .await?;
+        client.put_file(&local, attr.ino).await?;
+        Ok(attr.ino)
+    }
+
+    /// Reads a whole file through the client.
+    pub async fn get(&self, client: &Client, path: &str) -> vg_fuse::client::Result<Vec<u8>> {
+        let ino = client.resolve(path).await?.ino;
+        let local = self.dir.path().join("download.tmp");
+        client.get_file(ino, &local).await?;
+        Ok(std::fs::read(&local).unwrap())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for storage in self.storages.values() {
+            storage.kill();
+        }
+        self.kill_nameserver();
+    }
+}
+
+/// Waits until a killed in-process server has released its UDP port.
+async fn wait_port_free(addr: SocketAddr) {
+    if addr.port() == 0 {
+        return;
+    }
+    eventually(
+        &format!("UDP {addr} free"),
+        Duration::from_secs(10),
+        || async { std::net::UdpSocket::bind(addr).is_ok() },
+    )
+    .await;
+}
+
+fn count_blocks(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                count_blocks(&e.path())
+            } else {
+                usize::from(e.file_name().len() == 64)
+            }
+        })
+        .sum()
+}
+
+/// Path of a workspace binary built by `cargo build` next to this test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build` before `cargo test` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}

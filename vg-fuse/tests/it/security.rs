@@ -1,0 +1,234 @@
+//! Authentication, roles and hostile input against live servers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use vg_wire::rpc::{Dialer, Target};
+use vg_wire::tls::{write_peer, Ca, Identity, TlsPaths, Validity};
+use vg_wire::{codec, ns, storage, BlockId, ErrorCode, Role};
+
+use crate::cluster::TestCluster;
+
+fn dialer(paths: &TlsPaths) -> Dialer {
+    let identity = Identity::load(paths).expect("load identity");
+    let endpoint = vg_wire::rpc::endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        identity.client_config().unwrap(),
+    )
+    .unwrap();
+    Dialer::new(endpoint, Duration::from_secs(5))
+}
+
+fn ns_target(cluster: &TestCluster) -> Target {
+    Target {
+        name: "nameserver".into(),
+        role: Role::Nameserver,
+        addr: cluster.ns_addr,
+    }
+}
+
+fn storage_target(cluster: &TestCluster, name: &str) -> Target {
+    Target {
+        name: name.into(),
+        role: Role::Storage,
+        addr: cluster.storages[name].addr,
+    }
+}
+
+fn register(name: &str) -> ns::Request {
+    ns::Request::Register {
+        name: name.into(),
+        addr: "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+        capacity: 1,
+        used: 0,
+    }
+}
+
+async fn refused_code<T: std::fmt::Debug>(result: vg_wire::Result<T>) -> ErrorCode {
+    match result {
+        Err(vg_wire::Error::Remote(e)) => e.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_enforced() {
+    let cluster = TestCluster::start(1, 1 << 30).await;
+    let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+    // A client certificate cannot register as a storage...
+    let answer = client
+        .call::<_, ns::Response>(&ns_target(&cluster), &register("client"))
+        .await;
+    assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
+    // ...nor forward blocks storage-to-storage.
+    let forward = storage::Request::Forward {
+        id: BlockId::of(b"x"),
+        len: 1,
+        chain: vec![],
+    };
+    let answer = client
+        .call::<_, storage::Response>(&storage_target(&cluster, "s0"), &forward)
+        .await;
+    assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
+    // A storage can register only under its own name.
+    let mallory = cluster.issue("mallory", Role::Storage);
+    let mallory = dialer(&mallory);
+    let answer = mallory
+        .call::<_, ns::Response>(&ns_target(&cluster), &register("s0"))
+        .await;
+    assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
+    // ...and cannot use the namespace.
+    let answer = mallory
+        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .await;
+    assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
+    // s0 is still registered and active after all that.
+    cluster.wait_active(&["s0".into()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_and_expired_certificates_are_refused_at_the_handshake() {
+    let cluster = TestCluster::start(1, 1 << 30).await;
+    // A complete identity from another CA: it trusts neither side.
+    let other = tempfile::tempdir().unwrap();
+    let foreign_ca = Ca::generate("foreign CA").unwrap();
+    let pem = foreign_ca.pem();
+    vg_wire::tls::write_file(&other.path().join("rootCA.crt"), &pem.cert, 0o644).unwrap();
+    let paths = write_peer(
+        other.path(),
+        "client",
+        &foreign_ca
+            .issue("client", Role::Client, &[], Validity::default())
+            .unwrap(),
+    )
+    .unwrap();
+    // Trust the real CA so that only the server's check of our certificate can fail.
+    let paths = TlsPaths {
+        ca_cert: cluster.certs().join("rootCA.crt"),
+        ..paths
+    };
+    let foreign = dialer(&paths);
+    let err = foreign
+        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_transport(),
+        "foreign CA must fail the handshake: {err}"
+    );
+
+    let expired_dir = tempfile::tempdir().unwrap();
+    let _ = expired_dir;
+    let ca_pem = std::fs::read_to_string(cluster.certs().join("rootCA.crt")).unwrap();
+    let ca_key = std::fs::read_to_string(cluster.certs().join("rootCA.key")).unwrap();
+    let ca = Ca::from_pem(&ca_pem, &ca_key).unwrap();
+    let expired = ca
+        .issue(
+            "old-client",
+            Role::Client,
+            &[],
+            Validity {
+                from_days_ago: 10,
+                until_days: -1,
+            },
+        )
+        .unwrap();
+    let paths = write_peer(&cluster.certs(), "old-client", &expired).unwrap();
+    let err = dialer(&paths)
+        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_transport(),
+        "expired certificate must fail the handshake: {err}"
+    );
+
+    // A certificate re-issued from the CA files on disk (as `vgctl certs add` does) works.
+    let fresh = ca
+        .issue("new-client", Role::Client, &[], Validity::default())
+        .unwrap();
+    let paths = write_peer(&cluster.certs(), "new-client", &fresh).unwrap();
+    dialer(&paths)
+        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_are_refused_and_servers_keep_serving() {
+    let cluster = TestCluster::start(1, 1 << 30).await;
+    let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+    let targets = [ns_target(&cluster), storage_target(&cluster, "s0")];
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let good = codec::encode(&ns::Request::StatFs).unwrap();
+    for round in 0..200 {
+        let target = &targets[round % 2];
+        let mut frame = match round % 4 {
+            // Random bytes.
+            0 => (0..next() % 64).map(|_| next() as u8).collect::<Vec<u8>>(),
+            // A valid header claiming a huge payload.
+            1 => {
+                let mut f = good[..8].to_vec();
+                f[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+                f
+            }
+            // A truncated valid frame.
+            2 => good[..(next() as usize % good.len())].to_vec(),
+            // A valid header with a garbage payload.
+            _ => {
+                let mut f = good.clone();
+                for byte in &mut f[8..] {
+                    *byte = next() as u8;
+                }
+                f
+            }
+        };
+        if round % 8 == 7 {
+            frame[2] = 99; // unknown protocol version
+        }
+        let (mut send, mut recv) = client.open(target).await.unwrap();
+        let _ = send.write_all(&frame).await;
+        let _ = send.finish();
+        // Either an error answer or the stream closes; never a success, never a hang.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            codec::read_frame::<_, Result<ns::Response, vg_wire::RemoteError>>(&mut recv),
+        )
+        .await
+        .expect("server answers");
+        if let Ok(Ok(response)) = answer {
+            panic!("round {round}: garbage got a successful answer {response:?}");
+        }
+    }
+    // Both servers still serve.
+    client
+        .call::<_, ns::Response>(&targets[0], &ns::Request::StatFs)
+        .await
+        .unwrap();
+    let read = storage::Request::Read {
+        id: BlockId::of(b"absent"),
+        offset: 0,
+        len: 0,
+    };
+    let answer = client
+        .call::<_, storage::Response>(&targets[1], &read)
+        .await;
+    assert_eq!(refused_code(answer).await, ErrorCode::NotFound);
+    // Out-of-range block requests get clear refusals.
+    let put = storage::Request::Put {
+        id: BlockId::of(b"x"),
+        len: u32::MAX,
+        chain: vec![],
+    };
+    assert_eq!(
+        refused_code(client.call::<_, storage::Response>(&targets[1], &put).await).await,
+        ErrorCode::Invalid
+    );
+}

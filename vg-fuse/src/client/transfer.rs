@@ -9,6 +9,9 @@ use vg_wire::{Attr, BlockRef, FileKind};
 
 use super::{Client, Error, Result};
 
+/// A block uploaded, and the storages that acknowledged it.
+type Uploaded = (BlockRef, Vec<String>);
+
 /// Blocks transferred concurrently.
 const IN_FLIGHT: usize = 4;
 
@@ -34,11 +37,7 @@ impl Progress {
     fn advance(&mut self, bytes: u64) {
         self.done += bytes;
         if self.shown {
-            let pct = if self.total == 0 {
-                100
-            } else {
-                self.done * 100 / self.total
-            };
+            let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
             let bar = "#".repeat((pct / 5) as usize);
             eprint!(
                 "\r{} [{bar:<20}] {pct:3}% {}/{}",
@@ -70,8 +69,7 @@ impl Client {
         let size = file.metadata().map_err(local_err(local))?.len();
         let mut progress = Progress::new(&local.display().to_string(), size);
         let block_size = self.block_size as usize;
-        let mut pending: VecDeque<tokio::task::JoinHandle<Result<(BlockRef, Vec<String>)>>> =
-            VecDeque::new();
+        let mut pending: VecDeque<tokio::task::JoinHandle<Result<Uploaded>>> = VecDeque::new();
         let mut blocks = Vec::new();
         let mut stored = Vec::new();
         let mut offset = 0u64;

@@ -325,7 +325,7 @@ impl Session {
     }
 
     /// If `path` is an existing directory, the path of `name` inside it.
-    async fn into_dir(&self, path: &str, name: &str) -> String {
+    async fn inside_if_dir(&self, path: &str, name: &str) -> String {
         match self.client.resolve(path).await {
             Ok(attr) if attr.kind == FileKind::Dir => {
                 format!("{}/{name}", path.trim_end_matches('/'))
@@ -341,7 +341,7 @@ impl Session {
         }
         let name =
             local_name(&local).with_context(|| format!("{}: no file name", local.display()))?;
-        let dfs = self.into_dir(dfs, &name).await;
+        let dfs = self.inside_if_dir(dfs, &name).await;
         let (parent, file_name) = self.parent_and_name(&dfs).await?;
         let attr = self
             .client
@@ -379,7 +379,7 @@ impl Session {
 
     async fn mv(&self, src: &str, dst: &str) -> anyhow::Result<()> {
         let (src_parent, src_name) = self.parent_and_name(src).await?;
-        let dst = self.into_dir(dst, src_name).await;
+        let dst = self.inside_if_dir(dst, src_name).await;
         let (dst_parent, dst_name) = self.parent_and_name(&dst).await?;
         self.client
             .rename(

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test of vg: formatting, lints, unit and integration tests (real nameserver and
+# storages over QUIC+TLS on 127.0.0.1), then the shell tests on the debug binaries that
+# this one build made. Installs missing Debian packages when run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo is missing: install the Rust toolchain (https://rustup.rs)" >&2; exit 1
+fi
+
+# One build of the workspace (dev profile): the integration and shell tests use its binaries.
+cargo build --workspace --all-targets
+cargo test --workspace

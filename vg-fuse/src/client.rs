@@ -1,7 +1,9 @@
 //! The cluster client: namespace calls to the nameserver, block uploads and reads on
 //! storages. Knows nothing of FUSE, so `vgctl`, the FUSE adapter and tests share it.
 
+pub mod cache;
 pub mod error;
+pub mod files;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -406,28 +408,26 @@ impl Client {
     }
 
     /// Uploads one block (deduplicated: nothing moves if the cluster holds it). Returns
-    /// its reference and the storages that acknowledged it. A storage that fails is
-    /// excluded and the block placed again; copies a failed pipeline left out are made
-    /// on further storages when the cluster has them.
-    pub async fn upload_block(&self, data: &[u8]) -> Result<(BlockRef, Vec<String>)> {
+    /// its reference and the storages that acknowledged it (empty when deduplicated). A
+    /// storage that fails is excluded and the block placed again; copies a failed
+    /// pipeline left out are made on further storages when the cluster has them.
+    pub async fn upload_block(&self, data: &[u8]) -> Result<(BlockRef, Vec<Location>)> {
         let id = BlockId::of(data);
         let block = BlockRef {
             id,
             len: data.len() as u32,
         };
         let mut exclude: Vec<String> = Vec::new();
-        let mut holders: Vec<String> = Vec::new();
+        let mut holders: Vec<Location> = Vec::new();
         let mut wanted = None;
         let mut last_error = None;
         for _attempt in 0..6 {
-            let placement = match self
-                .place(
-                    id,
-                    block.len,
-                    exclude.iter().chain(&holders).cloned().collect(),
-                )
-                .await
-            {
+            let skip: Vec<String> = exclude
+                .iter()
+                .cloned()
+                .chain(holders.iter().map(|l| l.name.clone()))
+                .collect();
+            let placement = match self.place(id, block.len, skip).await {
                 Ok(p) => p,
                 // Out of candidates: fine if some copy is already durable.
                 Err(_) if !holders.is_empty() => break,
@@ -443,7 +443,7 @@ impl Client {
             let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
             match self.put_chain(id, data, &chain).await {
                 Ok(acked) => {
-                    holders.extend(acked);
+                    holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
                     if holders.len() >= wanted.unwrap_or(1) {
                         break;
                     }
@@ -451,7 +451,7 @@ impl Client {
                         chain
                             .iter()
                             .map(|l| l.name.clone())
-                            .filter(|n| !holders.contains(n)),
+                            .filter(|n| !acked.contains(n)),
                     );
                 }
                 Err(e) => {

@@ -1,4 +1,163 @@
+//! `vg-fuse`: mounts a vg cluster. Runs in the foreground until unmounted or sent
+//! SIGINT/SIGTERM (then commits everything written and unmounts); `--daemon` backgrounds it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use fuser::MountOption;
+use vg_fuse::args::ConnArgs;
+use vg_fuse::client::files::{Files, Limits};
+use vg_fuse::fuse::VgFs;
+use vg_wire::size::{parse_duration, parse_size};
+
+/// Mount a vg cluster as a file system.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Where to mount.
+    #[arg(default_value = "/mnt/vg")]
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Run in the background once mounted.
+    #[arg(long)]
+    daemon: bool,
+    /// How long the kernel may cache attributes and directory entries.
+    #[arg(long, env = "VG_ATTR_TTL", default_value = "1s", value_parser = parse_duration)]
+    attr_ttl: Duration,
+    /// Block uploads in flight before writers wait (bounds dirty memory).
+    #[arg(long, env = "VG_MAX_DIRTY", default_value = "256MiB", value_parser = parse_size)]
+    max_dirty: u64,
+    /// Size of the block cache.
+    #[arg(long, env = "VG_CACHE_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    cache_size: u64,
+    /// Blocks read ahead of a sequential reader.
+    #[arg(long, env = "VG_READ_AHEAD", default_value_t = 2)]
+    read_ahead: u64,
+    /// Log to this file instead of stderr.
+    #[arg(long, env = "VG_LOGFILE")]
+    logfile: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, env = "VG_LOGLEVEL", default_value = "info")]
+    loglevel: String,
+}
+
 fn main() {
-    eprintln!("vg-fuse: the FUSE mount is not built yet (see the FUSE issue)");
-    std::process::exit(2);
+    let args = Args::parse();
+    let result = if args.daemon {
+        daemonize(&args)
+    } else {
+        run(args)
+    };
+    if let Err(e) = result {
+        eprintln!("vg-fuse: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Whether `path` is a mount point of a vg file system.
+fn is_mounted(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    mounts.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let (source, target) = (fields.next(), fields.next());
+        source == Some("vg") && target == Some(path.to_str().unwrap_or_default())
+    })
+}
+
+/// Starts this program again without `--daemon`, detached, and waits until it has mounted.
+fn daemonize(args: &Args) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("find own executable")?;
+    let argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if args.logfile.is_some() {
+        command.stderr(std::process::Stdio::null());
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("start the background process")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if is_mounted(&args.mountpoint) {
+            println!("{}", child.id());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the background process exited ({status}) before mounting; see its log");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{}: not mounted after 60 s", args.mountpoint.display())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    let client = rt.block_on(args.conn.connect())?;
+    let limits = Limits {
+        max_dirty: args.max_dirty,
+        cache: args.cache_size,
+        read_ahead: args.read_ahead,
+    };
+    let files = Files::new(client, limits);
+    std::fs::create_dir_all(&args.mountpoint)
+        .with_context(|| format!("create {}", args.mountpoint.display()))?;
+    let mut options = vec![
+        MountOption::FSName("vg".into()),
+        MountOption::Subtype("vg".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::RW,
+    ];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        options.push(MountOption::AllowOther);
+    }
+    let fs = VgFs::new(files.clone(), rt.handle().clone(), args.attr_ttl);
+    let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
+        .with_context(|| format!("mount {}", args.mountpoint.display()))?;
+    tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
+    let mut unmounter = session.unmount_callable();
+    let signal_files: Arc<Files> = files.clone();
+    let mountpoint = args.mountpoint.clone();
+    rt.spawn(async move {
+        vg_wire::cli::shutdown_signal().await;
+        tracing::info!("signal received: committing open files and unmounting");
+        if let Err(e) = signal_files.flush_all().await {
+            tracing::error!(error = %e, "commit before unmount failed");
+        }
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!(mountpoint = %mountpoint.display(), error = %e, "unmount failed");
+        }
+    });
+    session.run().context("serve FUSE requests")?;
+    rt.block_on(files.flush_all())
+        .context("commit open files")?;
+    tracing::info!("unmounted");
+    Ok(())
 }

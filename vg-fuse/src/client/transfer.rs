@@ -5,12 +5,12 @@ use std::collections::VecDeque;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
-use vg_wire::{Attr, BlockRef, FileKind};
+use vg_wire::{Attr, BlockRef, FileKind, Location};
 
 use super::{Client, Error, Result};
 
 /// A block uploaded, and the storages that acknowledged it.
-type Uploaded = (BlockRef, Vec<String>);
+type Uploaded = (BlockRef, Vec<Location>);
 
 /// Blocks transferred concurrently.
 const IN_FLIGHT: usize = 4;
@@ -89,7 +89,7 @@ impl Client {
                     .await
                     .expect("upload task does not panic")?;
                 progress.advance(block.len as u64);
-                stored.push((block.id, holders));
+                stored.push((block.id, holders.into_iter().map(|l| l.name).collect()));
                 blocks.push((blocks.len() as u64, block));
             }
             if n == 0 {

@@ -6,10 +6,8 @@ mod shell;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vg_fuse::client::{Client, Config};
-use vg_wire::tls::TlsPaths;
+use vg_fuse::args::ConnArgs;
 
 /// Command-line client of a vg cluster. With no command: an interactive shell.
 #[derive(Parser, Debug)]
@@ -28,66 +26,6 @@ pub struct Cli {
     pub loglevel: String,
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-/// How to reach and authenticate to the cluster.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ConnArgs {
-    /// Nameserver host.
-    #[arg(
-        long,
-        alias = "ns_hostname",
-        env = "VG_NS_HOSTNAME",
-        default_value = "127.0.0.1",
-        global = true
-    )]
-    pub ns_hostname: String,
-    /// Nameserver port.
-    #[arg(
-        long,
-        alias = "ns_port",
-        env = "VG_NS_PORT",
-        default_value_t = 8000,
-        global = true
-    )]
-    pub ns_port: u16,
-    /// Certificate name of this client (picks certs/NAME/NAME.crt).
-    #[arg(long, env = "VG_CLIENT_NAME", default_value = "client", global = true)]
-    pub name: String,
-    /// CA certificate [default: certs/rootCA.crt].
-    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT", global = true)]
-    pub ca_cert: Option<PathBuf>,
-    /// Client certificate [default: certs/NAME/NAME.crt].
-    #[arg(long, env = "VG_CERTFILE", global = true)]
-    pub certfile: Option<PathBuf>,
-    /// Client key [default: certs/NAME/NAME.key].
-    #[arg(long, env = "VG_KEYFILE", global = true)]
-    pub keyfile: Option<PathBuf>,
-    /// Give up on an unreachable cluster after this long.
-    #[arg(long, env = "VG_TIMEOUT", default_value = "15s", value_parser = vg_wire::size::parse_duration, global = true)]
-    pub timeout: std::time::Duration,
-}
-
-impl ConnArgs {
-    /// Connects to the cluster.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        let ns_addr = tokio::net::lookup_host((self.ns_hostname.as_str(), self.ns_port))
-            .await
-            .with_context(|| format!("resolve --ns-hostname {}", self.ns_hostname))?
-            .next()
-            .with_context(|| format!("--ns-hostname {}: no address", self.ns_hostname))?;
-        let tls = TlsPaths::with_defaults(
-            self.ca_cert.clone(),
-            self.certfile.clone(),
-            self.keyfile.clone(),
-            &self.name,
-        );
-        let mut config = Config::new(ns_addr, tls);
-        config.unavailable_timeout = self.timeout;
-        Client::connect(&config)
-            .await
-            .with_context(|| format!("connect to nameserver {ns_addr}"))
-    }
 }
 
 /// Commands of both the command line and the shell.
@@ -177,7 +115,7 @@ async fn main() {
                     .run(command)
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
     };
     if let Err(e) = result {

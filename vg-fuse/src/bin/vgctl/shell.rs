@@ -7,7 +7,8 @@ use rustyline::error::ReadlineError;
 use vg_wire::FileKind;
 
 use crate::commands::Session;
-use crate::{Command, ConnArgs};
+use crate::Command;
+use vg_fuse::args::ConnArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "", no_binary_name = true, disable_help_flag = true)]

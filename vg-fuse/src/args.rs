@@ -1,0 +1,101 @@
+//! Connection flags shared by `vg-fuse` and `vgctl`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::client::{Client, Config, Error};
+use vg_wire::tls::TlsPaths;
+
+/// How to reach and authenticate to the cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Nameserver host.
+    #[arg(
+        long,
+        alias = "ns_hostname",
+        env = "VG_NS_HOSTNAME",
+        default_value = "127.0.0.1",
+        global = true
+    )]
+    pub ns_hostname: String,
+    /// Nameserver port.
+    #[arg(
+        long,
+        alias = "ns_port",
+        env = "VG_NS_PORT",
+        default_value_t = 8000,
+        global = true
+    )]
+    pub ns_port: u16,
+    /// Certificate name of this client (picks certs/NAME/NAME.crt).
+    #[arg(long, env = "VG_CLIENT_NAME", default_value = "client", global = true)]
+    pub name: String,
+    /// CA certificate [default: certs/rootCA.crt].
+    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate [default: certs/NAME/NAME.crt].
+    #[arg(long, env = "VG_CERTFILE", global = true)]
+    pub certfile: Option<PathBuf>,
+    /// Client key [default: certs/NAME/NAME.key].
+    #[arg(long, env = "VG_KEYFILE", global = true)]
+    pub keyfile: Option<PathBuf>,
+    /// Give up on an unreachable cluster after this long (calls then fail with EIO).
+    #[arg(long, env = "VG_TIMEOUT", default_value = "30s", value_parser = vg_wire::size::parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The nameserver's name does not resolve.
+    #[error("resolve --ns-hostname {host}: {reason}")]
+    Resolve {
+        /// The host given.
+        host: String,
+        /// What the resolver said.
+        reason: String,
+    },
+    /// TLS material or the nameserver failed.
+    #[error("connect to nameserver {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: std::net::SocketAddr,
+        /// The failure.
+        source: Error,
+    },
+}
+
+impl ConnArgs {
+    /// The client configuration these flags describe, for a resolved address.
+    pub fn config(&self, ns_addr: std::net::SocketAddr) -> Config {
+        let tls = TlsPaths::with_defaults(
+            self.ca_cert.clone(),
+            self.certfile.clone(),
+            self.keyfile.clone(),
+            &self.name,
+        );
+        let mut config = Config::new(ns_addr, tls);
+        config.unavailable_timeout = self.timeout;
+        config.request_timeout = self.timeout.min(Duration::from_secs(10));
+        config
+    }
+
+    /// Resolves the nameserver and connects.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let resolve_err = |reason: String| ConnectError::Resolve {
+            host: self.ns_hostname.clone(),
+            reason,
+        };
+        let ns_addr = tokio::net::lookup_host((self.ns_hostname.as_str(), self.ns_port))
+            .await
+            .map_err(|e| resolve_err(e.to_string()))?
+            .next()
+            .ok_or_else(|| resolve_err("no address".into()))?;
+        Client::connect(&self.config(ns_addr))
+            .await
+            .map_err(|source| ConnectError::Connect {
+                addr: ns_addr,
+                source,
+            })
+    }
+}

@@ -1,0 +1,643 @@
+//! Open files for the mount: write-back buffering cut on block boundaries, background
+//! uploads with bounded memory, reads that see this client's unwritten data, a shared
+//! block cache with read-ahead, and commits at flush (close-to-open consistency).
+//!
+//! Knows nothing of FUSE: the adapter calls [`Files`] with inode numbers and offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio::task::JoinHandle;
+use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, SetAttr, Timestamp};
+
+use super::cache::BlockCache;
+use super::{Client, Error, Result};
+
+/// Pieces of the byte range `offset..offset+len` cut on block boundaries:
+/// `(block index, offset inside the block, range of the input)`.
+pub fn cut(offset: u64, len: usize, block_size: u32) -> Vec<(u64, usize, Range<usize>)> {
+    let bs = block_size as u64;
+    let mut pieces = Vec::new();
+    let mut done = 0usize;
+    while done < len {
+        let pos = offset + done as u64;
+        let idx = pos / bs;
+        let in_block = (pos % bs) as usize;
+        let n = (bs as usize - in_block).min(len - done);
+        pieces.push((idx, in_block, done..done + n));
+        done += n;
+    }
+    pieces
+}
+
+/// Writes `data` at `at` into a block buffer, zero-filling any gap before it.
+pub fn write_into(buf: &mut Vec<u8>, at: usize, data: &[u8]) {
+    if buf.len() < at + data.len() {
+        buf.resize(at + data.len(), 0);
+    }
+    buf[at..at + data.len()].copy_from_slice(data);
+}
+
+/// Tunables of the open-file layer.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes of block uploads in flight before writers wait.
+    pub max_dirty: u64,
+    /// Bytes of the block cache.
+    pub cache: u64,
+    /// Blocks read ahead of a sequential reader.
+    pub read_ahead: u64,
+}
+
+type Upload = (
+    u64,
+    Arc<Vec<u8>>,
+    JoinHandle<Result<(BlockRef, Vec<Location>)>>,
+);
+
+/// Where the bytes of one block of an open file come from.
+enum Source {
+    Bytes(Arc<Vec<u8>>),
+    Block(BlockRef, Vec<Location>),
+    Hole,
+}
+
+#[derive(Default)]
+struct FileState {
+    size: u64,
+    mtime: Option<Timestamp>,
+    blocks: Vec<Option<BlockRef>>,
+    locations: Vec<Vec<Location>>,
+    /// Blocks being written, not yet sealed for upload.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Data of the latest sealed upload of each block, until the upload is reaped.
+    sealed: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Uploads in seal order.
+    uploads: Vec<Upload>,
+    /// Uploaded blocks not yet committed.
+    pending: BTreeMap<u64, BlockRef>,
+    stored: Vec<(BlockId, Vec<String>)>,
+    /// Size or content changed since the last commit.
+    changed: bool,
+    failed: Option<Error>,
+    handles: u32,
+    /// (size, mtime) when last loaded or committed, to tell if the kernel cache is valid.
+    seen: Option<(u64, Timestamp)>,
+}
+
+impl FileState {
+    fn load(&mut self, layout: vg_wire::ns::Layout) {
+        self.size = layout.attr.size;
+        self.mtime = None;
+        self.blocks = layout.blocks;
+        self.locations = layout.locations;
+        self.seen = Some((layout.attr.size, layout.attr.mtime));
+    }
+
+    fn is_clean(&self) -> bool {
+        !self.changed && self.dirty.is_empty() && self.uploads.is_empty() && self.failed.is_none()
+    }
+
+    fn set_block(&mut self, idx: u64, block: BlockRef, locations: Vec<Location>) {
+        let i = idx as usize;
+        if self.blocks.len() <= i {
+            self.blocks.resize(i + 1, None);
+        }
+        if self.locations.len() <= i {
+            self.locations.resize(i + 1, Vec::new());
+        }
+        self.blocks[i] = Some(block);
+        self.locations[i] = locations;
+    }
+
+    /// The source of block `idx`, as this client sees the file now.
+    fn source(&self, idx: u64) -> Source {
+        if let Some(buf) = self.dirty.get(&idx) {
+            return Source::Bytes(Arc::new(buf.clone()));
+        }
+        if let Some(data) = self.sealed.get(&idx) {
+            return Source::Bytes(data.clone());
+        }
+        match self.blocks.get(idx as usize).copied().flatten() {
+            Some(block) => Source::Block(
+                block,
+                self.locations
+                    .get(idx as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            None => Source::Hole,
+        }
+    }
+}
+
+/// One open file (shared by all its handles on this client).
+pub struct OpenFile {
+    ino: Ino,
+    state: Mutex<FileState>,
+}
+
+/// The open-file layer of a mount.
+pub struct Files {
+    client: Client,
+    limits: Limits,
+    cache: StdMutex<BlockCache>,
+    /// Whole-block fetches in progress, so concurrent readers share one.
+    fetching: StdMutex<HashMap<BlockId, Arc<OnceCell<std::result::Result<Arc<Vec<u8>>, String>>>>>,
+    permits: Arc<Semaphore>,
+    open: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
+}
+
+/// Permits are counted in KiB so that gigabytes fit a semaphore.
+fn kib(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).min(u32::MAX as u64) as u32
+}
+
+impl Files {
+    /// The open-file layer over a connected client.
+    pub fn new(client: Client, limits: Limits) -> Arc<Self> {
+        let permits = Arc::new(Semaphore::new(
+            kib(limits.max_dirty.max(client.block_size as u64)) as usize,
+        ));
+        Arc::new(Files {
+            cache: StdMutex::new(BlockCache::new(limits.cache)),
+            client,
+            limits,
+            fetching: StdMutex::default(),
+            permits,
+            open: StdMutex::default(),
+        })
+    }
+
+    /// The cluster client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn block_size(&self) -> u64 {
+        self.client.block_size as u64
+    }
+
+    fn get_open(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.open.lock().expect("open lock").get(&ino).cloned()
+    }
+
+    /// Opens a file: loads its layout unless this client holds unwritten data for it.
+    /// Returns whether the kernel may keep its page cache (the file is unchanged since
+    /// this client last saw it).
+    pub async fn open(&self, ino: Ino) -> Result<bool> {
+        let file = {
+            let mut open = self.open.lock().expect("open lock");
+            open.entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenFile {
+                        ino,
+                        state: Mutex::new(FileState::default()),
+                    })
+                })
+                .clone()
+        };
+        let mut state = file.state.lock().await;
+        let mut keep_cache = false;
+        if state.is_clean() && state.handles == 0 {
+            let layout = self.client.layout(ino).await?;
+            keep_cache = state.seen == Some((layout.attr.size, layout.attr.mtime));
+            state.load(layout);
+        }
+        state.handles += 1;
+        Ok(keep_cache)
+    }
+
+    /// Releases one handle; forgets the file once no handle is left and nothing is pending.
+    pub async fn release(&self, ino: Ino) {
+        let Some(file) = self.get_open(ino) else {
+            return;
+        };
+        let mut state = file.state.lock().await;
+        state.handles = state.handles.saturating_sub(1);
+        // The layout stays cached (for the keep-cache check) while the entry exists; drop
+        // it when idle so that memory does not grow with every file ever opened.
+        if state.handles == 0 && state.is_clean() {
+            drop(state);
+            self.open.lock().expect("open lock").remove(&ino);
+        }
+    }
+
+    /// Adjusts attributes from the nameserver with this client's unwritten size and mtime.
+    pub async fn overlay(&self, attr: &mut Attr) {
+        if let Some(file) = self.get_open(attr.ino) {
+            let state = file.state.lock().await;
+            if state.changed {
+                attr.size = state.size;
+                if let Some(mtime) = state.mtime {
+                    attr.mtime = mtime;
+                    attr.ctime = mtime;
+                }
+            }
+        }
+    }
+
+    /// The current size as this client sees it (for O_APPEND).
+    pub async fn size(&self, ino: Ino) -> Option<u64> {
+        Some(self.get_open(ino)?.state.lock().await.size)
+    }
+
+    async fn whole_block(&self, block: BlockRef, locations: &[Location]) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.lock().expect("cache lock").get(&block.id) {
+            return Ok(data);
+        }
+        let cell = self
+            .fetching
+            .lock()
+            .expect("fetching lock")
+            .entry(block.id)
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| async {
+                match self.client.read_block(block.id, locations, 0, 0).await {
+                    Ok(data) => {
+                        let data = Arc::new(data);
+                        self.cache
+                            .lock()
+                            .expect("cache lock")
+                            .insert(block.id, data.clone());
+                        Ok(data)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .clone();
+        self.fetching
+            .lock()
+            .expect("fetching lock")
+            .remove(&block.id);
+        result.map_err(|reason| Error::Unreadable {
+            block: block.id.to_hex(),
+            reason,
+        })
+    }
+
+    /// Bytes `range` of a block's used part (zeros past `block.len`).
+    async fn block_range(
+        &self,
+        block: BlockRef,
+        locations: &[Location],
+        range: Range<usize>,
+        whole: bool,
+    ) -> Result<Vec<u8>> {
+        let used = (block.len as usize).min(range.end);
+        let mut out = if range.start >= used {
+            Vec::new()
+        } else if whole || self.cache.lock().expect("cache lock").contains(&block.id) {
+            self.whole_block(block, locations).await?[range.start..used].to_vec()
+        } else {
+            self.client
+                .read_block(
+                    block.id,
+                    locations,
+                    range.start as u32,
+                    (used - range.start) as u32,
+                )
+                .await?
+        };
+        out.resize(range.len(), 0);
+        Ok(out)
+    }
+
+    /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blocks and
+    /// read-ahead; others get byte ranges.
+    pub async fn read(
+        self: &Arc<Self>,
+        ino: Ino,
+        offset: u64,
+        len: usize,
+        sequential: bool,
+    ) -> Result<Vec<u8>> {
+        let file = self.get_open(ino).ok_or_else(|| {
+            Error::Remote(vg_wire::RemoteError::new(
+                vg_wire::ErrorCode::Invalid,
+                "read of a file that is not open",
+            ))
+        })?;
+        let (pieces, sources, ahead) = {
+            let state = file.state.lock().await;
+            if offset >= state.size {
+                return Ok(Vec::new());
+            }
+            let len = len.min((state.size - offset) as usize);
+            let pieces = cut(offset, len, self.client.block_size);
+            let sources: Vec<Source> = pieces
+                .iter()
+                .map(|(idx, _, _)| state.source(*idx))
+                .collect();
+            let last = pieces.last().map(|p| p.0).unwrap_or(0);
+            let ahead: Vec<(BlockRef, Vec<Location>)> = if sequential {
+                (last + 1..=last + self.limits.read_ahead)
+                    .filter_map(|idx| match state.source(idx) {
+                        Source::Block(block, locations) => Some((block, locations)),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (pieces, sources, ahead)
+        };
+        for (block, locations) in ahead {
+            if !self.cache.lock().expect("cache lock").contains(&block.id) {
+                let files = self.clone();
+                tokio::spawn(async move {
+                    let _ = files.whole_block(block, &locations).await;
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(pieces.iter().map(|p| p.2.len()).sum());
+        for ((_, in_block, range), source) in pieces.into_iter().zip(sources) {
+            let want = in_block..in_block + range.len();
+            let mut bytes = match source {
+                Source::Bytes(data) => data
+                    .get(want.start.min(data.len())..want.end.min(data.len()))
+                    .unwrap_or_default()
+                    .to_vec(),
+                Source::Block(block, locations) => {
+                    self.block_range(
+                        block,
+                        &locations,
+                        want.clone(),
+                        sequential || want.len() >= (1 << 20),
+                    )
+                    .await?
+                }
+                Source::Hole => Vec::new(),
+            };
+            bytes.resize(want.len(), 0);
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    /// Buffers a write; full blocks are uploaded in the background. Waits when too much
+    /// data is in flight (back-pressure). Errors of earlier background uploads surface here
+    /// or at the next flush.
+    pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
+        let file = self.get_open(ino).ok_or_else(|| {
+            Error::Remote(vg_wire::RemoteError::new(
+                vg_wire::ErrorCode::Invalid,
+                "write to a file that is not open",
+            ))
+        })?;
+        let mut state = file.state.lock().await;
+        self.reap(&mut state, false).await;
+        if let Some(e) = state.failed.take() {
+            return Err(e);
+        }
+        let bs = self.block_size() as usize;
+        for (idx, in_block, range) in cut(offset, data.len(), self.client.block_size) {
+            if !state.dirty.contains_key(&idx) {
+                let base = self.base_of(&state, idx).await?;
+                state.dirty.insert(idx, base);
+                self.limit_dirty(&file, &mut state).await;
+            }
+            let buf = state.dirty.get_mut(&idx).expect("inserted above");
+            write_into(buf, in_block, &data[range]);
+            if buf.len() == bs {
+                self.seal(&file, &mut state, idx).await;
+            }
+        }
+        state.size = state.size.max(offset + data.len() as u64);
+        state.mtime = Some(Timestamp::now());
+        state.changed = true;
+        Ok(())
+    }
+
+    /// The current content of block `idx`, as the starting point of a partial write.
+    async fn base_of(&self, state: &FileState, idx: u64) -> Result<Vec<u8>> {
+        let bs = self.block_size();
+        let in_file = state.size.saturating_sub(idx * bs).min(bs) as usize;
+        let mut base = match state.source(idx) {
+            Source::Bytes(data) => data.to_vec(),
+            Source::Block(block, locations) if in_file > 0 => {
+                let data = self.whole_block(block, &locations).await?;
+                data[..(block.len as usize).min(data.len())].to_vec()
+            }
+            _ => Vec::new(),
+        };
+        base.truncate(in_file);
+        Ok(base)
+    }
+
+    /// Keeps the number of partly written blocks of one file bounded (random writers).
+    async fn limit_dirty(&self, file: &OpenFile, state: &mut FileState) {
+        let max_blocks = (self.limits.max_dirty / self.block_size() / 2).max(2) as usize;
+        while state.dirty.len() > max_blocks {
+            let oldest = *state.dirty.keys().next().expect("non-empty");
+            self.seal(file, state, oldest).await;
+        }
+    }
+
+    /// Starts the upload of a dirty block (waiting for room among uploads in flight).
+    async fn seal(&self, file: &OpenFile, state: &mut FileState, idx: u64) {
+        let Some(buf) = state.dirty.remove(&idx) else {
+            return;
+        };
+        let data = Arc::new(buf);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(kib(data.len() as u64).max(1))
+            .await
+            .expect("semaphore is never closed");
+        let client = self.client.clone();
+        let upload = data.clone();
+        let ino = file.ino;
+        let task = tokio::spawn(async move {
+            let result = client.upload_block(&upload).await;
+            if let Err(e) = &result {
+                tracing::warn!(ino, block = idx, error = %e, "block upload failed");
+            }
+            drop(permit);
+            result
+        });
+        state.sealed.insert(idx, data.clone());
+        state.uploads.push((idx, data, task));
+        if state.uploads.len() > 64 {
+            self.reap(state, false).await;
+        }
+    }
+
+    /// Collects finished uploads (all of them, waiting, with `wait`), in seal order.
+    async fn reap(&self, state: &mut FileState, wait: bool) {
+        while let Some((_, _, task)) = state.uploads.first() {
+            if !wait && !task.is_finished() {
+                break;
+            }
+            let (idx, data, task) = state.uploads.remove(0);
+            match task.await.expect("upload task does not panic") {
+                Ok((block, holders)) => {
+                    self.cache
+                        .lock()
+                        .expect("cache lock")
+                        .insert(block.id, data.clone());
+                    state
+                        .stored
+                        .push((block.id, holders.iter().map(|l| l.name.clone()).collect()));
+                    // A later write to the same block may have sealed newer data already.
+                    let latest = state
+                        .sealed
+                        .get(&idx)
+                        .is_some_and(|d| Arc::ptr_eq(d, &data));
+                    if latest {
+                        state.sealed.remove(&idx);
+                        state.set_block(idx, block, holders);
+                        state.pending.insert(idx, block);
+                    }
+                }
+                Err(e) => {
+                    state.sealed.remove(&idx);
+                    state.failed.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    async fn flush_state(&self, file: &OpenFile, state: &mut FileState) -> Result<()> {
+        let dirty: Vec<u64> = state.dirty.keys().copied().collect();
+        for idx in dirty {
+            self.seal(file, state, idx).await;
+        }
+        self.reap(state, true).await;
+        if let Some(e) = state.failed.take() {
+            // The data of the failed upload is gone; what was committed before stays.
+            state.pending.clear();
+            state.stored.clear();
+            state.changed = false;
+            if let Ok(layout) = self.client.layout(file.ino).await {
+                state.load(layout);
+            }
+            return Err(e);
+        }
+        if !state.changed {
+            return Ok(());
+        }
+        let blocks: Vec<(u64, BlockRef)> = state.pending.iter().map(|(i, b)| (*i, *b)).collect();
+        let stored = std::mem::take(&mut state.stored);
+        match self
+            .client
+            .commit(file.ino, state.size, blocks, stored)
+            .await
+        {
+            Ok(attr) => {
+                state.seen = Some((attr.size, attr.mtime));
+                state.pending.clear();
+                state.changed = false;
+                state.mtime = None;
+                Ok(())
+            }
+            // Unlinked while open: nothing is left to commit to.
+            Err(e) if e.code() == vg_wire::ErrorCode::NotFound => {
+                state.pending.clear();
+                state.changed = false;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads everything buffered for the file and commits it: after this returns, the
+    /// data is on the storages and visible to other clients on their next open.
+    pub async fn flush(&self, ino: Ino) -> Result<()> {
+        let Some(file) = self.get_open(ino) else {
+            return Ok(());
+        };
+        let mut state = file.state.lock().await;
+        self.flush_state(&file, &mut state).await
+    }
+
+    /// Flushes every open file (at unmount).
+    pub async fn flush_all(&self) -> Result<()> {
+        let files: Vec<Arc<OpenFile>> = self
+            .open
+            .lock()
+            .expect("open lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut first_error = None;
+        for file in files {
+            let mut state = file.state.lock().await;
+            if let Err(e) = self.flush_state(&file, &mut state).await {
+                tracing::error!(ino = file.ino, error = %e, "flush at unmount failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Changes attributes; a size change first commits buffered writes, then truncates
+    /// or extends on the nameserver, then reloads the layout.
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        let Some(file) = self.get_open(ino) else {
+            return self.client.setattr(ino, set).await;
+        };
+        let mut state = file.state.lock().await;
+        if set.size.is_some() {
+            self.flush_state(&file, &mut state).await?;
+        }
+        let mut attr = self.client.setattr(ino, set.clone()).await?;
+        if set.size.is_some() {
+            let layout = self.client.layout(ino).await?;
+            state.load(layout);
+        } else if state.changed {
+            attr.size = state.size;
+        }
+        Ok(attr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_on_block_boundaries() {
+        assert_eq!(
+            cut(0, 10, 4),
+            vec![(0, 0, 0..4), (1, 0, 4..8), (2, 0, 8..10)]
+        );
+        assert_eq!(cut(3, 2, 4), vec![(0, 3, 0..1), (1, 0, 1..2)]);
+        assert_eq!(cut(8, 4, 4), vec![(2, 0, 0..4)]);
+        assert!(cut(5, 0, 4).is_empty());
+        let pieces = cut(4095, 4 << 20, 1 << 20);
+        assert_eq!(pieces.len(), 5);
+        assert_eq!(pieces.iter().map(|p| p.2.len()).sum::<usize>(), 4 << 20);
+    }
+
+    #[test]
+    fn writes_fill_gaps_with_zeros() {
+        let mut buf = b"ab".to_vec();
+        write_into(&mut buf, 4, b"cd");
+        assert_eq!(buf, b"ab\0\0cd");
+        write_into(&mut buf, 1, b"X");
+        assert_eq!(buf, b"aX\0\0cd");
+    }
+
+    #[test]
+    fn source_prefers_unwritten_data() {
+        let mut state = FileState::default();
+        let block = BlockRef {
+            id: BlockId::of(b"x"),
+            len: 1,
+        };
+        state.set_block(2, block, vec![]);
+        assert!(matches!(state.source(0), Source::Hole));
+        assert!(matches!(state.source(2), Source::Block(b, _) if b == block));
+        state.sealed.insert(2, Arc::new(b"sealed".to_vec()));
+        assert!(matches!(state.source(2), Source::Bytes(ref d) if d.as_slice() == b"sealed"));
+        state.dirty.insert(2, b"dirty".to_vec());
+        assert!(matches!(state.source(2), Source::Bytes(ref d) if d.as_slice() == b"dirty"));
+    }
+}

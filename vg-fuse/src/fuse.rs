@@ -1,0 +1,769 @@
+//! The FUSE adapter: each `fuser::Filesystem` call converts its arguments, runs the
+//! matching client call on the tokio runtime (so slow calls never block other requests),
+//! and replies or maps the error to an errno.
+
+pub mod errno;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow,
+};
+use tracing::debug;
+use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
+
+use crate::client::files::Files;
+use crate::client::Error;
+use errno::errno;
+
+/// Size the kernel sees as the preferred I/O size (`st_blksize`): large, so that `cp` and
+/// friends move big chunks per call.
+const IO_SIZE: u32 = 1 << 20;
+
+/// Per-open-file handle state.
+struct FileHandle {
+    append: bool,
+    /// End of the last read, to detect sequential readers.
+    last_end: u64,
+}
+
+/// The mounted file system.
+pub struct VgFs {
+    files: Arc<Files>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+    next_fh: AtomicU64,
+    handles: Arc<Mutex<HashMap<u64, FileHandle>>>,
+    dirs: Arc<Mutex<HashMap<u64, Vec<(Vec<u8>, Attr)>>>>,
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    let kind = match attr.kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: attr.ino,
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.atime.into(),
+        mtime: attr.mtime.into(),
+        ctime: attr.ctime.into(),
+        crtime: attr.ctime.into(),
+        kind,
+        perm: attr.perm as u16,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: IO_SIZE,
+        flags: 0,
+    }
+}
+
+fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
+    time.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t.into()),
+    })
+}
+
+impl VgFs {
+    /// A file system over the open-file layer, running its calls on `rt`.
+    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
+        VgFs {
+            files,
+            rt,
+            ttl,
+            next_fh: AtomicU64::new(1),
+            handles: Arc::default(),
+            dirs: Arc::default(),
+        }
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `work` on the runtime; `reply` gets its value or the errno of its error.
+    fn spawn<T, W, R>(&self, name: &'static str, work: W, reply: R)
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        R: FnOnce(Result<T, i32>) + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            let result = work.await.map_err(|e| {
+                debug!(op = name, error = %e, "failed");
+                errno(&e)
+            });
+            reply(result);
+        });
+    }
+
+    /// Replies with an entry after overlaying this client's unwritten size.
+    fn entry(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = Result<Attr, Error>> + Send + 'static,
+        reply: ReplyEntry,
+    ) {
+        let (files, ttl) = (self.files.clone(), self.ttl);
+        self.spawn(
+            name,
+            async move {
+                let mut attr = work.await?;
+                files.overlay(&mut attr).await;
+                Ok(attr)
+            },
+            move |r| match r {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), 0),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn attr(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = Result<Attr, Error>> + Send + 'static,
+        reply: ReplyAttr,
+    ) {
+        let (files, ttl) = (self.files.clone(), self.ttl);
+        self.spawn(
+            name,
+            async move {
+                let mut attr = work.await?;
+                files.overlay(&mut attr).await;
+                Ok(attr)
+            },
+            move |r| match r {
+                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn empty(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = Result<(), Error>> + Send + 'static,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(name, work, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn open_dir_entries(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: i64,
+    ) -> Option<Vec<(u64, i64, FileType, Vec<u8>, Attr)>> {
+        let dirs = self.dirs.lock().expect("dirs lock");
+        let entries = dirs.get(&fh)?;
+        Some(
+            entries
+                .iter()
+                .enumerate()
+                .skip(offset.max(0) as usize)
+                .map(|(i, (name, attr))| {
+                    let kind = file_attr(attr).kind;
+                    let ino = if name == b"." { ino } else { attr.ino };
+                    (ino, i as i64 + 1, kind, name.clone(), attr.clone())
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Filesystem for VgFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_write(IO_SIZE);
+        let _ = config.set_max_readahead(IO_SIZE);
+        let _ = config.set_max_background(64);
+        // Ask for what helps and ignore what the kernel lacks.
+        for cap in [
+            fuser::consts::FUSE_DO_READDIRPLUS,
+            fuser::consts::FUSE_READDIRPLUS_AUTO,
+            fuser::consts::FUSE_PARALLEL_DIROPS,
+            fuser::consts::FUSE_ASYNC_READ,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let files = self.files.clone();
+        if let Err(e) = self.rt.block_on(files.flush_all()) {
+            tracing::error!(error = %e, "data written before unmount could not be committed");
+        }
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
+        self.entry(
+            "lookup",
+            async move { files.client().lookup(parent, &name).await },
+            reply,
+        );
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let files = self.files.clone();
+        self.attr(
+            "getattr",
+            async move { files.client().getattr(ino).await },
+            reply,
+        );
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let files = self.files.clone();
+        self.attr(
+            "setattr",
+            async move { files.setattr(ino, set).await },
+            reply,
+        );
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let files = self.files.clone();
+        self.spawn(
+            "readlink",
+            async move { files.client().readlink(ino).await },
+            move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            reply.error(errno::UNSUPPORTED);
+            return;
+        }
+        let (files, name, uid, gid) = (
+            self.files.clone(),
+            name.as_bytes().to_vec(),
+            req.uid(),
+            req.gid(),
+        );
+        self.entry(
+            "mknod",
+            async move {
+                files
+                    .client()
+                    .create(parent, &name, mode & !umask & 0o7777, uid, gid, true)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (files, name, uid, gid) = (
+            self.files.clone(),
+            name.as_bytes().to_vec(),
+            req.uid(),
+            req.gid(),
+        );
+        self.entry(
+            "mkdir",
+            async move {
+                files
+                    .client()
+                    .mkdir(parent, &name, mode & !umask & 0o7777, uid, gid)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
+        self.empty(
+            "unlink",
+            async move { files.client().unlink(parent, &name).await },
+            reply,
+        );
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
+        self.empty(
+            "rmdir",
+            async move { files.client().rmdir(parent, &name).await },
+            reply,
+        );
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let (files, name, target, uid, gid) = (
+            self.files.clone(),
+            link_name.as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+            req.uid(),
+            req.gid(),
+        );
+        self.entry(
+            "symlink",
+            async move {
+                files
+                    .client()
+                    .symlink(parent, &name, &target, uid, gid)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            reply.error(errno::BAD_FLAGS);
+            return;
+        }
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let (files, name, newname) = (
+            self.files.clone(),
+            name.as_bytes().to_vec(),
+            newname.as_bytes().to_vec(),
+        );
+        self.empty(
+            "rename",
+            async move {
+                files
+                    .client()
+                    .rename(parent, &name, newparent, &newname, noreplace)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (files, name) = (self.files.clone(), newname.as_bytes().to_vec());
+        self.entry(
+            "link",
+            async move { files.client().link(ino, newparent, &name).await },
+            reply,
+        );
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let fh = self.new_fh();
+        let (files, handles) = (self.files.clone(), self.handles.clone());
+        let append = flags & libc::O_APPEND != 0;
+        self.spawn(
+            "open",
+            async move { files.open(ino).await },
+            move |r| match r {
+                Ok(keep_cache) => {
+                    handles.lock().expect("handles lock").insert(
+                        fh,
+                        FileHandle {
+                            append,
+                            last_end: 0,
+                        },
+                    );
+                    reply.opened(
+                        fh,
+                        if keep_cache {
+                            fuser::consts::FOPEN_KEEP_CACHE
+                        } else {
+                            0
+                        },
+                    );
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let offset = offset.max(0) as u64;
+        let sequential = {
+            let mut handles = self.handles.lock().expect("handles lock");
+            match handles.get_mut(&fh) {
+                Some(handle) => {
+                    let sequential = handle.last_end == offset;
+                    handle.last_end = offset + size as u64;
+                    sequential
+                }
+                None => false,
+            }
+        };
+        let files = self.files.clone();
+        self.spawn(
+            "read",
+            async move { files.read(ino, offset, size as usize, sequential).await },
+            move |r| match r {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _wflags: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let append = self
+            .handles
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .is_some_and(|h| h.append);
+        let (files, data) = (self.files.clone(), data.to_vec());
+        let len = data.len() as u32;
+        self.spawn(
+            "write",
+            async move {
+                let offset = match append {
+                    true => files.size(ino).await.unwrap_or(offset.max(0) as u64),
+                    false => offset.max(0) as u64,
+                };
+                files.write(ino, offset, &data).await
+            },
+            move |r| match r {
+                Ok(()) => reply.written(len),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        let files = self.files.clone();
+        self.empty("flush", async move { files.flush(ino).await }, reply);
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let files = self.files.clone();
+        self.empty("fsync", async move { files.flush(ino).await }, reply);
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("handles lock").remove(&fh);
+        let files = self.files.clone();
+        self.empty(
+            "release",
+            async move {
+                let result = files.flush(ino).await;
+                files.release(ino).await;
+                result
+            },
+            reply,
+        );
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let fh = self.new_fh();
+        let (files, dirs) = (self.files.clone(), self.dirs.clone());
+        self.spawn(
+            "opendir",
+            async move {
+                let dir = files.client().getattr(ino).await?;
+                let mut entries = vec![(b".".to_vec(), dir.clone()), (b"..".to_vec(), dir)];
+                entries.extend(files.client().readdir_all(ino).await?);
+                for (_, attr) in entries.iter_mut().skip(2) {
+                    files.overlay(attr).await;
+                }
+                Ok(entries)
+            },
+            move |r| match r {
+                Ok(entries) => {
+                    dirs.lock().expect("dirs lock").insert(fh, entries);
+                    reply.opened(fh, 0);
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.open_dir_entries(ino, fh, offset) else {
+            reply.error(libc::EBADF);
+            return;
+        };
+        for (ino, next, kind, name, _) in entries {
+            if reply.add(ino, next, kind, OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.open_dir_entries(ino, fh, offset) else {
+            reply.error(libc::EBADF);
+            return;
+        };
+        for (ino, next, _, name, attr) in entries {
+            if reply.add(
+                ino,
+                next,
+                OsStr::from_bytes(&name),
+                &self.ttl,
+                &file_attr(&attr),
+                0,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().expect("dirs lock").remove(&fh);
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let files = self.files.clone();
+        self.spawn(
+            "statfs",
+            async move { files.client().statfs().await },
+            move |r| match r {
+                Ok(s) => {
+                    const FRAGMENT: u64 = 4096;
+                    let blocks = s.capacity / FRAGMENT;
+                    let free = s.free / FRAGMENT;
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        s.inodes,
+                        u64::MAX / 2,
+                        FRAGMENT as u32,
+                        vg_wire::MAX_NAME_LEN as u32,
+                        FRAGMENT as u32,
+                    );
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fh = self.new_fh();
+        let (files, handles, ttl) = (self.files.clone(), self.handles.clone(), self.ttl);
+        let (name, uid, gid) = (name.as_bytes().to_vec(), req.uid(), req.gid());
+        let exclusive = flags & libc::O_EXCL != 0;
+        let append = flags & libc::O_APPEND != 0;
+        self.spawn(
+            "create",
+            async move {
+                let attr = files
+                    .client()
+                    .create(parent, &name, mode & !umask & 0o7777, uid, gid, exclusive)
+                    .await?;
+                if attr.kind != FileKind::File {
+                    return Err(Error::Remote(vg_wire::RemoteError::new(
+                        vg_wire::ErrorCode::IsDir,
+                        "exists and is not a file",
+                    )));
+                }
+                files.open(attr.ino).await?;
+                Ok(attr)
+            },
+            move |r| match r {
+                Ok(attr) => {
+                    handles.lock().expect("handles lock").insert(
+                        fh,
+                        FileHandle {
+                            append,
+                            last_end: 0,
+                        },
+                    );
+                    reply.created(&ttl, &file_attr(&attr), 0, fh, 0);
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(errno::UNSUPPORTED);
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, _size: u32, reply: ReplyXattr) {
+        reply.error(errno::UNSUPPORTED);
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno::UNSUPPORTED);
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno::UNSUPPORTED);
+    }
+}

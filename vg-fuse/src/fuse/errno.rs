@@ -1,0 +1,40 @@
+//! The one place where client errors become errno values.
+
+use vg_wire::ErrorCode;
+
+use crate::client::Error;
+
+/// The errno a failed client call returns to the application.
+pub fn errno(error: &Error) -> i32 {
+    match error.code() {
+        ErrorCode::NotFound => libc::ENOENT,
+        ErrorCode::Exists => libc::EEXIST,
+        ErrorCode::NotDir => libc::ENOTDIR,
+        ErrorCode::IsDir => libc::EISDIR,
+        ErrorCode::NotEmpty => libc::ENOTEMPTY,
+        ErrorCode::NoSpace => libc::ENOSPC,
+        ErrorCode::Invalid => libc::EINVAL,
+        ErrorCode::NameTooLong => libc::ENAMETOOLONG,
+        ErrorCode::Forbidden => libc::EPERM,
+        ErrorCode::Corrupt | ErrorCode::Unavailable | ErrorCode::Io => libc::EIO,
+        ErrorCode::Version => libc::EPROTO,
+    }
+}
+
+/// Operations vg does not support (extended attributes, device nodes, FIFOs).
+pub const UNSUPPORTED: i32 = libc::ENOTSUP;
+/// Flags vg does not support (e.g. RENAME_EXCHANGE).
+pub const BAD_FLAGS: i32 = libc::EINVAL;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_their_errno() {
+        let e = Error::Remote(vg_wire::RemoteError::new(ErrorCode::NoSpace, "full"));
+        assert_eq!(errno(&e), libc::ENOSPC);
+        let e = Error::Remote(vg_wire::RemoteError::new(ErrorCode::NotEmpty, "x"));
+        assert_eq!(errno(&e), libc::ENOTEMPTY);
+    }
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops the local cluster that scripts/up.sh started, by the PIDs it recorded.
+# Stops the local cluster that scripts/up.sh started, by the PIDs it recorded: first
+# unmounts (vg-fuse commits what was written), then stops the servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 home=${VG_HOME:-$(pwd)/.vg}
@@ -7,7 +8,14 @@ pids=$home/pids
 if [[ ! -f $pids ]]; then
   echo "down.sh: no cluster recorded in $home" >&2; exit 0
 fi
-while read -r name pid; do
+while read -r name pid mountpoint; do
+  if [[ $name == vg-fuse && -n ${mountpoint:-} ]] && mountpoint -q "$mountpoint"; then
+    umount "$mountpoint" || umount -l "$mountpoint" || true
+    # vg-fuse exits once the kernel has released the mount.
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+done < "$pids"
+while read -r name pid _; do
   if kill "$pid" 2>/dev/null; then
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null

@@ -12,3 +12,10 @@ fi
 # One build of the workspace (dev profile): the integration and shell tests use its binaries.
 cargo build --workspace --all-targets
 cargo test --workspace
+
+# Shell tests on a real FUSE mount need root and /dev/fuse.
+if [[ $(id -u) != 0 || ! -e /dev/fuse ]]; then
+  echo "test.sh: SKIPPED the mount tests: they need root and /dev/fuse" >&2
+  exit 1
+fi
+VG_BIN=$(pwd)/target/debug scripts/test-mount.sh

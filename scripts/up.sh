@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Starts a local vg cluster on loopback: a nameserver and storages (default alice, bob,
-# carol), with certificates (made if missing) and data under $VG_HOME (default ./.vg).
+# carol), with certificates (made if missing) and data under $VG_HOME (default ./.vg),
+# and mounts it at /mnt/vg (or -m MOUNTPOINT; -M: do not mount).
 #
-#   scripts/up.sh [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE]
+#   scripts/up.sh [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]
 #
-# PIDs go to $VG_HOME/pids so that scripts/down.sh stops exactly these processes.
+# Environment: VG_HOME (data, logs, pids), VG_NS_PORT (8000; storages use the next ports),
+# VG_CERTS (certificates, default ./certs), VG_BIN (binaries; default: cargo build --release).
+# PIDs go to $VG_HOME/pids so that scripts/down.sh stops exactly these processes;
+# $VG_HOME/env holds the variables that point vgctl and vg-fuse at this cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -13,13 +17,16 @@ n_storages=3
 capacity=1GiB
 replication=2
 block_size=4MiB
-while getopts "n:c:r:b:" opt; do
+mountpoint=/mnt/vg
+while getopts "n:c:r:b:m:M" opt; do
   case $opt in
     n) n_storages=$OPTARG ;;
     c) capacity=$OPTARG ;;
     r) replication=$OPTARG ;;
     b) block_size=$OPTARG ;;
-    *) echo "usage: $0 [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE]" >&2; exit 2 ;;
+    m) mountpoint=$OPTARG ;;
+    M) mountpoint= ;;
+    *) echo "usage: $0 [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]" >&2; exit 2 ;;
   esac
 done
 
@@ -45,7 +52,7 @@ if [[ -z $bin ]]; then
   bin=$root/target/release
 fi
 
-certs=$root/certs
+certs=${VG_CERTS:-$root/certs}
 peers=nameserver,client
 for name in "${names[@]}"; do peers+=",$name"; done
 if [[ ! -f $certs/rootCA.crt ]]; then
@@ -55,15 +62,22 @@ for name in "${names[@]}"; do
   [[ -f $certs/$name/$name.crt ]] || "$bin/vgctl" certs add --dir "$certs" "$name" --role storage >/dev/null
 done
 
+tls() { echo "--ca-cert $certs/rootCA.crt --certfile $certs/$1/$1.crt --keyfile $certs/$1/$1.key"; }
 mkdir -p "$home/logs"
 : > "$home/pids"
-"$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$home/meta" \
+cat > "$home/env" <<ENV
+export VG_NS_HOSTNAME=127.0.0.1 VG_NS_PORT=$ns_port
+export VG_CA_CERT=$certs/rootCA.crt VG_CERTFILE=$certs/client/client.crt VG_KEYFILE=$certs/client/client.key
+ENV
+# shellcheck disable=SC2046 # tls prints separate flags on purpose
+"$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$home/meta" $(tls nameserver) \
   --replication "$replication" --block-size "$block_size" --logfile "$home/logs/nameserver.log" \
   >"$home/logs/nameserver.out" 2>&1 &
 echo "nameserver $!" >> "$home/pids"
 port=$((ns_port + 1))
 for name in "${names[@]}"; do
-  "$bin/vg-storage" --name "$name" --hostname 127.0.0.1 --port "$port" --capacity "$capacity" \
+  # shellcheck disable=SC2046
+  "$bin/vg-storage" --name "$name" $(tls "$name") --hostname 127.0.0.1 --port "$port" --capacity "$capacity" \
     --rootpath "$home/data/$name" --ns-hostname 127.0.0.1 --ns-port "$ns_port" \
     --logfile "$home/logs/$name.log" >"$home/logs/$name.out" 2>&1 &
   echo "$name $!" >> "$home/pids"
@@ -72,18 +86,32 @@ done
 
 # Wait until every storage is active (or give up after 30 s).
 deadline=$((SECONDS + 30))
-until "$bin/vgctl" --ns-port "$ns_port" du 2>/dev/null | grep -c ' active ' | grep -qx "${#names[@]}"; do
+# shellcheck disable=SC2046
+until "$bin/vgctl" --ns-port "$ns_port" $(tls client) du 2>/dev/null | grep -c ' active ' | grep -qx "${#names[@]}"; do
   if (( SECONDS > deadline )); then
     echo "up.sh: the cluster did not come up; see $home/logs" >&2; exit 1
   fi
   sleep 0.2
 done
 
+mounted=
+if [[ -n $mountpoint ]]; then
+  if [[ ! -e /dev/fuse ]]; then
+    echo "up.sh: /dev/fuse is missing: load the fuse module (modprobe fuse), or run with -M" >&2; exit 1
+  fi
+  mkdir -p "$mountpoint"
+  # shellcheck disable=SC2046
+  pid=$("$bin/vg-fuse" "$mountpoint" --ns-port "$ns_port" $(tls client) --daemon --logfile "$home/logs/vg-fuse.log")
+  echo "vg-fuse $pid $mountpoint" >> "$home/pids"
+  mounted="Mounted at $mountpoint: use it like any directory (cp, ls, mv, rm, tar, git...)."
+fi
+
 cat <<MSG
 vg is running: nameserver on 127.0.0.1:$ns_port, storages ${names[*]} (capacity $capacity each, R=$replication).
+$mounted
 Logs: $home/logs. Stop it with scripts/down.sh.
 
-Try:
+vgctl (source $home/env first if you changed VG_CERTS or VG_NS_PORT):
   $bin/vgctl du
   $bin/vgctl put README.md /
   $bin/vgctl ls /

@@ -6,8 +6,10 @@ pub mod error;
 pub mod files;
 pub mod transfer;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vg_wire::error::ErrorCode;
@@ -53,9 +55,15 @@ pub struct Client {
     dialer: Dialer,
     ns: Target,
     unavailable_timeout: Duration,
+    /// Storages that recently failed a read, and when: tried last for a while, so that a
+    /// dead storage costs one timeout rather than one per block.
+    suspects: Arc<Mutex<HashMap<String, Instant>>>,
     /// The cluster block size.
     pub block_size: u32,
 }
+
+/// How long a storage that failed a read is tried after the others.
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 fn unexpected(what: &str, answer: impl std::fmt::Debug) -> Error {
     Error::Wire(vg_wire::Error::BadFrame {
@@ -81,6 +89,7 @@ impl Client {
                 addr: config.ns_addr,
             },
             unavailable_timeout: config.unavailable_timeout,
+            suspects: Arc::default(),
             block_size: 0,
         };
         client.block_size = client.statfs().await?.block_size;
@@ -485,15 +494,34 @@ impl Client {
         len: u32,
     ) -> Result<Vec<u8>> {
         let mut reason = String::from("no live replica");
-        for location in locations {
+        let mut ordered: Vec<&Location> = locations.iter().collect();
+        {
+            let suspects = self.suspects.lock().expect("suspects lock");
+            ordered.sort_by_key(|l| {
+                suspects
+                    .get(&l.name)
+                    .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
+            });
+        }
+        for location in ordered {
             let target = Self::storage_target(location);
             match self.fetch(&target, id, offset, len).await {
-                Ok(data) if offset != 0 || len != 0 || BlockId::of(&data) == id => return Ok(data),
+                Ok(data) if offset != 0 || len != 0 || BlockId::of(&data) == id => {
+                    self.suspects
+                        .lock()
+                        .expect("suspects lock")
+                        .remove(&location.name);
+                    return Ok(data);
+                }
                 Ok(_) => {
                     reason = format!("{} sent bytes that do not match the block", location.name)
                 }
                 Err(e) => reason = format!("{}: {e}", location.name),
             }
+            self.suspects
+                .lock()
+                .expect("suspects lock")
+                .insert(location.name.clone(), Instant::now());
             tracing::warn!(block = ?id, %reason, "replica failed; trying the next one");
         }
         Err(Error::Unreadable {

@@ -27,6 +27,18 @@ use errno::errno;
 /// friends move big chunks per call.
 const IO_SIZE: u32 = 1 << 20;
 
+/// A directory listing held by an open directory handle: name and attributes.
+type Listing = Vec<(Vec<u8>, Attr)>;
+
+/// One entry to reply to readdir: inode, next offset, type, name, attributes.
+struct DirEntry {
+    ino: Ino,
+    next: i64,
+    kind: FileType,
+    name: Vec<u8>,
+    attr: Attr,
+}
+
 /// Per-open-file handle state.
 struct FileHandle {
     append: bool,
@@ -41,7 +53,7 @@ pub struct VgFs {
     ttl: Duration,
     next_fh: AtomicU64,
     handles: Arc<Mutex<HashMap<u64, FileHandle>>>,
-    dirs: Arc<Mutex<HashMap<u64, Vec<(Vec<u8>, Attr)>>>>,
+    dirs: Arc<Mutex<HashMap<u64, Listing>>>,
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
@@ -164,12 +176,7 @@ impl VgFs {
         });
     }
 
-    fn open_dir_entries(
-        &self,
-        ino: Ino,
-        fh: u64,
-        offset: i64,
-    ) -> Option<Vec<(u64, i64, FileType, Vec<u8>, Attr)>> {
+    fn open_dir_entries(&self, ino: Ino, fh: u64, offset: i64) -> Option<Vec<DirEntry>> {
         let dirs = self.dirs.lock().expect("dirs lock");
         let entries = dirs.get(&fh)?;
         Some(
@@ -180,7 +187,13 @@ impl VgFs {
                 .map(|(i, (name, attr))| {
                     let kind = file_attr(attr).kind;
                     let ino = if name == b"." { ino } else { attr.ino };
-                    (ino, i as i64 + 1, kind, name.clone(), attr.clone())
+                    DirEntry {
+                        ino,
+                        next: i as i64 + 1,
+                        kind,
+                        name: name.clone(),
+                        attr: attr.clone(),
+                    }
                 })
                 .collect(),
         )
@@ -610,8 +623,8 @@ impl Filesystem for VgFs {
             reply.error(libc::EBADF);
             return;
         };
-        for (ino, next, kind, name, _) in entries {
-            if reply.add(ino, next, kind, OsStr::from_bytes(&name)) {
+        for e in entries {
+            if reply.add(e.ino, e.next, e.kind, OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
@@ -630,13 +643,13 @@ impl Filesystem for VgFs {
             reply.error(libc::EBADF);
             return;
         };
-        for (ino, next, _, name, attr) in entries {
+        for e in entries {
             if reply.add(
-                ino,
-                next,
-                OsStr::from_bytes(&name),
+                e.ino,
+                e.next,
+                OsStr::from_bytes(&e.name),
                 &self.ttl,
-                &file_attr(&attr),
+                &file_attr(&e.attr),
                 0,
             ) {
                 break;

@@ -57,6 +57,9 @@ type Upload = (
     JoinHandle<Result<(BlockRef, Vec<Location>)>>,
 );
 
+/// A whole-block fetch that concurrent readers share; the error is kept as text.
+type Fetch = OnceCell<std::result::Result<Arc<Vec<u8>>, String>>;
+
 /// Where the bytes of one block of an open file come from.
 enum Source {
     Bytes(Arc<Vec<u8>>),
@@ -145,7 +148,7 @@ pub struct Files {
     limits: Limits,
     cache: StdMutex<BlockCache>,
     /// Whole-block fetches in progress, so concurrent readers share one.
-    fetching: StdMutex<HashMap<BlockId, Arc<OnceCell<std::result::Result<Arc<Vec<u8>>, String>>>>>,
+    fetching: StdMutex<HashMap<BlockId, Arc<Fetch>>>,
     permits: Arc<Semaphore>,
     open: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
 }

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Shell tests of the mount: real coreutils on a real FUSE mount of a real loopback
+# cluster. Prints PASS/FAIL per test and ends with "N passed, N failed".
+#
+#   scripts/test-mount.sh        (as root; uses the binaries in $VG_BIN, default target/debug)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bin=${VG_BIN:-$root/target/debug}
+for tool in vg-nameserver vg-storage vg-fuse vgctl; do
+  [[ -x $bin/$tool ]] || { echo "test-mount.sh: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
+done
+[[ $(id -u) == 0 ]] || { echo "test-mount.sh: needs root (FUSE mounts)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/vg-mount-test.XXXXXX)
+log=$work/test.log
+passed=0
+failed=0
+export VG_BIN=$bin VG_CERTS=$work/certs
+# Fast failure detection and garbage collection, so that fault tests finish quickly.
+export VG_HEARTBEAT_TIMEOUT=3s VG_GC_GRACE=2s
+
+cleanup() {
+  for home in "$work"/cluster-*; do
+    [[ -f $home/pids ]] && VG_HOME=$home scripts/down.sh >>"$log" 2>&1
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_cluster NAME PORT UP_FLAGS...: a cluster under $work/cluster-NAME mounted at $work/mnt-NAME.
+start_cluster() {
+  local name=$1 port=$2
+  shift 2
+  VG_HOME=$work/cluster-$name VG_NS_PORT=$port scripts/up.sh -m "$work/mnt-$name" "$@" >>"$log" 2>&1 \
+    || { echo "test-mount.sh: cluster $name did not start; log:"; tail -n 30 "$log"; exit 1; }
+}
+
+check() {
+  local name=$1
+  shift
+  echo "== $name" >>"$log"
+  if "$@" >>"$log" 2>&1; then
+    echo "PASS $name"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $name (see the log below)"
+    failed=$((failed + 1))
+    tail -n 15 "$log" | sed 's/^/    /'
+  fi
+}
+
+# Poll a command until it succeeds or the deadline (seconds) passes.
+eventually() {
+  local seconds=$1
+  shift
+  local deadline=$((SECONDS + seconds))
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+port=$((20000 + RANDOM % 20000))
+start_cluster main "$port" -n 3 -c 2GiB -b 1MiB
+mnt=$work/mnt-main
+src=$work/src
+mkdir -p "$src"
+block=$((1 << 20))
+
+# Sizes on both sides of the block boundary (1 MiB here) and a large file.
+copy_round_trip() {
+  local size=$1
+  head -c "$size" /dev/urandom >"$src/f$size"
+  cp "$src/f$size" "$mnt/f$size" && cmp "$src/f$size" "$mnt/f$size" \
+    && cp "$mnt/f$size" "$src/back$size" && cmp "$src/f$size" "$src/back$size" \
+    && [[ $(stat -c %s "$mnt/f$size") == "$size" ]]
+}
+for size in 0 1 4095 $((block - 1)) $block $((block + 1)) $((3 * block + 17)) $((100 << 20)); do
+  check "cp in/out and cmp, $size bytes" copy_round_trip "$size"
+done
+
+dirs() {
+  mkdir -p "$mnt/d1/d2/d3" && [[ -d $mnt/d1/d2/d3 ]] && rmdir "$mnt/d1/d2/d3" && [[ ! -e $mnt/d1/d2/d3 ]] \
+    && echo x >"$mnt/d1/d2/file" && ! rmdir "$mnt/d1" 2>/dev/null && rm -r "$mnt/d1" && [[ ! -e $mnt/d1 ]]
+}
+check "mkdir -p, rmdir, rm -r" dirs
+
+moves() {
+  echo one >"$mnt/m1" && echo two >"$mnt/m2" && mkdir -p "$mnt/md/sub" && echo deep >"$mnt/md/sub/f" \
+    && mv "$mnt/m1" "$mnt/m1.renamed" && [[ $(cat "$mnt/m1.renamed") == one ]] \
+    && mv -f "$mnt/m1.renamed" "$mnt/m2" && [[ $(cat "$mnt/m2") == one ]] && [[ ! -e $mnt/m1.renamed ]] \
+    && mv "$mnt/md" "$mnt/md2" && [[ $(cat "$mnt/md2/sub/f") == deep ]] \
+    && echo keep >"$mnt/m3" && mv -n "$mnt/m2" "$mnt/m3" && [[ $(cat "$mnt/m3") == keep ]]
+}
+check "mv of files and directories, over a file, -n" moves
+
+links() {
+  echo linked >"$mnt/l1" && ln "$mnt/l1" "$mnt/l2" && [[ $(stat -c %h "$mnt/l1") == 2 ]] \
+    && [[ $(cat "$mnt/l2") == linked ]] && ln -s l1 "$mnt/sym" && [[ $(readlink "$mnt/sym") == l1 ]] \
+    && [[ $(cat "$mnt/sym") == linked ]] && rm "$mnt/l1" && [[ $(cat "$mnt/l2") == linked ]]
+}
+check "ln and ln -s" links
+
+attrs() {
+  echo a >"$mnt/attr" && chmod 640 "$mnt/attr" && [[ $(stat -c %a "$mnt/attr") == 640 ]] \
+    && touch -d '2001-02-03 04:05:06 UTC' "$mnt/attr" && [[ $(stat -c %Y "$mnt/attr") == 981173106 ]] \
+    && chown 1234:5678 "$mnt/attr" && [[ $(stat -c %u:%g "$mnt/attr") == 1234:5678 ]]
+}
+check "chmod, chown, touch -d, stat" attrs
+
+truncation() {
+  head -c 3000000 /dev/urandom >"$src/t" && cp "$src/t" "$mnt/t" \
+    && truncate -s 5 "$mnt/t" && truncate -s 5 "$src/t" && cmp "$src/t" "$mnt/t" \
+    && truncate -s 2500000 "$mnt/t" && truncate -s 2500000 "$src/t" && cmp "$src/t" "$mnt/t" \
+    && truncate -s 0 "$mnt/t" && [[ $(stat -c %s "$mnt/t") == 0 ]]
+}
+check "truncate down, up (holes read as zeros), to 0" truncation
+
+appends() {
+  : >"$mnt/app" && for i in 1 2 3; do echo "line $i" >>"$mnt/app"; done \
+    && [[ $(cat "$mnt/app") == $'line 1\nline 2\nline 3' ]]
+}
+check ">> appends" appends
+
+overwrite() {
+  head -c $((5 * block + 123)) /dev/urandom >"$src/ow" && cp "$src/ow" "$mnt/ow" \
+    && head -c 70000 /dev/urandom >"$src/patch" \
+    && dd if="$src/patch" of="$src/ow" bs=1 seek=$((2 * block - 1000)) conv=notrunc status=none \
+    && dd if="$src/patch" of="$mnt/ow" bs=64k seek=$((2 * block - 1000)) oflag=seek_bytes conv=notrunc status=none \
+    && cmp "$src/ow" "$mnt/ow"
+}
+check "dd conv=notrunc overwrite in the middle" overwrite
+
+sparse() {
+  rm -f "$src/sp" && dd if=/dev/urandom of="$src/sp" bs=4096 count=1 seek=1000 status=none \
+    && dd if="$src/sp" of="$mnt/sp" bs=4096 skip=1000 seek=1000 count=1 status=none \
+    && cmp "$src/sp" "$mnt/sp"
+}
+check "sparse write past EOF reads zeros in the hole" sparse
+
+exclusive() {
+  echo first >"$mnt/excl" && ! (set -o noclobber; echo second >"$mnt/excl") 2>/dev/null \
+    && [[ $(cat "$mnt/excl") == first ]]
+}
+check "O_EXCL refuses an existing file" exclusive
+
+dfree() {
+  df -h "$mnt" && df --output=fstype,size "$mnt" | tail -n 1 | grep -q '^fuse' \
+    && [[ $(df --output=size -B1 "$mnt" | tail -n 1) -gt $((2 << 30)) ]]
+}
+check "df shows the cluster capacity" dfree
+
+big_dir() {
+  mkdir "$mnt/many" && for i in $(seq 2000); do : >"$mnt/many/file$i"; done \
+    && [[ $(ls -l "$mnt/many" | wc -l) == 2001 ]] && [[ $(ls "$mnt/many" | wc -l) == 2000 ]]
+}
+check "ls -l of a 2,000-file directory" big_dir
+
+tree() {
+  tar -C /usr -cf - include | tar -C "$mnt" -xf - && diff -r /usr/include "$mnt/include"
+}
+check "tar c/x round trip of /usr/include, diff -r" tree
+
+# A second mount of the same cluster: what one writes and closes, the other reads.
+mnt2=$work/mnt-second
+mkdir -p "$mnt2"
+# shellcheck disable=SC1091
+pid2=$(source "$work/cluster-main/env" && "$bin/vg-fuse" "$mnt2" --daemon --logfile "$work/cluster-main/logs/vg-fuse-2.log")
+echo "vg-fuse $pid2 $mnt2" >>"$work/cluster-main/pids"
+two_mounts() {
+  head -c $((2 * block + 5)) /dev/urandom >"$src/shared" && cp "$src/shared" "$mnt/shared" \
+    && cmp "$src/shared" "$mnt2/shared" \
+    && echo "changed on the second mount" >"$mnt2/shared" \
+    && eventually 5 grep -q "changed on the second" "$mnt/shared"
+}
+check "two mounts: written on one, read on the other after close" two_mounts
+
+# Read a large R=2 file through the second mount (nothing cached there) and kill a
+# storage halfway: the read must still return the right bytes.
+storage_dies() {
+  local victim pid reader
+  victim=$(awk '$1 == "alice" {print $2}' "$work/cluster-main/pids")
+  cmp "$src/f$((100 << 20))" "$mnt2/f$((100 << 20))" &
+  reader=$!
+  eventually 30 bash -c "[[ \$(awk '/^rchar/ {print \$2}' /proc/$reader/io 2>/dev/null || echo 0) -gt $((20 << 20)) ]] || ! kill -0 $reader 2>/dev/null"
+  kill -9 "$victim"
+  wait "$reader"
+}
+check "kill a storage while reading: the read succeeds" storage_dies
+
+remount() {
+  echo "written just before umount" >"$mnt2/last" && umount "$mnt2" && ! mountpoint -q "$mnt2" \
+    && pid2=$(source "$work/cluster-main/env" && "$bin/vg-fuse" "$mnt2" --daemon --logfile "$work/cluster-main/logs/vg-fuse-3.log") \
+    && echo "vg-fuse $pid2 $mnt2" >>"$work/cluster-main/pids" \
+    && [[ $(cat "$mnt2/last") == "written just before umount" ]] && grep -q "changed on the second" "$mnt2/shared"
+}
+check "umount and mount again: closed files are there" remount
+
+# A small cluster to fill: 2 storages of 6 MiB, R=2, 1 MiB blocks.
+start_cluster small $((port + 100)) -n 2 -c 6MiB -b 1MiB
+small=$work/mnt-small
+enospc() {
+  head -c $((3 * block)) /dev/urandom >"$src/fits" && cp "$src/fits" "$small/fits" \
+    && head -c $((5 * block)) /dev/urandom >"$src/too-big" \
+    && ! cp "$src/too-big" "$small/too-big" 2>"$work/cp.err" && grep -q "No space left on device" "$work/cp.err" \
+    && cmp "$src/fits" "$small/fits"
+}
+check "ENOSPC from cp when the cluster is full, earlier files intact" enospc
+
+echo "$passed passed, $failed failed"
+[[ $failed == 0 ]]

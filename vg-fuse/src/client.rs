@@ -58,12 +58,18 @@ pub struct Client {
     /// Storages that recently failed a read, and when: tried last for a while, so that a
     /// dead storage costs one timeout rather than one per block.
     suspects: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Blocks uploaded (or being uploaded) but not yet committed, with a count of the
+    /// uploads holding each: their garbage-collection grace period is kept fresh.
+    held: Arc<Mutex<HashMap<BlockId, u32>>>,
     /// The cluster block size.
     pub block_size: u32,
 }
 
 /// How long a storage that failed a read is tried after the others.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// How often the grace period of uncommitted blocks is refreshed; the nameserver's
+/// `--gc-grace` must be comfortably longer.
+const KEEP_EVERY: Duration = Duration::from_secs(1);
 
 fn unexpected(what: &str, answer: impl std::fmt::Debug) -> Error {
     Error::Wire(vg_wire::Error::BadFrame {
@@ -90,10 +96,33 @@ impl Client {
             },
             unavailable_timeout: config.unavailable_timeout,
             suspects: Arc::default(),
+            held: Arc::default(),
             block_size: 0,
         };
         client.block_size = client.statfs().await?.block_size;
+        tokio::spawn(keep_held_blocks(
+            Arc::downgrade(&client.held),
+            client.dialer.clone(),
+            client.ns.clone(),
+        ));
         Ok(client)
+    }
+
+    fn hold(&self, id: BlockId) {
+        *self.held.lock().expect("held lock").entry(id).or_default() += 1;
+    }
+
+    /// Stops refreshing the grace period of blocks (committed, or given up).
+    pub fn unhold(&self, ids: impl IntoIterator<Item = BlockId>) {
+        let mut held = self.held.lock().expect("held lock");
+        for id in ids {
+            if let Some(count) = held.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(&id);
+                }
+            }
+        }
     }
 
     /// Sends a request to the nameserver, retrying while it is unreachable (e.g.
@@ -340,7 +369,8 @@ impl Client {
         }
     }
 
-    /// Replaces blocks of a file and sets its size, as one step.
+    /// Replaces blocks of a file and sets its size, as one step. The blocks are no longer
+    /// held against garbage collection afterwards, whatever the outcome.
     pub async fn commit(
         &self,
         ino: Ino,
@@ -348,13 +378,17 @@ impl Client {
         blocks: Vec<(u64, BlockRef)>,
         stored: Vec<(BlockId, Vec<String>)>,
     ) -> Result<Attr> {
-        self.attr_call(ns::Request::Commit {
-            ino,
-            size,
-            blocks,
-            stored,
-        })
-        .await
+        let ids: Vec<BlockId> = blocks.iter().map(|(_, b)| b.id).collect();
+        let result = self
+            .attr_call(ns::Request::Commit {
+                ino,
+                size,
+                blocks,
+                stored,
+            })
+            .await;
+        self.unhold(ids);
+        result
     }
 
     async fn place(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Result<Placement> {
@@ -420,8 +454,19 @@ impl Client {
     /// its reference and the storages that acknowledged it (empty when deduplicated). A
     /// storage that fails is excluded and the block placed again; copies a failed
     /// pipeline left out are made on further storages when the cluster has them.
+    /// The block is held against garbage collection until [`Client::commit`] or
+    /// [`Client::unhold`]; a failed upload holds nothing.
     pub async fn upload_block(&self, data: &[u8]) -> Result<(BlockRef, Vec<Location>)> {
         let id = BlockId::of(data);
+        self.hold(id);
+        let result = self.upload_held(id, data).await;
+        if result.is_err() {
+            self.unhold([id]);
+        }
+        result
+    }
+
+    async fn upload_held(&self, id: BlockId, data: &[u8]) -> Result<(BlockRef, Vec<Location>)> {
         let block = BlockRef {
             id,
             len: data.len() as u32,
@@ -576,6 +621,33 @@ impl Client {
         {
             storage::Response::Verified(ok) => Ok(ok),
             other => Err(unexpected("verify", other)),
+        }
+    }
+}
+
+/// Refreshes the grace period of held blocks until the clients holding them are gone.
+async fn keep_held_blocks(
+    held: std::sync::Weak<Mutex<HashMap<BlockId, u32>>>,
+    dialer: Dialer,
+    ns: Target,
+) {
+    loop {
+        tokio::time::sleep(KEEP_EVERY).await;
+        let Some(held) = held.upgrade() else { return };
+        let ids: Vec<BlockId> = held.lock().expect("held lock").keys().copied().collect();
+        drop(held);
+        for batch in ids.chunks(10_000) {
+            if let Err(e) = dialer
+                .call::<_, ns::Response>(
+                    &ns,
+                    &ns::Request::KeepBlocks {
+                        ids: batch.to_vec(),
+                    },
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "could not refresh uncommitted blocks");
+            }
         }
     }
 }

@@ -259,10 +259,29 @@ impl Registry {
     }
 
     /// Records that the client saw these storages acknowledge a block.
+    /// Hints about a block already collected are ignored: the storage no longer has it.
     pub fn stored(&mut self, id: BlockId, len: u32, holders: &[String]) {
+        if !self.is_known(&id) {
+            return;
+        }
         for name in holders {
             if self.storages.contains_key(name) {
                 self.add_location(id, len, name);
+            }
+        }
+    }
+
+    /// Whether the block is held somewhere or still within its grace period.
+    fn is_known(&self, id: &BlockId) -> bool {
+        self.locations.contains_key(id) || self.unreferenced.contains_key(id)
+    }
+
+    /// Restarts the grace period of uncommitted blocks a client still writes (blocks
+    /// already collected stay collected).
+    pub fn keep(&mut self, ids: &[BlockId], now: Instant) {
+        for id in ids {
+            if let Some(since) = self.unreferenced.get_mut(id) {
+                *since = now;
             }
         }
     }
@@ -540,6 +559,10 @@ mod tests {
     fn id(byte: u8) -> BlockId {
         BlockId([byte; 32])
     }
+    /// When the blocks of a test become known; any instant works for these tests.
+    fn t0_of(_reg: &Registry) -> Instant {
+        Instant::now()
+    }
     fn cluster(names: &[&str], now: Instant) -> Registry {
         let mut reg = Registry::new(policy());
         for (i, name) in names.iter().enumerate() {
@@ -567,6 +590,7 @@ mod tests {
     fn dedup_when_already_replicated() {
         let now = Instant::now();
         let mut reg = cluster(&["a", "b"], now);
+        reg.released(vec![id(1)], t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         assert!(reg.place(id(1), 10, &[], true, now).unwrap().stored);
     }
@@ -575,7 +599,9 @@ mod tests {
     fn down_storage_triggers_copy_and_gc_after_grace() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
+        reg.released(vec![id(1)], t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
+        reg.released(vec![id(2)], t0_of(&reg));
         reg.stored(id(2), 10, &["c".into()]);
         let refs = HashMap::from([(id(1), 1)]);
         let t1 = t0 + Duration::from_secs(6);
@@ -628,9 +654,39 @@ mod tests {
     }
 
     #[test]
+    fn kept_blocks_survive_and_collected_blocks_take_no_hints() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b"], t0);
+        let none = HashMap::new();
+        reg.place(id(1), 10, &[], false, t0).unwrap();
+        reg.place(id(2), 10, &[], false, t0).unwrap();
+        reg.released(vec![id(1)], t0_of(&reg));
+        reg.stored(id(1), 10, &["a".into()]);
+        reg.released(vec![id(2)], t0_of(&reg));
+        reg.stored(id(2), 10, &["a".into()]);
+        let t1 = t0 + Duration::from_secs(4);
+        reg.heartbeat("a", 0, &[], &[], &[], t1);
+        reg.heartbeat("b", 0, &[], &[], &[], t1);
+        reg.keep(&[id(1)], t1);
+        let t2 = t0 + Duration::from_secs(10);
+        reg.heartbeat("a", 0, &[], &[], &[], t2);
+        reg.heartbeat("b", 0, &[], &[], &[], t2);
+        reg.tick(&none, t0 + Duration::from_secs(11));
+        assert_eq!(reg.live_locations(&id(1)).len(), 1, "kept block survives");
+        assert!(
+            reg.live_locations(&id(2)).is_empty(),
+            "unkept block is collected"
+        );
+        // A late commit hint cannot resurrect the collected copy.
+        reg.stored(id(2), 10, &["a".into()]);
+        assert!(!reg.has_any_location(&id(2)));
+    }
+
+    #[test]
     fn extra_copies_are_removed() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
+        reg.released(vec![id(1)], t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into(), "c".into()]);
         reg.tick(&HashMap::from([(id(1), 1)]), t0);
         assert_eq!(reg.live_locations(&id(1)).len(), 2);

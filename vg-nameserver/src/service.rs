@@ -328,6 +328,10 @@ impl Service {
                 .await
             }
             Status => Ok(Response::Status(self.status(&self.lock()))),
+            KeepBlocks { ids } => {
+                self.lock().registry.keep(&ids, Instant::now());
+                Ok(Response::Done)
+            }
             ListBlocks { after, limit } => {
                 let state = self.lock();
                 let (blocks, more) =
@@ -489,6 +493,7 @@ fn op_name(request: &Request) -> &'static str {
         Commit { .. } => "commit",
         Status => "status",
         ListBlocks { .. } => "list_blocks",
+        KeepBlocks { .. } => "keep_blocks",
         Register { .. } => "register",
         Report { .. } => "report",
         Activate => "activate",

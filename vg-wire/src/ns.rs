@@ -90,6 +90,9 @@ pub enum Request {
     Status,
     /// Referenced blocks with their expected and known locations, from `after`, at most `limit`.
     ListBlocks { after: Option<BlockId>, limit: u32 },
+    /// Restarts the grace period of blocks uploaded but not yet committed, so that a long
+    /// write does not lose them to garbage collection.
+    KeepBlocks { ids: Vec<BlockId> },
     /// A storage announces itself (storage role only; `name` must match its certificate).
     Register {
         name: String,

@@ -401,9 +401,9 @@ impl Files {
         let bs = self.block_size() as usize;
         for (idx, in_block, range) in cut(offset, data.len(), self.client.block_size) {
             if !state.dirty.contains_key(&idx) {
+                self.limit_dirty(&file, &mut state).await;
                 let base = self.base_of(&state, idx).await?;
                 state.dirty.insert(idx, base);
-                self.limit_dirty(&file, &mut state).await;
             }
             let buf = state.dirty.get_mut(&idx).expect("inserted above");
             write_into(buf, in_block, &data[range]);
@@ -433,10 +433,11 @@ impl Files {
         Ok(base)
     }
 
-    /// Keeps the number of partly written blocks of one file bounded (random writers).
+    /// Makes room for one more partly written block: their number per file is bounded
+    /// (random writers), the oldest is sealed first.
     async fn limit_dirty(&self, file: &OpenFile, state: &mut FileState) {
         let max_blocks = (self.limits.max_dirty / self.block_size() / 2).max(2) as usize;
-        while state.dirty.len() > max_blocks {
+        while state.dirty.len() >= max_blocks {
             let oldest = *state.dirty.keys().next().expect("non-empty");
             self.seal(file, state, oldest).await;
         }
@@ -447,6 +448,10 @@ impl Files {
         let Some(buf) = state.dirty.remove(&idx) else {
             return;
         };
+        if buf.is_empty() {
+            // Nothing was written into it (it lies past a truncation): it stays a hole.
+            return;
+        }
         let data = Arc::new(buf);
         let permit = self
             .permits
@@ -496,7 +501,12 @@ impl Files {
                     if latest {
                         state.sealed.remove(&idx);
                         state.set_block(idx, block, holders);
-                        state.pending.insert(idx, block);
+                        // A block replaced before its commit will never be committed.
+                        if let Some(old) = state.pending.insert(idx, block) {
+                            self.client.unhold([old.id]);
+                        }
+                    } else {
+                        self.client.unhold([block.id]);
                     }
                 }
                 Err(e) => {
@@ -515,6 +525,7 @@ impl Files {
         self.reap(state, true).await;
         if let Some(e) = state.failed.take() {
             // The data of the failed upload is gone; what was committed before stays.
+            self.client.unhold(state.pending.values().map(|b| b.id));
             state.pending.clear();
             state.stored.clear();
             state.changed = false;

@@ -83,11 +83,24 @@ impl Client {
                 offset += n as u64;
             }
             while pending.len() >= IN_FLIGHT || (n == 0 && !pending.is_empty()) {
-                let (block, holders) = pending
+                let uploaded = pending
                     .pop_front()
                     .expect("non-empty")
                     .await
-                    .expect("upload task does not panic")?;
+                    .expect("upload task does not panic");
+                let (block, holders) = match uploaded {
+                    Ok(uploaded) => uploaded,
+                    Err(e) => {
+                        // Nothing will be committed: let every block uploaded go.
+                        self.unhold(blocks.iter().map(|(_, b): &(u64, BlockRef)| b.id));
+                        for task in pending {
+                            if let Ok(Ok((block, _))) = task.await {
+                                self.unhold([block.id]);
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
                 progress.advance(block.len as u64);
                 stored.push((block.id, holders.into_iter().map(|l| l.name).collect()));
                 blocks.push((blocks.len() as u64, block));

@@ -4,5 +4,6 @@
 
 mod cluster;
 mod core;
+mod files;
 mod security;
 mod vgctl;

@@ -19,3 +19,5 @@ if [[ $(id -u) != 0 || ! -e /dev/fuse ]]; then
   exit 1
 fi
 VG_BIN=$(pwd)/target/debug scripts/test-mount.sh
+# The docker-compose cluster (installs docker.io and docker-compose, starts dockerd if needed).
+VG_BIN=$(pwd)/target/debug scripts/compose-test.sh

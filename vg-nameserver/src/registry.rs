@@ -97,6 +97,7 @@ impl Registry {
         }
         if matches!(self.in_flight.get(&id), Some((target, _)) if target == name) {
             self.in_flight.remove(&id);
+            info!(block = ?id, storage = name, "replication finished");
         }
     }
 
@@ -458,7 +459,7 @@ impl Registry {
             .map(|(name, _)| name.clone());
         let Some(target) = target else { return };
         let sources = self.live_locations(&id);
-        info!(block = ?id, from = %sources[0].name, to = %target, "replicating under-replicated block");
+        info!(block = ?id, from = %sources[0].name, to = %target, "replication started");
         let storage = self.storages.get_mut(&target).expect("target exists");
         storage.used += len as u64;
         storage.commands.push(Command::Replicate { id, sources });

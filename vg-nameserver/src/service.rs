@@ -318,6 +318,7 @@ impl Service {
                         );
                     }
                 }
+                info!(ino, size, blocks = blocks.len(), by = %peer.name, "file written");
                 self.mutate(|_| Op::Commit {
                     ino,
                     size,

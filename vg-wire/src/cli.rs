@@ -1,5 +1,6 @@
 //! Helpers shared by the vg binaries: log setup and shutdown signals.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_subscriber::EnvFilter;
@@ -22,7 +23,11 @@ pub fn init_logging(logfile: Option<&Path>, level: &str) -> std::io::Result<()> 
                 .with_writer(std::sync::Mutex::new(file))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colours only for people at a terminal, not for `docker-compose logs` or files.
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }

@@ -38,8 +38,6 @@ export VG_HEARTBEAT_TIMEOUT=3s VG_GC_GRACE=10s
 export VG_NS_PORT=$VG_NS_HOST_PORT VG_CA_CERT=$work/certs/rootCA.crt
 export VG_CERTFILE=$work/certs/client/client.crt VG_KEYFILE=$work/certs/client/client.key
 mnt=$work/mnt
-passed=0
-failed=0
 
 cleanup() {
   mountpoint -q "$mnt" && umount "$mnt"
@@ -50,29 +48,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-check() {
-  local name=$1
-  shift
-  echo "== $name" >>"$log"
-  if "$@" >>"$log" 2>&1; then
-    echo "PASS $name"
-    passed=$((passed + 1))
-  else
-    echo "FAIL $name"
-    failed=$((failed + 1))
-    tail -n 15 "$log" | sed 's/^/    /'
-  fi
-}
-
-eventually() {
-  local seconds=$1
-  shift
-  local deadline=$((SECONDS + seconds))
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 active_count() { [[ $("$bin/vgctl" du 2>/dev/null | grep -c ' active ') == "$1" ]]; }
 fsck_clean() { "$bin/vgctl" fsck >/dev/null 2>&1; }
@@ -119,5 +96,4 @@ check "files intact after the restart" all_intact
 check "unmount" umount "$mnt"
 check "docker-compose down" "${compose[@]}" down -v
 
-echo "$passed passed, $failed failed"
-[[ $failed == 0 ]]
+summary

@@ -14,8 +14,6 @@ done
 
 work=$(mktemp -d /tmp/vg-mount-test.XXXXXX)
 log=$work/test.log
-passed=0
-failed=0
 export VG_BIN=$bin VG_CERTS=$work/certs
 # Fast failure detection and garbage collection, so that fault tests finish quickly.
 export VG_HEARTBEAT_TIMEOUT=3s VG_GC_GRACE=2s
@@ -36,30 +34,8 @@ start_cluster() {
     || { echo "test-mount.sh: cluster $name did not start; log:"; tail -n 30 "$log"; exit 1; }
 }
 
-check() {
-  local name=$1
-  shift
-  echo "== $name" >>"$log"
-  if "$@" >>"$log" 2>&1; then
-    echo "PASS $name"
-    passed=$((passed + 1))
-  else
-    echo "FAIL $name (see the log below)"
-    failed=$((failed + 1))
-    tail -n 15 "$log" | sed 's/^/    /'
-  fi
-}
-
-# Poll a command until it succeeds or the deadline (seconds) passes.
-eventually() {
-  local seconds=$1
-  shift
-  local deadline=$((SECONDS + seconds))
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 port=$((20000 + RANDOM % 20000))
 start_cluster main "$port" -n 3 -c 2GiB -b 1MiB
@@ -252,5 +228,4 @@ enospc() {
 }
 check "ENOSPC from cp when the cluster is full, earlier files intact" enospc
 
-echo "$passed passed, $failed failed"
-[[ $failed == 0 ]]
+summary

@@ -1,10 +1,8 @@
 //! Connection flags shared by `vg-fuse` and `vgctl`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::client::{Client, Config, Error};
-use vg_wire::tls::TlsPaths;
 
 /// How to reach and authenticate to the cluster.
 #[derive(clap::Args, Debug, Clone)]
@@ -30,15 +28,8 @@ pub struct ConnArgs {
     /// Certificate name of this client (picks certs/NAME/NAME.crt).
     #[arg(long, env = "VG_CLIENT_NAME", default_value = "client", global = true)]
     pub name: String,
-    /// CA certificate [default: certs/rootCA.crt].
-    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT", global = true)]
-    pub ca_cert: Option<PathBuf>,
-    /// Client certificate [default: certs/NAME/NAME.crt].
-    #[arg(long, env = "VG_CERTFILE", global = true)]
-    pub certfile: Option<PathBuf>,
-    /// Client key [default: certs/NAME/NAME.key].
-    #[arg(long, env = "VG_KEYFILE", global = true)]
-    pub keyfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: vg_wire::cli::TlsArgs,
     /// Give up on an unreachable cluster after this long (calls then fail with EIO).
     #[arg(long, env = "VG_TIMEOUT", default_value = "30s", value_parser = vg_wire::size::parse_duration, global = true)]
     pub timeout: Duration,
@@ -68,13 +59,7 @@ pub enum ConnectError {
 impl ConnArgs {
     /// The client configuration these flags describe, for a resolved address.
     pub fn config(&self, ns_addr: std::net::SocketAddr) -> Config {
-        let tls = TlsPaths::with_defaults(
-            self.ca_cert.clone(),
-            self.certfile.clone(),
-            self.keyfile.clone(),
-            &self.name,
-        );
-        let mut config = Config::new(ns_addr, tls);
+        let mut config = Config::new(ns_addr, self.tls.paths(&self.name));
         config.unavailable_timeout = self.timeout;
         config.request_timeout = self.timeout.min(Duration::from_secs(10));
         config

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use vg_wire::error::ErrorCode;
 use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatFs};
-use vg_wire::rpc::{read_answer, Dialer, Target};
+use vg_wire::rpc::{Dialer, Target};
 use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
-use vg_wire::{codec, Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
+use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
 
 pub use error::{Error, Result};
 
@@ -401,55 +401,6 @@ impl Client {
         }
     }
 
-    fn storage_target(location: &Location) -> Target {
-        Target {
-            name: location.name.clone(),
-            role: Role::Storage,
-            addr: location.addr,
-        }
-    }
-
-    async fn put_chain(
-        &self,
-        id: BlockId,
-        data: &[u8],
-        chain: &[Location],
-    ) -> vg_wire::Result<Vec<String>> {
-        let target = Self::storage_target(&chain[0]);
-        let work = async {
-            let (mut send, mut recv) = self.dialer.open(&target).await?;
-            codec::write_frame(
-                &mut send,
-                &storage::Request::Put {
-                    id,
-                    len: data.len() as u32,
-                    chain: chain[1..].to_vec(),
-                },
-            )
-            .await?;
-            send.write_all(data)
-                .await
-                .map_err(|e| vg_wire::Error::Connection {
-                    peer: target.to_string(),
-                    reason: e.to_string(),
-                })?;
-            let _ = send.finish();
-            match read_answer(&mut recv).await? {
-                storage::Response::Stored { holders } => Ok(holders),
-                other => Err(vg_wire::Error::BadFrame {
-                    reason: format!("unexpected answer {other:?}"),
-                }),
-            }
-        };
-        let limit = self.dialer.timeout * 3;
-        tokio::time::timeout(limit, work)
-            .await
-            .map_err(|_| vg_wire::Error::Timeout {
-                peer: target.to_string(),
-                secs: limit.as_secs_f64(),
-            })?
-    }
-
     /// Uploads one block (deduplicated: nothing moves if the cluster holds it). Returns
     /// its reference and the storages that acknowledged it (empty when deduplicated). A
     /// storage that fails is excluded and the block placed again; copies a failed
@@ -495,7 +446,19 @@ impl Client {
                 .saturating_sub(holders.len())
                 .max(1);
             let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
-            match self.put_chain(id, data, &chain).await {
+            let request = storage::Request::Put {
+                id,
+                len: data.len() as u32,
+                chain: chain[1..].to_vec(),
+            };
+            match vg_wire::rpc::send_block(
+                &self.dialer,
+                &Target::storage(&chain[0]),
+                &request,
+                data,
+            )
+            .await
+            {
                 Ok(acked) => {
                     holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
                     if holders.len() >= wanted.unwrap_or(1) {
@@ -549,8 +512,8 @@ impl Client {
             });
         }
         for location in ordered {
-            let target = Self::storage_target(location);
-            match self.fetch(&target, id, offset, len).await {
+            let target = Target::storage(location);
+            match vg_wire::rpc::read_block(&self.dialer, &target, id, offset, len).await {
                 Ok(data) if offset != 0 || len != 0 || BlockId::of(&data) == id => {
                     self.suspects
                         .lock()
@@ -575,46 +538,12 @@ impl Client {
         })
     }
 
-    async fn fetch(
-        &self,
-        target: &Target,
-        id: BlockId,
-        offset: u32,
-        len: u32,
-    ) -> vg_wire::Result<Vec<u8>> {
-        let work = async {
-            let (mut send, mut recv) = self.dialer.open(target).await?;
-            codec::write_frame(&mut send, &storage::Request::Read { id, offset, len }).await?;
-            let _ = send.finish();
-            let storage::Response::Data { len } = read_answer(&mut recv).await? else {
-                return Err(vg_wire::Error::BadFrame {
-                    reason: "expected block data".into(),
-                });
-            };
-            let mut data = vec![0u8; len as usize];
-            recv.read_exact(&mut data)
-                .await
-                .map_err(|e| vg_wire::Error::Connection {
-                    peer: target.to_string(),
-                    reason: e.to_string(),
-                })?;
-            Ok(data)
-        };
-        let limit = self.dialer.timeout * 3;
-        tokio::time::timeout(limit, work)
-            .await
-            .map_err(|_| vg_wire::Error::Timeout {
-                peer: target.to_string(),
-                secs: limit.as_secs_f64(),
-            })?
-    }
-
     /// Asks a storage to re-hash blocks; true for each that is present and intact.
     pub async fn verify(&self, location: &Location, ids: Vec<BlockId>) -> Result<Vec<bool>> {
         match self
             .dialer
             .call(
-                &Self::storage_target(location),
+                &Target::storage(location),
                 &storage::Request::Verify { ids },
             )
             .await?

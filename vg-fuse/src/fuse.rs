@@ -6,6 +6,7 @@ pub mod errno;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,16 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes from the nameserver, with this client's unwritten size and mtime.
+async fn overlaid(
+    files: Arc<Files>,
+    work: impl Future<Output = Result<Attr, Error>>,
+) -> Result<Attr, Error> {
+    let mut attr = work.await?;
+    files.overlay(&mut attr).await;
+    Ok(attr)
+}
+
 fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
     time.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -109,7 +120,7 @@ impl VgFs {
     fn spawn<T, W, R>(&self, name: &'static str, work: W, reply: R)
     where
         T: Send + 'static,
-        W: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        W: Future<Output = Result<T, Error>> + Send + 'static,
         R: FnOnce(Result<T, i32>) + Send + 'static,
     {
         self.rt.spawn(async move {
@@ -121,53 +132,38 @@ impl VgFs {
         });
     }
 
-    /// Replies with an entry after overlaying this client's unwritten size.
+    /// Replies with an entry, after overlaying this client's unwritten size.
     fn entry(
         &self,
         name: &'static str,
-        work: impl std::future::Future<Output = Result<Attr, Error>> + Send + 'static,
+        work: impl Future<Output = Result<Attr, Error>> + Send + 'static,
         reply: ReplyEntry,
     ) {
-        let (files, ttl) = (self.files.clone(), self.ttl);
-        self.spawn(
-            name,
-            async move {
-                let mut attr = work.await?;
-                files.overlay(&mut attr).await;
-                Ok(attr)
-            },
-            move |r| match r {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), 0),
-                Err(e) => reply.error(e),
-            },
-        );
+        let ttl = self.ttl;
+        self.spawn(name, overlaid(self.files.clone(), work), move |r| match r {
+            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), 0),
+            Err(e) => reply.error(e),
+        });
     }
 
+    /// Replies with attributes, after overlaying this client's unwritten size.
     fn attr(
         &self,
         name: &'static str,
-        work: impl std::future::Future<Output = Result<Attr, Error>> + Send + 'static,
+        work: impl Future<Output = Result<Attr, Error>> + Send + 'static,
         reply: ReplyAttr,
     ) {
-        let (files, ttl) = (self.files.clone(), self.ttl);
-        self.spawn(
-            name,
-            async move {
-                let mut attr = work.await?;
-                files.overlay(&mut attr).await;
-                Ok(attr)
-            },
-            move |r| match r {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
-                Err(e) => reply.error(e),
-            },
-        );
+        let ttl = self.ttl;
+        self.spawn(name, overlaid(self.files.clone(), work), move |r| match r {
+            Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+            Err(e) => reply.error(e),
+        });
     }
 
     fn empty(
         &self,
         name: &'static str,
-        work: impl std::future::Future<Output = Result<(), Error>> + Send + 'static,
+        work: impl Future<Output = Result<(), Error>> + Send + 'static,
         reply: ReplyEmpty,
     ) {
         self.spawn(name, work, move |r| match r {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use vg_wire::size::{parse_duration, parse_size};
-use vg_wire::tls::TlsPaths;
 
 /// The vg nameserver: namespace, block lists, storage registry.
 #[derive(Parser, Debug)]
@@ -32,15 +31,8 @@ struct Args {
     /// Unreferenced blocks (uploads never committed, deleted files) are removed after this long.
     #[arg(long, alias = "gc_grace", env = "VG_GC_GRACE", default_value = "5m", value_parser = parse_duration)]
     gc_grace: std::time::Duration,
-    /// CA certificate [default: certs/rootCA.crt].
-    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT")]
-    ca_cert: Option<PathBuf>,
-    /// This peer's certificate [default: certs/nameserver/nameserver.crt].
-    #[arg(long, env = "VG_CERTFILE")]
-    certfile: Option<PathBuf>,
-    /// This peer's key [default: certs/nameserver/nameserver.key].
-    #[arg(long, env = "VG_KEYFILE")]
-    keyfile: Option<PathBuf>,
+    #[command(flatten)]
+    tls: vg_wire::cli::TlsArgs,
     /// Log to this file instead of stderr.
     #[arg(long, env = "VG_LOGFILE")]
     logfile: Option<PathBuf>,
@@ -66,7 +58,7 @@ async fn run() -> anyhow::Result<()> {
         .next()
         .with_context(|| format!("--hostname {}: no address", args.hostname))?;
     let block_size = u32::try_from(args.block_size).context("--block-size: too large")?;
-    let tls = TlsPaths::with_defaults(args.ca_cert, args.certfile, args.keyfile, "nameserver");
+    let tls = args.tls.paths("nameserver");
     let mut config = vg_nameserver::Config::new(listen, args.meta_dir, tls);
     config.replication = args.replication;
     config.block_size = block_size;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use vg_wire::size::parse_size;
-use vg_wire::tls::TlsPaths;
 
 /// A vg storage: keeps replicated blocks on local disk.
 #[derive(Parser, Debug)]
@@ -41,15 +40,8 @@ struct Args {
     /// Nameserver port.
     #[arg(long, alias = "ns_port", env = "VG_NS_PORT", default_value_t = 8000)]
     ns_port: u16,
-    /// CA certificate [default: certs/rootCA.crt].
-    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT")]
-    ca_cert: Option<PathBuf>,
-    /// This peer's certificate [default: certs/NAME/NAME.crt].
-    #[arg(long, env = "VG_CERTFILE")]
-    certfile: Option<PathBuf>,
-    /// This peer's key [default: certs/NAME/NAME.key].
-    #[arg(long, env = "VG_KEYFILE")]
-    keyfile: Option<PathBuf>,
+    #[command(flatten)]
+    tls: vg_wire::cli::TlsArgs,
     /// Log to this file instead of stderr.
     #[arg(long, env = "VG_LOGFILE")]
     logfile: Option<PathBuf>,
@@ -100,7 +92,7 @@ async fn run() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let tls = TlsPaths::with_defaults(args.ca_cert, args.certfile, args.keyfile, &args.name);
+    let tls = args.tls.paths(&args.name);
     let mut config = vg_storage::Config::new(
         &args.name,
         listen,

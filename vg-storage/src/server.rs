@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::rpc::{read_answer, respond, Dialer, Peer, Target};
+use vg_wire::rpc::{respond, Dialer, Peer, Target};
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
@@ -216,42 +216,12 @@ impl Storage {
         id: BlockId,
         data: &[u8],
     ) -> vg_wire::Result<Vec<String>> {
-        let target = Target {
-            name: next.name.clone(),
-            role: Role::Storage,
-            addr: next.addr,
+        let request = Request::Forward {
+            id,
+            len: data.len() as u32,
+            chain: rest.to_vec(),
         };
-        let work = async {
-            let (mut send, mut recv) = self.dialer.open(&target).await?;
-            codec::write_frame(
-                &mut send,
-                &Request::Forward {
-                    id,
-                    len: data.len() as u32,
-                    chain: rest.to_vec(),
-                },
-            )
-            .await?;
-            send.write_all(data)
-                .await
-                .map_err(|e| vg_wire::Error::Connection {
-                    peer: target.to_string(),
-                    reason: e.to_string(),
-                })?;
-            let _ = send.finish();
-            match read_answer(&mut recv).await? {
-                Response::Stored { holders } => Ok(holders),
-                other => Err(vg_wire::Error::BadFrame {
-                    reason: format!("unexpected answer {other:?}"),
-                }),
-            }
-        };
-        tokio::time::timeout(self.dialer.timeout * 3, work)
-            .await
-            .map_err(|_| vg_wire::Error::Timeout {
-                peer: target.to_string(),
-                secs: self.dialer.timeout.as_secs_f64() * 3.0,
-            })?
+        vg_wire::rpc::send_block(&self.dialer, &Target::storage(next), &request, data).await
     }
 
     /// Copies a block from the first source that has it intact.
@@ -265,12 +235,8 @@ impl Storage {
             return;
         }
         for source in sources.iter().filter(|s| s.name != self.name) {
-            let target = Target {
-                name: source.name.clone(),
-                role: Role::Storage,
-                addr: source.addr,
-            };
-            match fetch_block(&self.dialer, &target, id, 0, 0).await {
+            let target = Target::storage(source);
+            match vg_wire::rpc::read_block(&self.dialer, &target, id, 0, 0).await {
                 Ok(data) if BlockId::of(&data) == id => {
                     let (store, len) = (self.store.clone(), data.len() as u32);
                     match tokio::task::spawn_blocking(move || store.put(&id, &data))
@@ -321,38 +287,4 @@ impl Storage {
             tokio::time::sleep(pause.max(Duration::from_millis(100))).await;
         }
     }
-}
-
-/// Reads bytes of a block from a storage (`len` 0: to the end).
-pub async fn fetch_block(
-    dialer: &Dialer,
-    target: &Target,
-    id: BlockId,
-    offset: u32,
-    len: u32,
-) -> vg_wire::Result<Vec<u8>> {
-    let work = async {
-        let (mut send, mut recv) = dialer.open(target).await?;
-        codec::write_frame(&mut send, &Request::Read { id, offset, len }).await?;
-        let _ = send.finish();
-        let Response::Data { len } = read_answer(&mut recv).await? else {
-            return Err(vg_wire::Error::BadFrame {
-                reason: "expected block data".into(),
-            });
-        };
-        let mut data = vec![0u8; len as usize];
-        recv.read_exact(&mut data)
-            .await
-            .map_err(|e| vg_wire::Error::Connection {
-                peer: target.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(data)
-    };
-    tokio::time::timeout(dialer.timeout * 3, work)
-        .await
-        .map_err(|_| vg_wire::Error::Timeout {
-            peer: target.to_string(),
-            secs: dialer.timeout.as_secs_f64() * 3.0,
-        })?
 }

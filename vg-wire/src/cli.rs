@@ -1,9 +1,38 @@
-//! Helpers shared by the vg binaries: log setup and shutdown signals.
+//! Helpers shared by the vg binaries: TLS flags, log setup and shutdown signals.
 
 use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_subscriber::EnvFilter;
+
+use crate::tls::TlsPaths;
+
+/// The TLS flags of every binary; unset paths default to the original layout under
+/// `certs/` for the peer's name.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificate [default: certs/rootCA.crt].
+    #[arg(long, alias = "ca_cert", env = "VG_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// This peer's certificate [default: certs/NAME/NAME.crt].
+    #[arg(long, env = "VG_CERTFILE", global = true)]
+    pub certfile: Option<std::path::PathBuf>,
+    /// This peer's private key [default: certs/NAME/NAME.key].
+    #[arg(long, env = "VG_KEYFILE", global = true)]
+    pub keyfile: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The paths for peer `name`.
+    pub fn paths(&self, name: &str) -> TlsPaths {
+        TlsPaths::with_defaults(
+            self.ca_cert.clone(),
+            self.certfile.clone(),
+            self.keyfile.clone(),
+            name,
+        )
+    }
+}
 
 /// Installs the global log subscriber: to `logfile` if given, else stderr, at `level`
 /// (`error`, `warn`, `info`, `debug`, `trace`, or a full `RUST_LOG`-style filter).

@@ -17,7 +17,8 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::codec;
 use crate::error::{Error, RemoteError, Result};
-use crate::types::Role;
+use crate::storage;
+use crate::types::{BlockId, Location, Role};
 
 /// An authenticated peer: who is at the other end of a connection.
 #[derive(Clone, Debug)]
@@ -124,6 +125,17 @@ pub struct Target {
     pub role: Role,
     /// Address to dial.
     pub addr: SocketAddr,
+}
+
+impl Target {
+    /// The storage at a location.
+    pub fn storage(location: &Location) -> Self {
+        Target {
+            name: location.name.clone(),
+            role: Role::Storage,
+            addr: location.addr,
+        }
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -255,4 +267,75 @@ pub fn endpoint(
     })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+impl Dialer {
+    /// Runs a block transfer to `target` within three request timeouts (a block is larger
+    /// than a request).
+    async fn transfer<T>(
+        &self,
+        target: &Target,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.timeout * 3;
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| Error::Timeout {
+                peer: target.to_string(),
+                secs: limit.as_secs_f64(),
+            })?
+    }
+}
+
+/// Reads bytes `offset..offset+len` of a block from a storage (`len` 0: to the end).
+pub async fn read_block(
+    dialer: &Dialer,
+    target: &Target,
+    id: BlockId,
+    offset: u32,
+    len: u32,
+) -> Result<Vec<u8>> {
+    dialer
+        .transfer(target, async {
+            let (mut send, mut recv) = dialer.open(target).await?;
+            codec::write_frame(&mut send, &storage::Request::Read { id, offset, len }).await?;
+            let _ = send.finish();
+            let storage::Response::Data { len } = read_answer(&mut recv).await? else {
+                return Err(Error::BadFrame {
+                    reason: "expected block data".into(),
+                });
+            };
+            let mut data = vec![0u8; len as usize];
+            recv.read_exact(&mut data)
+                .await
+                .map_err(|e| Dialer::conn_err(target, e))?;
+            Ok(data)
+        })
+        .await
+}
+
+/// Sends an upload request (`Put` or `Forward`) followed by the block's bytes; returns the
+/// storages that acknowledged the block.
+pub async fn send_block(
+    dialer: &Dialer,
+    target: &Target,
+    request: &storage::Request,
+    data: &[u8],
+) -> Result<Vec<String>> {
+    dialer
+        .transfer(target, async {
+            let (mut send, mut recv) = dialer.open(target).await?;
+            codec::write_frame(&mut send, request).await?;
+            send.write_all(data)
+                .await
+                .map_err(|e| Dialer::conn_err(target, e))?;
+            let _ = send.finish();
+            match read_answer(&mut recv).await? {
+                storage::Response::Stored { holders } => Ok(holders),
+                other => Err(Error::BadFrame {
+                    reason: format!("unexpected answer {other:?}"),
+                }),
+            }
+        })
+        .await
 }

@@ -1,0 +1,37 @@
+# Shared by the shell tests: source it after setting $log (the test's log file).
+# Defines passed/failed counters, check NAME CMD... and eventually SECONDS CMD...
+
+passed=0
+failed=0
+
+# Runs CMD, printing PASS or FAIL NAME (with the end of the log on failure).
+check() {
+  local name=$1
+  shift
+  echo "== $name" >>"$log"
+  if "$@" >>"$log" 2>&1; then
+    echo "PASS $name"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $name (see the log below)"
+    failed=$((failed + 1))
+    tail -n 15 "$log" | sed 's/^/    /'
+  fi
+}
+
+# Polls CMD until it succeeds, or fails once SECONDS have passed.
+eventually() {
+  local seconds=$1
+  shift
+  local deadline=$((SECONDS + seconds))
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+# Prints the summary line and returns non-zero if anything failed.
+summary() {
+  echo "$passed passed, $failed failed"
+  [[ $failed == 0 ]]
+}

@@ -153,11 +153,21 @@ impl TestCluster {
                 "--gc-grace",
                 "1s",
                 "--loglevel",
-                "warn",
+                "info",
+                "--logfile",
+                "nameserver.log",
             ])
             .spawn()
             .expect("spawn vg-nameserver");
         self.ns = Some(Nameserver::Child(child));
+        // Dialling before it listens costs a QUIC retransmission timeout (about a second).
+        let addr = self.ns_addr;
+        eventually(
+            "nameserver child listening",
+            Duration::from_secs(10),
+            || async move { std::net::UdpSocket::bind(addr).is_err() },
+        )
+        .await;
     }
 
     /// Stops the nameserver abruptly: abort in-process, SIGKILL a child.

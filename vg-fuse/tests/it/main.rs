@@ -4,6 +4,7 @@
 
 mod cluster;
 mod core;
+mod faults;
 mod files;
 mod security;
 mod vgctl;

@@ -101,9 +101,7 @@ async fn writer(client: Client, w: u64, seed: u64) -> Model {
             },
         };
         match result {
-            Ok(()) => model
-                .present
-                .extend(touched.into_iter().map(|(n, p)| (n, p))),
+            Ok(()) => model.present.extend(touched),
             Err(_) => {
                 model.uncertain = touched.into_iter().map(|(n, _)| n).collect();
                 return model;
@@ -188,7 +186,10 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
     }
     assert_eq!(survived, 20);
     // The crashes must have hit bursts in progress, not idle writers.
-    assert!(acknowledged > 200, "only {acknowledged} operations were acknowledged before the crashes");
+    assert!(
+        acknowledged > 200,
+        "only {acknowledged} operations were acknowledged before the crashes"
+    );
     eprintln!("20 crashes survived; {acknowledged} acknowledged operations all present");
 }
 

@@ -232,3 +232,143 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
         ErrorCode::Invalid
     );
 }
+
+/// A dialer that presents no client certificate at all (but trusts the cluster CA).
+fn anonymous_dialer(cluster: &TestCluster) -> Dialer {
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cluster.certs().join("rootCA.crt"))
+        .unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![vg_wire::tls::alpn()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None, config).unwrap();
+    Dialer::new(endpoint, Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_logged_with_the_peer_address_and_reason() {
+    let mut cluster = TestCluster::start(0, 1 << 30).await;
+    cluster.kill_nameserver();
+    cluster.start_nameserver_child().await;
+    let target = ns_target(&cluster);
+    // No certificate at all.
+    let err = anonymous_dialer(&cluster)
+        .call::<_, ns::Response>(&target, &ns::Request::StatFs)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_transport(),
+        "no certificate must fail the handshake: {err}"
+    );
+    // A self-signed client certificate, with a valid-looking name and role.
+    let other = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "client");
+    let cert = params.self_signed(&key).unwrap();
+    vg_wire::tls::write_file(&other.path().join("self.crt"), &cert.pem(), 0o644).unwrap();
+    vg_wire::tls::write_file(&other.path().join("self.key"), &key.serialize_pem(), 0o600).unwrap();
+    let paths = TlsPaths {
+        ca_cert: cluster.certs().join("rootCA.crt"),
+        certfile: other.path().join("self.crt"),
+        keyfile: other.path().join("self.key"),
+    };
+    let err = dialer(&paths)
+        .call::<_, ns::Response>(&target, &ns::Request::StatFs)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_transport(),
+        "a self-signed certificate must fail the handshake: {err}"
+    );
+    // A client certificate trying to register as a storage.
+    let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+    let answer = client
+        .call::<_, ns::Response>(&target, &register("client"))
+        .await;
+    assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
+    cluster.kill_nameserver();
+    let log = std::fs::read_to_string(cluster.dir.path().join("nameserver.log")).unwrap();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains("handshake failed") && l.contains("addr=127.0.0.1")),
+        "no handshake refusal logged:\n{log}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains("needs the storage role") && l.contains("addr=127.0.0.1")),
+        "no role refusal logged:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_block_requests_are_refused() {
+    let cluster = TestCluster::start(2, 1 << 30).await;
+    let client = cluster.client().await;
+    cluster
+        .put(&client, "/f", &crate::cluster::bytes(1000, 1))
+        .await
+        .unwrap();
+    let ino = client.resolve("/f").await.unwrap().ino;
+    let layout = client.layout(ino).await.unwrap();
+    let block = layout.blocks[0].unwrap();
+    let raw = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+    let target = storage_target(&cluster, "s0");
+    for (offset, len) in [(u32::MAX, 1), (10, u32::MAX), (1000, 1), (999, 2)] {
+        let read = storage::Request::Read {
+            id: block.id,
+            offset,
+            len,
+        };
+        assert_eq!(
+            refused_code(raw.call::<_, storage::Response>(&target, &read).await).await,
+            ErrorCode::Invalid,
+            "offset {offset} len {len}"
+        );
+    }
+    // Sizes past the block size and beyond the maximum file size are refused by the nameserver.
+    let place = ns::Request::PlaceBlock {
+        id: block.id,
+        len: u32::MAX,
+        exclude: vec![],
+    };
+    assert_eq!(
+        refused_code(
+            raw.call::<_, ns::Response>(&ns_target(&cluster), &place)
+                .await
+        )
+        .await,
+        ErrorCode::Invalid
+    );
+    let huge = vg_wire::SetAttr {
+        size: Some(u64::MAX),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.setattr(ino, huge).await.unwrap_err().code(),
+        ErrorCode::Invalid
+    );
+    assert_eq!(
+        client.getattr(ino).await.unwrap().size,
+        1000,
+        "nothing changed by the refusals"
+    );
+}

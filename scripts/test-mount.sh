@@ -217,6 +217,37 @@ storage_dies_writing() {
 }
 check "kill a storage while writing: the write completes, fsck clean after" storage_dies_writing
 
+# Block files on the live storages of the faults cluster.
+blocks_on_disk() {
+  local name total=0
+  for name in "$@"; do
+    total=$((total + $(find "$work/cluster-faults/data/$name/blocks" -type f ! -name '*.crc' | wc -l)))
+  done
+  echo "$total"
+}
+no_orphans() {
+  local referenced
+  referenced=$(source "$work/cluster-faults/env" && "$bin/vgctl" status | awk '/^blocks:/ {print $2}')
+  [[ $(blocks_on_disk alice carol) == $((2 * referenced)) ]]
+}
+check "no orphan blocks after the GC grace period" eventually 30 no_orphans
+
+# Flip bytes in every block file of one storage: reads through a fresh mount still return
+# the right bytes, and the bad copies are found, deleted and replaced.
+bit_rot() {
+  local file mnt3=$work/mnt-rot pid3
+  for file in $(find "$work/cluster-faults/data/alice/blocks" -type f ! -name '*.crc'); do
+    printf '\xff\x00\xff' | dd of="$file" bs=1 seek=1000 conv=notrunc status=none
+  done
+  mkdir -p "$mnt3"
+  pid3=$(source "$work/cluster-faults/env" && "$bin/vg-fuse" "$mnt3" --daemon --logfile "$work/cluster-faults/logs/vg-fuse-rot.log") \
+    && echo "vg-fuse $pid3 $mnt3" >>"$work/cluster-faults/pids" \
+    && cmp "$src/w64" "$mnt3/w64" \
+    && (source "$work/cluster-faults/env" && eventually 60 "$bin/vgctl" fsck >/dev/null 2>&1) \
+    && umount "$mnt3"
+}
+check "bit rot on one storage: reads still right, bad copies repaired, fsck clean" bit_rot
+
 # A small cluster to fill: 2 storages of 6 MiB, R=2, 1 MiB blocks.
 start_cluster small $((port + 100)) -n 2 -c 6MiB -b 1MiB
 small=$work/mnt-small

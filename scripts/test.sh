@@ -19,5 +19,8 @@ if [[ $(id -u) != 0 || ! -e /dev/fuse ]]; then
   exit 1
 fi
 VG_BIN=$(pwd)/target/debug scripts/test-mount.sh
+# Network partitions between namespaces, then 16 workers for a minute.
+VG_BIN=$(pwd)/target/debug scripts/partition-test.sh
+VG_BIN=$(pwd)/target/debug scripts/load-test.sh
 # The docker-compose cluster (installs docker.io and docker-compose, starts dockerd if needed).
 VG_BIN=$(pwd)/target/debug scripts/compose-test.sh

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Network partitions: the nameserver, three storages and a client each in a network
+# namespace of their own (made here, addresses only inside them: 10.77.0.0/24 on a bridge
+# that lives in a namespace too, so the host's network is never touched). Cuts a storage
+# off and heals it; cuts the client off the cluster and heals it.
+#
+#   scripts/partition-test.sh    (as root; binaries from $VG_BIN, default target/debug)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bin=${VG_BIN:-$root/target/debug}
+[[ $(id -u) == 0 ]] || { echo "partition-test.sh: needs root" >&2; exit 1; }
+work=$(mktemp -d /tmp/vg-partition-test.XXXXXX)
+log=$work/test.log
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+tag=vgp$$
+nodes=(ns s1 s2 s3 cl)
+declare -A ip=([ns]=10.77.0.1 [s1]=10.77.0.11 [s2]=10.77.0.12 [s3]=10.77.0.13 [cl]=10.77.0.50)
+declare -A name=([s1]=alice [s2]=bob [s3]=carol)
+pids=()
+mnt=$work/mnt
+
+cleanup() {
+  mountpoint -q "$mnt" && umount -l "$mnt"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+  for node in "${nodes[@]}" br; do ip netns del "$tag-$node" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if ! ip netns add "$tag-br" 2>>"$log"; then
+  echo "SKIP partition tests: cannot create network namespaces here ($(tail -n 1 "$log"))"
+  exit 0
+fi
+ip -n "$tag-br" link add br0 type bridge && ip -n "$tag-br" link set br0 up || exit 1
+for node in "${nodes[@]}"; do
+  ip netns add "$tag-$node"
+  ip link add "v$node" netns "$tag-$node" type veth peer name "b$node" netns "$tag-br"
+  ip -n "$tag-br" link set "b$node" master br0
+  ip -n "$tag-br" link set "b$node" up
+  ip -n "$tag-$node" addr add "${ip[$node]}/24" dev "v$node"
+  ip -n "$tag-$node" link set "v$node" up
+  ip -n "$tag-$node" link set lo up
+done
+# Run in a node's network namespace only: mounts stay visible to this shell.
+in_ns() { local node=$1; shift; nsenter --net="/var/run/netns/$tag-$node" "$@"; }
+# The same in the background, recording the PID of the program itself (not of a subshell).
+start_in_ns() { (exec nsenter --net="/var/run/netns/$1-$2" "${@:3}") & pids+=($!); }
+cut() { ip -n "$tag-br" link set "b$1" down; }
+heal() { ip -n "$tag-br" link set "b$1" up; }
+
+"$bin/vgctl" certs init --dir "$work/certs" --peers nameserver,alice,bob,carol,client >>"$log" 2>&1
+tls() { echo "--ca-cert $work/certs/rootCA.crt --certfile $work/certs/$1/$1.crt --keyfile $work/certs/$1/$1.key"; }
+# shellcheck disable=SC2046
+start_in_ns "$tag" ns "$bin/vg-nameserver" --hostname "${ip[ns]}" --port 8000 --meta-dir "$work/meta" --block-size 1MiB \
+  --heartbeat-timeout 3s --gc-grace 2s $(tls nameserver) --logfile "$work/nameserver.log"
+for node in s1 s2 s3; do
+  # shellcheck disable=SC2046
+  start_in_ns "$tag" "$node" "$bin/vg-storage" --name "${name[$node]}" --hostname "${ip[$node]}" --port 8001 \
+    --capacity 1GiB --rootpath "$work/data/${name[$node]}" --ns-hostname "${ip[ns]}" --ns-port 8000 \
+    $(tls "${name[$node]}") --logfile "$work/${name[$node]}.log"
+done
+# shellcheck disable=SC2046
+vgctl() { in_ns cl "$bin/vgctl" --ns-hostname "${ip[ns]}" --ns-port 8000 $(tls client) --timeout 3s "$@"; }
+active() { [[ $(vgctl du 2>/dev/null | grep -c ' active ') == "$1" ]]; }
+check "cluster up across namespaces" eventually 30 active 3
+
+mkdir -p "$mnt"
+# shellcheck disable=SC2046
+mount_pid=$(in_ns cl "$bin/vg-fuse" "$mnt" --ns-hostname "${ip[ns]}" --ns-port 8000 $(tls client) --timeout 3s \
+  --daemon --logfile "$work/vg-fuse.log")
+pids+=("$mount_pid")
+head -c $((8 << 20)) /dev/urandom >"$work/data8"
+check "write through the client's mount" cp "$work/data8" "$mnt/data8"
+
+check "cut alice off" cut s1
+is_down() { vgctl du | grep -q "^$1 .* down "; }
+check "alice marked down" eventually 30 is_down alice
+fsck_clean() { vgctl fsck >/dev/null 2>&1; }
+check "alice's blocks re-replicated: fsck clean" eventually 60 fsck_clean
+check "file intact without alice" cmp "$work/data8" "$mnt/data8"
+check "heal alice" heal s1
+check "alice rejoins" eventually 30 active 3
+on_disk() { find "$work/data" -type f ! -name '*.crc' | wc -l; }
+referenced() { vgctl status | awk '/^blocks:/ {print $2}'; }
+no_extra() { [[ $(on_disk) == $((2 * $(referenced))) ]]; }
+check "alice's now-extra copies cleaned up" eventually 60 no_extra
+
+check "cut the client off" cut cl
+eio_in_time() {
+  local start=$SECONDS out
+  out=$(stat "$mnt/not-cached-$RANDOM" 2>&1)
+  echo "$out"
+  [[ $out == *"Input/output error"* ]] && ((SECONDS - start <= 15))
+}
+check "a cut-off client gets EIO within its timeout" eio_in_time
+check "heal the client" heal cl
+recovered() { echo back >"$mnt/after-heal" && [[ $(cat "$mnt/after-heal") == back ]] && cmp "$work/data8" "$mnt/data8"; }
+check "the client recovers when healed" eventually 30 recovered
+summary

@@ -16,13 +16,16 @@ log=$work/test.log
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$((20000 + RANDOM % 20000))
+# Deleted files free their blocks after the grace period: keep it short so that a minute
+# of writing (several GiB) fits the cluster.
+export VG_GC_GRACE=5s
 cleanup() {
   [[ -f $VG_HOME/pids ]] && scripts/down.sh >>"$log" 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-scripts/up.sh -n 3 -b 1MiB -m "$work/a" >>"$log" 2>&1 || { echo "load-test.sh: cluster did not start"; tail "$log"; exit 1; }
+scripts/up.sh -n 3 -c 8GiB -b 1MiB -m "$work/a" >>"$log" 2>&1 || { echo "load-test.sh: cluster did not start"; tail "$log"; exit 1; }
 # shellcheck disable=SC1091
 pid_b=$(source "$VG_HOME/env" && "$bin/vg-fuse" "$work/b" --daemon --logfile "$VG_HOME/logs/vg-fuse-b.log")
 echo "vg-fuse $pid_b $work/b" >>"$VG_HOME/pids"

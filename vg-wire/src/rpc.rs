@@ -163,11 +163,6 @@ impl Dialer {
         }
     }
 
-    /// The endpoint it dials from.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
     fn conn_err(target: &Target, reason: impl std::fmt::Display) -> Error {
         Error::Connection {
             peer: target.to_string(),

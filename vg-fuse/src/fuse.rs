@@ -725,7 +725,7 @@ impl Filesystem for VgFs {
                         "exists and is not a file",
                     )));
                 }
-                files.open(attr.ino).await?;
+                files.open_created(&attr).await?;
                 Ok(attr)
             },
             move |r| match r {

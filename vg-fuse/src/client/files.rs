@@ -191,6 +191,16 @@ impl Files {
     /// Returns whether the kernel may keep its page cache (the file is unchanged since
     /// this client last saw it).
     pub async fn open(&self, ino: Ino) -> Result<bool> {
+        self.open_known(ino, None).await
+    }
+
+    /// Opens a file just created with these attributes: an empty file needs no layout
+    /// from the nameserver, which saves a round trip per create.
+    pub async fn open_created(&self, attr: &Attr) -> Result<bool> {
+        self.open_known(attr.ino, Some(attr)).await
+    }
+
+    async fn open_known(&self, ino: Ino, created: Option<&Attr>) -> Result<bool> {
         let file = {
             let mut open = self.open.lock().expect("open lock");
             open.entry(ino)
@@ -205,7 +215,15 @@ impl Files {
         let mut state = file.state.lock().await;
         let mut keep_cache = false;
         if state.is_clean() && state.handles == 0 {
-            let layout = self.client.layout(ino).await?;
+            let layout = match created {
+                Some(attr) if attr.size == 0 => vg_wire::ns::Layout {
+                    attr: attr.clone(),
+                    block_size: self.client.block_size,
+                    blocks: Vec::new(),
+                    locations: Vec::new(),
+                },
+                _ => self.client.layout(ino).await?,
+            };
             keep_cache = state.seen == Some((layout.attr.size, layout.attr.mtime));
             state.load(layout);
         }

@@ -120,6 +120,10 @@ pub enum Op {
     },
 }
 
+/// Most blocks a file may have (1 TiB at the default 4 MiB): bounds one file's block list
+/// in memory and in a layout frame, whatever size a client asks for.
+pub const MAX_BLOCKS: u64 = 1 << 18;
+
 /// The whole namespace.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Namespace {
@@ -584,6 +588,12 @@ impl Namespace {
                     return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
                 };
                 let n_blocks = size.div_ceil(block_size as u64);
+                if n_blocks > MAX_BLOCKS {
+                    return refuse(
+                        ErrorCode::Invalid,
+                        format!("inode {ino}: {size} bytes is more than {MAX_BLOCKS} blocks"),
+                    );
+                }
                 if let Some((idx, block)) = changes
                     .iter()
                     .find(|(idx, b)| *idx >= n_blocks || b.len > block_size)
@@ -591,8 +601,13 @@ impl Namespace {
                     return refuse(ErrorCode::Invalid, format!("inode {ino}: block {idx} ({} bytes) does not fit a file of {size} bytes", block.len));
                 }
                 let mut blocks = blocks.clone();
-                if blocks.len() < n_blocks as usize {
-                    blocks.resize(n_blocks as usize, None);
+                let needed = changes
+                    .iter()
+                    .map(|(idx, _)| *idx as usize + 1)
+                    .max()
+                    .unwrap_or(0);
+                if blocks.len() < needed {
+                    blocks.resize(needed, None);
                 }
                 let mut replaced = Vec::new();
                 for (idx, block) in &changes {
@@ -636,24 +651,31 @@ impl Namespace {
         block_size: u32,
         time: Timestamp,
     ) -> Refusal {
-        const MAX_FILE: u64 = 1 << 50;
-        if size > MAX_FILE {
+        let bs = block_size as u64;
+        if size.div_ceil(bs) > MAX_BLOCKS {
             return refuse(
                 ErrorCode::Invalid,
-                format!("inode {ino}: size {size} exceeds the limit of {MAX_FILE} bytes"),
+                format!(
+                    "inode {ino}: size {size} exceeds the limit of {} bytes ({MAX_BLOCKS} blocks)",
+                    MAX_BLOCKS * bs
+                ),
             );
         }
-        let bs = block_size as u64;
         let n_blocks = size.div_ceil(bs) as usize;
         let dropped: Vec<BlockRef> = if blocks.len() > n_blocks {
             blocks.drain(n_blocks..).flatten().collect()
         } else {
             Vec::new()
         };
-        blocks.resize(n_blocks, None);
-        if let Some(Some(last)) = blocks.last_mut() {
-            let room = size - (n_blocks as u64 - 1) * bs;
-            last.len = last.len.min(room as u32);
+        // Holes at the end are not stored: growing a file with truncate costs nothing.
+        while blocks.last() == Some(&None) {
+            blocks.pop();
+        }
+        if blocks.len() == n_blocks {
+            if let Some(Some(last)) = blocks.last_mut() {
+                let room = size - (n_blocks as u64 - 1) * bs;
+                last.len = last.len.min(room as u32);
+            }
         }
         self.drop_blocks(dropped);
         self.set_blocks(ino, blocks);
@@ -941,8 +963,45 @@ mod tests {
         let Content::File { blocks } = &ns.get(f).unwrap().content else {
             panic!()
         };
-        assert_eq!(blocks, &vec![Some(block(1, 3)), None, None]);
+        // The holes past the clipped block are implicit.
+        assert_eq!(blocks, &vec![Some(block(1, 3))]);
         assert_eq!(ns.get(f).unwrap().attr.size, 10);
+    }
+
+    #[test]
+    fn huge_sizes_are_bounded_and_holes_cost_nothing() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        let big = MAX_BLOCKS * BS as u64;
+        let set_size = |ns: &mut Namespace, size| {
+            ns.apply(&Op::SetAttr {
+                ino: f,
+                set: SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                },
+                block_size: BS,
+                time: t(),
+            })
+        };
+        set_size(&mut ns, big).unwrap();
+        let Content::File { blocks } = &ns.get(f).unwrap().content else {
+            panic!()
+        };
+        assert!(blocks.is_empty(), "a grown file stores no holes");
+        assert_eq!(
+            set_size(&mut ns, big + 1).unwrap_err().code,
+            ErrorCode::Invalid
+        );
+        let far = Op::Commit {
+            ino: f,
+            size: u64::MAX,
+            blocks: vec![(u64::MAX / 8, block(1, 4))],
+            block_size: BS,
+            time: t(),
+        };
+        assert_eq!(ns.apply(&far).unwrap_err().code, ErrorCode::Invalid);
+        assert_eq!(ns.get(f).unwrap().attr.size, big);
     }
 
     #[test]

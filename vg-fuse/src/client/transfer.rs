@@ -134,14 +134,15 @@ impl Client {
         let mut out = std::fs::File::create(local).map_err(local_err(local))?;
         let mut progress = Progress::new(&local.display().to_string(), size);
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
-        let n_blocks = layout.blocks.len();
+        // Holes at the end of a file are not listed in its layout.
+        let n_blocks = size.div_ceil(block_size) as usize;
         let mut next = 0;
         let mut written = 0u64;
         while written < size || !pending.is_empty() {
             while next < n_blocks && pending.len() < IN_FLIGHT {
                 let want = (size - next as u64 * block_size).min(block_size) as usize;
-                let block = layout.blocks[next];
-                let locations = layout.locations[next].clone();
+                let block = layout.blocks.get(next).copied().flatten();
+                let locations = layout.locations.get(next).cloned().unwrap_or_default();
                 let client = self.clone();
                 pending.push_back(tokio::spawn(async move {
                     let mut data = match block {

@@ -79,7 +79,13 @@ impl Storage {
                 return;
             }
         };
-        let span = tracing::debug_span!("request", op = ?std::mem::discriminant(&request));
+        let (op, block) = match &request {
+            Request::Read { id, .. } => ("read", Some(*id)),
+            Request::Put { id, .. } => ("put", Some(*id)),
+            Request::Forward { id, .. } => ("forward", Some(*id)),
+            Request::Verify { .. } => ("verify", None),
+        };
+        let span = tracing::debug_span!("request", op, block = ?block);
         async {
             match request {
                 Request::Read { id, offset, len } => self.read(id, offset, len, &mut send).await,

@@ -20,7 +20,7 @@ if [[ ${1:-} == --moosefs ]]; then moosefs=1; shift; fi
 need=(fio)
 [[ -n $moosefs ]] && need+=(moosefs-master moosefs-chunkserver moosefs-client moosefs-cli)
 for pkg in "${need[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$pkg" >/dev/null \
+  dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$pkg" >/dev/null; } \
     || { echo "bench.sh: cannot install $pkg" >&2; exit 1; }
 done
 cargo build --release --quiet || exit 1

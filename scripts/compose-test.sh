@@ -17,6 +17,7 @@ done
 
 if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
   echo "compose-test.sh: installing docker.io and docker-compose" >&2
+  apt-get update -qq >/dev/null 2>&1
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io docker-compose >/dev/null \
     || { echo "compose-test.sh: cannot install docker.io/docker-compose (apt-get failed)" >&2; exit 1; }
 fi

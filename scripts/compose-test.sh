@@ -15,7 +15,7 @@ for tool in vg-nameserver vg-storage vg-fuse vgctl; do
   [[ -x $bin/$tool ]] || { echo "compose-test.sh: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
 done
 
-if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
+if ! command -v dockerd >/dev/null || { ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; }; then
   echo "compose-test.sh: installing docker.io and docker-compose" >&2
   apt-get update -qq >/dev/null 2>&1
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io docker-compose >/dev/null \

@@ -108,15 +108,7 @@ pub async fn start(config: Config) -> Result<Handle> {
         )));
     }
     let identity = Identity::load(&config.tls)?;
-    let endpoint = vg_wire::rpc::endpoint(
-        config.listen,
-        Some(identity.server_config()?),
-        identity.client_config()?,
-    )?;
-    let addr = endpoint.local_addr().map_err(|e| Error::Io {
-        context: "local address".into(),
-        source: e,
-    })?;
+    let (endpoint, addr) = vg_wire::rpc::listen(&identity, config.listen)?;
     let service = Arc::new(service::Service::open(&config)?);
     info!(%addr, meta_dir = %config.meta_dir.display(), replication = config.replication, block_size = config.block_size, "nameserver listening");
     let serve = {

@@ -170,25 +170,32 @@ impl Service {
                 gid,
                 exclusive,
             } => {
-                if !exclusive {
-                    if let Ok(existing) = self.read(|ns| {
-                        Ok(Response::Attr(
-                            ns.get(ns.lookup(parent, &name)?)?.attr.clone(),
-                        ))
-                    }) {
-                        return Ok(existing);
-                    }
+                let lookup_name = name.clone();
+                let created = self
+                    .mutate(|ns| Op::Create {
+                        parent,
+                        name,
+                        ino: ns.next_ino(),
+                        perm,
+                        uid,
+                        gid,
+                        time: now,
+                    })
+                    .await;
+                match created {
+                    // Without O_EXCL an existing regular file is opened, whoever made it.
+                    Err(e) if e.code == ErrorCode::Exists && !exclusive => self.read(|ns| {
+                        let attr = &ns.get(ns.lookup(parent, &lookup_name)?)?.attr;
+                        if attr.kind != vg_wire::FileKind::File {
+                            return refuse(
+                                ErrorCode::IsDir,
+                                e.message.replace("File exists", "Is a directory"),
+                            );
+                        }
+                        Ok(Response::Attr(attr.clone()))
+                    }),
+                    other => other,
                 }
-                self.mutate(|ns| Op::Create {
-                    parent,
-                    name,
-                    ino: ns.next_ino(),
-                    perm,
-                    uid,
-                    gid,
-                    time: now,
-                })
-                .await
             }
             Symlink {
                 parent,

@@ -127,15 +127,7 @@ pub async fn start(config: Config) -> Result<Handle> {
     .await
     .expect("scan task does not panic")?;
     let (store, bad) = store;
-    let endpoint = vg_wire::rpc::endpoint(
-        config.listen,
-        Some(identity.server_config()?),
-        identity.client_config()?,
-    )?;
-    let addr = endpoint.local_addr().map_err(|e| Error::Io {
-        context: "local address".into(),
-        source: e,
-    })?;
+    let (endpoint, addr) = vg_wire::rpc::listen(&identity, config.listen)?;
     let advertise = config.advertise.unwrap_or(addr);
     let dialer = Dialer::new(endpoint.clone(), Duration::from_secs(10));
     let ns = Target {

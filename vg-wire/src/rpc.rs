@@ -245,6 +245,20 @@ impl Dialer {
     }
 }
 
+/// A server endpoint for `identity` on `addr` (port 0 picks one), and the address it got.
+pub fn listen(identity: &crate::tls::Identity, addr: SocketAddr) -> Result<(Endpoint, SocketAddr)> {
+    let endpoint = self::endpoint(
+        addr,
+        Some(identity.server_config()?),
+        identity.client_config()?,
+    )?;
+    let bound = endpoint.local_addr().map_err(|e| Error::Io {
+        context: format!("local address of {addr}"),
+        source: e,
+    })?;
+    Ok((endpoint, bound))
+}
+
 /// Makes an endpoint that listens on `addr` (when a server config is given) and dials
 /// with `client`.
 pub fn endpoint(

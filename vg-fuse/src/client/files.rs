@@ -62,7 +62,7 @@ type Fetch = OnceCell<std::result::Result<Arc<Vec<u8>>, String>>;
 
 /// Where the bytes of one block of an open file come from.
 enum Source {
-    Bytes(Arc<Vec<u8>>),
+    Bytes(Vec<u8>),
     Block(BlockRef, Vec<Location>),
     Hole,
 }
@@ -115,13 +115,21 @@ impl FileState {
         self.locations[i] = locations;
     }
 
-    /// The source of block `idx`, as this client sees the file now.
-    fn source(&self, idx: u64) -> Source {
-        if let Some(buf) = self.dirty.get(&idx) {
-            return Source::Bytes(Arc::new(buf.clone()));
-        }
-        if let Some(data) = self.sealed.get(&idx) {
-            return Source::Bytes(data.clone());
+    /// The source of bytes `range` of block `idx`, as this client sees the file now.
+    /// Unwritten data is copied out for that range only (reads must not copy whole blocks).
+    fn source(&self, idx: u64, range: Range<usize>) -> Source {
+        let unwritten = self
+            .dirty
+            .get(&idx)
+            .map(Vec::as_slice)
+            .or_else(|| self.sealed.get(&idx).map(|d| d.as_slice()));
+        if let Some(data) = unwritten {
+            let end = range.end.min(data.len());
+            return Source::Bytes(
+                data.get(range.start.min(end)..end)
+                    .unwrap_or_default()
+                    .to_vec(),
+            );
         }
         match self.blocks.get(idx as usize).copied().flatten() {
             Some(block) => Source::Block(
@@ -353,12 +361,14 @@ impl Files {
             let pieces = cut(offset, len, self.client.block_size);
             let sources: Vec<Source> = pieces
                 .iter()
-                .map(|(idx, _, _)| state.source(*idx))
+                .map(|(idx, in_block, range)| {
+                    state.source(*idx, *in_block..*in_block + range.len())
+                })
                 .collect();
             let last = pieces.last().map(|p| p.0).unwrap_or(0);
             let ahead: Vec<(BlockRef, Vec<Location>)> = if sequential {
                 (last + 1..=last + self.limits.read_ahead)
-                    .filter_map(|idx| match state.source(idx) {
+                    .filter_map(|idx| match state.source(idx, 0..0) {
                         Source::Block(block, locations) => Some((block, locations)),
                         _ => None,
                     })
@@ -380,10 +390,7 @@ impl Files {
         for ((_, in_block, range), source) in pieces.into_iter().zip(sources) {
             let want = in_block..in_block + range.len();
             let mut bytes = match source {
-                Source::Bytes(data) => data
-                    .get(want.start.min(data.len())..want.end.min(data.len()))
-                    .unwrap_or_default()
-                    .to_vec(),
+                Source::Bytes(data) => data,
                 Source::Block(block, locations) => {
                     self.block_range(
                         block,
@@ -439,8 +446,8 @@ impl Files {
     async fn base_of(&self, state: &FileState, idx: u64) -> Result<Vec<u8>> {
         let bs = self.block_size();
         let in_file = state.size.saturating_sub(idx * bs).min(bs) as usize;
-        let mut base = match state.source(idx) {
-            Source::Bytes(data) => data.to_vec(),
+        let mut base = match state.source(idx, 0..bs as usize) {
+            Source::Bytes(data) => data,
             Source::Block(block, locations) if in_file > 0 => {
                 let data = self.whole_block(block, &locations).await?;
                 data[..(block.len as usize).min(data.len())].to_vec()
@@ -665,11 +672,15 @@ mod tests {
             len: 1,
         };
         state.set_block(2, block, vec![]);
-        assert!(matches!(state.source(0), Source::Hole));
-        assert!(matches!(state.source(2), Source::Block(b, _) if b == block));
+        assert!(matches!(state.source(0, 0..usize::MAX), Source::Hole));
+        assert!(matches!(state.source(2, 0..usize::MAX), Source::Block(b, _) if b == block));
         state.sealed.insert(2, Arc::new(b"sealed".to_vec()));
-        assert!(matches!(state.source(2), Source::Bytes(ref d) if d.as_slice() == b"sealed"));
+        assert!(
+            matches!(state.source(2, 0..usize::MAX), Source::Bytes(ref d) if d.as_slice() == b"sealed")
+        );
         state.dirty.insert(2, b"dirty".to_vec());
-        assert!(matches!(state.source(2), Source::Bytes(ref d) if d.as_slice() == b"dirty"));
+        assert!(
+            matches!(state.source(2, 0..usize::MAX), Source::Bytes(ref d) if d.as_slice() == b"dirty")
+        );
     }
 }

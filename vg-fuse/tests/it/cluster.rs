@@ -29,6 +29,17 @@ where
     }
 }
 
+/// The names in a directory, in order.
+pub async fn names(client: &Client, dir: vg_wire::Ino) -> Vec<String> {
+    client
+        .readdir_all(dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| String::from_utf8(n).unwrap())
+        .collect()
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;

@@ -198,6 +198,32 @@ async fn namespace_operations() {
         ErrorCode::Exists
     );
     cluster.put(&client, "/a/f", b"hello").await.unwrap();
+    // Without O_EXCL, create opens an existing file and refuses an existing directory.
+    let f0 = client.resolve("/a/f").await.unwrap().ino;
+    assert_eq!(
+        client
+            .create(a.ino, b"f", 0o644, 0, 0, false)
+            .await
+            .unwrap()
+            .ino,
+        f0
+    );
+    assert_eq!(
+        client
+            .create(a.ino, b"f", 0o644, 0, 0, true)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::Exists
+    );
+    assert_eq!(
+        client
+            .create(root, b"a", 0o644, 0, 0, false)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::IsDir
+    );
     assert_eq!(
         client.rmdir(root, b"a").await.unwrap_err().code(),
         ErrorCode::NotEmpty
@@ -220,13 +246,7 @@ async fn namespace_operations() {
     let attr = client.setattr(f.ino, set).await.unwrap();
     assert_eq!((attr.perm, attr.uid, attr.size), (0o600, 7, 2));
     assert_eq!(cluster.get(&client, "/hard").await.unwrap(), b"he");
-    let names: Vec<String> = client
-        .readdir_all(root)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| String::from_utf8(n).unwrap())
-        .collect();
+    let names = crate::cluster::names(&client, root).await;
     assert_eq!(names, ["g", "hard", "sym"]);
     let statfs = client.statfs().await.unwrap();
     assert_eq!(statfs.capacity, (2u64 << 30) / 2);

@@ -149,13 +149,7 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
                 );
                 continue;
             };
-            let names: Vec<String> = client
-                .readdir_all(dir.ino)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(n, _)| String::from_utf8(n).unwrap())
-                .collect();
+            let names = crate::cluster::names(&client, dir.ino).await;
             for (name, present) in &model.present {
                 if model.uncertain.contains(name) {
                     continue;
@@ -288,13 +282,7 @@ async fn torn_write_ahead_log_recovers_the_valid_prefix() {
         let _ = std::fs::remove_file(cluster.dir.path().join("meta").join("snapshot"));
         cluster.start_nameserver_child().await;
         let client = cluster.client().await;
-        let names: Vec<String> = client
-            .readdir_all(root)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| String::from_utf8(n).unwrap())
-            .collect();
+        let names = crate::cluster::names(&client, root).await;
         // The survivors are exactly a prefix d00, d01, ... of what was written.
         for (i, name) in names.iter().enumerate() {
             assert_eq!(

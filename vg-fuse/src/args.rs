@@ -67,6 +67,12 @@ impl ConnArgs {
 
     /// Resolves the nameserver and connects.
     pub async fn connect(&self) -> Result<Client, ConnectError> {
+        self.connect_caching(Duration::ZERO).await
+    }
+
+    /// Resolves the nameserver and connects, answering lookups from what the client
+    /// learnt in the last `entry_ttl` (see [`Config::entry_ttl`]).
+    pub async fn connect_caching(&self, entry_ttl: Duration) -> Result<Client, ConnectError> {
         let resolve_err = |reason: String| ConnectError::Resolve {
             host: self.ns_hostname.clone(),
             reason,
@@ -76,7 +82,9 @@ impl ConnArgs {
             .map_err(|e| resolve_err(e.to_string()))?
             .next()
             .ok_or_else(|| resolve_err("no address".into()))?;
-        Client::connect(&self.config(ns_addr))
+        let mut config = self.config(ns_addr);
+        config.entry_ttl = entry_ttl;
+        Client::connect(&config)
             .await
             .map_err(|source| ConnectError::Connect {
                 addr: ns_addr,

@@ -2,6 +2,7 @@
 //! storages. Knows nothing of FUSE, so `vgctl`, the FUSE adapter and tests share it.
 
 pub mod cache;
+pub mod entries;
 pub mod error;
 pub mod files;
 pub mod transfer;
@@ -19,6 +20,7 @@ use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
 
+use entries::{Cached, EntryCache};
 pub use error::{Error, Result};
 
 /// How to reach the cluster.
@@ -34,6 +36,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long to keep retrying an unreachable nameserver before failing.
     pub unavailable_timeout: Duration,
+    /// How long lookups may be answered from directory listings and attributes this
+    /// client already has (zero: always ask the nameserver).
+    pub entry_ttl: Duration,
 }
 
 impl Config {
@@ -45,6 +50,7 @@ impl Config {
             tls,
             request_timeout: Duration::from_secs(10),
             unavailable_timeout: Duration::from_secs(30),
+            entry_ttl: Duration::ZERO,
         }
     }
 }
@@ -61,6 +67,8 @@ pub struct Client {
     /// Blocks uploaded (or being uploaded) but not yet committed, with a count of the
     /// uploads holding each: their garbage-collection grace period is kept fresh.
     held: Arc<Mutex<HashMap<BlockId, u32>>>,
+    /// Listings and attributes that answer lookups (none when the TTL is zero).
+    entries: Option<Arc<Mutex<EntryCache>>>,
     /// The cluster block size.
     pub block_size: u32,
 }
@@ -70,6 +78,13 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// How often the grace period of uncommitted blocks is refreshed; the nameserver's
 /// `--gc-grace` must be comfortably longer.
 const KEEP_EVERY: Duration = Duration::from_secs(1);
+
+fn not_found(name: &[u8]) -> Error {
+    Error::Remote(vg_wire::RemoteError::new(
+        ErrorCode::NotFound,
+        format!("{}: no such entry", String::from_utf8_lossy(name)),
+    ))
+}
 
 fn unexpected(what: &str, answer: impl std::fmt::Debug) -> Error {
     Error::Wire(vg_wire::Error::BadFrame {
@@ -97,6 +112,8 @@ impl Client {
             unavailable_timeout: config.unavailable_timeout,
             suspects: Arc::default(),
             held: Arc::default(),
+            entries: (!config.entry_ttl.is_zero())
+                .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
             block_size: 0,
         };
         client.block_size = client.statfs().await?.block_size;
@@ -161,23 +178,97 @@ impl Client {
         .await
     }
 
-    /// Attributes of `name` in directory `parent`.
+    /// Runs `update` on the entry cache, if there is one.
+    fn cache<T>(&self, update: impl FnOnce(&mut EntryCache) -> T) -> Option<T> {
+        self.entries
+            .as_ref()
+            .map(|cache| update(&mut cache.lock().expect("entry cache lock")))
+    }
+
+    /// Attributes of `name` in directory `parent`; from the entry cache when it knows.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.attr_call(ns::Request::Lookup {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        match self.cache(|c| c.lookup(parent, name)) {
+            Some(Cached::Found(attr)) => return Ok(attr),
+            Some(Cached::Absent) => return Err(not_found(name)),
+            // A directory in use: one listing answers this and the next lookups.
+            Some(Cached::Unknown { stale: true }) => {
+                let entries = self.readdir_all(parent).await?;
+                return match entries.into_iter().find(|(n, _)| n == name) {
+                    Some((_, attr)) => Ok(attr),
+                    None => Err(not_found(name)),
+                };
+            }
+            _ => {}
+        }
+        let attr = self
+            .attr_call(ns::Request::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await
+            .inspect_err(|e| self.stale_on_not_found(e, parent))?;
+        self.cache(|c| c.attr(&attr));
+        Ok(attr)
+    }
+
+    /// Forgets the listing of `dir` when the nameserver said a name was missing that the
+    /// cache may have listed.
+    fn stale_on_not_found(&self, e: &Error, dir: Ino) {
+        if e.code() == ErrorCode::NotFound {
+            self.cache(|c| c.forget_dir(dir));
+        }
+    }
+
+    /// Forgets the listing of `dir` when the nameserver said a name existed.
+    fn stale_on_exists(&self, e: &Error, dir: Ino) {
+        if e.code() == ErrorCode::Exists {
+            self.cache(|c| c.forget_dir(dir));
+        }
     }
 
     /// Attributes of an inode.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
-        self.attr_call(ns::Request::GetAttr { ino }).await
+        let attr = self.attr_call(ns::Request::GetAttr { ino }).await?;
+        self.cache(|c| c.attr(&attr));
+        Ok(attr)
     }
 
     /// Changes attributes.
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
-        self.attr_call(ns::Request::SetAttr { ino, set }).await
+        self.cache(|c| c.changed(ino));
+        let attr = self.attr_call(ns::Request::SetAttr { ino, set }).await?;
+        self.cache(|c| c.attr(&attr));
+        Ok(attr)
+    }
+
+    /// Records a name this client added, or why the cache was wrong.
+    fn added(&self, parent: Ino, name: &[u8], result: Result<Attr>) -> Result<Attr> {
+        match &result {
+            Ok(attr) => self.cache(|c| {
+                c.added(parent, name, attr);
+                c.changed(parent);
+            }),
+            Err(e) => {
+                self.stale_on_exists(e, parent);
+                None
+            }
+        };
+        result
+    }
+
+    /// Records a name this client removed, or why the cache was wrong.
+    fn removed(&self, parent: Ino, name: &[u8], result: Result<()>) -> Result<()> {
+        match &result {
+            Ok(()) => self.cache(|c| {
+                c.removed(parent, name);
+                c.changed(parent);
+            }),
+            Err(e) => {
+                self.stale_on_not_found(e, parent);
+                None
+            }
+        };
+        result
     }
 
     /// Makes a directory.
@@ -189,14 +280,16 @@ impl Client {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
-        self.attr_call(ns::Request::Mkdir {
-            parent,
-            name: name.to_vec(),
-            perm,
-            uid,
-            gid,
-        })
-        .await
+        let result = self
+            .attr_call(ns::Request::Mkdir {
+                parent,
+                name: name.to_vec(),
+                perm,
+                uid,
+                gid,
+            })
+            .await;
+        self.added(parent, name, result)
     }
 
     /// Makes an empty file (or returns the existing one unless `exclusive`).
@@ -209,15 +302,17 @@ impl Client {
         gid: u32,
         exclusive: bool,
     ) -> Result<Attr> {
-        self.attr_call(ns::Request::Create {
-            parent,
-            name: name.to_vec(),
-            perm,
-            uid,
-            gid,
-            exclusive,
-        })
-        .await
+        let result = self
+            .attr_call(ns::Request::Create {
+                parent,
+                name: name.to_vec(),
+                perm,
+                uid,
+                gid,
+                exclusive,
+            })
+            .await;
+        self.added(parent, name, result)
     }
 
     /// Makes a symbolic link.
@@ -229,14 +324,16 @@ impl Client {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
-        self.attr_call(ns::Request::Symlink {
-            parent,
-            name: name.to_vec(),
-            target: target.to_vec(),
-            uid,
-            gid,
-        })
-        .await
+        let result = self
+            .attr_call(ns::Request::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                uid,
+                gid,
+            })
+            .await;
+        self.added(parent, name, result)
     }
 
     /// Target of a symbolic link.
@@ -249,30 +346,36 @@ impl Client {
 
     /// Adds a hard link.
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
-        self.attr_call(ns::Request::Link {
-            ino,
-            new_parent,
-            new_name: new_name.to_vec(),
-        })
-        .await
+        let result = self
+            .attr_call(ns::Request::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_vec(),
+            })
+            .await;
+        self.added(new_parent, new_name, result)
     }
 
     /// Removes a non-directory.
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.done_call(ns::Request::Unlink {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let result = self
+            .done_call(ns::Request::Unlink {
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        self.removed(parent, name, result)
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.done_call(ns::Request::Rmdir {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let result = self
+            .done_call(ns::Request::Rmdir {
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        self.removed(parent, name, result)
     }
 
     /// Renames.
@@ -284,14 +387,28 @@ impl Client {
         new_name: &[u8],
         noreplace: bool,
     ) -> Result<()> {
-        self.done_call(ns::Request::Rename {
-            parent,
-            name: name.to_vec(),
-            new_parent,
-            new_name: new_name.to_vec(),
-            noreplace,
-        })
-        .await
+        let result = self
+            .done_call(ns::Request::Rename {
+                parent,
+                name: name.to_vec(),
+                new_parent,
+                new_name: new_name.to_vec(),
+                noreplace,
+            })
+            .await;
+        match &result {
+            Ok(()) => self.cache(|c| {
+                c.renamed(parent, name, new_parent, new_name);
+                c.changed(parent);
+                c.changed(new_parent);
+            }),
+            Err(e) => {
+                self.stale_on_not_found(e, parent);
+                self.stale_on_exists(e, new_parent);
+                None
+            }
+        };
+        result
     }
 
     /// One page of a directory listing.
@@ -317,6 +434,7 @@ impl Client {
             let (page, more) = self.readdir(ino, all.len() as u64, 5000).await?;
             all.extend(page);
             if !more {
+                self.cache(|c| c.listed(ino, &all));
                 return Ok(all);
             }
         }
@@ -379,6 +497,7 @@ impl Client {
         stored: Vec<(BlockId, Vec<String>)>,
     ) -> Result<Attr> {
         let ids: Vec<BlockId> = blocks.iter().map(|(_, b)| b.id).collect();
+        self.cache(|c| c.changed(ino));
         let result = self
             .attr_call(ns::Request::Commit {
                 ino,
@@ -388,6 +507,9 @@ impl Client {
             })
             .await;
         self.unhold(ids);
+        if let Ok(attr) = &result {
+            self.cache(|c| c.attr(attr));
+        }
         result
     }
 

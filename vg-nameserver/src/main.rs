@@ -41,7 +41,10 @@ struct Args {
     loglevel: String,
 }
 
-#[tokio::main]
+// One thread: a metadata request costs microseconds of CPU, while handing it between
+// worker threads (QUIC endpoint, connection, request task) costs a wake-up each; on one
+// thread a lookup measured 15% faster. Durability waits run on the WAL's own thread.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     if let Err(e) = run().await {
         eprintln!("vg-nameserver: {e:#}");

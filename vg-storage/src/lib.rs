@@ -41,8 +41,9 @@ pub struct Config {
     pub tls: TlsPaths,
     /// Time between heartbeats.
     pub heartbeat: Duration,
-    /// Pause between two blocks checked by the background scrub.
-    pub scrub_pause: Duration,
+    /// Bytes per second the background scrub checks: it competes with clients for the
+    /// disk and the CPU, so it goes slowly.
+    pub scrub_rate: u64,
 }
 
 impl Config {
@@ -65,7 +66,7 @@ impl Config {
             ns_name: "nameserver".into(),
             tls,
             heartbeat: Duration::from_secs(1),
-            scrub_pause: Duration::from_millis(100),
+            scrub_rate: 8 << 20,
         }
     }
 }
@@ -160,7 +161,7 @@ pub async fn start(config: Config) -> Result<Handle> {
         advertise,
         config.heartbeat,
     ));
-    let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_pause));
+    let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_rate));
     Ok(Handle {
         addr,
         endpoint,

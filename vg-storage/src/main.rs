@@ -40,6 +40,9 @@ struct Args {
     /// Nameserver port.
     #[arg(long, alias = "ns_port", env = "VG_NS_PORT", default_value_t = 8000)]
     ns_port: u16,
+    /// Bytes per second the background scrub re-reads and re-hashes (e.g. 8MiB).
+    #[arg(long, env = "VG_SCRUB_RATE", default_value = "8MiB", value_parser = parse_size)]
+    scrub_rate: u64,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
     /// Log to this file instead of stderr.
@@ -102,6 +105,7 @@ async fn run() -> anyhow::Result<()> {
         tls,
     );
     config.advertise = advertise;
+    config.scrub_rate = args.scrub_rate.max(1);
     let mut handle = vg_storage::start(config).await.context("start storage")?;
     tokio::select! {
         _ = handle.wait() => {}

@@ -12,7 +12,7 @@ use vg_wire::rpc::{respond, Dialer, Peer, Target};
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
-use crate::block_store::BlockStore;
+use crate::block_store::{AlignedBuf, BlockStore};
 use crate::error::Error;
 
 /// Longest pipeline accepted: more would be a malformed request, not a real cluster.
@@ -176,17 +176,32 @@ impl Storage {
             .acquire_many(mib(len))
             .await
             .expect("semaphore is never closed");
-        let mut data = vec![0u8; len as usize];
-        recv.read_exact(&mut data).await.map_err(|e| {
+        let mut data = AlignedBuf::new(len as usize);
+        recv.read_exact(data.as_mut()).await.map_err(|e| {
             RemoteError::new(
                 ErrorCode::Invalid,
                 format!("block {id}: upload cut short: {e}"),
             )
         })?;
         let data = Arc::new(data);
+        // The first storage of a pipeline checks the bytes against the name before
+        // forwarding them; the next ones trust it (storage certificates are the cluster's).
+        if peer.role != Role::Storage {
+            let data = data.clone();
+            let matches = tokio::task::spawn_blocking(move || BlockId::of(&data) == id)
+                .await
+                .expect("hashing does not panic");
+            if !matches {
+                return Err(Error::Corrupt {
+                    block: id,
+                    reason: "uploaded bytes do not match the block name".into(),
+                }
+                .to_remote());
+            }
+        }
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
-            tokio::task::spawn_blocking(move || store.put(&id, &data))
+            tokio::task::spawn_blocking(move || store.put_checked(&id, &data))
         };
         let forward = async {
             let Some((next, rest)) = chain.split_first() else {
@@ -274,12 +289,13 @@ impl Storage {
         }
     }
 
-    /// Re-hashes every block slowly, forever, deleting and reporting corrupt ones.
-    pub async fn scrub_loop(self: Arc<Self>, pause: Duration) {
+    /// Re-hashes every block at `rate` bytes per second, forever, deleting and reporting
+    /// corrupt ones.
+    pub async fn scrub_loop(self: Arc<Self>, rate: u64) {
         loop {
             let blocks = self.store.list();
-            for (id, _) in blocks {
-                tokio::time::sleep(pause).await;
+            for (id, len) in blocks {
+                tokio::time::sleep(Duration::from_secs_f64(len as f64 / rate as f64)).await;
                 let store = self.store.clone();
                 let intact = tokio::task::spawn_blocking(move || {
                     store.len_of(&id).is_none() || store.verify(&id)
@@ -290,7 +306,7 @@ impl Storage {
                     self.found_bad(id);
                 }
             }
-            tokio::time::sleep(pause.max(Duration::from_millis(100))).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

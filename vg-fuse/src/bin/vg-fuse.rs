@@ -118,7 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start runtime")?;
-    let client = rt.block_on(args.conn.connect())?;
+    let client = rt.block_on(args.conn.connect_caching(args.attr_ttl))?;
     let limits = Limits {
         max_dirty: args.max_dirty,
         cache: args.cache_size,

@@ -172,13 +172,21 @@ impl TestCluster {
             .expect("spawn vg-nameserver");
         self.ns = Some(Nameserver::Child(child));
         // Dialling before it listens costs a QUIC retransmission timeout (about a second).
-        let addr = self.ns_addr;
-        eventually(
-            "nameserver child listening",
-            Duration::from_secs(10),
-            || async move { std::net::UdpSocket::bind(addr).is_err() },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::UdpSocket::bind(self.ns_addr).is_ok() {
+            if let Some(Nameserver::Child(child)) = &mut self.ns {
+                if let Some(status) = child.try_wait().expect("poll nameserver") {
+                    let log = std::fs::read_to_string(self.dir.path().join("nameserver.log"))
+                        .unwrap_or_default();
+                    panic!("nameserver exited ({status}) before listening; its log:\n{log}");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nameserver child not listening after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the nameserver abruptly: abort in-process, SIGKILL a child.
@@ -208,7 +216,7 @@ impl TestCluster {
             TlsPaths::in_dir(&certs, name),
         );
         config.heartbeat = Duration::from_millis(200);
-        config.scrub_pause = Duration::from_millis(20);
+        config.scrub_rate = 64 << 20;
         let handle = vg_storage::start(config).await.expect("start storage");
         self.storages.insert(name.to_string(), handle);
     }

@@ -1,0 +1,224 @@
+//! The entry cache: complete listings of recently used directories and attributes, kept
+//! for the mount's attribute TTL, so that a lookup the kernel's caches miss (a new name
+//! about to be created, or a dentry the kernel dropped) is answered without a nameserver
+//! round trip. It promises what the kernel's own entry and attribute caches promise, and
+//! for as long: a change made by another client may be unseen for up to the TTL. Changes
+//! made through this client update it at once.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use vg_wire::ns::Name;
+use vg_wire::{Attr, FileKind, Ino};
+
+/// Entries over all cached listings; past this the cache starts again empty, so a huge
+/// tree walk cannot make it grow without bound.
+const MAX_ENTRIES: usize = 200_000;
+/// A directory with more entries than this is never cached whole (relisting it would
+/// cost more than the lookups it saves).
+const MAX_LISTING: usize = 20_000;
+
+/// What a lookup can learn from the cache.
+#[derive(Debug, PartialEq)]
+pub enum Cached {
+    /// The name is not in the directory.
+    Absent,
+    /// The name and its attributes.
+    Found(Attr),
+    /// The cache cannot tell; `stale` when the directory was cached before, so that a
+    /// fresh listing is worth fetching.
+    Unknown { stale: bool },
+}
+
+struct Listing {
+    fetched: Instant,
+    names: HashMap<Name, Ino>,
+}
+
+/// Listings and attributes, each valid for `ttl` after it was fetched.
+pub struct EntryCache {
+    ttl: Duration,
+    dirs: HashMap<Ino, Listing>,
+    attrs: HashMap<Ino, (Attr, Instant)>,
+    entries: usize,
+}
+
+impl EntryCache {
+    /// An empty cache whose contents are trusted for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        EntryCache {
+            ttl,
+            dirs: HashMap::new(),
+            attrs: HashMap::new(),
+            entries: 0,
+        }
+    }
+
+    /// What the cache knows of `name` in `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Cached {
+        let Some(listing) = self.dirs.get(&parent) else {
+            return Cached::Unknown { stale: false };
+        };
+        if listing.fetched.elapsed() >= self.ttl {
+            return Cached::Unknown { stale: true };
+        }
+        match listing.names.get(name) {
+            None => Cached::Absent,
+            Some(ino) => match self.attrs.get(ino) {
+                Some((attr, at)) if at.elapsed() < self.ttl => Cached::Found(attr.clone()),
+                _ => Cached::Unknown { stale: false },
+            },
+        }
+    }
+
+    /// Records a whole listing of `dir`, fetched just now.
+    pub fn listed(&mut self, dir: Ino, entries: &[(Name, Attr)]) {
+        self.forget_dir(dir);
+        if entries.len() > MAX_LISTING {
+            return;
+        }
+        if self.entries + entries.len() > MAX_ENTRIES {
+            self.dirs.clear();
+            self.attrs.clear();
+            self.entries = 0;
+        }
+        let now = Instant::now();
+        let names = entries
+            .iter()
+            .map(|(name, attr)| (name.clone(), attr.ino))
+            .collect();
+        for (_, attr) in entries {
+            self.attrs.insert(attr.ino, (attr.clone(), now));
+        }
+        self.entries += entries.len();
+        self.dirs.insert(
+            dir,
+            Listing {
+                fetched: now,
+                names,
+            },
+        );
+    }
+
+    /// Records fresh attributes of an inode.
+    pub fn attr(&mut self, attr: &Attr) {
+        if self.attrs.contains_key(&attr.ino) || self.entries < MAX_ENTRIES {
+            self.attrs.insert(attr.ino, (attr.clone(), Instant::now()));
+        }
+    }
+
+    /// Forgets the attributes of an inode that changed in a way not known here.
+    pub fn changed(&mut self, ino: Ino) {
+        self.attrs.remove(&ino);
+    }
+
+    /// Records a name this client added (create, mkdir, symlink, link); a new directory
+    /// is known to be empty.
+    pub fn added(&mut self, parent: Ino, name: &[u8], attr: &Attr) {
+        if let Some(listing) = self.dirs.get_mut(&parent) {
+            if listing.names.insert(name.to_vec(), attr.ino).is_none() {
+                self.entries += 1;
+            }
+        }
+        self.attr(attr);
+        if attr.kind == FileKind::Dir {
+            self.listed(attr.ino, &[]);
+        }
+    }
+
+    /// Records a name this client removed (unlink, rmdir).
+    pub fn removed(&mut self, parent: Ino, name: &[u8]) {
+        if let Some(ino) = self
+            .dirs
+            .get_mut(&parent)
+            .and_then(|listing| listing.names.remove(name))
+        {
+            self.entries -= 1;
+            self.attrs.remove(&ino);
+            self.forget_dir(ino);
+        }
+    }
+
+    /// Records a rename this client made.
+    pub fn renamed(&mut self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8]) {
+        let moved = self
+            .dirs
+            .get(&parent)
+            .and_then(|listing| listing.names.get(name).copied());
+        self.removed(new_parent, new_name);
+        self.removed(parent, name);
+        match moved {
+            Some(ino) if self.dirs.contains_key(&new_parent) => {
+                let listing = self.dirs.get_mut(&new_parent).expect("checked");
+                listing.names.insert(new_name.to_vec(), ino);
+                self.entries += 1;
+            }
+            // Where the name went is not known: that listing is no longer complete.
+            _ => self.forget_dir(new_parent),
+        }
+    }
+
+    /// Forgets what is known of a directory (a call showed the cache was wrong).
+    pub fn forget_dir(&mut self, dir: Ino) {
+        if let Some(listing) = self.dirs.remove(&dir) {
+            self.entries -= listing.names.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vg_wire::Timestamp;
+
+    fn attr(ino: Ino, kind: FileKind) -> Attr {
+        Attr {
+            ino,
+            kind,
+            size: 0,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+        }
+    }
+
+    #[test]
+    fn answers_from_complete_listings_only_while_fresh() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        assert_eq!(cache.lookup(1, b"a"), Cached::Unknown { stale: false });
+        let dir = attr(2, FileKind::Dir);
+        cache.added(1, b"d", &dir);
+        assert_eq!(cache.lookup(2, b"x"), Cached::Absent);
+        let file = attr(3, FileKind::File);
+        cache.added(2, b"x", &file);
+        assert_eq!(cache.lookup(2, b"x"), Cached::Found(file.clone()));
+        cache.changed(3);
+        assert_eq!(cache.lookup(2, b"x"), Cached::Unknown { stale: false });
+        cache.renamed(2, b"x", 2, b"y");
+        assert_eq!(cache.lookup(2, b"x"), Cached::Absent);
+        assert_eq!(cache.lookup(2, b"y"), Cached::Unknown { stale: false });
+        cache.removed(2, b"y");
+        assert_eq!(cache.lookup(2, b"y"), Cached::Absent);
+        // A rename into a directory not cached says nothing of it.
+        cache.renamed(2, b"z", 9, b"w");
+        assert_eq!(cache.lookup(9, b"w"), Cached::Unknown { stale: false });
+
+        let mut expired = EntryCache::new(Duration::ZERO);
+        expired.listed(5, &[(b"n".to_vec(), file)]);
+        assert_eq!(expired.lookup(5, b"n"), Cached::Unknown { stale: true });
+    }
+
+    #[test]
+    fn huge_directories_are_not_cached() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        let entries: Vec<(Name, Attr)> = (0..MAX_LISTING as u64 + 1)
+            .map(|i| (i.to_string().into_bytes(), attr(i + 10, FileKind::File)))
+            .collect();
+        cache.listed(1, &entries);
+        assert_eq!(cache.lookup(1, b"nope"), Cached::Unknown { stale: false });
+    }
+}

@@ -64,7 +64,7 @@ fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 && data.len() % DIRECT_ALIGN == 0 {
+    if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 && data.len().is_multiple_of(DIRECT_ALIGN) {
         file.write_all(data)?;
     } else {
         let mut copy = AlignedBuf::new(data.len());

@@ -430,11 +430,14 @@ impl Client {
     /// A whole directory listing.
     pub async fn readdir_all(&self, ino: Ino) -> Result<Vec<(Name, Attr)>> {
         let mut all = Vec::new();
+        let epoch = self.cache(|c| c.epoch());
         loop {
             let (page, more) = self.readdir(ino, all.len() as u64, 5000).await?;
             all.extend(page);
             if !more {
-                self.cache(|c| c.listed(ino, &all));
+                if let Some(epoch) = epoch {
+                    self.cache(|c| c.listed(ino, &all, epoch));
+                }
                 return Ok(all);
             }
         }

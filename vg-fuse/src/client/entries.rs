@@ -41,6 +41,9 @@ pub struct EntryCache {
     dirs: HashMap<Ino, Listing>,
     attrs: HashMap<Ino, (Attr, Instant)>,
     entries: usize,
+    /// Counts this client's namespace changes, so that a listing fetched while one was
+    /// made (and which may miss it) is not kept.
+    epoch: u64,
 }
 
 impl EntryCache {
@@ -51,6 +54,7 @@ impl EntryCache {
             dirs: HashMap::new(),
             attrs: HashMap::new(),
             entries: 0,
+            epoch: 0,
         }
     }
 
@@ -71,10 +75,16 @@ impl EntryCache {
         }
     }
 
-    /// Records a whole listing of `dir`, fetched just now.
-    pub fn listed(&mut self, dir: Ino, entries: &[(Name, Attr)]) {
+    /// The current epoch: pass it to [`EntryCache::listed`] for a listing fetched from now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Records a whole listing of `dir`, whose fetch started at `epoch`; a listing that
+    /// may have missed one of this client's changes is dropped instead.
+    pub fn listed(&mut self, dir: Ino, entries: &[(Name, Attr)], epoch: u64) {
         self.forget_dir(dir);
-        if entries.len() > MAX_LISTING {
+        if entries.len() > MAX_LISTING || epoch != self.epoch {
             return;
         }
         if self.entries + entries.len() > MAX_ENTRIES {
@@ -115,6 +125,7 @@ impl EntryCache {
     /// Records a name this client added (create, mkdir, symlink, link); a new directory
     /// is known to be empty.
     pub fn added(&mut self, parent: Ino, name: &[u8], attr: &Attr) {
+        self.epoch += 1;
         if let Some(listing) = self.dirs.get_mut(&parent) {
             if listing.names.insert(name.to_vec(), attr.ino).is_none() {
                 self.entries += 1;
@@ -122,12 +133,13 @@ impl EntryCache {
         }
         self.attr(attr);
         if attr.kind == FileKind::Dir {
-            self.listed(attr.ino, &[]);
+            self.listed(attr.ino, &[], self.epoch);
         }
     }
 
     /// Records a name this client removed (unlink, rmdir).
     pub fn removed(&mut self, parent: Ino, name: &[u8]) {
+        self.epoch += 1;
         if let Some(ino) = self
             .dirs
             .get_mut(&parent)
@@ -208,7 +220,7 @@ mod tests {
         assert_eq!(cache.lookup(9, b"w"), Cached::Unknown { stale: false });
 
         let mut expired = EntryCache::new(Duration::ZERO);
-        expired.listed(5, &[(b"n".to_vec(), file)]);
+        expired.listed(5, &[(b"n".to_vec(), file)], expired.epoch());
         assert_eq!(expired.lookup(5, b"n"), Cached::Unknown { stale: true });
     }
 
@@ -218,7 +230,16 @@ mod tests {
         let entries: Vec<(Name, Attr)> = (0..MAX_LISTING as u64 + 1)
             .map(|i| (i.to_string().into_bytes(), attr(i + 10, FileKind::File)))
             .collect();
-        cache.listed(1, &entries);
+        cache.listed(1, &entries, cache.epoch());
         assert_eq!(cache.lookup(1, b"nope"), Cached::Unknown { stale: false });
+    }
+
+    #[test]
+    fn a_listing_fetched_across_a_change_is_dropped() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        let epoch = cache.epoch();
+        cache.added(1, b"new", &attr(7, FileKind::File));
+        cache.listed(1, &[], epoch);
+        assert_eq!(cache.lookup(1, b"new"), Cached::Unknown { stale: false });
     }
 }

@@ -20,7 +20,8 @@ use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
 
-use entries::{Cached, EntryCache};
+pub use entries::Cached;
+use entries::EntryCache;
 pub use error::{Error, Result};
 
 /// How to reach the cluster.
@@ -185,10 +186,20 @@ impl Client {
             .map(|cache| update(&mut cache.lock().expect("entry cache lock")))
     }
 
+    /// What the entry cache alone knows of `name` in `parent` (none without a cache).
+    pub fn cached_lookup(&self, parent: Ino, name: &[u8]) -> Option<Cached> {
+        self.cache(|c| c.lookup(parent, name))
+    }
+
+    /// Attributes the entry cache still trusts, and for how much longer.
+    pub fn cached_attr(&self, ino: Ino) -> Option<(Attr, Duration)> {
+        self.cache(|c| c.fresh_attr(ino)).flatten()
+    }
+
     /// Attributes of `name` in directory `parent`; from the entry cache when it knows.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         match self.cache(|c| c.lookup(parent, name)) {
-            Some(Cached::Found(attr)) => return Ok(attr),
+            Some(Cached::Found(attr, _)) => return Ok(attr),
             Some(Cached::Absent) => return Err(not_found(name)),
             // A directory in use: one listing answers this and the next lookups.
             Some(Cached::Unknown { stale: true }) => {
@@ -244,10 +255,7 @@ impl Client {
     /// Records a name this client added, or why the cache was wrong.
     fn added(&self, parent: Ino, name: &[u8], result: Result<Attr>) -> Result<Attr> {
         match &result {
-            Ok(attr) => self.cache(|c| {
-                c.added(parent, name, attr);
-                c.changed(parent);
-            }),
+            Ok(attr) => self.cache(|c| c.added(parent, name, attr)),
             Err(e) => {
                 self.stale_on_exists(e, parent);
                 None
@@ -256,13 +264,11 @@ impl Client {
         result
     }
 
-    /// Records a name this client removed, or why the cache was wrong.
-    fn removed(&self, parent: Ino, name: &[u8], result: Result<()>) -> Result<()> {
+    /// Records a name this client removed (a directory if `dir`), or why the cache was
+    /// wrong.
+    fn removed(&self, parent: Ino, name: &[u8], dir: bool, result: Result<()>) -> Result<()> {
         match &result {
-            Ok(()) => self.cache(|c| {
-                c.removed(parent, name);
-                c.changed(parent);
-            }),
+            Ok(()) => self.cache(|c| c.removed(parent, name, dir)),
             Err(e) => {
                 self.stale_on_not_found(e, parent);
                 None
@@ -364,7 +370,7 @@ impl Client {
                 name: name.to_vec(),
             })
             .await;
-        self.removed(parent, name, result)
+        self.removed(parent, name, false, result)
     }
 
     /// Removes an empty directory.
@@ -375,7 +381,7 @@ impl Client {
                 name: name.to_vec(),
             })
             .await;
-        self.removed(parent, name, result)
+        self.removed(parent, name, true, result)
     }
 
     /// Renames.
@@ -397,11 +403,7 @@ impl Client {
             })
             .await;
         match &result {
-            Ok(()) => self.cache(|c| {
-                c.renamed(parent, name, new_parent, new_name);
-                c.changed(parent);
-                c.changed(new_parent);
-            }),
+            Ok(()) => self.cache(|c| c.renamed(parent, name, new_parent, new_name)),
             Err(e) => {
                 self.stale_on_not_found(e, parent);
                 self.stale_on_exists(e, new_parent);

@@ -21,7 +21,7 @@ use tracing::debug;
 use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
 
 use crate::client::files::Files;
-use crate::client::Error;
+use crate::client::{Cached, Error};
 use errno::errno;
 
 /// Size the kernel sees as the preferred I/O size (`st_blksize`): large, so that `cp` and
@@ -221,6 +221,15 @@ impl Filesystem for VgFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        // Answers the entry cache can give at once skip the hop to the runtime. Files may
+        // have unwritten data to overlay, so only directories and absent names qualify.
+        match self.files.client().cached_lookup(parent, name.as_bytes()) {
+            Some(Cached::Absent) => return reply.error(libc::ENOENT),
+            Some(Cached::Found(attr, left)) if attr.kind == FileKind::Dir => {
+                return reply.entry(&left, &file_attr(&attr), 0);
+            }
+            _ => {}
+        }
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.entry(
             "lookup",
@@ -230,6 +239,13 @@ impl Filesystem for VgFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        // The kernel asks for a directory's attributes after every change in it (to check
+        // permissions on the next lookup); the entry cache keeps them current.
+        if let Some((attr, left)) = self.files.client().cached_attr(ino) {
+            if attr.kind == FileKind::Dir {
+                return reply.attr(&left, &file_attr(&attr));
+            }
+        }
         let files = self.files.clone();
         self.attr(
             "getattr",

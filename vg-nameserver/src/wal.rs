@@ -8,16 +8,19 @@
 //! Recovery loads the snapshot, replays records with a larger LSN, and stops at the first
 //! record that is short or fails its checksum (a torn tail): the file is cut there.
 //!
-//! Group commit: callers append under the namespace lock (cheap, in memory) and then wait
-//! for [`Wal::wait_durable`]; one flusher thread writes and fsyncs everything appended so
-//! far in one go, so N concurrent operations cost one fsync.
+//! Group commit: callers append under the namespace lock (cheap, in memory), then
+//! [`DurableWaiter::wait`] yields once, so that the other requests ready to run append
+//! too, and writes and fsyncs everything appended so far in one go: N concurrent
+//! operations cost one fsync. The waiter flushes on its own thread: handing the fsync to
+//! a flusher thread and being woken back cost more than the fsync itself on our machine
+//! (a mkdir took 500 µs with a flusher thread; with the log on tmpfs, 355 µs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -35,26 +38,48 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 struct Pending {
     buf: Vec<u8>,
     last_lsn: u64,
-    /// Set when the flusher must stop.
-    closed: bool,
 }
 
 struct Shared {
+    /// Lock order: `file`, then `pending`. Whoever holds `file` is the one flushing.
+    file: Mutex<File>,
     pending: Mutex<Pending>,
-    wake: Condvar,
-    durable: watch::Sender<u64>,
+    /// Highest LSN on disk.
+    durable: AtomicU64,
     /// Set when a write or fsync failed: nothing more can be acknowledged.
     failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Writes and fsyncs everything appended so far. The buffer is taken under the file
+    /// lock, so records reach the file in LSN order whoever flushes.
+    fn flush(&self) {
+        let mut file = self.file.lock().expect("wal file lock");
+        if self.failed.lock().expect("wal lock").is_some() {
+            return;
+        }
+        let (buf, lsn) = {
+            let mut pending = self.pending.lock().expect("wal lock");
+            (std::mem::take(&mut pending.buf), pending.last_lsn)
+        };
+        if buf.is_empty() {
+            return;
+        }
+        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+            tracing::error!(error = %e, "write-ahead log write failed; refusing further changes");
+            *self.failed.lock().expect("wal lock") = Some(e.to_string());
+            return;
+        }
+        self.durable.store(lsn, Ordering::Release);
+    }
 }
 
 /// The write-ahead log of one metadata directory.
 pub struct Wal {
     dir: PathBuf,
     shared: Arc<Shared>,
-    file: Arc<Mutex<File>>,
     next_lsn: u64,
     bytes_since_snapshot: u64,
-    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What recovery found.
@@ -107,7 +132,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl Wal {
-    /// Opens the metadata directory, recovers the namespace, and starts the flusher.
+    /// Opens the metadata directory and recovers the namespace.
     pub fn open(dir: &Path) -> Result<(Wal, Namespace, Recovery)> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let mut recovery = Recovery::default();
@@ -158,32 +183,20 @@ impl Wal {
             file.sync_all()
                 .map_err(io_err(format!("fsync {}", wal_path.display())))?;
         }
-        let (durable, _) = watch::channel(last_lsn);
         let shared = Arc::new(Shared {
+            file: Mutex::new(file),
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
                 last_lsn,
-                closed: false,
             }),
-            wake: Condvar::new(),
-            durable,
+            durable: AtomicU64::new(last_lsn),
             failed: Mutex::new(None),
         });
-        let file = Arc::new(Mutex::new(file));
-        let flusher = {
-            let (shared, file) = (shared.clone(), file.clone());
-            std::thread::Builder::new()
-                .name("wal-flusher".into())
-                .spawn(move || flush_loop(&shared, &file))
-                .map_err(io_err("start WAL flusher"))?
-        };
         let wal = Wal {
             dir: dir.to_path_buf(),
             shared,
-            file,
             next_lsn: last_lsn + 1,
             bytes_since_snapshot: valid as u64,
-            flusher: Some(flusher),
         };
         Ok((wal, ns, recovery))
     }
@@ -211,7 +224,6 @@ impl Wal {
         let mut pending = self.shared.pending.lock().expect("wal lock");
         pending.buf.extend_from_slice(&record);
         pending.last_lsn = lsn;
-        self.shared.wake.notify_one();
         Ok(lsn)
     }
 
@@ -219,7 +231,6 @@ impl Wal {
     /// namespace lock.
     pub fn waiter(&self) -> DurableWaiter {
         DurableWaiter {
-            rx: self.shared.durable.subscribe(),
             shared: self.shared.clone(),
         }
     }
@@ -253,16 +264,16 @@ impl Wal {
         sync_dir(&self.dir)?;
         // The snapshot holds everything up to `lsn`: drop buffered records and empty the
         // log. A crash before the truncation only makes replay skip those records.
+        let file = self.shared.file.lock().expect("wal file lock");
         let mut pending = self.shared.pending.lock().expect("wal lock");
-        let file = self.file.lock().expect("wal file lock");
         pending.buf.clear();
         file.set_len(0)
             .and_then(|_| file.sync_all())
             .map_err(io_err("truncate wal"))?;
-        drop(file);
+        self.shared.durable.store(lsn, Ordering::Release);
         drop(pending);
+        drop(file);
         self.bytes_since_snapshot = 0;
-        self.shared.durable.send_replace(lsn);
         info!(
             lsn,
             inodes = ns.len(),
@@ -275,23 +286,22 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        self.shared.pending.lock().expect("wal lock").closed = true;
-        self.shared.wake.notify_one();
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
-        }
+        // Records whose callers went away unacknowledged: harmless to keep.
+        self.shared.flush();
     }
 }
 
 /// Waits until an LSN is on disk.
 pub struct DurableWaiter {
-    rx: watch::Receiver<u64>,
     shared: Arc<Shared>,
 }
 
 impl DurableWaiter {
-    /// Resolves once `lsn` is fsynced; fails if the log can no longer be written.
-    pub async fn wait(mut self, lsn: u64) -> Result<()> {
+    /// Resolves once `lsn` is fsynced, flushing the log if nobody else has; fails if the
+    /// log can no longer be written. The fsync blocks this thread: every change waits for
+    /// the disk anyway, and a lookup waits at most one fsync.
+    pub async fn wait(self, lsn: u64) -> Result<()> {
+        tokio::task::yield_now().await;
         loop {
             if let Some(reason) = self.shared.failed.lock().expect("wal lock").clone() {
                 return Err(Error::Io {
@@ -299,40 +309,11 @@ impl DurableWaiter {
                     source: std::io::Error::other(reason),
                 });
             }
-            if *self.rx.borrow_and_update() >= lsn {
+            if self.shared.durable.load(Ordering::Acquire) >= lsn {
                 return Ok(());
             }
-            if self.rx.changed().await.is_err() {
-                return Err(Error::Io {
-                    context: "write-ahead log".into(),
-                    source: std::io::Error::other("log closed"),
-                });
-            }
+            self.shared.flush();
         }
-    }
-}
-
-fn flush_loop(shared: &Shared, file: &Mutex<File>) {
-    loop {
-        let (buf, lsn) = {
-            let mut pending = shared.pending.lock().expect("wal lock");
-            while pending.buf.is_empty() && !pending.closed {
-                pending = shared.wake.wait(pending).expect("wal lock");
-            }
-            if pending.buf.is_empty() && pending.closed {
-                return;
-            }
-            (std::mem::take(&mut pending.buf), pending.last_lsn)
-        };
-        let mut file = file.lock().expect("wal file lock");
-        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
-            tracing::error!(error = %e, "write-ahead log write failed; refusing further changes");
-            *shared.failed.lock().expect("wal lock") = Some(e.to_string());
-            shared.durable.send_modify(|_| {});
-            return;
-        }
-        drop(file);
-        shared.durable.send_replace(lsn);
     }
 }
 

@@ -17,6 +17,8 @@ use crate::error::Error;
 
 /// Longest pipeline accepted: more would be a malformed request, not a real cluster.
 const MAX_CHAIN: usize = 16;
+/// Reads up to this size run on the request's own thread.
+const SMALL_READ: usize = 128 << 10;
 /// Block bytes held in memory by uploads in flight, in MiB.
 const INFLIGHT_MIB: u32 = 512;
 
@@ -124,10 +126,16 @@ impl Storage {
     }
 
     async fn read(&self, id: BlockId, offset: u32, len: u32, send: &mut SendStream) {
-        let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.read(&id, offset, len))
-            .await
-            .expect("read does not panic");
+        // A small range (random reads) is read on this thread: handing it to the blocking
+        // pool costs a thread wake-up, more than reading a few pages, usually cached.
+        let result = if len != 0 && len as usize <= SMALL_READ {
+            self.store.read(&id, offset, len)
+        } else {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.read(&id, offset, len))
+                .await
+                .expect("read does not panic")
+        };
         let data = match result {
             Ok(data) => data,
             Err(e) => {

@@ -112,6 +112,14 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    // Blocks are allocated and freed by the megabyte. glibc's default raises its mmap
+    // threshold after the first free and then keeps freed blocks in per-thread arenas,
+    // which grew the peak RSS well past the cache limits; a fixed threshold returns every
+    // block to the system when it is freed.
+    // SAFETY: mallopt only changes allocator tuning; it is called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)

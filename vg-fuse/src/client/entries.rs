@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use vg_wire::ns::Name;
-use vg_wire::{Attr, FileKind, Ino};
+use vg_wire::{Attr, FileKind, Ino, Timestamp};
 
 /// Entries over all cached listings; past this the cache starts again empty, so a huge
 /// tree walk cannot make it grow without bound.
@@ -23,8 +23,8 @@ const MAX_LISTING: usize = 20_000;
 pub enum Cached {
     /// The name is not in the directory.
     Absent,
-    /// The name and its attributes.
-    Found(Attr),
+    /// The name, its attributes, and how much longer they may be trusted.
+    Found(Attr, Duration),
     /// The cache cannot tell; `stale` when the directory was cached before, so that a
     /// fresh listing is worth fetching.
     Unknown { stale: bool },
@@ -68,10 +68,31 @@ impl EntryCache {
         }
         match listing.names.get(name) {
             None => Cached::Absent,
-            Some(ino) => match self.attrs.get(ino) {
-                Some((attr, at)) if at.elapsed() < self.ttl => Cached::Found(attr.clone()),
-                _ => Cached::Unknown { stale: false },
+            Some(ino) => match self.fresh_attr(*ino) {
+                Some((attr, left)) => Cached::Found(attr, left),
+                None => Cached::Unknown { stale: false },
             },
+        }
+    }
+
+    /// The attributes of an inode while they may be trusted, and for how much longer
+    /// (so that the kernel caches them no longer than this cache would).
+    pub fn fresh_attr(&self, ino: Ino) -> Option<(Attr, Duration)> {
+        let (attr, at) = self.attrs.get(&ino)?;
+        let left = self.ttl.checked_sub(at.elapsed())?;
+        Some((attr.clone(), left))
+    }
+
+    /// Records a change this client made to directory `dir`'s entries at `time`: as the
+    /// nameserver does, its times move to `time`, its size counts its entries and its
+    /// link count its subdirectories. Saves the kernel's `getattr` of the parent after
+    /// every create (it needs the parent's attributes to check permissions).
+    pub fn dir_changed(&mut self, dir: Ino, time: Timestamp, entries: i64, subdirs: i64) {
+        if let Some((attr, _)) = self.attrs.get_mut(&dir) {
+            attr.mtime = time;
+            attr.ctime = time;
+            attr.size = attr.size.saturating_add_signed(entries);
+            attr.nlink = attr.nlink.saturating_add_signed(subdirs as i32);
         }
     }
 
@@ -126,10 +147,21 @@ impl EntryCache {
     /// is known to be empty.
     pub fn added(&mut self, parent: Ino, name: &[u8], attr: &Attr) {
         self.epoch += 1;
+        let fresh = self.fresh_listing(parent);
+        let mut new = false;
         if let Some(listing) = self.dirs.get_mut(&parent) {
             if listing.names.insert(name.to_vec(), attr.ino).is_none() {
                 self.entries += 1;
+                new = fresh;
             }
+        }
+        if new {
+            // The nameserver stamped the parent with the new inode's time.
+            let subdirs = i64::from(attr.kind == FileKind::Dir);
+            self.dir_changed(parent, attr.ctime, 1, subdirs);
+        } else {
+            // An existing name (a create without O_EXCL opens it) or an unknown parent.
+            self.changed(parent);
         }
         self.attr(attr);
         if attr.kind == FileKind::Dir {
@@ -137,18 +169,37 @@ impl EntryCache {
         }
     }
 
-    /// Records a name this client removed (unlink, rmdir).
-    pub fn removed(&mut self, parent: Ino, name: &[u8]) {
+    /// Records a name this client removed (unlink, or rmdir when `dir`).
+    pub fn removed(&mut self, parent: Ino, name: &[u8], dir: bool) {
+        if self.take_name(parent, name) && self.fresh_listing(parent) {
+            self.dir_changed(parent, Timestamp::now(), -1, -i64::from(dir));
+        } else {
+            self.changed(parent);
+        }
+    }
+
+    /// Drops `name` from a listing of `parent` and what is known of its inode; whether
+    /// the listing had it.
+    fn take_name(&mut self, parent: Ino, name: &[u8]) -> bool {
         self.epoch += 1;
-        if let Some(ino) = self
+        let Some(ino) = self
             .dirs
             .get_mut(&parent)
             .and_then(|listing| listing.names.remove(name))
-        {
-            self.entries -= 1;
-            self.attrs.remove(&ino);
-            self.forget_dir(ino);
-        }
+        else {
+            return false;
+        };
+        self.entries -= 1;
+        self.attrs.remove(&ino);
+        self.forget_dir(ino);
+        true
+    }
+
+    /// Whether `dir` has a listing still within its TTL.
+    fn fresh_listing(&self, dir: Ino) -> bool {
+        self.dirs
+            .get(&dir)
+            .is_some_and(|listing| listing.fetched.elapsed() < self.ttl)
     }
 
     /// Records a rename this client made.
@@ -157,8 +208,12 @@ impl EntryCache {
             .dirs
             .get(&parent)
             .and_then(|listing| listing.names.get(name).copied());
-        self.removed(new_parent, new_name);
-        self.removed(parent, name);
+        let moved_file = moved
+            .and_then(|ino| self.attrs.get(&ino))
+            .is_some_and(|(attr, _)| attr.kind != FileKind::Dir);
+        let fresh = self.fresh_listing(parent);
+        let replaced = self.take_name(new_parent, new_name);
+        self.take_name(parent, name);
         match moved {
             Some(ino) if self.dirs.contains_key(&new_parent) => {
                 let listing = self.dirs.get_mut(&new_parent).expect("checked");
@@ -167,6 +222,14 @@ impl EntryCache {
             }
             // Where the name went is not known: that listing is no longer complete.
             _ => self.forget_dir(new_parent),
+        }
+        // The common case, a file renamed within a directory, keeps one entry fewer if it
+        // replaced another; anything else is left for the nameserver to tell.
+        if moved_file && parent == new_parent && fresh {
+            self.dir_changed(parent, Timestamp::now(), -i64::from(replaced), 0);
+        } else {
+            self.changed(parent);
+            self.changed(new_parent);
         }
     }
 
@@ -181,7 +244,6 @@ impl EntryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vg_wire::Timestamp;
 
     fn attr(ino: Ino, kind: FileKind) -> Attr {
         Attr {
@@ -207,13 +269,16 @@ mod tests {
         assert_eq!(cache.lookup(2, b"x"), Cached::Absent);
         let file = attr(3, FileKind::File);
         cache.added(2, b"x", &file);
-        assert_eq!(cache.lookup(2, b"x"), Cached::Found(file.clone()));
+        assert!(matches!(cache.lookup(2, b"x"), Cached::Found(ref a, _) if *a == file));
+        cache.dir_changed(2, Timestamp { secs: 5, nanos: 0 }, 1, 1);
+        let (dir_now, _) = cache.fresh_attr(2).unwrap();
+        assert_eq!((dir_now.size, dir_now.nlink, dir_now.mtime.secs), (2, 2, 5));
         cache.changed(3);
         assert_eq!(cache.lookup(2, b"x"), Cached::Unknown { stale: false });
         cache.renamed(2, b"x", 2, b"y");
         assert_eq!(cache.lookup(2, b"x"), Cached::Absent);
         assert_eq!(cache.lookup(2, b"y"), Cached::Unknown { stale: false });
-        cache.removed(2, b"y");
+        cache.removed(2, b"y", false);
         assert_eq!(cache.lookup(2, b"y"), Cached::Absent);
         // A rename into a directory not cached says nothing of it.
         cache.renamed(2, b"z", 9, b"w");

@@ -500,6 +500,7 @@ impl Client {
         size: u64,
         blocks: Vec<(u64, BlockRef)>,
         stored: Vec<(BlockId, Vec<String>)>,
+        set: Option<SetAttr>,
     ) -> Result<Attr> {
         let ids: Vec<BlockId> = blocks.iter().map(|(_, b)| b.id).collect();
         self.cache(|c| c.changed(ino));
@@ -509,6 +510,7 @@ impl Client {
                 size,
                 blocks,
                 stored,
+                set,
             })
             .await;
         self.unhold(ids);

@@ -247,11 +247,7 @@ impl Filesystem for VgFs {
             }
         }
         let files = self.files.clone();
-        self.attr(
-            "getattr",
-            async move { files.client().getattr(ino).await },
-            reply,
-        );
+        self.attr("getattr", async move { files.getattr(ino).await }, reply);
     }
 
     fn setattr(
@@ -768,11 +764,11 @@ impl Filesystem for VgFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(errno::UNSUPPORTED);
+        reply.error(errno::NO_XATTRS);
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, _size: u32, reply: ReplyXattr) {
-        reply.error(errno::UNSUPPORTED);
+        reply.error(errno::NO_XATTRS);
     }
 
     fn setxattr(
@@ -785,10 +781,10 @@ impl Filesystem for VgFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno::UNSUPPORTED);
+        reply.error(errno::NO_XATTRS);
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno::UNSUPPORTED);
+        reply.error(errno::NO_XATTRS);
     }
 }

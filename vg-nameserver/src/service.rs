@@ -261,20 +261,7 @@ impl Service {
                 })
                 .await
                 .map(|_| Response::Done),
-            SetAttr { ino, mut set } => {
-                for time in [&mut set.atime, &mut set.mtime].into_iter().flatten() {
-                    if *time == SetTime::Now {
-                        *time = SetTime::At(now);
-                    }
-                }
-                self.mutate(|_| Op::SetAttr {
-                    ino,
-                    set,
-                    block_size: self.block_size,
-                    time: now,
-                })
-                .await
-            }
+            SetAttr { ino, set } => self.mutate(|_| self.set_attr_op(ino, set, now)).await,
             StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
             Layout { ino } => self.layout(ino),
             PlaceBlock { id, len, exclude } => {
@@ -302,6 +289,7 @@ impl Service {
                 size,
                 blocks,
                 stored,
+                set,
             } => {
                 {
                     let mut state = self.lock();
@@ -325,15 +313,17 @@ impl Service {
                         );
                     }
                 }
-                info!(ino, size, blocks = blocks.len(), by = %peer.name, "file written");
-                self.mutate(|_| Op::Commit {
+                debug!(ino, size, blocks = blocks.len(), by = %peer.name, "file written");
+                let commit = Op::Commit {
                     ino,
                     size,
                     blocks,
                     block_size: self.block_size,
                     time: now,
-                })
-                .await
+                };
+                let set = set.map(|set| self.set_attr_op(ino, set, now));
+                self.mutate_ops(|_| std::iter::once(commit).chain(set).collect())
+                    .await
             }
             Status => Ok(Response::Status(self.status(&self.lock()))),
             KeepBlocks { ids } => {
@@ -410,26 +400,65 @@ impl Service {
         f(&self.lock().ns)
     }
 
+    /// A `SetAttr` op with "now" resolved to the request's time.
+    fn set_attr_op(&self, ino: Ino, mut set: vg_wire::SetAttr, now: Timestamp) -> Op {
+        for time in [&mut set.atime, &mut set.mtime].into_iter().flatten() {
+            if *time == SetTime::Now {
+                *time = SetTime::At(now);
+            }
+        }
+        Op::SetAttr {
+            ino,
+            set,
+            block_size: self.block_size,
+            time: now,
+        }
+    }
+
     /// Applies an op, logs it, and answers with the inode's attributes once it is durable.
     async fn mutate(&self, build: impl FnOnce(&Namespace) -> Op) -> Answer {
-        let (attr, lsn, waiter) = {
+        self.mutate_ops(|ns| vec![build(ns)]).await
+    }
+
+    /// Applies ops in order and logs them; answers once they are durable, with the
+    /// attributes of the last one's inode. Each op is whole: if one is refused, those
+    /// before it stand and the refusal is the answer.
+    async fn mutate_ops(&self, build: impl FnOnce(&Namespace) -> Vec<Op>) -> Answer {
+        let (attr, lsn, waiter, refused) = {
             let mut state = self.lock();
-            let op = build(&state.ns);
-            let ino: Ino = state.ns.apply(&op)?;
+            let ops = build(&state.ns);
             let State { ns, wal, registry } = &mut *state;
             let wal = wal.as_mut().ok_or_else(|| {
                 RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
             })?;
-            let lsn = wal.append(&op).map_err(|e| e.to_remote())?;
+            let (mut last, mut lsn, mut refused) = (None, None, None);
+            for op in ops {
+                match ns.apply(&op) {
+                    Ok(ino) => {
+                        lsn = Some(wal.append(&op).map_err(|e| e.to_remote())?);
+                        last = Some(ino);
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
             registry.released(ns.take_released(), Instant::now());
             if wal.wants_snapshot(self.snapshot_bytes) {
                 if let Err(e) = wal.snapshot(ns) {
                     tracing::error!(error = %e, "snapshot failed; the log keeps growing");
                 }
             }
-            (ns.get(ino).ok().map(|i| i.attr.clone()), lsn, wal.waiter())
+            let attr = last.and_then(|ino: Ino| ns.get(ino).ok().map(|i| i.attr.clone()));
+            (attr, lsn, wal.waiter(), refused)
         };
-        waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
+        if let Some(lsn) = lsn {
+            waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
+        }
+        if let Some(refusal) = refused {
+            return Err(refusal);
+        }
         Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
     }
 

@@ -79,12 +79,15 @@ pub enum Request {
         len: u32,
         exclude: Vec<String>,
     },
-    /// Replaces blocks of a file and sets its size, as one logged step.
+    /// Replaces blocks of a file and sets its size, as one logged step; then applies
+    /// `set` (attribute changes the client deferred while it wrote the file), durable
+    /// with the same log flush.
     Commit {
         ino: Ino,
         size: u64,
         blocks: Vec<(u64, BlockRef)>,
         stored: Vec<(BlockId, Vec<String>)>,
+        set: Option<SetAttr>,
     },
     /// Storages and cluster counters, for `vgctl du`, `usage` and `status`.
     Status,

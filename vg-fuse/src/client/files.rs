@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
-use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, SetAttr, Timestamp};
+use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, SetAttr, SetTime, Timestamp};
 
 use super::cache::BlockCache;
 use super::{Client, Error, Result};
@@ -88,6 +88,11 @@ struct FileState {
     handles: u32,
     /// (size, mtime) when last loaded or committed, to tell if the kernel cache is valid.
     seen: Option<(u64, Timestamp)>,
+    /// Attributes when last loaded, committed or set.
+    attr: Option<Attr>,
+    /// Attribute changes made while the file had uncommitted data (`tar` sets owner and
+    /// mode before closing each file): sent with the commit, saving a round trip each.
+    deferred: Option<SetAttr>,
 }
 
 impl FileState {
@@ -97,6 +102,7 @@ impl FileState {
         self.blocks = layout.blocks;
         self.locations = layout.locations;
         self.seen = Some((layout.attr.size, layout.attr.mtime));
+        self.attr = Some(layout.attr);
     }
 
     fn is_clean(&self) -> bool {
@@ -265,7 +271,22 @@ impl Files {
                     attr.ctime = mtime;
                 }
             }
+            if let Some(set) = &state.deferred {
+                apply_set(attr, set);
+            }
         }
+    }
+
+    /// Attributes of an inode; a file this client is writing answers from its own state
+    /// (the kernel asks after every write, and before `chown`).
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(file) = self.get_open(ino) {
+            let state = file.state.lock().await;
+            if let (true, Some(attr)) = (state.changed, state.attr.clone()) {
+                return Ok(attr);
+            }
+        }
+        self.client.getattr(ino).await
     }
 
     /// The current size as this client sees it (for O_APPEND).
@@ -438,6 +459,10 @@ impl Files {
         }
         state.size = state.size.max(offset + data.len() as u64);
         state.mtime = Some(Timestamp::now());
+        // This write's time supersedes a modification time set earlier.
+        if let Some(set) = &mut state.deferred {
+            set.mtime = None;
+        }
         state.changed = true;
         Ok(())
     }
@@ -554,6 +579,8 @@ impl Files {
             state.pending.clear();
             state.stored.clear();
             state.changed = false;
+            // Attribute changes made while writing are lost with the data.
+            state.deferred = None;
             if let Ok(layout) = self.client.layout(file.ino).await {
                 state.load(layout);
             }
@@ -564,13 +591,15 @@ impl Files {
         }
         let blocks: Vec<(u64, BlockRef)> = state.pending.iter().map(|(i, b)| (*i, *b)).collect();
         let stored = std::mem::take(&mut state.stored);
+        let set = state.deferred.take();
         match self
             .client
-            .commit(file.ino, state.size, blocks, stored)
+            .commit(file.ino, state.size, blocks, stored, set)
             .await
         {
             Ok(attr) => {
                 state.seen = Some((attr.size, attr.mtime));
+                state.attr = Some(attr);
                 state.pending.clear();
                 state.changed = false;
                 state.mtime = None;
@@ -617,12 +646,25 @@ impl Files {
     }
 
     /// Changes attributes; a size change first commits buffered writes, then truncates
-    /// or extends on the nameserver, then reloads the layout.
+    /// or extends on the nameserver, then reloads the layout. Other changes to a file
+    /// with uncommitted data wait for its commit, which carries them.
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
         let Some(file) = self.get_open(ino) else {
             return self.client.setattr(ino, set).await;
         };
         let mut state = file.state.lock().await;
+        if set.size.is_none() && state.changed && state.failed.is_none() {
+            if let Some(mut attr) = state.attr.clone() {
+                attr.size = state.size;
+                if let Some(mtime) = state.mtime {
+                    attr.mtime = mtime;
+                }
+                let deferred = state.deferred.get_or_insert_with(SetAttr::default);
+                merge_set(deferred, set);
+                apply_set(&mut attr, deferred);
+                return Ok(attr);
+            }
+        }
         if set.size.is_some() {
             self.flush_state(&file, &mut state).await?;
         }
@@ -630,10 +672,42 @@ impl Files {
         if set.size.is_some() {
             let layout = self.client.layout(ino).await?;
             state.load(layout);
-        } else if state.changed {
-            attr.size = state.size;
+        } else {
+            state.attr = Some(attr.clone());
+            if state.changed {
+                attr.size = state.size;
+            }
         }
         Ok(attr)
+    }
+}
+
+/// Adds `set`'s changes to `into` (later changes win).
+fn merge_set(into: &mut SetAttr, set: SetAttr) {
+    into.perm = set.perm.or(into.perm);
+    into.uid = set.uid.or(into.uid);
+    into.gid = set.gid.or(into.gid);
+    into.atime = set.atime.or(into.atime);
+    into.mtime = set.mtime.or(into.mtime);
+}
+
+/// Attributes as they will be once the nameserver applies `set` ("now" is this
+/// client's clock until then).
+fn apply_set(attr: &mut Attr, set: &SetAttr) {
+    let time = |t: SetTime| match t {
+        SetTime::Now => Timestamp::now(),
+        SetTime::At(t) => t,
+    };
+    if let Some(perm) = set.perm {
+        attr.perm = perm & 0o7777;
+    }
+    attr.uid = set.uid.unwrap_or(attr.uid);
+    attr.gid = set.gid.unwrap_or(attr.gid);
+    if let Some(t) = set.atime {
+        attr.atime = time(t);
+    }
+    if let Some(t) = set.mtime {
+        attr.mtime = time(t);
     }
 }
 

@@ -117,7 +117,7 @@ impl Client {
                 "local file changed size during upload"
             );
         }
-        self.commit(ino, offset, blocks, stored).await
+        self.commit(ino, offset, blocks, stored, None).await
     }
 
     /// Downloads a file to a local path, verifying every block's SHA-256.

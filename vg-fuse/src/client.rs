@@ -633,11 +633,17 @@ impl Client {
         let mut reason = String::from("no live replica");
         let mut ordered: Vec<&Location> = locations.iter().collect();
         {
+            // Replicas that failed lately go last; otherwise each block picks its own
+            // first replica (rendezvous hashing), so that a sequential reader spreads its
+            // reads over every storage instead of asking the same one for every block.
             let suspects = self.suspects.lock().expect("suspects lock");
-            ordered.sort_by_key(|l| {
-                suspects
+            ordered.sort_by_cached_key(|l| {
+                let suspect = suspects
                     .get(&l.name)
-                    .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
+                    .is_some_and(|since| since.elapsed() < SUSPECT_FOR);
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&(id, &l.name), &mut hasher);
+                (suspect, std::hash::Hasher::finish(&hasher))
             });
         }
         for location in ordered {

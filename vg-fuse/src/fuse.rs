@@ -228,6 +228,17 @@ impl Filesystem for VgFs {
             Some(Cached::Found(attr, left)) if attr.kind == FileKind::Dir => {
                 return reply.entry(&left, &file_attr(&attr), 0);
             }
+            Some(Cached::Found(attr, left)) => {
+                let files = self.files.clone();
+                return self.spawn(
+                    "lookup",
+                    overlaid(files, async { Ok(attr) }),
+                    move |r| match r {
+                        Ok(attr) => reply.entry(&left, &file_attr(&attr), 0),
+                        Err(e) => reply.error(e),
+                    },
+                );
+            }
             _ => {}
         }
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
@@ -240,11 +251,21 @@ impl Filesystem for VgFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         // The kernel asks for a directory's attributes after every change in it (to check
-        // permissions on the next lookup); the entry cache keeps them current.
+        // permissions on the next lookup); the entry cache keeps them current. A file's
+        // cached attributes still get this mount's unwritten changes overlaid.
         if let Some((attr, left)) = self.files.client().cached_attr(ino) {
             if attr.kind == FileKind::Dir {
                 return reply.attr(&left, &file_attr(&attr));
             }
+            let files = self.files.clone();
+            return self.spawn(
+                "getattr",
+                overlaid(files, async { Ok(attr) }),
+                move |r| match r {
+                    Ok(attr) => reply.attr(&left, &file_attr(&attr)),
+                    Err(e) => reply.error(e),
+                },
+            );
         }
         let files = self.files.clone();
         self.attr("getattr", async move { files.getattr(ino).await }, reply);
@@ -556,6 +577,11 @@ impl Filesystem for VgFs {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
+        // Every close sends a flush; most files read or already committed have nothing to
+        // commit, so answer in the FUSE thread.
+        if self.files.is_clean_now(ino) {
+            return reply.ok();
+        }
         let files = self.files.clone();
         self.empty("flush", async move { files.flush(ino).await }, reply);
     }
@@ -583,6 +609,9 @@ impl Filesystem for VgFs {
         reply: ReplyEmpty,
     ) {
         self.handles.lock().expect("handles lock").remove(&fh);
+        if self.files.try_release_clean(ino) {
+            return reply.ok();
+        }
         let files = self.files.clone();
         self.empty(
             "release",

@@ -153,7 +153,7 @@ impl FileState {
 /// One open file (shared by all its handles on this client).
 pub struct OpenFile {
     ino: Ino,
-    state: Mutex<FileState>,
+    state: Arc<Mutex<FileState>>,
 }
 
 /// The open-file layer of a mount.
@@ -215,18 +215,24 @@ impl Files {
     }
 
     async fn open_known(&self, ino: Ino, created: Option<&Attr>) -> Result<bool> {
-        let file = {
-            let mut open = self.open.lock().expect("open lock");
-            open.entry(ino)
-                .or_insert_with(|| {
-                    Arc::new(OpenFile {
-                        ino,
-                        state: Mutex::new(FileState::default()),
+        let mut state = loop {
+            let file = {
+                let mut open = self.open.lock().expect("open lock");
+                open.entry(ino)
+                    .or_insert_with(|| {
+                        Arc::new(OpenFile {
+                            ino,
+                            state: Arc::new(Mutex::new(FileState::default())),
+                        })
                     })
-                })
-                .clone()
+                    .clone()
+            };
+            let state = file.state.clone().lock_owned().await;
+            // A release may have dropped this entry while we waited for its lock.
+            if self.get_open(ino).is_some_and(|f| Arc::ptr_eq(&f, &file)) {
+                break state;
+            }
         };
-        let mut state = file.state.lock().await;
         let mut keep_cache = false;
         if state.is_clean() && state.handles == 0 {
             let layout = match created {
@@ -251,13 +257,41 @@ impl Files {
             return;
         };
         let mut state = file.state.lock().await;
+        self.release_locked(ino, &mut state);
+    }
+
+    /// Drops one handle; forgets the file once no handle is left and nothing is pending.
+    /// The layout stays cached (for the keep-cache check) while the entry exists; it is
+    /// dropped when idle so that memory does not grow with every file ever opened. The
+    /// entry is removed under the state lock, which `open` re-checks after taking it.
+    fn release_locked(&self, ino: Ino, state: &mut FileState) {
         state.handles = state.handles.saturating_sub(1);
-        // The layout stays cached (for the keep-cache check) while the entry exists; drop
-        // it when idle so that memory does not grow with every file ever opened.
         if state.handles == 0 && state.is_clean() {
-            drop(state);
             self.open.lock().expect("open lock").remove(&ino);
         }
+    }
+
+    /// Whether the file has nothing to commit, known without waiting (false when its
+    /// state is busy): then `flush` has nothing to do.
+    pub fn is_clean_now(&self, ino: Ino) -> bool {
+        self.get_open(ino)
+            .is_none_or(|file| file.state.try_lock().is_ok_and(|s| s.is_clean()))
+    }
+
+    /// Releases a handle of a file with nothing to commit without waiting; false when
+    /// the file must be flushed first or its state is busy.
+    pub fn try_release_clean(&self, ino: Ino) -> bool {
+        let Some(file) = self.get_open(ino) else {
+            return true;
+        };
+        let Ok(mut state) = file.state.try_lock() else {
+            return false;
+        };
+        if !state.is_clean() {
+            return false;
+        }
+        self.release_locked(ino, &mut state);
+        true
     }
 
     /// Adjusts attributes from the nameserver with this client's unwritten size and mtime.

@@ -221,8 +221,8 @@ impl Filesystem for VgFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        // Answers the entry cache can give at once skip the hop to the runtime. Files may
-        // have unwritten data to overlay, so only directories and absent names qualify.
+        // What the entry cache knows is answered with its remaining TTL: absent names and
+        // directories here, files after overlaying this mount's unwritten changes.
         match self.files.client().cached_lookup(parent, name.as_bytes()) {
             Some(Cached::Absent) => return reply.error(libc::ENOENT),
             Some(Cached::Found(attr, left)) if attr.kind == FileKind::Dir => {

@@ -121,8 +121,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
     vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
+    // One worker per core (tokio's default): more workers only add wake-ups between
+    // them; on 2 cores, 4 workers made metadata calls 10-30% slower than 2.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
         .enable_all()
         .build()
         .context("start runtime")?;

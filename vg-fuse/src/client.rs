@@ -18,6 +18,7 @@ use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatF
 use vg_wire::rpc::{Dialer, Target};
 use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
+use vg_wire::Bytes;
 use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
 
 pub use entries::Cached;
@@ -536,8 +537,8 @@ impl Client {
     /// pipeline left out are made on further storages when the cluster has them.
     /// The block is held against garbage collection until [`Client::commit`] or
     /// [`Client::unhold`]; a failed upload holds nothing.
-    pub async fn upload_block(&self, data: &[u8]) -> Result<(BlockRef, Vec<Location>)> {
-        let id = BlockId::of(data);
+    pub async fn upload_block(&self, data: Bytes) -> Result<(BlockRef, Vec<Location>)> {
+        let id = BlockId::of(&data);
         self.hold(id);
         let result = self.upload_held(id, data).await;
         if result.is_err() {
@@ -546,7 +547,7 @@ impl Client {
         result
     }
 
-    async fn upload_held(&self, id: BlockId, data: &[u8]) -> Result<(BlockRef, Vec<Location>)> {
+    async fn upload_held(&self, id: BlockId, data: Bytes) -> Result<(BlockRef, Vec<Location>)> {
         let block = BlockRef {
             id,
             len: data.len() as u32,
@@ -584,7 +585,7 @@ impl Client {
                 &self.dialer,
                 &Target::storage(&chain[0]),
                 &request,
-                data,
+                data.clone(),
             )
             .await
             {

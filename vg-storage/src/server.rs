@@ -220,7 +220,7 @@ impl Storage {
             let Some((next, rest)) = chain.split_first() else {
                 return Vec::new();
             };
-            match self.forward(next, rest, id, &data).await {
+            match self.forward(next, rest, id, data.clone()).await {
                 Ok(holders) => holders,
                 Err(e) => {
                     warn!(block = %id, next = %next, error = %e, "pipeline forward failed; the replicator will make the missing copies");
@@ -248,13 +248,14 @@ impl Storage {
         next: &Location,
         rest: &[Location],
         id: BlockId,
-        data: &[u8],
+        data: Arc<AlignedBuf>,
     ) -> vg_wire::Result<Vec<String>> {
         let request = Request::Forward {
             id,
             len: data.len() as u32,
             chain: rest.to_vec(),
         };
+        let data = vg_wire::rpc::share(data);
         vg_wire::rpc::send_block(&self.dialer, &Target::storage(next), &request, data).await
     }
 

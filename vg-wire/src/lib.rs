@@ -15,5 +15,6 @@ pub mod storage;
 pub mod tls;
 pub mod types;
 
+pub use bytes::Bytes;
 pub use error::{Error, ErrorCode, RemoteError, Result};
 pub use types::*;

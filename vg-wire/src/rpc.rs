@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -323,19 +324,32 @@ pub async fn read_block(
         .await
 }
 
+/// Bytes over a buffer that is already shared, without copying it: QUIC keeps a block it
+/// sends until the peer acknowledges it, and a copy of every block in flight cost both
+/// memory and a `memcpy` per hop.
+pub fn share<T: AsRef<[u8]> + Send + Sync + 'static>(data: Arc<T>) -> Bytes {
+    struct Owner<T>(Arc<T>);
+    impl<T: AsRef<[u8]>> AsRef<[u8]> for Owner<T> {
+        fn as_ref(&self) -> &[u8] {
+            (*self.0).as_ref()
+        }
+    }
+    Bytes::from_owner(Owner(data))
+}
+
 /// Sends an upload request (`Put` or `Forward`) followed by the block's bytes; returns the
 /// storages that acknowledged the block.
 pub async fn send_block(
     dialer: &Dialer,
     target: &Target,
     request: &storage::Request,
-    data: &[u8],
+    data: Bytes,
 ) -> Result<Vec<String>> {
     dialer
         .transfer(target, async {
             let (mut send, mut recv) = dialer.open(target).await?;
             codec::write_frame(&mut send, request).await?;
-            send.write_all(data)
+            send.write_chunk(data)
                 .await
                 .map_err(|e| Dialer::conn_err(target, e))?;
             let _ = send.finish();

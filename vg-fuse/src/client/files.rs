@@ -547,7 +547,7 @@ impl Files {
         let upload = data.clone();
         let ino = file.ino;
         let task = tokio::spawn(async move {
-            let result = client.upload_block(&upload).await;
+            let result = client.upload_block(vg_wire::rpc::share(upload)).await;
             if let Err(e) = &result {
                 tracing::warn!(ino, block = idx, error = %e, "block upload failed");
             }

@@ -79,7 +79,9 @@ impl Client {
             if n > 0 {
                 buf.truncate(n);
                 let client = self.clone();
-                pending.push_back(tokio::spawn(async move { client.upload_block(&buf).await }));
+                pending.push_back(tokio::spawn(async move {
+                    client.upload_block(buf.into()).await
+                }));
                 offset += n as u64;
             }
             while pending.len() >= IN_FLIGHT || (n == 0 && !pending.is_empty()) {

@@ -151,7 +151,7 @@ impl Storage {
             len: data.len() as u32,
         });
         if codec::write_frame(send, &header).await.is_ok() {
-            let _ = send.write_all(&data).await;
+            let _ = send.write_chunk(data.into()).await;
         }
         let _ = send.finish();
     }

@@ -441,7 +441,7 @@ impl Files {
                 });
             }
         }
-        let mut out = Vec::with_capacity(pieces.iter().map(|p| p.2.len()).sum());
+        let mut out = Vec::new();
         for ((_, in_block, range), source) in pieces.into_iter().zip(sources) {
             let want = in_block..in_block + range.len();
             let mut bytes = match source {
@@ -458,7 +458,12 @@ impl Files {
                 Source::Hole => Vec::new(),
             };
             bytes.resize(want.len(), 0);
-            out.extend_from_slice(&bytes);
+            // Most reads lie within one block: no second copy.
+            if out.is_empty() {
+                out = bytes;
+            } else {
+                out.extend_from_slice(&bytes);
+            }
         }
         Ok(out)
     }

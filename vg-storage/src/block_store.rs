@@ -307,7 +307,7 @@ impl BlockStore {
         let dir = path.parent().expect("block path has a parent");
         self.make_dir(dir)?;
         fs::rename(&tmp, &path).map_err(io_err(format!("rename into {}", dir.display())))?;
-        // The renames are durable only once the directory is synced.
+        // The rename is durable only once the directory is synced.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(format!("fsync {}", dir.display())))

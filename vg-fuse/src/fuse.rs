@@ -221,14 +221,14 @@ impl Filesystem for VgFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        // What the entry cache knows is answered with its remaining TTL: absent names and
-        // directories here, files after overlaying this mount's unwritten changes.
+        // What the entry cache knows is answered here with its remaining TTL, after
+        // overlaying this mount's unwritten changes (on the runtime if the file is busy).
         match self.files.client().cached_lookup(parent, name.as_bytes()) {
             Some(Cached::Absent) => return reply.error(libc::ENOENT),
-            Some(Cached::Found(attr, left)) if attr.kind == FileKind::Dir => {
-                return reply.entry(&left, &file_attr(&attr), 0);
-            }
-            Some(Cached::Found(attr, left)) => {
+            Some(Cached::Found(mut attr, left)) => {
+                if self.files.overlay_now(&mut attr) {
+                    return reply.entry(&left, &file_attr(&attr), 0);
+                }
                 let files = self.files.clone();
                 return self.spawn(
                     "lookup",
@@ -252,9 +252,10 @@ impl Filesystem for VgFs {
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         // The kernel asks for a directory's attributes after every change in it (to check
         // permissions on the next lookup); the entry cache keeps them current. A file's
-        // cached attributes still get this mount's unwritten changes overlaid.
-        if let Some((attr, left)) = self.files.client().cached_attr(ino) {
-            if attr.kind == FileKind::Dir {
+        // cached attributes get this mount's unwritten changes overlaid (on the runtime if
+        // the file is busy).
+        if let Some((mut attr, left)) = self.files.client().cached_attr(ino) {
+            if self.files.overlay_now(&mut attr) {
                 return reply.attr(&left, &file_attr(&attr));
             }
             let files = self.files.clone();

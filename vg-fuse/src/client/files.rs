@@ -105,6 +105,20 @@ impl FileState {
         self.attr = Some(layout.attr);
     }
 
+    /// Puts this client's unwritten size, mtime and deferred attribute changes on `attr`.
+    fn overlay(&self, attr: &mut Attr) {
+        if self.changed {
+            attr.size = self.size;
+            if let Some(mtime) = self.mtime {
+                attr.mtime = mtime;
+                attr.ctime = mtime;
+            }
+        }
+        if let Some(set) = &self.deferred {
+            apply_set(attr, set);
+        }
+    }
+
     fn is_clean(&self) -> bool {
         !self.changed && self.dirty.is_empty() && self.uploads.is_empty() && self.failed.is_none()
     }
@@ -297,17 +311,16 @@ impl Files {
     /// Adjusts attributes from the nameserver with this client's unwritten size and mtime.
     pub async fn overlay(&self, attr: &mut Attr) {
         if let Some(file) = self.get_open(attr.ino) {
-            let state = file.state.lock().await;
-            if state.changed {
-                attr.size = state.size;
-                if let Some(mtime) = state.mtime {
-                    attr.mtime = mtime;
-                    attr.ctime = mtime;
-                }
-            }
-            if let Some(set) = &state.deferred {
-                apply_set(attr, set);
-            }
+            file.state.lock().await.overlay(attr);
+        }
+    }
+
+    /// [`Files::overlay`] without waiting: false (and `attr` untouched) when the file's
+    /// state is busy.
+    pub fn overlay_now(&self, attr: &mut Attr) -> bool {
+        match self.get_open(attr.ino) {
+            None => true,
+            Some(file) => file.state.try_lock().map(|s| s.overlay(attr)).is_ok(),
         }
     }
 

@@ -19,10 +19,9 @@ moosefs=
 if [[ ${1:-} == --moosefs ]]; then moosefs=1; shift; fi
 need=(fio)
 [[ -n $moosefs ]] && need+=(moosefs-master moosefs-chunkserver moosefs-client moosefs-cli)
-for pkg in "${need[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$pkg" >/dev/null; } \
-    || { echo "bench.sh: cannot install $pkg" >&2; exit 1; }
-done
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need_packages "${need[@]}" || { echo "bench.sh: cannot install ${need[*]}" >&2; exit 1; }
 cargo build --release --quiet || exit 1
 
 work=$(mktemp -d /tmp/vg-bench.XXXXXX)

@@ -1,5 +1,6 @@
-# Shared by the shell tests: source it after setting $log (the test's log file).
-# Defines passed/failed counters, check NAME CMD... and eventually SECONDS CMD...
+# Shared by the shell scripts: source it (after setting $log, for check).
+# Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD... and
+# need_packages PKG...
 
 passed=0
 failed=0
@@ -34,4 +35,15 @@ eventually() {
 summary() {
   echo "$passed passed, $failed failed"
   [[ $failed == 0 ]]
+}
+
+# Installs the Debian packages not installed yet (a fresh machine has no apt lists).
+need_packages() {
+  local pkg missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  apt-get update -qq >/dev/null 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
 }

@@ -17,10 +17,9 @@ client_counts=${2:-1 8}
 META_N=${META_N:-1000}
 SEQ_MB=${SEQ_MB:-512}
 [[ $(id -u) == 0 ]] || { echo "scale.sh: needs root (mounts, drop_caches)" >&2; exit 1; }
-for pkg in fio python3; do
-  command -v "$pkg" >/dev/null || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$pkg" >/dev/null; } \
-    || { echo "scale.sh: cannot install $pkg" >&2; exit 1; }
-done
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need_packages fio python3 || { echo "scale.sh: cannot install fio and python3" >&2; exit 1; }
 cargo build --release --quiet || exit 1
 
 work=$(mktemp -d /tmp/vg-scale.XXXXXX)

@@ -199,7 +199,7 @@ impl Client {
 
     /// Attributes of `name` in directory `parent`; from the entry cache when it knows.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        match self.cache(|c| c.lookup(parent, name)) {
+        match self.cached_lookup(parent, name) {
             Some(Cached::Found(attr, _)) => return Ok(attr),
             Some(Cached::Absent) => return Err(not_found(name)),
             // A directory in use: one listing answers this and the next lookups.
@@ -218,22 +218,15 @@ impl Client {
                 name: name.to_vec(),
             })
             .await
-            .inspect_err(|e| self.stale_on_not_found(e, parent))?;
+            .inspect_err(|e| self.forget_dir_on(e, ErrorCode::NotFound, parent))?;
         self.cache(|c| c.attr(&attr));
         Ok(attr)
     }
 
-    /// Forgets the listing of `dir` when the nameserver said a name was missing that the
-    /// cache may have listed.
-    fn stale_on_not_found(&self, e: &Error, dir: Ino) {
-        if e.code() == ErrorCode::NotFound {
-            self.cache(|c| c.forget_dir(dir));
-        }
-    }
-
-    /// Forgets the listing of `dir` when the nameserver said a name existed.
-    fn stale_on_exists(&self, e: &Error, dir: Ino) {
-        if e.code() == ErrorCode::Exists {
+    /// Forgets the listing of `dir` when the nameserver's answer `e` (`NotFound` for a
+    /// name the cache may list, `Exists` for one it may not) shows the listing was wrong.
+    fn forget_dir_on(&self, e: &Error, code: ErrorCode, dir: Ino) {
+        if e.code() == code {
             self.cache(|c| c.forget_dir(dir));
         }
     }
@@ -256,12 +249,9 @@ impl Client {
     /// Records a name this client added, or why the cache was wrong.
     fn added(&self, parent: Ino, name: &[u8], result: Result<Attr>) -> Result<Attr> {
         match &result {
-            Ok(attr) => self.cache(|c| c.added(parent, name, attr)),
-            Err(e) => {
-                self.stale_on_exists(e, parent);
-                None
-            }
-        };
+            Ok(attr) => _ = self.cache(|c| c.added(parent, name, attr)),
+            Err(e) => self.forget_dir_on(e, ErrorCode::Exists, parent),
+        }
         result
     }
 
@@ -269,12 +259,9 @@ impl Client {
     /// wrong.
     fn removed(&self, parent: Ino, name: &[u8], dir: bool, result: Result<()>) -> Result<()> {
         match &result {
-            Ok(()) => self.cache(|c| c.removed(parent, name, dir)),
-            Err(e) => {
-                self.stale_on_not_found(e, parent);
-                None
-            }
-        };
+            Ok(()) => _ = self.cache(|c| c.removed(parent, name, dir)),
+            Err(e) => self.forget_dir_on(e, ErrorCode::NotFound, parent),
+        }
         result
     }
 
@@ -404,13 +391,12 @@ impl Client {
             })
             .await;
         match &result {
-            Ok(()) => self.cache(|c| c.renamed(parent, name, new_parent, new_name)),
+            Ok(()) => _ = self.cache(|c| c.renamed(parent, name, new_parent, new_name)),
             Err(e) => {
-                self.stale_on_not_found(e, parent);
-                self.stale_on_exists(e, new_parent);
-                None
+                self.forget_dir_on(e, ErrorCode::NotFound, parent);
+                self.forget_dir_on(e, ErrorCode::Exists, new_parent);
             }
-        };
+        }
         result
     }
 

@@ -139,7 +139,17 @@ impl VgFs {
         work: impl Future<Output = Result<Attr, Error>> + Send + 'static,
         reply: ReplyEntry,
     ) {
-        let ttl = self.ttl;
+        self.entry_for(name, self.ttl, work, reply);
+    }
+
+    /// [`VgFs::entry`], cacheable by the kernel for `ttl`.
+    fn entry_for(
+        &self,
+        name: &'static str,
+        ttl: Duration,
+        work: impl Future<Output = Result<Attr, Error>> + Send + 'static,
+        reply: ReplyEntry,
+    ) {
         self.spawn(name, overlaid(self.files.clone(), work), move |r| match r {
             Ok(attr) => reply.entry(&ttl, &file_attr(&attr), 0),
             Err(e) => reply.error(e),
@@ -153,7 +163,17 @@ impl VgFs {
         work: impl Future<Output = Result<Attr, Error>> + Send + 'static,
         reply: ReplyAttr,
     ) {
-        let ttl = self.ttl;
+        self.attr_for(name, self.ttl, work, reply);
+    }
+
+    /// [`VgFs::attr`], cacheable by the kernel for `ttl`.
+    fn attr_for(
+        &self,
+        name: &'static str,
+        ttl: Duration,
+        work: impl Future<Output = Result<Attr, Error>> + Send + 'static,
+        reply: ReplyAttr,
+    ) {
         self.spawn(name, overlaid(self.files.clone(), work), move |r| match r {
             Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
             Err(e) => reply.error(e),
@@ -229,15 +249,7 @@ impl Filesystem for VgFs {
                 if self.files.overlay_now(&mut attr) {
                     return reply.entry(&left, &file_attr(&attr), 0);
                 }
-                let files = self.files.clone();
-                return self.spawn(
-                    "lookup",
-                    overlaid(files, async { Ok(attr) }),
-                    move |r| match r {
-                        Ok(attr) => reply.entry(&left, &file_attr(&attr), 0),
-                        Err(e) => reply.error(e),
-                    },
-                );
+                return self.entry_for("lookup", left, async { Ok(attr) }, reply);
             }
             _ => {}
         }
@@ -258,15 +270,7 @@ impl Filesystem for VgFs {
             if self.files.overlay_now(&mut attr) {
                 return reply.attr(&left, &file_attr(&attr));
             }
-            let files = self.files.clone();
-            return self.spawn(
-                "getattr",
-                overlaid(files, async { Ok(attr) }),
-                move |r| match r {
-                    Ok(attr) => reply.attr(&left, &file_attr(&attr)),
-                    Err(e) => reply.error(e),
-                },
-            );
+            return self.attr_for("getattr", left, async { Ok(attr) }, reply);
         }
         let files = self.files.clone();
         self.attr("getattr", async move { files.getattr(ino).await }, reply);

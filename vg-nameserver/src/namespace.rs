@@ -10,9 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::Name;
-use vg_wire::{
-    check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, SetTime, Timestamp, ROOT_INO,
-};
+use vg_wire::{check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, Timestamp, ROOT_INO};
 
 use crate::error::refuse;
 
@@ -552,27 +550,8 @@ impl Namespace {
                     };
                     self.resize(ino, blocks, size, block_size, time)?;
                 }
-                let inode = self.inodes.get_mut(&ino).expect("checked");
-                let attr = &mut inode.attr;
-                if let Some(perm) = set.perm {
-                    attr.perm = perm & 0o7777;
-                }
-                if let Some(uid) = set.uid {
-                    attr.uid = uid;
-                }
-                if let Some(gid) = set.gid {
-                    attr.gid = gid;
-                }
-                let resolve = |t: SetTime| match t {
-                    SetTime::Now => time,
-                    SetTime::At(t) => t,
-                };
-                if let Some(t) = set.atime {
-                    attr.atime = resolve(t);
-                }
-                if let Some(t) = set.mtime {
-                    attr.mtime = resolve(t);
-                }
+                let attr = &mut self.inodes.get_mut(&ino).expect("checked").attr;
+                set.apply_to(attr, time);
                 attr.ctime = time;
                 Ok(ino)
             }

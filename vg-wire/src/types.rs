@@ -188,6 +188,38 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+impl SetAttr {
+    /// Applies the mode, owner and time changes to `attr`, "now" being `now` (the size
+    /// needs the file's blocks: the nameserver applies it).
+    pub fn apply_to(&self, attr: &mut Attr, now: Timestamp) {
+        let resolve = |t: SetTime| match t {
+            SetTime::Now => now,
+            SetTime::At(t) => t,
+        };
+        if let Some(perm) = self.perm {
+            attr.perm = perm & 0o7777;
+        }
+        attr.uid = self.uid.unwrap_or(attr.uid);
+        attr.gid = self.gid.unwrap_or(attr.gid);
+        if let Some(t) = self.atime {
+            attr.atime = resolve(t);
+        }
+        if let Some(t) = self.mtime {
+            attr.mtime = resolve(t);
+        }
+    }
+
+    /// Adds the changes of a later `set` (which win over these).
+    pub fn merge(&mut self, set: SetAttr) {
+        self.perm = set.perm.or(self.perm);
+        self.uid = set.uid.or(self.uid);
+        self.gid = set.gid.or(self.gid);
+        self.size = set.size.or(self.size);
+        self.atime = set.atime.or(self.atime);
+        self.mtime = set.mtime.or(self.mtime);
+    }
+}
+
 /// The role a certificate grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
@@ -278,6 +310,38 @@ pub fn check_name(name: &[u8]) -> Result<(), crate::error::RemoteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_attr_merges_and_applies() {
+        let at = |secs| Timestamp { secs, nanos: 0 };
+        let mut set = SetAttr {
+            perm: Some(0o600),
+            uid: Some(5),
+            mtime: Some(SetTime::At(at(7))),
+            ..Default::default()
+        };
+        set.merge(SetAttr {
+            perm: Some(0o100644),
+            gid: Some(6),
+            mtime: Some(SetTime::Now),
+            ..Default::default()
+        });
+        let mut attr = Attr {
+            ino: 2,
+            kind: FileKind::File,
+            perm: 0o777,
+            uid: 0,
+            gid: 0,
+            size: 3,
+            nlink: 1,
+            atime: at(1),
+            mtime: at(1),
+            ctime: at(1),
+        };
+        set.apply_to(&mut attr, at(9));
+        assert_eq!((attr.perm, attr.uid, attr.gid, attr.size), (0o644, 5, 6, 3));
+        assert_eq!((attr.atime, attr.mtime, attr.ctime), (at(1), at(9), at(1)));
+    }
 
     #[test]
     fn block_id_hex_round_trip() {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
-use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, SetAttr, SetTime, Timestamp};
+use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, SetAttr, Timestamp};
 
 use super::cache::BlockCache;
 use super::{Client, Error, Result};
@@ -115,7 +115,7 @@ impl FileState {
             }
         }
         if let Some(set) = &self.deferred {
-            apply_set(attr, set);
+            set.apply_to(attr, Timestamp::now());
         }
     }
 
@@ -329,8 +329,8 @@ impl Files {
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
         if let Some(file) = self.get_open(ino) {
             let state = file.state.lock().await;
-            if let (true, Some(attr)) = (state.changed, state.attr.clone()) {
-                return Ok(attr);
+            if let Some(attr) = state.attr.as_ref().filter(|_| state.changed) {
+                return Ok(attr.clone());
             }
         }
         self.client.getattr(ino).await
@@ -707,13 +707,11 @@ impl Files {
         let mut state = file.state.lock().await;
         if set.size.is_none() && state.changed && state.failed.is_none() {
             if let Some(mut attr) = state.attr.clone() {
-                attr.size = state.size;
-                if let Some(mtime) = state.mtime {
-                    attr.mtime = mtime;
-                }
-                let deferred = state.deferred.get_or_insert_with(SetAttr::default);
-                merge_set(deferred, set);
-                apply_set(&mut attr, deferred);
+                state
+                    .deferred
+                    .get_or_insert_with(SetAttr::default)
+                    .merge(set);
+                state.overlay(&mut attr);
                 return Ok(attr);
             }
         }
@@ -731,35 +729,6 @@ impl Files {
             }
         }
         Ok(attr)
-    }
-}
-
-/// Adds `set`'s changes to `into` (later changes win).
-fn merge_set(into: &mut SetAttr, set: SetAttr) {
-    into.perm = set.perm.or(into.perm);
-    into.uid = set.uid.or(into.uid);
-    into.gid = set.gid.or(into.gid);
-    into.atime = set.atime.or(into.atime);
-    into.mtime = set.mtime.or(into.mtime);
-}
-
-/// Attributes as they will be once the nameserver applies `set` ("now" is this
-/// client's clock until then).
-fn apply_set(attr: &mut Attr, set: &SetAttr) {
-    let time = |t: SetTime| match t {
-        SetTime::Now => Timestamp::now(),
-        SetTime::At(t) => t,
-    };
-    if let Some(perm) = set.perm {
-        attr.perm = perm & 0o7777;
-    }
-    attr.uid = set.uid.unwrap_or(attr.uid);
-    attr.gid = set.gid.unwrap_or(attr.gid);
-    if let Some(t) = set.atime {
-        attr.atime = time(t);
-    }
-    if let Some(t) = set.mtime {
-        attr.mtime = time(t);
     }
 }
 

@@ -177,10 +177,14 @@ impl Identity {
 }
 
 /// Transport settings shared by every endpoint: windows large enough for 4 MiB blocks
-/// in flight, keep-alives so a dead peer is noticed in seconds, many streams per connection.
+/// in flight, keep-alives so a dead peer is noticed in seconds, many streams per connection,
+/// and path MTU discovery up to [`MAX_DATAGRAM`].
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
+    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(MAX_DATAGRAM);
     transport
+        .mtu_discovery_config(Some(mtu_discovery))
         .max_concurrent_bidi_streams(4096u32.into())
         .stream_receive_window((16u32 << 20).into())
         .receive_window((64u32 << 20).into())
@@ -193,6 +197,16 @@ fn transport() -> Arc<quinn::TransportConfig> {
         ));
     Arc::new(transport)
 }
+
+/// Largest UDP payload a connection grows its packets to when the path allows it (loopback
+/// and jumbo-frame links; Ethernet paths settle near 1,452 as probes beyond fail).
+///
+/// Per-packet work (encryption, header protection, acknowledgements, one `recvmsg` slot)
+/// dominates block transfers: 1,452-byte packets moved 580 MiB/s on loopback, 6,500-byte
+/// ones 1,060 MiB/s. It is not larger because quinn sends up to 10 packets in one GSO
+/// `sendmsg`, whose whole payload must fit an IP datagram (64 KiB); bigger packets made
+/// those batches fail, which quinn takes for a black hole and drops back to 1,200 bytes.
+pub const MAX_DATAGRAM: u16 = 6_500;
 
 /// The (name, role) a vg certificate grants: its common name and organizational unit.
 pub fn cert_identity(cert: &CertificateDer<'_>) -> std::result::Result<(String, Role), String> {

@@ -17,12 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tracing::{info, warn};
+use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
 use crate::error::{Error, Result};
-
-/// Bytes covered by one CRC.
-pub const CHUNK: usize = 64 << 10;
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
@@ -68,11 +66,22 @@ fn stored_len(path: &Path) -> Option<u32> {
     block_len(size, &last)
 }
 
-/// CRC-32 of each chunk of `data`, little-endian.
+/// CRC-32 of each chunk of `data`, little-endian, as the block file keeps them.
 fn chunk_crcs(data: &[u8]) -> Vec<u8> {
-    data.chunks(CHUNK)
-        .flat_map(|c| crc32fast::hash(c).to_le_bytes())
+    vg_wire::storage::chunk_crcs(data)
+        .into_iter()
+        .flat_map(u32::to_le_bytes)
         .collect()
+}
+
+/// Bytes read from a block, with their checksums when they are whole chunks.
+#[derive(Debug)]
+pub struct Chunks {
+    /// The bytes asked for.
+    pub data: Vec<u8>,
+    /// The CRC-32 of each chunk of `data`, if it starts and ends on chunk bounds (or the
+    /// block's end); empty otherwise.
+    pub crcs: Vec<u32>,
 }
 
 /// Alignment of O_DIRECT buffers, lengths and offsets (a page: enough for any disk).
@@ -315,7 +324,7 @@ impl BlockStore {
 
     /// Reads bytes `offset..offset+len` of a block (`len` 0: to the end), verifying the
     /// checksums of the chunks they touch.
-    pub fn read(&self, id: &BlockId, offset: u32, len: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, id: &BlockId, offset: u32, len: u32) -> Result<Chunks> {
         let size = self.len_of(id).ok_or(Error::NotFound { block: *id })?;
         if offset > size || (len > 0 && offset as u64 + len as u64 > size as u64) {
             return Err(Error::BadRange {
@@ -352,7 +361,17 @@ impl BlockStore {
                 reason: format!("checksum mismatch in bytes {start}..{stop}"),
             });
         }
-        Ok(buf[offset as usize - start..end as usize - start].to_vec())
+        if (offset as usize, end as usize) == (start, stop) {
+            let crcs = crcs
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            return Ok(Chunks { data: buf, crcs });
+        }
+        Ok(Chunks {
+            data: buf[offset as usize - start..end as usize - start].to_vec(),
+            crcs: Vec::new(),
+        })
     }
 
     /// The length of a block whose file's footer and size agree, after moving checksums
@@ -450,9 +469,23 @@ mod tests {
         let bytes = data(200_000);
         let id = BlockId::of(&bytes);
         store.put(&id, &bytes).unwrap();
-        assert_eq!(store.read(&id, 0, 0).unwrap(), bytes);
-        assert_eq!(store.read(&id, 65_530, 20).unwrap(), &bytes[65_530..65_550]);
-        assert_eq!(store.read(&id, 199_999, 1).unwrap(), &bytes[199_999..]);
+        let whole = store.read(&id, 0, 0).unwrap();
+        assert_eq!(whole.data, bytes);
+        assert_eq!(whole.crcs, vg_wire::storage::chunk_crcs(&bytes));
+        // Chunk-aligned ranges come with their checksums, others without.
+        let aligned = store.read(&id, 65_536, 65_536).unwrap();
+        assert_eq!(
+            aligned.crcs,
+            vg_wire::storage::chunk_crcs(&bytes[65_536..131_072])
+        );
+        let tail = store.read(&id, 196_608, 0).unwrap();
+        assert_eq!(tail.crcs, vg_wire::storage::chunk_crcs(&bytes[196_608..]));
+        assert!(store.read(&id, 65_530, 20).unwrap().crcs.is_empty());
+        assert_eq!(
+            store.read(&id, 65_530, 20).unwrap().data,
+            &bytes[65_530..65_550]
+        );
+        assert_eq!(store.read(&id, 199_999, 1).unwrap().data, &bytes[199_999..]);
         assert!(store.read(&id, 199_999, 2).is_err());
         assert!(store.read(&id, u32::MAX, 1).is_err());
         drop(store);
@@ -552,8 +585,8 @@ mod tests {
         }
         let (store, bad) = BlockStore::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(bad, 0);
-        assert_eq!(store.read(&id_a, 0, 0).unwrap(), a);
-        assert_eq!(store.read(&id_b, 0, 0).unwrap(), b);
+        assert_eq!(store.read(&id_a, 0, 0).unwrap().data, a);
+        assert_eq!(store.read(&id_b, 0, 0).unwrap().data, b);
         assert!(store.verify(&id_a) && store.verify(&id_b));
         assert!(!store.crc_path(&id_a).exists() && !store.crc_path(&id_b).exists());
         assert_eq!(fs::metadata(b_path).unwrap().len(), file_len(5_000));

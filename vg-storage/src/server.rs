@@ -136,8 +136,8 @@ impl Storage {
                 .await
                 .expect("read does not panic")
         };
-        let data = match result {
-            Ok(data) => data,
+        let read = match result {
+            Ok(read) => read,
             Err(e) => {
                 if matches!(e, Error::Corrupt { .. }) {
                     self.found_bad(id);
@@ -148,10 +148,11 @@ impl Storage {
             }
         };
         let header = Ok::<_, RemoteError>(Response::Data {
-            len: data.len() as u32,
+            len: read.data.len() as u32,
+            crcs: read.crcs,
         });
         if codec::write_frame(send, &header).await.is_ok() {
-            let _ = send.write_chunk(data.into()).await;
+            let _ = send.write_chunk(read.data.into()).await;
         }
         let _ = send.finish();
     }

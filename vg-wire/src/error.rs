@@ -83,6 +83,12 @@ pub enum Error {
         /// How long we waited.
         secs: f64,
     },
+    /// A storage sent block bytes that do not match their checksums.
+    #[error("{peer} sent block bytes that do not match their checksums")]
+    Corrupt {
+        /// The storage's name and address.
+        peer: String,
+    },
     /// Certificates or keys could not be loaded or are unusable.
     #[error("{path}: {reason}")]
     Tls {

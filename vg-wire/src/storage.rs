@@ -30,11 +30,21 @@ pub enum Request {
     Verify { ids: Vec<BlockId> },
 }
 
+/// Bytes of a block covered by one CRC-32 of its checksums.
+pub const CHUNK: usize = 64 << 10;
+
+/// The CRC-32 of each [`CHUNK`] of `data` (the last one may be shorter).
+pub fn chunk_crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(CHUNK).map(crc32fast::hash).collect()
+}
+
 /// A storage's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
-    /// `len` raw bytes follow.
-    Data { len: u32 },
+    /// `len` raw bytes follow. When they are whole chunks (a whole block, or a range that
+    /// starts and ends on chunk bounds or the block's end), `crcs` are their checksums as
+    /// stored at upload, so the reader checks them end to end; otherwise it is empty.
+    Data { len: u32, crcs: Vec<u32> },
     /// The storages (by name) that now hold the block, this one first.
     Stored { holders: Vec<String> },
     /// For each requested block: present and intact.

@@ -10,10 +10,20 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
-use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, SetAttr, Timestamp};
+use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Timestamp};
 
 use super::cache::BlockCache;
 use super::{Client, Error, Result};
+
+/// `bytes` followed by zeros up to `len` (bytes past a block's used part, holes).
+fn zero_filled(bytes: Bytes, len: usize) -> Bytes {
+    if bytes.len() >= len {
+        return bytes;
+    }
+    let mut filled = Vec::from(bytes);
+    filled.resize(len, 0);
+    Bytes::from(filled)
+}
 
 /// Pieces of the byte range `offset..offset+len` cut on block boundaries:
 /// `(block index, offset inside the block, range of the input)`.
@@ -378,31 +388,35 @@ impl Files {
         })
     }
 
-    /// Bytes `range` of a block's used part (zeros past `block.len`).
+    /// Bytes `range` of a block's used part (zeros past `block.len`); from the block
+    /// cache without a copy.
     async fn block_range(
         &self,
         block: BlockRef,
         locations: &[Location],
         range: Range<usize>,
         whole: bool,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Bytes> {
         let used = (block.len as usize).min(range.end);
-        let mut out = if range.start >= used {
-            Vec::new()
+        let out = if range.start >= used {
+            Bytes::new()
         } else if whole || self.cache.lock().expect("cache lock").contains(&block.id) {
-            self.whole_block(block, locations).await?[range.start..used].to_vec()
+            let data = self.whole_block(block, locations).await?;
+            let used = used.min(data.len()).max(range.start);
+            vg_wire::rpc::share(data).slice(range.start..used)
         } else {
-            self.client
-                .read_block(
-                    block.id,
-                    locations,
-                    range.start as u32,
-                    (used - range.start) as u32,
-                )
-                .await?
+            Bytes::from(
+                self.client
+                    .read_block(
+                        block.id,
+                        locations,
+                        range.start as u32,
+                        (used - range.start) as u32,
+                    )
+                    .await?,
+            )
         };
-        out.resize(range.len(), 0);
-        Ok(out)
+        Ok(zero_filled(out, range.len()))
     }
 
     /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blocks and
@@ -413,7 +427,7 @@ impl Files {
         offset: u64,
         len: usize,
         sequential: bool,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Bytes> {
         let file = self.get_open(ino).ok_or_else(|| {
             Error::Remote(vg_wire::RemoteError::new(
                 vg_wire::ErrorCode::Invalid,
@@ -423,7 +437,7 @@ impl Files {
         let (pieces, sources, ahead) = {
             let state = file.state.lock().await;
             if offset >= state.size {
-                return Ok(Vec::new());
+                return Ok(Bytes::new());
             }
             let len = len.min((state.size - offset) as usize);
             let pieces = cut(offset, len, self.client.block_size);
@@ -454,11 +468,11 @@ impl Files {
                 });
             }
         }
-        let mut out = Vec::new();
+        let mut parts = Vec::with_capacity(pieces.len());
         for ((_, in_block, range), source) in pieces.into_iter().zip(sources) {
             let want = in_block..in_block + range.len();
-            let mut bytes = match source {
-                Source::Bytes(data) => data,
+            let bytes = match source {
+                Source::Bytes(data) => Bytes::from(data),
                 Source::Block(block, locations) => {
                     self.block_range(
                         block,
@@ -468,17 +482,15 @@ impl Files {
                     )
                     .await?
                 }
-                Source::Hole => Vec::new(),
+                Source::Hole => Bytes::new(),
             };
-            bytes.resize(want.len(), 0);
-            // Most reads lie within one block: no second copy.
-            if out.is_empty() {
-                out = bytes;
-            } else {
-                out.extend_from_slice(&bytes);
-            }
+            parts.push(zero_filled(bytes, want.len()));
         }
-        Ok(out)
+        // Most reads lie within one block: no copy at all.
+        Ok(match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => Bytes::from(parts.concat()),
+        })
     }
 
     /// Buffers a write; full blocks are uploaded in the background. Waits when too much

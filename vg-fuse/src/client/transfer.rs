@@ -122,7 +122,8 @@ impl Client {
         self.commit(ino, offset, blocks, stored, None).await
     }
 
-    /// Downloads a file to a local path, verifying every block's SHA-256.
+    /// Downloads a file to a local path, checking every block against its SHA-256 (the
+    /// mount checks only the storage's checksums, which is cheaper).
     pub async fn get_file(&self, ino: vg_wire::Ino, local: &Path) -> Result<u64> {
         let layout = self.layout(ino).await?;
         if layout.attr.kind != FileKind::File {
@@ -148,7 +149,16 @@ impl Client {
                 let client = self.clone();
                 pending.push_back(tokio::spawn(async move {
                     let mut data = match block {
-                        Some(block) => client.read_block(block.id, &locations, 0, 0).await?,
+                        Some(block) => {
+                            let data = client.read_block(block.id, &locations, 0, 0).await?;
+                            if vg_wire::BlockId::of(&data) != block.id {
+                                return Err(Error::Unreadable {
+                                    block: block.id.to_hex(),
+                                    reason: "bytes do not match the block's SHA-256".into(),
+                                });
+                            }
+                            data
+                        }
                         None => Vec::new(),
                     };
                     // Bytes past the block's used length, and holes, read as zeros.

@@ -112,13 +112,16 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    // Blocks are allocated and freed by the megabyte. glibc's default raises its mmap
-    // threshold after the first free and then keeps freed blocks in per-thread arenas,
-    // which grew the peak RSS well past the cache limits; a fixed threshold returns every
-    // block to the system when it is freed.
+    // Blocks are allocated and freed by the megabyte. glibc's defaults keep freed blocks
+    // in per-thread arenas, which grew the peak RSS well past the cache limits; returning
+    // every block to the system instead (a low mmap threshold) made each new block fault
+    // in and zero its pages, 12% of the mount's CPU when reading. So: blocks come from one
+    // arena shared by all threads, which keeps up to 64 MiB free for the next ones.
     // SAFETY: mallopt only changes allocator tuning; it is called before other threads start.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
     vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
     // One worker per core (tokio's default): more workers only add wake-ups between

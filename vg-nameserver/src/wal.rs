@@ -3,10 +3,12 @@
 //! Files under the metadata directory:
 //! - `snapshot`: `b"vgsnap01"`, crc32 of the payload, payload length (u64), payload =
 //!   `(lsn, Namespace)`; written to `snapshot.tmp`, fsynced, renamed, directory fsynced.
-//! - `wal`: records of `len: u32, crc32: u32, payload = (lsn, Op)`, appended in LSN order.
+//! - `wal`: records of `len: u32, crc32: u32, payload = (lsn, Op)`, appended in LSN order,
+//!   then zeros: the file is allocated ahead of the records ([`PREALLOCATE`]).
 //!
 //! Recovery loads the snapshot, replays records with a larger LSN, and stops at the first
-//! record that is short or fails its checksum (a torn tail): the file is cut there.
+//! record that is empty (the zeros), short or fails its checksum (a torn tail): the file
+//! is cut there.
 //!
 //! Group commit: callers append under the namespace lock (cheap, in memory), then
 //! [`DurableWaiter::wait`] yields once, so that the other requests ready to run append
@@ -17,6 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +38,62 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
+/// Bytes the log file is allocated ahead of its records. `fdatasync` after writing
+/// into allocated space does not have to log a new file size and new extents as well:
+/// a change's write and sync took 122 µs appending and 100 µs into allocated space.
+const PREALLOCATE: u64 = 16 << 20;
+
+/// The log file, written at `end` rather than appended to, because of the allocation.
+struct LogFile {
+    file: File,
+    /// End of the records.
+    end: u64,
+    /// Bytes allocated; 0 when the file system cannot allocate ahead (then writes just
+    /// extend the file).
+    allocated: u64,
+    can_allocate: bool,
+}
+
+impl LogFile {
+    /// Writes `buf` after the records and syncs it.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let end = self.end + buf.len() as u64;
+        if end > self.allocated && self.can_allocate {
+            let size = end.next_multiple_of(PREALLOCATE);
+            match allocate(&self.file, size) {
+                Ok(()) => self.allocated = size,
+                Err(e) => {
+                    warn!(error = %e, "cannot allocate the write-ahead log ahead; appending");
+                    self.can_allocate = false;
+                }
+            }
+        }
+        self.file.write_all_at(buf, self.end)?;
+        self.file.sync_data()?;
+        self.end = end;
+        Ok(())
+    }
+
+    /// Drops every record (after a snapshot) and the allocation.
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        (self.end, self.allocated) = (0, 0);
+        Ok(())
+    }
+}
+
+/// Allocates `file` up to `size` bytes (reading as zeros).
+fn allocate(file: &File, size: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    match unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 struct Pending {
     buf: Vec<u8>,
     last_lsn: u64,
@@ -42,7 +101,7 @@ struct Pending {
 
 struct Shared {
     /// Lock order: `file`, then `pending`. Whoever holds `file` is the one flushing.
-    file: Mutex<File>,
+    file: Mutex<LogFile>,
     pending: Mutex<Pending>,
     /// Highest LSN on disk.
     durable: AtomicU64,
@@ -65,7 +124,7 @@ impl Shared {
         if buf.is_empty() {
             return;
         }
-        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+        if let Err(e) = file.write(&buf) {
             tracing::error!(error = %e, "write-ahead log write failed; refusing further changes");
             *self.failed.lock().expect("wal lock") = Some(e.to_string());
             return;
@@ -109,7 +168,8 @@ fn parse_records(bytes: &[u8]) -> (Vec<(u64, Op)>, usize) {
     while bytes.len() - pos >= 8 {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len > MAX_RECORD || bytes.len() - pos - 8 < len as usize {
+        // Length 0: the allocated space after the last record.
+        if len == 0 || len > MAX_RECORD || bytes.len() - pos - 8 < len as usize {
             break;
         }
         let payload = &bytes[pos + 8..pos + 8 + len as usize];
@@ -153,8 +213,9 @@ impl Wal {
         let wal_path = dir.join("wal");
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&wal_path)
             .map_err(io_err(format!("open {}", wal_path.display())))?;
         let mut bytes = Vec::new();
@@ -176,15 +237,27 @@ impl Wal {
         }
         ns.take_released();
         if valid < bytes.len() {
-            recovery.dropped_bytes = (bytes.len() - valid) as u64;
-            warn!(path = %wal_path.display(), offset = valid, dropped = recovery.dropped_bytes, "write-ahead log has a torn or corrupt tail; recovered the valid prefix and cut the rest");
+            // Zeros are allocated space; anything else is a torn or corrupt record.
+            let torn = bytes[valid..]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1);
+            recovery.dropped_bytes = torn as u64;
+            if torn > 0 {
+                warn!(path = %wal_path.display(), offset = valid, dropped = torn, "write-ahead log has a torn or corrupt tail; recovered the valid prefix and cut the rest");
+            }
             file.set_len(valid as u64)
                 .map_err(io_err(format!("truncate {}", wal_path.display())))?;
             file.sync_all()
                 .map_err(io_err(format!("fsync {}", wal_path.display())))?;
         }
         let shared = Arc::new(Shared {
-            file: Mutex::new(file),
+            file: Mutex::new(LogFile {
+                file,
+                end: valid as u64,
+                allocated: 0,
+                can_allocate: true,
+            }),
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
                 last_lsn,
@@ -264,12 +337,10 @@ impl Wal {
         sync_dir(&self.dir)?;
         // The snapshot holds everything up to `lsn`: drop buffered records and empty the
         // log. A crash before the truncation only makes replay skip those records.
-        let file = self.shared.file.lock().expect("wal file lock");
+        let mut file = self.shared.file.lock().expect("wal file lock");
         let mut pending = self.shared.pending.lock().expect("wal lock");
         pending.buf.clear();
-        file.set_len(0)
-            .and_then(|_| file.sync_all())
-            .map_err(io_err("truncate wal"))?;
+        file.clear().map_err(io_err("truncate wal"))?;
         self.shared.durable.store(lsn, Ordering::Release);
         drop(pending);
         drop(file);
@@ -358,7 +429,8 @@ mod tests {
     async fn torn_tail_is_dropped_at_every_cut() {
         let dir = tempfile::tempdir().unwrap();
         write_ops(dir.path(), &["a", "b", "c"]).await;
-        let full = std::fs::read(dir.path().join("wal")).unwrap();
+        let file = std::fs::read(dir.path().join("wal")).unwrap();
+        let full = &file[..parse_records(&file).1];
         for cut in 0..full.len() {
             let case = tempfile::tempdir().unwrap();
             let mut bytes = full[..cut].to_vec();
@@ -372,6 +444,20 @@ mod tests {
             assert_eq!(again.dropped_bytes, 0);
             assert_eq!(again.replayed, rec.replayed);
         }
+    }
+
+    #[tokio::test]
+    async fn allocated_space_is_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        write_ops(dir.path(), &["a", "b"]).await;
+        let size = std::fs::metadata(dir.path().join("wal")).unwrap().len();
+        assert_eq!(size, PREALLOCATE, "the log is allocated ahead");
+        // Records written after a reopen land after the first ones, not at the end of
+        // the allocated space.
+        write_ops(dir.path(), &["c"]).await;
+        let (_, ns, rec) = Wal::open(dir.path()).unwrap();
+        assert_eq!((rec.replayed, rec.dropped_bytes), (3, 0));
+        assert!(ns.resolve("/a").is_ok() && ns.resolve("/c").is_ok());
     }
 
     #[tokio::test]

@@ -527,6 +527,9 @@ impl Filesystem for VgFs {
                 None => false,
             }
         };
+        if let Some(data) = self.files.read_now(ino, offset, size as usize, sequential) {
+            return reply.data(&data);
+        }
         let files = self.files.clone();
         self.spawn(
             "read",

@@ -15,6 +15,31 @@ use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Timestamp}
 use super::cache::BlockCache;
 use super::{Client, Error, Result};
 
+/// What a read needs, decided under the file's lock.
+struct ReadPlan {
+    /// Each piece's range inside its block, and where its bytes are.
+    pieces: Vec<(Range<usize>, Source)>,
+    /// Blocks to read ahead.
+    ahead: Vec<(BlockRef, Vec<Location>)>,
+}
+
+/// Bytes `range` of a cached block's used part, without a copy (shorter past the end).
+fn used_range(data: Arc<Vec<u8>>, block: BlockRef, range: Range<usize>) -> Bytes {
+    let used = (block.len as usize)
+        .min(range.end)
+        .min(data.len())
+        .max(range.start);
+    vg_wire::rpc::share(data).slice(range.start..used)
+}
+
+/// The pieces of a read as one buffer; most reads lie within one block, with no copy.
+fn joined(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        1 => parts.pop().expect("one part"),
+        _ => Bytes::from(parts.concat()),
+    }
+}
+
 /// `bytes` followed by zeros up to `len` (bytes past a block's used part, holes).
 fn zero_filled(bytes: Bytes, len: usize) -> Bytes {
     if bytes.len() >= len {
@@ -401,9 +426,11 @@ impl Files {
         let out = if range.start >= used {
             Bytes::new()
         } else if whole || self.cache.lock().expect("cache lock").contains(&block.id) {
-            let data = self.whole_block(block, locations).await?;
-            let used = used.min(data.len()).max(range.start);
-            vg_wire::rpc::share(data).slice(range.start..used)
+            used_range(
+                self.whole_block(block, locations).await?,
+                block,
+                range.clone(),
+            )
         } else {
             Bytes::from(
                 self.client
@@ -434,33 +461,14 @@ impl Files {
                 "read of a file that is not open",
             ))
         })?;
-        let (pieces, sources, ahead) = {
+        let plan = {
             let state = file.state.lock().await;
             if offset >= state.size {
                 return Ok(Bytes::new());
             }
-            let len = len.min((state.size - offset) as usize);
-            let pieces = cut(offset, len, self.client.block_size);
-            let sources: Vec<Source> = pieces
-                .iter()
-                .map(|(idx, in_block, range)| {
-                    state.source(*idx, *in_block..*in_block + range.len())
-                })
-                .collect();
-            let last = pieces.last().map(|p| p.0).unwrap_or(0);
-            let ahead: Vec<(BlockRef, Vec<Location>)> = if sequential {
-                (last + 1..=last + self.limits.read_ahead)
-                    .filter_map(|idx| match state.source(idx, 0..0) {
-                        Source::Block(block, locations) => Some((block, locations)),
-                        _ => None,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (pieces, sources, ahead)
+            self.plan(&state, offset, len, sequential)
         };
-        for (block, locations) in ahead {
+        for (block, locations) in plan.ahead {
             if !self.cache.lock().expect("cache lock").contains(&block.id) {
                 let files = self.clone();
                 tokio::spawn(async move {
@@ -468,9 +476,8 @@ impl Files {
                 });
             }
         }
-        let mut parts = Vec::with_capacity(pieces.len());
-        for ((_, in_block, range), source) in pieces.into_iter().zip(sources) {
-            let want = in_block..in_block + range.len();
+        let mut parts = Vec::with_capacity(plan.pieces.len());
+        for (want, source) in plan.pieces {
             let bytes = match source {
                 Source::Bytes(data) => Bytes::from(data),
                 Source::Block(block, locations) => {
@@ -486,11 +493,65 @@ impl Files {
             };
             parts.push(zero_filled(bytes, want.len()));
         }
-        // Most reads lie within one block: no copy at all.
-        Ok(match parts.len() {
-            1 => parts.pop().expect("one part"),
-            _ => Bytes::from(parts.concat()),
-        })
+        Ok(joined(parts))
+    }
+
+    /// [`Files::read`] from this client's unwritten data and the block cache alone,
+    /// without waiting, so that the FUSE thread can answer it: `None` when a block must
+    /// be fetched, read-ahead is due, or the file is busy. Handing a read to the runtime
+    /// and back costs a thread wake-up, about as much as the read itself when cached.
+    pub fn read_now(&self, ino: Ino, offset: u64, len: usize, sequential: bool) -> Option<Bytes> {
+        let file = self.get_open(ino)?;
+        let plan = {
+            let state = file.state.try_lock().ok()?;
+            if offset >= state.size {
+                return Some(Bytes::new());
+            }
+            self.plan(&state, offset, len, sequential)
+        };
+        let mut cache = self.cache.lock().expect("cache lock");
+        if plan
+            .ahead
+            .iter()
+            .any(|(block, _)| !cache.contains(&block.id))
+        {
+            return None;
+        }
+        let mut parts = Vec::with_capacity(plan.pieces.len());
+        for (want, source) in plan.pieces {
+            let bytes = match source {
+                Source::Bytes(data) => Bytes::from(data),
+                Source::Block(block, _) => used_range(cache.get(&block.id)?, block, want.clone()),
+                Source::Hole => Bytes::new(),
+            };
+            parts.push(zero_filled(bytes, want.len()));
+        }
+        Some(joined(parts))
+    }
+
+    /// Where each piece of a read comes from (its range in the block, and its source),
+    /// and which blocks to read ahead.
+    fn plan(&self, state: &FileState, offset: u64, len: usize, sequential: bool) -> ReadPlan {
+        let len = len.min(state.size.saturating_sub(offset) as usize);
+        let pieces = cut(offset, len, self.client.block_size);
+        let last = pieces.last().map(|p| p.0).unwrap_or(0);
+        let ahead = match sequential {
+            true => (last + 1..=last + self.limits.read_ahead)
+                .filter_map(|idx| match state.source(idx, 0..0) {
+                    Source::Block(block, locations) => Some((block, locations)),
+                    _ => None,
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let pieces = pieces
+            .into_iter()
+            .map(|(idx, in_block, range)| {
+                let want = in_block..in_block + range.len();
+                (want.clone(), state.source(idx, want))
+            })
+            .collect();
+        ReadPlan { pieces, ahead }
     }
 
     /// Buffers a write; full blocks are uploaded in the background. Waits when too much

@@ -23,12 +23,13 @@ struct ReadPlan {
     ahead: Vec<(BlockRef, Vec<Location>)>,
 }
 
-/// Bytes `range` of a cached block's used part, without a copy (shorter past the end).
+/// Bytes `range` of a cached block's used part, without a copy (shorter past the end,
+/// empty when `range` starts there, as after a truncate).
 fn used_range(data: Arc<Vec<u8>>, block: BlockRef, range: Range<usize>) -> Bytes {
-    let used = (block.len as usize)
-        .min(range.end)
-        .min(data.len())
-        .max(range.start);
+    let used = (block.len as usize).min(range.end).min(data.len());
+    if range.start >= used {
+        return Bytes::new();
+    }
     vg_wire::rpc::share(data).slice(range.start..used)
 }
 
@@ -821,6 +822,24 @@ mod tests {
         let pieces = cut(4095, 4 << 20, 1 << 20);
         assert_eq!(pieces.len(), 5);
         assert_eq!(pieces.iter().map(|p| p.2.len()).sum::<usize>(), 4 << 20);
+    }
+
+    #[test]
+    fn cached_ranges_stop_at_the_used_part() {
+        let data = Arc::new(b"0123456789".to_vec());
+        let block = BlockRef {
+            id: BlockId::of(&data),
+            len: 6,
+        };
+        let range = |r| used_range(data.clone(), block, r);
+        assert_eq!(&range(2..5)[..], b"234");
+        assert_eq!(&range(4..9)[..], b"45");
+        // Past the used part (a truncated block), and past the bytes themselves.
+        assert!(range(6..8).is_empty());
+        assert!(range(12..20).is_empty());
+        assert_eq!(&zero_filled(range(4..9), 5)[..], b"45\0\0\0");
+        let parts = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
+        assert_eq!(&joined(parts)[..], b"abcd");
     }
 
     #[test]

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Runs every test of vg: formatting, lints, unit and integration tests (real nameserver and
-# storages over QUIC+TLS on 127.0.0.1), then the shell tests on the debug binaries that
-# this one build made. Installs missing Debian packages when run as root.
+# Runs every test of vg: formatting (cargo fmt --check, when rustfmt is installed), unit and
+# integration tests (real nameserver and storages over QUIC+TLS on 127.0.0.1), then the
+# shell tests on the debug binaries that this one build made. Installs missing Debian
+# packages when run as root. Clippy is run before committing, not here: it would compile
+# the workspace a second time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
   echo "test.sh: cargo is missing: install the Rust toolchain (https://rustup.rs)" >&2; exit 1
+fi
+
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all --check
+else
+  echo "test.sh: rustfmt is not installed; skipping the formatting check" >&2
 fi
 
 # One build of the workspace (dev profile): the integration and shell tests use its binaries.

@@ -617,6 +617,23 @@ impl Client {
         offset: u32,
         len: u32,
     ) -> Result<Vec<u8>> {
+        self.read_replicas(id, locations, offset, len, false).await
+    }
+
+    /// A whole block, checked against its SHA-256 as well (for `vgctl get`); a replica
+    /// whose bytes do not match is passed over as one that failed.
+    pub async fn read_block_hashed(&self, id: BlockId, locations: &[Location]) -> Result<Vec<u8>> {
+        self.read_replicas(id, locations, 0, 0, true).await
+    }
+
+    async fn read_replicas(
+        &self,
+        id: BlockId,
+        locations: &[Location],
+        offset: u32,
+        len: u32,
+        hashed: bool,
+    ) -> Result<Vec<u8>> {
         let mut reason = String::from("no live replica");
         let mut ordered: Vec<&Location> = locations.iter().collect();
         {
@@ -635,7 +652,14 @@ impl Client {
         }
         for location in ordered {
             let target = Target::storage(location);
-            match vg_wire::rpc::read_block(&self.dialer, &target, id, offset, len).await {
+            let result = vg_wire::rpc::read_block(&self.dialer, &target, id, offset, len)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|data| match hashed && BlockId::of(&data) != id {
+                    true => Err("sent bytes that do not match the block's SHA-256".into()),
+                    false => Ok(data),
+                });
+            match result {
                 Ok(data) => {
                     self.suspects
                         .lock()

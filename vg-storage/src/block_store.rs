@@ -348,24 +348,24 @@ impl BlockStore {
                 block: *id,
                 reason: "block file is shorter than recorded".into(),
             })?;
-        let mut crcs = vec![0u8; (last - first) * 4];
+        let mut stored = vec![0u8; (last - first) * 4];
         file.seek(SeekFrom::Start(size as u64 + first as u64 * 4))
-            .and_then(|_| file.read_exact(&mut crcs))
+            .and_then(|_| file.read_exact(&mut stored))
             .map_err(|_| Error::Corrupt {
                 block: *id,
                 reason: "checksums missing".into(),
             })?;
-        if chunk_crcs(&buf) != crcs {
+        let crcs: Vec<u32> = stored
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect();
+        if vg_wire::storage::chunk_crcs(&buf) != crcs {
             return Err(Error::Corrupt {
                 block: *id,
                 reason: format!("checksum mismatch in bytes {start}..{stop}"),
             });
         }
         if (offset as usize, end as usize) == (start, stop) {
-            let crcs = crcs
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect();
             return Ok(Chunks { data: buf, crcs });
         }
         Ok(Chunks {
@@ -462,6 +462,21 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// A store in a new directory holding two blocks of these lengths: the directory,
+    /// the store, and each block's id and bytes.
+    fn store_with_two(
+        a: usize,
+        b: usize,
+    ) -> (tempfile::TempDir, BlockStore, [(BlockId, Vec<u8>); 2]) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = BlockStore::open(dir.path(), 1 << 30).unwrap();
+        let blocks = [data(a), data(b)].map(|bytes| (BlockId::of(&bytes), bytes));
+        for (id, bytes) in &blocks {
+            store.put(id, bytes).unwrap();
+        }
+        (dir, store, blocks)
+    }
+
     #[test]
     fn put_read_ranges_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -515,12 +530,7 @@ mod tests {
 
     #[test]
     fn damaged_files_are_removed_on_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlockStore::open(dir.path(), 1 << 30).unwrap();
-        let (a, b) = (data(100_000), data(70_000));
-        let (id_a, id_b) = (BlockId::of(&a), BlockId::of(&b));
-        store.put(&id_a, &a).unwrap();
-        store.put(&id_b, &b).unwrap();
+        let (dir, store, [(id_a, _), (id_b, _)]) = store_with_two(100_000, 70_000);
         // Cut inside the data, and inside the checksums: neither size is possible.
         for (id, len) in [(id_a, 65_536), (id_b, 70_002)] {
             fs::OpenOptions::new()
@@ -551,12 +561,7 @@ mod tests {
 
     #[test]
     fn checksums_of_the_former_layout_are_moved_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlockStore::open(dir.path(), 1 << 30).unwrap();
-        let (a, b) = (data(100_000), data(5_000));
-        let (id_a, id_b) = (BlockId::of(&a), BlockId::of(&b));
-        store.put(&id_a, &a).unwrap();
-        store.put(&id_b, &b).unwrap();
+        let (dir, store, [(id_a, a), (id_b, b)]) = store_with_two(100_000, 5_000);
         drop(store);
         // a: the former layout; b: a crash after its checksums were moved in.
         fs::write(

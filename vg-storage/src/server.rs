@@ -19,6 +19,21 @@ use crate::error::Error;
 const MAX_CHAIN: usize = 16;
 /// Reads, and hashes of uploads, up to this size run on the request's own thread.
 const SMALL_READ: usize = 128 << 10;
+
+/// Runs disk or hashing work on this thread when it touches at most [`SMALL_READ`]
+/// bytes, else on the blocking pool: handing small work over costs a thread wake-up,
+/// more than reading a few cached pages or hashing a small block.
+async fn run_sized<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if bytes <= SMALL_READ {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("storage work does not panic")
+}
 /// Block bytes held in memory by uploads in flight, in MiB.
 const INFLIGHT_MIB: u32 = 512;
 
@@ -126,16 +141,10 @@ impl Storage {
     }
 
     async fn read(&self, id: BlockId, offset: u32, len: u32, send: &mut SendStream) {
-        // A small range (random reads) is read on this thread: handing it to the blocking
-        // pool costs a thread wake-up, more than reading a few pages, usually cached.
-        let result = if len != 0 && len as usize <= SMALL_READ {
-            self.store.read(&id, offset, len)
-        } else {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.read(&id, offset, len))
-                .await
-                .expect("read does not panic")
-        };
+        // `len` 0 is the rest of the block: assume it is large.
+        let bytes = if len == 0 { usize::MAX } else { len as usize };
+        let store = self.store.clone();
+        let result = run_sized(bytes, move || store.read(&id, offset, len)).await;
         let read = match result {
             Ok(read) => read,
             Err(e) => {
@@ -196,15 +205,8 @@ impl Storage {
         // The first storage of a pipeline checks the bytes against the name before
         // forwarding them; the next ones trust it (storage certificates are the cluster's).
         if peer.role != Role::Storage {
-            // A small block hashes in microseconds, less than a hand-over to the pool.
-            let matches = if data.len() <= SMALL_READ {
-                BlockId::of(&data) == id
-            } else {
-                let data = data.clone();
-                tokio::task::spawn_blocking(move || BlockId::of(&data) == id)
-                    .await
-                    .expect("hashing does not panic")
-            };
+            let hashed = data.clone();
+            let matches = run_sized(data.len(), move || BlockId::of(&hashed) == id).await;
             if !matches {
                 return Err(Error::Corrupt {
                     block: id,

@@ -414,8 +414,8 @@ impl Files {
         })
     }
 
-    /// Bytes `range` of a block's used part (zeros past `block.len`); from the block
-    /// cache without a copy.
+    /// Bytes `range` of a block's used part (shorter past `block.len`; the caller fills
+    /// with zeros); from the block cache without a copy.
     async fn block_range(
         &self,
         block: BlockRef,
@@ -424,7 +424,7 @@ impl Files {
         whole: bool,
     ) -> Result<Bytes> {
         let used = (block.len as usize).min(range.end);
-        let out = if range.start >= used {
+        Ok(if range.start >= used {
             Bytes::new()
         } else if whole || self.cache.lock().expect("cache lock").contains(&block.id) {
             used_range(
@@ -443,8 +443,7 @@ impl Files {
                     )
                     .await?,
             )
-        };
-        Ok(zero_filled(out, range.len()))
+        })
     }
 
     /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blocks and

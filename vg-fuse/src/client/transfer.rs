@@ -149,16 +149,7 @@ impl Client {
                 let client = self.clone();
                 pending.push_back(tokio::spawn(async move {
                     let mut data = match block {
-                        Some(block) => {
-                            let data = client.read_block(block.id, &locations, 0, 0).await?;
-                            if vg_wire::BlockId::of(&data) != block.id {
-                                return Err(Error::Unreadable {
-                                    block: block.id.to_hex(),
-                                    reason: "bytes do not match the block's SHA-256".into(),
-                                });
-                            }
-                            data
-                        }
+                        Some(block) => client.read_block_hashed(block.id, &locations).await?,
                         None => Vec::new(),
                     };
                     // Bytes past the block's used length, and holes, read as zeros.

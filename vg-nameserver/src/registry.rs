@@ -3,8 +3,12 @@
 //!
 //! Pure logic: no sockets, and the current time is always passed in, so that placement,
 //! failure detection, re-replication and garbage collection are testable alone.
+//!
+//! Memory: one entry per block (its length and the slots of its holders) is most of what
+//! the nameserver keeps per file after the namespace itself, so a block's holders are
+//! storage numbers in one small allocation, not names in a set.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,9 +17,14 @@ use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{BlockInfo, Command, Placement, StorageState, StorageStatus};
 use vg_wire::{BlockId, Location};
 
+/// A storage's number in the registry, in registration order; never reused.
+type Slot = u32;
+
 /// One registered storage.
 #[derive(Debug)]
 pub struct Storage {
+    /// Its name.
+    pub name: String,
     /// Advertised address.
     pub addr: SocketAddr,
     /// Capacity in bytes.
@@ -25,13 +34,34 @@ pub struct Storage {
     /// Joining, active or down.
     pub state: StorageState,
     last_seen: Instant,
-    blocks: BTreeSet<BlockId>,
+    /// Blocks it holds, as far as the registry knows.
+    blocks: u64,
     commands: Vec<Command>,
 }
 
 impl Storage {
     fn free(&self) -> u64 {
         self.capacity.saturating_sub(self.used)
+    }
+
+    fn is_active(&self) -> bool {
+        self.state == StorageState::Active
+    }
+}
+
+/// What the registry knows of one block.
+#[derive(Debug)]
+struct Block {
+    /// Length, as placed or reported.
+    len: u32,
+    /// Storages holding it, whatever their state; empty only for a block placed and not
+    /// yet reported stored.
+    holders: Box<[Slot]>,
+}
+
+impl Block {
+    fn holds(&self, slot: Slot) -> bool {
+        self.holders.contains(&slot)
     }
 }
 
@@ -52,15 +82,15 @@ pub struct Policy {
 #[derive(Debug)]
 pub struct Registry {
     policy: Policy,
-    storages: BTreeMap<String, Storage>,
-    /// Storages holding each block, whatever their state.
-    locations: HashMap<BlockId, BTreeSet<String>>,
-    /// Length of each known block, as placed or reported.
-    lens: HashMap<BlockId, u32>,
+    /// Every storage ever registered, by slot.
+    storages: Vec<Storage>,
+    slots: HashMap<String, Slot>,
+    /// Blocks placed or held.
+    blocks: HashMap<BlockId, Block>,
     /// Blocks not referenced by any file, and since when: deleted after the grace period.
     unreferenced: HashMap<BlockId, Instant>,
     /// Replications asked for and not yet reported done: block -> (target, when).
-    in_flight: HashMap<BlockId, (String, Instant)>,
+    in_flight: HashMap<BlockId, (Slot, Instant)>,
     /// Rotates placement among equally free storages.
     rotation: usize,
 }
@@ -70,75 +100,82 @@ impl Registry {
     pub fn new(policy: Policy) -> Self {
         Registry {
             policy,
-            storages: BTreeMap::new(),
-            locations: HashMap::new(),
-            lens: HashMap::new(),
+            storages: Vec::new(),
+            slots: HashMap::new(),
+            blocks: HashMap::new(),
             unreferenced: HashMap::new(),
             in_flight: HashMap::new(),
             rotation: 0,
         }
     }
 
-    fn location(&self, name: &str) -> Location {
+    fn storage(&self, slot: Slot) -> &Storage {
+        &self.storages[slot as usize]
+    }
+
+    fn storage_mut(&mut self, slot: Slot) -> &mut Storage {
+        &mut self.storages[slot as usize]
+    }
+
+    fn location(&self, slot: Slot) -> Location {
+        let storage = self.storage(slot);
         Location {
-            name: name.to_string(),
-            addr: self.storages[name].addr,
+            name: storage.name.clone(),
+            addr: storage.addr,
         }
     }
 
-    fn add_location(&mut self, id: BlockId, len: u32, name: &str) {
-        self.locations
-            .entry(id)
-            .or_default()
-            .insert(name.to_string());
-        self.lens.entry(id).or_insert(len);
-        if let Some(storage) = self.storages.get_mut(name) {
-            storage.blocks.insert(id);
+    fn add_location(&mut self, id: BlockId, len: u32, slot: Slot) {
+        let block = self.blocks.entry(id).or_insert(Block {
+            len,
+            holders: Box::default(),
+        });
+        if !block.holds(slot) {
+            block.holders = block.holders.iter().copied().chain([slot]).collect();
+            self.storage_mut(slot).blocks += 1;
         }
-        if matches!(self.in_flight.get(&id), Some((target, _)) if target == name) {
+        if matches!(self.in_flight.get(&id), Some((target, _)) if *target == slot) {
             self.in_flight.remove(&id);
-            info!(block = ?id, storage = name, "replication finished");
+            info!(block = ?id, storage = %self.storage(slot).name, "replication finished");
         }
     }
 
-    fn remove_location(&mut self, id: BlockId, name: &str) {
-        if let Some(holders) = self.locations.get_mut(&id) {
-            holders.remove(name);
-            if holders.is_empty() {
-                self.locations.remove(&id);
-                self.lens.remove(&id);
-            }
+    fn remove_location(&mut self, id: BlockId, slot: Slot) {
+        let Some(block) = self.blocks.get_mut(&id) else {
+            return;
+        };
+        if !block.holds(slot) {
+            return;
         }
-        if let Some(storage) = self.storages.get_mut(name) {
-            storage.blocks.remove(&id);
+        block.holders = block.holders.iter().copied().filter(|&s| s != slot).collect();
+        if block.holders.is_empty() {
+            self.blocks.remove(&id);
         }
+        self.storage_mut(slot).blocks -= 1;
     }
 
-    fn is_active(&self, name: &str) -> bool {
-        self.storages
-            .get(name)
-            .is_some_and(|s| s.state == StorageState::Active)
+    fn is_active(&self, slot: Slot) -> bool {
+        self.storage(slot).is_active()
+    }
+
+    /// Active storages holding a block.
+    fn live_slots(&self, id: &BlockId) -> Vec<Slot> {
+        self.blocks
+            .get(id)
+            .map(|b| b.holders.iter().copied().filter(|&s| self.is_active(s)).collect())
+            .unwrap_or_default()
     }
 
     /// Live (active) storages holding a block.
     pub fn live_locations(&self, id: &BlockId) -> Vec<Location> {
-        self.locations
-            .get(id)
-            .map(|holders| {
-                holders
-                    .iter()
-                    .filter(|n| self.is_active(n))
-                    .map(|n| self.location(n))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.live_slots(id)
+            .into_iter()
+            .map(|s| self.location(s))
+            .collect()
     }
 
     fn n_active(&self) -> usize {
-        self.storages
-            .values()
-            .filter(|s| s.state == StorageState::Active)
-            .count()
+        self.storages.iter().filter(|s| s.is_active()).count()
     }
 
     /// Copies a block should have now: R, or fewer if fewer storages are active.
@@ -155,24 +192,45 @@ impl Registry {
         used: u64,
         now: Instant,
     ) {
-        if let Some(old) = self.storages.get(name) {
-            for id in old.blocks.clone() {
-                self.remove_location(id, name);
+        let slot = match self.slots.get(name) {
+            Some(&slot) => {
+                if self.storage(slot).blocks > 0 {
+                    let held: Vec<BlockId> = self
+                        .blocks
+                        .iter()
+                        .filter(|(_, b)| b.holds(slot))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in held {
+                        self.remove_location(id, slot);
+                    }
+                }
+                slot
             }
-        }
+            None => {
+                let slot = self.storages.len() as Slot;
+                self.slots.insert(name.to_string(), slot);
+                self.storages.push(Storage {
+                    name: name.to_string(),
+                    addr,
+                    capacity,
+                    used,
+                    state: StorageState::Joining,
+                    last_seen: now,
+                    blocks: 0,
+                    commands: Vec::new(),
+                });
+                slot
+            }
+        };
         info!(storage = name, %addr, capacity, "storage joined");
-        self.storages.insert(
-            name.to_string(),
-            Storage {
-                addr,
-                capacity,
-                used,
-                state: StorageState::Joining,
-                last_seen: now,
-                blocks: BTreeSet::new(),
-                commands: Vec::new(),
-            },
-        );
+        let storage = self.storage_mut(slot);
+        storage.addr = addr;
+        storage.capacity = capacity;
+        storage.used = used;
+        storage.state = StorageState::Joining;
+        storage.last_seen = now;
+        storage.commands.clear();
     }
 
     /// Part of a block report; returns the blocks the storage must delete.
@@ -183,14 +241,14 @@ impl Registry {
         refs: &HashMap<BlockId, u32>,
         now: Instant,
     ) -> Result<Vec<BlockId>, RemoteError> {
-        self.known(name)?;
+        let slot = self.known(name)?;
         let mut delete = Vec::new();
         for &(id, len) in blocks {
             let keep = refs.contains_key(&id)
                 || now.duration_since(*self.unreferenced.entry(id).or_insert(now))
                     < self.policy.gc_grace;
             if keep {
-                self.add_location(id, len, name);
+                self.add_location(id, len, slot);
             } else {
                 delete.push(id);
             }
@@ -198,8 +256,8 @@ impl Registry {
         Ok(delete)
     }
 
-    fn known(&mut self, name: &str) -> Result<&mut Storage, RemoteError> {
-        self.storages.get_mut(name).ok_or_else(|| {
+    fn known(&self, name: &str) -> Result<Slot, RemoteError> {
+        self.slots.get(name).copied().ok_or_else(|| {
             RemoteError::new(
                 ErrorCode::NotFound,
                 format!("storage {name} is not registered"),
@@ -209,14 +267,11 @@ impl Registry {
 
     /// The storage finished its report.
     pub fn activate(&mut self, name: &str, now: Instant) -> Result<(), RemoteError> {
-        let storage = self.known(name)?;
+        let slot = self.known(name)?;
+        let storage = self.storage_mut(slot);
         storage.state = StorageState::Active;
         storage.last_seen = now;
-        info!(
-            storage = name,
-            blocks = storage.blocks.len(),
-            "storage active"
-        );
+        info!(storage = name, blocks = storage.blocks, "storage active");
         Ok(())
     }
 
@@ -230,26 +285,26 @@ impl Registry {
         bad: &[BlockId],
         now: Instant,
     ) -> Vec<Command> {
-        match self.storages.get_mut(name) {
-            Some(storage) if storage.state != StorageState::Down => {
-                storage.used = used;
-                storage.last_seen = now;
-            }
+        let slot = match self.slots.get(name) {
+            Some(&slot) if self.storage(slot).state != StorageState::Down => slot,
             // Unknown (the nameserver restarted) or declared down meanwhile: its block
             // list is stale, so it must register and report again.
             _ => return vec![Command::Reregister],
-        }
+        };
+        let storage = self.storage_mut(slot);
+        storage.used = used;
+        storage.last_seen = now;
         for &(id, len) in received {
             self.unreferenced.entry(id).or_insert(now);
-            self.add_location(id, len, name);
+            self.add_location(id, len, slot);
         }
         for id in removed.iter().chain(bad) {
-            self.remove_location(*id, name);
+            self.remove_location(*id, slot);
         }
         if !bad.is_empty() {
             warn!(storage = name, blocks = ?bad, "storage found corrupt blocks; re-replicating them");
         }
-        std::mem::take(&mut self.storages.get_mut(name).expect("checked above").commands)
+        std::mem::take(&mut self.storage_mut(slot).commands)
     }
 
     /// Blocks that just lost their last file reference.
@@ -266,15 +321,15 @@ impl Registry {
             return;
         }
         for name in holders {
-            if self.storages.contains_key(name) {
-                self.add_location(id, len, name);
+            if let Some(&slot) = self.slots.get(name) {
+                self.add_location(id, len, slot);
             }
         }
     }
 
     /// Whether the block is held somewhere or still within its grace period.
     fn is_known(&self, id: &BlockId) -> bool {
-        self.locations.contains_key(id) || self.unreferenced.contains_key(id)
+        self.has_any_location(id) || self.unreferenced.contains_key(id)
     }
 
     /// Restarts the grace period of uncommitted blocks a client still writes (blocks
@@ -297,38 +352,32 @@ impl Registry {
         now: Instant,
     ) -> Result<Placement, RemoteError> {
         let wanted = self.wanted() as usize;
-        let live = self.live_locations(&id);
+        let live = self.live_slots(&id).len();
         if !referenced {
             // Until its file is committed, the block is protected by the grace period.
             self.unreferenced.insert(id, now);
         }
-        if wanted > 0 && live.len() >= wanted {
+        if wanted > 0 && live >= wanted {
             return Ok(Placement {
                 targets: Vec::new(),
                 stored: true,
             });
         }
-        let holders = self.locations.get(&id).cloned().unwrap_or_default();
-        let mut candidates: Vec<(&String, &Storage)> = self
-            .storages
-            .iter()
-            .filter(|(name, s)| {
-                s.state == StorageState::Active
+        let block = self.blocks.get(&id);
+        let mut candidates: Vec<Slot> = (0..self.storages.len() as Slot)
+            .filter(|&slot| {
+                let s = self.storage(slot);
+                s.is_active()
                     && s.free() >= len as u64
-                    && !exclude.contains(name)
-                    && !holders.contains(*name)
+                    && !exclude.contains(&s.name)
+                    && !block.is_some_and(|b| b.holds(slot))
             })
             .collect();
         if candidates.is_empty() {
-            let code = if self.n_active() == 0 {
-                ErrorCode::Unavailable
+            let (code, reason) = if self.n_active() == 0 {
+                (ErrorCode::Unavailable, "no storage is active")
             } else {
-                ErrorCode::NoSpace
-            };
-            let reason = if self.n_active() == 0 {
-                "no storage is active"
-            } else {
-                "no storage has room"
+                (ErrorCode::NoSpace, "no storage has room")
             };
             return Err(RemoteError::new(
                 code,
@@ -339,18 +388,20 @@ impl Registry {
         let n = candidates.len();
         candidates.rotate_left(self.rotation % n);
         // Most free space first; the rotation breaks ties between equal storages.
-        candidates.sort_by_key(|(_, s)| std::cmp::Reverse(s.free() / (1 << 20)));
-        let names: Vec<String> = candidates
-            .iter()
-            .take(wanted.saturating_sub(live.len()).max(1))
-            .map(|(n, _)| n.to_string())
-            .collect();
-        for name in &names {
-            self.storages.get_mut(name).expect("candidate exists").used += len as u64;
+        candidates.sort_by_key(|&s| std::cmp::Reverse(self.storage(s).free() / (1 << 20)));
+        candidates.truncate(wanted.saturating_sub(live).max(1));
+        for &slot in &candidates {
+            self.storage_mut(slot).used += len as u64;
         }
-        self.lens.insert(id, len);
+        self.blocks
+            .entry(id)
+            .or_insert(Block {
+                len,
+                holders: Box::default(),
+            })
+            .len = len;
         Ok(Placement {
-            targets: names.iter().map(|n| self.location(n)).collect(),
+            targets: candidates.iter().map(|&s| self.location(s)).collect(),
             stored: false,
         })
     }
@@ -358,13 +409,13 @@ impl Registry {
     /// Periodic work: declare silent storages down, schedule copies of under-replicated
     /// blocks, deletion of extra copies and of unreferenced blocks past the grace period.
     pub fn tick(&mut self, refs: &HashMap<BlockId, u32>, now: Instant) {
-        for (name, storage) in &mut self.storages {
+        for storage in &mut self.storages {
             if storage.state != StorageState::Down
                 && now.duration_since(storage.last_seen) > self.policy.heartbeat_timeout
             {
                 storage.state = StorageState::Down;
                 storage.commands.clear();
-                warn!(storage = %name, blocks = storage.blocks.len(), "storage left: no heartbeat; re-replicating its blocks");
+                warn!(storage = %storage.name, blocks = storage.blocks, "storage left: no heartbeat; re-replicating its blocks");
             }
         }
         self.in_flight
@@ -374,14 +425,10 @@ impl Registry {
         let mut copies = Vec::new();
         let mut extras = Vec::new();
         for id in refs.keys() {
-            let holders: Vec<&String> = self
-                .locations
-                .get(id)
-                .map(|h| h.iter().filter(|n| self.is_active(n)).collect())
-                .unwrap_or_default();
-            if holders.len() < wanted && !holders.is_empty() && !self.in_flight.contains_key(id) {
+            let live = self.live_slots(id).len();
+            if live < wanted && live > 0 && !self.in_flight.contains_key(id) {
                 copies.push(*id);
-            } else if holders.len() > replication {
+            } else if live > replication {
                 extras.push(*id);
             }
         }
@@ -389,22 +436,18 @@ impl Registry {
             self.schedule_copy(id, now);
         }
         for id in extras {
-            let mut holders: Vec<String> = self.locations[&id]
-                .iter()
-                .filter(|n| self.is_active(n))
-                .cloned()
-                .collect();
-            holders.sort_by_key(|n| self.storages[n].free());
+            let mut holders = self.live_slots(&id);
+            holders.sort_by_key(|&s| self.storage(s).free());
             let n_extra = holders.len().saturating_sub(replication);
-            for name in holders.into_iter().take(n_extra) {
-                info!(block = ?id, storage = %name, "deleting extra replica");
-                self.remove_location(id, &name);
-                self.push_delete(&name, id);
+            for slot in holders.into_iter().take(n_extra) {
+                info!(block = ?id, storage = %self.storage(slot).name, "deleting extra replica");
+                self.remove_location(id, slot);
+                self.push_delete(slot, id);
             }
         }
         // A held block that no file references and that has no grace entry yet (a client
         // that crashed between upload and commit) starts its grace period now.
-        for id in self.locations.keys() {
+        for id in self.blocks.keys() {
             if !refs.contains_key(id) {
                 self.unreferenced.entry(*id).or_insert(now);
             }
@@ -419,19 +462,21 @@ impl Registry {
             .collect();
         for id in expired {
             self.unreferenced.remove(&id);
-            for name in self.locations.get(&id).cloned().unwrap_or_default() {
-                if self.is_active(&name) {
-                    self.remove_location(id, &name);
-                    self.push_delete(&name, id);
-                }
+            for slot in self.live_slots(&id) {
+                self.remove_location(id, slot);
+                self.push_delete(slot, id);
+            }
+            // Placed but never stored (the upload failed): nothing to delete, only forget.
+            if self.blocks.get(&id).is_some_and(|b| b.holders.is_empty()) {
+                self.blocks.remove(&id);
             }
         }
         // Referenced blocks need no grace entry any more.
         self.unreferenced.retain(|id, _| !refs.contains_key(id));
     }
 
-    fn push_delete(&mut self, name: &str, id: BlockId) {
-        let storage = self.storages.get_mut(name).expect("holder exists");
+    fn push_delete(&mut self, slot: Slot, id: BlockId) {
+        let storage = self.storage_mut(slot);
         match storage.commands.iter_mut().find_map(|c| {
             if let Command::Delete(ids) = c {
                 Some(ids)
@@ -445,40 +490,41 @@ impl Registry {
     }
 
     fn schedule_copy(&mut self, id: BlockId, now: Instant) {
-        let len = self.lens.get(&id).copied().unwrap_or(0);
-        let holders = self.locations.get(&id).cloned().unwrap_or_default();
-        let target = self
-            .storages
-            .iter()
-            .filter(|(name, s)| {
-                s.state == StorageState::Active
-                    && !holders.contains(*name)
-                    && s.free() >= len as u64
+        let Some(block) = self.blocks.get(&id) else {
+            return;
+        };
+        let len = block.len as u64;
+        let target = (0..self.storages.len() as Slot)
+            .filter(|&slot| {
+                let s = self.storage(slot);
+                s.is_active() && !block.holds(slot) && s.free() >= len
             })
-            .max_by_key(|(_, s)| s.free())
-            .map(|(name, _)| name.clone());
+            .max_by_key(|&slot| self.storage(slot).free());
         let Some(target) = target else { return };
         let sources = self.live_locations(&id);
-        info!(block = ?id, from = %sources[0].name, to = %target, "replication started");
-        let storage = self.storages.get_mut(&target).expect("target exists");
-        storage.used += len as u64;
+        info!(block = ?id, from = %sources[0].name, to = %self.storage(target).name, "replication started");
+        let storage = self.storage_mut(target);
+        storage.used += len;
         storage.commands.push(Command::Replicate { id, sources });
         self.in_flight.insert(id, (target, now));
     }
 
-    /// Storages for `vgctl du` and `status`.
+    /// Storages for `vgctl du` and `status`, by name.
     pub fn status(&self) -> Vec<StorageStatus> {
-        self.storages
+        let mut status: Vec<StorageStatus> = self
+            .storages
             .iter()
-            .map(|(name, s)| StorageStatus {
-                name: name.clone(),
+            .map(|s| StorageStatus {
+                name: s.name.clone(),
                 addr: s.addr,
                 capacity: s.capacity,
                 used: s.used,
                 state: s.state,
-                blocks: s.blocks.len() as u64,
+                blocks: s.blocks,
             })
-            .collect()
+            .collect();
+        status.sort_by(|a, b| a.name.cmp(&b.name));
+        status
     }
 
     /// (under-replicated, missing) counts over the referenced blocks.
@@ -487,11 +533,7 @@ impl Registry {
         let mut under = 0;
         let mut missing = 0;
         for id in refs.keys() {
-            let live = self
-                .locations
-                .get(id)
-                .map(|h| h.iter().filter(|n| self.is_active(n)).count())
-                .unwrap_or(0);
+            let live = self.live_slots(id).len();
             if live == 0 {
                 missing += 1;
             } else if live < wanted.max(1) {
@@ -520,7 +562,7 @@ impl Registry {
             .take(limit as usize)
             .map(|id| BlockInfo {
                 id: *id,
-                len: self.lens.get(id).copied().unwrap_or(0),
+                len: self.blocks.get(id).map_or(0, |b| b.len),
                 locations: self.live_locations(id),
                 wanted,
             })
@@ -531,14 +573,14 @@ impl Registry {
     /// (capacity, free) summed over active storages.
     pub fn space(&self) -> (u64, u64) {
         self.storages
-            .values()
-            .filter(|s| s.state == StorageState::Active)
+            .iter()
+            .filter(|s| s.is_active())
             .fold((0, 0), |(c, f), s| (c + s.capacity, f + s.free()))
     }
 
     /// Whether any storage holds the block (in any state).
     pub fn has_any_location(&self, id: &BlockId) -> bool {
-        self.locations.contains_key(id)
+        self.blocks.get(id).is_some_and(|b| !b.holders.is_empty())
     }
 }
 
@@ -609,7 +651,7 @@ mod tests {
         reg.heartbeat("b", 10, &[], &[], &[], t1);
         reg.heartbeat("c", 10, &[], &[], &[], t1);
         reg.tick(&refs, t1);
-        assert_eq!(reg.storages["a"].state, StorageState::Down);
+        assert_eq!(reg.storage(reg.slots["a"]).state, StorageState::Down);
         // id(1) lives only on b now: c is asked to copy it from b.
         let cmds = reg.heartbeat("c", 10, &[], &[], &[], t1);
         assert!(
@@ -691,5 +733,37 @@ mod tests {
         reg.stored(id(1), 10, &["a".into(), "b".into(), "c".into()]);
         reg.tick(&HashMap::from([(id(1), 1)]), t0);
         assert_eq!(reg.live_locations(&id(1)).len(), 2);
+    }
+
+    #[test]
+    fn placed_blocks_never_stored_are_forgotten_after_grace() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b"], t0);
+        reg.place(id(1), 10, &[], false, t0).unwrap();
+        assert!(reg.blocks.contains_key(&id(1)));
+        let later = t0 + Duration::from_secs(11);
+        reg.heartbeat("a", 0, &[], &[], &[], later);
+        reg.heartbeat("b", 0, &[], &[], &[], later);
+        reg.tick(&HashMap::new(), later);
+        assert!(!reg.blocks.contains_key(&id(1)));
+        assert!(reg.heartbeat("a", 0, &[], &[], &[], later).is_empty());
+    }
+
+    #[test]
+    fn reregistering_forgets_the_old_block_list_and_keeps_counts() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b"], t0);
+        reg.released(vec![id(1), id(2)], t0);
+        reg.stored(id(1), 10, &["a".into(), "b".into()]);
+        reg.stored(id(2), 10, &["a".into()]);
+        let blocks = |reg: &Registry, name: &str| {
+            reg.status().into_iter().find(|s| s.name == name).unwrap().blocks
+        };
+        assert_eq!((blocks(&reg, "a"), blocks(&reg, "b")), (2, 1));
+        reg.register("a", addr(9100), 100, 0, t0);
+        assert_eq!((blocks(&reg, "a"), blocks(&reg, "b")), (0, 1));
+        assert!(!reg.has_any_location(&id(2)));
+        assert!(reg.live_locations(&id(1)).iter().all(|l| l.name == "b"));
+        assert_eq!(reg.status().len(), 2, "the same name keeps its slot");
     }
 }

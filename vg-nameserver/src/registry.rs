@@ -147,7 +147,12 @@ impl Registry {
         if !block.holds(slot) {
             return;
         }
-        block.holders = block.holders.iter().copied().filter(|&s| s != slot).collect();
+        block.holders = block
+            .holders
+            .iter()
+            .copied()
+            .filter(|&s| s != slot)
+            .collect();
         if block.holders.is_empty() {
             self.blocks.remove(&id);
         }
@@ -162,7 +167,13 @@ impl Registry {
     fn live_slots(&self, id: &BlockId) -> Vec<Slot> {
         self.blocks
             .get(id)
-            .map(|b| b.holders.iter().copied().filter(|&s| self.is_active(s)).collect())
+            .map(|b| {
+                b.holders
+                    .iter()
+                    .copied()
+                    .filter(|&s| self.is_active(s))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -757,7 +768,11 @@ mod tests {
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         reg.stored(id(2), 10, &["a".into()]);
         let blocks = |reg: &Registry, name: &str| {
-            reg.status().into_iter().find(|s| s.name == name).unwrap().blocks
+            reg.status()
+                .into_iter()
+                .find(|s| s.name == name)
+                .unwrap()
+                .blocks
         };
         assert_eq!((blocks(&reg, "a"), blocks(&reg, "b")), (2, 1));
         reg.register("a", addr(9100), 100, 0, t0);

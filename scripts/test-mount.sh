@@ -225,7 +225,8 @@ storage_dies_writing() {
 }
 check "kill a storage while writing: the write completes, fsck clean after" storage_dies_writing
 
-# Block files on the live storages of the faults cluster.
+# Block files on the live storages of the faults cluster (its 1 MiB blocks are all above
+# the size that goes to volume files, so each block has a file of its own).
 blocks_on_disk() {
   local name total=0
   for name in "$@"; do

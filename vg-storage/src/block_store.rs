@@ -7,20 +7,28 @@
 //! uploads in progress. A block file is written to `tmp/`, fsynced, then renamed into
 //! place: a crash never leaves a half block under a real name, and a block file is never
 //! modified in place. (Stores from before the checksums moved into the block file keep
-//! them in `<64 hex>.crc`; the scan at start moves them in.)
+//! them in `<64 hex>.crc`; the scan at start moves them in.) Blocks of at most
+//! [`SMALL_BLOCK`] bytes are appended to volume files instead (`volumes/`, see
+//! [`crate::volumes`]): a file per block cost small files four journal commits each.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
 use crate::error::{Error, Result};
+use crate::volumes::Volumes;
+
+/// Blocks up to this size go to volume files. Larger ones are written with O_DIRECT to a
+/// file of their own, where the journal commits are few against the bytes.
+pub const SMALL_BLOCK: usize = 256 << 10;
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
@@ -72,6 +80,26 @@ fn chunk_crcs(data: &[u8]) -> Vec<u8> {
         .into_iter()
         .flat_map(u32::to_le_bytes)
         .collect()
+}
+
+/// Every block stored under `root`, read without opening the store (for tools and tests):
+/// the block, the file holding its bytes, their offset there, and the block's length.
+pub fn on_disk(root: &Path) -> Result<Vec<(BlockId, PathBuf, u64, u32)>> {
+    let mut found = crate::volumes::on_disk(&root.join("volumes"))?;
+    let blocks = root.join("blocks");
+    let Ok(dirs) = fs::read_dir(&blocks) else {
+        return Ok(found);
+    };
+    for dir in dirs.flatten() {
+        for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let id = path.file_name().and_then(|n| n.to_str()?.parse().ok());
+            if let (Some(id), Some(len)) = (id, stored_len(&path)) {
+                found.push((id, path, 0, len));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Bytes read from a block, with their checksums when they are whole chunks.
@@ -165,6 +193,9 @@ pub struct BlockStore {
     used: AtomicU64,
     sizes: Mutex<HashMap<BlockId, u32>>,
     tmp_seq: AtomicU64,
+    volumes: Volumes,
+    /// Blocks up to this size go to the volumes.
+    small: usize,
 }
 
 impl BlockStore {
@@ -175,21 +206,29 @@ impl BlockStore {
     /// every read checks its chunks' CRCs and the scrub re-hashes everything in the
     /// background.
     pub fn open(root: &Path, capacity: u64) -> Result<(Self, usize)> {
+        Self::open_with(root, capacity, SMALL_BLOCK)
+    }
+
+    /// [`BlockStore::open`], with blocks up to `small` bytes going to the volumes.
+    fn open_with(root: &Path, capacity: u64, small: usize) -> Result<(Self, usize)> {
         let blocks = root.join("blocks");
         let tmp = root.join("tmp");
         fs::create_dir_all(&blocks).map_err(io_err(format!("create {}", blocks.display())))?;
         // Anything in tmp/ is an upload a crash interrupted.
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        let (volumes, small_blocks) = Volumes::open(&root.join("volumes"))?;
         let store = BlockStore {
             root: root.to_path_buf(),
             capacity,
             used: AtomicU64::new(0),
             sizes: Mutex::default(),
             tmp_seq: AtomicU64::new(0),
+            volumes,
+            small,
         };
         let mut bad = 0;
-        let mut sizes = HashMap::new();
+        let mut sizes: HashMap<BlockId, u32> = small_blocks.into_iter().collect();
         for dir in fs::read_dir(&blocks).map_err(io_err(format!("read {}", blocks.display())))? {
             let dir = dir
                 .map_err(io_err(format!("read {}", blocks.display())))?
@@ -307,6 +346,9 @@ impl BlockStore {
     }
 
     fn write_files(&self, id: &BlockId, data: &[u8]) -> Result<()> {
+        if data.len() <= self.small {
+            return self.volumes.put(id, data, &chunk_crcs(data));
+        }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{seq}.block"));
         let mut trailer = chunk_crcs(data);
@@ -340,17 +382,14 @@ impl BlockStore {
         let start = first * CHUNK;
         let stop = (last * CHUNK).min(size as usize);
         let mut buf = vec![0u8; stop - start];
-        let path = self.path(id);
-        let mut file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
-        file.seek(SeekFrom::Start(start as u64))
-            .and_then(|_| file.read_exact(&mut buf))
+        let (file, base) = self.locate(id)?;
+        file.read_exact_at(&mut buf, base + start as u64)
             .map_err(|_| Error::Corrupt {
                 block: *id,
                 reason: "block file is shorter than recorded".into(),
             })?;
         let mut stored = vec![0u8; (last - first) * 4];
-        file.seek(SeekFrom::Start(size as u64 + first as u64 * 4))
-            .and_then(|_| file.read_exact(&mut stored))
+        file.read_exact_at(&mut stored, base + size as u64 + first as u64 * 4)
             .map_err(|_| Error::Corrupt {
                 block: *id,
                 reason: "checksums missing".into(),
@@ -400,14 +439,39 @@ impl BlockStore {
         stored_len(&path)
     }
 
+    /// The file holding a block's bytes (then its checksums), and the offset of its
+    /// first byte there.
+    fn locate(&self, id: &BlockId) -> Result<(Arc<File>, u64)> {
+        if let Some(extent) = self.volumes.extent(id) {
+            return Ok((extent.file, extent.offset));
+        }
+        let path = self.path(id);
+        let file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
+        Ok((Arc::new(file), 0))
+    }
+
     fn read_all(&self, id: &BlockId) -> Result<Vec<u8>> {
-        let mut data = fs::read(self.path(id)).map_err(io_err(format!("read block {id}")))?;
-        let len = block_len(data.len() as u64, &data).ok_or_else(|| Error::Corrupt {
-            block: *id,
-            reason: "block file footer does not match its size".into(),
-        })?;
-        let mut crcs = data.split_off(len as usize);
-        crcs.truncate(crcs.len() - FOOTER as usize);
+        let (mut data, len) = match self.volumes.extent(id) {
+            Some(extent) => {
+                let mut data = vec![0u8; (file_len(extent.len.into()) - FOOTER) as usize];
+                extent
+                    .file
+                    .read_exact_at(&mut data, extent.offset)
+                    .map_err(io_err(format!("read block {id}")))?;
+                (data, extent.len)
+            }
+            None => {
+                let mut data =
+                    fs::read(self.path(id)).map_err(io_err(format!("read block {id}")))?;
+                let len = block_len(data.len() as u64, &data).ok_or_else(|| Error::Corrupt {
+                    block: *id,
+                    reason: "block file footer does not match its size".into(),
+                })?;
+                data.truncate(data.len() - FOOTER as usize);
+                (data, len)
+            }
+        };
+        let crcs = data.split_off(len as usize);
         if chunk_crcs(&data) != crcs {
             return Err(Error::Corrupt {
                 block: *id,
@@ -443,12 +507,20 @@ impl BlockStore {
             .map_err(io_err(format!("fsync {}", parent.display())))
     }
 
+    /// Reclaims the space of deleted small blocks; returns how many volumes were
+    /// compacted.
+    pub fn compact(&self) -> Result<usize> {
+        self.volumes.compact()
+    }
+
     /// Deletes a block; true if it was there.
     pub fn delete(&self, id: &BlockId) -> bool {
         let Some(len) = self.sizes.lock().expect("sizes lock").remove(id) else {
             return false;
         };
-        self.remove_files(id);
+        if !self.volumes.remove(id) {
+            self.remove_files(id);
+        }
         self.used.fetch_sub(len as u64, Ordering::Relaxed);
         true
     }
@@ -462,14 +534,14 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
-    /// A store in a new directory holding two blocks of these lengths: the directory,
-    /// the store, and each block's id and bytes.
+    /// A store in a new directory holding two blocks of these lengths in block files:
+    /// the directory, the store, and each block's id and bytes.
     fn store_with_two(
         a: usize,
         b: usize,
     ) -> (tempfile::TempDir, BlockStore, [(BlockId, Vec<u8>); 2]) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlockStore::open(dir.path(), 1 << 30).unwrap();
+        let (store, _) = BlockStore::open_with(dir.path(), 1 << 30, 0).unwrap();
         let blocks = [data(a), data(b)].map(|bytes| (BlockId::of(&bytes), bytes));
         for (id, bytes) in &blocks {
             store.put(id, bytes).unwrap();
@@ -479,8 +551,15 @@ mod tests {
 
     #[test]
     fn put_read_ranges_and_reopen() {
+        // In a block file, then in a volume.
+        for small in [0, SMALL_BLOCK] {
+            put_read_ranges_and_reopen_with(small);
+        }
+    }
+
+    fn put_read_ranges_and_reopen_with(small: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlockStore::open(dir.path(), 1 << 30).unwrap();
+        let (store, _) = BlockStore::open_with(dir.path(), 1 << 30, small).unwrap();
         let bytes = data(200_000);
         let id = BlockId::of(&bytes);
         store.put(&id, &bytes).unwrap();
@@ -507,6 +586,9 @@ mod tests {
         let (store, bad) = BlockStore::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(bad, 0);
         assert_eq!(store.used(), 200_000);
+        assert_eq!(store.read(&id, 0, 0).unwrap().data, bytes);
+        assert!(store.delete(&id) && !store.delete(&id));
+        assert!(store.read(&id, 0, 0).is_err());
     }
 
     #[test]
@@ -602,15 +684,33 @@ mod tests {
 
     #[test]
     fn bit_rot_is_detected_on_read_and_verify() {
+        for small in [0, SMALL_BLOCK] {
+            bit_rot_is_detected_with(small);
+        }
+    }
+
+    fn bit_rot_is_detected_with(small: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlockStore::open(dir.path(), 1 << 30).unwrap();
+        let (store, _) = BlockStore::open_with(dir.path(), 1 << 30, small).unwrap();
         let bytes = data(100_000);
         let id = BlockId::of(&bytes);
         store.put(&id, &bytes).unwrap();
-        let path = store.path(&id);
-        let mut raw = fs::read(&path).unwrap();
-        raw[70_000] ^= 0xff;
-        fs::write(&path, raw).unwrap();
+        let (file, base) = store.locate(&id).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, base + 70_000).unwrap();
+        let writable = match store.volumes.extent(&id) {
+            Some(_) => fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join("volumes").join("0.vol"))
+                .unwrap(),
+            None => fs::OpenOptions::new()
+                .write(true)
+                .open(store.path(&id))
+                .unwrap(),
+        };
+        writable
+            .write_all_at(&[byte[0] ^ 0xff], base + 70_000)
+            .unwrap();
         assert!(store.read(&id, 0, 10).is_ok(), "first chunk is intact");
         assert!(matches!(
             store.read(&id, 69_000, 2_000),

@@ -7,6 +7,7 @@ pub mod block_store;
 pub mod error;
 mod ns_link;
 mod server;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ use tracing::info;
 use vg_wire::rpc::{Dialer, Target};
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::Role;
+
+/// How often sparse volumes of small blocks are compacted.
+const COMPACT_EVERY: Duration = Duration::from_secs(30);
 
 pub use error::{Error, Result};
 
@@ -162,9 +166,10 @@ pub async fn start(config: Config) -> Result<Handle> {
         config.heartbeat,
     ));
     let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_rate));
+    let compact = tokio::spawn(storage.clone().compact_loop(COMPACT_EVERY));
     Ok(Handle {
         addr,
         endpoint,
-        tasks: vec![serve, link, scrub],
+        tasks: vec![serve, link, scrub, compact],
     })
 }

@@ -326,4 +326,15 @@ impl Storage {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Reclaims the space of deleted small blocks every `every`, forever.
+    pub async fn compact_loop(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let store = self.store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.compact()).await {
+                warn!(error = %e, "volume compaction failed");
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vg_fuse::client::{Client, Config};
@@ -279,9 +279,11 @@ impl TestCluster {
         .await;
     }
 
-    /// Block files on a storage's disk.
+    /// Blocks on a storage's disk (block files and live volume records).
     pub fn blocks_on_disk(&self, name: &str) -> usize {
-        count_blocks(&self.data_dir(name).join("blocks"))
+        vg_storage::block_store::on_disk(&self.data_dir(name))
+            .unwrap()
+            .len()
     }
 
     /// Writes a file through the client; returns its inode.
@@ -331,22 +333,6 @@ async fn wait_port_free(addr: SocketAddr) {
         || async { std::net::UdpSocket::bind(addr).is_ok() },
     )
     .await;
-}
-
-fn count_blocks(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                count_blocks(&e.path())
-            } else {
-                usize::from(e.file_name().len() == 64)
-            }
-        })
-        .sum()
 }
 
 /// Path of a workspace binary built by `cargo build` next to this test executable.

@@ -310,21 +310,23 @@ async fn bit_rot_is_read_around_detected_and_repaired() {
     let data = bytes(4 * BLOCK + 99, 11);
     cluster.put(&client, "/rotten", &data).await.unwrap();
     cluster.wait_replicated(2).await;
-    // Flip bytes in every block file of one storage.
+    // Flip a byte in the middle of every block of one storage, on its disk.
     let victim = "s0";
     let mut flipped = 0;
-    let blocks_dir = cluster.data_dir(victim).join("blocks");
-    for dir in std::fs::read_dir(&blocks_dir).unwrap() {
-        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            if path.extension().is_none() {
-                let mut raw = std::fs::read(&path).unwrap();
-                let at = raw.len() / 2;
-                raw[at] ^= 0xff;
-                std::fs::write(&path, raw).unwrap();
-                flipped += 1;
-            }
-        }
+    for (_, path, offset, len) in
+        vg_storage::block_store::on_disk(&cluster.data_dir(victim)).unwrap()
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let at = offset + len as u64 / 2;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+        flipped += 1;
     }
     assert!(flipped > 0, "{victim} held no block");
     // Reads return the right bytes, from the other replica where needed.

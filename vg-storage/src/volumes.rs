@@ -1,0 +1,538 @@
+//! Small blocks, appended to volume files.
+//!
+//! A small file's block cost a storage four journal commits on a shared ext4 disk: create,
+//! `fdatasync`, rename, directory `fsync`. Appending it to a preallocated file and calling
+//! `fdatasync` commits no metadata at all, only the data: untar of /usr/include went from
+//! about 410 to 510–560 files/s (three alternating runs each).
+//!
+//! Layout under `volumes/`: `<number>.vol`, each up to [`VOLUME_BYTES`], allocated whole
+//! when created. A record is a header (`vgr1`, length, block id, CRC-32 of those), the
+//! block's bytes, then the CRC-32 of each chunk as in a block file. Records are written in
+//! offset order under a lock, so an acknowledged record (whose `fdatasync` flushed every
+//! page written before it) is never preceded by one lost in a crash: the scan at start
+//! reads each volume up to its first invalid header. A torn record whose header survived
+//! fails its CRCs when read or scrubbed, like a damaged block file.
+//!
+//! Deleting a block appends a tombstone (a header of length 0), not synced: the scan drops
+//! what a later tombstone names. The space comes back when a volume no longer in use holds
+//! no live record (the file is removed), or few enough that [`Volumes::compact`] copies
+//! them into the volume in use. Compaction drops tombstones, so a restart can bring back a
+//! deleted block whose tombstone went with a compacted volume; the nameserver's answer to
+//! the block report deletes it again, as it does any stray block.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+use vg_wire::storage::CHUNK;
+use vg_wire::BlockId;
+
+use crate::error::{Error, Result};
+
+/// Bytes of each volume file.
+pub const VOLUME_BYTES: u64 = 64 << 20;
+/// Marks the start of a record.
+const MAGIC: &[u8; 4] = b"vgr1";
+/// Bytes of a record header: magic, length, block id, CRC-32 of those.
+const HEADER: usize = 44;
+/// A volume not in use is compacted when less than this fraction of it is live.
+const COMPACT_BELOW: f64 = 0.25;
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Bytes a record of a `len`-byte block takes.
+fn record_len(len: u32) -> u64 {
+    HEADER as u64 + len as u64 + 4 * (len as u64).div_ceil(CHUNK as u64)
+}
+
+/// The header of a record.
+fn header(id: &BlockId, len: u32) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(MAGIC);
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header[8..40].copy_from_slice(&id.0);
+    let crc = crc32fast::hash(&header[..40]);
+    header[40..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// The block id and length a header holds, if it is one.
+fn parse_header(header: &[u8; HEADER]) -> Option<(BlockId, u32)> {
+    let crc = u32::from_le_bytes(header[40..].try_into().expect("4 bytes"));
+    if &header[..4] != MAGIC || crc32fast::hash(&header[..40]) != crc {
+        return None;
+    }
+    let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let id = BlockId(header[8..40].try_into().expect("32 bytes"));
+    Some((id, len))
+}
+
+/// The numbers of the volume files in `dir`, in order.
+fn volume_numbers(dir: &Path) -> Result<Vec<u32>> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let path = entry
+            .map_err(io_err(format!("read {}", dir.display())))?
+            .path();
+        match path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".vol"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) => numbers.push(n),
+            None => warn!(path = %path.display(), "ignoring stray file in volume directory"),
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// The records of a volume up to its first invalid header (tombstones have length 0;
+/// `Loc::volume` is left 0), and where they end.
+fn records(file: &File) -> std::io::Result<(Vec<(BlockId, Loc)>, u64)> {
+    let size = file.metadata()?.len();
+    let mut found = Vec::new();
+    let mut end = 0;
+    let mut head = [0u8; HEADER];
+    while end + HEADER as u64 <= size {
+        file.read_exact_at(&mut head, end)?;
+        let Some((id, len)) = parse_header(&head) else {
+            break;
+        };
+        let bytes = record_len(len);
+        if end + bytes > size {
+            break;
+        }
+        found.push((
+            id,
+            Loc {
+                volume: 0,
+                offset: end,
+                len,
+            },
+        ));
+        end += bytes;
+    }
+    Ok((found, end))
+}
+
+/// The live blocks of the volumes in `dir`, read without opening them for writing (for
+/// tools and tests): each block's volume file, the offset of its first byte, its length.
+pub fn on_disk(dir: &Path) -> Result<Vec<(BlockId, PathBuf, u64, u32)>> {
+    let mut live: HashMap<BlockId, (PathBuf, u64, u32)> = HashMap::new();
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    for number in volume_numbers(dir)? {
+        let path = dir.join(format!("{number}.vol"));
+        let file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
+        let (records, _) = records(&file).map_err(io_err(format!("read {}", path.display())))?;
+        for (id, loc) in records {
+            match loc.len {
+                0 => live.remove(&id),
+                len => live.insert(id, (path.clone(), loc.offset + HEADER as u64, len)),
+            };
+        }
+    }
+    Ok(live
+        .into_iter()
+        .map(|(id, (path, offset, len))| (id, path, offset, len))
+        .collect())
+}
+
+/// Where a block's record is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Loc {
+    volume: u32,
+    offset: u64,
+    len: u32,
+}
+
+/// One volume file.
+struct Volume {
+    file: Arc<File>,
+    /// End of its last record.
+    end: u64,
+    /// Bytes of records still indexed.
+    live: u64,
+}
+
+struct State {
+    index: HashMap<BlockId, Loc>,
+    volumes: HashMap<u32, Volume>,
+    /// The volume records are appended to, once one is needed.
+    active: Option<u32>,
+    next: u32,
+}
+
+/// The small blocks of one storage.
+pub struct Volumes {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+/// A block's bytes and checksums inside a volume: read `len` bytes at `offset`, then the
+/// CRC-32s right after them.
+pub struct Extent {
+    /// The open volume.
+    pub file: Arc<File>,
+    /// Offset of the block's first byte.
+    pub offset: u64,
+    /// The block's length.
+    pub len: u32,
+}
+
+impl Volumes {
+    /// Opens (creating if needed) `dir` and reads every volume's records. Returns the
+    /// volumes and the blocks they hold, with their lengths.
+    pub fn open(dir: &Path) -> Result<(Self, Vec<(BlockId, u32)>)> {
+        fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let numbers = volume_numbers(dir)?;
+        let mut state = State {
+            index: HashMap::new(),
+            volumes: HashMap::new(),
+            active: None,
+            next: numbers.last().map_or(0, |n| n + 1),
+        };
+        for number in numbers {
+            let path = dir.join(format!("{number}.vol"));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(format!("open {}", path.display())))?;
+            let (records, end) =
+                records(&file).map_err(io_err(format!("read {}", path.display())))?;
+            state.volumes.insert(
+                number,
+                Volume {
+                    file: Arc::new(file),
+                    end,
+                    live: 0,
+                },
+            );
+            for (id, loc) in records {
+                let old = match loc.len {
+                    0 => state.index.remove(&id),
+                    _ => {
+                        state.volumes.get_mut(&number).expect("inserted").live +=
+                            record_len(loc.len);
+                        state.index.insert(
+                            id,
+                            Loc {
+                                volume: number,
+                                ..loc
+                            },
+                        )
+                    }
+                };
+                if let Some(old) = old {
+                    state.volumes.get_mut(&old.volume).expect("scanned").live -=
+                        record_len(old.len);
+                }
+            }
+        }
+        let blocks = state.index.iter().map(|(id, l)| (*id, l.len)).collect();
+        info!(dir = %dir.display(), volumes = state.volumes.len(), blocks = state.index.len(), "volumes scanned");
+        let volumes = Volumes {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(state),
+        };
+        // Volumes from before the restart take no new records; drop the empty ones.
+        let mut state = volumes.lock();
+        let numbers: Vec<u32> = state.volumes.keys().copied().collect();
+        for number in numbers {
+            volumes.drop_if_empty(&mut state, number);
+        }
+        drop(state);
+        Ok((volumes, blocks))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("volumes lock")
+    }
+
+    fn path(&self, number: u32) -> PathBuf {
+        self.dir.join(format!("{number}.vol"))
+    }
+
+    /// A new volume, allocated whole and durably named.
+    fn create(&self, number: u32) -> Result<Volume> {
+        let path = self.path(number);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(format!("create {}", path.display())))?;
+        // Allocated space takes data without a journal commit per write; where fallocate
+        // is not supported (tmpfs), appending still works.
+        // SAFETY: fallocate on an fd we own, with no pointers.
+        let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, VOLUME_BYTES as i64) };
+        file.sync_all()
+            .and_then(|_| File::open(&self.dir)?.sync_all())
+            .map_err(io_err(format!("sync {}", path.display())))?;
+        Ok(Volume {
+            file: Arc::new(file),
+            end: 0,
+            live: 0,
+        })
+    }
+
+    /// Appends a block (its bytes, then `crcs`) and syncs it.
+    pub fn put(&self, id: &BlockId, data: &[u8], crcs: &[u8]) -> Result<()> {
+        self.append(id, data, crcs, None)
+    }
+
+    /// Appends a block's record, unless `moving` is given and the block is no longer
+    /// there (deleted while compaction copied it).
+    fn append(&self, id: &BlockId, data: &[u8], crcs: &[u8], moving: Option<Loc>) -> Result<()> {
+        let len = data.len() as u32;
+        let bytes = record_len(len);
+        assert!(
+            bytes <= VOLUME_BYTES && bytes == (HEADER + data.len() + crcs.len()) as u64,
+            "a volume record must fit a volume and carry one CRC per chunk"
+        );
+        let mut record = Vec::with_capacity(bytes as usize);
+        record.extend_from_slice(&header(id, len));
+        record.extend_from_slice(data);
+        record.extend_from_slice(crcs);
+        let file = {
+            let mut state = self.lock();
+            if moving.is_some() && state.index.get(id) != moving.as_ref() {
+                return Ok(());
+            }
+            let (volume, offset, file) = self.write(&mut state, &record)?;
+            state.volumes.get_mut(&volume).expect("written").live += bytes;
+            if let Some(old) = state.index.insert(
+                *id,
+                Loc {
+                    volume,
+                    offset,
+                    len,
+                },
+            ) {
+                self.forget(&mut state, old);
+            }
+            file
+        };
+        file.sync_data()
+            .map_err(io_err(format!("sync volume for block {id}")))
+    }
+
+    /// Writes a record at the end of the volume in use (a new one when it is full), under
+    /// the lock so that records land in offset order (see the module doc). Returns the
+    /// volume, the record's offset, and the file to sync.
+    fn write(&self, state: &mut State, record: &[u8]) -> Result<(u32, u64, Arc<File>)> {
+        let bytes = record.len() as u64;
+        let number = match state.active {
+            Some(n) if state.volumes[&n].end + bytes <= VOLUME_BYTES => n,
+            _ => {
+                let number = state.next;
+                let volume = self.create(number)?;
+                state.next += 1;
+                state.volumes.insert(number, volume);
+                if let Some(old) = state.active.replace(number) {
+                    self.drop_if_empty(state, old);
+                }
+                number
+            }
+        };
+        let volume = state.volumes.get_mut(&number).expect("active volume");
+        let offset = volume.end;
+        volume
+            .file
+            .write_all_at(record, offset)
+            .map_err(io_err(format!("write {}", self.path(number).display())))?;
+        volume.end += bytes;
+        Ok((number, offset, volume.file.clone()))
+    }
+
+    /// Where a block's bytes are.
+    pub fn extent(&self, id: &BlockId) -> Option<Extent> {
+        let state = self.lock();
+        let loc = state.index.get(id)?;
+        Some(Extent {
+            file: state.volumes[&loc.volume].file.clone(),
+            offset: loc.offset + HEADER as u64,
+            len: loc.len,
+        })
+    }
+
+    /// Deletes a block (a tombstone, not synced: a block that comes back after a crash is
+    /// deleted again as a stray); true if it was here.
+    pub fn remove(&self, id: &BlockId) -> bool {
+        let mut state = self.lock();
+        let Some(loc) = state.index.remove(id) else {
+            return false;
+        };
+        if let Err(e) = self.write(&mut state, &header(id, 0)) {
+            warn!(block = %id, error = %e, "cannot record a deletion; the block may come back after a restart");
+        }
+        self.forget(&mut state, loc);
+        true
+    }
+
+    fn forget(&self, state: &mut State, loc: Loc) {
+        if let Some(volume) = state.volumes.get_mut(&loc.volume) {
+            volume.live -= record_len(loc.len);
+        }
+        self.drop_if_empty(state, loc.volume);
+    }
+
+    /// Removes a volume not in use once nothing in it is live.
+    fn drop_if_empty(&self, state: &mut State, number: u32) {
+        if state.active == Some(number) || state.volumes.get(&number).is_none_or(|v| v.live > 0) {
+            return;
+        }
+        state.volumes.remove(&number);
+        let path = self.path(number);
+        match fs::remove_file(&path) {
+            Ok(()) => info!(volume = %path.display(), "empty volume removed"),
+            Err(e) => warn!(volume = %path.display(), error = %e, "cannot remove empty volume"),
+        }
+    }
+
+    /// Copies the live records of sparse volumes not in use into the volume in use and
+    /// removes them. Returns how many volumes were compacted.
+    pub fn compact(&self) -> Result<usize> {
+        let sparse: Vec<u32> = {
+            let state = self.lock();
+            state
+                .volumes
+                .iter()
+                .filter(|(n, v)| {
+                    state.active != Some(**n) && (v.live as f64) < COMPACT_BELOW * v.end as f64
+                })
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        for &number in &sparse {
+            let live: Vec<(BlockId, Loc)> = self
+                .lock()
+                .index
+                .iter()
+                .filter(|(_, l)| l.volume == number)
+                .map(|(id, l)| (*id, *l))
+                .collect();
+            for (id, loc) in live {
+                let Some(file) = self.lock().volumes.get(&number).map(|v| v.file.clone()) else {
+                    break;
+                };
+                let mut record = vec![0u8; record_len(loc.len) as usize];
+                file.read_exact_at(&mut record, loc.offset)
+                    .map_err(io_err(format!("read {}", self.path(number).display())))?;
+                let (data, crcs) = record[HEADER..].split_at(loc.len as usize);
+                self.append(&id, data, crcs, Some(loc))?;
+            }
+            info!(volume = number, "volume compacted");
+        }
+        Ok(sparse.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(seed: u8, len: usize) -> (BlockId, Vec<u8>, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let crcs = vg_wire::storage::chunk_crcs(&data)
+            .into_iter()
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        (BlockId::of(&data), data, crcs)
+    }
+
+    fn read(volumes: &Volumes, id: &BlockId) -> Vec<u8> {
+        let extent = volumes.extent(id).unwrap();
+        let mut data = vec![0u8; extent.len as usize];
+        extent.file.read_exact_at(&mut data, extent.offset).unwrap();
+        data
+    }
+
+    #[test]
+    fn records_survive_a_restart_and_a_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volumes, found) = Volumes::open(dir.path()).unwrap();
+        assert!(found.is_empty());
+        let blocks: Vec<_> = (1..=3).map(|s| block(s, 70_000 + s as usize)).collect();
+        for (id, data, crcs) in &blocks {
+            volumes.put(id, data, crcs).unwrap();
+        }
+        assert_eq!(read(&volumes, &blocks[1].0), blocks[1].1);
+        let end = volumes.lock().volumes[&0].end;
+        drop(volumes);
+        // A crash while a fourth record was being written: its header made it, not all
+        // of its bytes; then garbage that is no header.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("0.vol"))
+            .unwrap();
+        file.write_all_at(&header(&BlockId([9; 32]), u32::MAX), end)
+            .unwrap();
+        let (volumes, mut found) = Volumes::open(dir.path()).unwrap();
+        found.sort_by_key(|(_, len)| *len);
+        let want: Vec<_> = blocks
+            .iter()
+            .map(|(id, d, _)| (*id, d.len() as u32))
+            .collect();
+        assert_eq!(found, want);
+        for (id, data, _) in &blocks {
+            assert_eq!(read(&volumes, id), *data);
+        }
+        // New records go to a new volume; the old one stays readable.
+        let (id, data, crcs) = block(4, 10);
+        volumes.put(&id, &data, &crcs).unwrap();
+        assert_eq!(volumes.extent(&id).unwrap().offset, HEADER as u64);
+        assert_eq!(read(&volumes, &id), data);
+    }
+
+    #[test]
+    fn space_comes_back_from_emptied_and_sparse_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volumes, _) = Volumes::open(dir.path()).unwrap();
+        // Fill a little more than one volume with 1 MiB blocks.
+        let n = (VOLUME_BYTES / record_len(1 << 20)) as u8 + 1;
+        let blocks: Vec<_> = (1..=n).map(|s| block(s, 1 << 20)).collect();
+        for (id, data, crcs) in &blocks {
+            volumes.put(id, data, crcs).unwrap();
+        }
+        assert!(dir.path().join("1.vol").exists());
+        // Most of volume 0 deleted: compaction moves the rest and removes it.
+        let (keep, gone) = blocks[..blocks.len() - 1].split_at(5);
+        for (id, _, _) in gone {
+            assert!(volumes.remove(id));
+        }
+        assert!(!volumes.remove(&gone[0].0));
+        assert_eq!(volumes.compact().unwrap(), 1);
+        assert!(!dir.path().join("0.vol").exists());
+        for (id, data, _) in keep {
+            assert_eq!(read(&volumes, id), *data);
+        }
+        // Deletions survive a restart; everything deleted from a volume no longer in use:
+        // removed at once (its tombstones went to a new volume, itself removed once a
+        // restart finds nothing live in it).
+        assert!(volumes.remove(&keep[0].0));
+        drop(volumes);
+        assert_eq!(on_disk(dir.path()).unwrap().len(), keep.len());
+        let (volumes, found) = Volumes::open(dir.path()).unwrap();
+        assert_eq!(found.len(), keep.len());
+        assert!(volumes.extent(&keep[0].0).is_none());
+        for (id, _) in &found {
+            assert!(volumes.remove(id));
+        }
+        assert!(!dir.path().join("1.vol").exists());
+        drop(volumes);
+        assert!(Volumes::open(dir.path()).unwrap().1.is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -305,27 +305,35 @@ impl Volumes {
         record.extend_from_slice(&header(id, len));
         record.extend_from_slice(data);
         record.extend_from_slice(crcs);
-        let file = {
+        let (file, loc) = {
             let mut state = self.lock();
             if moving.is_some() && state.index.get(id) != moving.as_ref() {
                 return Ok(());
             }
             let (volume, offset, file) = self.write(&mut state, &record)?;
             state.volumes.get_mut(&volume).expect("written").live += bytes;
-            if let Some(old) = state.index.insert(
-                *id,
-                Loc {
-                    volume,
-                    offset,
-                    len,
-                },
-            ) {
+            let loc = Loc {
+                volume,
+                offset,
+                len,
+            };
+            if let Some(old) = state.index.insert(*id, loc) {
                 self.forget(&mut state, old);
             }
-            file
+            (file, loc)
         };
-        file.sync_data()
-            .map_err(io_err(format!("sync volume for block {id}")))
+        let synced = file
+            .sync_data()
+            .map_err(io_err(format!("sync volume for block {id}")));
+        if synced.is_err() {
+            // Not durable, so not stored: forget the record (a later put writes another).
+            let mut state = self.lock();
+            if state.index.get(id) == Some(&loc) {
+                state.index.remove(id);
+                self.forget(&mut state, loc);
+            }
+        }
+        synced
     }
 
     /// Writes a record at the end of the volume in use (a new one when it is full), under

@@ -15,8 +15,19 @@ while read -r name pid mountpoint; do
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
 done < "$pids"
+# Whether PID still runs what was recorded under NAME: a process that died (a test kills
+# some) may have had its PID reused by something that is not ours.
+ours() {
+  local name=$1 pid=$2 cmd
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  case $name in
+    nameserver) [[ $cmd == *vg-nameserver* ]] ;;
+    vg-fuse) [[ $cmd == *vg-fuse* ]] ;;
+    *) [[ $cmd == *vg-storage*"--name $name "* ]] ;;
+  esac
+}
 while read -r name pid _; do
-  if kill "$pid" 2>/dev/null; then
+  if ours "$name" "$pid" && kill "$pid" 2>/dev/null; then
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
     echo "stopped $name ($pid)"

@@ -257,6 +257,30 @@ bit_rot() {
 }
 check "bit rot on one storage: reads still right, bad copies repaired, fsck clean" bit_rot
 
+# SIGKILL a storage right after small files were written to it (each is on alice and
+# carol: bob is down), then start it again: its scan finds their blocks in its volume
+# files, and the files read back.
+scanned_at_least() {
+  local n
+  n=$(grep -o 'volumes scanned.* blocks=[0-9]*' "$1" 2>/dev/null | grep -o '[0-9]*$')
+  [[ -n $n ]] && ((n >= $2))
+}
+storage_restart() {
+  local i victim certs=$work/certs pids=$work/cluster-faults/pids
+  for i in $(seq 1 50); do echo "small file $i" >"$faults/small$i" || return 1; done
+  victim=$(awk '$1 == "carol" {print $2}' "$pids")
+  kill -9 "$victim"
+  "$bin/vg-storage" --name carol --ca-cert "$certs/rootCA.crt" --certfile "$certs/carol/carol.crt" \
+    --keyfile "$certs/carol/carol.key" --hostname 127.0.0.1 --port $((port + 203)) --capacity 2GiB \
+    --rootpath "$work/cluster-faults/data/carol" --ns-hostname 127.0.0.1 --ns-port $((port + 200)) \
+    --logfile "$work/cluster-faults/logs/carol-2.log" >/dev/null 2>&1 &
+  sed -i "s/^carol $victim\$/carol $!/" "$pids"
+  eventually 30 scanned_at_least "$work/cluster-faults/logs/carol-2.log" 50 \
+    && for i in $(seq 1 50); do [[ $(cat "$faults/small$i") == "small file $i" ]] || return 1; done \
+    && (source "$work/cluster-faults/env" && eventually 60 "$bin/vgctl" fsck >/dev/null 2>&1)
+}
+check "SIGKILL a storage holding small blocks and restart it: its volumes are found again" storage_restart
+
 # A small cluster to fill: 2 storages of 6 MiB, R=2, 1 MiB blocks.
 start_cluster small $((port + 100)) -n 2 -c 6MiB -b 1MiB
 small=$work/mnt-small

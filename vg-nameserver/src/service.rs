@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs};
-use vg_wire::rpc::{respond, Peer};
+use vg_wire::rpc::{read_end, respond, Peer};
 use vg_wire::{codec, Ino, Role, SetTime, Timestamp};
 
 use crate::error::{refuse, Error};
@@ -90,7 +90,10 @@ impl Service {
         mut recv: RecvStream,
     ) {
         let request: Request = match codec::read_frame(&mut recv).await {
-            Ok(request) => request,
+            Ok(request) => {
+                read_end(&mut recv).await;
+                request
+            }
             Err(e) => {
                 warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
                 let code = if e.to_string().contains("protocol version") {

@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::rpc::{respond, Dialer, Peer, Target};
+use vg_wire::rpc::{read_end, respond, Dialer, Peer, Target};
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
@@ -104,6 +104,9 @@ impl Storage {
         };
         let span = tracing::debug_span!("request", op, block = ?block);
         async {
+            if matches!(request, Request::Read { .. } | Request::Verify { .. }) {
+                read_end(&mut recv).await;
+            }
             match request {
                 Request::Read { id, offset, len } => self.read(id, offset, len, &mut send).await,
                 Request::Put { id, len, chain } => {
@@ -201,6 +204,7 @@ impl Storage {
                 format!("block {id}: upload cut short: {e}"),
             )
         })?;
+        read_end(recv).await;
         let data = Arc::new(data);
         // The first storage of a pipeline checks the bytes against the name before
         // forwarding them; the next ones trust it (storage certificates are the cluster's).

@@ -87,19 +87,33 @@ fn chunk_crcs(data: &[u8]) -> Vec<u8> {
 pub fn on_disk(root: &Path) -> Result<Vec<(BlockId, PathBuf, u64, u32)>> {
     let mut found = crate::volumes::on_disk(&root.join("volumes"))?;
     let blocks = root.join("blocks");
-    let Ok(dirs) = fs::read_dir(&blocks) else {
-        return Ok(found);
-    };
-    for dir in dirs.flatten() {
-        for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let id = path.file_name().and_then(|n| n.to_str()?.parse().ok());
+    if blocks.exists() {
+        for (path, id) in block_files(&blocks)? {
             if let (Some(id), Some(len)) = (id, stored_len(&path)) {
                 found.push((id, path, 0, len));
             }
         }
     }
     Ok(found)
+}
+
+/// Every file in the block directory `blocks` (`ab/<64 hex>`, and strays), with the block
+/// its name gives, if it gives one.
+fn block_files(blocks: &Path) -> Result<Vec<(PathBuf, Option<BlockId>)>> {
+    let mut files = Vec::new();
+    for dir in fs::read_dir(blocks).map_err(io_err(format!("read {}", blocks.display())))? {
+        let dir = dir
+            .map_err(io_err(format!("read {}", blocks.display())))?
+            .path();
+        for entry in fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))? {
+            let path = entry
+                .map_err(io_err(format!("read {}", dir.display())))?
+                .path();
+            let id = path.file_name().and_then(|n| n.to_str()?.parse().ok());
+            files.push((path, id));
+        }
+    }
+    Ok(files)
 }
 
 /// Bytes read from a block, with their checksums when they are whole chunks.
@@ -229,33 +243,21 @@ impl BlockStore {
         };
         let mut bad = 0;
         let mut sizes: HashMap<BlockId, u32> = small_blocks.into_iter().collect();
-        for dir in fs::read_dir(&blocks).map_err(io_err(format!("read {}", blocks.display())))? {
-            let dir = dir
-                .map_err(io_err(format!("read {}", blocks.display())))?
-                .path();
-            for entry in fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))? {
-                let path = entry
-                    .map_err(io_err(format!("read {}", dir.display())))?
-                    .path();
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                let Ok(id) = name.parse::<BlockId>() else {
-                    if !name.ends_with(".crc") {
-                        warn!(path = %path.display(), "ignoring stray file in block directory");
-                    }
-                    continue;
-                };
-                match store.intact_files(&id) {
-                    Some(len) => {
-                        sizes.insert(id, len);
-                    }
-                    None => {
-                        warn!(block = %id, "block files are damaged; deleting them");
-                        store.remove_files(&id);
-                        bad += 1;
-                    }
+        for (path, id) in block_files(&blocks)? {
+            let Some(id) = id else {
+                if path.extension().is_none_or(|e| e != "crc") {
+                    warn!(path = %path.display(), "ignoring stray file in block directory");
+                }
+                continue;
+            };
+            match store.intact_files(&id) {
+                Some(len) => {
+                    sizes.insert(id, len);
+                }
+                None => {
+                    warn!(block = %id, "block files are damaged; deleting them");
+                    store.remove_files(&id);
+                    bad += 1;
                 }
             }
         }

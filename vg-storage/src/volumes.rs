@@ -124,27 +124,52 @@ fn records(file: &File) -> std::io::Result<(Vec<(BlockId, Loc)>, u64)> {
     Ok((found, end))
 }
 
+/// What the volumes in `dir` hold: each volume's number, file and end of records, and
+/// the live record of each block (a block's last record wins; a tombstone removes it).
+type Replayed = (Vec<(u32, File, u64)>, HashMap<BlockId, Loc>);
+
+/// Reads every volume in `dir`, opened for writing too when `writable`.
+fn replay(dir: &Path, writable: bool) -> Result<Replayed> {
+    let mut volumes = Vec::new();
+    let mut index = HashMap::new();
+    for number in volume_numbers(dir)? {
+        let path = dir.join(format!("{number}.vol"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        let (records, end) = records(&file).map_err(io_err(format!("read {}", path.display())))?;
+        for (id, loc) in records {
+            match loc.len {
+                0 => index.remove(&id),
+                _ => index.insert(
+                    id,
+                    Loc {
+                        volume: number,
+                        ..loc
+                    },
+                ),
+            };
+        }
+        volumes.push((number, file, end));
+    }
+    Ok((volumes, index))
+}
+
 /// The live blocks of the volumes in `dir`, read without opening them for writing (for
 /// tools and tests): each block's volume file, the offset of its first byte, its length.
 pub fn on_disk(dir: &Path) -> Result<Vec<(BlockId, PathBuf, u64, u32)>> {
-    let mut live: HashMap<BlockId, (PathBuf, u64, u32)> = HashMap::new();
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    for number in volume_numbers(dir)? {
-        let path = dir.join(format!("{number}.vol"));
-        let file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
-        let (records, _) = records(&file).map_err(io_err(format!("read {}", path.display())))?;
-        for (id, loc) in records {
-            match loc.len {
-                0 => live.remove(&id),
-                len => live.insert(id, (path.clone(), loc.offset + HEADER as u64, len)),
-            };
-        }
-    }
-    Ok(live
+    let (_, index) = replay(dir, false)?;
+    Ok(index
         .into_iter()
-        .map(|(id, (path, offset, len))| (id, path, offset, len))
+        .map(|(id, l)| {
+            let path = dir.join(format!("{}.vol", l.volume));
+            (id, path, l.offset + HEADER as u64, l.len)
+        })
         .collect())
 }
 
@@ -195,51 +220,23 @@ impl Volumes {
     /// volumes and the blocks they hold, with their lengths.
     pub fn open(dir: &Path) -> Result<(Self, Vec<(BlockId, u32)>)> {
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        let numbers = volume_numbers(dir)?;
-        let mut state = State {
-            index: HashMap::new(),
-            volumes: HashMap::new(),
-            active: None,
-            next: numbers.last().map_or(0, |n| n + 1),
-        };
-        for number in numbers {
-            let path = dir.join(format!("{number}.vol"));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(format!("open {}", path.display())))?;
-            let (records, end) =
-                records(&file).map_err(io_err(format!("read {}", path.display())))?;
-            state.volumes.insert(
-                number,
-                Volume {
-                    file: Arc::new(file),
-                    end,
-                    live: 0,
-                },
-            );
-            for (id, loc) in records {
-                let old = match loc.len {
-                    0 => state.index.remove(&id),
-                    _ => {
-                        state.volumes.get_mut(&number).expect("inserted").live +=
-                            record_len(loc.len);
-                        state.index.insert(
-                            id,
-                            Loc {
-                                volume: number,
-                                ..loc
-                            },
-                        )
-                    }
-                };
-                if let Some(old) = old {
-                    state.volumes.get_mut(&old.volume).expect("scanned").live -=
-                        record_len(old.len);
-                }
-            }
+        let (files, index) = replay(dir, true)?;
+        let mut volumes: HashMap<u32, Volume> = files
+            .into_iter()
+            .map(|(number, file, end)| {
+                let file = Arc::new(file);
+                (number, Volume { file, end, live: 0 })
+            })
+            .collect();
+        for loc in index.values() {
+            volumes.get_mut(&loc.volume).expect("replayed").live += record_len(loc.len);
         }
+        let state = State {
+            next: volumes.keys().max().map_or(0, |n| n + 1),
+            index,
+            volumes,
+            active: None,
+        };
         let blocks = state.index.iter().map(|(id, l)| (*id, l.len)).collect();
         info!(dir = %dir.display(), volumes = state.volumes.len(), blocks = state.index.len(), "volumes scanned");
         let volumes = Volumes {

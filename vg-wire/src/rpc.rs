@@ -127,6 +127,13 @@ pub async fn read_answer<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T
     Ok(answer?)
 }
 
+/// [`read_answer`] for an answer that is the whole stream, then its end.
+async fn read_final_answer<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T> {
+    let answer = read_answer(recv).await;
+    read_end(recv).await;
+    answer
+}
+
 /// A peer to dial: its certificate name, role and address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -244,9 +251,7 @@ impl Dialer {
             let (mut send, mut recv) = self.open(target).await?;
             codec::write_frame(&mut send, request).await?;
             let _ = send.finish();
-            let answer = read_answer(&mut recv).await;
-            read_end(&mut recv).await;
-            answer
+            read_final_answer(&mut recv).await
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
@@ -431,9 +436,7 @@ pub async fn send_block(
                 .await
                 .map_err(|e| Dialer::conn_err(target, e))?;
             let _ = send.finish();
-            let answer = read_answer(&mut recv).await;
-            read_end(&mut recv).await;
-            match answer? {
+            match read_final_answer(&mut recv).await? {
                 storage::Response::Stored { holders } => Ok(holders),
                 other => Err(Error::BadFrame {
                     reason: format!("unexpected answer {other:?}"),

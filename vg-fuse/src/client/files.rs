@@ -20,7 +20,7 @@ struct ReadPlan {
     /// Each piece's range inside its block, and where its bytes are.
     pieces: Vec<(Range<usize>, Source)>,
     /// Blocks to read ahead.
-    ahead: Vec<(BlockRef, Vec<Location>)>,
+    ahead: Vec<(BlockRef, Locations)>,
 }
 
 /// Bytes `range` of a cached block's used part, without a copy (shorter past the end,
@@ -99,16 +99,20 @@ type Fetch = OnceCell<std::result::Result<Arc<Vec<u8>>, String>>;
 /// Where the bytes of one block of an open file come from.
 enum Source {
     Bytes(Vec<u8>),
-    Block(BlockRef, Vec<Location>),
+    Block(BlockRef, Locations),
     Hole,
 }
+
+/// The storages holding a block, shared: every read plans its pieces with them, and a
+/// shared list costs a reference count there, not a copy of every name.
+type Locations = Arc<[Location]>;
 
 #[derive(Default)]
 struct FileState {
     size: u64,
     mtime: Option<Timestamp>,
     blocks: Vec<Option<BlockRef>>,
-    locations: Vec<Vec<Location>>,
+    locations: Vec<Locations>,
     /// Blocks being written, not yet sealed for upload.
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Data of the latest sealed upload of each block, until the upload is reaped.
@@ -136,7 +140,7 @@ impl FileState {
         self.size = layout.attr.size;
         self.mtime = None;
         self.blocks = layout.blocks;
-        self.locations = layout.locations;
+        self.locations = layout.locations.into_iter().map(Locations::from).collect();
         self.seen = Some((layout.attr.size, layout.attr.mtime));
         self.attr = Some(layout.attr);
     }
@@ -165,10 +169,10 @@ impl FileState {
             self.blocks.resize(i + 1, None);
         }
         if self.locations.len() <= i {
-            self.locations.resize(i + 1, Vec::new());
+            self.locations.resize(i + 1, Locations::from([]));
         }
         self.blocks[i] = Some(block);
-        self.locations[i] = locations;
+        self.locations[i] = locations.into();
     }
 
     /// The source of bytes `range` of block `idx`, as this client sees the file now.
@@ -193,7 +197,7 @@ impl FileState {
                 self.locations
                     .get(idx as usize)
                     .cloned()
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| Locations::from([])),
             ),
             None => Source::Hole,
         }

@@ -140,6 +140,24 @@ parallel_handles() {
 }
 check "8 concurrent writers on one file" parallel_handles
 
+# `stat` while `cp` closes its file: attributes fetched before the commit and answered
+# after it must not reach the kernel, which would take the old size (0) and read the
+# file as empty until its attribute TTL ran out.
+stat_during_close() {
+  local i stats ok=0
+  head -c $((3 * block)) /dev/urandom >"$src/racy"
+  for i in $(seq 1 20); do
+    (while :; do stat "$mnt/racy$i" >/dev/null 2>&1; done) &
+    stats=$!
+    cp "$src/racy" "$mnt/racy$i"
+    kill "$stats"
+    wait "$stats" 2>/dev/null
+    [[ $(stat -c %s "$mnt/racy$i") == $((3 * block)) ]] && cmp -s "$src/racy" "$mnt/racy$i" && ok=$((ok + 1))
+  done
+  ((ok == 20)) || { echo "$((20 - ok)) of 20 files looked wrong right after cp"; return 1; }
+}
+check "stat racing with close sees the written size" stat_during_close
+
 dfree() {
   df -h "$mnt" && df --output=fstype,size "$mnt" | tail -n 1 | grep -q '^fuse' \
     && [[ $(df --output=size -B1 "$mnt" | tail -n 1) -gt $((2 << 30)) ]]

@@ -80,6 +80,9 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// How often the grace period of uncommitted blocks is refreshed; the nameserver's
 /// `--gc-grace` must be comfortably longer.
 const KEEP_EVERY: Duration = Duration::from_secs(1);
+/// Blocks up to this size are sent to all their storages at once, larger ones down a
+/// pipeline (a storage's small-block volumes take up to this size too).
+const FAN_OUT_MAX: usize = 256 << 10;
 
 fn not_found(name: &[u8]) -> Error {
     Error::Remote(vg_wire::RemoteError::new(
@@ -195,6 +198,12 @@ impl Client {
     /// Attributes the entry cache still trusts, and for how much longer.
     pub fn cached_attr(&self, ino: Ino) -> Option<(Attr, Duration)> {
         self.cache(|c| c.fresh_attr(ino)).flatten()
+    }
+
+    /// Replaces a file's attributes with newer ones the entry cache holds (see
+    /// [`EntryCache::newest`]).
+    pub fn newest(&self, attr: &mut Attr) {
+        self.cache(|c| c.newest(attr));
     }
 
     /// Attributes of `name` in directory `parent`; from the entry cache when it knows.
@@ -562,39 +571,27 @@ impl Client {
                 .saturating_sub(holders.len())
                 .max(1);
             let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
-            let request = storage::Request::Put {
-                id,
-                len: data.len() as u32,
-                chain: chain[1..].to_vec(),
-            };
-            match vg_wire::rpc::send_block(
-                &self.dialer,
-                &Target::storage(&chain[0]),
-                &request,
-                data.clone(),
-            )
-            .await
-            {
-                Ok(acked) => {
-                    holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
-                    if holders.len() >= wanted.unwrap_or(1) {
-                        break;
-                    }
-                    exclude.extend(
-                        chain
-                            .iter()
-                            .map(|l| l.name.clone())
-                            .filter(|n| !acked.contains(n)),
-                    );
+            let (acked, failed) = self.send_copies(id, &chain, data.clone()).await;
+            holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
+            if holders.len() >= wanted.unwrap_or(1) {
+                break;
+            }
+            if failed.is_empty() {
+                // A pipeline that left storages out: try others for the missing copies.
+                exclude.extend(
+                    chain
+                        .iter()
+                        .map(|l| l.name.clone())
+                        .filter(|n| !acked.contains(n)),
+                );
+            }
+            for (storage, e) in failed {
+                tracing::warn!(block = ?id, %storage, error = %e, "upload failed; placing the block elsewhere");
+                if e.code() == Some(ErrorCode::Invalid) {
+                    return Err(e.into());
                 }
-                Err(e) => {
-                    tracing::warn!(block = ?id, storage = %chain[0], error = %e, "upload failed; placing the block elsewhere");
-                    if e.code() == Some(ErrorCode::Invalid) {
-                        return Err(e.into());
-                    }
-                    exclude.push(chain[0].name.clone());
-                    last_error = Some(e.into());
-                }
+                exclude.push(storage);
+                last_error = Some(e.into());
             }
         }
         if holders.is_empty() {
@@ -606,6 +603,47 @@ impl Client {
             );
         }
         Ok((block, holders))
+    }
+
+    /// Sends a block to the storages of `chain`: a small one to each at once, a large one
+    /// down the chain as a pipeline (each storage forwards it to the next), so that the
+    /// client sends its bytes once. Returns the storages that acknowledged it, and those
+    /// that failed with their error (a pipeline's failure is its head's).
+    async fn send_copies(
+        &self,
+        id: BlockId,
+        chain: &[Location],
+        data: Bytes,
+    ) -> (Vec<String>, Vec<(String, vg_wire::Error)>) {
+        let put = |to: &Location, rest: &[Location]| {
+            let dialer = self.dialer.clone();
+            let (to, data) = (to.clone(), data.clone());
+            let request = storage::Request::Put {
+                id,
+                len: data.len() as u32,
+                chain: rest.to_vec(),
+            };
+            async move {
+                let result =
+                    vg_wire::rpc::send_block(&dialer, &Target::storage(&to), &request, data).await;
+                (to.name, result)
+            }
+        };
+        let sends: Vec<_> = if data.len() <= FAN_OUT_MAX {
+            // Two hops one after the other (client, then storage to storage) cost more
+            // than sending a small block twice.
+            chain.iter().map(|to| tokio::spawn(put(to, &[]))).collect()
+        } else {
+            vec![tokio::spawn(put(&chain[0], &chain[1..]))]
+        };
+        let (mut acked, mut failed) = (Vec::new(), Vec::new());
+        for send in sends {
+            match send.await.expect("upload task does not panic") {
+                (_, Ok(holders)) => acked.extend(holders),
+                (storage, Err(e)) => failed.push((storage, e)),
+            }
+        }
+        (acked, failed)
     }
 
     /// Reads bytes `offset..offset+len` of a block from the first replica that serves

@@ -1,6 +1,7 @@
 //! The FUSE adapter: each `fuser::Filesystem` call converts its arguments, runs the
-//! matching client call on the tokio runtime (so slow calls never block other requests),
-//! and replies or maps the error to an errno.
+//! matching client call (in the FUSE thread until it has to wait, then on the tokio
+//! runtime, so slow calls never block other requests), and replies or maps the error to
+//! an errno.
 
 pub mod errno;
 
@@ -10,6 +11,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -116,20 +118,30 @@ impl VgFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Runs `work` on the runtime; `reply` gets its value or the errno of its error.
+    /// Runs `work` and hands `reply` its value or the errno of its error. The work starts
+    /// in this thread and goes on on the runtime only if it has to wait: most writes,
+    /// attribute changes and cached answers finish at once, and handing them to a runtime
+    /// thread and back cost two thread wake-ups, more than the work itself.
     fn spawn<T, W, R>(&self, name: &'static str, work: W, reply: R)
     where
         T: Send + 'static,
         W: Future<Output = Result<T, Error>> + Send + 'static,
         R: FnOnce(Result<T, i32>) + Send + 'static,
     {
-        self.rt.spawn(async move {
+        let mut task = Box::pin(async move {
             let result = work.await.map_err(|e| {
                 debug!(op = name, error = %e, "failed");
                 errno(&e)
             });
             reply(result);
         });
+        let _runtime = self.rt.enter();
+        // Whatever the first poll waits on registers this no-op waker; the runtime polls
+        // the task again when it is spawned, which registers its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(task);
+        }
     }
 
     /// Replies with an entry, after overlaying this client's unwritten size.
@@ -241,14 +253,11 @@ impl Filesystem for VgFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        // What the entry cache knows is answered here with its remaining TTL, after
-        // overlaying this mount's unwritten changes (on the runtime if the file is busy).
+        // What the entry cache knows is answered with its remaining TTL, after overlaying
+        // this mount's unwritten changes.
         match self.files.client().cached_lookup(parent, name.as_bytes()) {
             Some(Cached::Absent) => return reply.error(libc::ENOENT),
-            Some(Cached::Found(mut attr, left)) => {
-                if self.files.overlay_now(&mut attr) {
-                    return reply.entry(&left, &file_attr(&attr), 0);
-                }
+            Some(Cached::Found(attr, left)) => {
                 return self.entry_for("lookup", left, async { Ok(attr) }, reply);
             }
             _ => {}
@@ -264,12 +273,8 @@ impl Filesystem for VgFs {
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         // The kernel asks for a directory's attributes after every change in it (to check
         // permissions on the next lookup); the entry cache keeps them current. A file's
-        // cached attributes get this mount's unwritten changes overlaid (on the runtime if
-        // the file is busy).
-        if let Some((mut attr, left)) = self.files.client().cached_attr(ino) {
-            if self.files.overlay_now(&mut attr) {
-                return reply.attr(&left, &file_attr(&attr));
-            }
+        // cached attributes get this mount's unwritten changes overlaid.
+        if let Some((attr, left)) = self.files.client().cached_attr(ino) {
             return self.attr_for("getattr", left, async { Ok(attr) }, reply);
         }
         let files = self.files.clone();
@@ -527,9 +532,6 @@ impl Filesystem for VgFs {
                 None => false,
             }
         };
-        if let Some(data) = self.files.read_now(ino, offset, size as usize, sequential) {
-            return reply.data(&data);
-        }
         let files = self.files.clone();
         self.spawn(
             "read",
@@ -585,11 +587,6 @@ impl Filesystem for VgFs {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        // Every close sends a flush; most files read or already committed have nothing to
-        // commit, so answer in the FUSE thread.
-        if self.files.is_clean_now(ino) {
-            return reply.ok();
-        }
         let files = self.files.clone();
         self.empty("flush", async move { files.flush(ino).await }, reply);
     }
@@ -617,9 +614,6 @@ impl Filesystem for VgFs {
         reply: ReplyEmpty,
     ) {
         self.handles.lock().expect("handles lock").remove(&fh);
-        if self.files.try_release_clean(ino) {
-            return reply.ok();
-        }
         let files = self.files.clone();
         self.empty(
             "release",

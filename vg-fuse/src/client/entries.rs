@@ -30,6 +30,15 @@ pub enum Cached {
     Unknown { stale: bool },
 }
 
+/// Replaces a file's attributes with `known` when those are newer: a file's ctime, set by
+/// the nameserver, moves with every change. Directories are left alone, as this client
+/// stamps their times itself ([`EntryCache::dir_changed`]).
+pub fn keep_newest(attr: &mut Attr, known: &Attr) {
+    if attr.kind == FileKind::File && known.ino == attr.ino && known.ctime > attr.ctime {
+        *attr = known.clone();
+    }
+}
+
 struct Listing {
     fetched: Instant,
     names: HashMap<Name, Ino>,
@@ -119,7 +128,7 @@ impl EntryCache {
             .map(|(name, attr)| (name.clone(), attr.ino))
             .collect();
         for (_, attr) in entries {
-            self.attrs.insert(attr.ino, (attr.clone(), now));
+            self.insert_attr(attr, now);
         }
         self.entries += entries.len();
         self.dirs.insert(
@@ -134,7 +143,24 @@ impl EntryCache {
     /// Records fresh attributes of an inode.
     pub fn attr(&mut self, attr: &Attr) {
         if self.attrs.contains_key(&attr.ino) || self.entries < MAX_ENTRIES {
-            self.attrs.insert(attr.ino, (attr.clone(), Instant::now()));
+            self.insert_attr(attr, Instant::now());
+        }
+    }
+
+    /// Keeps `attr` unless what is known of the file is newer: a fetch that started
+    /// before this client's commit and ended after it must not undo what the commit
+    /// returned (the file would look empty to the client that just wrote it).
+    fn insert_attr(&mut self, attr: &Attr, now: Instant) {
+        let mut attr = attr.clone();
+        self.newest(&mut attr);
+        self.attrs.insert(attr.ino, (attr, now));
+    }
+
+    /// Replaces a file's attributes with the newer ones this cache holds, whatever their
+    /// age.
+    pub fn newest(&self, attr: &mut Attr) {
+        if let Some((known, _)) = self.attrs.get(&attr.ino) {
+            keep_newest(attr, known);
         }
     }
 

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Timestamp};
 
 use super::cache::BlockCache;
+use super::entries::keep_newest;
 use super::{Client, Error, Result};
 
 /// What a read needs, decided under the file's lock.
@@ -325,42 +326,17 @@ impl Files {
         }
     }
 
-    /// Whether the file has nothing to commit, known without waiting (false when its
-    /// state is busy): then `flush` has nothing to do.
-    pub fn is_clean_now(&self, ino: Ino) -> bool {
-        self.get_open(ino)
-            .is_none_or(|file| file.state.try_lock().is_ok_and(|s| s.is_clean()))
-    }
-
-    /// Releases a handle of a file with nothing to commit without waiting; false when
-    /// the file must be flushed first or its state is busy.
-    pub fn try_release_clean(&self, ino: Ino) -> bool {
-        let Some(file) = self.get_open(ino) else {
-            return true;
-        };
-        let Ok(mut state) = file.state.try_lock() else {
-            return false;
-        };
-        if !state.is_clean() {
-            return false;
-        }
-        self.release_locked(ino, &mut state);
-        true
-    }
-
     /// Adjusts attributes from the nameserver with this client's unwritten size and mtime.
+    /// Attributes fetched before a commit of this client that ended meanwhile give way to
+    /// the newer ones it returned.
     pub async fn overlay(&self, attr: &mut Attr) {
+        self.client.newest(attr);
         if let Some(file) = self.get_open(attr.ino) {
-            file.state.lock().await.overlay(attr);
-        }
-    }
-
-    /// [`Files::overlay`] without waiting: false (and `attr` untouched) when the file's
-    /// state is busy.
-    pub fn overlay_now(&self, attr: &mut Attr) -> bool {
-        match self.get_open(attr.ino) {
-            None => true,
-            Some(file) => file.state.try_lock().map(|s| s.overlay(attr)).is_ok(),
+            let state = file.state.lock().await;
+            if let Some(known) = &state.attr {
+                keep_newest(attr, known);
+            }
+            state.overlay(attr);
         }
     }
 
@@ -498,39 +474,6 @@ impl Files {
             parts.push(zero_filled(bytes, want.len()));
         }
         Ok(joined(parts))
-    }
-
-    /// [`Files::read`] from this client's unwritten data and the block cache alone,
-    /// without waiting, so that the FUSE thread can answer it: `None` when a block must
-    /// be fetched, read-ahead is due, or the file is busy. Handing a read to the runtime
-    /// and back costs a thread wake-up, about as much as the read itself when cached.
-    pub fn read_now(&self, ino: Ino, offset: u64, len: usize, sequential: bool) -> Option<Bytes> {
-        let file = self.get_open(ino)?;
-        let plan = {
-            let state = file.state.try_lock().ok()?;
-            if offset >= state.size {
-                return Some(Bytes::new());
-            }
-            self.plan(&state, offset, len, sequential)
-        };
-        let mut cache = self.cache.lock().expect("cache lock");
-        if plan
-            .ahead
-            .iter()
-            .any(|(block, _)| !cache.contains(&block.id))
-        {
-            return None;
-        }
-        let mut parts = Vec::with_capacity(plan.pieces.len());
-        for (want, source) in plan.pieces {
-            let bytes = match source {
-                Source::Bytes(data) => Bytes::from(data),
-                Source::Block(block, _) => used_range(cache.get(&block.id)?, block, want.clone()),
-                Source::Hole => Bytes::new(),
-            };
-            parts.push(zero_filled(bytes, want.len()));
-        }
-        Some(joined(parts))
     }
 
     /// Where each piece of a read comes from (its range in the block, and its source),

@@ -93,6 +93,33 @@ async fn killed_storage_is_re_replicated_and_restart_is_reconciled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_go_around_a_storage_that_died_unnoticed() {
+    let mut cluster = TestCluster::start(3, 1 << 30).await;
+    let client = cluster.client().await;
+    // Warm the client's connection to every storage, so each upload to s0 finds it
+    // dead instead of dialing.
+    cluster
+        .put(&client, "/warm", &bytes(6 * BLOCK, 3))
+        .await
+        .unwrap();
+    cluster.kill_storage("s0");
+    // s0 is still active on the nameserver for a while: placements name it, each send
+    // to it fails, and the client places that copy elsewhere (small blocks go to both
+    // storages at once, so one copy is acknowledged and one fails).
+    let data = bytes(8 * BLOCK + 5, 4);
+    cluster.put(&client, "/after", &data).await.unwrap();
+    assert_eq!(cluster.get(&client, "/after").await.unwrap(), data);
+    let ino = client.resolve("/after").await.unwrap().ino;
+    let layout = client.layout(ino).await.unwrap();
+    assert_eq!(layout.blocks.len(), 9);
+    for (i, holders) in layout.locations.iter().enumerate() {
+        let mut names: Vec<&str> = holders.iter().map(|l| l.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["s1", "s2"], "block {i} of /after");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nameserver_sigkill_loses_nothing_acknowledged() {
     let mut cluster = TestCluster::start(0, 1 << 30).await;
     // Move the nameserver into a child process so that it can be SIGKILLed.

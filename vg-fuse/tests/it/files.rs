@@ -156,3 +156,48 @@ async fn concurrent_writers_on_one_file_all_land() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "content of concurrent writers differs");
 }
+
+/// Attributes fetched before this client's commit and delivered after it (a `stat`
+/// racing with `close`) must not make the file look as it was before the commit: the
+/// kernel would take the old size and read the file as empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_older_than_our_commit_give_way() {
+    let cluster = TestCluster::start(2, 1 << 30).await;
+    for entry_ttl in [
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(60),
+    ] {
+        let mut config = vg_fuse::client::Config::new(
+            cluster.ns_addr,
+            vg_wire::tls::TlsPaths::in_dir(&cluster.certs(), "client"),
+        );
+        config.entry_ttl = entry_ttl;
+        let client = vg_fuse::client::Client::connect(&config).await.unwrap();
+        let root = client.resolve("/").await.unwrap().ino;
+        let name = format!("racy{}", entry_ttl.as_secs());
+        let created = client
+            .create(root, name.as_bytes(), 0o644, 0, 0, true)
+            .await
+            .unwrap();
+        let files = Files::new(client.clone(), limits());
+        files.open_created(&created).await.unwrap();
+        let data = bytes(BLOCK + 10, 3);
+        files.write(created.ino, 0, &data).await.unwrap();
+        files.flush(created.ino).await.unwrap();
+        // Still open: the file's own state knows the commit.
+        let mut stale = created.clone();
+        files.overlay(&mut stale).await;
+        assert_eq!(
+            stale.size,
+            data.len() as u64,
+            "open, entry TTL {entry_ttl:?}"
+        );
+        files.release(created.ino).await;
+        // Closed: only the entry cache, when there is one, remembers it.
+        if !entry_ttl.is_zero() {
+            let mut stale = created.clone();
+            files.overlay(&mut stale).await;
+            assert_eq!(stale.size, data.len() as u64, "closed");
+        }
+    }
+}

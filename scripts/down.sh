@@ -19,7 +19,7 @@ done < "$pids"
 # some) may have had its PID reused by something that is not ours.
 ours() {
   local name=$1 pid=$2 cmd
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
   case $name in
     nameserver) [[ $cmd == *vg-nameserver* ]] ;;
     vg-fuse) [[ $cmd == *vg-fuse* ]] ;;

@@ -164,6 +164,12 @@ dfree() {
 }
 check "df shows the cluster capacity" dfree
 
+# The mount raises its kernel read-ahead to 1 MiB (the kernel's default is 128 KiB).
+read_ahead() {
+  [[ $(cat "/sys/class/bdi/$(mountpoint -d "$mnt")/read_ahead_kb") == 1024 ]]
+}
+check "kernel read-ahead raised to 1 MiB" read_ahead
+
 big_dir() {
   mkdir "$mnt/many" && for i in $(seq 2000); do : >"$mnt/many/file$i"; done \
     && [[ $(ls -l "$mnt/many" | wc -l) == 2001 ]] && [[ $(ls "$mnt/many" | wc -l) == 2000 ]]

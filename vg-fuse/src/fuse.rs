@@ -59,6 +59,31 @@ pub struct VgFs {
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
 }
 
+/// Makes the kernel read ahead [`IO_SIZE`] on the mount at `mountpoint`, so that a
+/// sequential reader's FUSE reads are 1 MiB, not 128 KiB (+10 to 15% sequential read
+/// here): the kernel caps the read-ahead a file system may ask for to its default, and
+/// only the mount's `read_ahead_kb` in sysfs raises it. The kernel sets it when the mount
+/// starts serving, so a thread waits for that (its `stat` is answered only then) and
+/// raises it after. Needs root; without it the default stays, which is only slower.
+pub fn raise_read_ahead(mountpoint: std::path::PathBuf) {
+    std::thread::spawn(move || {
+        let knob = match std::fs::metadata(&mountpoint) {
+            Ok(meta) => {
+                let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+                format!(
+                    "/sys/class/bdi/{}:{}/read_ahead_kb",
+                    libc::major(dev),
+                    libc::minor(dev)
+                )
+            }
+            Err(e) => return debug!(mountpoint = %mountpoint.display(), error = %e, "mount gone"),
+        };
+        if let Err(e) = std::fs::write(&knob, (IO_SIZE / 1024).to_string()) {
+            debug!(path = %knob, error = %e, "cannot raise the mount's read-ahead");
+        }
+    });
+}
+
 fn file_attr(attr: &Attr) -> FileAttr {
     let kind = match attr.kind {
         FileKind::File => FileType::RegularFile,

@@ -150,9 +150,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         options.push(MountOption::AllowOther);
     }
+    // Resolved before mounting: resolving it after would wait for the mount to serve.
+    let resolved = std::fs::canonicalize(&args.mountpoint)
+        .with_context(|| format!("resolve {}", args.mountpoint.display()))?;
     let fs = VgFs::new(files.clone(), rt.handle().clone(), args.attr_ttl);
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .with_context(|| format!("mount {}", args.mountpoint.display()))?;
+    vg_fuse::fuse::raise_read_ahead(resolved);
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     let mut unmounter = session.unmount_callable();
     let signal_files: Arc<Files> = files.clone();

@@ -60,7 +60,7 @@ pub struct VgFs {
 }
 
 /// Makes the kernel read ahead [`IO_SIZE`] on the mount at `mountpoint`, so that a
-/// sequential reader's FUSE reads are 1 MiB, not 128 KiB (+10 to 15% sequential read
+/// sequential reader's FUSE reads are 1 MiB, not 128 KiB (+17% sequential read
 /// here): the kernel caps the read-ahead a file system may ask for to its default, and
 /// only the mount's `read_ahead_kb` in sysfs raises it. The kernel sets it when the mount
 /// starts serving, so a thread waits for that (its `stat` is answered only then) and

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,6 +125,28 @@ pub struct Chunks {
     /// The CRC-32 of each chunk of `data`, if it starts and ends on chunk bounds (or the
     /// block's end); empty otherwise.
     pub crcs: Vec<u32>,
+}
+
+/// A read of part of a block, planned: [`BlockStore::plan_read`].
+pub struct ReadPlan {
+    id: BlockId,
+    file: Arc<File>,
+    /// Where the block's bytes start in `file`.
+    base: u64,
+    /// The chunks the read touches, in bytes of the block.
+    pub chunks: Range<usize>,
+    /// The bytes asked for.
+    pub wanted: Range<usize>,
+    /// The stored CRC-32 of each chunk of `chunks`.
+    pub crcs: Vec<u32>,
+}
+
+impl ReadPlan {
+    /// Whether the bytes asked for are whole chunks (or end at the block's end), so that
+    /// they travel with their checksums.
+    pub fn is_whole_chunks(&self) -> bool {
+        self.chunks == self.wanted
+    }
 }
 
 /// Alignment of O_DIRECT buffers, lengths and offsets (a page: enough for any disk).
@@ -369,6 +392,24 @@ impl BlockStore {
     /// Reads bytes `offset..offset+len` of a block (`len` 0: to the end), verifying the
     /// checksums of the chunks they touch.
     pub fn read(&self, id: &BlockId, offset: u32, len: u32) -> Result<Chunks> {
+        let plan = self.plan_read(id, offset, len)?;
+        let buf = self.read_chunks(&plan, plan.chunks.clone())?;
+        if plan.is_whole_chunks() {
+            return Ok(Chunks {
+                data: buf,
+                crcs: plan.crcs,
+            });
+        }
+        let from = plan.wanted.start - plan.chunks.start;
+        Ok(Chunks {
+            data: buf[from..from + plan.wanted.len()].to_vec(),
+            crcs: Vec::new(),
+        })
+    }
+
+    /// Where a read of bytes `offset..offset+len` of a block (`len` 0: to the end) goes:
+    /// the chunks it touches, and their checksums as stored at upload.
+    pub fn plan_read(&self, id: &BlockId, offset: u32, len: u32) -> Result<ReadPlan> {
         let size = self.len_of(id).ok_or(Error::NotFound { block: *id })?;
         if offset > size || (len > 0 && offset as u64 + len as u64 > size as u64) {
             return Err(Error::BadRange {
@@ -378,41 +419,48 @@ impl BlockStore {
                 size,
             });
         }
-        let end = if len == 0 { size } else { offset + len };
+        let end = if len == 0 { size } else { offset + len } as usize;
         let first = offset as usize / CHUNK;
-        let last = (end as usize).div_ceil(CHUNK).max(first);
-        let start = first * CHUNK;
-        let stop = (last * CHUNK).min(size as usize);
-        let mut buf = vec![0u8; stop - start];
+        let last = end.div_ceil(CHUNK).max(first);
         let (file, base) = self.locate(id)?;
-        file.read_exact_at(&mut buf, base + start as u64)
-            .map_err(|_| Error::Corrupt {
-                block: *id,
-                reason: "block file is shorter than recorded".into(),
-            })?;
         let mut stored = vec![0u8; (last - first) * 4];
         file.read_exact_at(&mut stored, base + size as u64 + first as u64 * 4)
             .map_err(|_| Error::Corrupt {
                 block: *id,
                 reason: "checksums missing".into(),
             })?;
-        let crcs: Vec<u32> = stored
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect();
-        if vg_wire::storage::chunk_crcs(&buf) != crcs {
+        Ok(ReadPlan {
+            id: *id,
+            file,
+            base,
+            chunks: first * CHUNK..(last * CHUNK).min(size as usize),
+            wanted: offset as usize..end,
+            crcs: stored
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+        })
+    }
+
+    /// Reads bytes `range` of a planned read's chunks (whole chunks of the block, the last
+    /// one possibly cut at its end), verifying them against their stored checksums.
+    pub fn read_chunks(&self, plan: &ReadPlan, range: Range<usize>) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; range.len()];
+        plan.file
+            .read_exact_at(&mut buf, plan.base + range.start as u64)
+            .map_err(|_| Error::Corrupt {
+                block: plan.id,
+                reason: "block file is shorter than recorded".into(),
+            })?;
+        let first = (range.start - plan.chunks.start) / CHUNK;
+        let stored = &plan.crcs[first..first + range.len().div_ceil(CHUNK)];
+        if vg_wire::storage::chunk_crcs(&buf) != stored {
             return Err(Error::Corrupt {
-                block: *id,
-                reason: format!("checksum mismatch in bytes {start}..{stop}"),
+                block: plan.id,
+                reason: format!("checksum mismatch in bytes {}..{}", range.start, range.end),
             });
         }
-        if (offset as usize, end as usize) == (start, stop) {
-            return Ok(Chunks { data: buf, crcs });
-        }
-        Ok(Chunks {
-            data: buf[offset as usize - start..end as usize - start].to_vec(),
-            crcs: Vec::new(),
-        })
+        Ok(buf)
     }
 
     /// The length of a block whose file's footer and size agree, after moving checksums

@@ -34,6 +34,8 @@ async fn run_sized<T: Send + 'static>(
         .await
         .expect("storage work does not panic")
 }
+/// A read larger than this is sent in pieces of this size (whole chunks).
+const STREAM_PIECE: usize = 1 << 20;
 /// Block bytes held in memory by uploads in flight, in MiB.
 const INFLIGHT_MIB: u32 = 512;
 
@@ -144,29 +146,83 @@ impl Storage {
     }
 
     async fn read(&self, id: BlockId, offset: u32, len: u32, send: &mut SendStream) {
-        // `len` 0 is the rest of the block: assume it is large.
-        let bytes = if len == 0 { usize::MAX } else { len as usize };
         let store = self.store.clone();
-        let result = run_sized(bytes, move || store.read(&id, offset, len)).await;
-        let read = match result {
-            Ok(read) => read,
-            Err(e) => {
-                if matches!(e, Error::Corrupt { .. }) {
-                    self.found_bad(id);
-                }
-                debug!(block = %id, error = %e, "read refused");
-                respond::<Response>(send, Err(e.to_remote())).await;
-                return;
-            }
+        // Reads only the checksums: small.
+        let plan = match run_sized(0, move || store.plan_read(&id, offset, len)).await {
+            Ok(plan) => plan,
+            Err(e) => return self.refuse_read(id, e, send).await,
         };
+        if !plan.is_whole_chunks() || plan.chunks.len() <= STREAM_PIECE {
+            let store = self.store.clone();
+            let result = run_sized(plan.chunks.len(), move || {
+                let data = store.read_chunks(&plan, plan.chunks.clone())?;
+                if plan.is_whole_chunks() {
+                    return Ok((data, plan.crcs));
+                }
+                let from = plan.wanted.start - plan.chunks.start;
+                Ok((data[from..from + plan.wanted.len()].to_vec(), Vec::new()))
+            })
+            .await;
+            match result {
+                Ok((data, crcs)) => {
+                    let header = Ok::<_, RemoteError>(Response::Data {
+                        len: data.len() as u32,
+                        crcs,
+                    });
+                    if codec::write_frame(send, &header).await.is_ok() {
+                        let _ = send.write_chunk(data.into()).await;
+                    }
+                    let _ = send.finish();
+                }
+                Err(e) => self.refuse_read(id, e, send).await,
+            }
+            return;
+        }
+        // A large read goes out piece by piece, each checked as it comes off the disk, so
+        // that the disk reads the next piece while QUIC sends this one: a whole block read
+        // first and sent after kept the disk and the network waiting on each other.
         let header = Ok::<_, RemoteError>(Response::Data {
-            len: read.data.len() as u32,
-            crcs: read.crcs,
+            len: plan.chunks.len() as u32,
+            crcs: plan.crcs.clone(),
         });
-        if codec::write_frame(send, &header).await.is_ok() {
-            let _ = send.write_chunk(read.data.into()).await;
+        if codec::write_frame(send, &header).await.is_err() {
+            return;
+        }
+        let plan = Arc::new(plan);
+        for start in plan.chunks.clone().step_by(STREAM_PIECE) {
+            let piece = start..(start + STREAM_PIECE).min(plan.chunks.end);
+            let (store, plan) = (self.store.clone(), plan.clone());
+            let read = tokio::task::spawn_blocking(move || store.read_chunks(&plan, piece))
+                .await
+                .expect("read does not panic");
+            match read {
+                Ok(data) => {
+                    if send.write_chunk(data.into()).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The header went out already: cut the stream, so that the reader
+                    // takes the block from another replica.
+                    if matches!(e, Error::Corrupt { .. }) {
+                        self.found_bad(id);
+                    }
+                    warn!(block = %id, error = %e, "read failed part way");
+                    let _ = send.reset(1u32.into());
+                    return;
+                }
+            }
         }
         let _ = send.finish();
+    }
+
+    /// Answers a read that cannot be served; a corrupt block is deleted and reported.
+    async fn refuse_read(&self, id: BlockId, e: Error, send: &mut SendStream) {
+        if matches!(e, Error::Corrupt { .. }) {
+            self.found_bad(id);
+        }
+        debug!(block = %id, error = %e, "read refused");
+        respond::<Response>(send, Err(e.to_remote())).await;
     }
 
     async fn put(

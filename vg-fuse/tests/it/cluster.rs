@@ -73,6 +73,10 @@ pub struct TestCluster {
     pub storages: BTreeMap<String, vg_storage::Handle>,
     /// Storage capacity.
     pub capacity: u64,
+    /// Block size of the nameserver.
+    pub block_size: usize,
+    /// Bytes per second each storage's scrub checks.
+    pub scrub_rate: u64,
     ca: Ca,
 }
 
@@ -84,6 +88,11 @@ impl TestCluster {
 
     /// Starts a nameserver (R=2, 64 KiB blocks, fast timers) and `n` storages.
     pub async fn start(n: usize, capacity: u64) -> Self {
+        Self::start_with(n, capacity, BLOCK, 64 << 20).await
+    }
+
+    /// [`TestCluster::start`] with this block size and scrub rate.
+    pub async fn start_with(n: usize, capacity: u64, block_size: usize, scrub_rate: u64) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = Ca::generate("test CA").expect("CA");
         let certs = dir.path().join("certs");
@@ -97,6 +106,8 @@ impl TestCluster {
             ns: None,
             storages: BTreeMap::new(),
             capacity,
+            block_size,
+            scrub_rate,
             ca,
         };
         cluster.issue("nameserver", Role::Nameserver);
@@ -125,7 +136,7 @@ impl TestCluster {
             self.dir.path().join("meta"),
             TlsPaths::in_dir(&self.certs(), "nameserver"),
         );
-        config.block_size = BLOCK as u32;
+        config.block_size = self.block_size as u32;
         config.heartbeat_timeout = Duration::from_millis(1500);
         config.gc_grace = Duration::from_secs(1);
         config.tick = Duration::from_millis(100);
@@ -158,7 +169,7 @@ impl TestCluster {
             ])
             .args([
                 "--block-size",
-                &BLOCK.to_string(),
+                &self.block_size.to_string(),
                 "--heartbeat-timeout",
                 "1500ms",
                 "--gc-grace",
@@ -216,7 +227,7 @@ impl TestCluster {
             TlsPaths::in_dir(&certs, name),
         );
         config.heartbeat = Duration::from_millis(200);
-        config.scrub_rate = 64 << 20;
+        config.scrub_rate = self.scrub_rate;
         let handle = vg_storage::start(config).await.expect("start storage");
         self.storages.insert(name.to_string(), handle);
     }

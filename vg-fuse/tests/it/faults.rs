@@ -350,3 +350,56 @@ async fn bit_rot_is_read_around_detected_and_repaired() {
     .await;
     assert!(cluster.get(&client, "/rotten").await.unwrap() == data);
 }
+
+/// A block larger than a storage's read piece goes out piece by piece, each checked as it
+/// comes off the disk: a corrupt piece past the first cuts the stream, the reader takes
+/// the block from the other replica, and the bad copy is deleted and made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_piece_cuts_a_streamed_read() {
+    // No scrub: the read must be what finds the damage.
+    let cluster = TestCluster::start_with(2, 1 << 30, 4 << 20, 1).await;
+    let client = cluster.client().await;
+    let data = bytes((8 << 20) + 99, 12);
+    let ino = cluster.put(&client, "/big", &data).await.unwrap();
+    cluster.wait_replicated(2).await;
+    let layout = client.layout(ino).await.unwrap();
+    let block = layout.blocks[1].unwrap();
+    let s0: Vec<_> = layout.locations[1]
+        .iter()
+        .filter(|l| l.name == "s0")
+        .cloned()
+        .collect();
+    assert_eq!(s0.len(), 1, "both storages hold every block");
+    // Flip a byte 3 MiB into s0's copy of block 1: its fourth 1 MiB piece.
+    let (_, path, offset, _) = vg_storage::block_store::on_disk(&cluster.data_dir("s0"))
+        .unwrap()
+        .into_iter()
+        .find(|(id, ..)| *id == block.id)
+        .expect("s0 holds block 1");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let at = offset + (3 << 20) + 5;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    }
+    assert!(
+        client.read_block(block.id, &s0, 0, 0).await.is_err(),
+        "a corrupt copy must not be served"
+    );
+    assert!(cluster.get(&client, "/big").await.unwrap() == data);
+    // s0 deleted its copy and reported it; the nameserver has it copied back.
+    eventually("bad copy replaced", Duration::from_secs(30), || async {
+        client
+            .verify(&s0[0], vec![block.id])
+            .await
+            .is_ok_and(|v| v == [true])
+    })
+    .await;
+    assert!(client.read_block(block.id, &s0, 0, 0).await.unwrap() == data[4 << 20..8 << 20]);
+}

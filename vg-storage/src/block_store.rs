@@ -392,7 +392,11 @@ impl BlockStore {
     /// Reads bytes `offset..offset+len` of a block (`len` 0: to the end), verifying the
     /// checksums of the chunks they touch.
     pub fn read(&self, id: &BlockId, offset: u32, len: u32) -> Result<Chunks> {
-        let plan = self.plan_read(id, offset, len)?;
+        self.read_planned(self.plan_read(id, offset, len)?)
+    }
+
+    /// Reads a planned read's bytes in one go, verifying the chunks they touch.
+    pub fn read_planned(&self, plan: ReadPlan) -> Result<Chunks> {
         let buf = self.read_chunks(&plan, plan.chunks.clone())?;
         if plan.is_whole_chunks() {
             return Ok(Chunks {

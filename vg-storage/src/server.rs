@@ -34,6 +34,7 @@ async fn run_sized<T: Send + 'static>(
         .await
         .expect("storage work does not panic")
 }
+
 /// A read larger than this is sent in pieces of this size (whole chunks).
 const STREAM_PIECE: usize = 1 << 20;
 /// Block bytes held in memory by uploads in flight, in MiB.
@@ -154,23 +155,14 @@ impl Storage {
         };
         if !plan.is_whole_chunks() || plan.chunks.len() <= STREAM_PIECE {
             let store = self.store.clone();
-            let result = run_sized(plan.chunks.len(), move || {
-                let data = store.read_chunks(&plan, plan.chunks.clone())?;
-                if plan.is_whole_chunks() {
-                    return Ok((data, plan.crcs));
-                }
-                let from = plan.wanted.start - plan.chunks.start;
-                Ok((data[from..from + plan.wanted.len()].to_vec(), Vec::new()))
-            })
-            .await;
-            match result {
-                Ok((data, crcs)) => {
+            match run_sized(plan.chunks.len(), move || store.read_planned(plan)).await {
+                Ok(read) => {
                     let header = Ok::<_, RemoteError>(Response::Data {
-                        len: data.len() as u32,
-                        crcs,
+                        len: read.data.len() as u32,
+                        crcs: read.crcs,
                     });
                     if codec::write_frame(send, &header).await.is_ok() {
-                        let _ = send.write_chunk(data.into()).await;
+                        let _ = send.write_chunk(read.data.into()).await;
                     }
                     let _ = send.finish();
                 }

@@ -185,6 +185,16 @@ impl Registry {
             .collect()
     }
 
+    /// Active storages with room for `len` more bytes that do not hold block `id`: where
+    /// a new copy of it may go.
+    fn can_take<'a>(&'a self, id: &BlockId, len: u64) -> impl Iterator<Item = Slot> + 'a {
+        let block = self.blocks.get(id);
+        (0..self.storages.len() as Slot).filter(move |&slot| {
+            let s = self.storage(slot);
+            s.is_active() && s.free() >= len && !block.is_some_and(|b| b.holds(slot))
+        })
+    }
+
     fn n_active(&self) -> usize {
         self.storages.iter().filter(|s| s.is_active()).count()
     }
@@ -374,15 +384,9 @@ impl Registry {
                 stored: true,
             });
         }
-        let block = self.blocks.get(&id);
-        let mut candidates: Vec<Slot> = (0..self.storages.len() as Slot)
-            .filter(|&slot| {
-                let s = self.storage(slot);
-                s.is_active()
-                    && s.free() >= len as u64
-                    && !exclude.contains(&s.name)
-                    && !block.is_some_and(|b| b.holds(slot))
-            })
+        let mut candidates: Vec<Slot> = self
+            .can_take(&id, len as u64)
+            .filter(|&slot| !exclude.contains(&self.storage(slot).name))
             .collect();
         if candidates.is_empty() {
             let (code, reason) = if self.n_active() == 0 {
@@ -505,11 +509,8 @@ impl Registry {
             return;
         };
         let len = block.len as u64;
-        let target = (0..self.storages.len() as Slot)
-            .filter(|&slot| {
-                let s = self.storage(slot);
-                s.is_active() && !block.holds(slot) && s.free() >= len
-            })
+        let target = self
+            .can_take(&id, len)
             .max_by_key(|&slot| self.storage(slot).free());
         let Some(target) = target else { return };
         let sources = self.live_locations(&id);

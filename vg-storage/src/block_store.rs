@@ -136,7 +136,7 @@ pub struct ReadPlan {
     /// The chunks the read touches, in bytes of the block.
     pub chunks: Range<usize>,
     /// The bytes asked for.
-    pub wanted: Range<usize>,
+    wanted: Range<usize>,
     /// The stored CRC-32 of each chunk of `chunks`.
     pub crcs: Vec<u32>,
 }

@@ -146,6 +146,13 @@ impl Storage {
         }
     }
 
+    /// [`Storage::found_bad`] when a read failed because the block is corrupt.
+    fn found_bad_if_corrupt(&self, id: BlockId, e: &Error) {
+        if matches!(e, Error::Corrupt { .. }) {
+            self.found_bad(id);
+        }
+    }
+
     async fn read(&self, id: BlockId, offset: u32, len: u32, send: &mut SendStream) {
         let store = self.store.clone();
         // Reads only the checksums: small.
@@ -196,9 +203,7 @@ impl Storage {
                 Err(e) => {
                     // The header went out already: cut the stream, so that the reader
                     // takes the block from another replica.
-                    if matches!(e, Error::Corrupt { .. }) {
-                        self.found_bad(id);
-                    }
+                    self.found_bad_if_corrupt(id, &e);
                     warn!(block = %id, error = %e, "read failed part way");
                     let _ = send.reset(1u32.into());
                     return;
@@ -210,9 +215,7 @@ impl Storage {
 
     /// Answers a read that cannot be served; a corrupt block is deleted and reported.
     async fn refuse_read(&self, id: BlockId, e: Error, send: &mut SendStream) {
-        if matches!(e, Error::Corrupt { .. }) {
-            self.found_bad(id);
-        }
+        self.found_bad_if_corrupt(id, &e);
         debug!(block = %id, error = %e, "read refused");
         respond::<Response>(send, Err(e.to_remote())).await;
     }

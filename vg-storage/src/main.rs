@@ -61,7 +61,11 @@ async fn resolve(host: &str, port: u16, flag: &str) -> anyhow::Result<SocketAddr
         .with_context(|| format!("{flag} {host}: no address"))
 }
 
-#[tokio::main]
+// One runtime thread: a request is answered by the thread that received it. With a
+// worker per core, each small request woke another thread to run it (random 4 KiB reads
+// through the mount: 6,580 → 7,610 IOPS over eight alternating runs, sequential reads
+// level). Disk work and hashing run on the blocking pool either way.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     if let Err(e) = run().await {
         eprintln!("vg-storage: {e:#}");

@@ -37,6 +37,13 @@ use crate::error::{Error, Result};
 pub const VOLUME_BYTES: u64 = 64 << 20;
 /// Marks the start of a record.
 const MAGIC: &[u8; 4] = b"vgr1";
+/// Bytes of zeros written ahead of a volume's records. Allocated space reads as zeros
+/// but is marked unwritten, so the `fdatasync` after the first write into each part of
+/// it commits the change of marks to the journal as well: with 6 KB records, two
+/// storages syncing at once on our disk took 232 µs per sync, and 165 µs writing into
+/// space zeroed before. Written ahead, the zeros go out with the sync of one record in
+/// every [`ZERO_AHEAD`] bytes.
+const ZERO_AHEAD: u64 = 1 << 20;
 /// Bytes of a record header: magic, length, block id, CRC-32 of those.
 const HEADER: usize = 44;
 /// A volume not in use is compacted when less than this fraction of it is live.
@@ -188,6 +195,8 @@ struct Volume {
     end: u64,
     /// Bytes of records still indexed.
     live: u64,
+    /// End of the zeros written ahead of the records (see [`ZERO_AHEAD`]).
+    zeroed: u64,
 }
 
 struct State {
@@ -225,7 +234,14 @@ impl Volumes {
             .into_iter()
             .map(|(number, file, end)| {
                 let file = Arc::new(file);
-                (number, Volume { file, end, live: 0 })
+                let zeroed = end;
+                let volume = Volume {
+                    file,
+                    end,
+                    live: 0,
+                    zeroed,
+                };
+                (number, volume)
             })
             .collect();
         for loc in index.values() {
@@ -281,6 +297,7 @@ impl Volumes {
             file: Arc::new(file),
             end: 0,
             live: 0,
+            zeroed: 0,
         })
     }
 
@@ -353,10 +370,20 @@ impl Volumes {
         };
         let volume = state.volumes.get_mut(&number).expect("active volume");
         let offset = volume.end;
+        let write_err = || io_err(format!("write {}", self.path(number).display()));
+        if offset + bytes > volume.zeroed {
+            let to = (offset + bytes + ZERO_AHEAD).min(VOLUME_BYTES);
+            let zeros = vec![0u8; (to - volume.zeroed) as usize];
+            volume
+                .file
+                .write_all_at(&zeros, volume.zeroed)
+                .map_err(write_err())?;
+            volume.zeroed = to;
+        }
         volume
             .file
             .write_all_at(record, offset)
-            .map_err(io_err(format!("write {}", self.path(number).display())))?;
+            .map_err(write_err())?;
         volume.end += bytes;
         Ok((number, offset, volume.file.clone()))
     }
@@ -474,7 +501,14 @@ mod tests {
             volumes.put(id, data, crcs).unwrap();
         }
         assert_eq!(read(&volumes, &blocks[1].0), blocks[1].1);
-        let end = volumes.lock().volumes[&0].end;
+        let (end, zeroed) = {
+            let state = volumes.lock();
+            (state.volumes[&0].end, state.volumes[&0].zeroed)
+        };
+        // Zeroed with the first record, enough for the next ones.
+        let first = record_len(blocks[0].1.len() as u32);
+        assert_eq!(zeroed, first + ZERO_AHEAD, "zeros are written ahead");
+        assert!(end < zeroed);
         drop(volumes);
         // A crash while a fourth record was being written: its header made it, not all
         // of its bytes; then garbage that is no header.

@@ -106,9 +106,9 @@ impl Client {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = vg_wire::rpc::endpoint(bind, None, identity.client_config()?)?;
+        let endpoint = vg_wire::rpc::endpoint(bind, None)?;
         let mut client = Client {
-            dialer: Dialer::new(endpoint, config.request_timeout),
+            dialer: Dialer::new(endpoint, identity.client_config()?, config.request_timeout),
             ns: Target {
                 name: config.ns_name.clone(),
                 role: Role::Nameserver,

@@ -134,7 +134,11 @@ pub async fn start(config: Config) -> Result<Handle> {
     let (store, bad) = store;
     let (endpoint, addr) = vg_wire::rpc::listen(&identity, config.listen)?;
     let advertise = config.advertise.unwrap_or(addr);
-    let dialer = Dialer::new(endpoint.clone(), Duration::from_secs(10));
+    let dialer = Dialer::new(
+        endpoint.clone(),
+        identity.client_config()?,
+        Duration::from_secs(10),
+    );
     let ns = Target {
         name: config.ns_name.clone(),
         role: Role::Nameserver,

@@ -166,16 +166,23 @@ impl std::fmt::Display for Target {
 #[derive(Clone)]
 pub struct Dialer {
     endpoint: Endpoint,
+    /// For peers elsewhere, and for peers on this machine ([`crate::tls::transport`]).
+    config: quinn::ClientConfig,
+    loopback: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<Target, Connection>>>,
     /// Bound on connecting and on each request.
     pub timeout: Duration,
 }
 
 impl Dialer {
-    /// A dialer on `endpoint`, which must have a default client config.
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+    /// A dialer on `endpoint` that connects with `config`.
+    pub fn new(endpoint: Endpoint, config: quinn::ClientConfig, timeout: Duration) -> Self {
+        let mut loopback = config.clone();
+        loopback.transport_config(crate::tls::transport(true));
         Dialer {
             endpoint,
+            config,
+            loopback,
             conns: Arc::default(),
             timeout,
         }
@@ -196,9 +203,13 @@ impl Dialer {
                 return Ok(conn.clone());
             }
         }
+        let config = match target.addr.ip().is_loopback() {
+            true => &self.loopback,
+            false => &self.config,
+        };
         let connecting = self
             .endpoint
-            .connect(target.addr, &target.name)
+            .connect_with(config.clone(), target.addr, &target.name)
             .map_err(|e| Self::conn_err(target, e))?;
         let conn = tokio::time::timeout(self.timeout, connecting)
             .await
@@ -265,11 +276,12 @@ impl Dialer {
 
 /// A server endpoint for `identity` on `addr` (port 0 picks one), and the address it got.
 pub fn listen(identity: &crate::tls::Identity, addr: SocketAddr) -> Result<(Endpoint, SocketAddr)> {
-    let endpoint = self::endpoint(
-        addr,
-        Some(identity.server_config()?),
-        identity.client_config()?,
-    )?;
+    let mut server = identity.server_config()?;
+    // Bound to loopback, every peer is on this machine.
+    if addr.ip().is_loopback() {
+        server.transport_config(crate::tls::transport(true));
+    }
+    let endpoint = self::endpoint(addr, Some(server))?;
     let bound = endpoint.local_addr().map_err(|e| Error::Io {
         context: format!("local address of {addr}"),
         source: e,
@@ -277,13 +289,9 @@ pub fn listen(identity: &crate::tls::Identity, addr: SocketAddr) -> Result<(Endp
     Ok((endpoint, bound))
 }
 
-/// Makes an endpoint that listens on `addr` (when a server config is given) and dials
-/// with `client`.
-pub fn endpoint(
-    addr: SocketAddr,
-    server: Option<quinn::ServerConfig>,
-    client: quinn::ClientConfig,
-) -> Result<Endpoint> {
+/// Makes an endpoint on `addr` that listens when a server config is given (a [`Dialer`]
+/// dials from it).
+pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<Endpoint> {
     let bind_err = |e| Error::Io {
         context: format!("bind UDP {addr}"),
         source: e,
@@ -292,12 +300,9 @@ pub fn endpoint(
     grow_socket_buffers(&socket);
     let mut config = quinn::EndpointConfig::default();
     config
-        .max_udp_payload_size(crate::tls::MAX_DATAGRAM)
-        .expect("MAX_DATAGRAM is within QUIC's bounds");
-    let mut endpoint =
-        Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+        .max_udp_payload_size(crate::tls::LOOPBACK_DATAGRAM)
+        .expect("LOOPBACK_DATAGRAM is within QUIC's bounds");
+    Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)
 }
 
 /// Socket buffer size asked for, each way.
@@ -489,13 +494,9 @@ mod tests {
         crate::tls::write_file(&dir.path().join("ca.crt"), &ca.pem().cert, 0o644).unwrap();
         let client = identity(&ca, dir.path(), "alice", Role::Client);
         let storage = identity(&ca, dir.path(), "bob", Role::Storage);
-        let endpoint = self::endpoint(
-            "127.0.0.1:0".parse().unwrap(),
-            None,
-            client.client_config().unwrap(),
-        )
-        .unwrap();
-        let dialer = Dialer::new(endpoint, Duration::from_secs(5));
+        let endpoint = self::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let config = client.client_config().unwrap();
+        let dialer = Dialer::new(endpoint, config, Duration::from_secs(5));
         let block: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let id = BlockId::of(&block);
 
@@ -511,5 +512,40 @@ mod tests {
         let unchecked = lying_storage(&storage, block.clone(), Vec::new()).await;
         let err = read_block(&dialer, &unchecked, id, 0, 0).await.unwrap_err();
         assert!(err.to_string().contains("without checksums"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn peers_on_loopback_send_datagrams_larger_than_gso_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("test CA").unwrap();
+        crate::tls::write_file(&dir.path().join("ca.crt"), &ca.pem().cert, 0o644).unwrap();
+        let client = identity(&ca, dir.path(), "alice", Role::Client);
+        let storage = identity(&ca, dir.path(), "bob", Role::Storage);
+        let endpoint = self::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let dialer = Dialer::new(
+            endpoint,
+            client.client_config().unwrap(),
+            Duration::from_secs(5),
+        );
+        let block: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let id = BlockId::of(&block);
+        let target = lying_storage(&storage, block.clone(), block).await;
+        // Path MTU discovery probes upwards from 1,200 bytes after the handshake.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let before = dialer.connection(&target).await.unwrap().stats().udp_rx;
+            read_block(&dialer, &target, id, 0, 0).await.unwrap();
+            let conn = dialer.connection(&target).await.unwrap();
+            let after = conn.stats().udp_rx;
+            let mean_in = (after.bytes - before.bytes) / (after.datagrams - before.datagrams);
+            let mtu_out = conn.stats().path.current_mtu;
+            if mean_in > crate::tls::MAX_DATAGRAM.into() && mtu_out > crate::tls::MAX_DATAGRAM {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "datagrams stay small: {mean_in} bytes in, MTU {mtu_out} out"
+            );
+        }
     }
 }

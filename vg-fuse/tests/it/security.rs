@@ -11,13 +11,12 @@ use crate::cluster::TestCluster;
 
 fn dialer(paths: &TlsPaths) -> Dialer {
     let identity = Identity::load(paths).expect("load identity");
-    let endpoint = vg_wire::rpc::endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
+    let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    Dialer::new(
+        endpoint,
         identity.client_config().unwrap(),
+        Duration::from_secs(5),
     )
-    .unwrap();
-    Dialer::new(endpoint, Duration::from_secs(5))
 }
 
 fn ns_target(cluster: &TestCluster) -> Target {
@@ -251,8 +250,8 @@ fn anonymous_dialer(cluster: &TestCluster) -> Dialer {
     tls.alpn_protocols = vec![vg_wire::tls::alpn()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
-    let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None, config).unwrap();
-    Dialer::new(endpoint, Duration::from_secs(5))
+    let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    Dialer::new(endpoint, config, Duration::from_secs(5))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -487,8 +487,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn block_bytes_are_checked_against_their_checksums() {
+    /// A dialer for client alice on loopback, and the identity of storage bob (their
+    /// certificates live in the directory returned).
+    fn client_and_storage() -> (tempfile::TempDir, Dialer, Identity) {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::generate("test CA").unwrap();
         crate::tls::write_file(&dir.path().join("ca.crt"), &ca.pem().cert, 0o644).unwrap();
@@ -497,6 +498,12 @@ mod tests {
         let endpoint = self::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let config = client.client_config().unwrap();
         let dialer = Dialer::new(endpoint, config, Duration::from_secs(5));
+        (dir, dialer, storage)
+    }
+
+    #[tokio::test]
+    async fn block_bytes_are_checked_against_their_checksums() {
+        let (_dir, dialer, storage) = client_and_storage();
         let block: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let id = BlockId::of(&block);
 
@@ -516,17 +523,7 @@ mod tests {
 
     #[tokio::test]
     async fn peers_on_loopback_send_datagrams_larger_than_gso_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::generate("test CA").unwrap();
-        crate::tls::write_file(&dir.path().join("ca.crt"), &ca.pem().cert, 0o644).unwrap();
-        let client = identity(&ca, dir.path(), "alice", Role::Client);
-        let storage = identity(&ca, dir.path(), "bob", Role::Storage);
-        let endpoint = self::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        let dialer = Dialer::new(
-            endpoint,
-            client.client_config().unwrap(),
-            Duration::from_secs(5),
-        );
+        let (_dir, dialer, storage) = client_and_storage();
         let block: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let id = BlockId::of(&block);
         let target = lying_storage(&storage, block.clone(), block).await;

@@ -69,13 +69,26 @@ pub fn cut(offset: u64, len: usize, block_size: u32) -> Vec<(u64, usize, Range<u
     pieces
 }
 
-/// Writes `data` at `at` into a block buffer, zero-filling any gap before it.
-pub fn write_into(buf: &mut Vec<u8>, at: usize, data: &[u8]) {
-    if buf.len() < at + data.len() {
-        buf.resize(at + data.len(), 0);
+/// Writes `data` at `at` into a buffer for a block of `block_size` bytes, zero-filling any
+/// gap before it. A large write into a new block is taken for a writer that fills it: the
+/// whole block is allocated at once, rather than grown (and copied) write by write.
+pub fn write_into(buf: &mut Vec<u8>, at: usize, data: &[u8], block_size: usize) {
+    if buf.capacity() == 0 && data.len() >= LARGE_WRITE {
+        buf.reserve_exact(block_size);
     }
-    buf[at..at + data.len()].copy_from_slice(data);
+    if buf.len() < at {
+        buf.resize(at, 0);
+    }
+    // Bytes over what the buffer holds are copied in place, the rest appended (appending
+    // does not zero-fill first).
+    let over = (buf.len() - at).min(data.len());
+    buf[at..at + over].copy_from_slice(&data[..over]);
+    buf.extend_from_slice(&data[over..]);
 }
+
+/// A write at least this large into a new block allocates the whole block (see
+/// [`write_into`]).
+const LARGE_WRITE: usize = 128 << 10;
 
 /// Tunables of the open-file layer.
 #[derive(Clone, Debug)]
@@ -524,7 +537,7 @@ impl Files {
                 state.dirty.insert(idx, base);
             }
             let buf = state.dirty.get_mut(&idx).expect("inserted above");
-            write_into(buf, in_block, &data[range]);
+            write_into(buf, in_block, &data[range], bs);
             if buf.len() == bs {
                 self.seal(&file, &mut state, idx).await;
             }
@@ -567,13 +580,16 @@ impl Files {
 
     /// Starts the upload of a dirty block (waiting for room among uploads in flight).
     async fn seal(&self, file: &OpenFile, state: &mut FileState, idx: u64) {
-        let Some(buf) = state.dirty.remove(&idx) else {
+        let Some(mut buf) = state.dirty.remove(&idx) else {
             return;
         };
         if buf.is_empty() {
             // Nothing was written into it (it lies past a truncation): it stays a hole.
             return;
         }
+        // A block allocated whole for a writer that stopped short gives back the rest: the
+        // cache counts what blocks hold, not what they could.
+        buf.shrink_to_fit();
         let data = Arc::new(buf);
         let permit = self
             .permits
@@ -791,10 +807,24 @@ mod tests {
     #[test]
     fn writes_fill_gaps_with_zeros() {
         let mut buf = b"ab".to_vec();
-        write_into(&mut buf, 4, b"cd");
+        write_into(&mut buf, 4, b"cd", 8);
         assert_eq!(buf, b"ab\0\0cd");
-        write_into(&mut buf, 1, b"X");
+        write_into(&mut buf, 1, b"X", 8);
         assert_eq!(buf, b"aX\0\0cd");
+        // Overwriting and appending in one write.
+        write_into(&mut buf, 5, b"yz!", 8);
+        assert_eq!(buf, b"aX\0\0cyz!");
+    }
+
+    #[test]
+    fn a_large_write_allocates_its_whole_block() {
+        let mut buf = Vec::new();
+        let data = vec![7u8; LARGE_WRITE];
+        write_into(&mut buf, 0, &data, 4 * LARGE_WRITE);
+        assert_eq!((buf.len(), buf.capacity()), (LARGE_WRITE, 4 * LARGE_WRITE));
+        let mut small = Vec::new();
+        write_into(&mut small, 0, b"abc", 4 * LARGE_WRITE);
+        assert!(small.capacity() < LARGE_WRITE);
     }
 
     #[test]

@@ -234,12 +234,12 @@ impl Volumes {
             .into_iter()
             .map(|(number, file, end)| {
                 let file = Arc::new(file);
-                let zeroed = end;
+                // These take no new records (see below): nothing to zero ahead of.
                 let volume = Volume {
                     file,
                     end,
                     live: 0,
-                    zeroed,
+                    zeroed: end,
                 };
                 (number, volume)
             })

@@ -166,8 +166,9 @@ impl std::fmt::Display for Target {
 #[derive(Clone)]
 pub struct Dialer {
     endpoint: Endpoint,
-    /// For peers elsewhere, and for peers on this machine ([`crate::tls::transport`]).
+    /// For peers elsewhere.
     config: quinn::ClientConfig,
+    /// For peers on this machine (see [`crate::tls::transport`]).
     loopback: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<Target, Connection>>>,
     /// Bound on connecting and on each request.

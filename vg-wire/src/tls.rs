@@ -180,7 +180,7 @@ impl Identity {
 /// dead peer is noticed in seconds, many streams per connection, and path MTU discovery
 /// up to [`MAX_DATAGRAM`], or [`LOOPBACK_DATAGRAM`] without GSO batches when the peer is
 /// on this machine (`loopback`).
-pub fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
+pub(crate) fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
     mtu_discovery.upper_bound(match loopback {

@@ -11,14 +11,14 @@
 //! [`SMALL_BLOCK`] bytes are appended to volume files instead (`volumes/`, see
 //! [`crate::volumes`]): a file per block cost small files four journal commits each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
@@ -229,6 +229,10 @@ pub struct BlockStore {
     capacity: u64,
     used: AtomicU64,
     sizes: Mutex<HashMap<BlockId, u32>>,
+    /// Blocks whose files are being written or removed; locked before `sizes`. A put or
+    /// delete of one waits on `settled` until it is done.
+    busy: Mutex<HashSet<BlockId>>,
+    settled: Condvar,
     tmp_seq: AtomicU64,
     volumes: Volumes,
     /// Blocks up to this size go to the volumes.
@@ -260,6 +264,8 @@ impl BlockStore {
             capacity,
             used: AtomicU64::new(0),
             sizes: Mutex::default(),
+            busy: Mutex::default(),
+            settled: Condvar::new(),
             tmp_seq: AtomicU64::new(0),
             volumes,
             small,
@@ -346,6 +352,9 @@ impl BlockStore {
     pub fn put_checked(&self, id: &BlockId, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         {
+            // Another upload of this block may still be writing it: acknowledging now
+            // would promise bytes not yet synced (or never, if that write fails).
+            let mut busy = self.wait_settled(id);
             let mut sizes = self.sizes.lock().expect("sizes lock");
             if sizes.contains_key(id) {
                 return Ok(());
@@ -361,13 +370,26 @@ impl BlockStore {
             // Reserve the space now so concurrent uploads cannot overshoot the capacity.
             self.used.fetch_add(len, Ordering::Relaxed);
             sizes.insert(*id, data.len() as u32);
+            busy.insert(*id);
         }
         let result = self.write_files(id, data);
+        let mut busy = self.busy.lock().expect("busy lock");
         if result.is_err() {
             self.sizes.lock().expect("sizes lock").remove(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
         }
+        busy.remove(id);
+        self.settled.notify_all();
         result
+    }
+
+    /// The lock on busy blocks, once `id` is not among them.
+    fn wait_settled(&self, id: &BlockId) -> std::sync::MutexGuard<'_, HashSet<BlockId>> {
+        let mut busy = self.busy.lock().expect("busy lock");
+        while busy.contains(id) {
+            busy = self.settled.wait(busy).expect("busy lock");
+        }
+        busy
     }
 
     fn write_files(&self, id: &BlockId, data: &[u8]) -> Result<()> {
@@ -569,13 +591,26 @@ impl BlockStore {
 
     /// Deletes a block; true if it was there.
     pub fn delete(&self, id: &BlockId) -> bool {
-        let Some(len) = self.sizes.lock().expect("sizes lock").remove(id) else {
-            return false;
+        let len = {
+            let mut busy = self.busy.lock().expect("busy lock");
+            // Being written: nothing is stored to delete yet, and the upload will report
+            // the block once it is.
+            if busy.contains(id) {
+                return false;
+            }
+            let Some(len) = self.sizes.lock().expect("sizes lock").remove(id) else {
+                return false;
+            };
+            // A put of the same block waits until its old files are gone.
+            busy.insert(*id);
+            len
         };
         if !self.volumes.remove(id) {
             self.remove_files(id);
         }
         self.used.fetch_sub(len as u64, Ordering::Relaxed);
+        self.busy.lock().expect("busy lock").remove(id);
+        self.settled.notify_all();
         true
     }
 }
@@ -662,6 +697,27 @@ mod tests {
         ));
         assert!(store.delete(&BlockId::of(&bytes)));
         store.put(&BlockId::of(&more), &more).unwrap();
+    }
+
+    #[test]
+    fn a_second_upload_of_a_block_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = BlockStore::open_with(dir.path(), 1 << 30, 0).unwrap();
+        for seed in 0..4u8 {
+            let bytes: Vec<u8> = data(4 << 20).into_iter().map(|b| b ^ seed).collect();
+            let id = BlockId::of(&bytes);
+            // Whichever put returns first, the block is whole and readable by then.
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        store.put(&id, &bytes).unwrap();
+                        assert_eq!(store.read(&id, 0, 0).unwrap().data, bytes);
+                    });
+                }
+            });
+            assert!(store.delete(&id));
+            assert!(!store.delete(&id));
+        }
     }
 
     #[test]

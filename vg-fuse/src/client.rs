@@ -41,8 +41,6 @@ pub struct Config {
     /// How long lookups may be answered from directory listings and attributes this
     /// client already has (zero: always ask the nameserver).
     pub entry_ttl: Duration,
-    /// How long a placement is reused for new small blocks (zero: ask for each).
-    pub placement_reuse: Duration,
 }
 
 impl Config {
@@ -55,7 +53,6 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             unavailable_timeout: Duration::from_secs(30),
             entry_ttl: Duration::ZERO,
-            placement_reuse: REUSE_PLACEMENT,
         }
     }
 }
@@ -69,13 +66,9 @@ pub struct Client {
     /// Storages that recently failed a read, and when: tried last for a while, so that a
     /// dead storage costs one timeout rather than one per block.
     suspects: Arc<Mutex<HashMap<String, Instant>>>,
-    /// Blocks uploaded (or being uploaded) but not yet committed: their
-    /// garbage-collection grace period is kept fresh.
-    held: Arc<Mutex<HashMap<BlockId, Held>>>,
-    /// A whole placement of a recent small block: new small blocks go there without
-    /// asking, for `placement_reuse` or until an upload to it fails.
-    reusable: Arc<Mutex<Option<Reusable>>>,
-    placement_reuse: Duration,
+    /// Blocks uploaded (or being uploaded) but not yet committed, with a count of the
+    /// uploads holding each: their garbage-collection grace period is kept fresh.
+    held: Arc<Mutex<HashMap<BlockId, u32>>>,
     /// Listings and attributes that answer lookups (none when the TTL is zero).
     entries: Option<Arc<Mutex<EntryCache>>>,
     /// The cluster block size.
@@ -90,29 +83,6 @@ const KEEP_EVERY: Duration = Duration::from_secs(1);
 /// Blocks up to this size are sent to all their storages at once, larger ones down a
 /// pipeline (a storage's small-block volumes take up to this size too).
 const FAN_OUT_MAX: usize = 256 << 10;
-/// How long a placement is reused for new small blocks, by default. Asking the
-/// nameserver costs a round trip per block, a tenth of the time of writing a small
-/// file; the nameserver balances storages by free space, which moves little in a second.
-const REUSE_PLACEMENT: Duration = Duration::from_secs(1);
-/// How long after its upload a block's holders go with its commit. The nameserver takes
-/// them even for a block it does not know (uploaded to a reused placement), so they must
-/// not outlive the copies: a client stalled past the garbage-collection grace would
-/// otherwise vouch for copies collected meanwhile. Well before this, the storages' own
-/// reports (every heartbeat) have told the nameserver.
-const HINT_FRESH: Duration = Duration::from_secs(10);
-
-/// Storages for a block, and when the nameserver chose them.
-struct Reusable {
-    targets: Vec<Location>,
-    made: Instant,
-}
-
-/// Uploads holding a block until its commit, and when the last one was acknowledged.
-#[derive(Default)]
-struct Held {
-    uploads: u32,
-    acked: Option<Instant>,
-}
 
 fn not_found(name: &[u8]) -> Error {
     Error::Remote(vg_wire::RemoteError::new(
@@ -147,8 +117,6 @@ impl Client {
             unavailable_timeout: config.unavailable_timeout,
             suspects: Arc::default(),
             held: Arc::default(),
-            reusable: Arc::default(),
-            placement_reuse: config.placement_reuse,
             entries: (!config.entry_ttl.is_zero())
                 .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
             block_size: 0,
@@ -163,21 +131,16 @@ impl Client {
     }
 
     fn hold(&self, id: BlockId) {
-        self.held
-            .lock()
-            .expect("held lock")
-            .entry(id)
-            .or_default()
-            .uploads += 1;
+        *self.held.lock().expect("held lock").entry(id).or_default() += 1;
     }
 
     /// Stops refreshing the grace period of blocks (committed, or given up).
     pub fn unhold(&self, ids: impl IntoIterator<Item = BlockId>) {
         let mut held = self.held.lock().expect("held lock");
         for id in ids {
-            if let Some(entry) = held.get_mut(&id) {
-                entry.uploads -= 1;
-                if entry.uploads == 0 {
+            if let Some(count) = held.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
                     held.remove(&id);
                 }
             }
@@ -536,11 +499,6 @@ impl Client {
         set: Option<SetAttr>,
     ) -> Result<Attr> {
         let ids: Vec<BlockId> = blocks.iter().map(|(_, b)| b.id).collect();
-        let stored = fresh_hints(
-            &self.held.lock().expect("held lock"),
-            stored,
-            Instant::now(),
-        );
         self.cache(|c| c.changed(ino));
         let result = self
             .attr_call(ns::Request::Commit {
@@ -556,34 +514,6 @@ impl Client {
             self.cache(|c| c.attr(attr));
         }
         result
-    }
-
-    /// The placement reused for a new block of `len` bytes, if it is small and one is fresh.
-    fn reusable_placement(&self, len: usize) -> Option<Placement> {
-        if len > FAN_OUT_MAX {
-            return None;
-        }
-        let reusable = self.reusable.lock().expect("reusable lock");
-        let Reusable { targets, made } = reusable.as_ref()?;
-        (made.elapsed() < self.placement_reuse).then(|| Placement {
-            targets: targets.clone(),
-            stored: false,
-            copies: targets.len() as u32,
-        })
-    }
-
-    /// Keeps `placement`, made for a new block of `len` bytes, for other small blocks if
-    /// it is whole (a block the cluster holds in part gets fewer targets).
-    fn may_reuse(&self, placement: &Placement, len: usize) {
-        if len <= FAN_OUT_MAX
-            && placement.copies > 0
-            && placement.targets.len() == placement.copies as usize
-        {
-            *self.reusable.lock().expect("reusable lock") = Some(Reusable {
-                targets: placement.targets.clone(),
-                made: Instant::now(),
-            });
-        }
     }
 
     async fn place(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Result<Placement> {
@@ -621,27 +551,17 @@ impl Client {
         let mut holders: Vec<Location> = Vec::new();
         let mut wanted = None;
         let mut last_error = None;
-        for attempt in 0..6 {
+        for _attempt in 0..6 {
             let skip: Vec<String> = exclude
                 .iter()
                 .cloned()
                 .chain(holders.iter().map(|l| l.name.clone()))
                 .collect();
-            let reused = match attempt {
-                0 => self.reusable_placement(data.len()),
-                _ => None,
-            };
-            let placement = match reused {
-                Some(placement) => placement,
-                None => match self.place(id, block.len, skip).await {
-                    Ok(p) => {
-                        self.may_reuse(&p, data.len());
-                        p
-                    }
-                    // Out of candidates: fine if some copy is already durable.
-                    Err(_) if !holders.is_empty() => break,
-                    Err(e) => return Err(last_error.unwrap_or(e)),
-                },
+            let placement = match self.place(id, block.len, skip).await {
+                Ok(p) => p,
+                // Out of candidates: fine if some copy is already durable.
+                Err(_) if !holders.is_empty() => break,
+                Err(e) => return Err(last_error.unwrap_or(e)),
             };
             if placement.stored {
                 return Ok((block, holders));
@@ -656,8 +576,6 @@ impl Client {
             if holders.len() >= wanted.unwrap_or(1) {
                 break;
             }
-            // Storages that failed or left copies out are no place for the next blocks.
-            *self.reusable.lock().expect("reusable lock") = None;
             if failed.is_empty() {
                 // A pipeline that left storages out: try others for the missing copies.
                 exclude.extend(
@@ -683,9 +601,6 @@ impl Client {
                     format!("block {id:?}: upload failed"),
                 ))),
             );
-        }
-        if let Some(held) = self.held.lock().expect("held lock").get_mut(&id) {
-            held.acked = Some(Instant::now());
         }
         Ok((block, holders))
     }
@@ -820,24 +735,9 @@ impl Client {
     }
 }
 
-/// The hints among `stored` for blocks held by an upload acknowledged within
-/// [`HINT_FRESH`] before `now`.
-fn fresh_hints(
-    held: &HashMap<BlockId, Held>,
-    mut stored: Vec<(BlockId, Vec<String>)>,
-    now: Instant,
-) -> Vec<(BlockId, Vec<String>)> {
-    stored.retain(|(id, _)| {
-        held.get(id)
-            .and_then(|h| h.acked)
-            .is_some_and(|at| now.saturating_duration_since(at) < HINT_FRESH)
-    });
-    stored
-}
-
 /// Refreshes the grace period of held blocks until the clients holding them are gone.
 async fn keep_held_blocks(
-    held: std::sync::Weak<Mutex<HashMap<BlockId, Held>>>,
+    held: std::sync::Weak<Mutex<HashMap<BlockId, u32>>>,
     dialer: Dialer,
     ns: Target,
 ) {
@@ -909,37 +809,5 @@ mod tests {
         assert_eq!(split_path("/a/b"), Some(("/a", "b")));
         assert_eq!(split_path("/a"), Some(("/", "a")));
         assert_eq!(split_path("/"), None);
-    }
-
-    #[test]
-    fn only_fresh_uploads_vouch_for_their_copies() {
-        let now = Instant::now();
-        let [fresh, stale, unacked, gone] = [1u8, 2, 3, 4].map(|i| BlockId::of(&[i]));
-        let held = HashMap::from([
-            (
-                fresh,
-                Held {
-                    uploads: 1,
-                    acked: Some(now - Duration::from_secs(1)),
-                },
-            ),
-            (
-                stale,
-                Held {
-                    uploads: 1,
-                    acked: Some(now - HINT_FRESH),
-                },
-            ),
-            (
-                unacked,
-                Held {
-                    uploads: 1,
-                    acked: None,
-                },
-            ),
-        ]);
-        let stored = [fresh, stale, unacked, gone].map(|id| (id, vec!["s0".to_string()]));
-        let kept = fresh_hints(&held, stored.to_vec(), now);
-        assert_eq!(kept, vec![(fresh, vec!["s0".to_string()])]);
     }
 }

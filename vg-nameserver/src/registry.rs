@@ -335,13 +335,10 @@ impl Registry {
         }
     }
 
-    /// Records that the client saw these storages acknowledge a block of `len` bytes.
-    /// The block may be new here: a client reuses a whole placement for other small
-    /// blocks for a moment ([`Placement::copies`]). Clients send holders only within
-    /// seconds of the upload, while they keep its grace period fresh, so the copies
-    /// cannot have been collected since.
+    /// Records that the client saw these storages acknowledge a block.
+    /// Hints about a block already collected are ignored: the storage no longer has it.
     pub fn stored(&mut self, id: BlockId, len: u32, holders: &[String]) {
-        if len == 0 {
+        if !self.is_known(&id) {
             return;
         }
         for name in holders {
@@ -349,6 +346,11 @@ impl Registry {
                 self.add_location(id, len, slot);
             }
         }
+    }
+
+    /// Whether the block is held somewhere or still within its grace period.
+    fn is_known(&self, id: &BlockId) -> bool {
+        self.has_any_location(id) || self.unreferenced.contains_key(id)
     }
 
     /// Restarts the grace period of uncommitted blocks a client still writes (blocks
@@ -380,7 +382,6 @@ impl Registry {
             return Ok(Placement {
                 targets: Vec::new(),
                 stored: true,
-                copies: wanted as u32,
             });
         }
         let mut candidates: Vec<Slot> = self
@@ -417,7 +418,6 @@ impl Registry {
         Ok(Placement {
             targets: candidates.iter().map(|&s| self.location(s)).collect(),
             stored: false,
-            copies: wanted as u32,
         })
     }
 
@@ -709,7 +709,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_blocks_survive_and_unkept_ones_are_collected() {
+    fn kept_blocks_survive_and_collected_blocks_take_no_hints() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
         let none = HashMap::new();
@@ -732,26 +732,8 @@ mod tests {
             reg.live_locations(&id(2)).is_empty(),
             "unkept block is collected"
         );
-    }
-
-    #[test]
-    fn hints_register_blocks_never_placed() {
-        let t0 = Instant::now();
-        let mut reg = cluster(&["a", "b"], t0);
-        let placement = reg.place(id(1), 10, &[], false, t0).unwrap();
-        assert_eq!((placement.targets.len(), placement.copies), (2, 2));
-        // Another small block uploaded to the same storages without asking.
-        reg.stored(id(2), 10, &["a".into(), "b".into(), "gone".into()]);
-        assert_eq!(reg.live_locations(&id(2)).len(), 2);
-        // A hint without a length (the block is not in the commit) says nothing.
-        reg.stored(id(3), 0, &["a".into()]);
-        assert!(!reg.has_any_location(&id(3)));
-        // Uncommitted, it is collected after its grace like any other block.
-        reg.tick(&HashMap::new(), t0);
-        let t1 = t0 + Duration::from_secs(11);
-        reg.heartbeat("a", 0, &[], &[], &[], t1);
-        reg.heartbeat("b", 0, &[], &[], &[], t1);
-        reg.tick(&HashMap::new(), t1);
+        // A late commit hint cannot resurrect the collected copy.
+        reg.stored(id(2), 10, &["a".into()]);
         assert!(!reg.has_any_location(&id(2)));
     }
 

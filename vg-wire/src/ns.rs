@@ -179,10 +179,6 @@ pub struct Placement {
     pub targets: Vec<Location>,
     /// The cluster already holds this block with enough replicas: no upload needed.
     pub stored: bool,
-    /// How many copies the cluster keeps of a block now: the replication factor, or fewer
-    /// while fewer storages are active. `targets` of this length are a whole placement,
-    /// which a client may reuse for other new small blocks for a moment.
-    pub copies: u32,
 }
 
 /// What a storage is doing.

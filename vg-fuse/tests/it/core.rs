@@ -1,10 +1,7 @@
 //! Data path and fault tolerance of the cluster core.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use vg_fuse::client::{Client, Config};
-use vg_wire::tls::TlsPaths;
 use vg_wire::ErrorCode;
 
 use crate::cluster::{bytes, eventually, TestCluster, BLOCK};
@@ -34,66 +31,23 @@ async fn put_get_round_trip_around_block_boundaries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedup_stores_identical_blocks_once() {
-    // Large blocks are checked before they move; small ones may go to a placement reused
-    // without asking, so a duplicate can land beside its copies until they are trimmed.
-    for (block, checked_first) in [(512 << 10, true), (BLOCK, false)] {
-        let cluster = TestCluster::start_with(3, 1 << 30, block, 64 << 20).await;
-        let client = cluster.client().await;
-        let data = bytes(4 * block, 7);
-        cluster.put(&client, "/a", &data).await.unwrap();
-        cluster.wait_replicated(2).await;
-        let on_disk = || {
-            ["s0", "s1", "s2"]
-                .iter()
-                .map(|n| cluster.blocks_on_disk(n))
-                .sum::<usize>()
-        };
-        assert_eq!(on_disk(), 8);
-        cluster.put(&client, "/b", &data).await.unwrap();
-        assert_eq!(cluster.get(&client, "/b").await.unwrap(), data);
-        assert_eq!(client.status().await.unwrap().blocks, 4);
-        if checked_first {
-            // Uploads are written before they are acknowledged: the disks show it at once.
-            assert_eq!(on_disk(), 8, "{block}-byte blocks");
-        }
-        eventually("extra copies trimmed", Duration::from_secs(20), || async {
-            on_disk() == 8
-        })
-        .await;
-    }
-}
-
-/// Small blocks written one after another go to one reused placement instead of asking
-/// for each, and the nameserver learns where they are from the commits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_blocks_reuse_a_placement() {
     let cluster = TestCluster::start(3, 1 << 30).await;
-    let mut config = Config::new(
-        cluster.ns_addr,
-        TlsPaths::in_dir(&cluster.certs(), "client"),
-    );
-    for reuse in [Duration::from_secs(3600), Duration::ZERO] {
-        config.placement_reuse = reuse;
-        let client = Client::connect(&config).await.unwrap();
-        let mut pairs = HashSet::new();
-        for i in 0..6 {
-            let path = format!("/small{}-{i}", reuse.as_secs());
-            let seed = reuse.as_secs() + i as u64;
-            cluster
-                .put(&client, &path, &bytes(1000 + i, seed))
-                .await
-                .unwrap();
-            let ino = client.resolve(&path).await.unwrap().ino;
-            let layout = client.layout(ino).await.unwrap();
-            let mut names: Vec<String> =
-                layout.locations[0].iter().map(|l| l.name.clone()).collect();
-            names.sort();
-            assert_eq!(names.len(), 2, "{path}: both copies known once committed");
-            pairs.insert(names);
-        }
-        // Asked for each block, the nameserver spreads them over the three storages.
-        assert_eq!(pairs.len() == 1, !reuse.is_zero(), "{reuse:?}: {pairs:?}");
-    }
+    let client = cluster.client().await;
+    let data = bytes(4 * BLOCK, 7);
+    cluster.put(&client, "/a", &data).await.unwrap();
+    cluster.wait_replicated(2).await;
+    let on_disk = || {
+        ["s0", "s1", "s2"]
+            .iter()
+            .map(|n| cluster.blocks_on_disk(n))
+            .sum::<usize>()
+    };
+    assert_eq!(on_disk(), 8);
+    cluster.put(&client, "/b", &data).await.unwrap();
+    assert_eq!(cluster.get(&client, "/b").await.unwrap(), data);
+    // Uploads are written before they are acknowledged, so the disks show it at once.
+    assert_eq!(on_disk(), 8);
+    assert_eq!(client.status().await.unwrap().blocks, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -589,7 +589,7 @@ impl BlockStore {
         self.volumes.compact()
     }
 
-    /// Deletes a block; true if it was there.
+    /// Deletes a block; true if it was there (and not still being written).
     pub fn delete(&self, id: &BlockId) -> bool {
         let len = {
             let mut busy = self.busy.lock().expect("busy lock");

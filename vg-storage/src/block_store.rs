@@ -373,13 +373,11 @@ impl BlockStore {
             busy.insert(*id);
         }
         let result = self.write_files(id, data);
-        let mut busy = self.busy.lock().expect("busy lock");
         if result.is_err() {
             self.sizes.lock().expect("sizes lock").remove(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
         }
-        busy.remove(id);
-        self.settled.notify_all();
+        self.settle(id);
         result
     }
 
@@ -390,6 +388,12 @@ impl BlockStore {
             busy = self.settled.wait(busy).expect("busy lock");
         }
         busy
+    }
+
+    /// Ends the write or removal of `id`, waking the puts waiting for it.
+    fn settle(&self, id: &BlockId) {
+        self.busy.lock().expect("busy lock").remove(id);
+        self.settled.notify_all();
     }
 
     fn write_files(&self, id: &BlockId, data: &[u8]) -> Result<()> {
@@ -609,8 +613,7 @@ impl BlockStore {
             self.remove_files(id);
         }
         self.used.fetch_sub(len as u64, Ordering::Relaxed);
-        self.busy.lock().expect("busy lock").remove(id);
-        self.settled.notify_all();
+        self.settle(id);
         true
     }
 }

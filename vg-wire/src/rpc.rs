@@ -204,9 +204,10 @@ impl Dialer {
                 return Ok(conn.clone());
             }
         }
-        let config = match target.addr.ip().is_loopback() {
-            true => &self.loopback,
-            false => &self.config,
+        let config = if target.addr.ip().is_loopback() {
+            &self.loopback
+        } else {
+            &self.config
         };
         let connecting = self
             .endpoint

@@ -381,7 +381,9 @@ impl Client {
         self.removed(parent, name, true, result)
     }
 
-    /// Renames.
+    /// Renames. The moved inode's attributes, which the nameserver answers with, stay
+    /// cached under the new name: a lookup of it (an `rm` or `stat` after `mv`) is then
+    /// answered here instead of costing a round trip.
     pub async fn rename(
         &self,
         parent: Ino,
@@ -391,7 +393,7 @@ impl Client {
         noreplace: bool,
     ) -> Result<()> {
         let result = self
-            .done_call(ns::Request::Rename {
+            .attr_call(ns::Request::Rename {
                 parent,
                 name: name.to_vec(),
                 new_parent,
@@ -400,13 +402,18 @@ impl Client {
             })
             .await;
         match &result {
-            Ok(()) => _ = self.cache(|c| c.renamed(parent, name, new_parent, new_name)),
+            Ok(attr) => {
+                self.cache(|c| {
+                    c.renamed(parent, name, new_parent, new_name);
+                    c.attr(attr);
+                });
+            }
             Err(e) => {
                 self.forget_dir_on(e, ErrorCode::NotFound, parent);
                 self.forget_dir_on(e, ErrorCode::Exists, new_parent);
             }
         }
-        result
+        result.map(|_| ())
     }
 
     /// One page of a directory listing.

@@ -253,8 +253,8 @@ impl Service {
                 new_parent,
                 new_name,
                 noreplace,
-            } => self
-                .mutate(|_| Op::Rename {
+            } => {
+                self.mutate(|_| Op::Rename {
                     parent,
                     name,
                     new_parent,
@@ -263,7 +263,7 @@ impl Service {
                     time: now,
                 })
                 .await
-                .map(|_| Response::Done),
+            }
             SetAttr { ino, set } => self.mutate(|_| self.set_attr_op(ino, set, now)).await,
             StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
             Layout { ino } => self.layout(ino),

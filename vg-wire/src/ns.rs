@@ -59,7 +59,8 @@ pub enum Request {
     Unlink { parent: Ino, name: Name },
     /// Removes an empty directory.
     Rmdir { parent: Ino, name: Name },
-    /// Moves a name; replaces an existing target unless `noreplace`.
+    /// Moves a name; replaces an existing target unless `noreplace`. Answers with the
+    /// moved inode's attributes (its ctime moves).
     Rename {
         parent: Ino,
         name: Name,

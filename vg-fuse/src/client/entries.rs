@@ -195,13 +195,13 @@ impl EntryCache {
         }
     }
 
-    /// Records a name this client removed (unlink, or rmdir when `dir`).
+    /// Records a name this client removed (unlink, or rmdir when `dir`). The name left
+    /// the parent whether or not a listing of it is still held, so the parent's cached
+    /// attributes are adjusted, not dropped: dropping them cost the kernel's next
+    /// `getattr` of the parent a round trip, for every removal once the listing had aged.
     pub fn removed(&mut self, parent: Ino, name: &[u8], dir: bool) {
-        if self.take_name(parent, name) && self.fresh_listing(parent) {
-            self.dir_changed(parent, Timestamp::now(), -1, -i64::from(dir));
-        } else {
-            self.changed(parent);
-        }
+        self.take_name(parent, name);
+        self.dir_changed(parent, Timestamp::now(), -1, -i64::from(dir));
     }
 
     /// Drops `name` from a listing of `parent` and what is known of its inode; whether
@@ -313,6 +313,21 @@ mod tests {
         let mut expired = EntryCache::new(Duration::ZERO);
         expired.listed(5, &[(b"n".to_vec(), file)], expired.epoch());
         assert_eq!(expired.lookup(5, b"n"), Cached::Unknown { stale: true });
+    }
+
+    #[test]
+    fn a_removal_adjusts_the_parent_without_its_listing() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        let mut dir = attr(2, FileKind::Dir);
+        (dir.size, dir.nlink) = (3, 3);
+        // Attributes known (from a getattr), but no listing of the directory.
+        cache.attr(&dir);
+        cache.removed(2, b"sub", true);
+        let (now, _) = cache.fresh_attr(2).unwrap();
+        assert_eq!((now.size, now.nlink), (2, 2));
+        cache.removed(2, b"file", false);
+        let (now, _) = cache.fresh_attr(2).unwrap();
+        assert_eq!((now.size, now.nlink), (1, 2));
     }
 
     #[test]

@@ -201,3 +201,32 @@ async fn attributes_older_than_our_commit_give_way() {
         }
     }
 }
+
+/// A rename answers with the moved inode's attributes, so that the renaming client knows
+/// the new name without asking (an `rm` or `stat` after `mv` used to cost a lookup round
+/// trip), and knows it as the nameserver does: the rename moved its ctime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_file_is_known_under_its_new_name() {
+    use vg_fuse::client::Cached;
+    let cluster = TestCluster::start(2, 1 << 30).await;
+    let mut config = vg_fuse::client::Config::new(
+        cluster.ns_addr,
+        vg_wire::tls::TlsPaths::in_dir(&cluster.certs(), "client"),
+    );
+    config.entry_ttl = std::time::Duration::from_secs(60);
+    let client = vg_fuse::client::Client::connect(&config).await.unwrap();
+    let root = client.resolve("/").await.unwrap().ino;
+    let dir = client.mkdir(root, b"d", 0o755, 0, 0).await.unwrap().ino;
+    let file = client.create(dir, b"x", 0o644, 0, 0, true).await.unwrap();
+    client.rename(dir, b"x", dir, b"y", false).await.unwrap();
+    let Some(Cached::Found(known, _)) = client.cached_lookup(dir, b"y") else {
+        panic!("the new name is not known after the rename");
+    };
+    assert_eq!(client.cached_lookup(dir, b"x"), Some(Cached::Absent));
+    let fresh = cluster.client().await.resolve("/d/y").await.unwrap();
+    assert_eq!(known.ino, file.ino);
+    assert_eq!(
+        known, fresh,
+        "cached attributes differ from the nameserver's"
+    );
+}

@@ -244,8 +244,15 @@ impl TestCluster {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
+        self.caching_client(Duration::ZERO).await
+    }
+
+    /// A connected client answering lookups from what it learnt in the last `entry_ttl`,
+    /// as the mount does.
+    pub async fn caching_client(&self, entry_ttl: Duration) -> Client {
         let mut config = Config::new(self.ns_addr, TlsPaths::in_dir(&self.certs(), "client"));
         config.unavailable_timeout = Duration::from_secs(20);
+        config.entry_ttl = entry_ttl;
         Client::connect(&config).await.expect("connect client")
     }
 

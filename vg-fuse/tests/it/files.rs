@@ -167,12 +167,7 @@ async fn attributes_older_than_our_commit_give_way() {
         std::time::Duration::ZERO,
         std::time::Duration::from_secs(60),
     ] {
-        let mut config = vg_fuse::client::Config::new(
-            cluster.ns_addr,
-            vg_wire::tls::TlsPaths::in_dir(&cluster.certs(), "client"),
-        );
-        config.entry_ttl = entry_ttl;
-        let client = vg_fuse::client::Client::connect(&config).await.unwrap();
+        let client = cluster.caching_client(entry_ttl).await;
         let root = client.resolve("/").await.unwrap().ino;
         let name = format!("racy{}", entry_ttl.as_secs());
         let created = client
@@ -209,12 +204,9 @@ async fn attributes_older_than_our_commit_give_way() {
 async fn a_renamed_file_is_known_under_its_new_name() {
     use vg_fuse::client::Cached;
     let cluster = TestCluster::start(2, 1 << 30).await;
-    let mut config = vg_fuse::client::Config::new(
-        cluster.ns_addr,
-        vg_wire::tls::TlsPaths::in_dir(&cluster.certs(), "client"),
-    );
-    config.entry_ttl = std::time::Duration::from_secs(60);
-    let client = vg_fuse::client::Client::connect(&config).await.unwrap();
+    let client = cluster
+        .caching_client(std::time::Duration::from_secs(60))
+        .await;
     let root = client.resolve("/").await.unwrap().ino;
     let dir = client.mkdir(root, b"d", 0o755, 0, 0).await.unwrap().ino;
     let file = client.create(dir, b"x", 0o644, 0, 0, true).await.unwrap();

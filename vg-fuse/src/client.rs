@@ -2,6 +2,7 @@
 //! storages. Knows nothing of FUSE, so `vgctl`, the FUSE adapter and tests share it.
 
 pub mod cache;
+pub mod compact;
 pub mod entries;
 pub mod error;
 pub mod files;
@@ -19,7 +20,7 @@ use vg_wire::rpc::{Dialer, Target};
 use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::Bytes;
-use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr};
+use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr, Slice};
 
 pub use entries::Cached;
 use entries::EntryCache;
@@ -495,23 +496,23 @@ impl Client {
         }
     }
 
-    /// Replaces blocks of a file and sets its size, as one step. The blocks are no longer
-    /// held against garbage collection afterwards, whatever the outcome.
+    /// Adds slices on top of blocks of a file and sets its size, as one step. The new
+    /// blobs are no longer held against garbage collection afterwards, whatever the outcome.
     pub async fn commit(
         &self,
         ino: Ino,
         size: u64,
-        blocks: Vec<(u64, BlockRef)>,
-        stored: Vec<(BlockId, Vec<String>)>,
+        slices: Vec<(u64, Vec<Slice>)>,
+        stored: Vec<(BlockId, u32, Vec<String>)>,
         set: Option<SetAttr>,
     ) -> Result<Attr> {
-        let ids: Vec<BlockId> = blocks.iter().map(|(_, b)| b.id).collect();
+        let ids: Vec<BlockId> = stored.iter().map(|(id, _, _)| *id).collect();
         self.cache(|c| c.changed(ino));
         let result = self
             .attr_call(ns::Request::Commit {
                 ino,
                 size,
-                blocks,
+                slices,
                 stored,
                 set,
             })
@@ -521,6 +522,30 @@ impl Client {
             self.cache(|c| c.attr(attr));
         }
         result
+    }
+
+    /// Replaces the first slices of a block, if they still are `prefix`, with `merged`
+    /// (see `ns::Request::Compact`); the new blobs are no longer held afterwards.
+    pub async fn compact(
+        &self,
+        ino: Ino,
+        idx: u64,
+        prefix: Vec<Slice>,
+        merged: Vec<Slice>,
+        stored: Vec<(BlockId, u32, Vec<String>)>,
+    ) -> Result<()> {
+        let ids: Vec<BlockId> = stored.iter().map(|(id, _, _)| *id).collect();
+        let result = self
+            .ns_call(ns::Request::Compact {
+                ino,
+                idx,
+                prefix,
+                merged,
+                stored,
+            })
+            .await;
+        self.unhold(ids);
+        result.map(|_| ())
     }
 
     async fn place(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Result<Placement> {
@@ -539,17 +564,38 @@ impl Client {
     /// pipeline left out are made on further storages when the cluster has them.
     /// The block is held against garbage collection until [`Client::commit`] or
     /// [`Client::unhold`]; a failed upload holds nothing.
+    ///
+    /// A storage that refuses for space while the nameserver still placed the block there
+    /// is freeing space the nameserver reclaimed (its deletions arrive with its next
+    /// heartbeat): the upload is tried again for up to the timeout instead of failing.
     pub async fn upload_block(&self, data: Bytes) -> Result<(BlockRef, Vec<Location>)> {
         let id = BlockId::of(&data);
         self.hold(id);
-        let result = self.upload_held(id, data).await;
+        let deadline = Instant::now() + self.unavailable_timeout;
+        let mut pause = Duration::from_millis(100);
+        let result = loop {
+            match self.upload_held(id, data.clone()).await {
+                Err((e, true)) if Instant::now() + pause < deadline => {
+                    tracing::debug!(block = ?id, error = %e, "storages full; waiting for reclaimed space");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => break other.map_err(|(e, _)| e),
+            }
+        };
         if result.is_err() {
             self.unhold([id]);
         }
         result
     }
 
-    async fn upload_held(&self, id: BlockId, data: Bytes) -> Result<(BlockRef, Vec<Location>)> {
+    /// One upload attempt; an error says whether it is worth another (storages refused
+    /// for space although the nameserver placed the block on them).
+    async fn upload_held(
+        &self,
+        id: BlockId,
+        data: Bytes,
+    ) -> std::result::Result<(BlockRef, Vec<Location>), (Error, bool)> {
         let block = BlockRef {
             id,
             len: data.len() as u32,
@@ -568,7 +614,12 @@ impl Client {
                 Ok(p) => p,
                 // Out of candidates: fine if some copy is already durable.
                 Err(_) if !holders.is_empty() => break,
-                Err(e) => return Err(last_error.unwrap_or(e)),
+                Err(e) => {
+                    let full = last_error
+                        .as_ref()
+                        .is_some_and(|e: &Error| e.code() == ErrorCode::NoSpace);
+                    return Err((last_error.unwrap_or(e), full));
+                }
             };
             if placement.stored {
                 return Ok((block, holders));
@@ -595,19 +646,21 @@ impl Client {
             for (storage, e) in failed {
                 tracing::warn!(block = ?id, %storage, error = %e, "upload failed; placing the block elsewhere");
                 if e.code() == Some(ErrorCode::Invalid) {
-                    return Err(e.into());
+                    return Err((e.into(), false));
                 }
                 exclude.push(storage);
                 last_error = Some(e.into());
             }
         }
         if holders.is_empty() {
-            return Err(
-                last_error.unwrap_or(Error::Remote(vg_wire::RemoteError::new(
-                    ErrorCode::Unavailable,
-                    format!("block {id:?}: upload failed"),
-                ))),
-            );
+            let full = last_error
+                .as_ref()
+                .is_some_and(|e| e.code() == ErrorCode::NoSpace);
+            let error = last_error.unwrap_or(Error::Remote(vg_wire::RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("block {id:?}: upload failed"),
+            )));
+            return Err((error, full));
         }
         Ok((block, holders))
     }

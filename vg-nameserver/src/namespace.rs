@@ -10,9 +10,15 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::Name;
-use vg_wire::{check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, Timestamp, ROOT_INO};
+use vg_wire::slices::{self, MAX_SLICES};
+use vg_wire::{
+    check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, Slice, Timestamp, ROOT_INO,
+};
 
 use crate::error::refuse;
+
+mod v1;
+pub use v1::NamespaceV1;
 
 type Refusal<T = ()> = std::result::Result<T, RemoteError>;
 
@@ -24,9 +30,9 @@ pub enum Content {
         entries: BTreeMap<Name, Ino>,
         parent: Ino,
     },
-    /// Block `i` covers bytes `i*block_size..`; `None` is a hole. A block's `len` is how
-    /// many of its bytes belong to the file; bytes past it (up to the size) read as zeros.
-    File { blocks: Vec<Option<BlockRef>> },
+    /// Block `i` covers bytes `i*block_size..` and is a list of slices, oldest first
+    /// (`vg_wire::slices` says what it shows); an empty list is a hole.
+    File { blocks: Vec<Vec<Slice>> },
     /// The link target.
     Symlink { target: Vec<u8> },
 }
@@ -108,13 +114,30 @@ pub enum Op {
         block_size: u32,
         time: Timestamp,
     },
-    /// Replace blocks of a file and set its size.
+    /// Replace whole blocks of a file and set its size: the commit of releases before
+    /// slices (protocol 3), kept so that their logs replay. Each block becomes one slice.
     Commit {
         ino: Ino,
         size: u64,
         blocks: Vec<(u64, BlockRef)>,
         block_size: u32,
         time: Timestamp,
+    },
+    /// Add slices on top of blocks of a file and set its size.
+    Write {
+        ino: Ino,
+        size: u64,
+        slices: Vec<(u64, Vec<Slice>)>,
+        block_size: u32,
+        time: Timestamp,
+    },
+    /// Replace the first slices of a block, if they are `prefix`, with `merged`.
+    Compact {
+        ino: Ino,
+        idx: u64,
+        prefix: Vec<Slice>,
+        merged: Vec<Slice>,
+        block_size: u32,
     },
 }
 
@@ -143,6 +166,23 @@ fn not_found(what: impl std::fmt::Display) -> RemoteError {
         ErrorCode::NotFound,
         format!("{what}: No such file or directory"),
     )
+}
+
+/// Refuses slices that are empty or reach past their block.
+fn check_slices(ino: Ino, idx: u64, slices: &[Slice], block_size: u32) -> Refusal {
+    match slices
+        .iter()
+        .find(|s| s.len == 0 || s.at.checked_add(s.len).is_none_or(|end| end > block_size))
+    {
+        Some(bad) => refuse(
+            ErrorCode::Invalid,
+            format!(
+                "inode {ino}: block {idx}: slice of {} bytes at {} does not fit a block of {block_size} bytes",
+                bad.len, bad.at
+            ),
+        ),
+        None => Ok(()),
+    }
 }
 
 fn show(name: &[u8]) -> String {
@@ -189,8 +229,8 @@ impl Namespace {
         self.refs.clear();
         for inode in self.inodes.values() {
             if let Content::File { blocks } = &inode.content {
-                for block in blocks.iter().flatten() {
-                    *self.refs.entry(block.id).or_default() += 1;
+                for slice in blocks.iter().flatten() {
+                    *self.refs.entry(slice.blob).or_default() += 1;
                 }
             }
         }
@@ -353,21 +393,22 @@ impl Namespace {
         }
     }
 
-    fn drop_blocks(&mut self, blocks: impl IntoIterator<Item = BlockRef>) {
-        for block in blocks {
-            if let Some(count) = self.refs.get_mut(&block.id) {
+    /// Removes one reference per slice; blobs left without any are released.
+    fn drop_refs(&mut self, slices: impl IntoIterator<Item = Slice>) {
+        for slice in slices {
+            if let Some(count) = self.refs.get_mut(&slice.blob) {
                 *count -= 1;
                 if *count == 0 {
-                    self.refs.remove(&block.id);
-                    self.released.push(block.id);
+                    self.refs.remove(&slice.blob);
+                    self.released.push(slice.blob);
                 }
             }
         }
     }
 
-    fn add_blocks(&mut self, blocks: impl IntoIterator<Item = BlockRef>) {
-        for block in blocks {
-            *self.refs.entry(block.id).or_default() += 1;
+    fn add_refs<'a>(&mut self, slices: impl IntoIterator<Item = &'a Slice>) {
+        for slice in slices {
+            *self.refs.entry(slice.blob).or_default() += 1;
         }
     }
 
@@ -379,7 +420,7 @@ impl Namespace {
         if inode.attr.nlink == 0 || inode.attr.kind == FileKind::Dir {
             let inode = self.inodes.remove(&ino).expect("present");
             if let Content::File { blocks } = inode.content {
-                self.drop_blocks(blocks.into_iter().flatten());
+                self.drop_refs(blocks.into_iter().flatten());
             }
         }
     }
@@ -562,59 +603,132 @@ impl Namespace {
             Op::Commit {
                 ino,
                 size,
-                blocks: changes,
+                blocks,
                 block_size,
                 time,
             } => {
-                let inode = self.get(ino)?;
-                let Content::File { blocks } = &inode.content else {
+                // Whole blocks of the old format: each replaces what the block held.
+                let whole = |b: &BlockRef| Slice {
+                    at: 0,
+                    len: b.len,
+                    blob: b.id,
+                    blob_off: 0,
+                };
+                let changes: Vec<(u64, Vec<Slice>)> =
+                    blocks.iter().map(|(i, b)| (*i, vec![whole(b)])).collect();
+                self.write(ino, size, &changes, true, block_size, time)
+            }
+            Op::Write {
+                ino,
+                size,
+                slices,
+                block_size,
+                time,
+            } => self.write(ino, size, &slices, false, block_size, time),
+            Op::Compact {
+                ino,
+                idx,
+                prefix,
+                merged,
+                block_size,
+            } => {
+                let conflict = || {
+                    refuse(
+                        ErrorCode::Conflict,
+                        format!("inode {ino}: block {idx} changed before its compaction"),
+                    )
+                };
+                let Content::File { blocks } = &self.get(ino)?.content else {
                     return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
                 };
-                let n_blocks = size.div_ceil(block_size as u64);
-                if n_blocks > MAX_BLOCKS {
-                    return refuse(
-                        ErrorCode::Invalid,
-                        format!("inode {ino}: {size} bytes is more than {MAX_BLOCKS} blocks"),
-                    );
+                let Some(list) = blocks.get(idx as usize) else {
+                    return conflict();
+                };
+                if prefix.is_empty() || !list.starts_with(&prefix) {
+                    return conflict();
                 }
-                if let Some((idx, block)) = changes
+                check_slices(ino, idx, &merged, block_size)?;
+                let mut list: Vec<Slice> = merged
                     .iter()
-                    .find(|(idx, b)| *idx >= n_blocks || b.len > block_size)
+                    .chain(&list[prefix.len()..])
+                    .copied()
+                    .collect();
+                let hidden = slices::drop_hidden(&mut list);
+                self.add_refs(&merged);
+                self.drop_refs(prefix.into_iter().chain(hidden));
+                if let Some(Inode {
+                    content: Content::File { blocks },
+                    ..
+                }) = self.inodes.get_mut(&ino).map(|inode| &mut **inode)
                 {
-                    return refuse(ErrorCode::Invalid, format!("inode {ino}: block {idx} ({} bytes) does not fit a file of {size} bytes", block.len));
+                    blocks[idx as usize] = list;
                 }
-                let mut blocks = blocks.clone();
-                let needed = changes
-                    .iter()
-                    .map(|(idx, _)| *idx as usize + 1)
-                    .max()
-                    .unwrap_or(0);
-                if blocks.len() < needed {
-                    blocks.resize(needed, None);
-                }
-                let mut replaced = Vec::new();
-                for (idx, block) in &changes {
-                    if let Some(old) = blocks[*idx as usize].replace(*block) {
-                        replaced.push(old);
-                    }
-                }
-                self.add_blocks(changes.iter().map(|(_, b)| *b));
-                self.drop_blocks(replaced);
-                self.set_blocks(ino, blocks);
-                self.resize(ino, self.file_blocks(ino), size, block_size, time)?;
                 Ok(ino)
             }
         }
     }
 
-    fn file_blocks(&self, ino: Ino) -> Vec<Option<BlockRef>> {
-        match &self.inodes[&ino].content {
-            Content::File { blocks } => blocks.clone(),
-            _ => Vec::new(),
+    /// Adds `changes` on top of the file's blocks (or, with `replace`, instead of what
+    /// each block held), then sets the size. Checked whole before anything changes.
+    fn write(
+        &mut self,
+        ino: Ino,
+        size: u64,
+        changes: &[(u64, Vec<Slice>)],
+        replace: bool,
+        block_size: u32,
+        time: Timestamp,
+    ) -> Refusal<Ino> {
+        let inode = self.get(ino)?;
+        let Content::File { blocks } = &inode.content else {
+            return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
+        };
+        let n_blocks = size.div_ceil(block_size as u64);
+        if n_blocks > MAX_BLOCKS {
+            return refuse(
+                ErrorCode::Invalid,
+                format!("inode {ino}: {size} bytes is more than {MAX_BLOCKS} blocks"),
+            );
         }
+        let mut lists: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
+        let mut dropped = Vec::new();
+        for (idx, new) in changes {
+            if *idx >= n_blocks {
+                return refuse(
+                    ErrorCode::Invalid,
+                    format!("inode {ino}: block {idx} lies past the end of a file of {size} bytes"),
+                );
+            }
+            check_slices(ino, *idx, new, block_size)?;
+            let list = lists
+                .entry(*idx)
+                .or_insert_with(|| blocks.get(*idx as usize).cloned().unwrap_or_default());
+            if replace {
+                dropped.append(list);
+            }
+            list.extend_from_slice(new);
+            dropped.extend(slices::drop_hidden(list));
+            if list.len() > MAX_SLICES {
+                return refuse(
+                    ErrorCode::Invalid,
+                    format!("inode {ino}: block {idx} would have more than {MAX_SLICES} slices; compact it first"),
+                );
+            }
+        }
+        let mut blocks = blocks.clone();
+        for (idx, list) in lists {
+            if blocks.len() <= idx as usize {
+                blocks.resize(idx as usize + 1, Vec::new());
+            }
+            blocks[idx as usize] = list;
+        }
+        self.add_refs(changes.iter().flat_map(|(_, new)| new));
+        self.drop_refs(dropped);
+        self.resize(ino, blocks, size, block_size, time)?;
+        Ok(ino)
     }
 
-    fn set_blocks(&mut self, ino: Ino, new_blocks: Vec<Option<BlockRef>>) {
+    fn set_blocks(&mut self, ino: Ino, new_blocks: Vec<Vec<Slice>>) {
         if let Some(Inode {
             content: Content::File { blocks },
             ..
@@ -629,7 +743,7 @@ impl Namespace {
     fn resize(
         &mut self,
         ino: Ino,
-        mut blocks: Vec<Option<BlockRef>>,
+        mut blocks: Vec<Vec<Slice>>,
         size: u64,
         block_size: u32,
         time: Timestamp,
@@ -645,22 +759,22 @@ impl Namespace {
             );
         }
         let n_blocks = size.div_ceil(bs) as usize;
-        let dropped: Vec<BlockRef> = if blocks.len() > n_blocks {
+        let mut dropped: Vec<Slice> = if blocks.len() > n_blocks {
             blocks.drain(n_blocks..).flatten().collect()
         } else {
             Vec::new()
         };
-        // Holes at the end are not stored: growing a file with truncate costs nothing.
-        while blocks.last() == Some(&None) {
-            blocks.pop();
-        }
         if blocks.len() == n_blocks {
-            if let Some(Some(last)) = blocks.last_mut() {
+            if let Some(last) = blocks.last_mut() {
                 let room = size - (n_blocks as u64 - 1) * bs;
-                last.len = last.len.min(room as u32);
+                dropped.extend(slices::trim(last, room as u32));
             }
         }
-        self.drop_blocks(dropped);
+        // Holes at the end are not stored: growing a file with truncate costs nothing.
+        while blocks.last().is_some_and(Vec::is_empty) {
+            blocks.pop();
+        }
+        self.drop_refs(dropped);
         self.set_blocks(ino, blocks);
         let inode = self.inodes.get_mut(&ino).expect("resized inode exists");
         if inode.attr.size != size {
@@ -917,6 +1031,124 @@ mod tests {
         assert!(ns.refs().is_empty());
     }
 
+    fn slice(at: u32, len: u32, byte: u8) -> Slice {
+        Slice {
+            at,
+            len,
+            blob: BlockId([byte; 32]),
+            blob_off: 0,
+        }
+    }
+
+    fn write(
+        ns: &mut Namespace,
+        ino: Ino,
+        size: u64,
+        slices: Vec<(u64, Vec<Slice>)>,
+    ) -> Refusal<Ino> {
+        ns.apply(&Op::Write {
+            ino,
+            size,
+            slices,
+            block_size: BS,
+            time: t(),
+        })
+    }
+
+    fn blocks_of(ns: &Namespace, ino: Ino) -> Vec<Vec<Slice>> {
+        match &ns.get(ino).unwrap().content {
+            Content::File { blocks } => blocks.clone(),
+            _ => panic!("not a file"),
+        }
+    }
+
+    #[test]
+    fn writes_add_slices_and_drop_those_hidden() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        write(
+            &mut ns,
+            f,
+            8,
+            vec![(0, vec![slice(0, 4, 1)]), (1, vec![slice(0, 4, 2)])],
+        )
+        .unwrap();
+        // A partial write adds a slice on top; the block's first blob stays referenced.
+        write(&mut ns, f, 8, vec![(0, vec![slice(1, 2, 3)])]).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 1), slice(1, 2, 3)]);
+        assert_eq!(ns.refs().len(), 3);
+        // Two writes that cover the block hide everything under them.
+        write(
+            &mut ns,
+            f,
+            8,
+            vec![(0, vec![slice(0, 2, 4), slice(2, 2, 5)])],
+        )
+        .unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 2, 4), slice(2, 2, 5)]);
+        let mut released = ns.take_released();
+        released.sort();
+        assert_eq!(released, vec![BlockId([1; 32]), BlockId([3; 32])]);
+        // A slice past its block, an empty one, or a block past the size is refused.
+        for bad in [slice(3, 2, 6), slice(0, 0, 6)] {
+            let e = write(&mut ns, f, 8, vec![(1, vec![bad])]).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Invalid);
+        }
+        let e = write(&mut ns, f, 8, vec![(2, vec![slice(0, 1, 6)])]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert_eq!(ns.refs().len(), 3, "a refused write changes nothing");
+    }
+
+    #[test]
+    fn compaction_replaces_a_prefix_only_if_unchanged() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        write(
+            &mut ns,
+            f,
+            4,
+            vec![(0, vec![slice(0, 4, 1), slice(1, 1, 2)])],
+        )
+        .unwrap();
+        let prefix = blocks_of(&ns, f)[0].clone();
+        // Another write lands between the compactor's read and its commit: it stays on top.
+        write(&mut ns, f, 4, vec![(0, vec![slice(3, 1, 3)])]).unwrap();
+        let compact = |ns: &mut Namespace, prefix: Vec<Slice>| {
+            ns.apply(&Op::Compact {
+                ino: f,
+                idx: 0,
+                prefix,
+                merged: vec![slice(0, 4, 9)],
+                block_size: BS,
+            })
+        };
+        compact(&mut ns, prefix.clone()).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 9), slice(3, 1, 3)]);
+        let mut released = ns.take_released();
+        released.sort();
+        assert_eq!(released, vec![BlockId([1; 32]), BlockId([2; 32])]);
+        // The same compaction again no longer matches: refused, nothing changed.
+        let e = compact(&mut ns, prefix).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert_eq!(blocks_of(&ns, f)[0].len(), 2);
+        // A truncate changes the slices under a compaction too.
+        let prefix = blocks_of(&ns, f)[0].clone();
+        ns.apply(&Op::SetAttr {
+            ino: f,
+            set: SetAttr {
+                size: Some(2),
+                ..Default::default()
+            },
+            block_size: BS,
+            time: t(),
+        })
+        .unwrap();
+        assert_eq!(
+            compact(&mut ns, prefix).unwrap_err().code,
+            ErrorCode::Conflict
+        );
+    }
+
     #[test]
     fn truncate_clips_and_extends_with_holes() {
         let mut ns = Namespace::new(t());
@@ -947,7 +1179,7 @@ mod tests {
             panic!()
         };
         // The holes past the clipped block are implicit.
-        assert_eq!(blocks, &vec![Some(block(1, 3))]);
+        assert_eq!(blocks, &vec![vec![slice(0, 3, 1)]]);
         assert_eq!(ns.get(f).unwrap().attr.size, 10);
     }
 

@@ -65,6 +65,26 @@ impl Block {
     }
 }
 
+/// Why a blob no file references is still kept, and since when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreferenced {
+    /// Placed or reported, not (yet) committed: the grace period protects an upload in
+    /// flight or a client slow to commit.
+    Uploaded(Instant),
+    /// A committed change dropped its last reference. Kept for the grace period for
+    /// readers holding an old layout, but reclaimed at once when placement runs out of
+    /// room: committed deletes never make a write fail.
+    Released(Instant),
+}
+
+impl Unreferenced {
+    fn since(self) -> Instant {
+        match self {
+            Unreferenced::Uploaded(t) | Unreferenced::Released(t) => t,
+        }
+    }
+}
+
 /// Tunables of the registry.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -87,8 +107,9 @@ pub struct Registry {
     slots: HashMap<String, Slot>,
     /// Blocks placed or held.
     blocks: HashMap<BlockId, Block>,
-    /// Blocks not referenced by any file, and since when: deleted after the grace period.
-    unreferenced: HashMap<BlockId, Instant>,
+    /// Blocks not referenced by any file, why and since when: deleted after the grace
+    /// period (released ones sooner when space is short).
+    unreferenced: HashMap<BlockId, Unreferenced>,
     /// Replications asked for and not yet reported done: block -> (target, when).
     in_flight: HashMap<BlockId, (Slot, Instant)>,
     /// Rotates placement among equally free storages.
@@ -266,8 +287,12 @@ impl Registry {
         let mut delete = Vec::new();
         for &(id, len) in blocks {
             let keep = refs.contains_key(&id)
-                || now.duration_since(*self.unreferenced.entry(id).or_insert(now))
-                    < self.policy.gc_grace;
+                || now.duration_since(
+                    self.unreferenced
+                        .entry(id)
+                        .or_insert(Unreferenced::Uploaded(now))
+                        .since(),
+                ) < self.policy.gc_grace;
             if keep {
                 self.add_location(id, len, slot);
             } else {
@@ -316,7 +341,9 @@ impl Registry {
         storage.used = used;
         storage.last_seen = now;
         for &(id, len) in received {
-            self.unreferenced.entry(id).or_insert(now);
+            self.unreferenced
+                .entry(id)
+                .or_insert(Unreferenced::Uploaded(now));
             self.add_location(id, len, slot);
         }
         for id in removed.iter().chain(bad) {
@@ -328,11 +355,56 @@ impl Registry {
         std::mem::take(&mut self.storage_mut(slot).commands)
     }
 
-    /// Blocks that just lost their last file reference.
+    /// Blocks that just lost their last file reference. One a client is uploading again
+    /// stays protected as an upload.
     pub fn released(&mut self, ids: Vec<BlockId>, now: Instant) {
         for id in ids {
-            self.unreferenced.insert(id, now);
+            self.unreferenced
+                .entry(id)
+                .and_modify(|u| {
+                    if matches!(u, Unreferenced::Released(_)) {
+                        *u = Unreferenced::Released(now)
+                    }
+                })
+                .or_insert(Unreferenced::Released(now));
         }
+    }
+
+    /// Deletes at once every released block no file references again, and counts their
+    /// space as free: run when placement finds no room. Returns the bytes freed.
+    pub fn reclaim(&mut self, refs: &HashMap<BlockId, u32>) -> u64 {
+        let ids: Vec<BlockId> = self
+            .unreferenced
+            .iter()
+            .filter(|(id, u)| matches!(u, Unreferenced::Released(_)) && !refs.contains_key(*id))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut freed = 0;
+        for id in ids {
+            self.unreferenced.remove(&id);
+            let len = self.blocks.get(&id).map_or(0, |b| b.len as u64);
+            for slot in self.live_slots(&id) {
+                self.remove_location(id, slot);
+                self.push_delete(slot, id);
+                let storage = self.storage_mut(slot);
+                storage.used = storage.used.saturating_sub(len);
+                freed += len;
+            }
+        }
+        if freed > 0 {
+            info!(bytes = freed, "reclaimed released blocks to make room");
+        }
+        freed
+    }
+
+    /// Bytes that released blocks hold on storages (all copies): space a write may take.
+    pub fn garbage(&self) -> u64 {
+        self.unreferenced
+            .iter()
+            .filter(|(_, u)| matches!(u, Unreferenced::Released(_)))
+            .filter_map(|(id, _)| self.blocks.get(id))
+            .map(|b| b.len as u64 * b.holders.len() as u64)
+            .sum()
     }
 
     /// Records that the client saw these storages acknowledge a block.
@@ -358,7 +430,7 @@ impl Registry {
     pub fn keep(&mut self, ids: &[BlockId], now: Instant) {
         for id in ids {
             if let Some(since) = self.unreferenced.get_mut(id) {
-                *since = now;
+                *since = Unreferenced::Uploaded(now);
             }
         }
     }
@@ -376,7 +448,7 @@ impl Registry {
         let live = self.live_slots(&id).len();
         if !referenced {
             // Until its file is committed, the block is protected by the grace period.
-            self.unreferenced.insert(id, now);
+            self.unreferenced.insert(id, Unreferenced::Uploaded(now));
         }
         if wanted > 0 && live >= wanted {
             return Ok(Placement {
@@ -464,14 +536,16 @@ impl Registry {
         // that crashed between upload and commit) starts its grace period now.
         for id in self.blocks.keys() {
             if !refs.contains_key(id) {
-                self.unreferenced.entry(*id).or_insert(now);
+                self.unreferenced
+                    .entry(*id)
+                    .or_insert(Unreferenced::Uploaded(now));
             }
         }
         let expired: Vec<BlockId> = self
             .unreferenced
             .iter()
             .filter(|(id, since)| {
-                !refs.contains_key(*id) && now.duration_since(**since) >= self.policy.gc_grace
+                !refs.contains_key(*id) && now.duration_since(since.since()) >= self.policy.gc_grace
             })
             .map(|(id, _)| *id)
             .collect();

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs};
 use vg_wire::rpc::{read_end, respond, Peer};
-use vg_wire::{codec, Ino, Role, SetTime, Timestamp};
+use vg_wire::{codec, BlockId, Ino, Role, SetTime, Slice, Timestamp};
 
 use crate::error::{refuse, Error};
 use crate::namespace::{Content, Namespace, Op};
@@ -278,55 +278,61 @@ impl Service {
                     );
                 }
                 let mut state = self.lock();
-                let referenced = state.ns.refs().contains_key(&id);
-                Ok(Response::Placement(state.registry.place(
-                    id,
-                    len,
-                    &exclude,
-                    referenced,
-                    Instant::now(),
-                )?))
+                let State { ns, registry, .. } = &mut *state;
+                let referenced = ns.refs().contains_key(&id);
+                let placed = registry.place(id, len, &exclude, referenced, Instant::now());
+                let placed = match placed {
+                    // Space that committed deletes freed is taken back before a write fails.
+                    Err(e) if e.code == ErrorCode::NoSpace && registry.reclaim(ns.refs()) > 0 => {
+                        registry.place(id, len, &exclude, referenced, Instant::now())
+                    }
+                    other => other,
+                };
+                Ok(Response::Placement(placed?))
             }
             Commit {
                 ino,
                 size,
-                blocks,
+                slices,
                 stored,
                 set,
             } => {
-                {
-                    let mut state = self.lock();
-                    for (id, holders) in &stored {
-                        let len = blocks
-                            .iter()
-                            .find(|(_, b)| b.id == *id)
-                            .map(|(_, b)| b.len)
-                            .unwrap_or(0);
-                        state.registry.stored(*id, len, holders);
-                    }
-                    // A block the cluster no longer holds (collected while the client was
-                    // slow to commit) must be uploaded again, not referenced.
-                    if let Some((_, lost)) = blocks
-                        .iter()
-                        .find(|(_, b)| !state.registry.has_any_location(&b.id))
-                    {
-                        return refuse(
-                            ErrorCode::Unavailable,
-                            format!("block {:?} has no replica; upload it again", lost.id),
-                        );
-                    }
-                }
-                debug!(ino, size, blocks = blocks.len(), by = %peer.name, "file written");
-                let commit = Op::Commit {
+                self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
+                debug!(ino, size, blocks = slices.len(), by = %peer.name, "file written");
+                let write = Op::Write {
                     ino,
                     size,
-                    blocks,
+                    slices,
                     block_size: self.block_size,
                     time: now,
                 };
                 let set = set.map(|set| self.set_attr_op(ino, set, now));
-                self.mutate_ops(|_| std::iter::once(commit).chain(set).collect())
+                self.mutate_ops(|_| std::iter::once(write).chain(set).collect())
                     .await
+            }
+            Compact {
+                ino,
+                idx,
+                prefix,
+                merged,
+                stored,
+            } => {
+                self.check_stored(&stored, &merged)?;
+                debug!(
+                    ino,
+                    idx,
+                    from = prefix.len(),
+                    to = merged.len(),
+                    "block compacted"
+                );
+                self.mutate(|_| Op::Compact {
+                    ino,
+                    idx,
+                    prefix,
+                    merged,
+                    block_size: self.block_size,
+                })
+                .await
             }
             Status => Ok(Response::Status(self.status(&self.lock()))),
             KeepBlocks { ids } => {
@@ -465,18 +471,42 @@ impl Service {
         Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
     }
 
+    /// Records where the client saw new blobs stored, then refuses a change naming a blob
+    /// the cluster no longer holds (collected while the client was slow to commit): it
+    /// must be uploaded again, not referenced.
+    fn check_stored<'a>(
+        &self,
+        stored: &[(BlockId, u32, Vec<String>)],
+        slices: impl IntoIterator<Item = &'a Slice>,
+    ) -> Result<(), RemoteError> {
+        let mut state = self.lock();
+        for (id, len, holders) in stored {
+            state.registry.stored(*id, *len, holders);
+        }
+        match slices
+            .into_iter()
+            .find(|s| !state.registry.has_any_location(&s.blob))
+        {
+            Some(lost) => refuse(
+                ErrorCode::Unavailable,
+                format!("blob {:?} has no replica; upload it again", lost.blob),
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn layout(&self, ino: Ino) -> Answer {
         let state = self.lock();
         let inode = state.ns.get(ino)?;
         let Content::File { blocks } = &inode.content else {
             return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
         };
+        let mut seen = std::collections::HashSet::new();
         let locations = blocks
             .iter()
-            .map(|b| {
-                b.map(|b| state.registry.live_locations(&b.id))
-                    .unwrap_or_default()
-            })
+            .flatten()
+            .filter(|slice| seen.insert(slice.blob))
+            .map(|slice| (slice.blob, state.registry.live_locations(&slice.blob)))
             .collect();
         Ok(Response::Layout(Layout {
             attr: inode.attr.clone(),
@@ -489,6 +519,8 @@ impl Service {
     fn statfs(&self, state: &State) -> StatFs {
         let (capacity, free) = state.registry.space();
         let copies = state.registry.wanted().max(1) as u64;
+        // Released blocks are reclaimed before a write fails, so they count as free.
+        let free = (free + state.registry.garbage()).min(capacity);
         StatFs {
             capacity: capacity / copies,
             free: free / copies,
@@ -507,6 +539,7 @@ impl Service {
             blocks: state.ns.refs().len() as u64,
             under_replicated,
             missing,
+            garbage: state.registry.garbage(),
         }
     }
 }
@@ -531,6 +564,7 @@ fn op_name(request: &Request) -> &'static str {
         Layout { .. } => "layout",
         PlaceBlock { .. } => "place_block",
         Commit { .. } => "commit",
+        Compact { .. } => "compact",
         Status => "status",
         ListBlocks { .. } => "list_blocks",
         KeepBlocks { .. } => "keep_blocks",

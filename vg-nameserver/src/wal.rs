@@ -1,8 +1,9 @@
 //! Durable metadata: a write-ahead log with group commit, and snapshots.
 //!
 //! Files under the metadata directory:
-//! - `snapshot`: `b"vgsnap01"`, crc32 of the payload, payload length (u64), payload =
+//! - `snapshot`: `b"vgsnap02"`, crc32 of the payload, payload length (u64), payload =
 //!   `(lsn, Namespace)`; written to `snapshot.tmp`, fsynced, renamed, directory fsynced.
+//!   A `vgsnap01` snapshot (whole blocks, before slices) is read and converted.
 //! - `wal`: records of `len: u32, crc32: u32, payload = (lsn, Op)`, appended in LSN order,
 //!   then zeros: the file is allocated ahead of the records ([`PREALLOCATE`]).
 //!
@@ -27,9 +28,11 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::namespace::{Namespace, Op};
+use crate::namespace::{Namespace, NamespaceV1, Op};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap01";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap02";
+/// The snapshot format of releases before slices.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"vgsnap01";
 /// Largest WAL record accepted on replay; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -275,7 +278,8 @@ impl Wal {
     }
 
     fn decode_snapshot(bytes: &[u8]) -> std::result::Result<(u64, Namespace), String> {
-        if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+        let v1 = bytes.get(..8) == Some(SNAPSHOT_MAGIC_V1);
+        if bytes.len() < 20 || (&bytes[..8] != SNAPSHOT_MAGIC && !v1) {
             return Err("not a vg snapshot (bad magic)".into());
         }
         let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
@@ -283,6 +287,12 @@ impl Wal {
         let payload = &bytes[20..];
         if payload.len() as u64 != len || crc32fast::hash(payload) != crc {
             return Err("snapshot checksum mismatch".into());
+        }
+        if v1 {
+            let (lsn, old): (u64, NamespaceV1) =
+                vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())?;
+            info!(lsn, "snapshot of the format before slices read; converted");
+            return Ok((lsn, old.into()));
         }
         vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())
     }

@@ -53,6 +53,8 @@ pub enum ErrorCode {
     Io,
     /// The request was sent with a protocol version this server does not speak.
     Version,
+    /// The data changed since the caller read it (a compaction lost a race).
+    Conflict,
 }
 
 /// Errors of the protocol layer.

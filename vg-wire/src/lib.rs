@@ -11,10 +11,12 @@ pub mod error;
 pub mod ns;
 pub mod rpc;
 pub mod size;
+pub mod slices;
 pub mod storage;
 pub mod tls;
 pub mod types;
 
 pub use bytes::Bytes;
 pub use error::{Error, ErrorCode, RemoteError, Result};
+pub use slices::Slice;
 pub use types::*;

@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Attr, BlockId, BlockRef, Ino, Location, SetAttr};
+use crate::slices::Slice;
+use crate::types::{Attr, BlockId, Ino, Location, SetAttr};
 
 /// A file name as bytes: anything but `/` and NUL, at most 255 bytes.
 pub type Name = Vec<u8>;
@@ -80,15 +81,26 @@ pub enum Request {
         len: u32,
         exclude: Vec<String>,
     },
-    /// Replaces blocks of a file and sets its size, as one logged step; then applies
-    /// `set` (attribute changes the client deferred while it wrote the file), durable
-    /// with the same log flush.
+    /// Adds slices on top of blocks of a file (each list in order, newest last) and sets
+    /// its size, as one logged step; then applies `set` (attribute changes the client
+    /// deferred while it wrote the file), durable with the same log flush. `stored` says
+    /// which storages acknowledged each new blob, and its length.
     Commit {
         ino: Ino,
         size: u64,
-        blocks: Vec<(u64, BlockRef)>,
-        stored: Vec<(BlockId, Vec<String>)>,
+        slices: Vec<(u64, Vec<Slice>)>,
+        stored: Vec<(BlockId, u32, Vec<String>)>,
         set: Option<SetAttr>,
+    },
+    /// Replaces the first slices of block `idx`, if they still are `prefix`, with
+    /// `merged` (the same bytes in fewer blobs); slices added after `prefix` stay on top.
+    /// Refused with `Conflict` when the block changed otherwise meanwhile.
+    Compact {
+        ino: Ino,
+        idx: u64,
+        prefix: Vec<Slice>,
+        merged: Vec<Slice>,
+        stored: Vec<(BlockId, u32, Vec<String>)>,
     },
     /// Storages and cluster counters, for `vgctl du`, `usage` and `status`.
     Status,
@@ -160,17 +172,18 @@ pub struct StatFs {
     pub block_size: u32,
 }
 
-/// A file's blocks and where they are.
+/// A file's blocks and where their blobs are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Layout {
     /// The file's attributes.
     pub attr: Attr,
     /// Cluster block size: block `i` covers bytes `i*block_size ..`.
     pub block_size: u32,
-    /// Block `i` of the file, or `None` for a hole that reads as zeros.
-    pub blocks: Vec<Option<BlockRef>>,
-    /// Live storages holding block `i`, in preference order.
-    pub locations: Vec<Vec<Location>>,
+    /// The slices of block `i` of the file, oldest first (see [`crate::slices`]); an
+    /// empty list is a hole that reads as zeros.
+    pub blocks: Vec<Vec<Slice>>,
+    /// Each blob the slices name, with the live storages holding it in preference order.
+    pub locations: Vec<(BlockId, Vec<Location>)>,
 }
 
 /// Where to upload a new block.
@@ -227,6 +240,9 @@ pub struct ClusterStatus {
     pub under_replicated: u64,
     /// Referenced blocks with no live replica at all.
     pub missing: u64,
+    /// Bytes held by blocks no file references any more (all copies), reclaimed after
+    /// the grace period or as soon as a write needs the room.
+    pub garbage: u64,
 }
 
 /// A referenced block, for `fsck`.

@@ -2,6 +2,10 @@
 //! uploads with bounded memory, reads that see this client's unwritten data, a shared
 //! block cache with read-ahead, and commits at flush (close-to-open consistency).
 //!
+//! A write buffers only the bytes it writes (no block is read first); a flush uploads
+//! each block's new bytes as one blob and commits them as slices on top of the block
+//! (`vg_wire::slices`); blocks left with many slices are compacted in the background.
+//!
 //! Knows nothing of FUSE: the adapter calls [`Files`] with inode numbers and offsets.
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,31 +14,15 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
-use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Timestamp};
+use vg_wire::slices::overlay;
+use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Slice, Timestamp};
 
 use super::cache::BlockCache;
+use super::compact;
 use super::entries::keep_newest;
 use super::{Client, Error, Result};
 
-/// What a read needs, decided under the file's lock.
-struct ReadPlan {
-    /// Each piece's range inside its block, and where its bytes are.
-    pieces: Vec<(Range<usize>, Source)>,
-    /// Blocks to read ahead.
-    ahead: Vec<(BlockRef, Locations)>,
-}
-
-/// Bytes `range` of a cached block's used part, without a copy (shorter past the end,
-/// empty when `range` starts there, as after a truncate).
-fn used_range(data: Arc<Vec<u8>>, block: BlockRef, range: Range<usize>) -> Bytes {
-    let used = (block.len as usize).min(range.end).min(data.len());
-    if range.start >= used {
-        return Bytes::new();
-    }
-    vg_wire::rpc::share(data).slice(range.start..used)
-}
-
-/// The pieces of a read as one buffer; most reads lie within one block, with no copy.
+/// The pieces of a read as one buffer; most reads lie within one part, with no copy.
 fn joined(mut parts: Vec<Bytes>) -> Bytes {
     match parts.len() {
         1 => parts.pop().expect("one part"),
@@ -42,7 +30,7 @@ fn joined(mut parts: Vec<Bytes>) -> Bytes {
     }
 }
 
-/// `bytes` followed by zeros up to `len` (bytes past a block's used part, holes).
+/// `bytes` followed by zeros up to `len` (a blob shorter than its slice says).
 fn zero_filled(bytes: Bytes, len: usize) -> Bytes {
     if bytes.len() >= len {
         return bytes;
@@ -101,23 +89,135 @@ pub struct Limits {
     pub read_ahead: u64,
 }
 
-type Upload = (
-    u64,
-    Arc<Vec<u8>>,
-    JoinHandle<Result<(BlockRef, Vec<Location>)>>,
-);
+/// Bytes written into one block since it was last sealed: extents by offset, never
+/// overlapping or touching (touching ones are merged, so a sequential writer has one).
+#[derive(Default)]
+struct Extents(BTreeMap<u32, Vec<u8>>);
 
-/// A whole-block fetch that concurrent readers share; the error is kept as text.
-type Fetch = OnceCell<std::result::Result<Arc<Vec<u8>>, String>>;
+impl Extents {
+    /// Writes `data` at `at`, merging it with the extents it overlaps or touches.
+    fn write(&mut self, at: u32, data: &[u8], block_size: usize) {
+        let end = at + data.len() as u32;
+        let before = self
+            .0
+            .range(..=at)
+            .next_back()
+            .filter(|(start, bytes)| **start + bytes.len() as u32 >= at)
+            .map(|(start, _)| *start);
+        let base = before.unwrap_or(at);
+        let mut buf = before
+            .and_then(|start| self.0.remove(&start))
+            .unwrap_or_default();
+        write_into(
+            &mut buf,
+            (at - base) as usize,
+            data,
+            block_size - base as usize,
+        );
+        let after: Vec<u32> = self.0.range(at..=end).map(|(start, _)| *start).collect();
+        for start in after {
+            let other = self.0.remove(&start).expect("listed above");
+            let buf_end = base + buf.len() as u32;
+            if start + other.len() as u32 > buf_end {
+                buf.extend_from_slice(&other[(buf_end - start) as usize..]);
+            }
+        }
+        self.0.insert(base, buf);
+    }
 
-/// Where the bytes of one block of an open file come from.
-enum Source {
-    Bytes(Vec<u8>),
-    Block(BlockRef, Locations),
-    Hole,
+    /// Whether one extent covers the whole block.
+    fn is_full(&self, block_size: usize) -> bool {
+        self.0.len() == 1 && self.0.get(&0).is_some_and(|b| b.len() == block_size)
+    }
+
+    /// The extents packed into one blob, and where each went: (offset in the block,
+    /// length, offset in the blob). A single extent is its own blob, without a copy, so
+    /// a block written whole is the same blob as always (deduplication).
+    fn pack(self) -> (Vec<u8>, Vec<(u32, u32, u32)>) {
+        if self.0.len() == 1 {
+            let (at, mut bytes) = self.0.into_iter().next().expect("one extent");
+            // A block allocated whole for a writer that stopped short gives back the rest:
+            // the cache counts what blocks hold, not what they could.
+            bytes.shrink_to_fit();
+            let len = bytes.len() as u32;
+            return (bytes, vec![(at, len, 0)]);
+        }
+        let mut data = Vec::with_capacity(self.0.values().map(Vec::len).sum());
+        let mut pieces = Vec::with_capacity(self.0.len());
+        for (at, bytes) in self.0 {
+            pieces.push((at, bytes.len() as u32, data.len() as u32));
+            data.extend_from_slice(&bytes);
+        }
+        (data, pieces)
+    }
 }
 
-/// The storages holding a block, shared: every read plans its pieces with them, and a
+/// Sealed extents of one block on their way to the storages, packed in one blob.
+struct Upload {
+    idx: u64,
+    /// The blob's bytes.
+    data: Arc<Vec<u8>>,
+    /// Each extent: its offset in the block, its length, its offset in `data`.
+    pieces: Vec<(u32, u32, u32)>,
+    task: JoinHandle<Result<(BlockRef, Vec<Location>)>>,
+}
+
+impl Upload {
+    /// The slices the upload adds to its block once stored as `blob`.
+    fn slices(&self, blob: BlockId) -> Vec<Slice> {
+        self.pieces
+            .iter()
+            .map(|&(at, len, blob_off)| Slice {
+                at,
+                len,
+                blob,
+                blob_off,
+            })
+            .collect()
+    }
+
+    /// Its extents written over `extents` (it is newer than they are).
+    fn write_over(&self, extents: &mut Extents, block_size: usize) {
+        for &(at, len, off) in &self.pieces {
+            let bytes = &self.data[off as usize..(off + len) as usize];
+            extents.write(at, bytes, block_size);
+        }
+    }
+}
+
+/// A whole-blob fetch that concurrent readers share; the error is kept as text.
+type Fetch = OnceCell<std::result::Result<Arc<Vec<u8>>, String>>;
+
+/// What shows through at some bytes of a block, as a read plans it.
+#[derive(Clone)]
+enum Layer {
+    /// A stored blob, from this offset in it.
+    Blob(BlockId, u32),
+    /// An upload in flight, from this offset in its bytes.
+    Memory(Arc<Vec<u8>>, u32),
+    /// Unsealed bytes: the extent starting at this offset of the block.
+    Dirty(u32),
+}
+
+/// One part of a read, in order.
+enum Part {
+    Zeros(usize),
+    Bytes(Bytes),
+    Blob {
+        id: BlockId,
+        range: Range<u32>,
+        locations: Locations,
+    },
+}
+
+/// What a read needs, decided under the file's lock.
+struct ReadPlan {
+    parts: Vec<Part>,
+    /// Blobs to read ahead.
+    ahead: Vec<(BlockId, Locations)>,
+}
+
+/// The storages holding a blob, shared: every read plans its parts with them, and a
 /// shared list costs a reference count there, not a copy of every name.
 type Locations = Arc<[Location]>;
 
@@ -125,20 +225,23 @@ type Locations = Arc<[Location]>;
 struct FileState {
     size: u64,
     mtime: Option<Timestamp>,
-    blocks: Vec<Option<BlockRef>>,
-    locations: Vec<Locations>,
-    /// Blocks being written, not yet sealed for upload.
-    dirty: BTreeMap<u64, Vec<u8>>,
-    /// Data of the latest sealed upload of each block, until the upload is reaped.
-    sealed: BTreeMap<u64, Arc<Vec<u8>>>,
-    /// Uploads in seal order.
+    /// Slices of each block as this client sees them: committed, then uploaded by it.
+    blocks: Vec<Vec<Slice>>,
+    locations: HashMap<BlockId, Locations>,
+    /// Bytes written and not yet sealed for upload, by block.
+    dirty: BTreeMap<u64, Extents>,
+    /// Uploads in seal order (reads overlay them, newer over older).
     uploads: Vec<Upload>,
-    /// Uploaded blocks not yet committed.
-    pending: BTreeMap<u64, BlockRef>,
-    stored: Vec<(BlockId, Vec<String>)>,
+    /// Slices uploaded and not yet committed, by block, oldest first.
+    pending: BTreeMap<u64, Vec<Slice>>,
+    stored: Vec<(BlockId, u32, Vec<String>)>,
     /// Size or content changed since the last commit.
     changed: bool,
+    /// An upload failed: its bytes are back in `dirty` for the next flush, and the error
+    /// goes to the next write or flush.
     failed: Option<Error>,
+    /// A compaction of this file is running.
+    compacting: bool,
     handles: u32,
     /// (size, mtime) when last loaded or committed, to tell if the kernel cache is valid.
     seen: Option<(u64, Timestamp)>,
@@ -154,7 +257,11 @@ impl FileState {
         self.size = layout.attr.size;
         self.mtime = None;
         self.blocks = layout.blocks;
-        self.locations = layout.locations.into_iter().map(Locations::from).collect();
+        self.locations = layout
+            .locations
+            .into_iter()
+            .map(|(id, locations)| (id, Locations::from(locations)))
+            .collect();
         self.seen = Some((layout.attr.size, layout.attr.mtime));
         self.attr = Some(layout.attr);
     }
@@ -177,44 +284,82 @@ impl FileState {
         !self.changed && self.dirty.is_empty() && self.uploads.is_empty() && self.failed.is_none()
     }
 
-    fn set_block(&mut self, idx: u64, block: BlockRef, locations: Vec<Location>) {
-        let i = idx as usize;
-        if self.blocks.len() <= i {
-            self.blocks.resize(i + 1, None);
-        }
-        if self.locations.len() <= i {
-            self.locations.resize(i + 1, Locations::from([]));
-        }
-        self.blocks[i] = Some(block);
-        self.locations[i] = locations.into();
+    fn locations_of(&self, id: &BlockId) -> Locations {
+        self.locations
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Locations::from([]))
     }
 
-    /// The source of bytes `range` of block `idx`, as this client sees the file now.
-    /// Unwritten data is copied out for that range only (reads must not copy whole blocks).
-    fn source(&self, idx: u64, range: Range<usize>) -> Source {
-        let unwritten = self
-            .dirty
-            .get(&idx)
-            .map(Vec::as_slice)
-            .or_else(|| self.sealed.get(&idx).map(|d| d.as_slice()));
-        if let Some(data) = unwritten {
-            let end = range.end.min(data.len());
-            return Source::Bytes(
-                data.get(range.start.min(end)..end)
-                    .unwrap_or_default()
-                    .to_vec(),
-            );
+    /// Adds slices this client stored on top of block `idx`, as the nameserver will.
+    fn add_slices(&mut self, idx: u64, slices: &[Slice]) {
+        let i = idx as usize;
+        if self.blocks.len() <= i {
+            self.blocks.resize(i + 1, Vec::new());
         }
-        match self.blocks.get(idx as usize).copied().flatten() {
-            Some(block) => Source::Block(
-                block,
-                self.locations
-                    .get(idx as usize)
-                    .cloned()
-                    .unwrap_or_else(|| Locations::from([])),
-            ),
-            None => Source::Hole,
+        self.blocks[i].extend_from_slice(slices);
+        vg_wire::slices::drop_hidden(&mut self.blocks[i]);
+    }
+
+    /// The parts of bytes `want` of block `idx` as this client sees the file now:
+    /// stored slices, under uploads in flight, under unsealed bytes. Unsealed bytes are
+    /// copied out for that range only (reads must not copy whole blocks).
+    fn parts(&self, idx: u64, want: Range<u32>) -> Vec<Part> {
+        let stored = self
+            .blocks
+            .get(idx as usize)
+            .into_iter()
+            .flatten()
+            .map(|s| (s.range(), Layer::Blob(s.blob, s.blob_off)));
+        let in_flight = self.uploads.iter().filter(|u| u.idx == idx).flat_map(|u| {
+            u.pieces
+                .iter()
+                .map(|&(at, len, off)| (at..at + len, Layer::Memory(u.data.clone(), off)))
+        });
+        let dirty = self.dirty.get(&idx);
+        let unsealed = dirty.into_iter().flat_map(|e| {
+            e.0.iter()
+                .map(|(at, bytes)| (*at..*at + bytes.len() as u32, Layer::Dirty(*at)))
+        });
+        overlay(stored.chain(in_flight).chain(unsealed), want)
+            .into_iter()
+            .map(|(range, source)| {
+                let n = range.len();
+                match source {
+                    None => Part::Zeros(n),
+                    Some((Layer::Blob(id, off), shift)) => Part::Blob {
+                        id,
+                        range: off + shift..off + shift + n as u32,
+                        locations: self.locations_of(&id),
+                    },
+                    Some((Layer::Memory(data, off), shift)) => {
+                        let start = (off + shift) as usize;
+                        Part::Bytes(vg_wire::rpc::share(data).slice(start..start + n))
+                    }
+                    Some((Layer::Dirty(at), shift)) => {
+                        let bytes = &dirty.expect("a dirty layer").0[&at];
+                        let start = shift as usize;
+                        Part::Bytes(Bytes::copy_from_slice(&bytes[start..start + n]))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Puts the bytes of a failed upload back among the unsealed ones, under everything
+    /// written after it, so that the next flush uploads them again.
+    fn unseal(&mut self, failed: &Upload, block_size: usize) {
+        let mut extents = Extents::default();
+        failed.write_over(&mut extents, block_size);
+        for later in self.uploads.iter().filter(|u| u.idx == failed.idx) {
+            later.write_over(&mut extents, block_size);
         }
+        if let Some(newer) = self.dirty.remove(&failed.idx) {
+            for (at, bytes) in newer.0 {
+                extents.write(at, &bytes, block_size);
+            }
+        }
+        self.dirty.insert(failed.idx, extents);
     }
 }
 
@@ -229,7 +374,7 @@ pub struct Files {
     client: Client,
     limits: Limits,
     cache: StdMutex<BlockCache>,
-    /// Whole-block fetches in progress, so concurrent readers share one.
+    /// Whole-blob fetches in progress, so concurrent readers share one.
     fetching: StdMutex<HashMap<BlockId, Arc<Fetch>>>,
     permits: Arc<Semaphore>,
     open: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
@@ -325,18 +470,71 @@ impl Files {
             return;
         };
         let mut state = file.state.lock().await;
-        self.release_locked(ino, &mut state);
+        self.release_locked(&file, &mut state);
     }
 
     /// Drops one handle; forgets the file once no handle is left and nothing is pending.
     /// The layout stays cached (for the keep-cache check) while the entry exists; it is
     /// dropped when idle so that memory does not grow with every file ever opened. The
     /// entry is removed under the state lock, which `open` re-checks after taking it.
-    fn release_locked(&self, ino: Ino, state: &mut FileState) {
+    /// The last close compacts blocks left with more than a few slices.
+    fn release_locked(&self, file: &OpenFile, state: &mut FileState) {
         state.handles = state.handles.saturating_sub(1);
-        if state.handles == 0 && state.is_clean() {
-            self.open.lock().expect("open lock").remove(&ino);
+        if state.handles == 0 {
+            self.compact_later(file, state, None, true);
+            if state.is_clean() {
+                self.open.lock().expect("open lock").remove(&file.ino);
+            }
         }
+    }
+
+    /// Starts a compaction of the blocks (`only` these, or all) whose slices call for
+    /// one, in the background: reads are served meanwhile, and the nameserver swaps the
+    /// new blob in only if the block did not change.
+    fn compact_later(
+        &self,
+        file: &OpenFile,
+        state: &mut FileState,
+        only: Option<&[u64]>,
+        closing: bool,
+    ) {
+        if state.compacting {
+            return;
+        }
+        let wanted = |idx: u64| {
+            state
+                .blocks
+                .get(idx as usize)
+                .is_some_and(|list| vg_wire::slices::wants_compaction(list, closing))
+        };
+        let idxs: Vec<u64> = match only {
+            Some(idxs) => idxs.iter().copied().filter(|&i| wanted(i)).collect(),
+            None => (0..state.blocks.len() as u64)
+                .filter(|&i| wanted(i))
+                .collect(),
+        };
+        if idxs.is_empty() {
+            return;
+        }
+        state.compacting = true;
+        let (client, ino, shared) = (self.client.clone(), file.ino, file.state.clone());
+        tokio::spawn(async move {
+            let done = compact::compact_blocks(&client, ino, &idxs, closing).await;
+            let mut state = shared.lock().await;
+            state.compacting = false;
+            match done {
+                Ok(done) => {
+                    for swap in done {
+                        let list = state.blocks.get_mut(swap.idx as usize);
+                        if let Some(list) = list.filter(|l| l.starts_with(&swap.prefix)) {
+                            list.splice(..swap.prefix.len(), swap.merged);
+                            state.locations.insert(swap.blob, swap.holders.into());
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(ino, error = %e, "compaction failed; the slices stay"),
+            }
+        });
     }
 
     /// Adjusts attributes from the nameserver with this client's unwritten size and mtime.
@@ -370,26 +568,26 @@ impl Files {
         Some(self.get_open(ino)?.state.lock().await.size)
     }
 
-    async fn whole_block(&self, block: BlockRef, locations: &[Location]) -> Result<Arc<Vec<u8>>> {
-        if let Some(data) = self.cache.lock().expect("cache lock").get(&block.id) {
+    async fn whole_blob(&self, id: BlockId, locations: &[Location]) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.lock().expect("cache lock").get(&id) {
             return Ok(data);
         }
         let cell = self
             .fetching
             .lock()
             .expect("fetching lock")
-            .entry(block.id)
+            .entry(id)
             .or_default()
             .clone();
         let result = cell
             .get_or_init(|| async {
-                match self.client.read_block(block.id, locations, 0, 0).await {
+                match self.client.read_block(id, locations, 0, 0).await {
                     Ok(data) => {
                         let data = Arc::new(data);
                         self.cache
                             .lock()
                             .expect("cache lock")
-                            .insert(block.id, data.clone());
+                            .insert(id, data.clone());
                         Ok(data)
                     }
                     Err(e) => Err(e.to_string()),
@@ -397,50 +595,39 @@ impl Files {
             })
             .await
             .clone();
-        self.fetching
-            .lock()
-            .expect("fetching lock")
-            .remove(&block.id);
+        self.fetching.lock().expect("fetching lock").remove(&id);
         result.map_err(|reason| Error::Unreadable {
-            block: block.id.to_hex(),
+            block: id.to_hex(),
             reason,
         })
     }
 
-    /// Bytes `range` of a block's used part (shorter past `block.len`; the caller fills
-    /// with zeros); from the block cache without a copy.
-    async fn block_range(
+    /// Bytes `range` of a blob (shorter if the blob is); from the block cache without a
+    /// copy, or a byte-range read when the blob is not wanted whole.
+    async fn blob_range(
         &self,
-        block: BlockRef,
+        id: BlockId,
         locations: &[Location],
-        range: Range<usize>,
+        range: Range<u32>,
         whole: bool,
     ) -> Result<Bytes> {
-        let used = (block.len as usize).min(range.end);
-        Ok(if range.start >= used {
-            Bytes::new()
-        } else if whole || self.cache.lock().expect("cache lock").contains(&block.id) {
-            used_range(
-                self.whole_block(block, locations).await?,
-                block,
-                range.clone(),
-            )
-        } else {
-            Bytes::from(
-                self.client
-                    .read_block(
-                        block.id,
-                        locations,
-                        range.start as u32,
-                        (used - range.start) as u32,
-                    )
-                    .await?,
-            )
-        })
+        if whole || self.cache.lock().expect("cache lock").contains(&id) {
+            let data = self.whole_blob(id, locations).await?;
+            let end = (range.end as usize).min(data.len());
+            let start = (range.start as usize).min(end);
+            return Ok(vg_wire::rpc::share(data).slice(start..end));
+        }
+        Ok(Bytes::from(
+            self.client
+                .read_block(id, locations, range.start, range.end - range.start)
+                .await?,
+        ))
     }
 
-    /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blocks and
-    /// read-ahead; others get byte ranges.
+    /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blobs and
+    /// read-ahead; others get byte ranges. A blob collected since the layout was loaded
+    /// (another client changed the file) makes a clean file load its layout again once:
+    /// a read never returns bytes the file does not hold.
     pub async fn read(
         self: &Arc<Self>,
         ino: Ino,
@@ -454,69 +641,90 @@ impl Files {
                 "read of a file that is not open",
             ))
         })?;
-        let plan = {
-            let state = file.state.lock().await;
-            if offset >= state.size {
-                return Ok(Bytes::new());
-            }
-            self.plan(&state, offset, len, sequential)
-        };
-        for (block, locations) in plan.ahead {
-            if !self.cache.lock().expect("cache lock").contains(&block.id) {
-                let files = self.clone();
-                tokio::spawn(async move {
-                    let _ = files.whole_block(block, &locations).await;
-                });
-            }
-        }
-        let mut parts = Vec::with_capacity(plan.pieces.len());
-        for (want, source) in plan.pieces {
-            let bytes = match source {
-                Source::Bytes(data) => Bytes::from(data),
-                Source::Block(block, locations) => {
-                    self.block_range(
-                        block,
-                        &locations,
-                        want.clone(),
-                        sequential || want.len() >= (1 << 20),
-                    )
-                    .await?
+        let mut retried = false;
+        loop {
+            let plan = {
+                let state = file.state.lock().await;
+                if offset >= state.size {
+                    return Ok(Bytes::new());
                 }
-                Source::Hole => Bytes::new(),
+                self.plan(&state, offset, len, sequential)
             };
-            parts.push(zero_filled(bytes, want.len()));
+            for (id, locations) in plan.ahead {
+                if !self.cache.lock().expect("cache lock").contains(&id) {
+                    let files = self.clone();
+                    tokio::spawn(async move {
+                        let _ = files.whole_blob(id, &locations).await;
+                    });
+                }
+            }
+            match self.fetch(plan.parts, sequential).await {
+                Err(e) if !retried => {
+                    retried = true;
+                    let mut state = file.state.lock().await;
+                    if !state.is_clean() {
+                        return Err(e);
+                    }
+                    tracing::debug!(ino, error = %e, "read failed; loading the layout again");
+                    let layout = self.client.layout(ino).await?;
+                    state.load(layout);
+                }
+                other => return other,
+            }
         }
-        Ok(joined(parts))
     }
 
-    /// Where each piece of a read comes from (its range in the block, and its source),
-    /// and which blocks to read ahead.
+    async fn fetch(&self, parts: Vec<Part>, sequential: bool) -> Result<Bytes> {
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            out.push(match part {
+                Part::Zeros(n) => Bytes::from(vec![0; n]),
+                Part::Bytes(bytes) => bytes,
+                Part::Blob {
+                    id,
+                    range,
+                    locations,
+                } => {
+                    let n = range.len();
+                    let whole = sequential || n >= (1 << 20);
+                    zero_filled(self.blob_range(id, &locations, range, whole).await?, n)
+                }
+            });
+        }
+        Ok(joined(out))
+    }
+
+    /// The parts of a read, and the blobs to read ahead (those of the next blocks, when
+    /// they are few: a block of many slices is read part by part).
     fn plan(&self, state: &FileState, offset: u64, len: usize, sequential: bool) -> ReadPlan {
         let len = len.min(state.size.saturating_sub(offset) as usize);
         let pieces = cut(offset, len, self.client.block_size);
         let last = pieces.last().map(|p| p.0).unwrap_or(0);
-        let ahead = match sequential {
-            true => (last + 1..=last + self.limits.read_ahead)
-                .filter_map(|idx| match state.source(idx, 0..0) {
-                    Source::Block(block, locations) => Some((block, locations)),
-                    _ => None,
-                })
-                .collect(),
-            false => Vec::new(),
-        };
-        let pieces = pieces
+        let mut ahead: Vec<(BlockId, Locations)> = Vec::new();
+        if sequential {
+            for idx in last + 1..=last + self.limits.read_ahead {
+                let list = state
+                    .blocks
+                    .get(idx as usize)
+                    .map_or(&[][..], Vec::as_slice);
+                if list.len() <= 4 {
+                    ahead.extend(list.iter().map(|s| (s.blob, state.locations_of(&s.blob))));
+                }
+            }
+        }
+        let parts = pieces
             .into_iter()
-            .map(|(idx, in_block, range)| {
-                let want = in_block..in_block + range.len();
-                (want.clone(), state.source(idx, want))
+            .flat_map(|(idx, in_block, range)| {
+                state.parts(idx, in_block as u32..(in_block + range.len()) as u32)
             })
             .collect();
-        ReadPlan { pieces, ahead }
+        ReadPlan { parts, ahead }
     }
 
     /// Buffers a write; full blocks are uploaded in the background. Waits when too much
     /// data is in flight (back-pressure). Errors of earlier background uploads surface here
-    /// or at the next flush.
+    /// or at the next flush. A write into an existing block reads nothing: it becomes a
+    /// slice on top of what the block holds.
     pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
         let file = self.get_open(ino).ok_or_else(|| {
             Error::Remote(vg_wire::RemoteError::new(
@@ -532,14 +740,12 @@ impl Files {
         let bs = self.block_size() as usize;
         for (idx, in_block, range) in cut(offset, data.len(), self.client.block_size) {
             if !state.dirty.contains_key(&idx) {
-                self.limit_dirty(&file, &mut state).await;
-                let base = self.base_of(&state, idx).await?;
-                state.dirty.insert(idx, base);
+                self.limit_dirty(&mut state).await;
             }
-            let buf = state.dirty.get_mut(&idx).expect("inserted above");
-            write_into(buf, in_block, &data[range], bs);
-            if buf.len() == bs {
-                self.seal(&file, &mut state, idx).await;
+            let extents = state.dirty.entry(idx).or_default();
+            extents.write(in_block as u32, &data[range], bs);
+            if extents.is_full(bs) {
+                self.seal_block(&mut state, idx).await;
             }
         }
         state.size = state.size.max(offset + data.len() as u64);
@@ -552,45 +758,27 @@ impl Files {
         Ok(())
     }
 
-    /// The current content of block `idx`, as the starting point of a partial write.
-    async fn base_of(&self, state: &FileState, idx: u64) -> Result<Vec<u8>> {
-        let bs = self.block_size();
-        let in_file = state.size.saturating_sub(idx * bs).min(bs) as usize;
-        let mut base = match state.source(idx, 0..bs as usize) {
-            Source::Bytes(data) => data,
-            Source::Block(block, locations) if in_file > 0 => {
-                let data = self.whole_block(block, &locations).await?;
-                data[..(block.len as usize).min(data.len())].to_vec()
-            }
-            _ => Vec::new(),
-        };
-        base.truncate(in_file);
-        Ok(base)
-    }
-
     /// Makes room for one more partly written block: their number per file is bounded
     /// (random writers), the oldest is sealed first.
-    async fn limit_dirty(&self, file: &OpenFile, state: &mut FileState) {
+    async fn limit_dirty(&self, state: &mut FileState) {
         let max_blocks = (self.limits.max_dirty / self.block_size() / 2).max(2) as usize;
         while state.dirty.len() >= max_blocks {
             let oldest = *state.dirty.keys().next().expect("non-empty");
-            self.seal(file, state, oldest).await;
+            self.seal_block(state, oldest).await;
         }
     }
 
-    /// Starts the upload of a dirty block (waiting for room among uploads in flight).
-    async fn seal(&self, file: &OpenFile, state: &mut FileState, idx: u64) {
-        let Some(mut buf) = state.dirty.remove(&idx) else {
+    /// Starts the upload of a block's unsealed bytes as one blob (waiting for room among
+    /// uploads in flight).
+    async fn seal_block(&self, state: &mut FileState, idx: u64) {
+        let Some(extents) = state.dirty.remove(&idx) else {
             return;
         };
-        if buf.is_empty() {
-            // Nothing was written into it (it lies past a truncation): it stays a hole.
+        if extents.0.is_empty() {
             return;
         }
-        // A block allocated whole for a writer that stopped short gives back the rest: the
-        // cache counts what blocks hold, not what they could.
-        buf.shrink_to_fit();
-        let data = Arc::new(buf);
+        let (data, pieces) = extents.pack();
+        let data = Arc::new(data);
         let permit = self
             .permits
             .clone()
@@ -599,17 +787,20 @@ impl Files {
             .expect("semaphore is never closed");
         let client = self.client.clone();
         let upload = data.clone();
-        let ino = file.ino;
         let task = tokio::spawn(async move {
             let result = client.upload_block(vg_wire::rpc::share(upload)).await;
             if let Err(e) = &result {
-                tracing::warn!(ino, block = idx, error = %e, "block upload failed");
+                tracing::warn!(block = idx, error = %e, "upload failed; kept for the next flush");
             }
             drop(permit);
             result
         });
-        state.sealed.insert(idx, data.clone());
-        state.uploads.push((idx, data, task));
+        state.uploads.push(Upload {
+            idx,
+            data,
+            pieces,
+            task,
+        });
         if state.uploads.len() > 64 {
             self.reap(state, false).await;
         }
@@ -617,38 +808,30 @@ impl Files {
 
     /// Collects finished uploads (all of them, waiting, with `wait`), in seal order.
     async fn reap(&self, state: &mut FileState, wait: bool) {
-        while let Some((_, _, task)) = state.uploads.first() {
-            if !wait && !task.is_finished() {
+        let bs = self.block_size() as usize;
+        while let Some(first) = state.uploads.first() {
+            if !wait && !first.task.is_finished() {
                 break;
             }
-            let (idx, data, task) = state.uploads.remove(0);
-            match task.await.expect("upload task does not panic") {
-                Ok((block, holders)) => {
+            let mut upload = state.uploads.remove(0);
+            match (&mut upload.task)
+                .await
+                .expect("upload task does not panic")
+            {
+                Ok((blob, holders)) => {
                     self.cache
                         .lock()
                         .expect("cache lock")
-                        .insert(block.id, data.clone());
-                    state
-                        .stored
-                        .push((block.id, holders.iter().map(|l| l.name.clone()).collect()));
-                    // A later write to the same block may have sealed newer data already.
-                    let latest = state
-                        .sealed
-                        .get(&idx)
-                        .is_some_and(|d| Arc::ptr_eq(d, &data));
-                    if latest {
-                        state.sealed.remove(&idx);
-                        state.set_block(idx, block, holders);
-                        // A block replaced before its commit will never be committed.
-                        if let Some(old) = state.pending.insert(idx, block) {
-                            self.client.unhold([old.id]);
-                        }
-                    } else {
-                        self.client.unhold([block.id]);
-                    }
+                        .insert(blob.id, upload.data.clone());
+                    let names = holders.iter().map(|l| l.name.clone()).collect();
+                    state.stored.push((blob.id, blob.len, names));
+                    state.locations.insert(blob.id, holders.into());
+                    let slices = upload.slices(blob.id);
+                    state.add_slices(upload.idx, &slices);
+                    state.pending.entry(upload.idx).or_default().extend(slices);
                 }
                 Err(e) => {
-                    state.sealed.remove(&idx);
+                    state.unseal(&upload, bs);
                     state.failed.get_or_insert(e);
                 }
             }
@@ -658,39 +841,33 @@ impl Files {
     async fn flush_state(&self, file: &OpenFile, state: &mut FileState) -> Result<()> {
         let dirty: Vec<u64> = state.dirty.keys().copied().collect();
         for idx in dirty {
-            self.seal(file, state, idx).await;
+            self.seal_block(state, idx).await;
         }
         self.reap(state, true).await;
         if let Some(e) = state.failed.take() {
-            // The data of the failed upload is gone; what was committed before stays.
-            self.client.unhold(state.pending.values().map(|b| b.id));
-            state.pending.clear();
-            state.stored.clear();
-            state.changed = false;
-            // Attribute changes made while writing are lost with the data.
-            state.deferred = None;
-            if let Ok(layout) = self.client.layout(file.ino).await {
-                state.load(layout);
-            }
+            // The bytes of the failed uploads wait in `dirty` for the next flush; the size
+            // this client reported stays.
             return Err(e);
         }
         if !state.changed {
             return Ok(());
         }
-        let blocks: Vec<(u64, BlockRef)> = state.pending.iter().map(|(i, b)| (*i, *b)).collect();
+        let slices: Vec<(u64, Vec<Slice>)> =
+            state.pending.iter().map(|(i, s)| (*i, s.clone())).collect();
         let stored = std::mem::take(&mut state.stored);
         let set = state.deferred.take();
         match self
             .client
-            .commit(file.ino, state.size, blocks, stored, set)
+            .commit(file.ino, state.size, slices, stored, set.clone())
             .await
         {
             Ok(attr) => {
                 state.seen = Some((attr.size, attr.mtime));
                 state.attr = Some(attr);
-                state.pending.clear();
+                let written: Vec<u64> = std::mem::take(&mut state.pending).into_keys().collect();
                 state.changed = false;
                 state.mtime = None;
+                self.compact_later(file, state, Some(&written), false);
                 Ok(())
             }
             // Unlinked while open: nothing is left to commit to.
@@ -699,10 +876,12 @@ impl Files {
                 state.changed = false;
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                state.deferred = set;
+                Err(e)
+            }
         }
     }
-
     /// Uploads everything buffered for the file and commits it: after this returns, the
     /// data is on the storages and visible to other clients on their next open.
     pub async fn flush(&self, ino: Ino) -> Result<()> {
@@ -787,21 +966,99 @@ mod tests {
     }
 
     #[test]
-    fn cached_ranges_stop_at_the_used_part() {
-        let data = Arc::new(b"0123456789".to_vec());
-        let block = BlockRef {
-            id: BlockId::of(&data),
-            len: 6,
-        };
-        let range = |r| used_range(data.clone(), block, r);
-        assert_eq!(&range(2..5)[..], b"234");
-        assert_eq!(&range(4..9)[..], b"45");
-        // Past the used part (a truncated block), and past the bytes themselves.
-        assert!(range(6..8).is_empty());
-        assert!(range(12..20).is_empty());
-        assert_eq!(&zero_filled(range(4..9), 5)[..], b"45\0\0\0");
+    fn parts_join_and_fill() {
         let parts = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
         assert_eq!(&joined(parts)[..], b"abcd");
+        assert_eq!(&zero_filled(Bytes::from_static(b"45"), 4)[..], b"45\0\0");
+    }
+
+    /// The bytes of block `idx` as `parts` plans them, with stored blobs given as a map.
+    fn read_parts(
+        state: &FileState,
+        idx: u64,
+        want: Range<u32>,
+        blobs: &HashMap<BlockId, Vec<u8>>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in state.parts(idx, want) {
+            match part {
+                Part::Zeros(n) => out.extend(std::iter::repeat_n(0, n)),
+                Part::Bytes(b) => out.extend_from_slice(&b),
+                Part::Blob { id, range, .. } => {
+                    out.extend_from_slice(&blobs[&id][range.start as usize..range.end as usize])
+                }
+            }
+        }
+        out
+    }
+
+    /// Random writes into a block's extents, against a plain byte model: the extents
+    /// never overlap or touch, and read back what was written over the stored slices.
+    #[test]
+    fn extents_over_slices_match_a_byte_model() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as u32
+        };
+        const BS: usize = 64;
+        for round in 0..3000 {
+            let mut state = FileState::default();
+            let mut model = vec![0u8; BS];
+            let mut blobs = HashMap::new();
+            // A stored slice or two under the writes.
+            for n in 0..next(3) {
+                let at = next(BS as u32);
+                let len = 1 + next(BS as u32 - at);
+                let bytes: Vec<u8> = (0..len).map(|k| (n * 50 + k) as u8).collect();
+                let id = BlockId::of(&bytes);
+                model[at as usize..(at + len) as usize].copy_from_slice(&bytes);
+                blobs.insert(id, bytes);
+                state.add_slices(
+                    0,
+                    &[Slice {
+                        at,
+                        len,
+                        blob: id,
+                        blob_off: 0,
+                    }],
+                );
+            }
+            let mut extents = Extents::default();
+            for w in 0..1 + next(8) {
+                let at = next(BS as u32);
+                let len = 1 + next(BS as u32 - at);
+                let data: Vec<u8> = (0..len).map(|k| (round + w * 7 + k) as u8 | 1).collect();
+                extents.write(at, &data, BS);
+                model[at as usize..(at + len) as usize].copy_from_slice(&data);
+            }
+            let ranges: Vec<(u32, u32)> = extents
+                .0
+                .iter()
+                .map(|(a, b)| (*a, *a + b.len() as u32))
+                .collect();
+            assert!(
+                ranges.windows(2).all(|w| w[0].1 < w[1].0),
+                "extents overlap or touch: {ranges:?}"
+            );
+            state.dirty.insert(0, extents);
+            let lo = next(BS as u32);
+            let hi = lo + next(BS as u32 - lo + 1);
+            assert_eq!(
+                read_parts(&state, 0, lo..hi, &blobs),
+                &model[lo as usize..hi as usize]
+            );
+            // Packed for upload, the pieces put back over the stored bytes give the model.
+            let (data, pieces) = state.dirty.remove(&0).expect("dirty").pack();
+            let mut unpacked = read_parts(&state, 0, 0..BS as u32, &blobs);
+            for (at, len, off) in pieces {
+                unpacked[at as usize..(at + len) as usize]
+                    .copy_from_slice(&data[off as usize..(off + len) as usize]);
+            }
+            assert_eq!(unpacked, model);
+        }
     }
 
     #[test]
@@ -825,25 +1082,5 @@ mod tests {
         let mut small = Vec::new();
         write_into(&mut small, 0, b"abc", 4 * LARGE_WRITE);
         assert!(small.capacity() < LARGE_WRITE);
-    }
-
-    #[test]
-    fn source_prefers_unwritten_data() {
-        let mut state = FileState::default();
-        let block = BlockRef {
-            id: BlockId::of(b"x"),
-            len: 1,
-        };
-        state.set_block(2, block, vec![]);
-        assert!(matches!(state.source(0, 0..usize::MAX), Source::Hole));
-        assert!(matches!(state.source(2, 0..usize::MAX), Source::Block(b, _) if b == block));
-        state.sealed.insert(2, Arc::new(b"sealed".to_vec()));
-        assert!(
-            matches!(state.source(2, 0..usize::MAX), Source::Bytes(ref d) if d.as_slice() == b"sealed")
-        );
-        state.dirty.insert(2, b"dirty".to_vec());
-        assert!(
-            matches!(state.source(2, 0..usize::MAX), Source::Bytes(ref d) if d.as_slice() == b"dirty")
-        );
     }
 }

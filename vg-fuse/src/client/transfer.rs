@@ -1,16 +1,20 @@
 //! Whole-file transfers for `vgctl put` and `get`: streamed block by block with a few
 //! blocks in flight, so memory stays bounded whatever the file size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
-use vg_wire::{Attr, BlockRef, FileKind, Location};
+use vg_wire::{Attr, BlockId, BlockRef, FileKind, Location, Slice};
 
-use super::{Client, Error, Result};
+use super::{compact, Client, Error, Result};
 
 /// A block uploaded, and the storages that acknowledged it.
 type Uploaded = (BlockRef, Vec<Location>);
+
+/// A new blob, its length and the storages that acknowledged it, for a commit.
+type Stored = (BlockId, u32, Vec<String>);
 
 /// Blocks transferred concurrently.
 const IN_FLIGHT: usize = 4;
@@ -71,7 +75,7 @@ impl Client {
         let block_size = self.block_size as usize;
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Uploaded>>> = VecDeque::new();
         let mut blocks = Vec::new();
-        let mut stored = Vec::new();
+        let mut stored: Vec<Stored> = Vec::new();
         let mut offset = 0u64;
         loop {
             let mut buf = vec![0u8; block_size];
@@ -94,7 +98,7 @@ impl Client {
                     Ok(uploaded) => uploaded,
                     Err(e) => {
                         // Nothing will be committed: let every block uploaded go.
-                        self.unhold(blocks.iter().map(|(_, b): &(u64, BlockRef)| b.id));
+                        self.unhold(stored.iter().map(|(id, _, _): &Stored| *id));
                         for task in pending {
                             if let Ok(Ok((block, _))) = task.await {
                                 self.unhold([block.id]);
@@ -104,8 +108,19 @@ impl Client {
                     }
                 };
                 progress.advance(block.len as u64);
-                stored.push((block.id, holders.into_iter().map(|l| l.name).collect()));
-                blocks.push((blocks.len() as u64, block));
+                stored.push((
+                    block.id,
+                    block.len,
+                    holders.into_iter().map(|l| l.name).collect(),
+                ));
+                // Each block replaces, whole, what the file held there.
+                let whole = Slice {
+                    at: 0,
+                    len: block.len,
+                    blob: block.id,
+                    blob_off: 0,
+                };
+                blocks.push((blocks.len() as u64, vec![whole]));
             }
             if n == 0 {
                 break;
@@ -137,6 +152,8 @@ impl Client {
         let mut out = std::fs::File::create(local).map_err(local_err(local))?;
         let mut progress = Progress::new(&local.display().to_string(), size);
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
+        let locations: Arc<HashMap<BlockId, Vec<Location>>> =
+            Arc::new(layout.locations.into_iter().collect());
         // Holes at the end of a file are not listed in its layout.
         let n_blocks = size.div_ceil(block_size) as usize;
         let mut next = 0;
@@ -144,17 +161,20 @@ impl Client {
         while written < size || !pending.is_empty() {
             while next < n_blocks && pending.len() < IN_FLIGHT {
                 let want = (size - next as u64 * block_size).min(block_size) as usize;
-                let block = layout.blocks.get(next).copied().flatten();
-                let locations = layout.locations.get(next).cloned().unwrap_or_default();
+                let list = layout.blocks.get(next).cloned().unwrap_or_default();
+                let locations = locations.clone();
                 let client = self.clone();
                 pending.push_back(tokio::spawn(async move {
-                    let mut data = match block {
-                        Some(block) => client.read_block_hashed(block.id, &locations).await?,
-                        None => Vec::new(),
-                    };
-                    // Bytes past the block's used length, and holes, read as zeros.
-                    data.truncate(block.map_or(0, |b| b.len as usize).min(want));
-                    data.resize(want, 0);
+                    // Holes, and bytes no slice covers, read as zeros.
+                    let segments = vg_wire::slices::resolve(&list, 0..want as u32);
+                    let blobs = compact::fetch_blobs(&client, &segments, &locations, true).await?;
+                    let mut data = vec![0u8; want];
+                    for (range, source) in segments {
+                        if let Some((id, off)) = source {
+                            let bytes = compact::segment_bytes(&blobs, id, off, range.len())?;
+                            data[range.start as usize..range.end as usize].copy_from_slice(bytes);
+                        }
+                    }
                     Ok(data)
                 }));
                 next += 1;

@@ -112,7 +112,7 @@ async fn uploads_go_around_a_storage_that_died_unnoticed() {
     let ino = client.resolve("/after").await.unwrap().ino;
     let layout = client.layout(ino).await.unwrap();
     assert_eq!(layout.blocks.len(), 9);
-    for (i, holders) in layout.locations.iter().enumerate() {
+    for (i, (_, holders)) in layout.locations.iter().enumerate() {
         let mut names: Vec<&str> = holders.iter().map(|l| l.name.as_str()).collect();
         names.sort();
         assert_eq!(names, ["s1", "s2"], "block {i} of /after");

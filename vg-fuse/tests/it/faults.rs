@@ -363,8 +363,11 @@ async fn a_corrupt_piece_cuts_a_streamed_read() {
     let ino = cluster.put(&client, "/big", &data).await.unwrap();
     cluster.wait_replicated(2).await;
     let layout = client.layout(ino).await.unwrap();
-    let block = layout.blocks[1].unwrap();
-    let s0: Vec<_> = layout.locations[1]
+    let block = layout.blocks[1][0].blob;
+    let holders = layout.locations.iter().find(|(id, _)| *id == block);
+    let s0: Vec<_> = holders
+        .expect("block 1's blob has locations")
+        .1
         .iter()
         .filter(|l| l.name == "s0")
         .cloned()
@@ -374,7 +377,7 @@ async fn a_corrupt_piece_cuts_a_streamed_read() {
     let (_, path, offset, _) = vg_storage::block_store::on_disk(&cluster.data_dir("s0"))
         .unwrap()
         .into_iter()
-        .find(|(id, ..)| *id == block.id)
+        .find(|(id, ..)| *id == block)
         .expect("s0 holds block 1");
     {
         use std::os::unix::fs::FileExt;
@@ -389,17 +392,17 @@ async fn a_corrupt_piece_cuts_a_streamed_read() {
         file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
     }
     assert!(
-        client.read_block(block.id, &s0, 0, 0).await.is_err(),
+        client.read_block(block, &s0, 0, 0).await.is_err(),
         "a corrupt copy must not be served"
     );
     assert!(cluster.get(&client, "/big").await.unwrap() == data);
     // s0 deleted its copy and reported it; the nameserver has it copied back.
     eventually("bad copy replaced", Duration::from_secs(30), || async {
         client
-            .verify(&s0[0], vec![block.id])
+            .verify(&s0[0], vec![block])
             .await
             .is_ok_and(|v| v == [true])
     })
     .await;
-    assert!(client.read_block(block.id, &s0, 0, 0).await.unwrap() == data[4 << 20..8 << 20]);
+    assert!(client.read_block(block, &s0, 0, 0).await.unwrap() == data[4 << 20..8 << 20]);
 }

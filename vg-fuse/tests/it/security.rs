@@ -328,12 +328,12 @@ async fn out_of_range_block_requests_are_refused() {
         .unwrap();
     let ino = client.resolve("/f").await.unwrap().ino;
     let layout = client.layout(ino).await.unwrap();
-    let block = layout.blocks[0].unwrap();
+    let blob = layout.blocks[0][0].blob;
     let raw = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
     let target = storage_target(&cluster, "s0");
     for (offset, len) in [(u32::MAX, 1), (10, u32::MAX), (1000, 1), (999, 2)] {
         let read = storage::Request::Read {
-            id: block.id,
+            id: blob,
             offset,
             len,
         };
@@ -345,7 +345,7 @@ async fn out_of_range_block_requests_are_refused() {
     }
     // Sizes past the block size and beyond the maximum file size are refused by the nameserver.
     let place = ns::Request::PlaceBlock {
-        id: block.id,
+        id: blob,
         len: u32::MAX,
         exclude: vec![],
     };

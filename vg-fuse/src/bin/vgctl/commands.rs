@@ -1,6 +1,6 @@
 //! The vgctl commands, run against a connected client with a current directory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -165,7 +165,7 @@ impl Session {
         let names: BTreeSet<String> = layout
             .locations
             .iter()
-            .flatten()
+            .flat_map(|(_, locations)| locations)
             .map(|l| l.name.clone())
             .collect();
         Ok(names.into_iter().collect::<Vec<_>>().join(","))
@@ -228,19 +228,24 @@ impl Session {
                 layout.blocks.len(),
                 layout.block_size
             );
-            for (i, (block, locations)) in layout.blocks.iter().zip(&layout.locations).enumerate() {
-                match block {
-                    Some(block) => {
-                        let names: Vec<&str> = locations.iter().map(|l| l.name.as_str()).collect();
-                        println!(
-                            "  {i:>6} {} {:>9} replicas={} [{}]",
-                            block.id,
-                            block.len,
-                            locations.len(),
-                            names.join(",")
-                        );
-                    }
-                    None => println!("  {i:>6} (hole)"),
+            let locations: HashMap<BlockId, Vec<Location>> = layout.locations.into_iter().collect();
+            for (i, slices) in layout.blocks.iter().enumerate() {
+                if slices.is_empty() {
+                    println!("  {i:>6} (hole)");
+                }
+                // One line per slice: where in the block, which blob, and its replicas.
+                for slice in slices {
+                    let holders = locations.get(&slice.blob).map_or(&[][..], Vec::as_slice);
+                    let names: Vec<&str> = holders.iter().map(|l| l.name.as_str()).collect();
+                    println!(
+                        "  {i:>6} {:>9}+{:<9} {}@{} replicas={} [{}]",
+                        slice.at,
+                        slice.len,
+                        slice.blob,
+                        slice.blob_off,
+                        holders.len(),
+                        names.join(",")
+                    );
                 }
             }
         }
@@ -423,6 +428,7 @@ impl Session {
         println!("blocks:            {}", status.blocks);
         println!("under-replicated:  {}", status.under_replicated);
         println!("missing:           {}", status.missing);
+        println!("garbage:           {}", format_size(status.garbage));
         Ok(())
     }
 

@@ -1,0 +1,85 @@
+//! The namespace as snapshots of releases before slices (`vgsnap01`) hold it: a file's
+//! block `i` was one whole blob or a hole. Read once, at the first start after an upgrade,
+//! and turned into slice lists; the next snapshot is written in the current format.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use vg_wire::ns::Name;
+use vg_wire::{Attr, BlockRef, Ino, Slice};
+
+use super::{Content, Inode, Namespace};
+
+/// What an inode held.
+#[derive(Deserialize)]
+enum ContentV1 {
+    Dir {
+        entries: BTreeMap<Name, Ino>,
+        parent: Ino,
+    },
+    /// `len` of a block was how many of its bytes belonged to the file.
+    File {
+        blocks: Vec<Option<BlockRef>>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+#[derive(Deserialize)]
+struct InodeV1 {
+    attr: Attr,
+    content: ContentV1,
+}
+
+/// The namespace of a `vgsnap01` snapshot (the derived fields were never stored).
+#[derive(Deserialize)]
+pub struct NamespaceV1 {
+    inodes: HashMap<Ino, Box<InodeV1>>,
+    next_ino: Ino,
+}
+
+impl From<NamespaceV1> for Namespace {
+    fn from(old: NamespaceV1) -> Self {
+        let inodes = old
+            .inodes
+            .into_iter()
+            .map(|(ino, inode)| {
+                let content = match inode.content {
+                    ContentV1::Dir { entries, parent } => Content::Dir { entries, parent },
+                    ContentV1::Symlink { target } => Content::Symlink { target },
+                    ContentV1::File { blocks } => Content::File {
+                        blocks: blocks
+                            .into_iter()
+                            .map(|block| {
+                                block
+                                    .filter(|b| b.len > 0)
+                                    .map(|b| Slice {
+                                        at: 0,
+                                        len: b.len,
+                                        blob: b.id,
+                                        blob_off: 0,
+                                    })
+                                    .into_iter()
+                                    .collect()
+                            })
+                            .collect(),
+                    },
+                };
+                let inode = Inode {
+                    attr: inode.attr,
+                    content,
+                };
+                (ino, Box::new(inode))
+            })
+            .collect();
+        let mut ns = Namespace {
+            inodes,
+            next_ino: old.next_ino,
+            refs: HashMap::new(),
+            released: Vec::new(),
+        };
+        ns.rebuild_refs();
+        ns
+    }
+}

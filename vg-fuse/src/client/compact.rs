@@ -25,29 +25,38 @@ pub struct Swap {
     pub holders: Vec<Location>,
 }
 
-/// The bytes `list` shows (holes left out) packed in one blob, and the slices that map
-/// them back: adjacent bytes become one slice. Reads each blob once, whole.
+/// The bytes `list` shows, from the first shown byte to the last, packed in one blob
+/// (holes between them as zeros), and the one slice that maps it back. One slice, not
+/// one per run of bytes: a block of scattered small writes would otherwise stay a long
+/// list. Reads each blob once, whole.
 pub async fn merge(
     client: &Client,
     list: &[Slice],
     block_size: u32,
     locations: &HashMap<BlockId, Vec<Location>>,
-) -> Result<(Vec<u8>, Vec<(u32, u32, u32)>)> {
-    let segments = slices::resolve(list, 0..block_size);
+) -> Result<Option<(Vec<u8>, Slice)>> {
+    let segments: Vec<_> = slices::resolve(list, 0..block_size)
+        .into_iter()
+        .filter(|(_, source)| source.is_some())
+        .collect();
+    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+        return Ok(None);
+    };
+    let (start, end) = (first.0.start, last.0.end);
     let blobs = fetch_blobs(client, &segments, locations, false).await?;
-    let mut data = Vec::new();
-    let mut pieces: Vec<(u32, u32, u32)> = Vec::new();
+    let mut data = vec![0u8; (end - start) as usize];
     for (range, source) in segments {
         let Some((id, off)) = source else { continue };
-        let n = range.len();
-        let bytes = segment_bytes(&blobs, id, off, n)?;
-        match pieces.last_mut() {
-            Some(last) if last.0 + last.1 == range.start => last.1 += n as u32,
-            _ => pieces.push((range.start, n as u32, data.len() as u32)),
-        }
-        data.extend_from_slice(bytes);
+        let bytes = segment_bytes(&blobs, id, off, range.len())?;
+        data[(range.start - start) as usize..(range.end - start) as usize].copy_from_slice(bytes);
     }
-    Ok((data, pieces))
+    let slice = Slice {
+        at: start,
+        len: end - start,
+        blob: BlockId::of(&data),
+        blob_off: 0,
+    };
+    Ok(Some((data, slice)))
 }
 
 /// Each blob the segments show, read whole once (`hashed`: checked against its SHA-256
@@ -110,20 +119,12 @@ pub async fn compact_blocks(
         if !slices::wants_compaction(prefix, closing) {
             continue;
         }
-        let (data, pieces) = merge(client, prefix, layout.block_size, &locations).await?;
-        if data.is_empty() {
+        let Some((data, slice)) = merge(client, prefix, layout.block_size, &locations).await?
+        else {
             continue;
-        }
+        };
         let (blob, holders) = client.upload_block(Bytes::from(data)).await?;
-        let merged: Vec<Slice> = pieces
-            .iter()
-            .map(|&(at, len, blob_off)| Slice {
-                at,
-                len,
-                blob: blob.id,
-                blob_off,
-            })
-            .collect();
+        let merged = vec![slice];
         let names = holders.iter().map(|l| l.name.clone()).collect();
         let stored = vec![(blob.id, blob.len, names)];
         match client

@@ -266,6 +266,37 @@ impl FileState {
         self.attr = Some(layout.attr);
     }
 
+    /// The blocks (`only` these, or all) whose slices, as this client sees them, call
+    /// for a compaction (see `vg_wire::slices::wants_compaction`).
+    fn to_compact(&self, only: Option<&[u64]>, closing: bool) -> Vec<u64> {
+        let wanted = |idx: &u64| {
+            self.blocks
+                .get(*idx as usize)
+                .is_some_and(|list| vg_wire::slices::wants_compaction(list, closing))
+        };
+        match only {
+            Some(idxs) => idxs.iter().copied().filter(wanted).collect(),
+            None => (0..self.blocks.len() as u64).filter(wanted).collect(),
+        }
+    }
+
+    /// Takes the stored slices of a fresh layout; a file this client is changing keeps
+    /// its own size and attributes, and its uploaded slices go back on top.
+    fn refresh(&mut self, layout: vg_wire::ns::Layout) {
+        if self.is_clean() {
+            return self.load(layout);
+        }
+        self.blocks = layout.blocks;
+        for (id, locations) in layout.locations {
+            self.locations.insert(id, locations.into());
+        }
+        let pending: Vec<(u64, Vec<Slice>)> =
+            self.pending.iter().map(|(i, s)| (*i, s.clone())).collect();
+        for (idx, slices) in pending {
+            self.add_slices(idx, &slices);
+        }
+    }
+
     /// Puts this client's unwritten size, mtime and deferred attribute changes on `attr`.
     fn overlay(&self, attr: &mut Attr) {
         if self.changed {
@@ -490,7 +521,8 @@ impl Files {
 
     /// Starts a compaction of the blocks (`only` these, or all) whose slices call for
     /// one, in the background: reads are served meanwhile, and the nameserver swaps the
-    /// new blob in only if the block did not change.
+    /// new blob in only if the block did not change. One runs per file at a time; when it
+    /// ends it looks again at every block, so a close during it is not missed.
     fn compact_later(
         &self,
         file: &OpenFile,
@@ -501,38 +533,46 @@ impl Files {
         if state.compacting {
             return;
         }
-        let wanted = |idx: u64| {
-            state
-                .blocks
-                .get(idx as usize)
-                .is_some_and(|list| vg_wire::slices::wants_compaction(list, closing))
-        };
-        let idxs: Vec<u64> = match only {
-            Some(idxs) => idxs.iter().copied().filter(|&i| wanted(i)).collect(),
-            None => (0..state.blocks.len() as u64)
-                .filter(|&i| wanted(i))
-                .collect(),
-        };
+        let mut idxs = state.to_compact(only, closing);
         if idxs.is_empty() {
             return;
         }
         state.compacting = true;
         let (client, ino, shared) = (self.client.clone(), file.ino, file.state.clone());
+        let mut closing = closing;
         tokio::spawn(async move {
-            let done = compact::compact_blocks(&client, ino, &idxs, closing).await;
-            let mut state = shared.lock().await;
-            state.compacting = false;
-            match done {
-                Ok(done) => {
-                    for swap in done {
-                        let list = state.blocks.get_mut(swap.idx as usize);
-                        if let Some(list) = list.filter(|l| l.starts_with(&swap.prefix)) {
-                            list.splice(..swap.prefix.len(), swap.merged);
-                            state.locations.insert(swap.blob, swap.holders.into());
+            loop {
+                let done = compact::compact_blocks(&client, ino, &idxs, closing).await;
+                let mut state = shared.lock().await;
+                // Looking again only after a compaction the nameserver took: this client's
+                // view of a block may be older than the nameserver's (another client
+                // compacted it), and would otherwise ask again and again.
+                let retry = match done {
+                    Ok(done) => {
+                        let took = !done.is_empty();
+                        for swap in done {
+                            let list = state.blocks.get_mut(swap.idx as usize);
+                            if let Some(list) = list.filter(|l| l.starts_with(&swap.prefix)) {
+                                list.splice(..swap.prefix.len(), swap.merged);
+                                state.locations.insert(swap.blob, swap.holders.into());
+                            }
                         }
+                        took
                     }
+                    Err(e) => {
+                        tracing::debug!(ino, error = %e, "compaction failed; the slices stay");
+                        false
+                    }
+                };
+                closing = state.handles == 0;
+                idxs = match retry {
+                    true => state.to_compact(None, closing),
+                    false => Vec::new(),
+                };
+                if idxs.is_empty() {
+                    state.compacting = false;
+                    return;
                 }
-                Err(e) => tracing::debug!(ino, error = %e, "compaction failed; the slices stay"),
             }
         });
     }
@@ -626,8 +666,8 @@ impl Files {
 
     /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blobs and
     /// read-ahead; others get byte ranges. A blob collected since the layout was loaded
-    /// (another client changed the file) makes a clean file load its layout again once:
-    /// a read never returns bytes the file does not hold.
+    /// (another client changed or compacted the file) makes the read load the layout
+    /// again, once: a read never returns bytes the file does not hold.
     pub async fn read(
         self: &Arc<Self>,
         ino: Ino,
@@ -661,13 +701,9 @@ impl Files {
             match self.fetch(plan.parts, sequential).await {
                 Err(e) if !retried => {
                     retried = true;
-                    let mut state = file.state.lock().await;
-                    if !state.is_clean() {
-                        return Err(e);
-                    }
                     tracing::debug!(ino, error = %e, "read failed; loading the layout again");
                     let layout = self.client.layout(ino).await?;
-                    state.load(layout);
+                    file.state.lock().await.refresh(layout);
                 }
                 other => return other,
             }

@@ -222,3 +222,99 @@ async fn a_renamed_file_is_known_under_its_new_name() {
         "cached attributes differ from the nameserver's"
     );
 }
+
+/// Small writes make slices, not whole-block rewrites: random small writes, flushes,
+/// truncates, closes (which compact in the background while the writer goes on) and
+/// compactions by another client racing with the writer's commits, checked against a
+/// byte model after every read and, at the end, through another client. Every block
+/// ends with few slices, and the cluster holds little more than the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_writes_and_concurrent_compactions_match_a_model() {
+    use vg_fuse::client::compact::compact_blocks;
+    let cluster = TestCluster::start(3, 1 << 30).await;
+    let client = cluster.client().await;
+    let compactor = cluster.client().await;
+    let root = client.resolve("/").await.unwrap().ino;
+    for seed in 1..=6u64 {
+        let name = format!("small{seed}");
+        let ino = client
+            .create(root, name.as_bytes(), 0o644, 0, 0, true)
+            .await
+            .unwrap()
+            .ino;
+        let files = Files::new(client.clone(), limits());
+        files.open(ino).await.unwrap();
+        let mut model: Vec<u8> = Vec::new();
+        let mut rng = Rng(seed * 0x9e37_79b9);
+        let span = 3 * BLOCK as u64;
+        for step in 0..400u64 {
+            match rng.below(20) {
+                0..=11 => {
+                    let offset = rng.below(span);
+                    let len = 1 + rng.below(3000) as usize;
+                    let data = bytes(len, seed * 1000 + step);
+                    files.write(ino, offset, &data).await.unwrap();
+                    let end = offset as usize + len;
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
+                    model[offset as usize..end].copy_from_slice(&data);
+                }
+                12 | 13 => files.flush(ino).await.unwrap(),
+                14 => {
+                    let size = rng.below(span);
+                    let set = SetAttr {
+                        size: Some(size),
+                        ..Default::default()
+                    };
+                    files.setattr(ino, set).await.unwrap();
+                    model.resize(size as usize, 0);
+                }
+                15 => {
+                    // The last close compacts in the background; the next writes race it.
+                    files.flush(ino).await.unwrap();
+                    files.release(ino).await;
+                    files.open(ino).await.unwrap();
+                }
+                16 => {
+                    let all: Vec<u64> = (0..3).collect();
+                    compact_blocks(&compactor, ino, &all, true).await.unwrap();
+                }
+                _ => {
+                    let offset = rng.below(model.len() as u64 + 10);
+                    let len = 1 + rng.below(2 * BLOCK as u64) as usize;
+                    let got = files
+                        .read(ino, offset, len, rng.below(2) == 0)
+                        .await
+                        .unwrap();
+                    let start = (offset as usize).min(model.len());
+                    let end = (offset as usize + len).min(model.len());
+                    assert!(
+                        got == model[start..end],
+                        "seed {seed} step {step}: read {offset}+{len} differs"
+                    );
+                }
+            }
+        }
+        files.flush(ino).await.unwrap();
+        files.release(ino).await;
+        let other = Files::new(cluster.client().await, limits());
+        other.open(ino).await.unwrap();
+        let got = other.read(ino, 0, model.len() + 1, true).await.unwrap();
+        assert!(got == model, "seed {seed}: committed content differs");
+        other.release(ino).await;
+        // The close compacted every block down to one blob's worth of slices.
+        crate::cluster::eventually(
+            "blocks compacted after the last close",
+            std::time::Duration::from_secs(20),
+            || async {
+                let layout = client.layout(ino).await.unwrap();
+                layout
+                    .blocks
+                    .iter()
+                    .all(|list| !vg_wire::slices::wants_compaction(list, true))
+            },
+        )
+        .await;
+    }
+}

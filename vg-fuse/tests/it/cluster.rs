@@ -93,7 +93,37 @@ impl TestCluster {
 
     /// [`TestCluster::start`] with this block size and scrub rate.
     pub async fn start_with(n: usize, capacity: u64, block_size: usize, scrub_rate: u64) -> Self {
+        let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, &names, capacity, block_size, scrub_rate).await
+    }
+
+    /// A cluster on the metadata and storage directories of `fixture` (a `.tar.xz` of
+    /// `meta/` and `data/NAME/` under `tests/fixtures`), with storages `names`.
+    pub async fn from_fixture(fixture: &str, names: &[&str], block_size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        let status = std::process::Command::new("tar")
+            .arg("-xJf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir.path())
+            .status()
+            .expect("run tar (xz-utils must be installed)");
+        assert!(status.success(), "tar -xJf {} failed", archive.display());
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        Self::start_in(dir, &names, 1 << 30, block_size, 64 << 20).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        names: &[String],
+        capacity: u64,
+        block_size: usize,
+        scrub_rate: u64,
+    ) -> Self {
         let ca = Ca::generate("test CA").expect("CA");
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
@@ -113,11 +143,10 @@ impl TestCluster {
         cluster.issue("nameserver", Role::Nameserver);
         cluster.issue("client", Role::Client);
         cluster.start_nameserver_in_process().await;
-        for i in 0..n {
-            cluster.add_storage(&format!("s{i}")).await;
+        for name in names {
+            cluster.add_storage(name).await;
         }
-        let names: Vec<String> = cluster.storages.keys().cloned().collect();
-        cluster.wait_active(&names).await;
+        cluster.wait_active(names).await;
         cluster
     }
 

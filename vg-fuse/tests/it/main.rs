@@ -7,4 +7,5 @@ mod core;
 mod faults;
 mod files;
 mod security;
+mod upgrade;
 mod vgctl;

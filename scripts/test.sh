@@ -17,6 +17,13 @@ else
   echo "test.sh: rustfmt is not installed; skipping the formatting check" >&2
 fi
 
+# The upgrade test unpacks an xz archive of an old cluster.
+if [[ $(id -u) == 0 ]] && ! command -v xz >/dev/null; then
+  # shellcheck source=scripts/lib.sh
+  log=/dev/null source scripts/lib.sh
+  need_packages xz-utils || { echo "test.sh: cannot install xz-utils (apt-get failed)" >&2; exit 1; }
+fi
+
 # One build of the workspace (dev profile): the integration and shell tests use its binaries.
 cargo build --workspace --all-targets
 cargo test --workspace

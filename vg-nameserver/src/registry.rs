@@ -37,11 +37,24 @@ pub struct Storage {
     /// Blocks it holds, as far as the registry knows.
     blocks: u64,
     commands: Vec<Command>,
+    /// Blocks reclaimed for room and not yet reported deleted: their length, and when.
+    /// Its heartbeats count them as used until then; placement counts them as free.
+    deleting: HashMap<BlockId, (u64, Instant)>,
+    /// The sum of the lengths in `deleting`.
+    deleting_bytes: u64,
 }
 
 impl Storage {
     fn free(&self) -> u64 {
-        self.capacity.saturating_sub(self.used)
+        self.capacity
+            .saturating_sub(self.used.saturating_sub(self.deleting_bytes))
+    }
+
+    /// Forgets a pending deletion (done, or given up).
+    fn deleted(&mut self, id: &BlockId) {
+        if let Some((len, _)) = self.deleting.remove(id) {
+            self.deleting_bytes -= len;
+        }
     }
 
     fn is_active(&self) -> bool {
@@ -98,6 +111,18 @@ pub struct Policy {
     pub replication_timeout: Duration,
 }
 
+impl Policy {
+    /// How long a block a committed change released is kept for readers holding an old
+    /// layout (a reader that finds it gone loads the layout again): a few seconds, not
+    /// the grace period of uploads, so that rewrites do not fill the cluster with garbage.
+    pub fn release_grace(&self) -> Duration {
+        self.gc_grace.min(RELEASE_GRACE)
+    }
+}
+
+/// See [`Policy::release_grace`].
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
 /// The registry of storages and blocks.
 #[derive(Debug)]
 pub struct Registry {
@@ -108,7 +133,7 @@ pub struct Registry {
     /// Blocks placed or held.
     blocks: HashMap<BlockId, Block>,
     /// Blocks not referenced by any file, why and since when: deleted after the grace
-    /// period (released ones sooner when space is short).
+    /// period (released ones after a few seconds, or at once when space is short).
     unreferenced: HashMap<BlockId, Unreferenced>,
     /// Replications asked for and not yet reported done: block -> (target, when).
     in_flight: HashMap<BlockId, (Slot, Instant)>,
@@ -261,6 +286,8 @@ impl Registry {
                     last_seen: now,
                     blocks: 0,
                     commands: Vec::new(),
+                    deleting: HashMap::new(),
+                    deleting_bytes: 0,
                 });
                 slot
             }
@@ -273,6 +300,8 @@ impl Registry {
         storage.state = StorageState::Joining;
         storage.last_seen = now;
         storage.commands.clear();
+        storage.deleting.clear();
+        storage.deleting_bytes = 0;
     }
 
     /// Part of a block report; returns the blocks the storage must delete.
@@ -348,6 +377,7 @@ impl Registry {
         }
         for id in removed.iter().chain(bad) {
             self.remove_location(*id, slot);
+            self.storage_mut(slot).deleted(id);
         }
         if !bad.is_empty() {
             warn!(storage = name, blocks = ?bad, "storage found corrupt blocks; re-replicating them");
@@ -355,24 +385,18 @@ impl Registry {
         std::mem::take(&mut self.storage_mut(slot).commands)
     }
 
-    /// Blocks that just lost their last file reference. One a client is uploading again
-    /// stays protected as an upload.
+    /// Blocks that just lost their last file reference. A grace entry left from their
+    /// upload (the periodic tick clears those of committed blocks) gives way: a slice
+    /// hidden a moment after its commit is garbage like any other.
     pub fn released(&mut self, ids: Vec<BlockId>, now: Instant) {
         for id in ids {
-            self.unreferenced
-                .entry(id)
-                .and_modify(|u| {
-                    if matches!(u, Unreferenced::Released(_)) {
-                        *u = Unreferenced::Released(now)
-                    }
-                })
-                .or_insert(Unreferenced::Released(now));
+            self.unreferenced.insert(id, Unreferenced::Released(now));
         }
     }
 
     /// Deletes at once every released block no file references again, and counts their
     /// space as free: run when placement finds no room. Returns the bytes freed.
-    pub fn reclaim(&mut self, refs: &HashMap<BlockId, u32>) -> u64 {
+    pub fn reclaim(&mut self, refs: &HashMap<BlockId, u32>, now: Instant) -> u64 {
         let ids: Vec<BlockId> = self
             .unreferenced
             .iter()
@@ -387,7 +411,9 @@ impl Registry {
                 self.remove_location(id, slot);
                 self.push_delete(slot, id);
                 let storage = self.storage_mut(slot);
-                storage.used = storage.used.saturating_sub(len);
+                if storage.deleting.insert(id, (len, now)).is_none() {
+                    storage.deleting_bytes += len;
+                }
                 freed += len;
             }
         }
@@ -507,6 +533,20 @@ impl Registry {
         }
         self.in_flight
             .retain(|_, (_, since)| now.duration_since(*since) < self.policy.replication_timeout);
+        // A deletion never reported (the block was gone already) stops counting as free
+        // space after a few heartbeats' time.
+        let give_up = self.policy.heartbeat_timeout;
+        for storage in &mut self.storages {
+            let stale: Vec<BlockId> = storage
+                .deleting
+                .iter()
+                .filter(|(_, (_, since))| now.duration_since(*since) > give_up)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                storage.deleted(&id);
+            }
+        }
         let replication = self.policy.replication as usize;
         let wanted = self.wanted() as usize;
         let mut copies = Vec::new();
@@ -544,8 +584,12 @@ impl Registry {
         let expired: Vec<BlockId> = self
             .unreferenced
             .iter()
-            .filter(|(id, since)| {
-                !refs.contains_key(*id) && now.duration_since(since.since()) >= self.policy.gc_grace
+            .filter(|(id, u)| {
+                let grace = match u {
+                    Unreferenced::Uploaded(_) => self.policy.gc_grace,
+                    Unreferenced::Released(_) => self.policy.release_grace(),
+                };
+                !refs.contains_key(*id) && now.duration_since(u.since()) >= grace
             })
             .map(|(id, _)| *id)
             .collect();

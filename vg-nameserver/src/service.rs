@@ -283,7 +283,10 @@ impl Service {
                 let placed = registry.place(id, len, &exclude, referenced, Instant::now());
                 let placed = match placed {
                     // Space that committed deletes freed is taken back before a write fails.
-                    Err(e) if e.code == ErrorCode::NoSpace && registry.reclaim(ns.refs()) > 0 => {
+                    Err(e)
+                        if e.code == ErrorCode::NoSpace
+                            && registry.reclaim(ns.refs(), Instant::now()) > 0 =>
+                    {
                         registry.place(id, len, &exclude, referenced, Instant::now())
                     }
                     other => other,

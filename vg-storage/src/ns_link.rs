@@ -69,7 +69,10 @@ async fn session(
     let mut interval = tokio::time::interval(heartbeat);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = storage.wake.notified() => {}
+        }
         let changes = std::mem::take(&mut *storage.changes.lock().expect("changes lock"));
         let request = Request::Heartbeat {
             used: store.used(),

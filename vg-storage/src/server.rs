@@ -61,6 +61,9 @@ pub struct Storage {
     pub dialer: Dialer,
     /// Changes for the next heartbeat.
     pub changes: Mutex<Changes>,
+    /// Wakes the heartbeat loop early: an upload refused for space asks the nameserver
+    /// at once for the deletions that would make room, rather than at the next beat.
+    pub wake: tokio::sync::Notify,
     inflight: Semaphore,
 }
 
@@ -76,6 +79,7 @@ impl Storage {
             store,
             dialer,
             changes: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
             inflight: Semaphore::new(INFLIGHT_MIB as usize),
         }
     }
@@ -285,9 +289,11 @@ impl Storage {
             }
         };
         let (local, forwarded) = tokio::join!(local, forward);
-        local
-            .expect("put does not panic")
-            .map_err(|e| e.to_remote())?;
+        let local = local.expect("put does not panic");
+        if matches!(local, Err(crate::Error::NoSpace { .. })) {
+            self.wake.notify_one();
+        }
+        local.map_err(|e| e.to_remote())?;
         self.changes
             .lock()
             .expect("changes lock")

@@ -87,9 +87,13 @@ pub fn overlay<T: Clone>(
     segments
 }
 
-/// What `slices` show over `want`: each segment with the slice behind it and the offset
-/// of its first byte inside that slice's blob.
-pub fn resolve(slices: &[Slice], want: Range<u32>) -> Vec<(Range<u32>, Option<(BlockId, u32)>)> {
+/// A part of a block as stored slices show it: the blob and the offset in it of the
+/// part's first byte, or `None` for zeros.
+pub type BlobSegment = Segment<BlockId>;
+
+/// What `slices` show over `want`: each segment with the blob behind it and the offset
+/// of its first byte inside that blob.
+pub fn resolve(slices: &[Slice], want: Range<u32>) -> Vec<BlobSegment> {
     overlay(slices.iter().map(|s| (s.range(), *s)), want)
         .into_iter()
         .map(|(range, src)| (range, src.map(|(s, off)| (s.blob, s.blob_off + off))))

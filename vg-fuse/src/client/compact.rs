@@ -4,9 +4,8 @@
 //! writer never loses bytes: its slices, added meanwhile, stay on top.
 
 use std::collections::HashMap;
-use std::ops::Range;
 
-use vg_wire::slices::{self, Slice};
+use vg_wire::slices::{self, BlobSegment, Slice};
 use vg_wire::{BlockId, Bytes, ErrorCode, Ino, Location};
 
 use super::{Client, Error, Result};
@@ -63,7 +62,7 @@ pub async fn merge(
 /// as well as the storage's checksums).
 pub async fn fetch_blobs(
     client: &Client,
-    segments: &[(Range<u32>, Option<(BlockId, u32)>)],
+    segments: &[BlobSegment],
     locations: &HashMap<BlockId, Vec<Location>>,
     hashed: bool,
 ) -> Result<HashMap<BlockId, Vec<u8>>> {

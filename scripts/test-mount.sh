@@ -80,6 +80,33 @@ links() {
 }
 check "ln and ln -s" links
 
+# fallocate: mode 0 grows the file (reading zeros), KEEP_SIZE does not; other modes are
+# refused with EOPNOTSUPP, never faked.
+falloc() {
+  printf 'head' >"$mnt/fa" && fallocate -o 0 -l $((3 * block + 5)) "$mnt/fa" \
+    && [[ $(stat -c %s "$mnt/fa") == $((3 * block + 5)) ]] \
+    && cmp <(printf 'head'; head -c $((3 * block + 1)) /dev/zero) "$mnt/fa" \
+    && fallocate -n -o 0 -l $((8 * block)) "$mnt/fa" && [[ $(stat -c %s "$mnt/fa") == $((3 * block + 5)) ]] \
+    && ! fallocate -p -o 0 -l 10 "$mnt/fa" 2>"$work/fa.err" && grep -qi "supported" "$work/fa.err"
+}
+check "fallocate grows a file, -n keeps its size, -p is refused" falloc
+
+# copy_file_range within vg moves no bytes: the copy's slices name the source's blobs.
+# At unaligned offsets it still copies the right bytes, over existing ones.
+blobs_of() {
+  (source "$work/cluster-main/env" && "$bin/vgctl" stat "$1") | awk '/replicas=/ {split($3, b, "@"); print b[1]}' | sort -u
+}
+copy_range() {
+  local len=$((3 * block + 4321))
+  head -c $((5 * block)) /dev/urandom >"$src/cr" && cp "$src/cr" "$mnt/cr" && : >"$mnt/cr-copy" \
+    && perl scripts/copy-range.pl "$mnt/cr" 0 "$mnt/cr-copy" 0 $((5 * block)) \
+    && cmp "$src/cr" "$mnt/cr-copy" && [[ $(blobs_of /cr) == $(blobs_of /cr-copy) ]] \
+    && head -c $((2 * block)) /dev/urandom >"$src/cr2" && cp "$src/cr2" "$mnt/cr2" \
+    && perl scripts/copy-range.pl "$mnt/cr" 100000 "$mnt/cr2" 12345 "$len" \
+    && cmp <(head -c 12345 "$src/cr2"; tail -c +100001 "$src/cr" | head -c "$len") "$mnt/cr2"
+}
+check "copy_file_range references the source's blobs and copies at any offset" copy_range
+
 attrs() {
   echo a >"$mnt/attr" && chmod 640 "$mnt/attr" && [[ $(stat -c %a "$mnt/attr") == 640 ]] \
     && touch -d '2001-02-03 04:05:06 UTC' "$mnt/attr" && [[ $(stat -c %Y "$mnt/attr") == 981173106 ]] \

@@ -604,6 +604,69 @@ impl Filesystem for VgFs {
         );
     }
 
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Punching holes, zeroing and collapsing ranges are not supported.
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.error(errno::UNSUPPORTED);
+        }
+        if offset < 0 || length <= 0 {
+            return reply.error(errno::BAD_RANGE);
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let files = self.files.clone();
+        self.empty(
+            "fallocate",
+            async move {
+                files
+                    .fallocate(ino, offset as u64, length as u64, keep_size)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn copy_file_range(
+        &mut self,
+        _req: &Request<'_>,
+        ino_in: u64,
+        _fh_in: u64,
+        offset_in: i64,
+        ino_out: u64,
+        _fh_out: u64,
+        offset_out: i64,
+        len: u64,
+        _flags: u32,
+        reply: ReplyWrite,
+    ) {
+        if offset_in < 0 || offset_out < 0 {
+            return reply.error(errno::BAD_RANGE);
+        }
+        // The answer counts bytes in 32 bits; a caller asks again for the rest.
+        let len = len.min(1 << 30);
+        let files = self.files.clone();
+        self.spawn(
+            "copy_file_range",
+            async move {
+                files
+                    .copy_range(ino_in, offset_in as u64, ino_out, offset_out as u64, len)
+                    .await
+            },
+            move |r| match r {
+                Ok(copied) => reply.written(copied as u32),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
     fn flush(
         &mut self,
         _req: &Request<'_>,

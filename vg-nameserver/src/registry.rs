@@ -769,12 +769,58 @@ mod tests {
     }
 
     #[test]
+    fn released_blocks_go_soon_and_at_once_when_room_is_short() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b"], t0);
+        let (a, b) = (reg.slots["a"], reg.slots["b"]);
+        // Two released blocks and one upload not yet committed fill both storages.
+        for n in [1, 2] {
+            reg.place(id(n), 40, &[], false, t0).unwrap();
+            reg.stored(id(n), 40, &["a".into(), "b".into()]);
+        }
+        reg.released(vec![id(1), id(2)], t0);
+        reg.place(id(3), 10, &[], false, t0).unwrap();
+        reg.stored(id(3), 10, &["a".into(), "b".into()]);
+        reg.heartbeat("a", 90, &[], &[], &[], t0);
+        reg.heartbeat("b", 90, &[], &[], &[], t0);
+        assert_eq!(reg.garbage(), 160);
+        let e = reg.place(id(4), 50, &[], false, t0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoSpace);
+        // Reclaiming frees what released blocks hold, and placement counts it at once,
+        // though the storages' heartbeats report it used until they delete.
+        assert_eq!(reg.reclaim(&HashMap::new(), t0), 160);
+        assert!(reg.place(id(4), 50, &[], false, t0).is_ok());
+        let cmds = reg.heartbeat("a", 90, &[], &[], &[], t0);
+        assert!(
+            matches!(&cmds[..], [Command::Delete(ids)] if ids.len() == 2),
+            "{cmds:?}"
+        );
+        assert_eq!(reg.storage(a).deleting_bytes, 80);
+        reg.heartbeat("a", 10, &[], &[id(1), id(2)], &[], t0);
+        assert_eq!(reg.storage(a).deleting_bytes, 0);
+        // Without pressure, a released block goes after a few seconds; an upload stays.
+        reg.stored(id(4), 50, &["a".into(), "b".into()]);
+        reg.released(vec![id(4)], t0);
+        let later = t0 + RELEASE_GRACE;
+        reg.heartbeat("a", 60, &[], &[], &[], later);
+        reg.heartbeat("b", 60, &[], &[], &[], later);
+        reg.tick(&HashMap::new(), later);
+        assert!(!reg.has_any_location(&id(4)));
+        assert!(reg.has_any_location(&id(3)));
+        // A deletion b never reports stops counting as free after a while.
+        assert_eq!(reg.storage(b).deleting_bytes, 80);
+        reg.tick(&HashMap::new(), t0 + Duration::from_secs(11));
+        assert_eq!(reg.storage(b).deleting_bytes, 0);
+    }
+
+    #[test]
     fn down_storage_triggers_copy_and_gc_after_grace() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
         reg.released(vec![id(1)], t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
-        reg.released(vec![id(2)], t0_of(&reg));
+        // id(2) was uploaded and never committed: the grace period of uploads protects it.
+        reg.place(id(2), 10, &[], false, t0_of(&reg)).unwrap();
         reg.stored(id(2), 10, &["c".into()]);
         let refs = HashMap::from([(id(1), 1)]);
         let t1 = t0 + Duration::from_secs(6);

@@ -22,6 +22,14 @@ use super::compact;
 use super::entries::keep_newest;
 use super::{Client, Error, Result};
 
+/// The error of a call on a file this client has not opened.
+fn not_open() -> Error {
+    Error::Remote(vg_wire::RemoteError::new(
+        vg_wire::ErrorCode::Invalid,
+        "the file is not open",
+    ))
+}
+
 /// The pieces of a read as one buffer; most reads lie within one part, with no copy.
 fn joined(mut parts: Vec<Bytes>) -> Bytes {
     match parts.len() {
@@ -675,12 +683,7 @@ impl Files {
         len: usize,
         sequential: bool,
     ) -> Result<Bytes> {
-        let file = self.get_open(ino).ok_or_else(|| {
-            Error::Remote(vg_wire::RemoteError::new(
-                vg_wire::ErrorCode::Invalid,
-                "read of a file that is not open",
-            ))
-        })?;
+        let file = self.get_open(ino).ok_or_else(not_open)?;
         let mut retried = false;
         loop {
             let plan = {
@@ -762,12 +765,7 @@ impl Files {
     /// or at the next flush. A write into an existing block reads nothing: it becomes a
     /// slice on top of what the block holds.
     pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
-        let file = self.get_open(ino).ok_or_else(|| {
-            Error::Remote(vg_wire::RemoteError::new(
-                vg_wire::ErrorCode::Invalid,
-                "write to a file that is not open",
-            ))
-        })?;
+        let file = self.get_open(ino).ok_or_else(not_open)?;
         let mut state = file.state.lock().await;
         self.reap(&mut state, false).await;
         if let Some(e) = state.failed.take() {
@@ -946,6 +944,95 @@ impl Files {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Allocates bytes `offset..offset+len` of a file (`fallocate` modes 0 and
+    /// KEEP_SIZE): the file grows to cover them unless `keep_size`. Nothing is reserved
+    /// on the storages: capacity is taken when bytes are written, and bytes never written
+    /// read as zeros and cost nothing, as in a hole.
+    pub async fn fallocate(&self, ino: Ino, offset: u64, len: u64, keep_size: bool) -> Result<()> {
+        let file = self.get_open(ino).ok_or_else(not_open)?;
+        let end = offset.checked_add(len).ok_or_else(|| {
+            Error::Remote(vg_wire::RemoteError::new(
+                vg_wire::ErrorCode::Invalid,
+                format!("fallocate {offset}+{len}: past the largest offset"),
+            ))
+        })?;
+        let mut state = file.state.lock().await;
+        if !keep_size && end > state.size {
+            state.size = end;
+            state.mtime = Some(Timestamp::now());
+            state.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes of file `src` at `src_offset` to file `dst` at `dst_offset`
+    /// without moving them (`copy_file_range`): both files are committed first, then the
+    /// destination gets slices that name the source's blobs (and a blob of zeros for the
+    /// source's holes), in one commit. Returns the bytes copied: fewer past the source's
+    /// end.
+    pub async fn copy_range(
+        &self,
+        src: Ino,
+        src_offset: u64,
+        dst: Ino,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        if src != dst {
+            self.flush(src).await?;
+        }
+        let file = self.get_open(dst).ok_or_else(not_open)?;
+        let mut state = file.state.lock().await;
+        self.flush_state(&file, &mut state).await?;
+        let layout = self.client.layout(src).await?;
+        let len = len.min(layout.attr.size.saturating_sub(src_offset));
+        if len == 0 {
+            return Ok(0);
+        }
+        let bs = self.client.block_size;
+        let mut added: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
+        let mut stored = Vec::new();
+        let mut zeros: Option<BlockId> = None;
+        for (src_idx, in_block, range) in cut(src_offset, len as usize, bs) {
+            let list = layout
+                .blocks
+                .get(src_idx as usize)
+                .map_or(&[][..], Vec::as_slice);
+            let want = in_block as u32..(in_block + range.len()) as u32;
+            for (segment, source) in vg_wire::slices::resolve(list, want) {
+                let (blob, blob_off) = match source {
+                    Some(shown) => shown,
+                    None => {
+                        if zeros.is_none() {
+                            let data = Bytes::from(vec![0u8; bs as usize]);
+                            let (blob, holders) = self.client.upload_block(data).await?;
+                            let names = holders.into_iter().map(|l| l.name).collect();
+                            stored.push((blob.id, blob.len, names));
+                            zeros = Some(blob.id);
+                        }
+                        (zeros.expect("uploaded above"), 0)
+                    }
+                };
+                let at = src_idx * bs as u64 + segment.start as u64 - src_offset + dst_offset;
+                for (dst_idx, dst_in, part) in cut(at, segment.len(), bs) {
+                    added.entry(dst_idx).or_default().push(Slice {
+                        at: dst_in as u32,
+                        len: part.len() as u32,
+                        blob,
+                        blob_off: blob_off + part.start as u32,
+                    });
+                }
+            }
+        }
+        let size = state.size.max(dst_offset + len);
+        let slices: Vec<(u64, Vec<Slice>)> = added.into_iter().collect();
+        let attr = self.client.commit(dst, size, slices, stored, None).await?;
+        state.seen = Some((attr.size, attr.mtime));
+        let layout = self.client.layout(dst).await?;
+        state.load(layout);
+        Ok(len)
     }
 
     /// Changes attributes; a size change first commits buffered writes, then truncates

@@ -589,11 +589,7 @@ impl Namespace {
                     );
                 }
                 if let Some(size) = set.size {
-                    let blocks = match &inode.content {
-                        Content::File { blocks } => blocks.clone(),
-                        _ => unreachable!("kind checked above"),
-                    };
-                    self.resize(ino, blocks, size, block_size, time)?;
+                    self.resize(ino, size, block_size, time)?;
                 }
                 let attr = &mut self.inodes.get_mut(&ino).expect("checked").attr;
                 set.apply_to(attr, time);
@@ -715,39 +711,28 @@ impl Namespace {
                 );
             }
         }
-        let mut blocks = blocks.clone();
-        for (idx, list) in lists {
-            if blocks.len() <= idx as usize {
-                blocks.resize(idx as usize + 1, Vec::new());
-            }
-            blocks[idx as usize] = list;
-        }
         self.add_refs(changes.iter().flat_map(|(_, new)| new));
         self.drop_refs(dropped);
-        self.resize(ino, blocks, size, block_size, time)?;
-        Ok(ino)
-    }
-
-    fn set_blocks(&mut self, ino: Ino, new_blocks: Vec<Vec<Slice>>) {
         if let Some(Inode {
             content: Content::File { blocks },
             ..
         }) = self.inodes.get_mut(&ino).map(|inode| &mut **inode)
         {
-            *blocks = new_blocks;
+            for (idx, list) in lists {
+                if blocks.len() <= idx as usize {
+                    blocks.resize(idx as usize + 1, Vec::new());
+                }
+                blocks[idx as usize] = list;
+            }
         }
+        // Checked above: the size is within MAX_BLOCKS, so this is not refused.
+        self.resize(ino, size, block_size, time)?;
+        Ok(ino)
     }
 
     /// Sets a file's size: drops blocks past the end, clips the last block so that bytes
     /// past the old end read as zeros if the file grows again.
-    fn resize(
-        &mut self,
-        ino: Ino,
-        mut blocks: Vec<Vec<Slice>>,
-        size: u64,
-        block_size: u32,
-        time: Timestamp,
-    ) -> Refusal {
+    fn resize(&mut self, ino: Ino, size: u64, block_size: u32, time: Timestamp) -> Refusal {
         let bs = block_size as u64;
         if size.div_ceil(bs) > MAX_BLOCKS {
             return refuse(
@@ -759,29 +744,29 @@ impl Namespace {
             );
         }
         let n_blocks = size.div_ceil(bs) as usize;
-        let mut dropped: Vec<Slice> = if blocks.len() > n_blocks {
-            blocks.drain(n_blocks..).flatten().collect()
-        } else {
-            Vec::new()
-        };
-        if blocks.len() == n_blocks {
-            if let Some(last) = blocks.last_mut() {
-                let room = size - (n_blocks as u64 - 1) * bs;
-                dropped.extend(slices::trim(last, room as u32));
+        let inode = self.inodes.get_mut(&ino).expect("resized inode exists");
+        let mut dropped: Vec<Slice> = Vec::new();
+        if let Content::File { blocks } = &mut inode.content {
+            if blocks.len() > n_blocks {
+                dropped.extend(blocks.drain(n_blocks..).flatten());
+            }
+            if blocks.len() == n_blocks {
+                if let Some(last) = blocks.last_mut() {
+                    let room = size - (n_blocks as u64 - 1) * bs;
+                    dropped.extend(slices::trim(last, room as u32));
+                }
+            }
+            // Holes at the end are not stored: growing a file with truncate costs nothing.
+            while blocks.last().is_some_and(Vec::is_empty) {
+                blocks.pop();
             }
         }
-        // Holes at the end are not stored: growing a file with truncate costs nothing.
-        while blocks.last().is_some_and(Vec::is_empty) {
-            blocks.pop();
-        }
-        self.drop_refs(dropped);
-        self.set_blocks(ino, blocks);
-        let inode = self.inodes.get_mut(&ino).expect("resized inode exists");
         if inode.attr.size != size {
             inode.attr.mtime = time;
         }
         inode.attr.size = size;
         inode.attr.ctime = time;
+        self.drop_refs(dropped);
         Ok(())
     }
 

@@ -58,29 +58,47 @@ pub async fn merge(
     Ok(Some((data, slice)))
 }
 
-/// Each blob the segments show, read whole once (`hashed`: checked against its SHA-256
-/// as well as the storage's checksums).
+/// Each blob the segments show, read whole once, up to [`FETCHES`] at a time
+/// (`hashed`: checked against its SHA-256 as well as the storage's checksums).
 pub async fn fetch_blobs(
     client: &Client,
     segments: &[BlobSegment],
     locations: &HashMap<BlockId, Vec<Location>>,
     hashed: bool,
 ) -> Result<HashMap<BlockId, Vec<u8>>> {
-    let mut blobs = HashMap::new();
-    for (_, source) in segments {
-        if let Some((id, _)) = source {
-            if !blobs.contains_key(id) {
-                let at = locations.get(id).map_or(&[][..], Vec::as_slice);
+    let mut wanted: Vec<BlockId> = segments
+        .iter()
+        .filter_map(|(_, s)| s.map(|s| s.0))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut blobs = HashMap::with_capacity(wanted.len());
+    let mut fetches = tokio::task::JoinSet::new();
+    let mut next = wanted.into_iter();
+    loop {
+        while fetches.len() < FETCHES {
+            let Some(id) = next.next() else { break };
+            let at = locations.get(&id).cloned().unwrap_or_default();
+            let client = client.clone();
+            fetches.spawn(async move {
                 let data = match hashed {
-                    true => client.read_block_hashed(*id, at).await?,
-                    false => client.read_block(*id, at, 0, 0).await?,
+                    true => client.read_block_hashed(id, &at).await,
+                    false => client.read_block(id, &at, 0, 0).await,
                 };
-                blobs.insert(*id, data);
-            }
+                data.map(|data| (id, data))
+            });
         }
+        let Some(done) = fetches.join_next().await else {
+            return Ok(blobs);
+        };
+        let (id, data) = done.expect("blob fetch does not panic")?;
+        blobs.insert(id, data);
     }
-    Ok(blobs)
 }
+
+/// Blob fetches in flight at once for a compaction or a `get`: a block of many small
+/// slices is as many small blobs, each a round trip.
+const FETCHES: usize = 16;
 
 /// The `n` bytes at `off` of a fetched blob; a blob shorter than its slice says is an
 /// error, not zeros.

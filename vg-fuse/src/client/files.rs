@@ -38,16 +38,6 @@ fn joined(mut parts: Vec<Bytes>) -> Bytes {
     }
 }
 
-/// `bytes` followed by zeros up to `len` (a blob shorter than its slice says).
-fn zero_filled(bytes: Bytes, len: usize) -> Bytes {
-    if bytes.len() >= len {
-        return bytes;
-    }
-    let mut filled = Vec::from(bytes);
-    filled.resize(len, 0);
-    Bytes::from(filled)
-}
-
 /// Pieces of the byte range `offset..offset+len` cut on block boundaries:
 /// `(block index, offset inside the block, range of the input)`.
 pub fn cut(offset: u64, len: usize, block_size: u32) -> Vec<(u64, usize, Range<usize>)> {
@@ -285,6 +275,18 @@ impl FileState {
         match only {
             Some(idxs) => idxs.iter().copied().filter(wanted).collect(),
             None => (0..self.blocks.len() as u64).filter(wanted).collect(),
+        }
+    }
+
+    /// Applies compactions the nameserver took to this client's view of the blocks
+    /// (where it still starts with the slices replaced).
+    fn apply_swaps(&mut self, swaps: Vec<compact::Swap>) {
+        for swap in swaps {
+            let list = self.blocks.get_mut(swap.idx as usize);
+            if let Some(list) = list.filter(|l| l.starts_with(&swap.prefix)) {
+                list.splice(..swap.prefix.len(), swap.merged);
+                self.locations.insert(swap.blob, swap.holders.into());
+            }
         }
     }
 
@@ -558,13 +560,7 @@ impl Files {
                 let retry = match done {
                     Ok(done) => {
                         let took = !done.is_empty();
-                        for swap in done {
-                            let list = state.blocks.get_mut(swap.idx as usize);
-                            if let Some(list) = list.filter(|l| l.starts_with(&swap.prefix)) {
-                                list.splice(..swap.prefix.len(), swap.merged);
-                                state.locations.insert(swap.blob, swap.holders.into());
-                            }
-                        }
+                        state.apply_swaps(done);
                         took
                     }
                     Err(e) => {
@@ -661,9 +657,13 @@ impl Files {
     ) -> Result<Bytes> {
         if whole || self.cache.lock().expect("cache lock").contains(&id) {
             let data = self.whole_blob(id, locations).await?;
-            let end = (range.end as usize).min(data.len());
-            let start = (range.start as usize).min(end);
-            return Ok(vg_wire::rpc::share(data).slice(start..end));
+            if range.end as usize > data.len() {
+                return Err(Error::Unreadable {
+                    block: id.to_hex(),
+                    reason: format!("{} bytes, shorter than a slice needs", data.len()),
+                });
+            }
+            return Ok(vg_wire::rpc::share(data).slice(range.start as usize..range.end as usize));
         }
         Ok(Bytes::from(
             self.client
@@ -724,9 +724,8 @@ impl Files {
                     range,
                     locations,
                 } => {
-                    let n = range.len();
-                    let whole = sequential || n >= (1 << 20);
-                    zero_filled(self.blob_range(id, &locations, range, whole).await?, n)
+                    let whole = sequential || range.len() >= (1 << 20);
+                    self.blob_range(id, &locations, range, whole).await?
                 }
             });
         }
@@ -885,6 +884,27 @@ impl Files {
         }
         if !state.changed {
             return Ok(());
+        }
+        // Background compaction fell behind (or failed) on a block: compact it now, or
+        // the nameserver would refuse the commit for too many slices.
+        let crowded: Vec<u64> = state
+            .pending
+            .keys()
+            .copied()
+            .filter(|&idx| {
+                state
+                    .blocks
+                    .get(idx as usize)
+                    .is_some_and(|list| list.len() >= vg_wire::slices::MAX_SLICES / 2)
+            })
+            .collect();
+        if !crowded.is_empty() {
+            match compact::compact_blocks(&self.client, file.ino, &crowded, false).await {
+                Ok(done) => state.apply_swaps(done),
+                Err(e) => {
+                    tracing::warn!(ino = file.ino, error = %e, "compaction before a commit failed")
+                }
+            }
         }
         let slices: Vec<(u64, Vec<Slice>)> =
             state.pending.iter().map(|(i, s)| (*i, s.clone())).collect();
@@ -1089,10 +1109,9 @@ mod tests {
     }
 
     #[test]
-    fn parts_join_and_fill() {
+    fn parts_join() {
         let parts = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
         assert_eq!(&joined(parts)[..], b"abcd");
-        assert_eq!(&zero_filled(Bytes::from_static(b"45"), 4)[..], b"45\0\0");
     }
 
     /// The bytes of block `idx` as `parts` plans them, with stored blobs given as a map.

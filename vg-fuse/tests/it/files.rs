@@ -32,6 +32,29 @@ fn limits() -> Limits {
     }
 }
 
+/// A random read of up to `max_len` bytes, sequential or not, returns what the model holds.
+async fn read_matches(
+    files: &Arc<Files>,
+    ino: u64,
+    model: &[u8],
+    rng: &mut Rng,
+    max_len: u64,
+    what: &str,
+) {
+    let offset = rng.below(model.len() as u64 + 10);
+    let len = 1 + rng.below(max_len) as usize;
+    let got = files
+        .read(ino, offset, len, rng.below(2) == 0)
+        .await
+        .unwrap();
+    let start = (offset as usize).min(model.len());
+    let end = (offset as usize + len).min(model.len());
+    assert!(
+        got == model[start..end],
+        "{what}: read {offset}+{len} differs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_writes_truncates_and_reads_match_a_model() {
     let cluster = TestCluster::start(3, 1 << 30).await;
@@ -84,18 +107,8 @@ async fn check_against_model(cluster: &TestCluster, root: u64, seed: u64) {
             }
             6 => files.flush(ino).await.unwrap(),
             _ => {
-                let offset = rng.below(model.len() as u64 + 10);
-                let len = 1 + rng.below(3 * BLOCK as u64) as usize;
-                let got = files
-                    .read(ino, offset, len, rng.below(2) == 0)
-                    .await
-                    .unwrap();
-                let start = (offset as usize).min(model.len());
-                let end = (offset as usize + len).min(model.len());
-                assert!(
-                    got == model[start..end],
-                    "seed {seed} step {step}: read {offset}+{len} differs"
-                );
+                let what = format!("seed {seed} step {step}");
+                read_matches(&files, ino, &model, &mut rng, 3 * BLOCK as u64, &what).await;
             }
         }
     }
@@ -281,18 +294,8 @@ async fn small_writes_and_concurrent_compactions_match_a_model() {
                     compact_blocks(&compactor, ino, &all, true).await.unwrap();
                 }
                 _ => {
-                    let offset = rng.below(model.len() as u64 + 10);
-                    let len = 1 + rng.below(2 * BLOCK as u64) as usize;
-                    let got = files
-                        .read(ino, offset, len, rng.below(2) == 0)
-                        .await
-                        .unwrap();
-                    let start = (offset as usize).min(model.len());
-                    let end = (offset as usize + len).min(model.len());
-                    assert!(
-                        got == model[start..end],
-                        "seed {seed} step {step}: read {offset}+{len} differs"
-                    );
+                    let what = format!("seed {seed} step {step}");
+                    read_matches(&files, ino, &model, &mut rng, 2 * BLOCK as u64, &what).await;
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vg_nameserver::namespace::{Namespace, Op};
 use vg_nameserver::registry::{Policy, Registry};
-use vg_wire::{BlockId, BlockRef, Timestamp, ROOT_INO};
+use vg_wire::{BlockId, Slice, Timestamp, ROOT_INO};
 
 /// Resident memory of this process, from /proc.
 fn rss_bytes() -> u64 {
@@ -77,10 +77,16 @@ fn main() {
         };
         assert!(ns.apply(&create).is_ok());
         let id = BlockId::of(&i.to_le_bytes());
-        let commit = Op::Commit {
+        let whole = Slice {
+            at: 0,
+            len: 10_000,
+            blob: id,
+            blob_off: 0,
+        };
+        let commit = Op::Write {
             ino,
             size: 10_000,
-            blocks: vec![(0, BlockRef { id, len: 10_000 })],
+            slices: vec![(0, vec![whole])],
             block_size: 4 << 20,
             time,
         };

@@ -84,16 +84,20 @@ enum Unreferenced {
     /// Placed or reported, not (yet) committed: the grace period protects an upload in
     /// flight or a client slow to commit.
     Uploaded(Instant),
-    /// A committed change dropped its last reference. Kept for the grace period for
-    /// readers holding an old layout, but reclaimed at once when placement runs out of
+    /// Its file is gone (unlinked, truncated). Kept for the grace period for a reader
+    /// that still has the file open, but reclaimed at once when placement runs out of
     /// room: committed deletes never make a write fail.
     Released(Instant),
+    /// Newer bytes hide it (a rewrite, a compaction): kept a few seconds for readers
+    /// holding the old layout, which load the new one when it is gone; reclaimed at once
+    /// when room is short.
+    Replaced(Instant),
 }
 
 impl Unreferenced {
     fn since(self) -> Instant {
         match self {
-            Unreferenced::Uploaded(t) | Unreferenced::Released(t) => t,
+            Unreferenced::Uploaded(t) | Unreferenced::Released(t) | Unreferenced::Replaced(t) => t,
         }
     }
 }
@@ -112,16 +116,16 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// How long a block a committed change released is kept for readers holding an old
+    /// How long a block that newer bytes replaced is kept for readers holding an old
     /// layout (a reader that finds it gone loads the layout again): a few seconds, not
-    /// the grace period of uploads, so that rewrites do not fill the cluster with garbage.
-    pub fn release_grace(&self) -> Duration {
-        self.gc_grace.min(RELEASE_GRACE)
+    /// the grace period, so that rewrites do not fill the cluster with garbage.
+    pub fn replace_grace(&self) -> Duration {
+        self.gc_grace.min(REPLACE_GRACE)
     }
 }
 
-/// See [`Policy::release_grace`].
-const RELEASE_GRACE: Duration = Duration::from_secs(5);
+/// See [`Policy::replace_grace`].
+const REPLACE_GRACE: Duration = Duration::from_secs(5);
 
 /// The registry of storages and blocks.
 #[derive(Debug)]
@@ -385,12 +389,17 @@ impl Registry {
         std::mem::take(&mut self.storage_mut(slot).commands)
     }
 
-    /// Blocks that just lost their last file reference. A grace entry left from their
-    /// upload (the periodic tick clears those of committed blocks) gives way: a slice
-    /// hidden a moment after its commit is garbage like any other.
-    pub fn released(&mut self, ids: Vec<BlockId>, now: Instant) {
+    /// Blocks that just lost their last file reference, `replaced` by newer bytes or
+    /// with their file. A grace entry left from their upload (the periodic tick clears
+    /// those of committed blocks) gives way: a slice hidden a moment after its commit is
+    /// garbage like any other.
+    pub fn released(&mut self, ids: Vec<BlockId>, replaced: bool, now: Instant) {
+        let state = match replaced {
+            true => Unreferenced::Replaced(now),
+            false => Unreferenced::Released(now),
+        };
         for id in ids {
-            self.unreferenced.insert(id, Unreferenced::Released(now));
+            self.unreferenced.insert(id, state);
         }
     }
 
@@ -400,7 +409,10 @@ impl Registry {
         let ids: Vec<BlockId> = self
             .unreferenced
             .iter()
-            .filter(|(id, u)| matches!(u, Unreferenced::Released(_)) && !refs.contains_key(*id))
+            .filter(|(id, u)| {
+                matches!(u, Unreferenced::Released(_) | Unreferenced::Replaced(_))
+                    && !refs.contains_key(*id)
+            })
             .map(|(id, _)| *id)
             .collect();
         let mut freed = 0;
@@ -427,7 +439,7 @@ impl Registry {
     pub fn garbage(&self) -> u64 {
         self.unreferenced
             .iter()
-            .filter(|(_, u)| matches!(u, Unreferenced::Released(_)))
+            .filter(|(_, u)| matches!(u, Unreferenced::Released(_) | Unreferenced::Replaced(_)))
             .filter_map(|(id, _)| self.blocks.get(id))
             .map(|b| b.len as u64 * b.holders.len() as u64)
             .sum()
@@ -586,8 +598,8 @@ impl Registry {
             .iter()
             .filter(|(id, u)| {
                 let grace = match u {
-                    Unreferenced::Uploaded(_) => self.policy.gc_grace,
-                    Unreferenced::Released(_) => self.policy.release_grace(),
+                    Unreferenced::Uploaded(_) | Unreferenced::Released(_) => self.policy.gc_grace,
+                    Unreferenced::Replaced(_) => self.policy.replace_grace(),
                 };
                 !refs.contains_key(*id) && now.duration_since(u.since()) >= grace
             })
@@ -763,7 +775,7 @@ mod tests {
     fn dedup_when_already_replicated() {
         let now = Instant::now();
         let mut reg = cluster(&["a", "b"], now);
-        reg.released(vec![id(1)], t0_of(&reg));
+        reg.released(vec![id(1)], false, t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         assert!(reg.place(id(1), 10, &[], true, now).unwrap().stored);
     }
@@ -778,7 +790,7 @@ mod tests {
             reg.place(id(n), 40, &[], false, t0).unwrap();
             reg.stored(id(n), 40, &["a".into(), "b".into()]);
         }
-        reg.released(vec![id(1), id(2)], t0);
+        reg.released(vec![id(1), id(2)], false, t0);
         reg.place(id(3), 10, &[], false, t0).unwrap();
         reg.stored(id(3), 10, &["a".into(), "b".into()]);
         reg.heartbeat("a", 90, &[], &[], &[], t0);
@@ -798,15 +810,20 @@ mod tests {
         assert_eq!(reg.storage(a).deleting_bytes, 80);
         reg.heartbeat("a", 10, &[], &[id(1), id(2)], &[], t0);
         assert_eq!(reg.storage(a).deleting_bytes, 0);
-        // Without pressure, a released block goes after a few seconds; an upload stays.
+        // Without pressure, a replaced block goes after a few seconds; an upload stays.
+        // One whose file is gone keeps the grace period (a reader may have it open).
         reg.stored(id(4), 50, &["a".into(), "b".into()]);
-        reg.released(vec![id(4)], t0);
-        let later = t0 + RELEASE_GRACE;
+        reg.released(vec![id(4)], true, t0);
+        reg.place(id(5), 1, &[], false, t0).unwrap();
+        reg.stored(id(5), 1, &["a".into(), "b".into()]);
+        reg.released(vec![id(5)], false, t0);
+        let later = t0 + REPLACE_GRACE;
         reg.heartbeat("a", 60, &[], &[], &[], later);
         reg.heartbeat("b", 60, &[], &[], &[], later);
         reg.tick(&HashMap::new(), later);
         assert!(!reg.has_any_location(&id(4)));
         assert!(reg.has_any_location(&id(3)));
+        assert!(reg.has_any_location(&id(5)));
         // A deletion b never reports stops counting as free after a while.
         assert_eq!(reg.storage(b).deleting_bytes, 80);
         reg.tick(&HashMap::new(), t0 + Duration::from_secs(11));
@@ -817,7 +834,7 @@ mod tests {
     fn down_storage_triggers_copy_and_gc_after_grace() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.released(vec![id(1)], t0_of(&reg));
+        reg.released(vec![id(1)], false, t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         // id(2) was uploaded and never committed: the grace period of uploads protects it.
         reg.place(id(2), 10, &[], false, t0_of(&reg)).unwrap();
@@ -861,7 +878,7 @@ mod tests {
         let t0 = Instant::now();
         let mut reg = cluster(&["a"], t0);
         let refs = HashMap::from([(id(1), 1)]);
-        reg.released(vec![id(3)], t0);
+        reg.released(vec![id(3)], false, t0);
         let later = t0 + Duration::from_secs(20);
         let delete = reg
             .report("a", &[(id(1), 5), (id(2), 5), (id(3), 5)], &refs, later)
@@ -879,9 +896,9 @@ mod tests {
         let none = HashMap::new();
         reg.place(id(1), 10, &[], false, t0).unwrap();
         reg.place(id(2), 10, &[], false, t0).unwrap();
-        reg.released(vec![id(1)], t0_of(&reg));
+        reg.released(vec![id(1)], false, t0_of(&reg));
         reg.stored(id(1), 10, &["a".into()]);
-        reg.released(vec![id(2)], t0_of(&reg));
+        reg.released(vec![id(2)], false, t0_of(&reg));
         reg.stored(id(2), 10, &["a".into()]);
         let t1 = t0 + Duration::from_secs(4);
         reg.heartbeat("a", 0, &[], &[], &[], t1);
@@ -905,7 +922,7 @@ mod tests {
     fn extra_copies_are_removed() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.released(vec![id(1)], t0_of(&reg));
+        reg.released(vec![id(1)], false, t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into(), "c".into()]);
         reg.tick(&HashMap::from([(id(1), 1)]), t0);
         assert_eq!(reg.live_locations(&id(1)).len(), 2);
@@ -929,7 +946,7 @@ mod tests {
     fn reregistering_forgets_the_old_block_list_and_keeps_counts() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
-        reg.released(vec![id(1), id(2)], t0);
+        reg.released(vec![id(1), id(2)], false, t0);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         reg.stored(id(2), 10, &["a".into()]);
         let blocks = |reg: &Registry, name: &str| {

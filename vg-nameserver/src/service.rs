@@ -12,7 +12,7 @@ use vg_wire::rpc::{read_end, respond, Peer};
 use vg_wire::{codec, BlockId, Ino, Role, SetTime, Slice, Timestamp};
 
 use crate::error::{refuse, Error};
-use crate::namespace::{Content, Namespace, Op};
+use crate::namespace::{Content, Namespace, Op, Release};
 use crate::registry::{Policy, Registry};
 use crate::wal::Wal;
 use crate::Config;
@@ -456,7 +456,13 @@ impl Service {
                     }
                 }
             }
-            registry.released(ns.take_released(), Instant::now());
+            let (replaced, dropped): (Vec<_>, Vec<_>) = ns
+                .take_released()
+                .into_iter()
+                .partition(|(_, why)| *why == Release::Replaced);
+            let ids = |released: Vec<(BlockId, Release)>| released.into_iter().map(|(id, _)| id);
+            registry.released(ids(dropped).collect(), false, Instant::now());
+            registry.released(ids(replaced).collect(), true, Instant::now());
             if wal.wants_snapshot(self.snapshot_bytes) {
                 if let Err(e) = wal.snapshot(ns) {
                     tracing::error!(error = %e, "snapshot failed; the log keeps growing");

@@ -32,6 +32,17 @@ fn limits() -> Limits {
     }
 }
 
+/// A new file in `root`, open in a fresh open-file layer.
+async fn open_new(client: &vg_fuse::client::Client, root: u64, name: &str) -> (u64, Arc<Files>) {
+    let attr = client
+        .create(root, name.as_bytes(), 0o644, 0, 0, true)
+        .await
+        .unwrap();
+    let files = Files::new(client.clone(), limits());
+    files.open_created(&attr).await.unwrap();
+    (attr.ino, files)
+}
+
 /// A random read of up to `max_len` bytes, sequential or not, returns what the model holds.
 async fn read_matches(
     files: &Arc<Files>,
@@ -68,14 +79,7 @@ async fn random_writes_truncates_and_reads_match_a_model() {
 
 async fn check_against_model(cluster: &TestCluster, root: u64, seed: u64) {
     let client = cluster.client().await;
-    let name = format!("model{seed}");
-    let ino = client
-        .create(root, name.as_bytes(), 0o644, 0, 0, true)
-        .await
-        .unwrap()
-        .ino;
-    let files = Files::new(client.clone(), limits());
-    files.open(ino).await.unwrap();
+    let (ino, files) = open_new(&client, root, &format!("model{seed}")).await;
     let mut model: Vec<u8> = Vec::new();
     let mut rng = Rng(seed);
     for step in 0..300u64 {
@@ -249,14 +253,7 @@ async fn small_writes_and_concurrent_compactions_match_a_model() {
     let compactor = cluster.client().await;
     let root = client.resolve("/").await.unwrap().ino;
     for seed in 1..=6u64 {
-        let name = format!("small{seed}");
-        let ino = client
-            .create(root, name.as_bytes(), 0o644, 0, 0, true)
-            .await
-            .unwrap()
-            .ino;
-        let files = Files::new(client.clone(), limits());
-        files.open(ino).await.unwrap();
+        let (ino, files) = open_new(&client, root, &format!("small{seed}")).await;
         let mut model: Vec<u8> = Vec::new();
         let mut rng = Rng(seed * 0x9e37_79b9);
         let span = 3 * BLOCK as u64;

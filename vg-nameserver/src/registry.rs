@@ -437,12 +437,17 @@ impl Registry {
 
     /// Bytes that released blocks hold on storages (all copies): space a write may take.
     pub fn garbage(&self) -> u64 {
+        self.garbage_blocks()
+            .map(|b| b.len as u64 * b.holders.len() as u64)
+            .sum()
+    }
+
+    /// The blocks no file references any more, which placement may reclaim.
+    fn garbage_blocks(&self) -> impl Iterator<Item = &Block> + '_ {
         self.unreferenced
             .iter()
             .filter(|(_, u)| matches!(u, Unreferenced::Released(_) | Unreferenced::Replaced(_)))
             .filter_map(|(id, _)| self.blocks.get(id))
-            .map(|b| b.len as u64 * b.holders.len() as u64)
-            .sum()
     }
 
     /// Records that the client saw these storages acknowledge a block.
@@ -653,14 +658,22 @@ impl Registry {
 
     /// Storages for `vgctl du` and `status`, by name.
     pub fn status(&self) -> Vec<StorageStatus> {
+        let mut garbage = vec![0u64; self.storages.len()];
+        for block in self.garbage_blocks() {
+            for &slot in block.holders.iter() {
+                garbage[slot as usize] += block.len as u64;
+            }
+        }
         let mut status: Vec<StorageStatus> = self
             .storages
             .iter()
-            .map(|s| StorageStatus {
+            .zip(garbage)
+            .map(|(s, garbage)| StorageStatus {
                 name: s.name.clone(),
                 addr: s.addr,
                 capacity: s.capacity,
                 used: s.used,
+                garbage,
                 state: s.state,
                 blocks: s.blocks,
             })
@@ -796,6 +809,7 @@ mod tests {
         reg.heartbeat("a", 90, &[], &[], &[], t0);
         reg.heartbeat("b", 90, &[], &[], &[], t0);
         assert_eq!(reg.garbage(), 160);
+        assert!(reg.status().iter().all(|s| s.garbage == 80));
         let e = reg.place(id(4), 50, &[], false, t0).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSpace);
         // Reclaiming frees what released blocks hold, and placement counts it at once,

@@ -217,6 +217,8 @@ pub struct StorageStatus {
     pub capacity: u64,
     /// Bytes used by blocks.
     pub used: u64,
+    /// Of those, bytes of blocks no file references any more (reclaimed when needed).
+    pub garbage: u64,
     /// Joining, active or down.
     pub state: StorageState,
     /// Number of blocks it holds.

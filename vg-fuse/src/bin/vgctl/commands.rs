@@ -141,19 +141,22 @@ impl Session {
 
     async fn du(&self) -> anyhow::Result<()> {
         let status = self.client.status().await?;
+        // FREE is what the storage holds nothing in; GARBAGE, held by blocks no file
+        // references, is reclaimed before a write would fail.
         println!(
-            "{:<12} {:<22} {:>12} {:>12} {:<8} {:>8}",
-            "NAME", "ADDRESS", "FREE", "CAPACITY", "STATE", "BLOCKS"
+            "{:<12} {:<22} {:>12} {:>12} {:<8} {:>8} {:>12}",
+            "NAME", "ADDRESS", "FREE", "CAPACITY", "STATE", "BLOCKS", "GARBAGE"
         );
         for s in &status.storages {
             println!(
-                "{:<12} {:<22} {:>12} {:>12} {:<8} {:>8}",
+                "{:<12} {:<22} {:>12} {:>12} {:<8} {:>8} {:>12}",
                 s.name,
                 s.addr.to_string(),
                 format_size(s.capacity.saturating_sub(s.used)),
                 format_size(s.capacity),
                 state_name(s.state),
-                s.blocks
+                s.blocks,
+                format_size(s.garbage)
             );
         }
         Ok(())

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vg_wire::error::ErrorCode;
-use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatFs};
+use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatFs, Stored};
 use vg_wire::rpc::{Dialer, Target};
 use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
@@ -503,7 +503,7 @@ impl Client {
         ino: Ino,
         size: u64,
         slices: Vec<(u64, Vec<Slice>)>,
-        stored: Vec<(BlockId, u32, Vec<String>)>,
+        stored: Vec<Stored>,
         set: Option<SetAttr>,
     ) -> Result<Attr> {
         let ids: Vec<BlockId> = stored.iter().map(|(id, _, _)| *id).collect();
@@ -532,7 +532,7 @@ impl Client {
         idx: u64,
         prefix: Vec<Slice>,
         merged: Vec<Slice>,
-        stored: Vec<(BlockId, u32, Vec<String>)>,
+        stored: Vec<Stored>,
     ) -> Result<()> {
         let ids: Vec<BlockId> = stored.iter().map(|(id, _, _)| *id).collect();
         let result = self
@@ -820,6 +820,12 @@ async fn keep_held_blocks(
             }
         }
     }
+}
+
+/// What a commit says of a blob [`Client::upload_block`] stored.
+pub fn stored(blob: BlockRef, holders: &[Location]) -> Stored {
+    let names = holders.iter().map(|l| l.name.clone()).collect();
+    (blob.id, blob.len, names)
 }
 
 /// Splits an absolute path into its parent path and final name.

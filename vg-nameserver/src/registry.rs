@@ -17,6 +17,8 @@ use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{BlockInfo, Command, Placement, StorageState, StorageStatus};
 use vg_wire::{BlockId, Location};
 
+use crate::namespace::Release;
+
 /// A storage's number in the registry, in registration order; never reused.
 type Slot = u32;
 
@@ -389,16 +391,15 @@ impl Registry {
         std::mem::take(&mut self.storage_mut(slot).commands)
     }
 
-    /// Blocks that just lost their last file reference, `replaced` by newer bytes or
-    /// with their file. A grace entry left from their upload (the periodic tick clears
-    /// those of committed blocks) gives way: a slice hidden a moment after its commit is
-    /// garbage like any other.
-    pub fn released(&mut self, ids: Vec<BlockId>, replaced: bool, now: Instant) {
-        let state = match replaced {
-            true => Unreferenced::Replaced(now),
-            false => Unreferenced::Released(now),
-        };
-        for id in ids {
+    /// Blocks that just lost their last file reference, and why. A grace entry left from
+    /// their upload (the periodic tick clears those of committed blocks) gives way: a
+    /// slice hidden a moment after its commit is garbage like any other.
+    pub fn released(&mut self, released: Vec<(BlockId, Release)>, now: Instant) {
+        for (id, why) in released {
+            let state = match why {
+                Release::Dropped => Unreferenced::Released(now),
+                Release::Replaced => Unreferenced::Replaced(now),
+            };
             self.unreferenced.insert(id, state);
         }
     }
@@ -757,6 +758,12 @@ mod tests {
     fn id(byte: u8) -> BlockId {
         BlockId([byte; 32])
     }
+    fn dropped(ids: &[BlockId]) -> Vec<(BlockId, Release)> {
+        ids.iter().map(|&id| (id, Release::Dropped)).collect()
+    }
+    fn replaced(ids: &[BlockId]) -> Vec<(BlockId, Release)> {
+        ids.iter().map(|&id| (id, Release::Replaced)).collect()
+    }
     /// When the blocks of a test become known; any instant works for these tests.
     fn t0_of(_reg: &Registry) -> Instant {
         Instant::now()
@@ -788,7 +795,7 @@ mod tests {
     fn dedup_when_already_replicated() {
         let now = Instant::now();
         let mut reg = cluster(&["a", "b"], now);
-        reg.released(vec![id(1)], false, t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         assert!(reg.place(id(1), 10, &[], true, now).unwrap().stored);
     }
@@ -803,7 +810,7 @@ mod tests {
             reg.place(id(n), 40, &[], false, t0).unwrap();
             reg.stored(id(n), 40, &["a".into(), "b".into()]);
         }
-        reg.released(vec![id(1), id(2)], false, t0);
+        reg.released(dropped(&[id(1), id(2)]), t0);
         reg.place(id(3), 10, &[], false, t0).unwrap();
         reg.stored(id(3), 10, &["a".into(), "b".into()]);
         reg.heartbeat("a", 90, &[], &[], &[], t0);
@@ -827,10 +834,10 @@ mod tests {
         // Without pressure, a replaced block goes after a few seconds; an upload stays.
         // One whose file is gone keeps the grace period (a reader may have it open).
         reg.stored(id(4), 50, &["a".into(), "b".into()]);
-        reg.released(vec![id(4)], true, t0);
+        reg.released(replaced(&[id(4)]), t0);
         reg.place(id(5), 1, &[], false, t0).unwrap();
         reg.stored(id(5), 1, &["a".into(), "b".into()]);
-        reg.released(vec![id(5)], false, t0);
+        reg.released(dropped(&[id(5)]), t0);
         let later = t0 + REPLACE_GRACE;
         reg.heartbeat("a", 60, &[], &[], &[], later);
         reg.heartbeat("b", 60, &[], &[], &[], later);
@@ -848,7 +855,7 @@ mod tests {
     fn down_storage_triggers_copy_and_gc_after_grace() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.released(vec![id(1)], false, t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         // id(2) was uploaded and never committed: the grace period of uploads protects it.
         reg.place(id(2), 10, &[], false, t0_of(&reg)).unwrap();
@@ -892,7 +899,7 @@ mod tests {
         let t0 = Instant::now();
         let mut reg = cluster(&["a"], t0);
         let refs = HashMap::from([(id(1), 1)]);
-        reg.released(vec![id(3)], false, t0);
+        reg.released(dropped(&[id(3)]), t0);
         let later = t0 + Duration::from_secs(20);
         let delete = reg
             .report("a", &[(id(1), 5), (id(2), 5), (id(3), 5)], &refs, later)
@@ -910,9 +917,9 @@ mod tests {
         let none = HashMap::new();
         reg.place(id(1), 10, &[], false, t0).unwrap();
         reg.place(id(2), 10, &[], false, t0).unwrap();
-        reg.released(vec![id(1)], false, t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg));
         reg.stored(id(1), 10, &["a".into()]);
-        reg.released(vec![id(2)], false, t0_of(&reg));
+        reg.released(dropped(&[id(2)]), t0_of(&reg));
         reg.stored(id(2), 10, &["a".into()]);
         let t1 = t0 + Duration::from_secs(4);
         reg.heartbeat("a", 0, &[], &[], &[], t1);
@@ -936,7 +943,7 @@ mod tests {
     fn extra_copies_are_removed() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.released(vec![id(1)], false, t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg));
         reg.stored(id(1), 10, &["a".into(), "b".into(), "c".into()]);
         reg.tick(&HashMap::from([(id(1), 1)]), t0);
         assert_eq!(reg.live_locations(&id(1)).len(), 2);
@@ -960,7 +967,7 @@ mod tests {
     fn reregistering_forgets_the_old_block_list_and_keeps_counts() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
-        reg.released(vec![id(1), id(2)], false, t0);
+        reg.released(dropped(&[id(1), id(2)]), t0);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         reg.stored(id(2), 10, &["a".into()]);
         let blocks = |reg: &Registry, name: &str| {

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs};
+use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs, Stored};
 use vg_wire::rpc::{read_end, respond, Peer};
-use vg_wire::{codec, BlockId, Ino, Role, SetTime, Slice, Timestamp};
+use vg_wire::{codec, Ino, Role, SetTime, Slice, Timestamp};
 
 use crate::error::{refuse, Error};
-use crate::namespace::{Content, Namespace, Op, Release};
+use crate::namespace::{Content, Namespace, Op};
 use crate::registry::{Policy, Registry};
 use crate::wal::Wal;
 use crate::Config;
@@ -456,13 +456,7 @@ impl Service {
                     }
                 }
             }
-            let (replaced, dropped): (Vec<_>, Vec<_>) = ns
-                .take_released()
-                .into_iter()
-                .partition(|(_, why)| *why == Release::Replaced);
-            let ids = |released: Vec<(BlockId, Release)>| released.into_iter().map(|(id, _)| id);
-            registry.released(ids(dropped).collect(), false, Instant::now());
-            registry.released(ids(replaced).collect(), true, Instant::now());
+            registry.released(ns.take_released(), Instant::now());
             if wal.wants_snapshot(self.snapshot_bytes) {
                 if let Err(e) = wal.snapshot(ns) {
                     tracing::error!(error = %e, "snapshot failed; the log keeps growing");
@@ -485,7 +479,7 @@ impl Service {
     /// must be uploaded again, not referenced.
     fn check_stored<'a>(
         &self,
-        stored: &[(BlockId, u32, Vec<String>)],
+        stored: &[Stored],
         slices: impl IntoIterator<Item = &'a Slice>,
     ) -> Result<(), RemoteError> {
         let mut state = self.lock();

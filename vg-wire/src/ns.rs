@@ -11,6 +11,10 @@ use crate::types::{Attr, BlockId, Ino, Location, SetAttr};
 /// A file name as bytes: anything but `/` and NUL, at most 255 bytes.
 pub type Name = Vec<u8>;
 
+/// A blob a client uploaded, for the commit that names it: its id, its length, and the
+/// storages that acknowledged it.
+pub type Stored = (BlockId, u32, Vec<String>);
+
 /// A request to the nameserver.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -89,7 +93,7 @@ pub enum Request {
         ino: Ino,
         size: u64,
         slices: Vec<(u64, Vec<Slice>)>,
-        stored: Vec<(BlockId, u32, Vec<String>)>,
+        stored: Vec<Stored>,
         set: Option<SetAttr>,
     },
     /// Replaces the first slices of block `idx`, if they still are `prefix`, with
@@ -100,7 +104,7 @@ pub enum Request {
         idx: u64,
         prefix: Vec<Slice>,
         merged: Vec<Slice>,
-        stored: Vec<(BlockId, u32, Vec<String>)>,
+        stored: Vec<Stored>,
     },
     /// Storages and cluster counters, for `vgctl du`, `usage` and `status`.
     Status,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use vg_wire::slices::{self, BlobSegment, Slice};
 use vg_wire::{BlockId, Bytes, ErrorCode, Ino, Location};
 
-use super::{Client, Error, Result};
+use super::{stored, Client, Error, Result};
 
 /// A compaction the nameserver took: block `idx`'s first slices `prefix` became `merged`.
 pub struct Swap {
@@ -142,10 +142,9 @@ pub async fn compact_blocks(
         };
         let (blob, holders) = client.upload_block(Bytes::from(data)).await?;
         let merged = vec![slice];
-        let names = holders.iter().map(|l| l.name.clone()).collect();
-        let stored = vec![(blob.id, blob.len, names)];
+        let uploaded = vec![stored(blob, &holders)];
         match client
-            .compact(ino, idx, prefix.clone(), merged.clone(), stored)
+            .compact(ino, idx, prefix.clone(), merged.clone(), uploaded)
             .await
         {
             Ok(()) => done.push(Swap {

@@ -14,13 +14,14 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
+use vg_wire::ns::Stored;
 use vg_wire::slices::overlay;
 use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Slice, Timestamp};
 
 use super::cache::BlockCache;
 use super::compact;
 use super::entries::keep_newest;
-use super::{Client, Error, Result};
+use super::{stored, Client, Error, Result};
 
 /// The error of a call on a file this client has not opened.
 fn not_open() -> Error {
@@ -232,7 +233,7 @@ struct FileState {
     uploads: Vec<Upload>,
     /// Slices uploaded and not yet committed, by block, oldest first.
     pending: BTreeMap<u64, Vec<Slice>>,
-    stored: Vec<(BlockId, u32, Vec<String>)>,
+    stored: Vec<Stored>,
     /// Size or content changed since the last commit.
     changed: bool,
     /// An upload failed: its bytes are back in `dirty` for the next flush, and the error
@@ -255,11 +256,8 @@ impl FileState {
         self.size = layout.attr.size;
         self.mtime = None;
         self.blocks = layout.blocks;
-        self.locations = layout
-            .locations
-            .into_iter()
-            .map(|(id, locations)| (id, Locations::from(locations)))
-            .collect();
+        self.locations.clear();
+        self.add_locations(layout.locations);
         self.seen = Some((layout.attr.size, layout.attr.mtime));
         self.attr = Some(layout.attr);
     }
@@ -297,9 +295,7 @@ impl FileState {
             return self.load(layout);
         }
         self.blocks = layout.blocks;
-        for (id, locations) in layout.locations {
-            self.locations.insert(id, locations.into());
-        }
+        self.add_locations(layout.locations);
         let pending: Vec<(u64, Vec<Slice>)> =
             self.pending.iter().map(|(i, s)| (*i, s.clone())).collect();
         for (idx, slices) in pending {
@@ -323,6 +319,12 @@ impl FileState {
 
     fn is_clean(&self) -> bool {
         !self.changed && self.dirty.is_empty() && self.uploads.is_empty() && self.failed.is_none()
+    }
+
+    fn add_locations(&mut self, locations: Vec<(BlockId, Vec<Location>)>) {
+        for (id, holders) in locations {
+            self.locations.insert(id, holders.into());
+        }
     }
 
     fn locations_of(&self, id: &BlockId) -> Locations {
@@ -646,8 +648,8 @@ impl Files {
         })
     }
 
-    /// Bytes `range` of a blob (shorter if the blob is); from the block cache without a
-    /// copy, or a byte-range read when the blob is not wanted whole.
+    /// Bytes `range` of a blob; from the block cache without a copy, or a byte-range read
+    /// when the blob is not wanted whole. A blob shorter than the range is an error.
     async fn blob_range(
         &self,
         id: BlockId,
@@ -856,8 +858,7 @@ impl Files {
                         .lock()
                         .expect("cache lock")
                         .insert(blob.id, upload.data.clone());
-                    let names = holders.iter().map(|l| l.name.clone()).collect();
-                    state.stored.push((blob.id, blob.len, names));
+                    state.stored.push(stored(blob, &holders));
                     state.locations.insert(blob.id, holders.into());
                     let slices = upload.slices(blob.id);
                     state.add_slices(upload.idx, &slices);
@@ -908,11 +909,11 @@ impl Files {
         }
         let slices: Vec<(u64, Vec<Slice>)> =
             state.pending.iter().map(|(i, s)| (*i, s.clone())).collect();
-        let stored = std::mem::take(&mut state.stored);
+        let uploaded = std::mem::take(&mut state.stored);
         let set = state.deferred.take();
         match self
             .client
-            .commit(file.ino, state.size, slices, stored, set.clone())
+            .commit(file.ino, state.size, slices, uploaded, set.clone())
             .await
         {
             Ok(attr) => {
@@ -1013,7 +1014,7 @@ impl Files {
         }
         let bs = self.client.block_size;
         let mut added: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
-        let mut stored = Vec::new();
+        let mut uploaded = Vec::new();
         let mut zeros: Option<BlockId> = None;
         for (src_idx, in_block, range) in cut(src_offset, len as usize, bs) {
             let list = layout
@@ -1028,8 +1029,7 @@ impl Files {
                         if zeros.is_none() {
                             let data = Bytes::from(vec![0u8; bs as usize]);
                             let (blob, holders) = self.client.upload_block(data).await?;
-                            let names = holders.into_iter().map(|l| l.name).collect();
-                            stored.push((blob.id, blob.len, names));
+                            uploaded.push(stored(blob, &holders));
                             zeros = Some(blob.id);
                         }
                         (zeros.expect("uploaded above"), 0)
@@ -1048,7 +1048,10 @@ impl Files {
         }
         let size = state.size.max(dst_offset + len);
         let slices: Vec<(u64, Vec<Slice>)> = added.into_iter().collect();
-        let attr = self.client.commit(dst, size, slices, stored, None).await?;
+        let attr = self
+            .client
+            .commit(dst, size, slices, uploaded, None)
+            .await?;
         state.seen = Some((attr.size, attr.mtime));
         let layout = self.client.layout(dst).await?;
         state.load(layout);

@@ -6,15 +6,13 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use vg_wire::ns::Stored;
 use vg_wire::{Attr, BlockId, BlockRef, FileKind, Location, Slice};
 
-use super::{compact, Client, Error, Result};
+use super::{compact, stored, Client, Error, Result};
 
 /// A block uploaded, and the storages that acknowledged it.
 type Uploaded = (BlockRef, Vec<Location>);
-
-/// A new blob, its length and the storages that acknowledged it, for a commit.
-type Stored = (BlockId, u32, Vec<String>);
 
 /// Blocks transferred concurrently.
 const IN_FLIGHT: usize = 4;
@@ -75,7 +73,7 @@ impl Client {
         let block_size = self.block_size as usize;
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Uploaded>>> = VecDeque::new();
         let mut blocks = Vec::new();
-        let mut stored: Vec<Stored> = Vec::new();
+        let mut stored_blobs: Vec<Stored> = Vec::new();
         let mut offset = 0u64;
         loop {
             let mut buf = vec![0u8; block_size];
@@ -98,7 +96,7 @@ impl Client {
                     Ok(uploaded) => uploaded,
                     Err(e) => {
                         // Nothing will be committed: let every block uploaded go.
-                        self.unhold(stored.iter().map(|(id, _, _): &Stored| *id));
+                        self.unhold(stored_blobs.iter().map(|(id, _, _): &Stored| *id));
                         for task in pending {
                             if let Ok(Ok((block, _))) = task.await {
                                 self.unhold([block.id]);
@@ -108,11 +106,7 @@ impl Client {
                     }
                 };
                 progress.advance(block.len as u64);
-                stored.push((
-                    block.id,
-                    block.len,
-                    holders.into_iter().map(|l| l.name).collect(),
-                ));
+                stored_blobs.push(stored(block, &holders));
                 // Each block replaces, whole, what the file held there.
                 let whole = Slice {
                     at: 0,
@@ -134,7 +128,7 @@ impl Client {
                 "local file changed size during upload"
             );
         }
-        self.commit(ino, offset, blocks, stored, None).await
+        self.commit(ino, offset, blocks, stored_blobs, None).await
     }
 
     /// Downloads a file to a local path, checking every block against its SHA-256 (the

@@ -5,7 +5,8 @@
 #
 #   scripts/up.sh [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]
 #
-# Environment: VG_HOME (data, logs, pids), VG_NS_PORT (8000; storages use the next ports),
+# Environment: VG_HOME (data, logs, pids), VG_DATA (the nameserver's meta/ and the storages'
+# data/, default VG_HOME), VG_NS_PORT (8000; storages use the next ports),
 # VG_CERTS (certificates, default ./certs), VG_BIN (binaries; default: cargo build --release).
 # PIDs go to $VG_HOME/pids so that scripts/down.sh stops exactly these processes;
 # $VG_HOME/env holds the variables that point vgctl and vg-fuse at this cluster.
@@ -31,6 +32,7 @@ while getopts "n:c:r:b:m:M" opt; do
 done
 
 home=${VG_HOME:-$root/.vg}
+data=${VG_DATA:-$home}
 ns_port=${VG_NS_PORT:-8000}
 names=(alice bob carol dave eve mellory trent)
 if (( n_storages < 1 || n_storages > 20 )); then
@@ -70,7 +72,7 @@ export VG_NS_HOSTNAME=127.0.0.1 VG_NS_PORT=$ns_port
 export VG_CA_CERT=$certs/rootCA.crt VG_CERTFILE=$certs/client/client.crt VG_KEYFILE=$certs/client/client.key
 ENV
 # shellcheck disable=SC2046 # tls prints separate flags on purpose
-"$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$home/meta" $(tls nameserver) \
+"$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$data/meta" $(tls nameserver) \
   --replication "$replication" --block-size "$block_size" --logfile "$home/logs/nameserver.log" \
   >"$home/logs/nameserver.out" 2>&1 &
 echo "nameserver $!" >> "$home/pids"
@@ -78,7 +80,7 @@ port=$((ns_port + 1))
 for name in "${names[@]}"; do
   # shellcheck disable=SC2046
   "$bin/vg-storage" --name "$name" $(tls "$name") --hostname 127.0.0.1 --port "$port" --capacity "$capacity" \
-    --rootpath "$home/data/$name" --ns-hostname 127.0.0.1 --ns-port "$ns_port" \
+    --rootpath "$data/data/$name" --ns-hostname 127.0.0.1 --ns-port "$ns_port" \
     --logfile "$home/logs/$name.log" >"$home/logs/$name.out" 2>&1 &
   echo "$name $!" >> "$home/pids"
   port=$((port + 1))

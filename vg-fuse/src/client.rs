@@ -457,6 +457,15 @@ impl Client {
         }
     }
 
+    /// Returns once every change this client had acknowledged is on the nameserver's
+    /// disk. Blobs need no such step: a storage syncs a blob before acknowledging it.
+    pub async fn sync(&self) -> Result<()> {
+        match self.ns_call(ns::Request::Sync).await? {
+            ns::Response::Done => Ok(()),
+            other => Err(unexpected("sync", other)),
+        }
+    }
+
     /// Storages and replication counters.
     pub async fn status(&self) -> Result<ClusterStatus> {
         match self.ns_call(ns::Request::Status).await? {

@@ -676,7 +676,8 @@ impl Filesystem for VgFs {
         reply: ReplyEmpty,
     ) {
         let files = self.files.clone();
-        self.empty("flush", async move { files.flush(ino).await }, reply);
+        // FUSE's flush is what close(2) waits for (release comes after it returns).
+        self.empty("flush", async move { files.close(ino).await }, reply);
     }
 
     fn fsync(
@@ -688,7 +689,7 @@ impl Filesystem for VgFs {
         reply: ReplyEmpty,
     ) {
         let files = self.files.clone();
-        self.empty("fsync", async move { files.flush(ino).await }, reply);
+        self.empty("fsync", async move { files.fsync(ino).await }, reply);
     }
 
     fn release(
@@ -795,6 +796,23 @@ impl Filesystem for VgFs {
     ) {
         self.dirs.lock().expect("dirs lock").remove(&fh);
         reply.ok();
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Entries change only in the nameserver's log, so syncing it covers them.
+        let files = self.files.clone();
+        self.empty(
+            "fsyncdir",
+            async move { files.client().sync().await },
+            reply,
+        );
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {

@@ -40,6 +40,33 @@ pub struct Config {
     pub tick: Duration,
     /// Log size that triggers a snapshot.
     pub snapshot_bytes: u64,
+    /// When a change is acknowledged.
+    pub durability: Durability,
+}
+
+/// When the nameserver acknowledges a change (ARCHITECTURE.md, "Durability").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Once written to the log: it survives any crash of the process; the log is synced
+    /// continuously in the background, and `Sync` requests wait for it.
+    #[default]
+    Written,
+    /// Once the log is synced: every reply waits for the disk.
+    Strict,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "written" => Ok(Durability::Written),
+            "strict" => Ok(Durability::Strict),
+            other => Err(format!(
+                "unknown durability {other:?}: expected written or strict"
+            )),
+        }
+    }
 }
 
 impl Config {
@@ -55,6 +82,7 @@ impl Config {
             gc_grace: Duration::from_secs(300),
             tick: Duration::from_secs(1),
             snapshot_bytes: 64 << 20,
+            durability: Durability::Written,
         }
     }
 }

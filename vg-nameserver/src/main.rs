@@ -31,6 +31,10 @@ struct Args {
     /// Unreferenced blocks (uploads never committed, deleted files) are removed after this long.
     #[arg(long, alias = "gc_grace", env = "VG_GC_GRACE", default_value = "5m", value_parser = parse_duration)]
     gc_grace: std::time::Duration,
+    /// When a change is acknowledged: `written` (in the log file, synced continuously in
+    /// the background; fsync waits for the sync) or `strict` (every reply after its sync).
+    #[arg(long, env = "VG_DURABILITY", default_value = "written")]
+    durability: vg_nameserver::Durability,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
     /// Log to this file instead of stderr.

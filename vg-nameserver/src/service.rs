@@ -16,6 +16,7 @@ use crate::namespace::{Content, Namespace, Op};
 use crate::registry::{Policy, Registry};
 use crate::wal::Wal;
 use crate::Config;
+use crate::Durability;
 
 type Answer = std::result::Result<Response, RemoteError>;
 
@@ -31,6 +32,7 @@ pub struct Service {
     block_size: u32,
     replication: u32,
     snapshot_bytes: u64,
+    durability: Durability,
 }
 
 impl Service {
@@ -62,6 +64,7 @@ impl Service {
             block_size: config.block_size,
             replication: config.replication,
             snapshot_bytes: config.snapshot_bytes,
+            durability: config.durability,
         })
     }
 
@@ -266,6 +269,7 @@ impl Service {
             }
             SetAttr { ino, set } => self.mutate(|_| self.set_attr_op(ino, set, now)).await,
             StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
+            Sync => self.sync().await,
             Layout { ino } => self.layout(ino),
             PlaceBlock { id, len, exclude } => {
                 if len == 0 || len > self.block_size {
@@ -427,12 +431,26 @@ impl Service {
         }
     }
 
-    /// Applies an op, logs it, and answers with the inode's attributes once it is durable.
+    /// Answers once every change acknowledged so far is on disk.
+    async fn sync(&self) -> Answer {
+        let (lsn, waiter) = {
+            let state = self.lock();
+            let wal = state.wal.as_ref().ok_or_else(|| {
+                RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+            })?;
+            (wal.last_lsn(), wal.waiter())
+        };
+        waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
+        Ok(Response::Done)
+    }
+
+    /// Applies an op, logs it, and answers with the inode's attributes once it is
+    /// acknowledged (written to the log, or synced under `--durability strict`).
     async fn mutate(&self, build: impl FnOnce(&Namespace) -> Op) -> Answer {
         self.mutate_ops(|ns| vec![build(ns)]).await
     }
 
-    /// Applies ops in order and logs them; answers once they are durable, with the
+    /// Applies ops in order and logs them; answers once they are acknowledged, with the
     /// attributes of the last one's inode. Each op is whole: if one is refused, those
     /// before it stand and the refusal is the answer.
     async fn mutate_ops(&self, build: impl FnOnce(&Namespace) -> Vec<Op>) -> Answer {
@@ -466,7 +484,11 @@ impl Service {
             (attr, lsn, wal.waiter(), refused)
         };
         if let Some(lsn) = lsn {
-            waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
+            match self.durability {
+                Durability::Written => waiter.written(lsn).await,
+                Durability::Strict => waiter.wait(lsn).await,
+            }
+            .map_err(|e: Error| e.to_remote())?;
         }
         if let Some(refusal) = refused {
             return Err(refusal);
@@ -564,6 +586,7 @@ fn op_name(request: &Request) -> &'static str {
         Rename { .. } => "rename",
         ReadDir { .. } => "readdir",
         StatFs => "statfs",
+        Sync => "sync",
         Layout { .. } => "layout",
         PlaceBlock { .. } => "place_block",
         Commit { .. } => "commit",

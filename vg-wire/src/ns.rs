@@ -77,6 +77,9 @@ pub enum Request {
     ReadDir { ino: Ino, offset: u64, limit: u32 },
     /// Cluster capacity and free space.
     StatFs,
+    /// Answers once every change acknowledged before it is on the nameserver's disk
+    /// (`fsync`, `fsyncdir`; immediate under `--durability strict`).
+    Sync,
     /// A file's attributes, blocks and the storages holding each block.
     Layout { ino: Ino },
     /// Where to upload a new block; says if the cluster already holds it.

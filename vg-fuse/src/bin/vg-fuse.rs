@@ -37,6 +37,10 @@ struct Args {
     /// Blocks read ahead of a sequential reader.
     #[arg(long, env = "VG_READ_AHEAD", default_value_t = 2)]
     read_ahead: u64,
+    /// Make close(2) wait until the file's changes are on disk, as fsync does (by
+    /// default, close waits until they are written by the nameserver and the storages).
+    #[arg(long, env = "VG_SYNC_ON_CLOSE")]
+    sync_on_close: bool,
     /// Log to this file instead of stderr.
     #[arg(long, env = "VG_LOGFILE")]
     logfile: Option<PathBuf>,
@@ -135,6 +139,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_dirty: args.max_dirty,
         cache: args.cache_size,
         read_ahead: args.read_ahead,
+        sync_on_close: args.sync_on_close,
     };
     let files = Files::new(client, limits);
     std::fs::create_dir_all(&args.mountpoint)

@@ -86,6 +86,9 @@ pub struct Limits {
     pub cache: u64,
     /// Blocks read ahead of a sequential reader.
     pub read_ahead: u64,
+    /// Whether the last close of a file waits until its changes are on disk, as `fsync`
+    /// does (`--sync-on-close`).
+    pub sync_on_close: bool,
 }
 
 /// Bytes written into one block since it was last sealed: extents by offset, never
@@ -945,6 +948,21 @@ impl Files {
         };
         let mut state = file.state.lock().await;
         self.flush_state(&file, &mut state).await
+    }
+
+    /// `fsync`: flushes the file, then returns once its changes (and every change this
+    /// client made before) are on disk on the nameserver and on R storages.
+    pub async fn fsync(&self, ino: Ino) -> Result<()> {
+        self.flush(ino).await?;
+        self.client.sync().await
+    }
+
+    /// What `close` waits for: the flush, and the sync too with `--sync-on-close`.
+    pub async fn close(&self, ino: Ino) -> Result<()> {
+        match self.limits.sync_on_close {
+            true => self.fsync(ino).await,
+            false => self.flush(ino).await,
+        }
     }
 
     /// Flushes every open file (at unmount).

@@ -29,6 +29,7 @@ fn limits() -> Limits {
         max_dirty: 4 * BLOCK as u64,
         cache: 6 * BLOCK as u64,
         read_ahead: 1,
+        sync_on_close: false,
     }
 }
 

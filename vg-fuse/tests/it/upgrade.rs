@@ -48,6 +48,7 @@ async fn a_cluster_of_the_whole_block_format_reads_back_intact() {
         max_dirty: 8 << 20,
         cache: 8 << 20,
         read_ahead: 1,
+        sync_on_close: false,
     };
     let files = Files::new(client.clone(), limits);
     files.open(ino).await.unwrap();

@@ -363,6 +363,8 @@ impl Session {
             .put_file(&local, attr.ino)
             .await
             .map_err(at(&dfs))?;
+        // A copy tool reports success once the copy is on disk.
+        self.client.sync().await.map_err(at(&dfs))?;
         Ok(())
     }
 

@@ -514,6 +514,7 @@ impl Client {
         slices: Vec<(u64, Vec<Slice>)>,
         stored: Vec<Stored>,
         set: Option<SetAttr>,
+        sync: bool,
     ) -> Result<Attr> {
         let ids: Vec<BlockId> = stored.iter().map(|(id, _, _)| *id).collect();
         self.cache(|c| c.changed(ino));
@@ -524,6 +525,7 @@ impl Client {
                 slices,
                 stored,
                 set,
+                sync,
             })
             .await;
         self.unhold(ids);
@@ -577,13 +579,13 @@ impl Client {
     /// A storage that refuses for space while the nameserver still placed the block there
     /// is freeing space the nameserver reclaimed (its deletions arrive with its next
     /// heartbeat): the upload is tried again for up to the timeout instead of failing.
-    pub async fn upload_block(&self, data: Bytes) -> Result<(BlockRef, Vec<Location>)> {
+    pub async fn upload_block(&self, data: Bytes, sync: bool) -> Result<(BlockRef, Vec<Location>)> {
         let id = BlockId::of(&data);
         self.hold(id);
         let deadline = Instant::now() + self.unavailable_timeout;
         let mut pause = Duration::from_millis(100);
         let result = loop {
-            match self.upload_held(id, data.clone()).await {
+            match self.upload_held(id, data.clone(), sync).await {
                 Err((e, true)) if Instant::now() + pause < deadline => {
                     tracing::debug!(block = ?id, error = %e, "storages full; waiting for reclaimed space");
                     tokio::time::sleep(pause).await;
@@ -604,6 +606,7 @@ impl Client {
         &self,
         id: BlockId,
         data: Bytes,
+        sync: bool,
     ) -> std::result::Result<(BlockRef, Vec<Location>), (Error, bool)> {
         let block = BlockRef {
             id,
@@ -638,7 +641,7 @@ impl Client {
                 .saturating_sub(holders.len())
                 .max(1);
             let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
-            let (acked, failed) = self.send_copies(id, &chain, data.clone()).await;
+            let (acked, failed) = self.send_copies(id, &chain, data.clone(), sync).await;
             holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
             if holders.len() >= wanted.unwrap_or(1) {
                 break;
@@ -683,6 +686,7 @@ impl Client {
         id: BlockId,
         chain: &[Location],
         data: Bytes,
+        sync: bool,
     ) -> (Vec<String>, Vec<(String, vg_wire::Error)>) {
         let put = |to: &Location, rest: &[Location]| {
             let dialer = self.dialer.clone();
@@ -691,6 +695,7 @@ impl Client {
                 id,
                 len: data.len() as u32,
                 chain: rest.to_vec(),
+                sync,
             };
             async move {
                 let result =

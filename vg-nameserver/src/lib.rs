@@ -18,6 +18,7 @@ use tracing::info;
 use vg_wire::tls::{Identity, TlsPaths};
 
 pub use error::{Error, Result};
+pub use vg_wire::cli::Durability;
 
 /// Everything a nameserver needs to start.
 #[derive(Clone, Debug)]
@@ -42,31 +43,6 @@ pub struct Config {
     pub snapshot_bytes: u64,
     /// When a change is acknowledged.
     pub durability: Durability,
-}
-
-/// When the nameserver acknowledges a change (ARCHITECTURE.md, "Durability").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Durability {
-    /// Once written to the log: it survives any crash of the process; the log is synced
-    /// continuously in the background, and `Sync` requests wait for it.
-    #[default]
-    Written,
-    /// Once the log is synced: every reply waits for the disk.
-    Strict,
-}
-
-impl std::str::FromStr for Durability {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "written" => Ok(Durability::Written),
-            "strict" => Ok(Durability::Strict),
-            other => Err(format!(
-                "unknown durability {other:?}: expected written or strict"
-            )),
-        }
-    }
 }
 
 impl Config {
@@ -100,6 +76,7 @@ impl Handle {
     /// Stops at once, as a crash would: connections are dropped and nothing is flushed
     /// beyond what was already acknowledged.
     pub fn kill(&self) {
+        self.service.stop();
         self.endpoint.close(0u32.into(), b"nameserver stopped");
         for task in &self.tasks {
             task.abort();
@@ -137,7 +114,13 @@ pub async fn start(config: Config) -> Result<Handle> {
     }
     let identity = Identity::load(&config.tls)?;
     let (endpoint, addr) = vg_wire::rpc::listen(&identity, config.listen)?;
-    let service = Arc::new(service::Service::open(&config)?);
+    let dialer = vg_wire::rpc::Dialer::new(
+        endpoint.clone(),
+        identity.client_config()?,
+        Duration::from_secs(10),
+    );
+    let service = Arc::new(service::Service::open(&config, dialer)?);
+    service.install_gate();
     info!(%addr, meta_dir = %config.meta_dir.display(), replication = config.replication, block_size = config.block_size, "nameserver listening");
     let serve = {
         let service = service.clone();

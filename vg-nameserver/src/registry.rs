@@ -229,6 +229,12 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Where an active storage is, by name.
+    pub fn active_location(&self, name: &str) -> Option<Location> {
+        let &slot = self.slots.get(name)?;
+        self.is_active(slot).then(|| self.location(slot))
+    }
+
     /// Live (active) storages holding a block.
     pub fn live_locations(&self, id: &BlockId) -> Vec<Location> {
         self.live_slots(id)

@@ -1,6 +1,7 @@
 //! The nameserver's request handler: decodes a request, checks the caller's role, runs
 //! the operation on the shared state, logs it durably, answers.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -8,13 +9,13 @@ use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs, Stored};
-use vg_wire::rpc::{read_end, respond, Peer};
-use vg_wire::{codec, Ino, Role, SetTime, Slice, Timestamp};
+use vg_wire::rpc::{read_end, respond, Dialer, Peer, Target};
+use vg_wire::{codec, storage, BlockId, Ino, Location, Role, SetTime, Slice, Timestamp};
 
 use crate::error::{refuse, Error};
 use crate::namespace::{Content, Namespace, Op};
 use crate::registry::{Policy, Registry};
-use crate::wal::Wal;
+use crate::wal::{Gate, Wal};
 use crate::Config;
 use crate::Durability;
 
@@ -33,11 +34,15 @@ pub struct Service {
     replication: u32,
     snapshot_bytes: u64,
     durability: Durability,
+    /// Asks storages to sync (the log's gate).
+    dialer: Dialer,
+    /// Set when the nameserver stops: the gate gives up asking.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
     /// Recovers the namespace from the metadata directory.
-    pub fn open(config: &Config) -> crate::Result<Self> {
+    pub fn open(config: &Config, dialer: Dialer) -> crate::Result<Self> {
         let (mut wal, ns, recovery) = Wal::open(&config.meta_dir)?;
         info!(
             snapshot_lsn = recovery.snapshot_lsn,
@@ -65,7 +70,33 @@ impl Service {
             replication: config.replication,
             snapshot_bytes: config.snapshot_bytes,
             durability: config.durability,
+            dialer,
+            stopped: Default::default(),
         })
+    }
+
+    /// Has the log ask the storages a record depends on to sync before it syncs the
+    /// record.
+    pub fn install_gate(self: &Arc<Self>) {
+        let service = Arc::downgrade(self);
+        let gate: Gate = Arc::new(move |needs| {
+            let service = service.clone();
+            Box::pin(async move {
+                match service.upgrade() {
+                    Some(service) => service.sync_storages(needs).await,
+                    None => false,
+                }
+            })
+        });
+        if let Some(wal) = &self.lock().wal {
+            wal.set_gate(gate);
+        }
+    }
+
+    /// Stops asking storages to sync (the endpoint is closing).
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Closes the log (stops its flusher).
@@ -303,9 +334,19 @@ impl Service {
                 slices,
                 stored,
                 set,
+                sync,
             } => {
                 self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
                 debug!(ino, size, blocks = slices.len(), by = %peer.name, "file written");
+                let synced: HashSet<BlockId> = match sync {
+                    true => stored.iter().map(|(id, _, _)| *id).collect(),
+                    false => HashSet::new(),
+                };
+                let blobs: Vec<BlockId> = slices
+                    .iter()
+                    .flat_map(|(_, new)| new.iter().map(|s| s.blob))
+                    .filter(|blob| !synced.contains(blob))
+                    .collect();
                 let write = Op::Write {
                     ino,
                     size,
@@ -314,8 +355,8 @@ impl Service {
                     time: now,
                 };
                 let set = set.map(|set| self.set_attr_op(ino, set, now));
-                self.mutate_ops(|_| std::iter::once(write).chain(set).collect())
-                    .await
+                let ops = std::iter::once(write).chain(set).collect();
+                self.mutate_after(|_| ops, &blobs, sync).await
             }
             Compact {
                 ino,
@@ -332,14 +373,15 @@ impl Service {
                     to = merged.len(),
                     "block compacted"
                 );
-                self.mutate(|_| Op::Compact {
+                let blobs: Vec<BlockId> = merged.iter().map(|s| s.blob).collect();
+                let op = Op::Compact {
                     ino,
                     idx,
                     prefix,
                     merged,
                     block_size: self.block_size,
-                })
-                .await
+                };
+                self.mutate_after(|_| vec![op], &blobs, false).await
             }
             Status => Ok(Response::Status(self.status(&self.lock()))),
             KeepBlocks { ids } => {
@@ -454,6 +496,18 @@ impl Service {
     /// attributes of the last one's inode. Each op is whole: if one is refused, those
     /// before it stand and the refusal is the answer.
     async fn mutate_ops(&self, build: impl FnOnce(&Namespace) -> Vec<Op>) -> Answer {
+        self.mutate_after(build, &[], false).await
+    }
+
+    /// [`Service::mutate_ops`] of ops naming `blobs` that storages may not have synced
+    /// yet: the log is not synced before their holders sync them. With `durable`, the
+    /// answer waits until the ops are on disk.
+    async fn mutate_after(
+        &self,
+        build: impl FnOnce(&Namespace) -> Vec<Op>,
+        blobs: &[BlockId],
+        durable: bool,
+    ) -> Answer {
         let (attr, lsn, waiter, refused) = {
             let mut state = self.lock();
             let ops = build(&state.ns);
@@ -461,11 +515,19 @@ impl Service {
             let wal = wal.as_mut().ok_or_else(|| {
                 RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
             })?;
+            let needs: BTreeSet<String> = blobs
+                .iter()
+                .flat_map(|blob| registry.live_locations(blob))
+                .map(|l| l.name)
+                .collect();
             let (mut last, mut lsn, mut refused) = (None, None, None);
             for op in ops {
                 match ns.apply(&op) {
                     Ok(ino) => {
-                        lsn = Some(wal.append(&op).map_err(|e| e.to_remote())?);
+                        lsn = Some(
+                            wal.append_after(&op, needs.clone())
+                                .map_err(|e| e.to_remote())?,
+                        );
                         last = Some(ino);
                     }
                     Err(e) => {
@@ -484,9 +546,9 @@ impl Service {
             (attr, lsn, wal.waiter(), refused)
         };
         if let Some(lsn) = lsn {
-            match self.durability {
-                Durability::Written => waiter.written(lsn).await,
-                Durability::Strict => waiter.wait(lsn).await,
+            match durable || self.durability == Durability::Strict {
+                true => waiter.wait(lsn).await,
+                false => waiter.written(lsn).await,
             }
             .map_err(|e: Error| e.to_remote())?;
         }
@@ -494,6 +556,54 @@ impl Service {
             return Err(refusal);
         }
         Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
+    }
+
+    /// Has each storage in `needs` that is still active sync what it acknowledged;
+    /// returns true once all did (retrying those that failed to answer) or are no longer
+    /// active (their copies are re-made elsewhere, from copies already synced), false if
+    /// the nameserver stopped meanwhile.
+    pub async fn sync_storages(&self, mut needs: BTreeSet<String>) -> bool {
+        use std::sync::atomic::Ordering;
+        while !self.stopped.load(Ordering::Acquire) {
+            let targets: Vec<Location> = {
+                let state = self.lock();
+                needs
+                    .iter()
+                    .filter_map(|name| state.registry.active_location(name))
+                    .collect()
+            };
+            if targets.is_empty() {
+                return true;
+            }
+            let mut calls = tokio::task::JoinSet::new();
+            for target in targets {
+                let dialer = self.dialer.clone();
+                calls.spawn(async move {
+                    let answer = dialer
+                        .call::<_, storage::Response>(
+                            &Target::storage(&target),
+                            &storage::Request::Sync,
+                        )
+                        .await;
+                    (target.name, answer)
+                });
+            }
+            while let Some(Ok((name, answer))) = calls.join_next().await {
+                match answer {
+                    Ok(storage::Response::Synced) => {
+                        needs.remove(&name);
+                    }
+                    other => {
+                        warn!(storage = %name, answer = ?other, "storage did not sync; asking again")
+                    }
+                }
+            }
+            if needs.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Records where the client saw new blobs stored, then refuses a change naming a blob

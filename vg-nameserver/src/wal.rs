@@ -17,23 +17,27 @@
 //! a crash of the process) and *durable* (`fdatasync` returned: it survives a power
 //! loss). Callers append under the namespace lock (cheap, in memory), then either
 //! [`DurableWaiter::written`] (the default contract: a change is acknowledged once
-//! written) or [`DurableWaiter::wait`] (`--durability strict`, and `Sync` requests). Both
-//! yield once first, so that the other requests ready to run append too and N
-//! concurrent operations cost one write and one sync.
+//! written) or [`DurableWaiter::wait`] (`--durability strict`, fsync's commits and `Sync`
+//! requests). Both yield once first, so that the other requests ready to run append too
+//! and N concurrent operations cost one write and one sync.
 //!
-//! Syncing: a thread of the log's own syncs whatever has been written, starting again as
+//! Syncing: a task of the log's own syncs whatever has been written, starting again as
 //! soon as a sync ends if more was written meanwhile (group commit), so that the records
-//! at risk from a power loss are those of one sync interval. A strict waiter syncs on
-//! its own thread instead of handing over: handing the fsync to a thread and being woken
-//! back cost more than the fsync itself on our machine (a mkdir took 500 µs with a
-//! flusher thread; with the log on tmpfs, 355 µs).
+//! at risk from a power loss are those of one sync interval. A record that names blocks
+//! storages acknowledged before syncing them must not reach the disk before they do, or
+//! a power loss would leave a layout naming a block that is gone: an append says which
+//! storages it depends on ([`Wal::append_after`]), and before each sync the task has the
+//! [`Gate`] (the service) ask those storages to sync.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
@@ -109,7 +113,15 @@ fn allocate(file: &File, size: u64) -> std::io::Result<()> {
 struct Pending {
     buf: Vec<u8>,
     last_lsn: u64,
+    /// Storages whose blocks the records in `buf` name, not known to be synced.
+    needs: BTreeSet<String>,
 }
+
+/// Makes storages sync what they acknowledged (by name); resolves to true once they did,
+/// or are no longer there to ask, and to false if the nameserver is stopping (then the
+/// log is synced no more: its records might name blocks that are not on disk).
+pub type Gate =
+    Arc<dyn Fn(BTreeSet<String>) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 struct Shared {
     /// Lock order: `file`, then `pending`. Whoever holds `file` is the one writing.
@@ -117,53 +129,48 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Highest LSN handed to the OS.
     written: AtomicU64,
-    /// Highest LSN on disk.
-    durable: AtomicU64,
+    /// Storages the written records depend on, for the next sync's gate.
+    needs: Mutex<BTreeSet<String>>,
+    /// Highest LSN on disk, watched by those who wait for it.
+    durable: tokio::sync::watch::Sender<u64>,
     /// Set when a write or fsync failed: nothing more can be acknowledged.
     failed: Mutex<Option<String>>,
-    /// Wakes the sync thread (set: something was written since it last looked).
-    wake: (Mutex<bool>, Condvar),
-    /// Tells the sync thread to end.
-    closing: AtomicBool,
+    /// Wakes the sync task: something was written (or the log was dropped).
+    wake: Arc<tokio::sync::Notify>,
+    gate: Mutex<Option<Gate>>,
 }
 
 impl Shared {
-    /// Writes everything appended so far, then syncs if `sync`. The buffer is taken under
-    /// the file lock, so records reach the file in LSN order whoever writes.
-    fn flush(&self, sync: bool) {
+    /// Writes everything appended so far, and wakes the sync task.  The buffer is taken
+    /// under the file lock, so records reach the file in LSN order whoever writes.
+    fn write_out(&self) {
         let mut file = self.file.lock().expect("wal file lock");
         if self.failed.lock().expect("wal lock").is_some() {
             return;
         }
-        let (buf, lsn) = {
+        let (buf, lsn, needs) = {
             let mut pending = self.pending.lock().expect("wal lock");
-            (std::mem::take(&mut pending.buf), pending.last_lsn)
+            let needs = std::mem::take(&mut pending.needs);
+            (std::mem::take(&mut pending.buf), pending.last_lsn, needs)
         };
-        if !buf.is_empty() {
-            if let Err(e) = file.write(&buf) {
-                self.fail("write", e);
-                return;
-            }
-            self.written.store(lsn, Ordering::Release);
+        if buf.is_empty() {
+            return;
         }
-        if sync {
-            let written = self.written.load(Ordering::Acquire);
-            if self.durable.load(Ordering::Acquire) < written {
-                if let Err(e) = file.file.sync_data() {
-                    self.fail("fsync", e);
-                    return;
-                }
-                self.durable.fetch_max(written, Ordering::AcqRel);
-            }
-        } else {
-            *self.wake.0.lock().expect("wal lock") = true;
-            self.wake.1.notify_one();
+        if let Err(e) = file.write(&buf) {
+            self.fail("write", e);
+            return;
         }
+        // Needs first: the sync task reads `written`, then takes the needs.
+        self.needs.lock().expect("wal lock").extend(needs);
+        self.written.store(lsn, Ordering::Release);
+        self.wake.notify_one();
     }
 
     fn fail(&self, what: &str, e: std::io::Error) {
         tracing::error!(error = %e, "write-ahead log {what} failed; refusing further changes");
         *self.failed.lock().expect("wal lock") = Some(format!("{what}: {e}"));
+        // Wakes the waiters, who then see the failure.
+        self.durable.send_modify(|_| {});
     }
 
     fn check(&self) -> Result<()> {
@@ -176,30 +183,41 @@ impl Shared {
         }
     }
 
-    /// The sync thread: syncs what was written, again and again while more is written.
-    /// It syncs through its own descriptor, without the file lock, so that writers do
-    /// not wait for the disk.
-    fn sync_loop(&self, file: File) {
+    /// The sync task: syncs what was written, again and again while more is written,
+    /// through its own descriptor and without the file lock, so that writers do not wait
+    /// for the disk. Ends when the log is dropped.
+    async fn sync_loop(
+        shared: std::sync::Weak<Shared>,
+        wake: Arc<tokio::sync::Notify>,
+        file: Arc<File>,
+    ) {
         loop {
-            {
-                let mut woken = self.wake.0.lock().expect("wal lock");
-                while !*woken && !self.closing.load(Ordering::Acquire) {
-                    woken = self.wake.1.wait(woken).expect("wal lock");
-                }
-                if self.closing.load(Ordering::Acquire) {
-                    return;
-                }
-                *woken = false;
-            }
-            let written = self.written.load(Ordering::Acquire);
-            if self.durable.load(Ordering::Acquire) >= written {
+            let Some(this) = shared.upgrade() else {
+                return;
+            };
+            let written = this.written.load(Ordering::Acquire);
+            if *this.durable.borrow() >= written || this.check().is_err() {
+                // Not holding the log while idle, so that dropping it ends the task (a
+                // notify stored meanwhile is not lost: it completes the next wait).
+                drop(this);
+                wake.notified().await;
                 continue;
             }
-            if let Err(e) = file.sync_data() {
-                self.fail("fsync", e);
-                return;
+            let needs = std::mem::take(&mut *this.needs.lock().expect("wal lock"));
+            let gate = this.gate.lock().expect("wal lock").clone();
+            if let (false, Some(gate)) = (needs.is_empty(), gate) {
+                if !gate(needs).await {
+                    return;
+                }
             }
-            self.durable.fetch_max(written, Ordering::AcqRel);
+            let file = file.clone();
+            let synced = tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match synced {
+                Ok(()) => this.durable.send_modify(|d| *d = (*d).max(written)),
+                Err(e) => this.fail("fsync", e),
+            }
         }
     }
 }
@@ -322,9 +340,10 @@ impl Wal {
             file.sync_all()
                 .map_err(io_err(format!("fsync {}", wal_path.display())))?;
         }
-        let sync_file = file
-            .try_clone()
-            .map_err(io_err(format!("open {}", wal_path.display())))?;
+        let sync_file = Arc::new(
+            file.try_clone()
+                .map_err(io_err(format!("open {}", wal_path.display())))?,
+        );
         let shared = Arc::new(Shared {
             file: Mutex::new(LogFile {
                 file,
@@ -335,20 +354,20 @@ impl Wal {
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
                 last_lsn,
+                needs: BTreeSet::new(),
             }),
             written: AtomicU64::new(last_lsn),
-            durable: AtomicU64::new(last_lsn),
+            needs: Mutex::default(),
+            durable: tokio::sync::watch::Sender::new(last_lsn),
             failed: Mutex::new(None),
-            wake: (Mutex::new(false), Condvar::new()),
-            closing: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            gate: Mutex::new(None),
         });
-        {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("wal-sync".into())
-                .spawn(move || shared.sync_loop(sync_file))
-                .map_err(io_err("start the log's sync thread"))?;
-        }
+        tokio::spawn(Shared::sync_loop(
+            Arc::downgrade(&shared),
+            shared.wake.clone(),
+            sync_file,
+        ));
         let wal = Wal {
             dir: dir.to_path_buf(),
             shared,
@@ -378,9 +397,24 @@ impl Wal {
         vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())
     }
 
+    /// Has the sync task pass `gate` before each sync of records that name blocks.
+    pub fn set_gate(&self, gate: Gate) {
+        *self.shared.gate.lock().expect("wal lock") = Some(gate);
+    }
+
     /// Appends an op that has just been applied; returns its LSN. Call under the
     /// namespace lock so that log order is apply order.
     pub fn append(&mut self, op: &Op) -> Result<u64> {
+        self.append_after(op, [])
+    }
+
+    /// [`Wal::append`] of an op that names blocks the storages `needs` acknowledged
+    /// without syncing: the record is not synced before they sync.
+    pub fn append_after(
+        &mut self,
+        op: &Op,
+        needs: impl IntoIterator<Item = String>,
+    ) -> Result<u64> {
         let lsn = self.next_lsn;
         let record = encode_record(lsn, op)?;
         self.next_lsn += 1;
@@ -388,6 +422,7 @@ impl Wal {
         let mut pending = self.shared.pending.lock().expect("wal lock");
         pending.buf.extend_from_slice(&record);
         pending.last_lsn = lsn;
+        pending.needs.extend(needs);
         Ok(lsn)
     }
 
@@ -438,7 +473,7 @@ impl Wal {
         pending.buf.clear();
         file.clear().map_err(io_err("truncate wal"))?;
         self.shared.written.store(lsn, Ordering::Release);
-        self.shared.durable.store(lsn, Ordering::Release);
+        self.shared.durable.send_modify(|d| *d = (*d).max(lsn));
         drop(pending);
         drop(file);
         self.bytes_since_snapshot = 0;
@@ -454,10 +489,11 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        // Records whose callers went away unacknowledged: harmless to keep.
-        self.shared.flush(true);
-        self.shared.closing.store(true, Ordering::Release);
-        self.shared.wake.1.notify_one();
+        // Records whose callers went away unacknowledged: harmless to keep. Not synced
+        // here: the storages they may name could not be asked first.
+        self.shared.write_out();
+        // The sync task ends once it finds the log gone.
+        self.shared.wake.notify_one();
     }
 }
 
@@ -467,27 +503,31 @@ pub struct DurableWaiter {
 }
 
 impl DurableWaiter {
-    /// Resolves once `lsn` is fsynced, writing and syncing the log if nobody else has;
-    /// fails if the log can no longer be written. The fsync blocks this thread: every
-    /// change waits for the disk anyway in strict mode, and a lookup waits at most one
-    /// fsync.
+    /// Resolves once `lsn` is on disk (the sync task syncs it after the storages it
+    /// depends on); fails if the log can no longer be written.
     pub async fn wait(self, lsn: u64) -> Result<()> {
         tokio::task::yield_now().await;
+        if self.shared.written.load(Ordering::Acquire) < lsn {
+            self.shared.write_out();
+        }
+        let mut durable = self.shared.durable.subscribe();
         loop {
             self.shared.check()?;
-            if self.shared.durable.load(Ordering::Acquire) >= lsn {
+            if *durable.borrow_and_update() >= lsn {
                 return Ok(());
             }
-            self.shared.flush(true);
+            if durable.changed().await.is_err() {
+                return self.shared.check();
+            }
         }
     }
 
-    /// Resolves once `lsn` is written to the log file (the sync thread then syncs it);
+    /// Resolves once `lsn` is written to the log file (the sync task then syncs it);
     /// fails if the log can no longer be written.
     pub async fn written(self, lsn: u64) -> Result<()> {
         tokio::task::yield_now().await;
         if self.shared.written.load(Ordering::Acquire) < lsn {
-            self.shared.flush(false);
+            self.shared.write_out();
         }
         self.shared.check()
     }
@@ -543,10 +583,48 @@ mod tests {
         assert_eq!(rec.replayed, 1);
         assert!(again.resolve("/a").is_ok());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while wal.shared.durable.load(Ordering::Acquire) < lsn {
+        while *wal.shared.durable.borrow() < lsn {
             assert!(std::time::Instant::now() < deadline, "never synced");
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_record_naming_unsynced_blocks_is_synced_only_after_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut ns, _) = Wal::open(dir.path()).unwrap();
+        let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate: Gate = {
+            let release = release.clone();
+            Arc::new(move |needs| {
+                asked_tx.send(needs).unwrap();
+                let release = release.clone();
+                Box::pin(async move {
+                    release.acquire().await.unwrap().forget();
+                    true
+                })
+            })
+        };
+        wal.set_gate(gate);
+        let op = mkdir_op(&ns, "a");
+        ns.apply(&op).unwrap();
+        let lsn = wal.append_after(&op, ["s1".to_string()]).unwrap();
+        wal.waiter().written(lsn).await.unwrap();
+        let needs = asked.recv().await.unwrap();
+        assert_eq!(needs.into_iter().collect::<Vec<_>>(), ["s1"]);
+        let durable = tokio::spawn(wal.waiter().wait(lsn));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!durable.is_finished(), "synced before the storages were");
+        assert_eq!(*wal.shared.durable.borrow(), 0);
+        release.add_permits(1);
+        durable.await.unwrap().unwrap();
+        // A record naming no blocks does not ask anyone.
+        let op = mkdir_op(&ns, "b");
+        ns.apply(&op).unwrap();
+        let lsn = wal.append(&op).unwrap();
+        wal.waiter().wait(lsn).await.unwrap();
+        assert!(asked.try_recv().is_err());
     }
 
     #[tokio::test]

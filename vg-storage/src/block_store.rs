@@ -11,10 +11,11 @@
 //! [`SMALL_BLOCK`] bytes are appended to volume files instead (`volumes/`, see
 //! [`crate::volumes`]): a file per block cost small files four journal commits each.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,15 +150,28 @@ impl ReadPlan {
     }
 }
 
+/// Syncs the file system holding `root` (`syncfs`).
+fn sync_file_system(root: &Path) -> Result<()> {
+    let dir = File::open(root).map_err(io_err(format!("open {}", root.display())))?;
+    // SAFETY: an open descriptor.
+    match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(io_err(format!("syncfs {}", root.display()))(
+            std::io::Error::last_os_error(),
+        )),
+    }
+}
+
 /// Alignment of O_DIRECT buffers, lengths and offsets (a page: enough for any disk).
 const DIRECT_ALIGN: usize = 4096;
 
-/// Writes `data` then `trailer` to a new file and syncs it. The whole pages of `data`
-/// go through O_DIRECT when `data` is aligned in memory: measured on our machine, copying
-/// into the page cache and writing it back costs several times the disk write itself
-/// (buffered+fsync 389 MiB/s, direct 2,100 MiB/s), and a block is synced at once anyway.
-/// The rest, and everything on file systems without O_DIRECT (tmpfs), is a plain write.
-fn write_synced(path: &Path, data: &[u8], trailer: &[u8]) -> std::io::Result<()> {
+/// Writes `data` then `trailer` to a new file, and syncs it with `sync`. The whole pages
+/// of `data` go through O_DIRECT when `data` is aligned in memory: measured on our
+/// machine, copying into the page cache and writing it back costs several times the disk
+/// write itself (buffered+fsync 389 MiB/s, direct 2,100 MiB/s), and a block is synced
+/// soon anyway. The rest, and everything on file systems without O_DIRECT (tmpfs), is a
+/// plain write.
+fn write_block_file(path: &Path, data: &[u8], trailer: &[u8], sync: bool) -> std::io::Result<File> {
     let mut file = File::create(path)?;
     let mut direct = 0;
     if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
@@ -173,7 +187,10 @@ fn write_synced(path: &Path, data: &[u8], trailer: &[u8]) -> std::io::Result<()>
     file.seek(SeekFrom::Start(direct as u64))?;
     file.write_all(&data[direct..])?;
     file.write_all(trailer)?;
-    file.sync_data()
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(file)
 }
 
 /// Writes whole pages from an aligned buffer at the start of an existing file, through
@@ -223,6 +240,94 @@ impl AsMut<[u8]> for AlignedBuf {
     }
 }
 
+/// What was written and not yet synced, and how far the sync thread got.
+#[derive(Default)]
+struct Unsynced {
+    /// Writes so far, and writes on disk: a write is on disk once `synced` passes its
+    /// number.
+    written: u64,
+    synced: u64,
+    files: Vec<Arc<File>>,
+    dirs: BTreeSet<PathBuf>,
+    /// Why a sync failed: nothing written since can be promised durable.
+    failed: Option<String>,
+    closing: bool,
+}
+
+/// Syncs written blocks in the background, all those written meanwhile in one go (group
+/// commit), starting again as soon as it ends if more were written.
+#[derive(Default)]
+struct Syncer {
+    state: Mutex<Unsynced>,
+    /// Wakes the thread (something written) and the waiters (something synced).
+    changed: Condvar,
+}
+
+impl Syncer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Unsynced> {
+        self.state.lock().expect("syncer lock")
+    }
+
+    /// Notes a file (and a directory entry) to sync.
+    fn add(&self, file: Arc<File>, dir: Option<PathBuf>) {
+        let mut state = self.lock();
+        state.written += 1;
+        state.files.push(file);
+        state.dirs.extend(dir);
+        self.changed.notify_all();
+    }
+
+    fn run(&self) {
+        loop {
+            let (target, files, dirs) = {
+                let mut state = self.lock();
+                while state.written == state.synced && !state.closing {
+                    state = self.changed.wait(state).expect("syncer lock");
+                }
+                if state.closing {
+                    return;
+                }
+                let files = std::mem::take(&mut state.files);
+                (state.written, files, std::mem::take(&mut state.dirs))
+            };
+            let mut seen = HashSet::new();
+            let mut result = Ok(());
+            for file in files.iter().filter(|f| seen.insert(Arc::as_ptr(f))) {
+                result = result.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
+            }
+            for dir in &dirs {
+                result = result.and_then(|()| {
+                    File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| format!("{}: {e}", dir.display()))
+                });
+            }
+            let mut state = self.lock();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "background sync failed; blocks are no longer promised durable");
+                state.failed.get_or_insert(e);
+            }
+            state.synced = target;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Blocks until everything written before the call is on disk.
+    fn wait(&self) -> std::result::Result<(), String> {
+        let mut state = self.lock();
+        let target = state.written;
+        while state.synced < target && state.failed.is_none() {
+            state = self.changed.wait(state).expect("syncer lock");
+        }
+        state.failed.clone().map_or(Ok(()), Err)
+    }
+
+    fn close(&self) {
+        self.lock().closing = true;
+        self.changed.notify_all();
+    }
+}
+
 /// The blocks of one storage.
 pub struct BlockStore {
     root: PathBuf,
@@ -237,6 +342,13 @@ pub struct BlockStore {
     volumes: Volumes,
     /// Blocks up to this size go to the volumes.
     small: usize,
+    syncer: Arc<Syncer>,
+}
+
+impl Drop for BlockStore {
+    fn drop(&mut self) {
+        self.syncer.close();
+    }
 }
 
 impl BlockStore {
@@ -269,7 +381,18 @@ impl BlockStore {
             tmp_seq: AtomicU64::new(0),
             volumes,
             small,
+            syncer: Arc::default(),
         };
+        // Blocks a previous process wrote may not be synced yet: make them durable
+        // before this one promises that everything it acknowledged is.
+        sync_file_system(root)?;
+        {
+            let syncer = store.syncer.clone();
+            std::thread::Builder::new()
+                .name("block-sync".into())
+                .spawn(move || syncer.run())
+                .map_err(io_err("start the block sync thread"))?;
+        }
         let mut bad = 0;
         let mut sizes: HashMap<BlockId, u32> = small_blocks.into_iter().collect();
         for (path, id) in block_files(&blocks)? {
@@ -343,13 +466,14 @@ impl BlockStore {
                 reason: "uploaded bytes do not match the block name".into(),
             });
         }
-        self.put_checked(id, data)
+        self.put_checked(id, data, true)
     }
 
     /// Stores a block whose bytes another storage has already checked against its name
     /// (a pipeline forward: QUIC authenticates every packet on the way, so re-hashing
-    /// would only repeat the first storage's work).
-    pub fn put_checked(&self, id: &BlockId, data: &[u8]) -> Result<()> {
+    /// would only repeat the first storage's work). Synced before it returns with `sync`,
+    /// else by the sync thread soon after ([`BlockStore::wait_synced`]).
+    pub fn put_checked(&self, id: &BlockId, data: &[u8], sync: bool) -> Result<()> {
         let len = data.len() as u64;
         {
             // Another upload of this block may still be writing it: acknowledging now
@@ -372,7 +496,7 @@ impl BlockStore {
             sizes.insert(*id, data.len() as u32);
             busy.insert(*id);
         }
-        let result = self.write_files(id, data);
+        let result = self.write_files(id, data, sync);
         if result.is_err() {
             self.sizes.lock().expect("sizes lock").remove(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
@@ -396,23 +520,42 @@ impl BlockStore {
         self.settled.notify_all();
     }
 
-    fn write_files(&self, id: &BlockId, data: &[u8]) -> Result<()> {
+    fn write_files(&self, id: &BlockId, data: &[u8], sync: bool) -> Result<()> {
         if data.len() <= self.small {
-            return self.volumes.put(id, data, &chunk_crcs(data));
+            let crcs = chunk_crcs(data);
+            if sync {
+                return self.volumes.put(id, data, &crcs);
+            }
+            let file = self.volumes.put_unsynced(id, data, &crcs)?;
+            self.syncer.add(file, None);
+            return Ok(());
         }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{seq}.block"));
         let mut trailer = chunk_crcs(data);
         trailer.extend_from_slice(&footer(data.len() as u32));
-        write_synced(&tmp, data, &trailer).map_err(io_err(format!("write {}", tmp.display())))?;
+        let file = write_block_file(&tmp, data, &trailer, sync)
+            .map_err(io_err(format!("write {}", tmp.display())))?;
         let path = self.path(id);
         let dir = path.parent().expect("block path has a parent");
         self.make_dir(dir)?;
         fs::rename(&tmp, &path).map_err(io_err(format!("rename into {}", dir.display())))?;
+        if !sync {
+            self.syncer.add(Arc::new(file), Some(dir.to_path_buf()));
+            return Ok(());
+        }
         // The rename is durable only once the directory is synced.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(format!("fsync {}", dir.display())))
+    }
+
+    /// Blocks until every block stored before the call is on disk.
+    pub fn wait_synced(&self) -> Result<()> {
+        self.syncer.wait().map_err(|reason| Error::Io {
+            context: "background sync".into(),
+            source: std::io::Error::other(reason),
+        })
     }
 
     /// Reads bytes `offset..offset+len` of a block (`len` 0: to the end), verifying the
@@ -639,6 +782,34 @@ mod tests {
             store.put(id, bytes).unwrap();
         }
         (dir, store, blocks)
+    }
+
+    #[test]
+    fn blocks_acknowledged_unsynced_are_synced_by_the_thread_and_kept() {
+        // In a block file, then in a volume.
+        for small in [0, SMALL_BLOCK] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = BlockStore::open_with(dir.path(), 1 << 30, small).unwrap();
+            let blocks: Vec<Vec<u8>> = (1..4).map(|i| data(i * 50_000)).collect();
+            for bytes in &blocks {
+                store
+                    .put_checked(&BlockId::of(bytes), bytes, false)
+                    .unwrap();
+            }
+            store.wait_synced().unwrap();
+            {
+                let state = store.syncer.lock();
+                assert_eq!((state.written, state.synced), (3, 3));
+                assert!(state.files.is_empty() && state.dirs.is_empty());
+            }
+            drop(store);
+            let (again, bad) = BlockStore::open_with(dir.path(), 1 << 30, small).unwrap();
+            assert_eq!(bad, 0);
+            for bytes in &blocks {
+                let id = BlockId::of(bytes);
+                assert_eq!(again.read(&id, 0, 0).unwrap().data, *bytes);
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Config {
     /// Bytes per second the background scrub checks: it competes with clients for the
     /// disk and the CPU, so it goes slowly.
     pub scrub_rate: u64,
+    /// When a block is acknowledged.
+    pub durability: vg_wire::cli::Durability,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             tls,
             heartbeat: Duration::from_secs(1),
             scrub_rate: 8 << 20,
+            durability: vg_wire::cli::Durability::Written,
         }
     }
 }
@@ -148,6 +151,7 @@ pub async fn start(config: Config) -> Result<Handle> {
         config.name.clone(),
         Arc::new(store),
         dialer,
+        config.durability == vg_wire::cli::Durability::Strict,
     ));
     if bad > 0 {
         info!(

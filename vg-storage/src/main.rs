@@ -43,6 +43,10 @@ struct Args {
     /// Bytes per second the background scrub re-reads and re-hashes (e.g. 8MiB).
     #[arg(long, env = "VG_SCRUB_RATE", default_value = "8MiB", value_parser = parse_size)]
     scrub_rate: u64,
+    /// When a block is acknowledged: `written` (synced by a background thread at once;
+    /// an fsync through the mount waits for it) or `strict` (every reply after its sync).
+    #[arg(long, env = "VG_DURABILITY", default_value = "written")]
+    durability: vg_wire::cli::Durability,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
     /// Log to this file instead of stderr.
@@ -110,6 +114,7 @@ async fn run() -> anyhow::Result<()> {
     );
     config.advertise = advertise;
     config.scrub_rate = args.scrub_rate.max(1);
+    config.durability = args.durability;
     let mut handle = vg_storage::start(config).await.context("start storage")?;
     tokio::select! {
         _ = handle.wait() => {}

@@ -65,6 +65,8 @@ pub struct Storage {
     /// at once for the deletions that would make room, rather than at the next beat.
     pub wake: tokio::sync::Notify,
     inflight: Semaphore,
+    /// `--durability strict`: every block synced before it is acknowledged.
+    strict: bool,
 }
 
 fn mib(len: u32) -> u32 {
@@ -73,8 +75,9 @@ fn mib(len: u32) -> u32 {
 
 impl Storage {
     /// Shared state around a block store.
-    pub fn new(name: String, store: Arc<BlockStore>, dialer: Dialer) -> Self {
+    pub fn new(name: String, store: Arc<BlockStore>, dialer: Dialer, strict: bool) -> Self {
         Storage {
+            strict,
             name,
             store,
             dialer,
@@ -108,23 +111,46 @@ impl Storage {
             Request::Put { id, .. } => ("put", Some(*id)),
             Request::Forward { id, .. } => ("forward", Some(*id)),
             Request::Verify { .. } => ("verify", None),
+            Request::Sync => ("sync", None),
         };
         let span = tracing::debug_span!("request", op, block = ?block);
         async {
-            if matches!(request, Request::Read { .. } | Request::Verify { .. }) {
+            if matches!(
+                request,
+                Request::Read { .. } | Request::Verify { .. } | Request::Sync
+            ) {
                 read_end(&mut recv).await;
             }
             match request {
                 Request::Read { id, offset, len } => self.read(id, offset, len, &mut send).await,
-                Request::Put { id, len, chain } => {
-                    let answer = self.put(&peer, id, len, chain, &mut recv).await;
+                Request::Put {
+                    id,
+                    len,
+                    chain,
+                    sync,
+                } => {
+                    let answer = self.put(&peer, id, len, chain, sync, &mut recv).await;
                     respond(&mut send, answer).await;
                 }
-                Request::Forward { id, len, chain } => {
+                Request::Forward {
+                    id,
+                    len,
+                    chain,
+                    sync,
+                } => {
                     let answer = match peer.require(Role::Storage, "forward") {
-                        Ok(()) => self.put(&peer, id, len, chain, &mut recv).await,
+                        Ok(()) => self.put(&peer, id, len, chain, sync, &mut recv).await,
                         Err(e) => Err(e),
                     };
+                    respond(&mut send, answer).await;
+                }
+                Request::Sync => {
+                    let store = self.store.clone();
+                    let answer = tokio::task::spawn_blocking(move || store.wait_synced())
+                        .await
+                        .expect("sync wait does not panic")
+                        .map(|()| Response::Synced)
+                        .map_err(|e| e.to_remote());
                     respond(&mut send, answer).await;
                 }
                 Request::Verify { ids } => {
@@ -228,6 +254,7 @@ impl Storage {
         id: BlockId,
         len: u32,
         chain: Vec<Location>,
+        sync: bool,
         recv: &mut RecvStream,
     ) -> Result<Response, RemoteError> {
         if peer.role == Role::Nameserver {
@@ -272,15 +299,16 @@ impl Storage {
                 .to_remote());
             }
         }
+        let sync = sync || self.strict;
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
-            tokio::task::spawn_blocking(move || store.put_checked(&id, &data))
+            tokio::task::spawn_blocking(move || store.put_checked(&id, &data, sync))
         };
         let forward = async {
             let Some((next, rest)) = chain.split_first() else {
                 return Vec::new();
             };
-            match self.forward(next, rest, id, data.clone()).await {
+            match self.forward(next, rest, id, data.clone(), sync).await {
                 Ok(holders) => holders,
                 Err(e) => {
                     warn!(block = %id, next = %next, error = %e, "pipeline forward failed; the replicator will make the missing copies");
@@ -311,11 +339,13 @@ impl Storage {
         rest: &[Location],
         id: BlockId,
         data: Arc<AlignedBuf>,
+        sync: bool,
     ) -> vg_wire::Result<Vec<String>> {
         let request = Request::Forward {
             id,
             len: data.len() as u32,
             chain: rest.to_vec(),
+            sync,
         };
         let data = vg_wire::rpc::share(data);
         vg_wire::rpc::send_block(&self.dialer, &Target::storage(next), &request, data).await

@@ -303,12 +303,28 @@ impl Volumes {
 
     /// Appends a block (its bytes, then `crcs`) and syncs it.
     pub fn put(&self, id: &BlockId, data: &[u8], crcs: &[u8]) -> Result<()> {
-        self.append(id, data, crcs, None)
+        self.append(id, data, crcs, None, true).map(drop)
+    }
+
+    /// Appends a block without syncing it; returns the volume file for the caller to
+    /// sync. Records are written in offset order, so a sync of the file covers this
+    /// record and every one before it.
+    pub fn put_unsynced(&self, id: &BlockId, data: &[u8], crcs: &[u8]) -> Result<Arc<File>> {
+        let file = self.append(id, data, crcs, None, false)?;
+        Ok(file.expect("a put always writes"))
     }
 
     /// Appends a block's record, unless `moving` is given and the block is no longer
-    /// there (deleted while compaction copied it).
-    fn append(&self, id: &BlockId, data: &[u8], crcs: &[u8], moving: Option<Loc>) -> Result<()> {
+    /// there (deleted while compaction copied it); syncs it with `sync`. Returns the
+    /// volume file written, if any.
+    fn append(
+        &self,
+        id: &BlockId,
+        data: &[u8],
+        crcs: &[u8],
+        moving: Option<Loc>,
+        sync: bool,
+    ) -> Result<Option<Arc<File>>> {
         let len = data.len() as u32;
         let bytes = record_len(len);
         assert!(
@@ -322,7 +338,7 @@ impl Volumes {
         let (file, loc) = {
             let mut state = self.lock();
             if moving.is_some() && state.index.get(id) != moving.as_ref() {
-                return Ok(());
+                return Ok(None);
             }
             let (volume, offset, file) = self.write(&mut state, &record)?;
             state.volumes.get_mut(&volume).expect("written").live += bytes;
@@ -336,6 +352,9 @@ impl Volumes {
             }
             (file, loc)
         };
+        if !sync {
+            return Ok(Some(file));
+        }
         let synced = file
             .sync_data()
             .map_err(io_err(format!("sync volume for block {id}")));
@@ -347,7 +366,7 @@ impl Volumes {
                 self.forget(&mut state, loc);
             }
         }
-        synced
+        synced.map(|()| Some(file))
     }
 
     /// Writes a record at the end of the volume in use (a new one when it is full), under
@@ -463,7 +482,7 @@ impl Volumes {
                 file.read_exact_at(&mut record, loc.offset)
                     .map_err(io_err(format!("read {}", self.path(number).display())))?;
                 let (data, crcs) = record[HEADER..].split_at(loc.len as usize);
-                self.append(&id, data, crcs, Some(loc))?;
+                self.append(&id, data, crcs, Some(loc), true)?;
             }
             info!(volume = number, "volume compacted");
         }

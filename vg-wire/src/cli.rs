@@ -70,3 +70,29 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// When a server acknowledges a change (ARCHITECTURE.md, "Durability").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Once written (the nameserver's log, a storage's block): it survives any crash of
+    /// the process; a thread syncs continuously in the background, and `Sync` requests
+    /// wait for it.
+    #[default]
+    Written,
+    /// Once synced: every reply waits for the disk.
+    Strict,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "written" => Ok(Durability::Written),
+            "strict" => Ok(Durability::Strict),
+            other => Err(format!(
+                "unknown durability {other:?}: expected written or strict"
+            )),
+        }
+    }
+}

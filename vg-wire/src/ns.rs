@@ -91,13 +91,16 @@ pub enum Request {
     /// Adds slices on top of blocks of a file (each list in order, newest last) and sets
     /// its size, as one logged step; then applies `set` (attribute changes the client
     /// deferred while it wrote the file), durable with the same log flush. `stored` says
-    /// which storages acknowledged each new blob, and its length.
+    /// which storages acknowledged each new blob, and its length. With `sync` (an
+    /// `fsync`), the blobs of `stored` were synced before they were acknowledged, and the
+    /// answer comes once the commit is on disk.
     Commit {
         ino: Ino,
         size: u64,
         slices: Vec<(u64, Vec<Slice>)>,
         stored: Vec<Stored>,
         set: Option<SetAttr>,
+        sync: bool,
     },
     /// Replaces the first slices of block `idx`, if they still are `prefix`, with
     /// `merged` (the same bytes in fewer blobs); slices added after `prefix` stay on top.

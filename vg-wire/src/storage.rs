@@ -14,18 +14,25 @@ pub enum Request {
     /// [`Response::Data`] is followed by that many raw bytes.
     Read { id: BlockId, offset: u32, len: u32 },
     /// Store a block whose `len` raw bytes follow; forward it to `chain` first-to-last.
-    /// Acknowledged once every storage of the chain that could be reached has it.
+    /// Acknowledged once every storage of the chain that could be reached has written it
+    /// (it survives a crash of the process), or synced it with `sync` (it survives a power
+    /// loss; otherwise the storage syncs it in the background, at once).
     Put {
         id: BlockId,
         len: u32,
         chain: Vec<Location>,
+        sync: bool,
     },
     /// The same as `Put`, sent by a storage forwarding along a pipeline (storage role only).
     Forward {
         id: BlockId,
         len: u32,
         chain: Vec<Location>,
+        sync: bool,
     },
+    /// Answers once every block this storage acknowledged before is on its disk (the
+    /// nameserver asks before it syncs a log record naming new blocks).
+    Sync,
     /// Re-hash blocks and say which are intact (for `fsck`).
     Verify { ids: Vec<BlockId> },
 }
@@ -49,4 +56,6 @@ pub enum Response {
     Stored { holders: Vec<String> },
     /// For each requested block: present and intact.
     Verified(Vec<bool>),
+    /// Everything acknowledged before the `Sync` is on disk.
+    Synced,
 }

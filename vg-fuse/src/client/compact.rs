@@ -140,7 +140,7 @@ pub async fn compact_blocks(
         else {
             continue;
         };
-        let (blob, holders) = client.upload_block(Bytes::from(data)).await?;
+        let (blob, holders) = client.upload_block(Bytes::from(data), false).await?;
         let merged = vec![slice];
         let uploaded = vec![stored(blob, &holders)];
         match client

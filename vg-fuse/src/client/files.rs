@@ -161,6 +161,8 @@ struct Upload {
     data: Arc<Vec<u8>>,
     /// Each extent: its offset in the block, its length, its offset in `data`.
     pieces: Vec<(u32, u32, u32)>,
+    /// Whether the storages synced it before acknowledging it.
+    synced: bool,
     task: JoinHandle<Result<(BlockRef, Vec<Location>)>>,
 }
 
@@ -237,6 +239,8 @@ struct FileState {
     /// Slices uploaded and not yet committed, by block, oldest first.
     pending: BTreeMap<u64, Vec<Slice>>,
     stored: Vec<Stored>,
+    /// A blob of `stored` was acknowledged before its storages synced it.
+    unsynced: bool,
     /// Size or content changed since the last commit.
     changed: bool,
     /// An upload failed: its bytes are back in `dirty` for the next flush, and the error
@@ -783,7 +787,7 @@ impl Files {
             let extents = state.dirty.entry(idx).or_default();
             extents.write(in_block as u32, &data[range], bs);
             if extents.is_full(bs) {
-                self.seal_block(&mut state, idx).await;
+                self.seal_block(&mut state, idx, false).await;
             }
         }
         state.size = state.size.max(offset + data.len() as u64);
@@ -802,13 +806,13 @@ impl Files {
         let max_blocks = (self.limits.max_dirty / self.block_size() / 2).max(2) as usize;
         while state.dirty.len() >= max_blocks {
             let oldest = *state.dirty.keys().next().expect("non-empty");
-            self.seal_block(state, oldest).await;
+            self.seal_block(state, oldest, false).await;
         }
     }
 
     /// Starts the upload of a block's unsealed bytes as one blob (waiting for room among
     /// uploads in flight).
-    async fn seal_block(&self, state: &mut FileState, idx: u64) {
+    async fn seal_block(&self, state: &mut FileState, idx: u64, sync: bool) {
         let Some(extents) = state.dirty.remove(&idx) else {
             return;
         };
@@ -826,7 +830,7 @@ impl Files {
         let client = self.client.clone();
         let upload = data.clone();
         let task = tokio::spawn(async move {
-            let result = client.upload_block(vg_wire::rpc::share(upload)).await;
+            let result = client.upload_block(vg_wire::rpc::share(upload), sync).await;
             if let Err(e) = &result {
                 tracing::warn!(block = idx, error = %e, "upload failed; kept for the next flush");
             }
@@ -837,6 +841,7 @@ impl Files {
             idx,
             data,
             pieces,
+            synced: sync,
             task,
         });
         if state.uploads.len() > 64 {
@@ -862,6 +867,7 @@ impl Files {
                         .expect("cache lock")
                         .insert(blob.id, upload.data.clone());
                     state.stored.push(stored(blob, &holders));
+                    state.unsynced |= !upload.synced;
                     state.locations.insert(blob.id, holders.into());
                     let slices = upload.slices(blob.id);
                     state.add_slices(upload.idx, &slices);
@@ -875,10 +881,19 @@ impl Files {
         }
     }
 
-    async fn flush_state(&self, file: &OpenFile, state: &mut FileState) -> Result<()> {
+    /// Uploads what the file has buffered and commits it. With `durable` (an fsync) the
+    /// new blobs are synced by their storages before they are acknowledged, and the
+    /// commit answered once on disk, if that covers everything uncommitted: then it
+    /// returns true, and the caller needs no further sync.
+    async fn flush_state(
+        &self,
+        file: &OpenFile,
+        state: &mut FileState,
+        durable: bool,
+    ) -> Result<bool> {
         let dirty: Vec<u64> = state.dirty.keys().copied().collect();
         for idx in dirty {
-            self.seal_block(state, idx).await;
+            self.seal_block(state, idx, durable).await;
         }
         self.reap(state, true).await;
         if let Some(e) = state.failed.take() {
@@ -887,7 +902,7 @@ impl Files {
             return Err(e);
         }
         if !state.changed {
-            return Ok(());
+            return Ok(false);
         }
         // Background compaction fell behind (or failed) on a block: compact it now, or
         // the nameserver would refuse the commit for too many slices.
@@ -914,9 +929,10 @@ impl Files {
             state.pending.iter().map(|(i, s)| (*i, s.clone())).collect();
         let uploaded = std::mem::take(&mut state.stored);
         let set = state.deferred.take();
+        let sync = durable && !state.unsynced;
         match self
             .client
-            .commit(file.ino, state.size, slices, uploaded, set.clone())
+            .commit(file.ino, state.size, slices, uploaded, set.clone(), sync)
             .await
         {
             Ok(attr) => {
@@ -924,15 +940,17 @@ impl Files {
                 state.attr = Some(attr);
                 let written: Vec<u64> = std::mem::take(&mut state.pending).into_keys().collect();
                 state.changed = false;
+                state.unsynced = false;
                 state.mtime = None;
                 self.compact_later(file, state, Some(&written), false);
-                Ok(())
+                Ok(sync)
             }
             // Unlinked while open: nothing is left to commit to.
             Err(e) if e.code() == vg_wire::ErrorCode::NotFound => {
                 state.pending.clear();
                 state.changed = false;
-                Ok(())
+                state.unsynced = false;
+                Ok(false)
             }
             Err(e) => {
                 state.deferred = set;
@@ -947,14 +965,25 @@ impl Files {
             return Ok(());
         };
         let mut state = file.state.lock().await;
-        self.flush_state(&file, &mut state).await
+        self.flush_state(&file, &mut state, false).await.map(drop)
     }
 
     /// `fsync`: flushes the file, then returns once its changes (and every change this
-    /// client made before) are on disk on the nameserver and on R storages.
+    /// client made before) are on disk on the nameserver and on R storages. Its own
+    /// blobs are uploaded synced and its commit answered once on disk; what it does not
+    /// cover (earlier commits, blobs uploaded before) a `Sync` does.
     pub async fn fsync(&self, ino: Ino) -> Result<()> {
-        self.flush(ino).await?;
-        self.client.sync().await
+        let durable = match self.get_open(ino) {
+            Some(file) => {
+                let mut state = file.state.lock().await;
+                self.flush_state(&file, &mut state, true).await?
+            }
+            None => false,
+        };
+        match durable {
+            true => Ok(()),
+            false => self.client.sync().await,
+        }
     }
 
     /// What `close` waits for: the flush, and the sync too with `--sync-on-close`.
@@ -977,7 +1006,7 @@ impl Files {
         let mut first_error = None;
         for file in files {
             let mut state = file.state.lock().await;
-            if let Err(e) = self.flush_state(&file, &mut state).await {
+            if let Err(e) = self.flush_state(&file, &mut state, false).await {
                 tracing::error!(ino = file.ino, error = %e, "flush at unmount failed");
                 first_error.get_or_insert(e);
             }
@@ -1024,7 +1053,7 @@ impl Files {
         }
         let file = self.get_open(dst).ok_or_else(not_open)?;
         let mut state = file.state.lock().await;
-        self.flush_state(&file, &mut state).await?;
+        self.flush_state(&file, &mut state, false).await?;
         let layout = self.client.layout(src).await?;
         let len = len.min(layout.attr.size.saturating_sub(src_offset));
         if len == 0 {
@@ -1046,7 +1075,7 @@ impl Files {
                     None => {
                         if zeros.is_none() {
                             let data = Bytes::from(vec![0u8; bs as usize]);
-                            let (blob, holders) = self.client.upload_block(data).await?;
+                            let (blob, holders) = self.client.upload_block(data, false).await?;
                             uploaded.push(stored(blob, &holders));
                             zeros = Some(blob.id);
                         }
@@ -1068,7 +1097,7 @@ impl Files {
         let slices: Vec<(u64, Vec<Slice>)> = added.into_iter().collect();
         let attr = self
             .client
-            .commit(dst, size, slices, uploaded, None)
+            .commit(dst, size, slices, uploaded, None, false)
             .await?;
         state.seen = Some((attr.size, attr.mtime));
         let layout = self.client.layout(dst).await?;
@@ -1095,7 +1124,7 @@ impl Files {
             }
         }
         if set.size.is_some() {
-            self.flush_state(&file, &mut state).await?;
+            self.flush_state(&file, &mut state, false).await?;
         }
         let mut attr = self.client.setattr(ino, set.clone()).await?;
         if set.size.is_some() {

@@ -82,7 +82,7 @@ impl Client {
                 buf.truncate(n);
                 let client = self.clone();
                 pending.push_back(tokio::spawn(async move {
-                    client.upload_block(buf.into()).await
+                    client.upload_block(buf.into(), false).await
                 }));
                 offset += n as u64;
             }
@@ -128,7 +128,8 @@ impl Client {
                 "local file changed size during upload"
             );
         }
-        self.commit(ino, offset, blocks, stored_blobs, None).await
+        self.commit(ino, offset, blocks, stored_blobs, None, false)
+            .await
     }
 
     /// Downloads a file to a local path, checking every block against its SHA-256 (the

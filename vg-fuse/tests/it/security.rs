@@ -65,6 +65,7 @@ async fn roles_are_enforced() {
         id: BlockId::of(b"x"),
         len: 1,
         chain: vec![],
+        sync: false,
     };
     let answer = client
         .call::<_, storage::Response>(&storage_target(&cluster, "s0"), &forward)
@@ -225,6 +226,7 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
         id: BlockId::of(b"x"),
         len: u32::MAX,
         chain: vec![],
+        sync: false,
     };
     assert_eq!(
         refused_code(client.call::<_, storage::Response>(&targets[1], &put).await).await,

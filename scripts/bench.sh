@@ -5,8 +5,9 @@
 #
 # Starts a local vg cluster (nameserver + 3 storages, R=2, 4 MiB blocks, release build)
 # mounted at a temporary directory, runs the shared workload (fsbench.sh from $BENCH_DIR,
-# default ../shared/bench) on it, then on every MOUNTPOINT given, and with --moosefs on
-# MooseFS (master + 3 chunkservers, goal 2) started in the kit's network namespace.
+# default ../shared/bench) on it, then again on a cluster with --durability strict (every
+# reply after its sync: "vg-strict"), then on every MOUNTPOINT given, and with --moosefs
+# on MooseFS (master + 3 chunkservers, goal 2) started in the kit's network namespace.
 # Needs root, fio and python3; --moosefs needs Debian's moosefs-* packages (installed
 # here if missing). Results: a TSV in $OUT (default /tmp/vg-bench.tsv) and a table.
 set -uo pipefail
@@ -30,6 +31,7 @@ out=${OUT:-/tmp/vg-bench.tsv}
 export VG_BIN=$root/target/release VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$((20000 + RANDOM % 20000))
 cleanup() {
   [[ -f $VG_HOME/pids ]] && scripts/down.sh >/dev/null 2>&1
+  [[ -f $work/strict/pids ]] && VG_HOME=$work/strict scripts/down.sh >/dev/null 2>&1
   if [[ -n $moosefs ]]; then
     ip netns exec vgbench-mfs "$bench/moosefs-down.sh" /tmp/vgbench-mfsmnt >/dev/null 2>&1
     "$bench/netns-down.sh" >/dev/null 2>&1
@@ -42,6 +44,11 @@ scripts/up.sh -n 3 -c 20GiB -m "$work/vg" >"$work/up.log" 2>&1 || { cat "$work/u
 "$bench/fsbench.sh" "$work/vg" vg | tee -a "$out"
 fuse_pid=$(awk '$1 == "vg-fuse" {print $2}' "$VG_HOME/pids")
 printf 'vg\tclient_peak_rss_MiB\t%s\tMiB\n' "$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$fuse_pid/status")" | tee -a "$out"
+scripts/down.sh >/dev/null 2>&1
+VG_HOME=$work/strict VG_DURABILITY=strict scripts/up.sh -n 3 -c 20GiB -m "$work/vg-strict" >"$work/up.log" 2>&1 \
+  || { cat "$work/up.log"; exit 1; }
+"$bench/fsbench.sh" "$work/vg-strict" vg-strict | tee -a "$out"
+VG_HOME=$work/strict scripts/down.sh >/dev/null 2>&1
 for mnt in "$@"; do
   "$bench/fsbench.sh" "$mnt" "$(basename "$mnt")" | tee -a "$out"
 done
@@ -63,15 +70,14 @@ for line in open(sys.argv[1]):
     if s not in systems: systems.append(s)
     rows.setdefault((m, u), {})[s] = v
 others = systems[1:]
-head = "| metric | unit | " + " | ".join(systems)
-if others: head += " | vg / " + others[0]
+head = "| metric | unit | " + " | ".join(systems) + "".join(" | vg / " + o for o in others)
 print(head + " |")
-print("|---|---|" + "---|" * (len(systems) + (1 if others else 0)))
+print("|---|---|" + "---|" * (len(systems) + len(others)))
 for (m, u), vals in rows.items():
     line = "| %s | %s | %s" % (m, u, " | ".join(vals.get(s, "-") for s in systems))
-    if others:
+    for o in others:
         try:
-            line += " | %.2f" % (float(vals["vg"]) / float(vals[others[0]]))
+            line += " | %.2f" % (float(vals["vg"]) / float(vals[o]))
         except (KeyError, ValueError, ZeroDivisionError):
             line += " | -"
     print(line + " |")

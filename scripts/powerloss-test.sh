@@ -64,6 +64,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 # The negative control: lossyfs loses what was written without fsync, keeps the rest.
 control() {

@@ -36,8 +36,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{info, warn};
 
@@ -131,17 +131,19 @@ struct Shared {
     written: AtomicU64,
     /// Storages the written records depend on, for the next sync's gate.
     needs: Mutex<BTreeSet<String>>,
+    /// The sync thread is running the gate for needs it took.
+    gating: AtomicBool,
     /// Highest LSN on disk, watched by those who wait for it.
     durable: tokio::sync::watch::Sender<u64>,
     /// Set when a write or fsync failed: nothing more can be acknowledged.
     failed: Mutex<Option<String>>,
-    /// Wakes the sync task: something was written (or the log was dropped).
-    wake: Arc<tokio::sync::Notify>,
+    /// Wakes the sync thread: something was written (or the log was dropped).
+    wake: Arc<Wake>,
     gate: Mutex<Option<Gate>>,
 }
 
 impl Shared {
-    /// Writes everything appended so far, and wakes the sync task.  The buffer is taken
+    /// Writes everything appended so far, and wakes the sync thread.  The buffer is taken
     /// under the file lock, so records reach the file in LSN order whoever writes.
     fn write_out(&self) {
         let mut file = self.file.lock().expect("wal file lock");
@@ -160,10 +162,10 @@ impl Shared {
             self.fail("write", e);
             return;
         }
-        // Needs first: the sync task reads `written`, then takes the needs.
+        // Needs first: the sync thread reads `written`, then takes the needs.
         self.needs.lock().expect("wal lock").extend(needs);
         self.written.store(lsn, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.set();
     }
 
     fn fail(&self, what: &str, e: std::io::Error) {
@@ -183,42 +185,69 @@ impl Shared {
         }
     }
 
-    /// The sync task: syncs what was written, again and again while more is written,
+    /// The sync thread: syncs what was written, again and again while more is written,
     /// through its own descriptor and without the file lock, so that writers do not wait
-    /// for the disk. Ends when the log is dropped.
-    async fn sync_loop(
+    /// for the disk. A thread of its own rather than a task handing each sync to tokio's
+    /// blocking pool: that cost two wake-ups per sync, one of them the request thread's.
+    /// The gate, which talks to storages, runs on the nameserver's runtime. Ends when the
+    /// log is dropped.
+    fn sync_loop(
         shared: std::sync::Weak<Shared>,
-        wake: Arc<tokio::sync::Notify>,
-        file: Arc<File>,
+        wake: Arc<Wake>,
+        file: File,
+        runtime: tokio::runtime::Handle,
     ) {
         loop {
-            let Some(this) = shared.upgrade() else {
-                return;
-            };
-            let written = this.written.load(Ordering::Acquire);
-            if *this.durable.borrow() >= written || this.check().is_err() {
-                // Not holding the log while idle, so that dropping it ends the task (a
-                // notify stored meanwhile is not lost: it completes the next wait).
-                drop(this);
-                wake.notified().await;
-                continue;
-            }
-            let needs = std::mem::take(&mut *this.needs.lock().expect("wal lock"));
-            let gate = this.gate.lock().expect("wal lock").clone();
-            if let (false, Some(gate)) = (needs.is_empty(), gate) {
-                if !gate(needs).await {
+            wake.wait();
+            loop {
+                let Some(this) = shared.upgrade() else {
                     return;
+                };
+                let written = this.written.load(Ordering::Acquire);
+                if *this.durable.borrow() >= written || this.check().is_err() {
+                    break;
+                }
+                let needs = {
+                    let mut needs = this.needs.lock().expect("wal lock");
+                    this.gating.store(!needs.is_empty(), Ordering::Release);
+                    std::mem::take(&mut *needs)
+                };
+                let gate = this.gate.lock().expect("wal lock").clone();
+                if let (false, Some(gate)) = (needs.is_empty(), gate) {
+                    if !runtime.block_on(gate(needs)) {
+                        return;
+                    }
+                }
+                this.gating.store(false, Ordering::Release);
+                match file.sync_data() {
+                    Ok(()) => this.durable.send_modify(|d| *d = (*d).max(written)),
+                    Err(e) => this.fail("fsync", e),
                 }
             }
-            let file = file.clone();
-            let synced = tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match synced {
-                Ok(()) => this.durable.send_modify(|d| *d = (*d).max(written)),
-                Err(e) => this.fail("fsync", e),
-            }
         }
+    }
+}
+
+/// A flag and its condition variable: the sync thread's doorbell.
+#[derive(Default)]
+struct Wake {
+    rung: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Wake {
+    fn set(&self) {
+        *self.rung.lock().expect("wal lock") = true;
+        self.cond.notify_one();
+    }
+
+    /// Waits until rung, and clears it.
+    fn wait(&self) {
+        let mut rung = self.rung.lock().expect("wal lock");
+        while !*rung {
+            rung = self.cond.wait(rung).expect("wal lock");
+        }
+        *rung = false;
     }
 }
 
@@ -340,10 +369,9 @@ impl Wal {
             file.sync_all()
                 .map_err(io_err(format!("fsync {}", wal_path.display())))?;
         }
-        let sync_file = Arc::new(
-            file.try_clone()
-                .map_err(io_err(format!("open {}", wal_path.display())))?,
-        );
+        let sync_file = file
+            .try_clone()
+            .map_err(io_err(format!("open {}", wal_path.display())))?;
         let shared = Arc::new(Shared {
             file: Mutex::new(LogFile {
                 file,
@@ -358,16 +386,20 @@ impl Wal {
             }),
             written: AtomicU64::new(last_lsn),
             needs: Mutex::default(),
+            gating: AtomicBool::new(false),
             durable: tokio::sync::watch::Sender::new(last_lsn),
             failed: Mutex::new(None),
-            wake: Arc::new(tokio::sync::Notify::new()),
+            wake: Arc::default(),
             gate: Mutex::new(None),
         });
-        tokio::spawn(Shared::sync_loop(
-            Arc::downgrade(&shared),
-            shared.wake.clone(),
-            sync_file,
-        ));
+        {
+            let (weak, wake) = (Arc::downgrade(&shared), shared.wake.clone());
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name("wal-sync".into())
+                .spawn(move || Shared::sync_loop(weak, wake, sync_file, runtime))
+                .map_err(io_err("start the log's sync thread"))?;
+        }
         let wal = Wal {
             dir: dir.to_path_buf(),
             shared,
@@ -397,7 +429,7 @@ impl Wal {
         vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())
     }
 
-    /// Has the sync task pass `gate` before each sync of records that name blocks.
+    /// Has the sync thread pass `gate` before each sync of records that name blocks.
     pub fn set_gate(&self, gate: Gate) {
         *self.shared.gate.lock().expect("wal lock") = Some(gate);
     }
@@ -440,8 +472,18 @@ impl Wal {
     }
 
     /// Whether the log has grown enough that a snapshot would pay off.
+    /// Not while records name blobs their storages may not have synced: a snapshot is
+    /// synced at once, without the gate, so it waits for a moment when none is pending.
     pub fn wants_snapshot(&self, threshold: u64) -> bool {
-        self.bytes_since_snapshot >= threshold
+        self.bytes_since_snapshot >= threshold && !self.blobs_unsynced()
+    }
+
+    /// Whether some record appended names blobs the gate has not yet had synced.
+    fn blobs_unsynced(&self) -> bool {
+        let shared = &self.shared;
+        !shared.pending.lock().expect("wal lock").needs.is_empty()
+            || !shared.needs.lock().expect("wal lock").is_empty()
+            || shared.gating.load(Ordering::Acquire)
     }
 
     /// Writes a snapshot of `ns` (which reflects every appended op) and empties the log.
@@ -492,8 +534,8 @@ impl Drop for Wal {
         // Records whose callers went away unacknowledged: harmless to keep. Not synced
         // here: the storages they may name could not be asked first.
         self.shared.write_out();
-        // The sync task ends once it finds the log gone.
-        self.shared.wake.notify_one();
+        // The sync thread ends once it finds the log gone.
+        self.shared.wake.set();
     }
 }
 
@@ -503,7 +545,7 @@ pub struct DurableWaiter {
 }
 
 impl DurableWaiter {
-    /// Resolves once `lsn` is on disk (the sync task syncs it after the storages it
+    /// Resolves once `lsn` is on disk (the sync thread syncs it after the storages it
     /// depends on); fails if the log can no longer be written.
     pub async fn wait(self, lsn: u64) -> Result<()> {
         tokio::task::yield_now().await;
@@ -522,7 +564,7 @@ impl DurableWaiter {
         }
     }
 
-    /// Resolves once `lsn` is written to the log file (the sync task then syncs it);
+    /// Resolves once `lsn` is written to the log file (the sync thread then syncs it);
     /// fails if the log can no longer be written.
     pub async fn written(self, lsn: u64) -> Result<()> {
         tokio::task::yield_now().await;
@@ -617,8 +659,10 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!durable.is_finished(), "synced before the storages were");
         assert_eq!(*wal.shared.durable.borrow(), 0);
+        assert!(!wal.wants_snapshot(0), "a snapshot would skip the gate");
         release.add_permits(1);
         durable.await.unwrap().unwrap();
+        assert!(wal.wants_snapshot(0));
         // A record naming no blocks does not ask anyone.
         let op = mkdir_op(&ns, "b");
         ns.apply(&op).unwrap();

@@ -1,7 +1,10 @@
 #!/usr/bin/perl
 # The workload and the checker of scripts/powerloss-test.sh.
 #
-#   powerloss.pl run DIR JOURNAL SEED   mixed metadata and file writes under DIR until killed
+#   powerloss.pl run DIR JOURNAL SEED [closes]
+#                                       mixed metadata and file writes under DIR until killed;
+#                                       with `closes` (a mount with --sync-on-close), every
+#                                       close counts as an fsync
 #   powerloss.pl check DIR JOURNAL      is DIR what some prefix of the journal's ops left?
 #   powerloss.pl digest DIR             each path under DIR, its length and checksums
 #   powerloss.pl mkdir DIR              makes DIR and fsyncs its parent
@@ -51,7 +54,7 @@ sub apply {
 }
 
 sub run {
-    my ($dir, $journal_path, $seed) = @_;
+    my ($dir, $journal_path, $seed, $closes) = @_;
     open(my $journal, '>>', $journal_path) or die "open $journal_path: $!\n";
     $journal->autoflush(1);
     my $rand = $seed;
@@ -85,6 +88,7 @@ sub run {
                 $durable->();
             }
             close($h) or die "close $f: $!\n";
+            $durable->() if $closes;
             push @files, $f;
         } elsif ($pick < 75) {
             my $f = $files[$next->(scalar @files)];
@@ -98,6 +102,7 @@ sub run {
                 $durable->();
             }
             close($h) or die "close $f: $!\n";
+            $durable->() if $closes;
         } elsif ($pick < 90) {
             my $i = $next->(scalar @files);
             my $to = "${where}r$n";
@@ -196,11 +201,11 @@ sub fsync_dir {
     $h->sync or die "fsync $dir: $!\n";
 }
 
-if ($mode eq 'run' && @ARGV == 3) { run(@ARGV) }
+if ($mode eq 'run' && (@ARGV == 3 || (@ARGV == 4 && $ARGV[3] eq 'closes'))) { run(@ARGV) }
 elsif ($mode eq 'mkdir' && @ARGV == 1) {
     mkdir($ARGV[0]) or die "mkdir $ARGV[0]: $!\n";
     fsync_dir("$ARGV[0]/..");
 }
 elsif ($mode eq 'check' && @ARGV == 2) { check(@ARGV) }
 elsif ($mode eq 'digest' && @ARGV == 1) { digest(@ARGV) }
-else { die "usage: powerloss.pl run DIR JOURNAL SEED | check DIR JOURNAL | digest DIR\n" }
+else { die "usage: powerloss.pl run DIR JOURNAL SEED [closes] | check DIR JOURNAL | digest DIR | mkdir DIR\n" }

@@ -192,7 +192,7 @@ impl Lossy {
                 file.set_len(dirty.size).map_err(errno)?;
             }
         }
-        file.sync_all().map_err(errno)
+        file.sync_data().map_err(errno)
     }
 
     fn dirty_of(&mut self, ino: u64, file: &File) -> Result<&mut Dirty, i32> {

@@ -206,6 +206,14 @@ impl Lossy {
     }
 }
 
+/// Answers an operation with no result.
+fn answer(reply: ReplyEmpty, result: Result<(), i32>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// Reads up to `buf.len()` bytes at `at`, zeros past the end of the file.
 fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
     let mut done = 0;
@@ -317,20 +325,15 @@ impl Filesystem for Lossy {
             .path(parent)
             .and_then(|p| fs::remove_file(p.join(name)).map_err(errno));
         self.forget_if_gone(ino);
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .path(parent)
-            .and_then(|p| fs::remove_dir(p.join(name)).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result = self.path(parent);
+        answer(
+            reply,
+            result.and_then(|p| fs::remove_dir(p.join(name)).map_err(errno)),
+        );
     }
 
     fn rename(
@@ -373,10 +376,7 @@ impl Filesystem for Lossy {
                 self.forget_if_gone(replaced);
             }
         }
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
@@ -542,10 +542,7 @@ impl Filesystem for Lossy {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.sync_file(ino) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, self.sync_file(ino));
     }
 
     fn fallocate(
@@ -635,13 +632,11 @@ impl Filesystem for Lossy {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self
-            .path(ino)
-            .and_then(|p| File::open(p).and_then(|d| d.sync_all()).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result = self.path(ino);
+        answer(
+            reply,
+            result.and_then(|p| File::open(p).and_then(|d| d.sync_all()).map_err(errno)),
+        );
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {

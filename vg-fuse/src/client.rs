@@ -641,6 +641,15 @@ impl Client {
                 .saturating_sub(holders.len())
                 .max(1);
             let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
+            if chain.is_empty() {
+                // A placement naming no storage: nothing to send to (and `send_copies`
+                // would have no pipeline head).
+                let e = vg_wire::RemoteError::new(
+                    ErrorCode::Unavailable,
+                    format!("block {id:?}: the nameserver placed it on no storage"),
+                );
+                return Err((Error::Remote(e), false));
+            }
             let (acked, failed) = self.send_copies(id, &chain, data.clone(), sync).await;
             holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
             if holders.len() >= wanted.unwrap_or(1) {

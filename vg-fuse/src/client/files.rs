@@ -986,20 +986,6 @@ impl Files {
         }
     }
 
-    /// Whether a `close` of the file has nothing to do (nothing buffered, uploading or
-    /// uncommitted, no error to report, no sync asked on close), known without waiting:
-    /// false when the file is busy. Lets the mount answer at once, without handing the
-    /// request to another thread.
-    pub fn closes_clean(&self, ino: Ino) -> bool {
-        if self.limits.sync_on_close {
-            return false;
-        }
-        match self.get_open(ino) {
-            None => true,
-            Some(file) => file.state.try_lock().is_ok_and(|state| state.is_clean()),
-        }
-    }
-
     /// What `close` waits for: the flush, and the sync too with `--sync-on-close`.
     pub async fn close(&self, ino: Ino) -> Result<()> {
         match self.limits.sync_on_close {

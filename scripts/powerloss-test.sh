@@ -6,7 +6,9 @@
 # and every vg process are SIGKILLed at once, so that what was not synced is gone. Then
 # the cluster restarts on what survived and scripts/powerloss.pl checks that the tree is
 # what a prefix of the ops left, holding at least every op an fsync or fsyncdir covered;
-# trees of earlier rounds must be unchanged, and vgctl fsck clean. Every fifth round
+# trees of earlier rounds must be unchanged, and vgctl fsck clean. In even rounds the
+# storages' disk is slow (an fsync of their files takes effect 40 ms late), so that a
+# log record synced before the blocks it names would be caught. Every fifth round
 # mounts with --sync-on-close, and there every close counts as an fsync. A negative
 # control first shows that lossyfs does drop unsynced writes.
 #
@@ -37,9 +39,9 @@ source scripts/lib.sh
 mounted() { grep -q " $1 " /proc/mounts; }
 
 start_disk() {
-  "$lossyfs" "$backing" "$disk" >>"$log" 2>&1 &
+  LOSSYFS_SLOW_FSYNC=${slow:-} "$lossyfs" "$backing" "$disk" >>"$log" 2>&1 &
   lossy_pid=$!
-  eventually 10 mounted "$disk" || { echo "powerloss-test.sh: lossyfs did not mount; log:"; tail -n 20 "$log"; exit 1; }
+  eventually 10 mounted "$disk" || { echo "powerloss-test.sh: lossyfs did not mount; log:" >&2; tail -n 20 "$log" >&2; exit 1; }
 }
 
 # Cuts the power: lossyfs and every process of the cluster, SIGKILLed by PID.
@@ -56,7 +58,7 @@ cut() {
 
 up() {
   scripts/up.sh -n 3 -c 1GiB -b 64KiB -m "$mnt" >>"$log" 2>&1 \
-    || { echo "powerloss-test.sh: the cluster did not start; log:"; tail -n 30 "$log"; exit 1; }
+    || { echo "powerloss-test.sh: the cluster did not start; log:" >&2; tail -n 30 "$log" >&2; exit 1; }
 }
 
 cleanup() {
@@ -88,9 +90,20 @@ control() {
 check "negative control: lossyfs drops writes not fsynced, keeps the fsynced" control
 
 # One round: start, write, cut at a seeded moment, restart, check this round's tree and
-# every earlier one's.
+# every earlier one's; whatever happened, nothing of it runs afterwards.
 round() {
+  round_checks "$@"
+  local ok=$?
+  [[ -f $VG_HOME/pids ]] && scripts/down.sh >>"$log" 2>&1
+  cut
+  slow=
+  return $ok
+}
+
+round_checks() {
   local i=$1 seed=$((20261203 + $1)) closes= first=1
+  slow=
+  ((i % 2 == 0)) && slow=/data/:40
   # Every close syncs, and a sync through lossyfs costs a real fsync: a longer run.
   if ((i % 5 == 0)); then closes=closes first=4; export VG_SYNC_ON_CLOSE=true; else unset VG_SYNC_ON_CLOSE; fi
   RANDOM=$seed
@@ -108,7 +121,7 @@ round() {
   up
   local found
   found=$(perl scripts/powerloss.pl check "$mnt/w$i" "$work/journal$i") || { echo "$found"; return 1; }
-  echo "round $i${closes:+ (--sync-on-close)}: cut $first s + $delay s in; $found" | tee -a "$work/rounds"
+  echo "round $i${closes:+ (--sync-on-close)}${slow:+ (slow storage disk)}: cut $first s + $delay s in; $found" | tee -a "$work/rounds"
   perl scripts/powerloss.pl digest "$mnt/w$i" >"$work/digest$i"
   local j
   for ((j = 1; j < i; j++)); do
@@ -118,8 +131,6 @@ round() {
   # shellcheck disable=SC1091
   (source "$VG_HOME/env" && eventually 30 "$bin/vgctl" fsck >"$work/fsck" 2>&1) \
     || { cat "$work/fsck"; return 1; }
-  scripts/down.sh >>"$log" 2>&1
-  cut
 }
 
 for ((i = 1; i <= rounds; i++)); do

@@ -10,9 +10,15 @@
 //! to BACKING at once, so a test of this kind checks the order of data against names, not
 //! the journaling of directories.
 //!
+//! With `LOSSYFS_SLOW_FSYNC=TEXT:MS`, an fsync of a file whose path holds TEXT takes
+//! effect MS milliseconds after it arrives (the bytes written before it reach BACKING
+//! then; a cut before that loses them, and the fsync never returns): a slow disk under
+//! some of the files, so that a test can tell whether a program waits for the right
+//! syncs in the right order.
+//!
 //! Every open is direct I/O and attributes are never cached, so that the kernel keeps no
-//! copy of what this process will drop. One thread serves everything: this is a test
-//! tool, not a fast one.
+//! copy of what this process will drop. One thread serves everything (and one more the
+//! slow fsyncs, in order): this is a test tool, not a fast one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -33,6 +39,7 @@ const PAGE: u64 = 4096;
 const TTL: Duration = Duration::ZERO;
 
 /// A file's data written since its last sync: whole pages, and the size it has with them.
+#[derive(Clone)]
 struct Dirty {
     size: u64,
     pages: BTreeMap<u64, Vec<u8>>,
@@ -48,6 +55,47 @@ struct Lossy {
     files: HashMap<u64, (u64, File)>,
     dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
     next_fh: u64,
+    /// Paths holding this text have their fsyncs applied late, by `slow`.
+    slow_paths: Option<String>,
+    slow: std::sync::mpsc::Sender<(std::time::Instant, SlowSync)>,
+}
+
+/// An fsync applied late: the file, what was written before it, the reply.
+struct SlowSync {
+    path: PathBuf,
+    dirty: Option<Dirty>,
+    reply: ReplyEmpty,
+}
+
+/// Applies slow fsyncs in the order they came, each `delay` after it arrived.
+fn slow_syncs(jobs: std::sync::mpsc::Receiver<(std::time::Instant, SlowSync)>, delay: Duration) {
+    for (arrived, job) in jobs {
+        std::thread::sleep((arrived + delay).saturating_duration_since(std::time::Instant::now()));
+        let result = OpenOptions::new()
+            .write(true)
+            .open(&job.path)
+            .map_err(errno)
+            .and_then(|file| apply(&file, job.dirty.as_ref()));
+        answer(job.reply, result);
+    }
+}
+
+/// Writes `dirty` to `file` and syncs it.
+fn apply(file: &File, dirty: Option<&Dirty>) -> Result<(), i32> {
+    if let Some(dirty) = dirty {
+        for (&page, bytes) in &dirty.pages {
+            let at = page * PAGE;
+            if at >= dirty.size {
+                break;
+            }
+            let len = (dirty.size - at).min(PAGE) as usize;
+            file.write_all_at(&bytes[..len], at).map_err(errno)?;
+        }
+        if file.metadata().map_err(errno)?.len() < dirty.size {
+            file.set_len(dirty.size).map_err(errno)?;
+        }
+    }
+    file.sync_data().map_err(errno)
 }
 
 fn errno(e: std::io::Error) -> i32 {
@@ -179,20 +227,7 @@ impl Lossy {
     /// Applies a file's unsynced data to the backing file and syncs it there.
     fn sync_file(&mut self, ino: u64) -> Result<(), i32> {
         let file = self.open_backing(ino)?;
-        if let Some(dirty) = self.dirty.remove(&ino) {
-            for (&page, bytes) in &dirty.pages {
-                let at = page * PAGE;
-                if at >= dirty.size {
-                    break;
-                }
-                let len = (dirty.size - at).min(PAGE) as usize;
-                file.write_all_at(&bytes[..len], at).map_err(errno)?;
-            }
-            if file.metadata().map_err(errno)?.len() < dirty.size {
-                file.set_len(dirty.size).map_err(errno)?;
-            }
-        }
-        file.sync_data().map_err(errno)
+        apply(&file, self.dirty.remove(&ino).as_ref())
     }
 
     fn dirty_of(&mut self, ino: u64, file: &File) -> Result<&mut Dirty, i32> {
@@ -542,6 +577,19 @@ impl Filesystem for Lossy {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let path = match self.path(ino) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
+        };
+        let slow = self.slow_paths.as_deref();
+        if slow.is_some_and(|text| path.to_string_lossy().contains(text)) {
+            // The pages stay dirty here too: reads see them, and a cut drops them until
+            // the late fsync has written them.
+            let dirty = self.dirty.get(&ino).cloned();
+            let job = SlowSync { path, dirty, reply };
+            let _ = self.slow.send((std::time::Instant::now(), job));
+            return;
+        }
         answer(reply, self.sync_file(ino));
     }
 
@@ -683,6 +731,20 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let (slow_paths, delay) = match std::env::var("LOSSYFS_SLOW_FSYNC") {
+        Ok(spec) if !spec.is_empty() => {
+            match spec.rsplit_once(':').map(|(t, ms)| (t, ms.parse::<u64>())) {
+                Some((text, Ok(ms))) => (Some(text.to_string()), Duration::from_millis(ms)),
+                _ => {
+                    eprintln!("lossyfs: LOSSYFS_SLOW_FSYNC={spec:?}: expected TEXT:MILLISECONDS");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => (None, Duration::ZERO),
+    };
+    let (slow, jobs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || slow_syncs(jobs, delay));
     let fs = Lossy {
         backing: backing.to_path_buf(),
         root_ino,
@@ -691,6 +753,8 @@ fn main() {
         files: HashMap::new(),
         dirs: HashMap::new(),
         next_fh: 0,
+        slow_paths,
+        slow,
     };
     let options = [
         MountOption::FSName("lossyfs".into()),

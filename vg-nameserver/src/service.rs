@@ -338,8 +338,15 @@ impl Service {
             } => {
                 self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
                 debug!(ino, size, blocks = slices.len(), by = %peer.name, "file written");
+                // Blobs this client uploaded with `sync` are on disk; one the cluster
+                // already held (no holders listed) may have been acknowledged unsynced
+                // to another client moments ago, so it goes through the gate.
                 let synced: HashSet<BlockId> = match sync {
-                    true => stored.iter().map(|(id, _, _)| *id).collect(),
+                    true => stored
+                        .iter()
+                        .filter(|(_, _, holders)| !holders.is_empty())
+                        .map(|(id, _, _)| *id)
+                        .collect(),
                     false => HashSet::new(),
                 };
                 let blobs: Vec<BlockId> = slices

@@ -477,11 +477,16 @@ impl BlockStore {
         let len = data.len() as u64;
         {
             // Another upload of this block may still be writing it: acknowledging now
-            // would promise bytes not yet synced (or never, if that write fails).
+            // would promise bytes not yet written (or never, if that write fails).
             let mut busy = self.wait_settled(id);
             let mut sizes = self.sizes.lock().expect("sizes lock");
             if sizes.contains_key(id) {
-                return Ok(());
+                drop((sizes, busy));
+                // Held already, perhaps written by an upload that did not ask for a sync.
+                return match sync {
+                    true => self.wait_synced(),
+                    false => Ok(()),
+                };
             }
             let used = self.used.load(Ordering::Relaxed);
             if used + len > self.capacity {
@@ -796,6 +801,11 @@ mod tests {
                     .put_checked(&BlockId::of(bytes), bytes, false)
                     .unwrap();
             }
+            // A synced upload of a block held unsynced returns once it is on disk.
+            store
+                .put_checked(&BlockId::of(&blocks[0]), &blocks[0], true)
+                .unwrap();
+            assert_eq!(store.syncer.lock().synced, 3);
             store.wait_synced().unwrap();
             {
                 let state = store.syncer.lock();

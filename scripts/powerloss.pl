@@ -128,9 +128,16 @@ sub scan {
             $tree->{$rel} = undef;
             scan($path, $rel, $tree);
         } else {
-            open(my $f, '<:raw', $path) or die "read $rel: $!\n";
-            local $/;
-            $tree->{$rel} = <$f> // '';
+            # Every byte read, or the scan fails: a read error must not pass for a file
+            # that is shorter (or empty, as it was some ops earlier).
+            open(my $f, '<:raw', $path) or die "open $rel: $!\n";
+            my $content = '';
+            while (1) {
+                my $n = sysread($f, $content, 1 << 20, length $content);
+                defined $n or die "read $rel: $!\n";
+                last if $n == 0;
+            }
+            $tree->{$rel} = $content;
         }
     }
     return $tree;

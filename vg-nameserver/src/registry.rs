@@ -86,20 +86,32 @@ enum Unreferenced {
     /// Placed or reported, not (yet) committed: the grace period protects an upload in
     /// flight or a client slow to commit.
     Uploaded(Instant),
-    /// Its file is gone (unlinked, truncated). Kept for the grace period for a reader
-    /// that still has the file open, but reclaimed at once when placement runs out of
-    /// room: committed deletes never make a write fail.
-    Released(Instant),
-    /// Newer bytes hide it (a rewrite, a compaction): kept a few seconds for readers
-    /// holding the old layout, which load the new one when it is gone; reclaimed at once
-    /// when room is short.
-    Replaced(Instant),
+    /// Its file is gone (unlinked, truncated), by the op of the log position given. Kept
+    /// for the grace period for a reader that still has the file open, but reclaimed at
+    /// once when placement runs out of room: committed deletes never make a write fail.
+    Released(Instant, u64),
+    /// Newer bytes hide it (a rewrite, a compaction), by the op of the log position
+    /// given: kept a few seconds for readers holding the old layout, which load the new
+    /// one when it is gone; reclaimed at once when room is short.
+    Replaced(Instant, u64),
 }
 
 impl Unreferenced {
     fn since(self) -> Instant {
         match self {
-            Unreferenced::Uploaded(t) | Unreferenced::Released(t) | Unreferenced::Replaced(t) => t,
+            Unreferenced::Uploaded(t)
+            | Unreferenced::Released(t, _)
+            | Unreferenced::Replaced(t, _) => t,
+        }
+    }
+
+    /// Released by an op on disk (log position up to `durable`): deleting it can no
+    /// longer be undone by a crash that loses the op, which would bring back a layout
+    /// naming it.
+    fn released_for_good(self, durable: u64) -> bool {
+        match self {
+            Unreferenced::Uploaded(_) => false,
+            Unreferenced::Released(_, lsn) | Unreferenced::Replaced(_, lsn) => lsn <= durable,
         }
     }
 }
@@ -399,27 +411,26 @@ impl Registry {
 
     /// Blocks that just lost their last file reference, and why. A grace entry left from
     /// their upload (the periodic tick clears those of committed blocks) gives way: a
-    /// slice hidden a moment after its commit is garbage like any other.
-    pub fn released(&mut self, released: Vec<(BlockId, Release)>, now: Instant) {
+    /// slice hidden a moment after its commit is garbage like any other. `lsn`: the log
+    /// position of the op that released them.
+    pub fn released(&mut self, released: Vec<(BlockId, Release)>, now: Instant, lsn: u64) {
         for (id, why) in released {
             let state = match why {
-                Release::Dropped => Unreferenced::Released(now),
-                Release::Replaced => Unreferenced::Replaced(now),
+                Release::Dropped => Unreferenced::Released(now, lsn),
+                Release::Replaced => Unreferenced::Replaced(now, lsn),
             };
             self.unreferenced.insert(id, state);
         }
     }
 
     /// Deletes at once every released block no file references again, and counts their
-    /// space as free: run when placement finds no room. Returns the bytes freed.
-    pub fn reclaim(&mut self, refs: &HashMap<BlockId, u32>, now: Instant) -> u64 {
+    /// space as free: run when placement finds no room. Only blocks released by ops on
+    /// disk (up to log position `durable`). Returns the bytes freed.
+    pub fn reclaim(&mut self, refs: &HashMap<BlockId, u32>, now: Instant, durable: u64) -> u64 {
         let ids: Vec<BlockId> = self
             .unreferenced
             .iter()
-            .filter(|(id, u)| {
-                matches!(u, Unreferenced::Released(_) | Unreferenced::Replaced(_))
-                    && !refs.contains_key(*id)
-            })
+            .filter(|(id, u)| u.released_for_good(durable) && !refs.contains_key(*id))
             .map(|(id, _)| *id)
             .collect();
         let mut freed = 0;
@@ -453,7 +464,7 @@ impl Registry {
     fn garbage_blocks(&self) -> impl Iterator<Item = &Block> + '_ {
         self.unreferenced
             .iter()
-            .filter(|(_, u)| matches!(u, Unreferenced::Released(_) | Unreferenced::Replaced(_)))
+            .filter(|(_, u)| !matches!(u, Unreferenced::Uploaded(_)))
             .filter_map(|(id, _)| self.blocks.get(id))
     }
 
@@ -544,8 +555,10 @@ impl Registry {
     }
 
     /// Periodic work: declare silent storages down, schedule copies of under-replicated
-    /// blocks, deletion of extra copies and of unreferenced blocks past the grace period.
-    pub fn tick(&mut self, refs: &HashMap<BlockId, u32>, now: Instant) {
+    /// blocks, deletion of extra copies and of unreferenced blocks past the grace period
+    /// (those a file released, once the op that did is on disk: up to log position
+    /// `durable`).
+    pub fn tick(&mut self, refs: &HashMap<BlockId, u32>, now: Instant, durable: u64) {
         for storage in &mut self.storages {
             if storage.state != StorageState::Down
                 && now.duration_since(storage.last_seen) > self.policy.heartbeat_timeout
@@ -610,8 +623,10 @@ impl Registry {
             .iter()
             .filter(|(id, u)| {
                 let grace = match u {
-                    Unreferenced::Uploaded(_) | Unreferenced::Released(_) => self.policy.gc_grace,
-                    Unreferenced::Replaced(_) => self.policy.replace_grace(),
+                    Unreferenced::Uploaded(_) => self.policy.gc_grace,
+                    _ if !u.released_for_good(durable) => return false,
+                    Unreferenced::Released(..) => self.policy.gc_grace,
+                    Unreferenced::Replaced(..) => self.policy.replace_grace(),
                 };
                 !refs.contains_key(*id) && now.duration_since(u.since()) >= grace
             })
@@ -801,7 +816,7 @@ mod tests {
     fn dedup_when_already_replicated() {
         let now = Instant::now();
         let mut reg = cluster(&["a", "b"], now);
-        reg.released(dropped(&[id(1)]), t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         assert!(reg.place(id(1), 10, &[], true, now).unwrap().stored);
     }
@@ -816,7 +831,7 @@ mod tests {
             reg.place(id(n), 40, &[], false, t0).unwrap();
             reg.stored(id(n), 40, &["a".into(), "b".into()]);
         }
-        reg.released(dropped(&[id(1), id(2)]), t0);
+        reg.released(dropped(&[id(1), id(2)]), t0, 7);
         reg.place(id(3), 10, &[], false, t0).unwrap();
         reg.stored(id(3), 10, &["a".into(), "b".into()]);
         reg.heartbeat("a", 90, &[], &[], &[], t0);
@@ -825,9 +840,12 @@ mod tests {
         assert!(reg.status().iter().all(|s| s.garbage == 80));
         let e = reg.place(id(4), 50, &[], false, t0).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSpace);
+        // Not while the op that released them is not on disk: a crash could bring back
+        // the layout naming them.
+        assert_eq!(reg.reclaim(&HashMap::new(), t0, 6), 0);
         // Reclaiming frees what released blocks hold, and placement counts it at once,
         // though the storages' heartbeats report it used until they delete.
-        assert_eq!(reg.reclaim(&HashMap::new(), t0), 160);
+        assert_eq!(reg.reclaim(&HashMap::new(), t0, 7), 160);
         assert!(reg.place(id(4), 50, &[], false, t0).is_ok());
         let cmds = reg.heartbeat("a", 90, &[], &[], &[], t0);
         assert!(
@@ -840,20 +858,25 @@ mod tests {
         // Without pressure, a replaced block goes after a few seconds; an upload stays.
         // One whose file is gone keeps the grace period (a reader may have it open).
         reg.stored(id(4), 50, &["a".into(), "b".into()]);
-        reg.released(replaced(&[id(4)]), t0);
+        reg.released(replaced(&[id(4)]), t0, 8);
         reg.place(id(5), 1, &[], false, t0).unwrap();
         reg.stored(id(5), 1, &["a".into(), "b".into()]);
-        reg.released(dropped(&[id(5)]), t0);
+        reg.released(dropped(&[id(5)]), t0, 1);
         let later = t0 + REPLACE_GRACE;
         reg.heartbeat("a", 60, &[], &[], &[], later);
         reg.heartbeat("b", 60, &[], &[], &[], later);
-        reg.tick(&HashMap::new(), later);
+        reg.tick(&HashMap::new(), later, 7);
+        assert!(
+            reg.has_any_location(&id(4)),
+            "collected before its release is on disk"
+        );
+        reg.tick(&HashMap::new(), later, 8);
         assert!(!reg.has_any_location(&id(4)));
         assert!(reg.has_any_location(&id(3)));
         assert!(reg.has_any_location(&id(5)));
         // A deletion b never reports stops counting as free after a while.
         assert_eq!(reg.storage(b).deleting_bytes, 80);
-        reg.tick(&HashMap::new(), t0 + Duration::from_secs(11));
+        reg.tick(&HashMap::new(), t0 + Duration::from_secs(11), u64::MAX);
         assert_eq!(reg.storage(b).deleting_bytes, 0);
     }
 
@@ -861,7 +884,7 @@ mod tests {
     fn down_storage_triggers_copy_and_gc_after_grace() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.released(dropped(&[id(1)]), t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         // id(2) was uploaded and never committed: the grace period of uploads protects it.
         reg.place(id(2), 10, &[], false, t0_of(&reg)).unwrap();
@@ -870,7 +893,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(6);
         reg.heartbeat("b", 10, &[], &[], &[], t1);
         reg.heartbeat("c", 10, &[], &[], &[], t1);
-        reg.tick(&refs, t1);
+        reg.tick(&refs, t1, u64::MAX);
         assert_eq!(reg.storage(reg.slots["a"]).state, StorageState::Down);
         // id(1) lives only on b now: c is asked to copy it from b.
         let cmds = reg.heartbeat("c", 10, &[], &[], &[], t1);
@@ -882,11 +905,11 @@ mod tests {
         let t2 = t1 + Duration::from_secs(4);
         reg.heartbeat("b", 10, &[], &[], &[], t2);
         reg.heartbeat("c", 10, &[(id(1), 10)], &[], &[], t2);
-        reg.tick(&refs, t2);
+        reg.tick(&refs, t2, u64::MAX);
         let t3 = t2 + Duration::from_secs(4);
         reg.heartbeat("b", 10, &[], &[], &[], t3);
         reg.heartbeat("c", 10, &[], &[], &[], t3);
-        reg.tick(&refs, t3 + Duration::from_secs(3));
+        reg.tick(&refs, t3 + Duration::from_secs(3), u64::MAX);
         let cmds = reg.heartbeat("c", 10, &[], &[], &[], t3 + Duration::from_secs(3));
         assert!(
             matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(2)]),
@@ -905,7 +928,7 @@ mod tests {
         let t0 = Instant::now();
         let mut reg = cluster(&["a"], t0);
         let refs = HashMap::from([(id(1), 1)]);
-        reg.released(dropped(&[id(3)]), t0);
+        reg.released(dropped(&[id(3)]), t0, 1);
         let later = t0 + Duration::from_secs(20);
         let delete = reg
             .report("a", &[(id(1), 5), (id(2), 5), (id(3), 5)], &refs, later)
@@ -923,9 +946,9 @@ mod tests {
         let none = HashMap::new();
         reg.place(id(1), 10, &[], false, t0).unwrap();
         reg.place(id(2), 10, &[], false, t0).unwrap();
-        reg.released(dropped(&[id(1)]), t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into()]);
-        reg.released(dropped(&[id(2)]), t0_of(&reg));
+        reg.released(dropped(&[id(2)]), t0_of(&reg), 1);
         reg.stored(id(2), 10, &["a".into()]);
         let t1 = t0 + Duration::from_secs(4);
         reg.heartbeat("a", 0, &[], &[], &[], t1);
@@ -934,7 +957,7 @@ mod tests {
         let t2 = t0 + Duration::from_secs(10);
         reg.heartbeat("a", 0, &[], &[], &[], t2);
         reg.heartbeat("b", 0, &[], &[], &[], t2);
-        reg.tick(&none, t0 + Duration::from_secs(11));
+        reg.tick(&none, t0 + Duration::from_secs(11), u64::MAX);
         assert_eq!(reg.live_locations(&id(1)).len(), 1, "kept block survives");
         assert!(
             reg.live_locations(&id(2)).is_empty(),
@@ -949,9 +972,9 @@ mod tests {
     fn extra_copies_are_removed() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.released(dropped(&[id(1)]), t0_of(&reg));
+        reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into(), "b".into(), "c".into()]);
-        reg.tick(&HashMap::from([(id(1), 1)]), t0);
+        reg.tick(&HashMap::from([(id(1), 1)]), t0, u64::MAX);
         assert_eq!(reg.live_locations(&id(1)).len(), 2);
     }
 
@@ -964,7 +987,7 @@ mod tests {
         let later = t0 + Duration::from_secs(11);
         reg.heartbeat("a", 0, &[], &[], &[], later);
         reg.heartbeat("b", 0, &[], &[], &[], later);
-        reg.tick(&HashMap::new(), later);
+        reg.tick(&HashMap::new(), later, u64::MAX);
         assert!(!reg.blocks.contains_key(&id(1)));
         assert!(reg.heartbeat("a", 0, &[], &[], &[], later).is_empty());
     }
@@ -973,7 +996,7 @@ mod tests {
     fn reregistering_forgets_the_old_block_list_and_keeps_counts() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
-        reg.released(dropped(&[id(1), id(2)]), t0);
+        reg.released(dropped(&[id(1), id(2)]), t0, 1);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         reg.stored(id(2), 10, &["a".into()]);
         let blocks = |reg: &Registry, name: &str| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::ns::{ClusterStatus, Layout, Request, Response, StatFs, Stored};
+use vg_wire::ns::{ClusterStatus, Layout, Placement, Request, Response, StatFs, Stored};
 use vg_wire::rpc::{read_end, respond, Dialer, Peer, Target};
 use vg_wire::{codec, storage, BlockId, Ino, Location, Role, SetTime, Slice, Timestamp};
 
@@ -111,8 +111,9 @@ impl Service {
         loop {
             interval.tick().await;
             let mut state = self.state.lock().expect("state lock");
-            let State { ns, registry, .. } = &mut *state;
-            registry.tick(ns.refs(), Instant::now());
+            let State { ns, registry, wal } = &mut *state;
+            let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
+            registry.tick(ns.refs(), Instant::now(), durable);
         }
     }
 
@@ -312,17 +313,11 @@ impl Service {
                         ),
                     );
                 }
-                let mut state = self.lock();
-                let State { ns, registry, .. } = &mut *state;
-                let referenced = ns.refs().contains_key(&id);
-                let placed = registry.place(id, len, &exclude, referenced, Instant::now());
-                let placed = match placed {
-                    // Space that committed deletes freed is taken back before a write fails.
-                    Err(e)
-                        if e.code == ErrorCode::NoSpace
-                            && registry.reclaim(ns.refs(), Instant::now()) > 0 =>
-                    {
-                        registry.place(id, len, &exclude, referenced, Instant::now())
+                let placed = match self.place(id, len, &exclude) {
+                    // Deletes not yet on disk free nothing: once they are, try again.
+                    Err(e) if e.code == ErrorCode::NoSpace => {
+                        self.sync().await?;
+                        self.place(id, len, &exclude)
                     }
                     other => other,
                 };
@@ -480,6 +475,24 @@ impl Service {
         }
     }
 
+    /// Chooses storages for a new block; when none has room, first takes back the space
+    /// of blocks that committed deletes released (those whose op is on disk).
+    fn place(&self, id: BlockId, len: u32, exclude: &[String]) -> Result<Placement, RemoteError> {
+        let mut state = self.lock();
+        let State { ns, registry, wal } = &mut *state;
+        let referenced = ns.refs().contains_key(&id);
+        match registry.place(id, len, exclude, referenced, Instant::now()) {
+            Err(e) if e.code == ErrorCode::NoSpace => {
+                let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
+                match registry.reclaim(ns.refs(), Instant::now(), durable) > 0 {
+                    true => registry.place(id, len, exclude, referenced, Instant::now()),
+                    false => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Answers once every change acknowledged so far is on disk.
     async fn sync(&self) -> Answer {
         let (lsn, waiter) = {
@@ -543,7 +556,7 @@ impl Service {
                     }
                 }
             }
-            registry.released(ns.take_released(), Instant::now());
+            registry.released(ns.take_released(), Instant::now(), lsn.unwrap_or(0));
             if wal.wants_snapshot(self.snapshot_bytes) {
                 if let Err(e) = wal.snapshot(ns) {
                     tracing::error!(error = %e, "snapshot failed; the log keeps growing");

@@ -21,13 +21,16 @@
 //! requests). Both yield once first, so that the other requests ready to run append too
 //! and N concurrent operations cost one write and one sync.
 //!
-//! Syncing: a task of the log's own syncs whatever has been written, starting again as
+//! Syncing: a thread of the log's own syncs whatever has been written, starting again as
 //! soon as a sync ends if more was written meanwhile (group commit), so that the records
 //! at risk from a power loss are those of one sync interval. A record that names blocks
 //! storages acknowledged before syncing them must not reach the disk before they do, or
 //! a power loss would leave a layout naming a block that is gone: an append says which
-//! storages it depends on ([`Wal::append_after`]), and before each sync the task has the
-//! [`Gate`] (the service) ask those storages to sync.
+//! storages it depends on ([`Wal::append_after`]), and such a record (with every record
+//! appended behind it) is not written to the file until the thread has had the [`Gate`]
+//! (the service) ask those storages to sync. Not merely synced after the gate: an
+//! `fdatasync` takes whatever the file holds, records written while the gate ran
+//! included, and so may the kernel's writeback at any moment.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -36,7 +39,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{info, warn};
@@ -111,15 +113,23 @@ fn allocate(file: &File, size: u64) -> std::io::Result<()> {
 }
 
 struct Pending {
+    /// Records appended and not yet written, in LSN order.
     buf: Vec<u8>,
+    /// LSN of the last record appended.
     last_lsn: u64,
-    /// Storages whose blocks the records in `buf` name, not known to be synced.
+    /// Storages whose blocks the records in `buf` name, not known to be synced. While
+    /// there are any, `buf` is not written: the sync thread writes it once the gate
+    /// passed.
     needs: BTreeSet<String>,
+    /// The sync thread took records for the gate and has not written them yet: the
+    /// records appended since wait behind them.
+    gating: bool,
 }
 
 /// Makes storages sync what they acknowledged (by name); resolves to true once they did,
 /// or are no longer there to ask, and to false if the nameserver is stopping (then the
-/// log is synced no more: its records might name blocks that are not on disk).
+/// records waiting for it are never written: they might name blocks that are not on
+/// disk, and their callers were not answered).
 pub type Gate =
     Arc<dyn Fn(BTreeSet<String>) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
@@ -127,51 +137,55 @@ struct Shared {
     /// Lock order: `file`, then `pending`. Whoever holds `file` is the one writing.
     file: Mutex<LogFile>,
     pending: Mutex<Pending>,
-    /// Highest LSN handed to the OS.
-    written: AtomicU64,
-    /// Storages the written records depend on, for the next sync's gate.
-    needs: Mutex<BTreeSet<String>>,
-    /// The sync thread is running the gate for needs it took.
-    gating: AtomicBool,
+    /// Highest LSN handed to the OS, watched by those who wait for it.
+    written: tokio::sync::watch::Sender<u64>,
     /// Highest LSN on disk, watched by those who wait for it.
     durable: tokio::sync::watch::Sender<u64>,
     /// Set when a write or fsync failed: nothing more can be acknowledged.
     failed: Mutex<Option<String>>,
     /// Wakes the sync thread: something was written (or the log was dropped).
     wake: Arc<Wake>,
+    /// Wakes the gate task: records wait for the gate (or the log was dropped).
+    gate_wake: Arc<tokio::sync::Notify>,
     gate: Mutex<Option<Gate>>,
 }
 
 impl Shared {
-    /// Writes everything appended so far, and wakes the sync thread.  The buffer is taken
-    /// under the file lock, so records reach the file in LSN order whoever writes.
+    /// Writes the records appended so far and wakes the sync thread; or, if they wait
+    /// for the gate, wakes the gate task.
     fn write_out(&self) {
         let mut file = self.file.lock().expect("wal file lock");
-        if self.failed.lock().expect("wal lock").is_some() {
-            return;
-        }
-        let (buf, lsn, needs) = {
+        let (buf, lsn) = {
             let mut pending = self.pending.lock().expect("wal lock");
-            let needs = std::mem::take(&mut pending.needs);
-            (std::mem::take(&mut pending.buf), pending.last_lsn, needs)
+            if !pending.needs.is_empty() || pending.gating {
+                drop(pending);
+                return self.gate_wake.notify_one();
+            }
+            (std::mem::take(&mut pending.buf), pending.last_lsn)
         };
-        if buf.is_empty() {
-            return;
+        if !buf.is_empty() {
+            self.write(&mut file, &buf, lsn);
+            self.wake.set();
         }
-        if let Err(e) = file.write(&buf) {
-            self.fail("write", e);
-            return;
-        }
-        // Needs first: the sync thread reads `written`, then takes the needs.
-        self.needs.lock().expect("wal lock").extend(needs);
-        self.written.store(lsn, Ordering::Release);
-        self.wake.set();
     }
 
-    fn fail(&self, what: &str, e: std::io::Error) {
+    /// Writes `buf`, the oldest records not written yet, ending with LSN `lsn`. The
+    /// caller holds the file lock, so records reach the file in LSN order.
+    fn write(&self, file: &mut LogFile, buf: &[u8], lsn: u64) {
+        if buf.is_empty() || self.check().is_err() {
+            return;
+        }
+        match file.write(buf) {
+            Ok(()) => self.written.send_modify(|w| *w = (*w).max(lsn)),
+            Err(e) => self.fail("write", &e),
+        }
+    }
+
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) {
         tracing::error!(error = %e, "write-ahead log {what} failed; refusing further changes");
         *self.failed.lock().expect("wal lock") = Some(format!("{what}: {e}"));
         // Wakes the waiters, who then see the failure.
+        self.written.send_modify(|_| {});
         self.durable.send_modify(|_| {});
     }
 
@@ -185,43 +199,68 @@ impl Shared {
         }
     }
 
+    /// The gate task: whenever records wait for the gate, takes them, has the storages
+    /// they depend on sync, then writes them (and what was appended behind them, unless
+    /// that waits for the gate too). A task on the nameserver's runtime, where the gate
+    /// talks to storages, running beside the sync thread: a commit waits for its
+    /// storages, not for the log's sync of earlier records too. Ends when the log is
+    /// dropped, or the gate gives up (the nameserver is stopping).
+    async fn gate_loop(shared: std::sync::Weak<Shared>, notified: Arc<tokio::sync::Notify>) {
+        loop {
+            notified.notified().await;
+            loop {
+                let Some(this) = shared.upgrade() else {
+                    return;
+                };
+                let (buf, lsn, needs) = {
+                    let mut pending = this.pending.lock().expect("wal lock");
+                    if pending.needs.is_empty() || this.check().is_err() {
+                        break;
+                    }
+                    pending.gating = true;
+                    let needs = std::mem::take(&mut pending.needs);
+                    (std::mem::take(&mut pending.buf), pending.last_lsn, needs)
+                };
+                let gate = this.gate.lock().expect("wal lock").clone();
+                if let Some(gate) = gate {
+                    if !gate(needs).await {
+                        return this.fail("gate", &"the nameserver is stopping");
+                    }
+                }
+                let mut file = this.file.lock().expect("wal file lock");
+                this.write(&mut file, &buf, lsn);
+                let mut pending = this.pending.lock().expect("wal lock");
+                pending.gating = false;
+                if pending.needs.is_empty() {
+                    let (rest, lsn) = (std::mem::take(&mut pending.buf), pending.last_lsn);
+                    drop(pending);
+                    this.write(&mut file, &rest, lsn);
+                }
+                drop(file);
+                this.wake.set();
+            }
+        }
+    }
+
     /// The sync thread: syncs what was written, again and again while more is written,
     /// through its own descriptor and without the file lock, so that writers do not wait
     /// for the disk. A thread of its own rather than a task handing each sync to tokio's
     /// blocking pool: that cost two wake-ups per sync, one of them the request thread's.
-    /// The gate, which talks to storages, runs on the nameserver's runtime. Ends when the
-    /// log is dropped.
-    fn sync_loop(
-        shared: std::sync::Weak<Shared>,
-        wake: Arc<Wake>,
-        file: File,
-        runtime: tokio::runtime::Handle,
-    ) {
+    /// Ends when the log is dropped.
+    fn sync_loop(shared: std::sync::Weak<Shared>, wake: Arc<Wake>, file: File) {
         loop {
             wake.wait();
             loop {
                 let Some(this) = shared.upgrade() else {
                     return;
                 };
-                let written = this.written.load(Ordering::Acquire);
+                let written = *this.written.borrow();
                 if *this.durable.borrow() >= written || this.check().is_err() {
                     break;
                 }
-                let needs = {
-                    let mut needs = this.needs.lock().expect("wal lock");
-                    this.gating.store(!needs.is_empty(), Ordering::Release);
-                    std::mem::take(&mut *needs)
-                };
-                let gate = this.gate.lock().expect("wal lock").clone();
-                if let (false, Some(gate)) = (needs.is_empty(), gate) {
-                    if !runtime.block_on(gate(needs)) {
-                        return;
-                    }
-                }
-                this.gating.store(false, Ordering::Release);
                 match file.sync_data() {
                     Ok(()) => this.durable.send_modify(|d| *d = (*d).max(written)),
-                    Err(e) => this.fail("fsync", e),
+                    Err(e) => this.fail("fsync", &e),
                 }
             }
         }
@@ -383,22 +422,23 @@ impl Wal {
                 buf: Vec::new(),
                 last_lsn,
                 needs: BTreeSet::new(),
+                gating: false,
             }),
-            written: AtomicU64::new(last_lsn),
-            needs: Mutex::default(),
-            gating: AtomicBool::new(false),
+            written: tokio::sync::watch::Sender::new(last_lsn),
             durable: tokio::sync::watch::Sender::new(last_lsn),
             failed: Mutex::new(None),
             wake: Arc::default(),
+            gate_wake: Arc::default(),
             gate: Mutex::new(None),
         });
         {
             let (weak, wake) = (Arc::downgrade(&shared), shared.wake.clone());
-            let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("wal-sync".into())
-                .spawn(move || Shared::sync_loop(weak, wake, sync_file, runtime))
+                .spawn(move || Shared::sync_loop(weak, wake, sync_file))
                 .map_err(io_err("start the log's sync thread"))?;
+            let (weak, wake) = (Arc::downgrade(&shared), shared.gate_wake.clone());
+            tokio::spawn(Shared::gate_loop(weak, wake));
         }
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -458,6 +498,11 @@ impl Wal {
         Ok(lsn)
     }
 
+    /// The LSN of the last record on disk.
+    pub fn durable_lsn(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+
     /// The LSN of the last record appended.
     pub fn last_lsn(&self) -> u64 {
         self.next_lsn - 1
@@ -480,10 +525,8 @@ impl Wal {
 
     /// Whether some record appended names blobs the gate has not yet had synced.
     fn blobs_unsynced(&self) -> bool {
-        let shared = &self.shared;
-        !shared.pending.lock().expect("wal lock").needs.is_empty()
-            || !shared.needs.lock().expect("wal lock").is_empty()
-            || shared.gating.load(Ordering::Acquire)
+        let pending = self.shared.pending.lock().expect("wal lock");
+        !pending.needs.is_empty() || pending.gating
     }
 
     /// Writes a snapshot of `ns` (which reflects every appended op) and empties the log.
@@ -514,7 +557,7 @@ impl Wal {
         let mut pending = self.shared.pending.lock().expect("wal lock");
         pending.buf.clear();
         file.clear().map_err(io_err("truncate wal"))?;
-        self.shared.written.store(lsn, Ordering::Release);
+        self.shared.written.send_modify(|w| *w = (*w).max(lsn));
         self.shared.durable.send_modify(|d| *d = (*d).max(lsn));
         drop(pending);
         drop(file);
@@ -531,11 +574,13 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        // Records whose callers went away unacknowledged: harmless to keep. Not synced
-        // here: the storages they may name could not be asked first.
+        // Records whose callers went away unacknowledged: harmless to keep, but not those
+        // waiting for the gate (the storages they name could not be asked), and none is
+        // synced here.
         self.shared.write_out();
-        // The sync thread ends once it finds the log gone.
+        // The sync thread and the gate task end once they find the log gone.
         self.shared.wake.set();
+        self.shared.gate_wake.notify_one();
     }
 }
 
@@ -548,30 +593,31 @@ impl DurableWaiter {
     /// Resolves once `lsn` is on disk (the sync thread syncs it after the storages it
     /// depends on); fails if the log can no longer be written.
     pub async fn wait(self, lsn: u64) -> Result<()> {
+        self.until(&self.shared.durable, lsn).await
+    }
+
+    /// Resolves once `lsn` is written to the log file (the sync thread then syncs it; a
+    /// record naming blocks storages have not synced is written once they have); fails
+    /// if the log can no longer be written.
+    pub async fn written(self, lsn: u64) -> Result<()> {
+        self.until(&self.shared.written, lsn).await
+    }
+
+    async fn until(&self, mark: &tokio::sync::watch::Sender<u64>, lsn: u64) -> Result<()> {
         tokio::task::yield_now().await;
-        if self.shared.written.load(Ordering::Acquire) < lsn {
+        if *self.shared.written.borrow() < lsn {
             self.shared.write_out();
         }
-        let mut durable = self.shared.durable.subscribe();
+        let mut mark = mark.subscribe();
         loop {
             self.shared.check()?;
-            if *durable.borrow_and_update() >= lsn {
+            if *mark.borrow_and_update() >= lsn {
                 return Ok(());
             }
-            if durable.changed().await.is_err() {
+            if mark.changed().await.is_err() {
                 return self.shared.check();
             }
         }
-    }
-
-    /// Resolves once `lsn` is written to the log file (the sync thread then syncs it);
-    /// fails if the log can no longer be written.
-    pub async fn written(self, lsn: u64) -> Result<()> {
-        tokio::task::yield_now().await;
-        if self.shared.written.load(Ordering::Acquire) < lsn {
-            self.shared.write_out();
-        }
-        self.shared.check()
     }
 }
 
@@ -632,7 +678,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_record_naming_unsynced_blocks_is_synced_only_after_the_gate() {
+    async fn a_record_naming_unsynced_blocks_reaches_the_file_only_after_the_gate() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, mut ns, _) = Wal::open(dir.path()).unwrap();
         let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
@@ -649,22 +695,46 @@ mod tests {
             })
         };
         wal.set_gate(gate);
+        let in_file = || {
+            let bytes = std::fs::read(dir.path().join("wal")).unwrap();
+            parse_records(&bytes).0.len()
+        };
+        // One record written and synced before: an fdatasync while the gate runs would
+        // take whatever the file holds.
+        let op = mkdir_op(&ns, "before");
+        ns.apply(&op).unwrap();
+        let lsn = wal.append(&op).unwrap();
+        wal.waiter().wait(lsn).await.unwrap();
         let op = mkdir_op(&ns, "a");
         ns.apply(&op).unwrap();
-        let lsn = wal.append_after(&op, ["s1".to_string()]).unwrap();
-        wal.waiter().written(lsn).await.unwrap();
+        let gated = wal.append_after(&op, ["s1".to_string()]).unwrap();
+        let first = tokio::spawn(wal.waiter().written(gated));
         let needs = asked.recv().await.unwrap();
         assert_eq!(needs.into_iter().collect::<Vec<_>>(), ["s1"]);
-        let durable = tokio::spawn(wal.waiter().wait(lsn));
+        // A record appended behind it, naming no blocks, waits behind it.
+        let op = mkdir_op(&ns, "b");
+        ns.apply(&op).unwrap();
+        let behind = wal.append(&op).unwrap();
+        let second = tokio::spawn(wal.waiter().written(behind));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!durable.is_finished(), "synced before the storages were");
-        assert_eq!(*wal.shared.durable.borrow(), 0);
+        assert!(
+            !first.is_finished() && !second.is_finished(),
+            "acknowledged before the gate"
+        );
+        assert_eq!(
+            in_file(),
+            1,
+            "a record reached the file before the storages synced"
+        );
         assert!(!wal.wants_snapshot(0), "a snapshot would skip the gate");
         release.add_permits(1);
-        durable.await.unwrap().unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        wal.waiter().wait(behind).await.unwrap();
+        assert_eq!(in_file(), 3);
         assert!(wal.wants_snapshot(0));
         // A record naming no blocks does not ask anyone.
-        let op = mkdir_op(&ns, "b");
+        let op = mkdir_op(&ns, "c");
         ns.apply(&op).unwrap();
         let lsn = wal.append(&op).unwrap();
         wal.waiter().wait(lsn).await.unwrap();

@@ -31,6 +31,11 @@ mkdir -p "$backing" "$disk" "$mnt"
 export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/home VG_DATA=$disk
 VG_NS_PORT=$((20000 + RANDOM % 20000))
 export VG_NS_PORT VG_HEARTBEAT_TIMEOUT=3s
+# A power cut reboots the machine: the nameserver tells a power loss from a crash of
+# its process by the boot id, which each cut changes.
+export VG_BOOT_ID_FILE=$work/boot_id
+new_boot() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$VG_BOOT_ID_FILE"; }
+new_boot
 lossy_pid=
 
 # shellcheck source=scripts/lib.sh
@@ -53,6 +58,7 @@ cut() {
   fi
   [[ -n $lossy_pid ]] && wait "$lossy_pid" 2>/dev/null
   lossy_pid=
+  new_boot
   for m in "$mnt" "$disk"; do mounted "$m" && umount -l "$m"; done
 }
 

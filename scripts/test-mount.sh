@@ -150,6 +150,21 @@ exclusive() {
 }
 check "O_EXCL refuses an existing file" exclusive
 
+# A name over 255 bytes is ENAMETOOLONG for every call, also in a directory whose listing
+# the mount has cached (where "absent" would be ENOENT).
+long_names() {
+  local ok long op err
+  ok=$(printf 'a%.0s' {1..255}) long=$(printf 'b%.0s' {1..256})
+  mkdir "$mnt/names" && touch "$mnt/names/$ok" && ls "$mnt/names" >/dev/null || return 1
+  for op in stat touch mkdir rm "truncate -s 0" "mv $mnt/names/$ok"; do
+    # shellcheck disable=SC2086
+    err=$($op "$mnt/names/$long" 2>&1) && { echo "$op of a 256-byte name succeeded"; return 1; }
+    [[ $err == *"File name too long"* ]] || { echo "$op: $err"; return 1; }
+  done
+  [[ -f $mnt/names/$ok ]] && rm -r "$mnt/names"
+}
+check "a name over 255 bytes: ENAMETOOLONG for stat, create, mkdir, rm, truncate, mv" long_names
+
 parallel_handles() {
   local i
   head -c $((4 * block)) /dev/zero >"$src/par" && cp "$src/par" "$mnt/par" || return 1

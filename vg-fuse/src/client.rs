@@ -193,6 +193,10 @@ impl Client {
 
     /// What the entry cache alone knows of `name` in `parent` (none without a cache).
     pub fn cached_lookup(&self, parent: Ino, name: &[u8]) -> Option<Cached> {
+        // Not "absent": too long (`lookup` says so).
+        if name.len() > vg_wire::MAX_NAME_LEN {
+            return None;
+        }
         self.cache(|c| c.lookup(parent, name))
     }
 
@@ -209,6 +213,7 @@ impl Client {
 
     /// Attributes of `name` in directory `parent`; from the entry cache when it knows.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        vg_wire::check_name_len(name).map_err(Error::Remote)?;
         match self.cached_lookup(parent, name) {
             Some(Cached::Found(attr, _)) => return Ok(attr),
             Some(Cached::Absent) => return Err(not_found(name)),

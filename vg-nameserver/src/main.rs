@@ -35,6 +35,14 @@ struct Args {
     /// the background; fsync waits for the sync) or `strict` (every reply after its sync).
     #[arg(long, env = "VG_DURABILITY", default_value = "written")]
     durability: vg_nameserver::Durability,
+    /// The file naming the machine's boot; tests of power loss point it elsewhere.
+    #[arg(
+        long,
+        env = "VG_BOOT_ID_FILE",
+        default_value = "/proc/sys/kernel/random/boot_id",
+        hide = true
+    )]
+    boot_id_file: PathBuf,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
     /// Log to this file instead of stderr.
@@ -71,6 +79,8 @@ async fn run() -> anyhow::Result<()> {
     config.block_size = block_size;
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.gc_grace = args.gc_grace;
+    config.durability = args.durability;
+    config.boot_id_file = args.boot_id_file;
     let mut handle = vg_nameserver::start(config)
         .await
         .context("start nameserver")?;

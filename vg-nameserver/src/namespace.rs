@@ -12,7 +12,8 @@ use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::Name;
 use vg_wire::slices::{self, MAX_SLICES};
 use vg_wire::{
-    check_name, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, Slice, Timestamp, ROOT_INO,
+    check_name, check_name_len, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, Slice, Timestamp,
+    ROOT_INO,
 };
 
 use crate::error::refuse;
@@ -139,6 +140,10 @@ pub enum Op {
         merged: Vec<Slice>,
         block_size: u32,
     },
+    /// Not a change: the log's mark that the records before it up to a position passed
+    /// the gate, written while the machine ran boot `boot` (see `wal`). Last, so that
+    /// logs written before it decode unchanged.
+    Mark { boot: [u8; 16] },
 }
 
 /// Why a blob lost its last reference: readers of an open file may still want a blob
@@ -298,11 +303,13 @@ impl Namespace {
                     format!("inode {parent}: Not a directory"),
                 ),
             },
-            _ => self
-                .dir_entries(parent)?
-                .get(name)
-                .copied()
-                .ok_or_else(|| not_found(show(name))),
+            _ => {
+                check_name_len(name)?;
+                self.dir_entries(parent)?
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| not_found(show(name)))
+            }
         }
     }
 
@@ -672,6 +679,7 @@ impl Namespace {
                 }
                 Ok(ino)
             }
+            Op::Mark { .. } => refuse(ErrorCode::Invalid, "a log mark changes nothing"),
         }
     }
 

@@ -43,15 +43,17 @@ pub struct Service {
 impl Service {
     /// Recovers the namespace from the metadata directory.
     pub fn open(config: &Config, dialer: Dialer) -> crate::Result<Self> {
-        let (mut wal, ns, recovery) = Wal::open(&config.meta_dir)?;
+        let boot = crate::wal::boot_id(&config.boot_id_file)?;
+        let (mut wal, ns, recovery) = Wal::open(&config.meta_dir, boot)?;
         info!(
             snapshot_lsn = recovery.snapshot_lsn,
             replayed = recovery.replayed,
             dropped_bytes = recovery.dropped_bytes,
+            unmarked = recovery.unmarked,
             inodes = ns.len(),
             "metadata recovered"
         );
-        if recovery.replayed > 0 || recovery.dropped_bytes > 0 {
+        if recovery.replayed > 0 || recovery.dropped_bytes > 0 || recovery.unmarked > 0 {
             wal.snapshot(&ns)?;
         }
         let policy = Policy {
@@ -490,6 +492,27 @@ impl Service {
                 }
             }
             other => other,
+        }
+    }
+
+    /// Waits (at most `within`) until every change acknowledged so far is marked and on
+    /// disk: what a clean stop does while the storages can still be asked to sync, so
+    /// that a reboot after it keeps everything.
+    pub async fn settle(&self, within: Duration) {
+        let Some((lsn, waiter)) = self
+            .lock()
+            .wal
+            .as_ref()
+            .map(|wal| (wal.last_lsn(), wal.waiter()))
+        else {
+            return;
+        };
+        match tokio::time::timeout(within, waiter.wait(lsn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "log not synced at stop"),
+            Err(_) => warn!(
+                "log not synced at stop: storages did not answer; a reboot now would drop the last changes"
+            ),
         }
     }
 

@@ -24,13 +24,16 @@
 //! Syncing: a thread of the log's own syncs whatever has been written, starting again as
 //! soon as a sync ends if more was written meanwhile (group commit), so that the records
 //! at risk from a power loss are those of one sync interval. A record that names blocks
-//! storages acknowledged before syncing them must not reach the disk before they do, or
-//! a power loss would leave a layout naming a block that is gone: an append says which
-//! storages it depends on ([`Wal::append_after`]), and such a record (with every record
-//! appended behind it) is not written to the file until the thread has had the [`Gate`]
-//! (the service) ask those storages to sync. Not merely synced after the gate: an
-//! `fdatasync` takes whatever the file holds, records written while the gate ran
-//! included, and so may the kernel's writeback at any moment.
+//! storages acknowledged before syncing them must not be recovered after a power loss
+//! unless they synced them, or a layout would name a block that is gone: an append says
+//! which storages it depends on ([`Wal::append_after`]); each round of the thread takes
+//! what was written so far with the storages it depends on, has the [`Gate`] (the
+//! service) ask them to sync, then appends a *mark* (an [`Op::Mark`] record: everything
+//! up to this LSN passed the gate, written in boot B of the machine) and syncs. Gating
+//! the sync alone is not enough: an `fdatasync` takes whatever the file holds, records
+//! written while the gate ran included, and so may the kernel's writeback at any moment;
+//! so after a reboot ([`Wal::open`]) recovery keeps only what the last mark covers.
+//! Within one boot the OS lost nothing, and recovery keeps every record written.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -39,6 +42,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{info, warn};
@@ -117,67 +121,72 @@ struct Pending {
     buf: Vec<u8>,
     /// LSN of the last record appended.
     last_lsn: u64,
-    /// Storages whose blocks the records in `buf` name, not known to be synced. While
-    /// there are any, `buf` is not written: the sync thread writes it once the gate
-    /// passed.
+    /// Storages whose blocks the records in `buf` name, not known to be synced.
     needs: BTreeSet<String>,
-    /// The sync thread took records for the gate and has not written them yet: the
-    /// records appended since wait behind them.
-    gating: bool,
 }
 
 /// Makes storages sync what they acknowledged (by name); resolves to true once they did,
 /// or are no longer there to ask, and to false if the nameserver is stopping (then the
-/// records waiting for it are never written: they might name blocks that are not on
-/// disk, and their callers were not answered).
+/// log is marked no more: records after the last mark might name blocks that are not on
+/// disk).
 pub type Gate =
     Arc<dyn Fn(BTreeSet<String>) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 struct Shared {
-    /// Lock order: `file`, then `pending`. Whoever holds `file` is the one writing.
+    /// Lock order: `file`, then `pending`, then `needs`. Whoever holds `file` is the one
+    /// writing.
     file: Mutex<LogFile>,
     pending: Mutex<Pending>,
-    /// Highest LSN handed to the OS, watched by those who wait for it.
-    written: tokio::sync::watch::Sender<u64>,
-    /// Highest LSN on disk, watched by those who wait for it.
+    /// Highest LSN handed to the OS.
+    written: AtomicU64,
+    /// Storages the records written and not yet marked depend on, for the next gate.
+    needs: Mutex<BTreeSet<String>>,
+    /// The sync thread is running the gate for needs it took.
+    gating: AtomicBool,
+    /// Highest LSN on disk and marked, watched by those who wait for it.
     durable: tokio::sync::watch::Sender<u64>,
     /// Set when a write or fsync failed: nothing more can be acknowledged.
     failed: Mutex<Option<String>>,
     /// Wakes the sync thread: something was written (or the log was dropped).
     wake: Arc<Wake>,
-    /// Wakes the gate task: records wait for the gate (or the log was dropped).
-    gate_wake: Arc<tokio::sync::Notify>,
     gate: Mutex<Option<Gate>>,
+    /// The boot of the machine this process runs in, written in each mark.
+    boot: [u8; 16],
 }
 
 impl Shared {
-    /// Writes the records appended so far and wakes the sync thread; or, if they wait
-    /// for the gate, wakes the gate task.
+    /// Writes everything appended so far, and wakes the sync thread. The buffer is taken
+    /// under the file lock, so records reach the file in LSN order whoever writes.
     fn write_out(&self) {
         let mut file = self.file.lock().expect("wal file lock");
-        let (buf, lsn) = {
-            let mut pending = self.pending.lock().expect("wal lock");
-            if !pending.needs.is_empty() || pending.gating {
-                drop(pending);
-                return self.gate_wake.notify_one();
-            }
-            (std::mem::take(&mut pending.buf), pending.last_lsn)
-        };
-        if !buf.is_empty() {
-            self.write(&mut file, &buf, lsn);
-            self.wake.set();
-        }
-    }
-
-    /// Writes `buf`, the oldest records not written yet, ending with LSN `lsn`. The
-    /// caller holds the file lock, so records reach the file in LSN order.
-    fn write(&self, file: &mut LogFile, buf: &[u8], lsn: u64) {
-        if buf.is_empty() || self.check().is_err() {
+        if self.check().is_err() {
             return;
         }
-        match file.write(buf) {
-            Ok(()) => self.written.send_modify(|w| *w = (*w).max(lsn)),
-            Err(e) => self.fail("write", &e),
+        let (buf, lsn, needs) = {
+            let mut pending = self.pending.lock().expect("wal lock");
+            let needs = std::mem::take(&mut pending.needs);
+            (std::mem::take(&mut pending.buf), pending.last_lsn, needs)
+        };
+        if buf.is_empty() {
+            return;
+        }
+        if let Err(e) = file.write(&buf) {
+            return self.fail("write", &e);
+        }
+        // Under the file lock, with `written`: the sync thread takes both at once.
+        self.needs.lock().expect("wal lock").extend(needs);
+        self.written.store(lsn, Ordering::Release);
+        self.wake.set();
+    }
+
+    /// Appends the mark that the records up to `upto` passed the gate.
+    fn write_mark(&self, upto: u64) {
+        let mut file = self.file.lock().expect("wal file lock");
+        let result = encode_record(upto, &Op::Mark { boot: self.boot })
+            .map_err(|e| e.to_string())
+            .and_then(|mark| file.write(&mark).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            self.fail("write", &e);
         }
     }
 
@@ -185,7 +194,6 @@ impl Shared {
         tracing::error!(error = %e, "write-ahead log {what} failed; refusing further changes");
         *self.failed.lock().expect("wal lock") = Some(format!("{what}: {e}"));
         // Wakes the waiters, who then see the failure.
-        self.written.send_modify(|_| {});
         self.durable.send_modify(|_| {});
     }
 
@@ -199,65 +207,45 @@ impl Shared {
         }
     }
 
-    /// The gate task: whenever records wait for the gate, takes them, has the storages
-    /// they depend on sync, then writes them (and what was appended behind them, unless
-    /// that waits for the gate too). A task on the nameserver's runtime, where the gate
-    /// talks to storages, running beside the sync thread: a commit waits for its
-    /// storages, not for the log's sync of earlier records too. Ends when the log is
-    /// dropped, or the gate gives up (the nameserver is stopping).
-    async fn gate_loop(shared: std::sync::Weak<Shared>, notified: Arc<tokio::sync::Notify>) {
-        loop {
-            notified.notified().await;
-            loop {
-                let Some(this) = shared.upgrade() else {
-                    return;
-                };
-                let (buf, lsn, needs) = {
-                    let mut pending = this.pending.lock().expect("wal lock");
-                    if pending.needs.is_empty() || this.check().is_err() {
-                        break;
-                    }
-                    pending.gating = true;
-                    let needs = std::mem::take(&mut pending.needs);
-                    (std::mem::take(&mut pending.buf), pending.last_lsn, needs)
-                };
-                let gate = this.gate.lock().expect("wal lock").clone();
-                if let Some(gate) = gate {
-                    if !gate(needs).await {
-                        return this.fail("gate", &"the nameserver is stopping");
-                    }
-                }
-                let mut file = this.file.lock().expect("wal file lock");
-                this.write(&mut file, &buf, lsn);
-                let mut pending = this.pending.lock().expect("wal lock");
-                pending.gating = false;
-                if pending.needs.is_empty() {
-                    let (rest, lsn) = (std::mem::take(&mut pending.buf), pending.last_lsn);
-                    drop(pending);
-                    this.write(&mut file, &rest, lsn);
-                }
-                drop(file);
-                this.wake.set();
-            }
-        }
-    }
-
-    /// The sync thread: syncs what was written, again and again while more is written,
-    /// through its own descriptor and without the file lock, so that writers do not wait
-    /// for the disk. A thread of its own rather than a task handing each sync to tokio's
-    /// blocking pool: that cost two wake-ups per sync, one of them the request thread's.
-    /// Ends when the log is dropped.
-    fn sync_loop(shared: std::sync::Weak<Shared>, wake: Arc<Wake>, file: File) {
+    /// The sync thread, one round after another while more is written: takes what was
+    /// written so far and the storages it depends on, has the [`Gate`] ask them to sync,
+    /// writes the mark, and syncs the file. Through its own descriptor and without the
+    /// file lock, so that writers do not wait for the disk. A thread of its own rather
+    /// than a task handing each sync to tokio's blocking pool: that cost two wake-ups per
+    /// sync, one of them the request thread's. The gate, which talks to storages, runs on
+    /// the nameserver's runtime. Ends when the log is dropped.
+    fn sync_loop(
+        shared: std::sync::Weak<Shared>,
+        wake: Arc<Wake>,
+        file: File,
+        runtime: tokio::runtime::Handle,
+    ) {
         loop {
             wake.wait();
             loop {
                 let Some(this) = shared.upgrade() else {
                     return;
                 };
-                let written = *this.written.borrow();
+                let (written, needs) = {
+                    let _file = this.file.lock().expect("wal file lock");
+                    let mut needs = this.needs.lock().expect("wal lock");
+                    this.gating.store(!needs.is_empty(), Ordering::Release);
+                    (
+                        this.written.load(Ordering::Acquire),
+                        std::mem::take(&mut *needs),
+                    )
+                };
                 if *this.durable.borrow() >= written || this.check().is_err() {
                     break;
                 }
+                let gate = this.gate.lock().expect("wal lock").clone();
+                if let (false, Some(gate)) = (needs.is_empty(), gate) {
+                    if !runtime.block_on(gate(needs)) {
+                        return;
+                    }
+                }
+                this.write_mark(written);
+                this.gating.store(false, Ordering::Release);
                 match file.sync_data() {
                     Ok(()) => this.durable.send_modify(|d| *d = (*d).max(written)),
                     Err(e) => this.fail("fsync", &e),
@@ -307,6 +295,17 @@ pub struct Recovery {
     pub replayed: u64,
     /// Bytes of torn or corrupt tail dropped from the log.
     pub dropped_bytes: u64,
+    /// Records dropped because the machine rebooted since they were written and no mark
+    /// covers them: they might name blobs the storages lost.
+    pub unmarked: u64,
+}
+
+/// The machine's boot, from `path` (`/proc/sys/kernel/random/boot_id`: a new one at each
+/// boot).
+pub fn boot_id(path: &Path) -> Result<[u8; 16]> {
+    let text = std::fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
+    let hash = vg_wire::BlockId::of(text.trim_ascii()).0;
+    Ok(hash[..16].try_into().expect("16 bytes"))
 }
 
 fn encode_record(lsn: u64, op: &Op) -> Result<Vec<u8>> {
@@ -318,8 +317,9 @@ fn encode_record(lsn: u64, op: &Op) -> Result<Vec<u8>> {
     Ok(record)
 }
 
-/// Parses records from `bytes`; returns them and the length of the valid prefix.
-fn parse_records(bytes: &[u8]) -> (Vec<(u64, Op)>, usize) {
+/// Parses records from `bytes`; returns them with the offset each starts at, and the
+/// length of the valid prefix.
+fn parse_records(bytes: &[u8]) -> (Vec<(u64, Op, usize)>, usize) {
     let mut records = Vec::new();
     let mut pos = 0;
     while bytes.len() - pos >= 8 {
@@ -334,7 +334,7 @@ fn parse_records(bytes: &[u8]) -> (Vec<(u64, Op)>, usize) {
             break;
         }
         match vg_wire::codec::from_bytes::<(u64, Op)>(payload) {
-            Ok(record) => records.push(record),
+            Ok((lsn, op)) => records.push((lsn, op, pos)),
             Err(_) => break,
         }
         pos += 8 + len as usize;
@@ -349,8 +349,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl Wal {
-    /// Opens the metadata directory and recovers the namespace.
-    pub fn open(dir: &Path) -> Result<(Wal, Namespace, Recovery)> {
+    /// Opens the metadata directory and recovers the namespace, on a machine whose boot
+    /// is `boot` ([`boot_id`]).
+    ///
+    /// The sync thread writes a mark after the records it has passed through the gate
+    /// and before it syncs them; records written after the last mark may name blobs the
+    /// storages had not synced. If the machine rebooted since the last mark (a power
+    /// loss, a kernel crash), the OS may have kept such records without their blobs, so
+    /// recovery keeps only what the last mark covers; those records were acknowledged as
+    /// written, never as synced. Within one boot the OS lost nothing: recovery keeps
+    /// every record written, as it must after a crash of the process.
+    pub fn open(dir: &Path, boot: [u8; 16]) -> Result<(Wal, Namespace, Recovery)> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let mut recovery = Recovery::default();
         let snapshot_path = dir.join("snapshot");
@@ -379,21 +388,49 @@ impl Wal {
         file.read_to_end(&mut bytes)
             .map_err(io_err(format!("read {}", wal_path.display())))?;
         let (records, valid) = parse_records(&bytes);
+        let marks: Vec<(u64, [u8; 16])> = records
+            .iter()
+            .filter_map(|(lsn, op, _)| match op {
+                Op::Mark { boot } => Some((*lsn, *boot)),
+                _ => None,
+            })
+            .collect();
+        // A log without marks was written before them: every record stands. (A round of
+        // the sync thread that began before a snapshot may mark less after the snapshot's
+        // own mark: the highest counts.)
+        let keep_upto = match marks.last() {
+            Some((_, written_in)) if *written_in != boot => {
+                marks.iter().map(|(upto, _)| *upto).max().unwrap_or(0)
+            }
+            _ => u64::MAX,
+        };
+        let mut end = valid;
         let mut last_lsn = recovery.snapshot_lsn;
-        for (lsn, op) in records {
-            if lsn <= recovery.snapshot_lsn {
+        for (lsn, op, start) in &records {
+            if matches!(op, Op::Mark { .. }) {
                 continue;
             }
-            if let Err(e) = ns.apply(&op) {
+            if *lsn > keep_upto {
+                end = end.min(*start);
+                recovery.unmarked += 1;
+                continue;
+            }
+            if *lsn <= recovery.snapshot_lsn {
+                continue;
+            }
+            if let Err(e) = ns.apply(op) {
                 // An op was logged only after it applied cleanly, so this means the log
                 // and snapshot disagree; keep going so that the rest is not lost.
                 warn!(lsn, error = %e, "replayed operation refused");
             }
-            last_lsn = lsn;
+            last_lsn = *lsn;
             recovery.replayed += 1;
         }
         ns.take_released();
-        if valid < bytes.len() {
+        if recovery.unmarked > 0 {
+            warn!(path = %wal_path.display(), records = recovery.unmarked, "the machine rebooted since the log's last mark: dropped the records written after it, as a power loss would have");
+        }
+        if end < bytes.len() {
             // Zeros are allocated space; anything else is a torn or corrupt record.
             let torn = bytes[valid..]
                 .iter()
@@ -403,7 +440,7 @@ impl Wal {
             if torn > 0 {
                 warn!(path = %wal_path.display(), offset = valid, dropped = torn, "write-ahead log has a torn or corrupt tail; recovered the valid prefix and cut the rest");
             }
-            file.set_len(valid as u64)
+            file.set_len(end as u64)
                 .map_err(io_err(format!("truncate {}", wal_path.display())))?;
             file.sync_all()
                 .map_err(io_err(format!("fsync {}", wal_path.display())))?;
@@ -411,40 +448,48 @@ impl Wal {
         let sync_file = file
             .try_clone()
             .map_err(io_err(format!("open {}", wal_path.display())))?;
+        let mut log_file = LogFile {
+            file,
+            end: end as u64,
+            allocated: 0,
+            can_allocate: true,
+        };
+        if marks.is_empty() {
+            // A log that holds no mark would be taken for one written before marks.
+            log_file
+                .write(&encode_record(last_lsn, &Op::Mark { boot })?)
+                .and_then(|()| log_file.file.sync_data())
+                .map_err(io_err(format!("write {}", wal_path.display())))?;
+        }
         let shared = Arc::new(Shared {
-            file: Mutex::new(LogFile {
-                file,
-                end: valid as u64,
-                allocated: 0,
-                can_allocate: true,
-            }),
+            file: Mutex::new(log_file),
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
                 last_lsn,
                 needs: BTreeSet::new(),
-                gating: false,
             }),
-            written: tokio::sync::watch::Sender::new(last_lsn),
+            written: AtomicU64::new(last_lsn),
+            needs: Mutex::default(),
+            gating: AtomicBool::new(false),
             durable: tokio::sync::watch::Sender::new(last_lsn),
             failed: Mutex::new(None),
             wake: Arc::default(),
-            gate_wake: Arc::default(),
             gate: Mutex::new(None),
+            boot,
         });
         {
             let (weak, wake) = (Arc::downgrade(&shared), shared.wake.clone());
+            let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("wal-sync".into())
-                .spawn(move || Shared::sync_loop(weak, wake, sync_file))
+                .spawn(move || Shared::sync_loop(weak, wake, sync_file, runtime))
                 .map_err(io_err("start the log's sync thread"))?;
-            let (weak, wake) = (Arc::downgrade(&shared), shared.gate_wake.clone());
-            tokio::spawn(Shared::gate_loop(weak, wake));
         }
         let wal = Wal {
             dir: dir.to_path_buf(),
             shared,
             next_lsn: last_lsn + 1,
-            bytes_since_snapshot: valid as u64,
+            bytes_since_snapshot: end as u64,
         };
         Ok((wal, ns, recovery))
     }
@@ -525,8 +570,10 @@ impl Wal {
 
     /// Whether some record appended names blobs the gate has not yet had synced.
     fn blobs_unsynced(&self) -> bool {
-        let pending = self.shared.pending.lock().expect("wal lock");
-        !pending.needs.is_empty() || pending.gating
+        let shared = &self.shared;
+        !shared.pending.lock().expect("wal lock").needs.is_empty()
+            || !shared.needs.lock().expect("wal lock").is_empty()
+            || shared.gating.load(Ordering::Acquire)
     }
 
     /// Writes a snapshot of `ns` (which reflects every appended op) and empties the log.
@@ -556,8 +603,19 @@ impl Wal {
         let mut file = self.shared.file.lock().expect("wal file lock");
         let mut pending = self.shared.pending.lock().expect("wal lock");
         pending.buf.clear();
-        file.clear().map_err(io_err("truncate wal"))?;
-        self.shared.written.send_modify(|w| *w = (*w).max(lsn));
+        // The emptied log starts with a mark: one holding none would be taken for a log
+        // written before marks.
+        let mark = encode_record(
+            lsn,
+            &Op::Mark {
+                boot: self.shared.boot,
+            },
+        )?;
+        file.clear()
+            .and_then(|()| file.write(&mark))
+            .and_then(|()| file.file.sync_data())
+            .map_err(io_err("empty the log"))?;
+        self.shared.written.store(lsn, Ordering::Release);
         self.shared.durable.send_modify(|d| *d = (*d).max(lsn));
         drop(pending);
         drop(file);
@@ -574,13 +632,12 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        // Records whose callers went away unacknowledged: harmless to keep, but not those
-        // waiting for the gate (the storages they name could not be asked), and none is
-        // synced here.
+        // Records whose callers went away unacknowledged: harmless to keep. Not marked or
+        // synced here: the storages they may name could not be asked first (a clean stop
+        // has the sync thread mark and sync everything before).
         self.shared.write_out();
-        // The sync thread and the gate task end once they find the log gone.
+        // The sync thread ends once it finds the log gone.
         self.shared.wake.set();
-        self.shared.gate_wake.notify_one();
     }
 }
 
@@ -591,33 +648,32 @@ pub struct DurableWaiter {
 
 impl DurableWaiter {
     /// Resolves once `lsn` is on disk (the sync thread syncs it after the storages it
-    /// depends on); fails if the log can no longer be written.
+    /// depends on, and marks it); fails if the log can no longer be written.
     pub async fn wait(self, lsn: u64) -> Result<()> {
-        self.until(&self.shared.durable, lsn).await
-    }
-
-    /// Resolves once `lsn` is written to the log file (the sync thread then syncs it; a
-    /// record naming blocks storages have not synced is written once they have); fails
-    /// if the log can no longer be written.
-    pub async fn written(self, lsn: u64) -> Result<()> {
-        self.until(&self.shared.written, lsn).await
-    }
-
-    async fn until(&self, mark: &tokio::sync::watch::Sender<u64>, lsn: u64) -> Result<()> {
         tokio::task::yield_now().await;
-        if *self.shared.written.borrow() < lsn {
+        if self.shared.written.load(Ordering::Acquire) < lsn {
             self.shared.write_out();
         }
-        let mut mark = mark.subscribe();
+        let mut durable = self.shared.durable.subscribe();
         loop {
             self.shared.check()?;
-            if *mark.borrow_and_update() >= lsn {
+            if *durable.borrow_and_update() >= lsn {
                 return Ok(());
             }
-            if mark.changed().await.is_err() {
+            if durable.changed().await.is_err() {
                 return self.shared.check();
             }
         }
+    }
+
+    /// Resolves once `lsn` is written to the log file (the sync thread then syncs it);
+    /// fails if the log can no longer be written.
+    pub async fn written(self, lsn: u64) -> Result<()> {
+        tokio::task::yield_now().await;
+        if self.shared.written.load(Ordering::Acquire) < lsn {
+            self.shared.write_out();
+        }
+        self.shared.check()
     }
 }
 
@@ -625,6 +681,9 @@ impl DurableWaiter {
 mod tests {
     use super::*;
     use vg_wire::{Timestamp, ROOT_INO};
+
+    /// The boot the tests run in; another one is a reboot.
+    const BOOT: [u8; 16] = [1; 16];
 
     fn mkdir_op(ns: &Namespace, name: &str) -> Op {
         Op::Mkdir {
@@ -639,7 +698,7 @@ mod tests {
     }
 
     async fn write_ops(dir: &Path, names: &[&str]) {
-        let (mut wal, mut ns, _) = Wal::open(dir).unwrap();
+        let (mut wal, mut ns, _) = Wal::open(dir, BOOT).unwrap();
         let mut last = 0;
         for name in names {
             let op = mkdir_op(&ns, name);
@@ -653,7 +712,7 @@ mod tests {
     async fn replay_restores_acknowledged_ops() {
         let dir = tempfile::tempdir().unwrap();
         write_ops(dir.path(), &["a", "b", "c"]).await;
-        let (_, ns, rec) = Wal::open(dir.path()).unwrap();
+        let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!(rec.replayed, 3);
         assert!(ns.resolve("/c").is_ok());
     }
@@ -661,13 +720,13 @@ mod tests {
     #[tokio::test]
     async fn a_written_record_survives_the_process_and_the_sync_thread_syncs_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, mut ns, _) = Wal::open(dir.path()).unwrap();
+        let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
         let op = mkdir_op(&ns, "a");
         ns.apply(&op).unwrap();
         let lsn = wal.append(&op).unwrap();
         wal.waiter().written(lsn).await.unwrap();
         // Another open of the directory, as after a crash of this process, replays it.
-        let (_, again, rec) = Wal::open(dir.path()).unwrap();
+        let (_, again, rec) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!(rec.replayed, 1);
         assert!(again.resolve("/a").is_ok());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -677,11 +736,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_record_naming_unsynced_blocks_reaches_the_file_only_after_the_gate() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, mut ns, _) = Wal::open(dir.path()).unwrap();
-        let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    /// A gate that reports what it is asked and passes when `release` has a permit (or
+    /// gives up when it is closed).
+    fn held_gate() -> (
+        Gate,
+        tokio::sync::mpsc::UnboundedReceiver<BTreeSet<String>>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
+        let (asked_tx, asked) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let gate: Gate = {
             let release = release.clone();
@@ -689,56 +751,99 @@ mod tests {
                 asked_tx.send(needs).unwrap();
                 let release = release.clone();
                 Box::pin(async move {
-                    release.acquire().await.unwrap().forget();
-                    true
+                    match release.acquire().await {
+                        Ok(permit) => {
+                            permit.forget();
+                            true
+                        }
+                        Err(_) => false,
+                    }
                 })
             })
         };
+        (gate, asked, release)
+    }
+
+    #[tokio::test]
+    async fn a_record_naming_unsynced_blocks_is_synced_only_after_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
+        let (gate, mut asked, release) = held_gate();
         wal.set_gate(gate);
-        let in_file = || {
-            let bytes = std::fs::read(dir.path().join("wal")).unwrap();
-            parse_records(&bytes).0.len()
-        };
-        // One record written and synced before: an fdatasync while the gate runs would
-        // take whatever the file holds.
-        let op = mkdir_op(&ns, "before");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append(&op).unwrap();
-        wal.waiter().wait(lsn).await.unwrap();
         let op = mkdir_op(&ns, "a");
         ns.apply(&op).unwrap();
-        let gated = wal.append_after(&op, ["s1".to_string()]).unwrap();
-        let first = tokio::spawn(wal.waiter().written(gated));
+        let lsn = wal.append_after(&op, ["s1".to_string()]).unwrap();
+        wal.waiter().written(lsn).await.unwrap();
         let needs = asked.recv().await.unwrap();
         assert_eq!(needs.into_iter().collect::<Vec<_>>(), ["s1"]);
-        // A record appended behind it, naming no blocks, waits behind it.
-        let op = mkdir_op(&ns, "b");
-        ns.apply(&op).unwrap();
-        let behind = wal.append(&op).unwrap();
-        let second = tokio::spawn(wal.waiter().written(behind));
+        let durable = tokio::spawn(wal.waiter().wait(lsn));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(
-            !first.is_finished() && !second.is_finished(),
-            "acknowledged before the gate"
-        );
-        assert_eq!(
-            in_file(),
-            1,
-            "a record reached the file before the storages synced"
-        );
+        assert!(!durable.is_finished(), "synced before the storages were");
         assert!(!wal.wants_snapshot(0), "a snapshot would skip the gate");
         release.add_permits(1);
-        first.await.unwrap().unwrap();
-        second.await.unwrap().unwrap();
-        wal.waiter().wait(behind).await.unwrap();
-        assert_eq!(in_file(), 3);
+        durable.await.unwrap().unwrap();
         assert!(wal.wants_snapshot(0));
         // A record naming no blocks does not ask anyone.
-        let op = mkdir_op(&ns, "c");
+        let op = mkdir_op(&ns, "b");
         ns.apply(&op).unwrap();
         let lsn = wal.append(&op).unwrap();
         wal.waiter().wait(lsn).await.unwrap();
         assert!(asked.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_reboot_only_what_a_mark_covers_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
+        let (gate, mut asked, release) = held_gate();
+        wal.set_gate(gate);
+        let op = mkdir_op(&ns, "synced");
+        ns.apply(&op).unwrap();
+        let lsn = wal.append(&op).unwrap();
+        wal.waiter().wait(lsn).await.unwrap();
+        // A commit naming a blob not yet synced, and a change behind it: both written
+        // (acknowledged), neither marked while the gate waits for the storage.
+        let op = mkdir_op(&ns, "commit");
+        ns.apply(&op).unwrap();
+        let lsn = wal.append_after(&op, ["s1".to_string()]).unwrap();
+        wal.waiter().written(lsn).await.unwrap();
+        asked.recv().await.unwrap();
+        let op = mkdir_op(&ns, "behind");
+        ns.apply(&op).unwrap();
+        let lsn = wal.append(&op).unwrap();
+        wal.waiter().written(lsn).await.unwrap();
+        // Whatever of them reached the disk (an fdatasync takes the whole file, and so
+        // may the kernel's writeback), a reboot now drops them; a crash of the process
+        // keeps them, as the OS does.
+        wal.shared.file.lock().unwrap().file.sync_data().unwrap();
+        let (_, same_boot, rec) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!((rec.replayed, rec.unmarked), (3, 0));
+        assert!(same_boot.resolve("/behind").is_ok());
+        let (_, rebooted, rec) = Wal::open(dir.path(), [2; 16]).unwrap();
+        assert_eq!((rec.replayed, rec.unmarked), (1, 2));
+        assert!(rebooted.resolve("/synced").is_ok());
+        assert!(rebooted.resolve("/commit").is_err() && rebooted.resolve("/behind").is_err());
+        // The cut is on disk: the next open finds the same.
+        let (_, again, rec) = Wal::open(dir.path(), [2; 16]).unwrap();
+        assert_eq!((rec.replayed, rec.unmarked), (1, 0));
+        assert_eq!(again.len(), rebooted.len());
+        release.close();
+    }
+
+    #[tokio::test]
+    async fn a_log_from_before_marks_is_replayed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ns = Namespace::default();
+        let mut bytes = Vec::new();
+        for (lsn, name) in [(1, "a"), (2, "b")] {
+            let op = mkdir_op(&ns, name);
+            ns.apply(&op).unwrap();
+            bytes.extend(encode_record(lsn, &op).unwrap());
+        }
+        std::fs::write(dir.path().join("wal"), &bytes).unwrap();
+        let (_, ns, rec) = Wal::open(dir.path(), [2; 16]).unwrap();
+        assert_eq!((rec.replayed, rec.unmarked), (2, 0));
+        assert!(ns.resolve("/b").is_ok());
     }
 
     #[tokio::test]
@@ -752,11 +857,11 @@ mod tests {
             let mut bytes = full[..cut].to_vec();
             bytes.extend_from_slice(&[0xAB; 7]);
             std::fs::write(case.path().join("wal"), &bytes).unwrap();
-            let (_, ns, rec) = Wal::open(case.path()).unwrap();
+            let (_, ns, rec) = Wal::open(case.path(), BOOT).unwrap();
             assert!(rec.dropped_bytes > 0, "cut {cut}");
             assert_eq!(ns.len() as u64, 1 + rec.replayed, "cut {cut}");
             // The file was cut to its valid prefix: opening again drops nothing.
-            let (_, _, again) = Wal::open(case.path()).unwrap();
+            let (_, _, again) = Wal::open(case.path(), BOOT).unwrap();
             assert_eq!(again.dropped_bytes, 0);
             assert_eq!(again.replayed, rec.replayed);
         }
@@ -771,7 +876,7 @@ mod tests {
         // Records written after a reopen land after the first ones, not at the end of
         // the allocated space.
         write_ops(dir.path(), &["c"]).await;
-        let (_, ns, rec) = Wal::open(dir.path()).unwrap();
+        let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!((rec.replayed, rec.dropped_bytes), (3, 0));
         assert!(ns.resolve("/a").is_ok() && ns.resolve("/c").is_ok());
     }
@@ -780,7 +885,7 @@ mod tests {
     async fn snapshot_then_log() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut wal, mut ns, _) = Wal::open(dir.path()).unwrap();
+            let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
             let op = mkdir_op(&ns, "a");
             ns.apply(&op).unwrap();
             wal.append(&op).unwrap();
@@ -790,7 +895,7 @@ mod tests {
             let lsn = wal.append(&op).unwrap();
             wal.waiter().wait(lsn).await.unwrap();
         }
-        let (_, ns, rec) = Wal::open(dir.path()).unwrap();
+        let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!(rec.snapshot_lsn, 1);
         assert_eq!(rec.replayed, 1);
         assert!(ns.resolve("/a").is_ok() && ns.resolve("/b").is_ok());

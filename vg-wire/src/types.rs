@@ -278,6 +278,22 @@ impl fmt::Display for Location {
     }
 }
 
+/// Refuses a name longer than [`MAX_NAME_LEN`] bytes with `NameTooLong` (ENAMETOOLONG):
+/// what a lookup of such a name gets, not "no such entry".
+pub fn check_name_len(name: &[u8]) -> Result<(), crate::error::RemoteError> {
+    if name.len() <= MAX_NAME_LEN {
+        return Ok(());
+    }
+    let start: String = String::from_utf8_lossy(name).chars().take(40).collect();
+    Err(crate::error::RemoteError::new(
+        crate::error::ErrorCode::NameTooLong,
+        format!(
+            "{start}...: name is {} bytes, at most {MAX_NAME_LEN}",
+            name.len()
+        ),
+    ))
+}
+
 /// Checks a directory entry name: 1..=255 bytes, no `/`, no NUL, not `.` or `..`.
 pub fn check_name(name: &[u8]) -> Result<(), crate::error::RemoteError> {
     use crate::error::{ErrorCode, RemoteError};
@@ -288,16 +304,7 @@ pub fn check_name(name: &[u8]) -> Result<(), crate::error::RemoteError> {
             format!("{shown:?}: not a valid file name"),
         ));
     }
-    if name.len() > MAX_NAME_LEN {
-        return Err(RemoteError::new(
-            ErrorCode::NameTooLong,
-            format!(
-                "{}...: name is {} bytes, at most {MAX_NAME_LEN}",
-                &shown[..40.min(shown.len())],
-                name.len()
-            ),
-        ));
-    }
+    check_name_len(name)?;
     if name.contains(&b'/') || name.contains(&0) {
         return Err(RemoteError::new(
             ErrorCode::Invalid,
@@ -361,6 +368,11 @@ mod tests {
         assert!(check_name(b"a\0b").is_err());
         assert!(check_name(&[b'x'; 256]).is_err());
         assert!(check_name(&[b'x'; 255]).is_ok());
+        // Cut for the message on a character boundary, whatever the bytes.
+        let long = "é".repeat(200);
+        let e = check_name(long.as_bytes()).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::NameTooLong);
+        assert!(check_name_len(&[0xff; 300]).is_err());
     }
 
     #[test]

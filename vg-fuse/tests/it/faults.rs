@@ -115,7 +115,6 @@ async fn writer(client: Client, w: u64, seed: u64) -> Model {
 async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
     let mut cluster = TestCluster::start(0, 1 << 30).await;
     cluster.kill_nameserver();
-    let mut survived = 0;
     let mut acknowledged = 0;
     for iteration in 0..20u64 {
         cluster.start_nameserver_child().await;
@@ -175,10 +174,8 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
                 );
             }
         }
-        survived += 1;
         cluster.kill_nameserver();
     }
-    assert_eq!(survived, 20);
     // The crashes must have hit bursts in progress, not idle writers.
     assert!(
         acknowledged > 200,
@@ -193,9 +190,11 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
     }
     cluster.wait_active(&["s0".into(), "s1".into()]).await;
     let mut writers = Vec::new();
+    let files_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for w in 0..4u64 {
         let client = impatient_client(&cluster).await;
         let local = cluster.dir.path().join(format!("burst{w}"));
+        let files_done = files_done.clone();
         writers.push(tokio::spawn(async move {
             let root = client.resolve("/").await.ok()?.ino;
             let mut written = Vec::new();
@@ -213,11 +212,17 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
                     break;
                 }
                 written.push((name, data));
+                files_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Some(written)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The crash comes once files are being written, not before the first one is.
+    eventually("the writers wrote 8 files", Duration::from_secs(30), || {
+        let done = files_done.load(std::sync::atomic::Ordering::Relaxed);
+        async move { done >= 8 }
+    })
+    .await;
     cluster.kill_nameserver();
     let mut written = Vec::new();
     for task in writers {
@@ -226,6 +231,11 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
     cluster.start_nameserver_child().await;
     cluster.wait_active(&["s0".into(), "s1".into()]).await;
     let client = cluster.client().await;
+    assert!(
+        written.len() >= 8,
+        "only {} files acknowledged",
+        written.len()
+    );
     for (name, data) in &written {
         assert!(
             cluster.get(&client, &format!("/{name}")).await.unwrap() == *data,

@@ -499,16 +499,8 @@ impl Service {
     /// disk: what a clean stop does while the storages can still be asked to sync, so
     /// that a reboot after it keeps everything.
     pub async fn settle(&self, within: Duration) {
-        let Some((lsn, waiter)) = self
-            .lock()
-            .wal
-            .as_ref()
-            .map(|wal| (wal.last_lsn(), wal.waiter()))
-        else {
-            return;
-        };
-        match tokio::time::timeout(within, waiter.wait(lsn)).await {
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(within, self.sync()).await {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "log not synced at stop"),
             Err(_) => warn!(
                 "log not synced at stop: storages did not answer; a reboot now would drop the last changes"

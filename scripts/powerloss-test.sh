@@ -46,7 +46,7 @@ mounted() { grep -q " $1 " /proc/mounts; }
 start_disk() {
   LOSSYFS_SLOW_FSYNC=${slow:-} "$lossyfs" "$backing" "$disk" >>"$log" 2>&1 &
   lossy_pid=$!
-  eventually 10 mounted "$disk" || { echo "powerloss-test.sh: lossyfs did not mount; log:" >&2; tail -n 20 "$log" >&2; exit 1; }
+  eventually 10 mounted "$disk" || { echo "powerloss-test.sh: lossyfs did not mount"; return 1; }
 }
 
 # Cuts the power: lossyfs and every process of the cluster, SIGKILLed by PID.
@@ -63,8 +63,12 @@ cut() {
 }
 
 up() {
-  scripts/up.sh -n 3 -c 1GiB -b 64KiB -m "$mnt" >>"$log" 2>&1 \
-    || { echo "powerloss-test.sh: the cluster did not start; log:" >&2; tail -n 30 "$log" >&2; exit 1; }
+  scripts/up.sh -n 3 -c 1GiB -b 64KiB -m "$mnt" >>"$log" 2>&1 && return
+  # Inside a round, so that the round fails with the servers' last words in the log.
+  echo "powerloss-test.sh: the cluster did not start"
+  tail -n 3 "$VG_HOME/logs/nameserver.log" 2>/dev/null
+  grep -h -i -E "error|panic" "$VG_HOME"/logs/*.log "$VG_HOME"/logs/*.out 2>/dev/null | tail -n 6
+  return 1
 }
 
 cleanup() {
@@ -77,14 +81,14 @@ trap 'exit 1' INT TERM
 
 # The negative control: lossyfs loses what was written without fsync, keeps the rest.
 control() {
-  start_disk
+  start_disk || return 1
   head -c 300000 /dev/urandom >"$work/bytes"
   cp "$work/bytes" "$disk/unsynced"
   perl -e 'open(my $f, ">:raw", $ARGV[0]) or die; print $f `cat $ARGV[1]`; $f->flush; $f->sync or die "fsync: $!"' \
     "$disk/synced" "$work/bytes"
   cmp -s "$work/bytes" "$disk/unsynced" || { echo "unsynced file did not read back before the cut"; return 1; }
   cut
-  start_disk
+  start_disk || return 1
   local size
   size=$(stat -c %s "$disk/unsynced" 2>/dev/null || echo gone)
   echo "after the cut: the unsynced file is $size bytes (was 300000); the synced one:"
@@ -115,16 +119,14 @@ round_checks() {
   RANDOM=$seed
   local delay
   delay=$(printf '0.%03d' $((RANDOM % 1000)))
-  start_disk
-  up
+  start_disk && up || return 1
   perl scripts/powerloss.pl mkdir "$mnt/w$i" || return 1
   perl scripts/powerloss.pl run "$mnt/w$i" "$work/journal$i" "$seed" $closes >>"$log" 2>&1 &
   local writer=$!
   sleep "$first" && sleep "$delay"
   cut
   wait "$writer" 2>/dev/null
-  start_disk
-  up
+  start_disk && up || return 1
   local found
   found=$(perl scripts/powerloss.pl check "$mnt/w$i" "$work/journal$i") || { echo "$found"; return 1; }
   echo "round $i${closes:+ (--sync-on-close)}${slow:+ (slow storage disk)}: cut $first s + $delay s in; $found" | tee -a "$work/rounds"

@@ -368,8 +368,8 @@ mod tests {
         assert!(check_name(b"a\0b").is_err());
         assert!(check_name(&[b'x'; 256]).is_err());
         assert!(check_name(&[b'x'; 255]).is_ok());
-        // Cut for the message on a character boundary, whatever the bytes.
-        let long = "é".repeat(200);
+        // Cut for the message on a character boundary (byte 40 is inside the 14th €).
+        let long = "€".repeat(100);
         let e = check_name(long.as_bytes()).unwrap_err();
         assert_eq!(e.code, crate::error::ErrorCode::NameTooLong);
         assert!(check_name_len(&[0xff; 300]).is_err());

@@ -182,7 +182,7 @@ impl Shared {
     /// Appends the mark that the records up to `upto` passed the gate.
     fn write_mark(&self, upto: u64) {
         let mut file = self.file.lock().expect("wal file lock");
-        let result = encode_record(upto, &Op::Mark { boot: self.boot })
+        let result = mark_record(upto, self.boot)
             .map_err(|e| e.to_string())
             .and_then(|mark| file.write(&mark).map_err(|e| e.to_string()));
         if let Err(e) = result {
@@ -306,6 +306,11 @@ pub fn boot_id(path: &Path) -> Result<[u8; 16]> {
     let text = std::fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
     let hash = vg_wire::BlockId::of(text.trim_ascii()).0;
     Ok(hash[..16].try_into().expect("16 bytes"))
+}
+
+/// The mark that records up to `upto` passed the gate, written in boot `boot`.
+fn mark_record(upto: u64, boot: [u8; 16]) -> Result<Vec<u8>> {
+    encode_record(upto, &Op::Mark { boot })
 }
 
 fn encode_record(lsn: u64, op: &Op) -> Result<Vec<u8>> {
@@ -457,7 +462,7 @@ impl Wal {
         if marks.is_empty() {
             // A log that holds no mark would be taken for one written before marks.
             log_file
-                .write(&encode_record(last_lsn, &Op::Mark { boot })?)
+                .write(&mark_record(last_lsn, boot)?)
                 .and_then(|()| log_file.file.sync_data())
                 .map_err(io_err(format!("write {}", wal_path.display())))?;
         }
@@ -605,12 +610,7 @@ impl Wal {
         pending.buf.clear();
         // The emptied log starts with a mark: one holding none would be taken for a log
         // written before marks.
-        let mark = encode_record(
-            lsn,
-            &Op::Mark {
-                boot: self.shared.boot,
-            },
-        )?;
+        let mark = mark_record(lsn, self.shared.boot)?;
         file.clear()
             .and_then(|()| file.write(&mark))
             .and_then(|()| file.file.sync_data())
@@ -697,13 +697,19 @@ mod tests {
         }
     }
 
+    /// Applies and appends a mkdir of `/name` naming blobs on storages `needs`; its LSN.
+    fn append_mkdir(wal: &mut Wal, ns: &mut Namespace, name: &str, needs: &[&str]) -> u64 {
+        let op = mkdir_op(ns, name);
+        ns.apply(&op).unwrap();
+        wal.append_after(&op, needs.iter().map(|n| n.to_string()))
+            .unwrap()
+    }
+
     async fn write_ops(dir: &Path, names: &[&str]) {
         let (mut wal, mut ns, _) = Wal::open(dir, BOOT).unwrap();
         let mut last = 0;
         for name in names {
-            let op = mkdir_op(&ns, name);
-            ns.apply(&op).unwrap();
-            last = wal.append(&op).unwrap();
+            last = append_mkdir(&mut wal, &mut ns, name, &[]);
         }
         wal.waiter().wait(last).await.unwrap();
     }
@@ -721,9 +727,7 @@ mod tests {
     async fn a_written_record_survives_the_process_and_the_sync_thread_syncs_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
-        let op = mkdir_op(&ns, "a");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append(&op).unwrap();
+        let lsn = append_mkdir(&mut wal, &mut ns, "a", &[]);
         wal.waiter().written(lsn).await.unwrap();
         // Another open of the directory, as after a crash of this process, replays it.
         let (_, again, rec) = Wal::open(dir.path(), BOOT).unwrap();
@@ -770,9 +774,7 @@ mod tests {
         let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
         let (gate, mut asked, release) = held_gate();
         wal.set_gate(gate);
-        let op = mkdir_op(&ns, "a");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append_after(&op, ["s1".to_string()]).unwrap();
+        let lsn = append_mkdir(&mut wal, &mut ns, "a", &["s1"]);
         wal.waiter().written(lsn).await.unwrap();
         let needs = asked.recv().await.unwrap();
         assert_eq!(needs.into_iter().collect::<Vec<_>>(), ["s1"]);
@@ -784,9 +786,7 @@ mod tests {
         durable.await.unwrap().unwrap();
         assert!(wal.wants_snapshot(0));
         // A record naming no blocks does not ask anyone.
-        let op = mkdir_op(&ns, "b");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append(&op).unwrap();
+        let lsn = append_mkdir(&mut wal, &mut ns, "b", &[]);
         wal.waiter().wait(lsn).await.unwrap();
         assert!(asked.try_recv().is_err());
     }
@@ -797,20 +797,14 @@ mod tests {
         let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
         let (gate, mut asked, release) = held_gate();
         wal.set_gate(gate);
-        let op = mkdir_op(&ns, "synced");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append(&op).unwrap();
+        let lsn = append_mkdir(&mut wal, &mut ns, "synced", &[]);
         wal.waiter().wait(lsn).await.unwrap();
         // A commit naming a blob not yet synced, and a change behind it: both written
         // (acknowledged), neither marked while the gate waits for the storage.
-        let op = mkdir_op(&ns, "commit");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append_after(&op, ["s1".to_string()]).unwrap();
+        let lsn = append_mkdir(&mut wal, &mut ns, "commit", &["s1"]);
         wal.waiter().written(lsn).await.unwrap();
         asked.recv().await.unwrap();
-        let op = mkdir_op(&ns, "behind");
-        ns.apply(&op).unwrap();
-        let lsn = wal.append(&op).unwrap();
+        let lsn = append_mkdir(&mut wal, &mut ns, "behind", &[]);
         wal.waiter().written(lsn).await.unwrap();
         // Whatever of them reached the disk (an fdatasync takes the whole file, and so
         // may the kernel's writeback), a reboot now drops them; a crash of the process
@@ -886,13 +880,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
-            let op = mkdir_op(&ns, "a");
-            ns.apply(&op).unwrap();
-            wal.append(&op).unwrap();
+            append_mkdir(&mut wal, &mut ns, "a", &[]);
             wal.snapshot(&ns).unwrap();
-            let op = mkdir_op(&ns, "b");
-            ns.apply(&op).unwrap();
-            let lsn = wal.append(&op).unwrap();
+            let lsn = append_mkdir(&mut wal, &mut ns, "b", &[]);
             wal.waiter().wait(lsn).await.unwrap();
         }
         let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();

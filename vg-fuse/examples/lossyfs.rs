@@ -98,6 +98,26 @@ fn apply(file: &File, dirty: Option<&Dirty>) -> Result<(), i32> {
     file.sync_data().map_err(errno)
 }
 
+/// The backing inode's generation, which changes when its number is reused. Inode
+/// numbers are the kernel's node ids here, so without it the kernel takes a new directory
+/// that got the number of one just removed for that one, still cached (and, with an alias
+/// elsewhere, fails the mkdir with ESTALE). 0 where there is none (symlinks).
+fn generation(path: &Path) -> u64 {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return 0;
+    };
+    let mut generation: libc::c_long = 0;
+    // SAFETY: an open descriptor and a long to write to, as FS_IOC_GETVERSION takes.
+    match unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut generation) } {
+        0 => generation as u32 as u64,
+        _ => 0,
+    }
+}
+
 fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
@@ -178,12 +198,14 @@ impl Lossy {
         }
     }
 
-    /// Stats `name` in `parent` and remembers where its inode is.
-    fn entry(&mut self, parent: u64, name: &OsStr) -> Result<FileAttr, i32> {
-        let meta = fs::symlink_metadata(self.path(parent)?.join(name)).map_err(errno)?;
+    /// Stats `name` in `parent` and remembers where its inode is; also returns the
+    /// inode's generation.
+    fn entry(&mut self, parent: u64, name: &OsStr) -> Result<(FileAttr, u64), i32> {
+        let path = self.path(parent)?.join(name);
+        let meta = fs::symlink_metadata(&path).map_err(errno)?;
         let ino = self.ino(meta.ino());
         self.names.insert(ino, (parent, name.to_owned()));
-        Ok(self.attr(ino, &meta))
+        Ok((self.attr(ino, &meta), generation(&path)))
     }
 
     fn getattr_of(&self, ino: u64) -> Result<FileAttr, i32> {
@@ -265,7 +287,7 @@ fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
 impl Filesystem for Lossy {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         match self.entry(parent, name) {
-            Ok(attr) => reply.entry(&TTL, &attr, 0),
+            Ok((attr, generation)) => reply.entry(&TTL, &attr, generation),
             Err(e) => reply.error(e),
         }
     }
@@ -349,7 +371,7 @@ impl Filesystem for Lossy {
             self.entry(parent, name)
         });
         match result {
-            Ok(attr) => reply.entry(&TTL, &attr, 0),
+            Ok((attr, generation)) => reply.entry(&TTL, &attr, generation),
             Err(e) => reply.error(e),
         }
     }
@@ -438,7 +460,7 @@ impl Filesystem for Lossy {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = (|| -> Result<(FileAttr, u64), i32> {
+        let result = (|| -> Result<(FileAttr, u64, u64), i32> {
             let path = self.path(parent)?.join(name);
             let replaced = self.ino_at(parent, name);
             let file = OpenOptions::new()
@@ -450,14 +472,16 @@ impl Filesystem for Lossy {
                 .mode(mode & !umask & 0o7777)
                 .open(&path)
                 .map_err(errno)?;
-            let attr = self.entry(parent, name)?;
+            let (attr, generation) = self.entry(parent, name)?;
             if replaced != Some(attr.ino) || flags & libc::O_TRUNC != 0 {
                 self.dirty.remove(&attr.ino);
             }
-            Ok((attr, self.add_file(attr.ino, file)))
+            Ok((attr, generation, self.add_file(attr.ino, file)))
         })();
         match result {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, 0, fh, FOPEN_DIRECT_IO),
+            Ok((attr, generation, fh)) => {
+                reply.created(&TTL, &attr, generation, fh, FOPEN_DIRECT_IO)
+            }
             Err(e) => reply.error(e),
         }
     }

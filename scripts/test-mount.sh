@@ -80,6 +80,33 @@ links() {
 }
 check "ln and ln -s" links
 
+# FIFOs, sockets and devices are metadata only: the kernel that opens one makes the
+# pipe or the connection, so a FIFO and a socket on the mount work between local
+# processes; devices keep their numbers. tar and cp -a carry them.
+specials() {
+  local server
+  mkfifo "$mnt/fifo" && mknod "$mnt/chr" c 1 3 && mknod "$mnt/blk" b 7 0 || return 1
+  perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Local => shift, Listen => 1) or die "bind: $!\n";
+    $c = $s->accept or die "accept: $!\n"; print $c "over a socket\n"' "$mnt/sock" &
+  server=$!
+  eventually 10 test -S "$mnt/sock" \
+    && [[ $(perl -MIO::Socket::UNIX -e '$c = IO::Socket::UNIX->new(Peer => shift) or die "connect: $!\n";
+         print scalar <$c>' "$mnt/sock") == "over a socket" ]] && wait "$server" || return 1
+  { echo "through a fifo" >"$mnt/fifo" & } && [[ $(cat "$mnt/fifo") == "through a fifo" ]] \
+    && [[ $(stat -c '%F|%t:%T' "$mnt/fifo" "$mnt/sock" "$mnt/chr" "$mnt/blk" | paste -sd' ') \
+      == "fifo|0:0 socket|0:0 character special file|1:3 block special file|7:0" ]] \
+    && ln "$mnt/fifo" "$mnt/fifo2" && [[ $(stat -c %h "$mnt/fifo") == 2 ]] \
+    && mv "$mnt/chr" "$mnt/chr2" && chmod 600 "$mnt/chr2" && chown 5:6 "$mnt/chr2" \
+    && [[ $(stat -c '%a %u %g %t:%T' "$mnt/chr2") == "600 5 6 1:3" ]] \
+    && tar -C "$mnt" -cf "$work/specials.tar" fifo chr2 blk && mkdir "$mnt/untarred" \
+    && tar -C "$mnt/untarred" -xf "$work/specials.tar" && cp -a "$mnt/blk" "$mnt/blk-copy" \
+    && [[ $(stat -c '%F|%a|%t:%T' "$mnt/untarred/fifo" "$mnt/untarred/chr2" "$mnt/blk-copy" | paste -sd' ') \
+      == "fifo|644|0:0 character special file|600|1:3 block special file|644|7:0" ]] \
+    && rm -r "$mnt/fifo" "$mnt/fifo2" "$mnt/sock" "$mnt/chr2" "$mnt/blk" "$mnt/blk-copy" "$mnt/untarred" \
+    && [[ -z $(find "$mnt" -maxdepth 1 \( -type p -o -type s -o -type c -o -type b \)) ]]
+}
+check "mkfifo, mknod c and b, a Unix socket: stat, use, ln, mv, chmod, chown, tar, cp -a, rm" specials
+
 # fallocate: mode 0 grows the file (reading zeros), KEEP_SIZE does not; other modes are
 # refused with EOPNOTSUPP, never faked.
 falloc() {

@@ -20,7 +20,7 @@ use vg_wire::rpc::{Dialer, Target};
 use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::Bytes;
-use vg_wire::{Attr, BlockId, BlockRef, Ino, Location, Role, SetAttr, Slice};
+use vg_wire::{Attr, BlockId, BlockRef, FileKind, Ino, Location, Role, SetAttr, Slice};
 
 pub use entries::Cached;
 use entries::EntryCache;
@@ -319,6 +319,29 @@ impl Client {
                 uid,
                 gid,
                 exclusive,
+            })
+            .await;
+        self.added(parent, name, result)
+    }
+
+    /// Makes a FIFO, socket or device node.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let result = self
+            .attr_call(ns::Request::Mknod {
+                parent,
+                name: name.to_vec(),
+                kind,
+                perm,
+                uid,
+                gid,
             })
             .await;
         self.added(parent, name, result)

@@ -93,6 +93,10 @@ fn file_attr(attr: &Attr) -> FileAttr {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice(_) => FileType::CharDevice,
+        FileKind::BlockDevice(_) => FileType::BlockDevice,
     };
     FileAttr {
         ino: attr.ino,
@@ -107,7 +111,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.kind.rdev(),
         blksize: IO_SIZE,
         flags: 0,
     }
@@ -363,26 +367,28 @@ impl Filesystem for VgFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(errno::UNSUPPORTED);
-            return;
-        }
         let (files, name, uid, gid) = (
             self.files.clone(),
             name.as_bytes().to_vec(),
             req.uid(),
             req.gid(),
         );
+        let perm = mode & !umask & 0o7777;
+        let kind = FileKind::special(mode, rdev);
+        if kind.is_none() && mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(libc::EINVAL);
+        }
         self.entry(
             "mknod",
             async move {
-                files
-                    .client()
-                    .create(parent, &name, mode & !umask & 0o7777, uid, gid, true)
-                    .await
+                let client = files.client();
+                match kind {
+                    Some(kind) => client.mknod(parent, &name, kind, perm, uid, gid).await,
+                    None => client.create(parent, &name, perm, uid, gid, true).await,
+                }
             },
             reply,
         );

@@ -36,6 +36,9 @@ pub enum Content {
     File { blocks: Vec<Vec<Slice>> },
     /// The link target.
     Symlink { target: Vec<u8> },
+    /// Nothing: a FIFO, socket or device (its kind says which). Appended, as every new
+    /// variant: snapshots store this type.
+    Special,
 }
 
 /// An inode: attributes and content.
@@ -141,9 +144,20 @@ pub enum Op {
         block_size: u32,
     },
     /// Not a change: the log's mark that the records before it up to a position passed
-    /// the gate, written while the machine ran boot `boot` (see `wal`). Last, so that
-    /// logs written before it decode unchanged.
+    /// the gate, written while the machine ran boot `boot` (see `wal`). Variants are only
+    /// ever appended, so that logs written before them decode unchanged.
     Mark { boot: [u8; 16] },
+    /// Make special file `ino` (FIFO, socket or device) as `parent/name`.
+    Mknod {
+        parent: Ino,
+        name: Name,
+        ino: Ino,
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+    },
 }
 
 /// Why a blob lost its last reference: readers of an open file may still want a blob
@@ -492,6 +506,30 @@ impl Namespace {
                 let inode = Inode {
                     attr: Self::new_attr(ino, FileKind::File, perm, uid, gid, time),
                     content: Content::File { blocks: Vec::new() },
+                };
+                self.add_inode(parent, &name, inode, time);
+                Ok(ino)
+            }
+            Op::Mknod {
+                parent,
+                name,
+                ino,
+                kind,
+                perm,
+                uid,
+                gid,
+                time,
+            } => {
+                self.check_new(parent, &name, ino)?;
+                if !kind.is_special() {
+                    return refuse(
+                        ErrorCode::Invalid,
+                        format!("{}: mknod makes FIFOs, sockets and devices", show(&name)),
+                    );
+                }
+                let inode = Inode {
+                    attr: Self::new_attr(ino, kind, perm, uid, gid, time),
+                    content: Content::Special,
                 };
                 self.add_inode(parent, &name, inode, time);
                 Ok(ino)
@@ -924,6 +962,87 @@ mod tests {
             create(&mut ns, a, "x/y").unwrap_err().code,
             ErrorCode::Invalid
         );
+    }
+
+    fn mknod(ns: &mut Namespace, parent: Ino, name: &str, kind: FileKind) -> Refusal<Ino> {
+        let ino = ns.next_ino();
+        ns.apply(&Op::Mknod {
+            parent,
+            name: name.into(),
+            ino,
+            kind,
+            perm: 0o640,
+            uid: 7,
+            gid: 8,
+            time: t(),
+        })
+    }
+
+    #[test]
+    fn special_files_link_rename_and_go() {
+        let mut ns = Namespace::new(t());
+        let kinds = [
+            ("p", FileKind::Fifo),
+            ("s", FileKind::Socket),
+            ("c", FileKind::CharDevice(0x0103)),
+            ("b", FileKind::BlockDevice(0x0700)),
+        ];
+        for (name, kind) in kinds {
+            let ino = mknod(&mut ns, ROOT_INO, name, kind).unwrap();
+            let attr = &ns.get(ino).unwrap().attr;
+            assert_eq!(
+                (attr.kind, attr.perm, attr.uid, attr.nlink),
+                (kind, 0o640, 7, 1)
+            );
+        }
+        assert_eq!(
+            ns.get(ns.resolve("/c").unwrap()).unwrap().attr.kind.rdev(),
+            0x0103
+        );
+        let taken = mknod(&mut ns, ROOT_INO, "p", FileKind::Fifo).unwrap_err();
+        assert_eq!(taken.code, ErrorCode::Exists);
+        // Only special kinds: a peer cannot make a directory without its entries this way.
+        for kind in [FileKind::Dir, FileKind::File, FileKind::Symlink] {
+            let refused = mknod(&mut ns, ROOT_INO, "x", kind).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::Invalid, "{kind:?}");
+        }
+        let p = ns.resolve("/p").unwrap();
+        ns.apply(&Op::Link {
+            ino: p,
+            new_parent: ROOT_INO,
+            new_name: b"p2".to_vec(),
+            time: t(),
+        })
+        .unwrap();
+        assert_eq!(ns.get(p).unwrap().attr.nlink, 2);
+        ns.apply(&Op::Rename {
+            parent: ROOT_INO,
+            name: b"c".to_vec(),
+            new_parent: ROOT_INO,
+            new_name: b"s".to_vec(),
+            noreplace: false,
+            time: t(),
+        })
+        .unwrap();
+        let size = ns.apply(&Op::SetAttr {
+            ino: p,
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+            block_size: BS,
+            time: t(),
+        });
+        assert_eq!(size.unwrap_err().code, ErrorCode::Invalid);
+        for name in ["p", "p2", "s", "b"] {
+            ns.apply(&Op::Unlink {
+                parent: ROOT_INO,
+                name: name.into(),
+                time: t(),
+            })
+            .unwrap();
+        }
+        assert_eq!(ns.len(), 1);
     }
 
     #[test]

@@ -202,6 +202,26 @@ impl Service {
                 })
                 .await
             }
+            Mknod {
+                parent,
+                name,
+                kind,
+                perm,
+                uid,
+                gid,
+            } => {
+                self.mutate(|ns| Op::Mknod {
+                    parent,
+                    name,
+                    ino: ns.next_ino(),
+                    kind,
+                    perm,
+                    uid,
+                    gid,
+                    time: now,
+                })
+                .await
+            }
             Create {
                 parent,
                 name,
@@ -723,6 +743,7 @@ fn op_name(request: &Request) -> &'static str {
         SetAttr { .. } => "setattr",
         Mkdir { .. } => "mkdir",
         Create { .. } => "create",
+        Mknod { .. } => "mknod",
         Symlink { .. } => "symlink",
         Readlink { .. } => "readlink",
         Link { .. } => "link",

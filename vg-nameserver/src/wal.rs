@@ -680,7 +680,7 @@ impl DurableWaiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vg_wire::{Timestamp, ROOT_INO};
+    use vg_wire::{FileKind, Timestamp, ROOT_INO};
 
     /// The boot the tests run in; another one is a reboot.
     const BOOT: [u8; 16] = [1; 16];
@@ -881,13 +881,27 @@ mod tests {
         {
             let (mut wal, mut ns, _) = Wal::open(dir.path(), BOOT).unwrap();
             append_mkdir(&mut wal, &mut ns, "a", &[]);
+            let dev = Op::Mknod {
+                parent: ROOT_INO,
+                name: b"dev".to_vec(),
+                ino: ns.next_ino(),
+                kind: FileKind::CharDevice(0x0103),
+                perm: 0o600,
+                uid: 0,
+                gid: 0,
+                time: Timestamp::now(),
+            };
+            ns.apply(&dev).unwrap();
+            wal.append_after(&dev, []).unwrap();
             wal.snapshot(&ns).unwrap();
             let lsn = append_mkdir(&mut wal, &mut ns, "b", &[]);
             wal.waiter().wait(lsn).await.unwrap();
         }
         let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
-        assert_eq!(rec.snapshot_lsn, 1);
+        assert_eq!(rec.snapshot_lsn, 2);
         assert_eq!(rec.replayed, 1);
         assert!(ns.resolve("/a").is_ok() && ns.resolve("/b").is_ok());
+        let dev = ns.get(ns.resolve("/dev").unwrap()).unwrap();
+        assert_eq!(dev.attr.kind, FileKind::CharDevice(0x0103));
     }
 }

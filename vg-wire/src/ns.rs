@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::slices::Slice;
-use crate::types::{Attr, BlockId, Ino, Location, SetAttr};
+use crate::types::{Attr, BlockId, FileKind, Ino, Location, SetAttr};
 
 /// A file name as bytes: anything but `/` and NUL, at most 255 bytes.
 pub type Name = Vec<u8>;
@@ -136,6 +136,16 @@ pub enum Request {
         received: Vec<(BlockId, u32)>,
         removed: Vec<BlockId>,
         bad: Vec<BlockId>,
+    },
+    /// Makes a special file (FIFO, socket or device: `kind` says which); fails if the
+    /// name exists.
+    Mknod {
+        parent: Ino,
+        name: Name,
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
     },
 }
 

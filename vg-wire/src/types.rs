@@ -126,7 +126,7 @@ impl From<Timestamp> for SystemTime {
     }
 }
 
-/// What an inode is.
+/// What an inode is. Variants are only ever appended: snapshots and logs store it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
     /// A regular file made of blocks.
@@ -135,6 +135,41 @@ pub enum FileKind {
     Dir,
     /// A symbolic link.
     Symlink,
+    /// A named pipe: the kernel of each machine that opens it makes the pipe.
+    Fifo,
+    /// A Unix socket's name: processes on the machine that bound it connect through it.
+    Socket,
+    /// A character device, by its device number (`rdev`).
+    CharDevice(u32),
+    /// A block device, by its device number (`rdev`).
+    BlockDevice(u32),
+}
+
+impl FileKind {
+    /// The special file (no content, made by `mknod`) of a `mode`'s file type bits, with
+    /// device number `rdev`; `None` for the other types.
+    pub fn special(mode: u32, rdev: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice(rdev)),
+            libc::S_IFBLK => Some(FileKind::BlockDevice(rdev)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a FIFO, socket or device.
+    pub fn is_special(self) -> bool {
+        !matches!(self, FileKind::File | FileKind::Dir | FileKind::Symlink)
+    }
+
+    /// The device number of a device, 0 for anything else.
+    pub fn rdev(self) -> u32 {
+        match self {
+            FileKind::CharDevice(rdev) | FileKind::BlockDevice(rdev) => rdev,
+            _ => 0,
+        }
+    }
 }
 
 /// POSIX attributes of an inode.
@@ -142,7 +177,7 @@ pub enum FileKind {
 pub struct Attr {
     /// Inode number.
     pub ino: Ino,
-    /// File, directory or symlink.
+    /// File, directory, symlink or special file.
     pub kind: FileKind,
     /// Permission bits (`0o7777`), without the file type.
     pub perm: u32,

@@ -31,6 +31,28 @@ fn kind_letter(kind: FileKind) -> char {
         FileKind::Dir => 'd',
         FileKind::File => 'f',
         FileKind::Symlink => 'l',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::CharDevice(_) => 'c',
+        FileKind::BlockDevice(_) => 'b',
+    }
+}
+
+/// A device number as `ls -l` shows it: major, minor.
+fn device(rdev: u32) -> String {
+    format!("{}, {}", libc::major(rdev.into()), libc::minor(rdev.into()))
+}
+
+/// The kind of an inode as `stat` says it, with a device's numbers.
+fn kind_name(kind: FileKind) -> String {
+    match kind {
+        FileKind::File => "regular file".into(),
+        FileKind::Dir => "directory".into(),
+        FileKind::Symlink => "symbolic link".into(),
+        FileKind::Fifo => "fifo".into(),
+        FileKind::Socket => "socket".into(),
+        FileKind::CharDevice(rdev) => format!("character special file {}", device(rdev)),
+        FileKind::BlockDevice(rdev) => format!("block special file {}", device(rdev)),
     }
 }
 
@@ -198,6 +220,10 @@ impl Session {
                     self.holders(attr.ino).await?
                 ),
                 FileKind::Dir => println!("{kind} {name:<30} {:>12}", "-"),
+                FileKind::Fifo | FileKind::Socket => println!("{kind} {name:<30} {:>12}", 0),
+                FileKind::CharDevice(rdev) | FileKind::BlockDevice(rdev) => {
+                    println!("{kind} {name:<30} {:>12}", device(rdev))
+                }
                 FileKind::Symlink => {
                     let target = self.client.readlink(attr.ino).await.map_err(at(path))?;
                     println!(
@@ -215,7 +241,7 @@ impl Session {
         let attr = self.stat_path(path).await?;
         println!("path:   {path}");
         println!("inode:  {}", attr.ino);
-        println!("type:   {:?}", attr.kind);
+        println!("type:   {}", kind_name(attr.kind));
         println!("size:   {}", attr.size);
         println!("mode:   {:04o}", attr.perm);
         println!("uid:    {}", attr.uid);

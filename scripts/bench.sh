@@ -28,7 +28,7 @@ cargo build --release --quiet || exit 1
 work=$(mktemp -d /tmp/vg-bench.XXXXXX)
 out=${OUT:-/tmp/vg-bench.tsv}
 : >"$out"
-export VG_BIN=$root/target/release VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$((20000 + RANDOM % 20000))
+export VG_BIN=$root/target/release VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$(random_port)
 cleanup() {
   [[ -f $VG_HOME/pids ]] && scripts/down.sh >/dev/null 2>&1
   [[ -f $work/strict/pids ]] && VG_HOME=$work/strict scripts/down.sh >/dev/null 2>&1

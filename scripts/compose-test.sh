@@ -33,8 +33,11 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "compose-test.sh: dockerd did not start:"; tail -n 20 "$work/dockerd.log"; exit 1; }
 fi
 
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
 export COMPOSE_PROJECT_NAME=vgtest$$
-export VG_IMAGE=vg-test:$$ VG_CERTS_DIR=$work/certs VG_NS_HOST_PORT=$((20000 + RANDOM % 20000))
+export VG_IMAGE=vg-test:$$ VG_CERTS_DIR=$work/certs VG_NS_HOST_PORT=$(random_port)
 export VG_HEARTBEAT_TIMEOUT=3s VG_GC_GRACE=10s
 export VG_NS_PORT=$VG_NS_HOST_PORT VG_CA_CERT=$work/certs/rootCA.crt
 export VG_CERTFILE=$work/certs/client/client.crt VG_KEYFILE=$work/certs/client/client.key
@@ -48,9 +51,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 active_count() { [[ $("$bin/vgctl" du 2>/dev/null | grep -c ' active ') == "$1" ]]; }
 fsck_clean() { "$bin/vgctl" fsck >/dev/null 2>&1; }

@@ -1,6 +1,6 @@
 # Shared by the shell scripts: source it (after setting $log, for check).
-# Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD... and
-# need_packages PKG...
+# Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD...,
+# random_port and need_packages PKG...
 
 passed=0
 failed=0
@@ -35,6 +35,12 @@ eventually() {
 summary() {
   echo "$passed passed, $failed failed"
   [[ $failed == 0 ]]
+}
+
+# A port for a test cluster's nameserver, random in 20000-39999 so that clusters of runs
+# side by side rarely ask for the same one.
+random_port() {
+  echo $((20000 + RANDOM % 20000))
 }
 
 # Installs the Debian packages not installed yet (a fresh machine has no apt lists).

@@ -15,7 +15,7 @@ work=$(mktemp -d /tmp/vg-load-test.XXXXXX)
 log=$work/test.log
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$((20000 + RANDOM % 20000))
+export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$(random_port)
 # Deleted files free their blocks after the grace period: keep it short so that a minute
 # of writing (several GiB) fits the cluster.
 export VG_GC_GRACE=5s

@@ -29,7 +29,9 @@ log=$work/test.log
 backing=$work/backing disk=$work/disk mnt=$work/mnt
 mkdir -p "$backing" "$disk" "$mnt"
 export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/home VG_DATA=$disk
-VG_NS_PORT=$((20000 + RANDOM % 20000))
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+VG_NS_PORT=$(random_port)
 export VG_NS_PORT VG_HEARTBEAT_TIMEOUT=3s
 # A power cut reboots the machine: the nameserver tells a power loss from a crash of
 # its process by the boot id, which each cut changes.
@@ -37,9 +39,6 @@ export VG_BOOT_ID_FILE=$work/boot_id
 new_boot() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$VG_BOOT_ID_FILE"; }
 new_boot
 lossy_pid=
-
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 mounted() { grep -q " $1 " /proc/mounts; }
 

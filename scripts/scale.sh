@@ -59,7 +59,7 @@ PY
 rows=()
 for n in $storage_counts; do
   r=$(( n < 2 ? 1 : 2 ))
-  export VG_HOME=$work/cluster$n VG_NS_PORT=$((20000 + RANDOM % 20000))
+  export VG_HOME=$work/cluster$n VG_NS_PORT=$(random_port)
   mnt=$work/mnt$n
   scripts/up.sh -n "$n" -r "$r" -c 20GiB -m "$mnt" >"$work/up$n.log" 2>&1 || { cat "$work/up$n.log"; exit 1; }
   for c in $client_counts; do

@@ -39,7 +39,7 @@ source scripts/lib.sh
 # sqlite3 for the database test; as root the packages a fresh machine lacks are installed.
 need_packages sqlite3 || { echo "test-mount.sh: cannot install sqlite3 (apt-get failed)" >&2; exit 1; }
 
-port=$((20000 + RANDOM % 20000))
+port=$(random_port)
 start_cluster main "$port" -n 3 -c 2GiB -b 1MiB
 mnt=$work/mnt-main
 src=$work/src

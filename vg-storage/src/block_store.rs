@@ -25,17 +25,12 @@ use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
-use crate::error::{Error, Result};
+use crate::error::{io_err, Error, Result};
 use crate::volumes::Volumes;
 
 /// Blocks up to this size go to volume files. Larger ones are written with O_DIRECT to a
 /// file of their own, where the journal commits are few against the bytes.
 pub const SMALL_BLOCK: usize = 256 << 10;
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// Marks the end of a block file.
 const MAGIC: &[u8; 4] = b"vgb1";

@@ -3,6 +3,12 @@
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::BlockId;
 
+/// Wraps an I/O error with what was being done (`create /path`), for `map_err`.
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
 /// What can go wrong in a storage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
-use crate::error::{Error, Result};
+use crate::error::{io_err, Result};
 
 /// Bytes of each volume file.
 pub const VOLUME_BYTES: u64 = 64 << 20;
@@ -48,11 +48,6 @@ const ZERO_AHEAD: u64 = 1 << 20;
 const HEADER: usize = 44;
 /// A volume not in use is compacted when less than this fraction of it is live.
 const COMPACT_BELOW: f64 = 0.25;
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// Bytes a record of a `len`-byte block takes.
 fn record_len(len: u32) -> u64 {

@@ -37,7 +37,7 @@ start_cluster() {
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 # sqlite3 for the database test; as root the packages a fresh machine lacks are installed.
-need_packages sqlite3 || { echo "test-mount.sh: cannot install sqlite3 (apt-get failed)" >&2; exit 1; }
+need_packages sqlite3 attr || { echo "test-mount.sh: cannot install sqlite3 and attr (apt-get failed)" >&2; exit 1; }
 
 port=$(random_port)
 start_cluster main "$port" -n 3 -c 2GiB -b 1MiB
@@ -106,6 +106,25 @@ specials() {
     && [[ -z $(find "$mnt" -maxdepth 1 \( -type p -o -type s -o -type c -o -type b \)) ]]
 }
 check "mkfifo, mknod c and b, a Unix socket: stat, use, ln, mv, chmod, chown, tar, cp -a, rm" specials
+
+# Extended attributes: user., trusted. and security. kept with the file, carried by cp -a
+# and tar --xattrs; system. (ACLs) refused; a missing one is ENODATA.
+xattrs() {
+  echo x >"$mnt/xf" && mkdir "$mnt/xd" \
+    && setfattr -n user.color -v blue "$mnt/xf" && setfattr -n trusted.level -v 0x0102 "$mnt/xd" \
+    && setfattr -n user.empty "$mnt/xf" \
+    && [[ $(getfattr --only-values -n user.color "$mnt/xf") == blue ]] \
+    && [[ $(getfattr -d -m - -e hex "$mnt/xd" | grep level) == "trusted.level=0x0102" ]] \
+    && ! setfattr -n system.other -v 1 "$mnt/xf" 2>/dev/null \
+    && ! getfattr -n user.none "$mnt/xf" 2>"$work/xattr.err" && grep -q "No such attribute" "$work/xattr.err" \
+    && cp -a "$mnt/xf" "$mnt/xf-copy" && [[ $(getfattr --only-values -n user.color "$mnt/xf-copy") == blue ]] \
+    && tar --xattrs --xattrs-include='*' -C "$mnt" -cf "$work/xattrs.tar" xf xd && mkdir "$mnt/xu" \
+    && tar --xattrs --xattrs-include='*' -C "$mnt/xu" -xf "$work/xattrs.tar" \
+    && [[ $(getfattr -d -m - "$mnt/xu/xf" "$mnt/xu/xd" | grep -c =) == 3 ]] \
+    && setfattr -x user.color "$mnt/xf" && [[ $(getfattr -d "$mnt/xf" | grep -c =) == 1 ]] \
+    && rm -r "$mnt/xf" "$mnt/xf-copy" "$mnt/xd" "$mnt/xu"
+}
+check "setfattr/getfattr (user., trusted.), cp -a and tar --xattrs keep them, system. refused" xattrs
 
 # fallocate: mode 0 grows the file (reading zeros), KEEP_SIZE does not; other modes are
 # refused with EOPNOTSUPP, never faked.

@@ -19,11 +19,12 @@ use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatF
 use vg_wire::rpc::{Dialer, Target};
 use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
+use vg_wire::xattr::SetMode;
 use vg_wire::Bytes;
 use vg_wire::{Attr, BlockId, BlockRef, FileKind, Ino, Location, Role, SetAttr, Slice};
 
-pub use entries::Cached;
 use entries::EntryCache;
+pub use entries::{Cached, Xattrs};
 pub use error::{Error, Result};
 
 /// How to reach the cluster.
@@ -322,6 +323,64 @@ impl Client {
             })
             .await;
         self.added(parent, name, result)
+    }
+
+    /// Every extended attribute of an inode; from the entry cache when it has them.
+    pub async fn xattrs(&self, ino: Ino) -> Result<Xattrs> {
+        if let Some(xattrs) = self.cache(|c| c.fresh_xattrs(ino)).flatten() {
+            return Ok(xattrs);
+        }
+        let asked = Instant::now();
+        match self.ns_call(ns::Request::Xattrs { ino }).await? {
+            ns::Response::Xattrs(list) => {
+                let xattrs = Arc::new(list);
+                self.cache(|c| c.xattrs_fetched(ino, xattrs.clone(), asked));
+                Ok(xattrs)
+            }
+            other => Err(unexpected("xattrs", other)),
+        }
+    }
+
+    /// Sets an extended attribute.
+    pub async fn set_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: SetMode,
+    ) -> Result<()> {
+        self.xattr_call(
+            ino,
+            ns::Request::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                mode,
+            },
+        )
+        .await
+    }
+
+    /// Removes an extended attribute.
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.xattr_call(
+            ino,
+            ns::Request::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+            },
+        )
+        .await
+    }
+
+    /// Sends a change of `ino`'s extended attributes.
+    async fn xattr_call(&self, ino: Ino, request: ns::Request) -> Result<()> {
+        let result = self.attr_call(request).await;
+        // After the answer: attributes fetched while it was on its way may predate it.
+        self.cache(|c| c.forget_xattrs(ino));
+        let attr = result?;
+        self.cache(|c| c.attr(&attr));
+        Ok(())
     }
 
     /// Makes a FIFO, socket or device node.

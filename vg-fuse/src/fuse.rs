@@ -20,6 +20,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow,
 };
 use tracing::debug;
+use vg_wire::xattr::SetMode;
 use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
 
 use crate::client::files::Files;
@@ -114,6 +115,16 @@ fn file_attr(attr: &Attr) -> FileAttr {
         rdev: attr.kind.rdev(),
         blksize: IO_SIZE,
         flags: 0,
+    }
+}
+
+/// Answers `getxattr`/`listxattr`: the size when asked for it (`size` 0), ERANGE when
+/// the caller's buffer is too small, the bytes otherwise.
+fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
+    match size {
+        0 => reply.size(data.len() as u32),
+        n if (n as usize) < data.len() => reply.error(libc::ERANGE),
+        _ => reply.data(data),
     }
 }
 
@@ -909,32 +920,79 @@ impl Filesystem for VgFs {
     fn getxattr(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
-        _name: &OsStr,
-        _size: u32,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(errno::NO_XATTRS);
+        let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
+        self.spawn(
+            "getxattr",
+            async move {
+                let xattrs = files.client().xattrs(ino).await?;
+                match xattrs.iter().find(|(n, _)| *n == name) {
+                    Some((_, value)) => Ok(value.clone()),
+                    None => Err(Error::Remote(vg_wire::RemoteError::new(
+                        vg_wire::ErrorCode::NoAttr,
+                        format!("attribute {}: none", String::from_utf8_lossy(&name)),
+                    ))),
+                }
+            },
+            move |r| match r {
+                Ok(value) => xattr_reply(reply, size, &value),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, _size: u32, reply: ReplyXattr) {
-        reply.error(errno::NO_XATTRS);
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let files = self.files.clone();
+        self.spawn(
+            "listxattr",
+            async move { files.client().xattrs(ino).await },
+            move |r| match r {
+                Ok(xattrs) => {
+                    let names: Vec<u8> = xattrs
+                        .iter()
+                        .flat_map(|(name, _)| name.iter().copied().chain([0]))
+                        .collect();
+                    xattr_reply(reply, size, &names)
+                }
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn setxattr(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno::NO_XATTRS);
+        let mode = match flags {
+            0 => SetMode::Either,
+            libc::XATTR_CREATE => SetMode::Create,
+            libc::XATTR_REPLACE => SetMode::Replace,
+            _ => return reply.error(errno::BAD_FLAGS),
+        };
+        let (files, name, value) = (self.files.clone(), name.as_bytes().to_vec(), value.to_vec());
+        self.empty(
+            "setxattr",
+            async move { files.client().set_xattr(ino, &name, &value, mode).await },
+            reply,
+        );
     }
 
-    fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno::NO_XATTRS);
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
+        self.empty(
+            "removexattr",
+            async move { files.client().remove_xattr(ino, &name).await },
+            reply,
+        );
     }
 }

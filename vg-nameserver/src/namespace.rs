@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::Name;
 use vg_wire::slices::{self, MAX_SLICES};
+use vg_wire::xattr::{self, SetMode};
 use vg_wire::{
     check_name, check_name_len, Attr, BlockId, BlockRef, FileKind, Ino, SetAttr, Slice, Timestamp,
     ROOT_INO,
@@ -19,7 +20,9 @@ use vg_wire::{
 use crate::error::refuse;
 
 mod v1;
-pub use v1::NamespaceV1;
+#[cfg(test)]
+pub use v1::encode_v2;
+pub use v1::{NamespaceV1, NamespaceV2};
 
 type Refusal<T = ()> = std::result::Result<T, RemoteError>;
 
@@ -158,6 +161,20 @@ pub enum Op {
         gid: u32,
         time: Timestamp,
     },
+    /// Set extended attribute `name` of `ino`.
+    SetXattr {
+        ino: Ino,
+        name: Name,
+        value: Vec<u8>,
+        mode: SetMode,
+        time: Timestamp,
+    },
+    /// Remove extended attribute `name` of `ino`.
+    RemoveXattr {
+        ino: Ino,
+        name: Name,
+        time: Timestamp,
+    },
 }
 
 /// Why a blob lost its last reference: readers of an open file may still want a blob
@@ -189,6 +206,16 @@ pub struct Namespace {
     /// and why.
     #[serde(skip)]
     released: Vec<(BlockId, Release)>,
+    /// Extended attributes of the inodes that have any, by name. Last: the snapshot
+    /// format before them (`vgsnap02`) is this without it.
+    xattrs: HashMap<Ino, BTreeMap<Name, Vec<u8>>>,
+}
+
+fn no_attr(name: &[u8]) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::NoAttr,
+        format!("attribute {}: No data available", show(name)),
+    )
 }
 
 fn not_found(what: impl std::fmt::Display) -> RemoteError {
@@ -251,6 +278,7 @@ impl Namespace {
             next_ino: ROOT_INO + 1,
             refs: HashMap::new(),
             released: Vec::new(),
+            xattrs: HashMap::new(),
         }
     }
 
@@ -289,6 +317,16 @@ impl Namespace {
     /// Blocks that lost their last reference since the previous call.
     pub fn take_released(&mut self) -> Vec<(BlockId, Release)> {
         std::mem::take(&mut self.released)
+    }
+
+    /// The extended attributes of an inode, by name.
+    pub fn xattrs(&self, ino: Ino) -> Refusal<Vec<(Name, Vec<u8>)>> {
+        self.get(ino)?;
+        Ok(self
+            .xattrs
+            .get(&ino)
+            .map(|x| x.iter().map(|(n, v)| (n.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     /// An inode.
@@ -451,6 +489,7 @@ impl Namespace {
         inode.attr.ctime = time;
         if inode.attr.nlink == 0 || inode.attr.kind == FileKind::Dir {
             let inode = self.inodes.remove(&ino).expect("present");
+            self.xattrs.remove(&ino);
             if let Content::File { blocks } = inode.content {
                 self.drop_refs(blocks.into_iter().flatten(), Release::Dropped);
             }
@@ -508,6 +547,58 @@ impl Namespace {
                     content: Content::File { blocks: Vec::new() },
                 };
                 self.add_inode(parent, &name, inode, time);
+                Ok(ino)
+            }
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                mode,
+                time,
+            } => {
+                let kind = self.get(ino)?.attr.kind;
+                xattr::check_name(&name, kind)?;
+                xattr::check_value(&name, &value)?;
+                let attrs = self.xattrs.get(&ino);
+                let old = attrs.and_then(|a| a.get(&name));
+                match (mode, old) {
+                    (SetMode::Create, Some(_)) => {
+                        return refuse(
+                            ErrorCode::Exists,
+                            format!("attribute {}: exists", show(&name)),
+                        )
+                    }
+                    (SetMode::Replace, None) => return Err(no_attr(&name)),
+                    _ => {}
+                }
+                let total: usize =
+                    attrs.map_or(0, |a| a.iter().map(|(n, v)| n.len() + v.len()).sum());
+                let after =
+                    total - old.map_or(0, |v| name.len() + v.len()) + name.len() + value.len();
+                if after > xattr::MAX_TOTAL {
+                    return refuse(
+                        ErrorCode::NoSpace,
+                        format!(
+                            "attribute {}: the inode's attributes would take {after} bytes, at most {}",
+                            show(&name),
+                            xattr::MAX_TOTAL
+                        ),
+                    );
+                }
+                self.xattrs.entry(ino).or_default().insert(name, value);
+                self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
+                Ok(ino)
+            }
+            Op::RemoveXattr { ino, name, time } => {
+                self.get(ino)?;
+                let attrs = self.xattrs.get_mut(&ino);
+                if attrs.and_then(|a| a.remove(&name)).is_none() {
+                    return Err(no_attr(&name));
+                }
+                if self.xattrs.get(&ino).is_some_and(BTreeMap::is_empty) {
+                    self.xattrs.remove(&ino);
+                }
+                self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
                 Ok(ino)
             }
             Op::Mknod {
@@ -1043,6 +1134,74 @@ mod tests {
             .unwrap();
         }
         assert_eq!(ns.len(), 1);
+    }
+
+    #[test]
+    fn xattrs_set_replace_remove_and_go_with_the_inode() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        let set = |ns: &mut Namespace, name: &str, value: &[u8], mode| {
+            ns.apply(&Op::SetXattr {
+                ino: f,
+                name: name.into(),
+                value: value.to_vec(),
+                mode,
+                time: t(),
+            })
+            .map_err(|e| e.code)
+        };
+        let remove = |ns: &mut Namespace, name: &str| {
+            ns.apply(&Op::RemoveXattr {
+                ino: f,
+                name: name.into(),
+                time: t(),
+            })
+            .map_err(|e| e.code)
+        };
+        assert_eq!(
+            set(&mut ns, "user.a", b"1", SetMode::Replace),
+            Err(ErrorCode::NoAttr)
+        );
+        set(&mut ns, "user.a", b"1", SetMode::Create).unwrap();
+        assert_eq!(
+            set(&mut ns, "user.a", b"2", SetMode::Create),
+            Err(ErrorCode::Exists)
+        );
+        set(&mut ns, "user.a", b"3", SetMode::Replace).unwrap();
+        set(&mut ns, "trusted.b", b"", SetMode::Either).unwrap();
+        let names = |ns: &Namespace| ns.xattrs(f).unwrap();
+        assert_eq!(
+            names(&ns),
+            vec![
+                (b"trusted.b".to_vec(), vec![]),
+                (b"user.a".to_vec(), b"3".to_vec())
+            ]
+        );
+        assert_eq!(
+            set(&mut ns, "system.x", b"1", SetMode::Either),
+            Err(ErrorCode::NotSupported)
+        );
+        // A per-inode total: filling it is refused, replacing within it is not.
+        let big = vec![7u8; xattr::MAX_VALUE];
+        for i in 0..3 {
+            set(&mut ns, &format!("user.big{i}"), &big, SetMode::Either).unwrap();
+        }
+        assert_eq!(
+            set(&mut ns, "user.big3", &big, SetMode::Either),
+            Err(ErrorCode::NoSpace)
+        );
+        set(&mut ns, "user.big0", &big, SetMode::Either).unwrap();
+        remove(&mut ns, "user.a").unwrap();
+        assert_eq!(remove(&mut ns, "user.a"), Err(ErrorCode::NoAttr));
+        // Gone with the inode: a later inode never inherits them.
+        ns.apply(&Op::Unlink {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            time: t(),
+        })
+        .unwrap();
+        assert!(ns.xattrs.is_empty());
+        assert_eq!(ns.xattrs(f).unwrap_err().code, ErrorCode::NotFound);
     }
 
     #[test]

@@ -202,6 +202,30 @@ impl Service {
                 })
                 .await
             }
+            SetXattr {
+                ino,
+                name,
+                value,
+                mode,
+            } => {
+                self.mutate(|_| Op::SetXattr {
+                    ino,
+                    name,
+                    value,
+                    mode,
+                    time: now,
+                })
+                .await
+            }
+            RemoveXattr { ino, name } => {
+                self.mutate(|_| Op::RemoveXattr {
+                    ino,
+                    name,
+                    time: now,
+                })
+                .await
+            }
+            Xattrs { ino } => self.read(|ns| Ok(Response::Xattrs(ns.xattrs(ino)?))),
             Mknod {
                 parent,
                 name,
@@ -744,6 +768,9 @@ fn op_name(request: &Request) -> &'static str {
         Mkdir { .. } => "mkdir",
         Create { .. } => "create",
         Mknod { .. } => "mknod",
+        SetXattr { .. } => "setxattr",
+        RemoveXattr { .. } => "removexattr",
+        Xattrs { .. } => "xattrs",
         Symlink { .. } => "symlink",
         Readlink { .. } => "readlink",
         Link { .. } => "link",

@@ -1,9 +1,10 @@
 //! Durable metadata: a write-ahead log with group commit, and snapshots.
 //!
 //! Files under the metadata directory:
-//! - `snapshot`: `b"vgsnap02"`, crc32 of the payload, payload length (u64), payload =
+//! - `snapshot`: `b"vgsnap03"`, crc32 of the payload, payload length (u64), payload =
 //!   `(lsn, Namespace)`; written to `snapshot.tmp`, fsynced, renamed, directory fsynced.
-//!   A `vgsnap01` snapshot (whole blocks, before slices) is read and converted.
+//!   A `vgsnap01` (whole blocks, before slices) or `vgsnap02` (before extended
+//!   attributes) snapshot is read and converted.
 //! - `wal`: records of `len: u32, crc32: u32, payload = (lsn, Op)`, appended in LSN order,
 //!   then zeros: the file is allocated ahead of the records ([`PREALLOCATE`]).
 //!
@@ -48,11 +49,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::namespace::{Namespace, NamespaceV1, Op};
+use crate::namespace::{Namespace, NamespaceV1, NamespaceV2, Op};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap02";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap03";
 /// The snapshot format of releases before slices.
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"vgsnap01";
+/// The snapshot format of releases before extended attributes.
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"vgsnap02";
 /// Largest WAL record accepted on replay; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -500,8 +503,9 @@ impl Wal {
     }
 
     fn decode_snapshot(bytes: &[u8]) -> std::result::Result<(u64, Namespace), String> {
-        let v1 = bytes.get(..8) == Some(SNAPSHOT_MAGIC_V1);
-        if bytes.len() < 20 || (&bytes[..8] != SNAPSHOT_MAGIC && !v1) {
+        let magic = bytes.get(..8).unwrap_or_default();
+        let known = [SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1, SNAPSHOT_MAGIC_V2];
+        if bytes.len() < 20 || !known.iter().any(|m| magic == *m) {
             return Err("not a vg snapshot (bad magic)".into());
         }
         let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
@@ -510,10 +514,19 @@ impl Wal {
         if payload.len() as u64 != len || crc32fast::hash(payload) != crc {
             return Err("snapshot checksum mismatch".into());
         }
-        if v1 {
+        if magic == SNAPSHOT_MAGIC_V1 {
             let (lsn, old): (u64, NamespaceV1) =
                 vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())?;
             info!(lsn, "snapshot of the format before slices read; converted");
+            return Ok((lsn, old.into()));
+        }
+        if magic == SNAPSHOT_MAGIC_V2 {
+            let (lsn, old): (u64, NamespaceV2) =
+                vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())?;
+            info!(
+                lsn,
+                "snapshot of the format before extended attributes read; converted"
+            );
             return Ok((lsn, old.into()));
         }
         vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())
@@ -873,6 +886,24 @@ mod tests {
         let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!((rec.replayed, rec.dropped_bytes), (3, 0));
         assert!(ns.resolve("/a").is_ok() && ns.resolve("/c").is_ok());
+    }
+
+    #[tokio::test]
+    async fn snapshot_before_xattrs_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ns = Namespace::new(Timestamp::now());
+        let op = mkdir_op(&ns, "kept");
+        ns.apply(&op).unwrap();
+        let payload = crate::namespace::encode_v2(7, &ns);
+        let mut bytes = SNAPSHOT_MAGIC_V2.to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        std::fs::write(dir.path().join("snapshot"), bytes).unwrap();
+        let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!(rec.snapshot_lsn, 7);
+        let kept = ns.resolve("/kept").unwrap();
+        assert!(ns.xattrs(kept).unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -55,6 +55,12 @@ pub enum ErrorCode {
     Version,
     /// The data changed since the caller read it (a compaction lost a race).
     Conflict,
+    /// No such extended attribute.
+    NoAttr,
+    /// Not supported by vg (e.g. an attribute namespace it does not keep).
+    NotSupported,
+    /// A value or a set of values is larger than vg takes.
+    TooBig,
 }
 
 /// Errors of the protocol layer.

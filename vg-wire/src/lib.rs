@@ -15,6 +15,7 @@ pub mod slices;
 pub mod storage;
 pub mod tls;
 pub mod types;
+pub mod xattr;
 
 pub use bytes::Bytes;
 pub use error::{Error, ErrorCode, RemoteError, Result};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::slices::Slice;
 use crate::types::{Attr, BlockId, FileKind, Ino, Location, SetAttr};
+use crate::xattr::SetMode;
 
 /// A file name as bytes: anything but `/` and NUL, at most 255 bytes.
 pub type Name = Vec<u8>;
@@ -137,6 +138,19 @@ pub enum Request {
         removed: Vec<BlockId>,
         bad: Vec<BlockId>,
     },
+    /// Sets extended attribute `name` of an inode; answers with its attributes (its
+    /// ctime moves).
+    SetXattr {
+        ino: Ino,
+        name: Name,
+        value: Vec<u8>,
+        mode: SetMode,
+    },
+    /// Removes extended attribute `name`; answers with the inode's attributes.
+    RemoveXattr { ino: Ino, name: Name },
+    /// Every extended attribute of an inode, names and values (at most
+    /// [`crate::xattr::MAX_TOTAL`] bytes: one round trip fills the mount's cache).
+    Xattrs { ino: Ino },
     /// Makes a special file (FIFO, socket or device: `kind` says which); fails if the
     /// name exists.
     Mknod {
@@ -177,6 +191,8 @@ pub enum Response {
     Delete(Vec<BlockId>),
     /// Work for a storage.
     Commands(Vec<Command>),
+    /// An inode's extended attributes, by name.
+    Xattrs(Vec<(Name, Vec<u8>)>),
 }
 
 /// Cluster-wide space, as `statfs` needs it.

@@ -6,6 +6,7 @@
 //! made through this client update it at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vg_wire::ns::Name;
@@ -14,6 +15,8 @@ use vg_wire::{Attr, FileKind, Ino, Timestamp};
 /// Entries over all cached listings; past this the cache starts again empty, so a huge
 /// tree walk cannot make it grow without bound.
 const MAX_ENTRIES: usize = 200_000;
+/// Inodes whose extended attributes are cached; past this that cache starts again empty.
+const MAX_XATTR_INODES: usize = 10_000;
 /// A directory with more entries than this is never cached whole (relisting it would
 /// cost more than the lookups it saves).
 const MAX_LISTING: usize = 20_000;
@@ -44,11 +47,17 @@ struct Listing {
     names: HashMap<Name, Ino>,
 }
 
+/// An inode's extended attributes, by name.
+pub type Xattrs = Arc<Vec<(Name, Vec<u8>)>>;
+
 /// Listings and attributes, each valid for `ttl` after it was fetched.
 pub struct EntryCache {
     ttl: Duration,
     dirs: HashMap<Ino, Listing>,
     attrs: HashMap<Ino, (Attr, Instant)>,
+    /// Every extended attribute of an inode, fetched in one round trip: the kernel asks
+    /// for `security.capability` before each write.
+    xattrs: HashMap<Ino, (Xattrs, Instant)>,
     entries: usize,
     /// Counts this client's namespace changes, so that a listing fetched while one was
     /// made (and which may miss it) is not kept.
@@ -62,6 +71,7 @@ impl EntryCache {
             ttl,
             dirs: HashMap::new(),
             attrs: HashMap::new(),
+            xattrs: HashMap::new(),
             entries: 0,
             epoch: 0,
         }
@@ -90,6 +100,25 @@ impl EntryCache {
         let (attr, at) = self.attrs.get(&ino)?;
         let left = self.ttl.checked_sub(at.elapsed())?;
         Some((attr.clone(), left))
+    }
+
+    /// The extended attributes of an inode while they may be trusted.
+    pub fn fresh_xattrs(&self, ino: Ino) -> Option<Xattrs> {
+        let (xattrs, at) = self.xattrs.get(&ino)?;
+        (at.elapsed() < self.ttl).then(|| xattrs.clone())
+    }
+
+    /// Records the extended attributes of an inode, fetched at `at`.
+    pub fn xattrs_fetched(&mut self, ino: Ino, xattrs: Xattrs, at: Instant) {
+        if self.xattrs.len() >= MAX_XATTR_INODES {
+            self.xattrs.clear();
+        }
+        self.xattrs.insert(ino, (xattrs, at));
+    }
+
+    /// Forgets the extended attributes of an inode (this client changes them).
+    pub fn forget_xattrs(&mut self, ino: Ino) {
+        self.xattrs.remove(&ino);
     }
 
     /// Records a change this client made to directory `dir`'s entries at `time`: as the

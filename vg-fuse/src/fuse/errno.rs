@@ -20,15 +20,14 @@ pub fn errno(error: &Error) -> i32 {
             libc::EIO
         }
         ErrorCode::Version => libc::EPROTO,
+        ErrorCode::NoAttr => libc::ENODATA,
+        ErrorCode::NotSupported => libc::ENOTSUP,
+        ErrorCode::TooBig => libc::E2BIG,
     }
 }
 
-/// Operations vg does not support (device nodes, FIFOs, fallocate modes other than 0
-/// and KEEP_SIZE).
+/// Operations vg does not support (fallocate modes other than 0 and KEEP_SIZE).
 pub const UNSUPPORTED: i32 = libc::ENOTSUP;
-/// Extended attributes: "not implemented" makes the kernel stop asking (it then answers
-/// EOPNOTSUPP itself). It asks for `security.capability` before every write otherwise.
-pub const NO_XATTRS: i32 = libc::ENOSYS;
 /// Flags vg does not support (e.g. RENAME_EXCHANGE).
 pub const BAD_FLAGS: i32 = libc::EINVAL;
 /// A negative offset or length.

@@ -1,6 +1,7 @@
-//! The namespace as snapshots of releases before slices (`vgsnap01`) hold it: a file's
-//! block `i` was one whole blob or a hole. Read once, at the first start after an upgrade,
-//! and turned into slice lists; the next snapshot is written in the current format.
+//! The namespace as older snapshots hold it, read once at the first start after an
+//! upgrade; the next snapshot is written in the current format. Releases before slices
+//! (`vgsnap01`): a file's block `i` was one whole blob or a hole. Releases before extended
+//! attributes (`vgsnap02`): the namespace without them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -78,8 +79,45 @@ impl From<NamespaceV1> for Namespace {
             next_ino: old.next_ino,
             refs: HashMap::new(),
             released: Vec::new(),
+            xattrs: HashMap::new(),
         };
         ns.rebuild_refs();
         ns
     }
+}
+
+/// The namespace of a `vgsnap02` snapshot: the current one without extended attributes.
+#[derive(Deserialize)]
+pub struct NamespaceV2 {
+    inodes: HashMap<Ino, Box<Inode>>,
+    next_ino: Ino,
+}
+
+impl From<NamespaceV2> for Namespace {
+    fn from(old: NamespaceV2) -> Self {
+        let mut ns = Namespace {
+            inodes: old.inodes,
+            next_ino: old.next_ino,
+            refs: HashMap::new(),
+            released: Vec::new(),
+            xattrs: HashMap::new(),
+        };
+        ns.rebuild_refs();
+        ns
+    }
+}
+
+/// The `vgsnap02` payload of a namespace (for tests of the conversion).
+#[cfg(test)]
+pub fn encode_v2(lsn: u64, ns: &Namespace) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct V2<'a> {
+        inodes: &'a HashMap<Ino, Box<Inode>>,
+        next_ino: Ino,
+    }
+    let v2 = V2 {
+        inodes: &ns.inodes,
+        next_ino: ns.next_ino,
+    };
+    vg_wire::codec::to_bytes(&(lsn, v2)).expect("encodes")
 }

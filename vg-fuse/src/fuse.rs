@@ -59,6 +59,8 @@ pub struct VgFs {
     files: Arc<Files>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// Whether extended attributes are served (else ENOSYS: the kernel stops asking).
+    xattrs: bool,
     next_fh: AtomicU64,
     handles: Arc<Mutex<HashMap<u64, FileHandle>>>,
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
@@ -147,11 +149,12 @@ fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
 
 impl VgFs {
     /// A file system over the open-file layer, running its calls on `rt`.
-    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
+    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, ttl: Duration, xattrs: bool) -> Self {
         VgFs {
             files,
             rt,
             ttl,
+            xattrs,
             next_fh: AtomicU64::new(1),
             handles: Arc::default(),
             dirs: Arc::default(),
@@ -925,6 +928,9 @@ impl Filesystem for VgFs {
         size: u32,
         reply: ReplyXattr,
     ) {
+        if !self.xattrs {
+            return reply.error(errno::NO_XATTRS);
+        }
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.spawn(
             "getxattr",
@@ -946,6 +952,9 @@ impl Filesystem for VgFs {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(errno::NO_XATTRS);
+        }
         let files = self.files.clone();
         self.spawn(
             "listxattr",
@@ -973,6 +982,9 @@ impl Filesystem for VgFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.xattrs {
+            return reply.error(errno::NO_XATTRS);
+        }
         let mode = match flags {
             0 => SetMode::Either,
             libc::XATTR_CREATE => SetMode::Create,
@@ -988,6 +1000,9 @@ impl Filesystem for VgFs {
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        if !self.xattrs {
+            return reply.error(errno::NO_XATTRS);
+        }
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.empty(
             "removexattr",

@@ -41,6 +41,10 @@ struct Args {
     /// default, close waits until they are written by the nameserver and the storages).
     #[arg(long, env = "VG_SYNC_ON_CLOSE")]
     sync_on_close: bool,
+    /// Turn extended attributes off (ENOTSUP): every write then saves the kernel's
+    /// request for the file's `security.capability`, which FUSE cannot cache.
+    #[arg(long, env = "VG_NO_XATTRS")]
+    no_xattrs: bool,
     /// Log to this file instead of stderr.
     #[arg(long, env = "VG_LOGFILE")]
     logfile: Option<PathBuf>,
@@ -158,7 +162,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Resolved before mounting: resolving it after would wait for the mount to serve.
     let resolved = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("resolve {}", args.mountpoint.display()))?;
-    let fs = VgFs::new(files.clone(), rt.handle().clone(), args.attr_ttl);
+    let fs = VgFs::new(
+        files.clone(),
+        rt.handle().clone(),
+        args.attr_ttl,
+        !args.no_xattrs,
+    );
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .with_context(|| format!("mount {}", args.mountpoint.display()))?;
     vg_fuse::fuse::raise_read_ahead(resolved);

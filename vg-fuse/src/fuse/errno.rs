@@ -28,6 +28,9 @@ pub fn errno(error: &Error) -> i32 {
 
 /// Operations vg does not support (fallocate modes other than 0 and KEEP_SIZE).
 pub const UNSUPPORTED: i32 = libc::ENOTSUP;
+/// Extended attributes under `--no-xattrs`: "not implemented" makes the kernel stop
+/// asking (it then answers EOPNOTSUPP itself).
+pub const NO_XATTRS: i32 = libc::ENOSYS;
 /// Flags vg does not support (e.g. RENAME_EXCHANGE).
 pub const BAD_FLAGS: i32 = libc::EINVAL;
 /// A negative offset or length.

@@ -330,11 +330,13 @@ impl Client {
         if let Some(xattrs) = self.cache(|c| c.fresh_xattrs(ino)).flatten() {
             return Ok(xattrs);
         }
-        let asked = Instant::now();
+        let (asked, epoch) = (Instant::now(), self.cache(|c| c.epoch()));
         match self.ns_call(ns::Request::Xattrs { ino }).await? {
             ns::Response::Xattrs(list) => {
                 let xattrs = Arc::new(list);
-                self.cache(|c| c.xattrs_fetched(ino, xattrs.clone(), asked));
+                if let Some(epoch) = epoch {
+                    self.cache(|c| c.xattrs_fetched(ino, xattrs.clone(), asked, epoch));
+                }
                 Ok(xattrs)
             }
             other => Err(unexpected("xattrs", other)),
@@ -376,7 +378,7 @@ impl Client {
     /// Sends a change of `ino`'s extended attributes.
     async fn xattr_call(&self, ino: Ino, request: ns::Request) -> Result<()> {
         let result = self.attr_call(request).await;
-        // After the answer: attributes fetched while it was on its way may predate it.
+        // Once answered: what was cached, or is being fetched, may predate the change.
         self.cache(|c| c.forget_xattrs(ino));
         let attr = result?;
         self.cache(|c| c.attr(&attr));

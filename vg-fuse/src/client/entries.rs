@@ -108,17 +108,23 @@ impl EntryCache {
         (at.elapsed() < self.ttl).then(|| xattrs.clone())
     }
 
-    /// Records the extended attributes of an inode, fetched at `at`.
-    pub fn xattrs_fetched(&mut self, ino: Ino, xattrs: Xattrs, at: Instant) {
+    /// Records the extended attributes of an inode, whose fetch started at `at` in
+    /// `epoch`; dropped if this client changed attributes meanwhile (the answer may
+    /// predate the change).
+    pub fn xattrs_fetched(&mut self, ino: Ino, xattrs: Xattrs, at: Instant, epoch: u64) {
+        if epoch != self.epoch {
+            return;
+        }
         if self.xattrs.len() >= MAX_XATTR_INODES {
             self.xattrs.clear();
         }
         self.xattrs.insert(ino, (xattrs, at));
     }
 
-    /// Forgets the extended attributes of an inode (this client changes them).
+    /// Forgets the extended attributes of an inode: this client changed them.
     pub fn forget_xattrs(&mut self, ino: Ino) {
         self.xattrs.remove(&ino);
+        self.epoch += 1;
     }
 
     /// Records a change this client made to directory `dir`'s entries at `time`: as the
@@ -376,5 +382,17 @@ mod tests {
         cache.added(1, b"new", &attr(7, FileKind::File));
         cache.listed(1, &[], epoch);
         assert_eq!(cache.lookup(1, b"new"), Cached::Unknown { stale: false });
+    }
+
+    #[test]
+    fn xattrs_fetched_across_a_change_are_not_kept() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        let xattrs: Xattrs = Arc::new(vec![(b"user.a".to_vec(), b"1".to_vec())]);
+        let epoch = cache.epoch();
+        cache.forget_xattrs(7);
+        cache.xattrs_fetched(7, xattrs.clone(), Instant::now(), epoch);
+        assert!(cache.fresh_xattrs(7).is_none());
+        cache.xattrs_fetched(7, xattrs.clone(), Instant::now(), cache.epoch());
+        assert_eq!(cache.fresh_xattrs(7), Some(xattrs));
     }
 }

@@ -9,8 +9,8 @@ use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{ClusterStatus, Layout, Placement, Request, Response, StatFs, Stored};
-use vg_wire::rpc::{read_end, respond, Dialer, Peer, Target};
-use vg_wire::{codec, storage, BlockId, Ino, Location, Role, SetTime, Slice, Timestamp};
+use vg_wire::rpc::{read_end, read_request, respond, Dialer, Peer, Target};
+use vg_wire::{storage, BlockId, Ino, Location, Role, SetTime, Slice, Timestamp};
 
 use crate::error::{refuse, Error};
 use crate::namespace::{Content, Namespace, Op};
@@ -126,22 +126,11 @@ impl Service {
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let request: Request = match codec::read_frame(&mut recv).await {
-            Ok(request) => {
-                read_end(&mut recv).await;
-                request
-            }
-            Err(e) => {
-                warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
-                let code = if e.to_string().contains("protocol version") {
-                    ErrorCode::Version
-                } else {
-                    ErrorCode::Invalid
-                };
-                respond::<Response>(&mut send, Err(RemoteError::new(code, e.to_string()))).await;
-                return;
-            }
+        let Some(request) = read_request::<Request, Response>(&peer, &mut send, &mut recv).await
+        else {
+            return;
         };
+        read_end(&mut recv).await;
         let span = tracing::debug_span!("request", op = op_name(&request));
         async {
             let answer = self.dispatch(&peer, request).await;

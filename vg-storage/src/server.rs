@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::rpc::{read_end, respond, Dialer, Peer, Target};
+use vg_wire::rpc::{read_end, read_request, respond, Dialer, Peer, Target};
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
@@ -94,17 +94,9 @@ impl Storage {
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let request: Request = match codec::read_frame(&mut recv).await {
-            Ok(request) => request,
-            Err(e) => {
-                warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
-                respond::<Response>(
-                    &mut send,
-                    Err(RemoteError::new(ErrorCode::Invalid, e.to_string())),
-                )
-                .await;
-                return;
-            }
+        let Some(request) = read_request::<Request, Response>(&peer, &mut send, &mut recv).await
+        else {
+            return;
         };
         let (op, block) = match &request {
             Request::Read { id, .. } => ("read", Some(*id)),

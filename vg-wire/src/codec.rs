@@ -67,9 +67,7 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize> {
         });
     }
     if header[2] != VERSION {
-        return Err(Error::BadFrame {
-            reason: format!("protocol version {}, this peer speaks {VERSION}", header[2]),
-        });
+        return Err(Error::Version { theirs: header[2] });
     }
     let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len > MAX_FRAME {
@@ -175,6 +173,7 @@ mod tests {
         let mut frame = encode(&sample()).unwrap();
         frame[2] = 9;
         let err = decode::<ns::Request>(&frame).unwrap_err();
+        assert!(matches!(err, Error::Version { theirs: 9 }), "{err:?}");
         assert!(err.to_string().contains("protocol version 9"), "{err}");
     }
 

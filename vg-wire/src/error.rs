@@ -75,6 +75,15 @@ pub enum Error {
         /// Why the frame was refused.
         reason: String,
     },
+    /// The frame is of another protocol version.
+    #[error(
+        "protocol version {theirs}, this peer speaks {}",
+        crate::codec::VERSION
+    )]
+    Version {
+        /// The version the frame carries.
+        theirs: u8,
+    },
     /// The connection or stream failed.
     #[error("connection to {peer}: {reason}")]
     Connection {

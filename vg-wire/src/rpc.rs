@@ -17,7 +17,7 @@ use serde::Serialize;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::codec;
-use crate::error::{Error, RemoteError, Result};
+use crate::error::{Error, ErrorCode, RemoteError, Result};
 use crate::storage;
 use crate::types::{BlockId, Location, Role};
 
@@ -97,6 +97,28 @@ where
             .instrument(span)
             .await;
         });
+    }
+}
+
+/// Reads a request frame: the front door of both servers. A malformed one is answered
+/// here (`Version` for another protocol version, `Invalid` otherwise) and logged, and
+/// `None` comes back; `A` is the server's answer type.
+pub async fn read_request<Q: DeserializeOwned, A: Serialize>(
+    peer: &Peer,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Option<Q> {
+    match codec::read_frame(recv).await {
+        Ok(request) => Some(request),
+        Err(e) => {
+            warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
+            let code = match e {
+                Error::Version { .. } => ErrorCode::Version,
+                _ => ErrorCode::Invalid,
+            };
+            respond::<A>(send, Err(RemoteError::new(code, e.to_string()))).await;
+            None
+        }
     }
 }
 

@@ -207,6 +207,23 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
             panic!("round {round}: garbage got a successful answer {response:?}");
         }
     }
+    // Another protocol version gets `Version` from both servers (one front door).
+    for target in &targets {
+        let mut frame = good.clone();
+        frame[2] = 99;
+        let (mut send, mut recv) = client.open(target).await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        let _ = send.finish();
+        let answer =
+            codec::read_frame::<_, Result<ns::Response, vg_wire::RemoteError>>(&mut recv).await;
+        let refused = answer.expect("an answer frame").unwrap_err();
+        assert_eq!(
+            refused.code,
+            ErrorCode::Version,
+            "{}: {refused}",
+            target.name
+        );
+    }
     // Both servers still serve.
     client
         .call::<_, ns::Response>(&targets[0], &ns::Request::StatFs)

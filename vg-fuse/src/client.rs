@@ -79,6 +79,9 @@ pub struct Client {
 
 /// How long a storage that failed a read is tried after the others.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// Placements tried for one block before its upload fails; each leaves out the storages
+/// that failed before.
+const UPLOAD_ATTEMPTS: usize = 6;
 /// How often the grace period of uncommitted blocks is refreshed; the nameserver's
 /// `--gc-grace` must be comfortably longer.
 const KEEP_EVERY: Duration = Duration::from_secs(1);
@@ -579,7 +582,7 @@ impl Client {
             match self
                 .ns_call(ns::Request::ListBlocks {
                     after,
-                    limit: 10_000,
+                    limit: ns::MAX_PAGE,
                 })
                 .await?
             {
@@ -705,7 +708,7 @@ impl Client {
         let mut holders: Vec<Location> = Vec::new();
         let mut wanted = None;
         let mut last_error = None;
-        for _attempt in 0..6 {
+        for _attempt in 0..UPLOAD_ATTEMPTS {
             let skip: Vec<String> = exclude
                 .iter()
                 .cloned()
@@ -918,7 +921,7 @@ async fn keep_held_blocks(
         let Some(held) = held.upgrade() else { return };
         let ids: Vec<BlockId> = held.lock().expect("held lock").keys().copied().collect();
         drop(held);
-        for batch in ids.chunks(10_000) {
+        for batch in ids.chunks(ns::MAX_PAGE as usize) {
             if let Err(e) = dialer
                 .call::<_, ns::Response>(
                     &ns,

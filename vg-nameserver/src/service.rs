@@ -170,7 +170,8 @@ impl Service {
                 ),
             }),
             ReadDir { ino, offset, limit } => self.read(|ns| {
-                let (entries, more) = ns.read_dir(ino, offset, limit.clamp(1, 10_000))?;
+                let (entries, more) =
+                    ns.read_dir(ino, offset, limit.clamp(1, vg_wire::ns::MAX_PAGE))?;
                 Ok(Response::Entries { entries, more })
             }),
             Mkdir {

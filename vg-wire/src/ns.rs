@@ -9,6 +9,11 @@ use crate::slices::Slice;
 use crate::types::{Attr, BlockId, FileKind, Ino, Location, SetAttr};
 use crate::xattr::SetMode;
 
+/// Most directory entries one `ReadDir` answer carries, and block ids one `ListBlocks`
+/// page or `KeepBlocks` request: bounds a frame, and how long one request holds the
+/// namespace.
+pub const MAX_PAGE: u32 = 10_000;
+
 /// A file name as bytes: anything but `/` and NUL, at most 255 bytes.
 pub type Name = Vec<u8>;
 

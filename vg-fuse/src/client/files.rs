@@ -76,6 +76,9 @@ pub fn write_into(buf: &mut Vec<u8>, at: usize, data: &[u8], block_size: usize) 
 /// A write at least this large into a new block allocates the whole block (see
 /// [`write_into`]).
 const LARGE_WRITE: usize = 128 << 10;
+/// Uploads of one file, running or finished, past which the finished ones are collected
+/// (their results recorded) during writes: each holds its block's bytes until then.
+const REAP_AFTER: usize = 64;
 
 /// Tunables of the open-file layer.
 #[derive(Clone, Debug)]
@@ -844,7 +847,7 @@ impl Files {
             synced: sync,
             task,
         });
-        if state.uploads.len() > 64 {
+        if state.uploads.len() > REAP_AFTER {
             self.reap(state, false).await;
         }
     }

@@ -319,3 +319,48 @@ async fn small_writes_and_concurrent_compactions_match_a_model() {
         .await;
     }
 }
+
+/// Extended attributes through two caching clients: the writer sees its own changes at
+/// once, the other within its TTL (its cached set ages out), and they go with the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xattrs_are_seen_by_the_writer_at_once_and_by_others_within_the_ttl() {
+    use std::time::Duration;
+    use vg_wire::xattr::SetMode;
+    let cluster = TestCluster::start(2, 1 << 30).await;
+    let (ttl, long) = (Duration::from_millis(300), Duration::from_secs(60));
+    let writer = cluster.caching_client(long).await;
+    let reader = cluster.caching_client(ttl).await;
+    let root = writer.resolve("/").await.unwrap().ino;
+    let file = writer
+        .create(root, b"f", 0o644, 0, 0, true)
+        .await
+        .unwrap()
+        .ino;
+    assert!(reader.xattrs(file).await.unwrap().is_empty());
+    assert!(writer.xattrs(file).await.unwrap().is_empty());
+    writer
+        .set_xattr(file, b"user.k", b"v1", SetMode::Create)
+        .await
+        .unwrap();
+    let want = vec![(b"user.k".to_vec(), b"v1".to_vec())];
+    assert_eq!(
+        *writer.xattrs(file).await.unwrap(),
+        want,
+        "the writer's own change"
+    );
+    crate::cluster::eventually(
+        "the reader sees the attribute",
+        Duration::from_secs(10),
+        || async { *reader.xattrs(file).await.unwrap() == want },
+    )
+    .await;
+    let refused = writer
+        .set_xattr(file, b"user.k", b"v2", SetMode::Create)
+        .await;
+    assert_eq!(refused.unwrap_err().code(), vg_wire::ErrorCode::Exists);
+    writer.remove_xattr(file, b"user.k").await.unwrap();
+    assert!(writer.xattrs(file).await.unwrap().is_empty());
+    writer.unlink(root, b"f").await.unwrap();
+    let gone = cluster.client().await.xattrs(file).await.unwrap_err();
+    assert_eq!(gone.code(), vg_wire::ErrorCode::NotFound);
+}

@@ -32,6 +32,11 @@ use crate::volumes::Volumes;
 /// file of their own, where the journal commits are few against the bytes.
 pub const SMALL_BLOCK: usize = 256 << 10;
 
+/// Syncs a directory: what was created, renamed or removed in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Marks the end of a block file.
 const MAGIC: &[u8; 4] = b"vgb1";
 /// Bytes of the footer: length and magic.
@@ -291,11 +296,8 @@ impl Syncer {
                 result = result.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
             }
             for dir in &dirs {
-                result = result.and_then(|()| {
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| format!("{}: {e}", dir.display()))
-                });
+                result = result
+                    .and_then(|()| sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display())));
             }
             let mut state = self.lock();
             if let Err(e) = result {
@@ -545,9 +547,7 @@ impl BlockStore {
             return Ok(());
         }
         // The rename is durable only once the directory is synced.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("fsync {}", dir.display())))
+        sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
     }
 
     /// Blocks until every block stored before the call is on disk.
@@ -725,9 +725,7 @@ impl BlockStore {
         }
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let parent = dir.parent().expect("block directory has a parent");
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("fsync {}", parent.display())))
+        sync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))
     }
 
     /// Reclaims the space of deleted small blocks; returns how many volumes were

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
+use crate::block_store::sync_dir;
 use crate::error::{io_err, Result};
 
 /// Bytes of each volume file.
@@ -286,7 +287,7 @@ impl Volumes {
         // SAFETY: fallocate on an fd we own, with no pointers.
         let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, VOLUME_BYTES as i64) };
         file.sync_all()
-            .and_then(|_| File::open(&self.dir)?.sync_all())
+            .and_then(|_| sync_dir(&self.dir))
             .map_err(io_err(format!("sync {}", path.display())))?;
         Ok(Volume {
             file: Arc::new(file),

@@ -328,9 +328,14 @@ impl Client {
         self.added(parent, name, result)
     }
 
+    /// The extended attributes of an inode the entry cache still trusts.
+    pub fn cached_xattrs(&self, ino: Ino) -> Option<Xattrs> {
+        self.cache(|c| c.fresh_xattrs(ino)).flatten()
+    }
+
     /// Every extended attribute of an inode; from the entry cache when it has them.
     pub async fn xattrs(&self, ino: Ino) -> Result<Xattrs> {
-        if let Some(xattrs) = self.cache(|c| c.fresh_xattrs(ino)).flatten() {
+        if let Some(xattrs) = self.cached_xattrs(ino) {
             return Ok(xattrs);
         }
         let (asked, epoch) = (Instant::now(), self.cache(|c| c.epoch()));

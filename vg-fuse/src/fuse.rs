@@ -24,7 +24,7 @@ use vg_wire::xattr::SetMode;
 use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
 
 use crate::client::files::Files;
-use crate::client::{Cached, Error};
+use crate::client::{Cached, Error, Xattrs};
 use errno::errno;
 
 /// `FOPEN_NOFLUSH` (Linux 5.16): no FLUSH request when the descriptor is closed (fuser
@@ -117,6 +117,14 @@ fn file_attr(attr: &Attr) -> FileAttr {
         rdev: attr.kind.rdev(),
         blksize: IO_SIZE,
         flags: 0,
+    }
+}
+
+/// Answers `getxattr` with attribute `name` of `xattrs`, or ENODATA.
+fn xattr_value(reply: ReplyXattr, size: u32, xattrs: &Xattrs, name: &[u8]) {
+    match xattrs.iter().find(|(n, _)| n == name) {
+        Some((_, value)) => xattr_reply(reply, size, value),
+        None => reply.error(libc::ENODATA),
     }
 }
 
@@ -931,21 +939,17 @@ impl Filesystem for VgFs {
         if !self.xattrs {
             return reply.error(errno::NO_XATTRS);
         }
+        // The kernel asks for `security.capability` before every write: a cached set
+        // answers here, without a task, a copy of the name or an error to format.
+        if let Some(xattrs) = self.files.client().cached_xattrs(ino) {
+            return xattr_value(reply, size, &xattrs, name.as_bytes());
+        }
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.spawn(
             "getxattr",
-            async move {
-                let xattrs = files.client().xattrs(ino).await?;
-                match xattrs.iter().find(|(n, _)| *n == name) {
-                    Some((_, value)) => Ok(value.clone()),
-                    None => Err(Error::Remote(vg_wire::RemoteError::new(
-                        vg_wire::ErrorCode::NoAttr,
-                        format!("attribute {}: none", String::from_utf8_lossy(&name)),
-                    ))),
-                }
-            },
+            async move { files.client().xattrs(ino).await },
             move |r| match r {
-                Ok(value) => xattr_reply(reply, size, &value),
+                Ok(xattrs) => xattr_value(reply, size, &xattrs, &name),
                 Err(e) => reply.error(e),
             },
         );

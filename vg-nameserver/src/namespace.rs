@@ -273,13 +273,21 @@ impl Namespace {
                 parent: ROOT_INO,
             },
         };
-        Namespace {
-            inodes: HashMap::from([(ROOT_INO, Box::new(root))]),
-            next_ino: ROOT_INO + 1,
+        Namespace::from_inodes(HashMap::from([(ROOT_INO, Box::new(root))]), ROOT_INO + 1)
+    }
+
+    /// A namespace of these inodes, without extended attributes (what older snapshots
+    /// hold), its reference counts derived.
+    fn from_inodes(inodes: HashMap<Ino, Box<Inode>>, next_ino: Ino) -> Self {
+        let mut ns = Namespace {
+            inodes,
+            next_ino,
             refs: HashMap::new(),
             released: Vec::new(),
             xattrs: HashMap::new(),
-        }
+        };
+        ns.rebuild_refs();
+        ns
     }
 
     /// Rebuilds derived state after loading from a snapshot.
@@ -1031,6 +1039,13 @@ mod tests {
             time: t(),
         })
     }
+    fn unlink(ns: &mut Namespace, parent: Ino, name: impl AsRef<[u8]>) -> Refusal<Ino> {
+        ns.apply(&Op::Unlink {
+            parent,
+            name: name.as_ref().to_vec(),
+            time: t(),
+        })
+    }
     fn block(byte: u8, len: u32) -> BlockRef {
         BlockRef {
             id: BlockId([byte; 32]),
@@ -1126,12 +1141,7 @@ mod tests {
         });
         assert_eq!(size.unwrap_err().code, ErrorCode::Invalid);
         for name in ["p", "p2", "s", "b"] {
-            ns.apply(&Op::Unlink {
-                parent: ROOT_INO,
-                name: name.into(),
-                time: t(),
-            })
-            .unwrap();
+            unlink(&mut ns, ROOT_INO, name).unwrap();
         }
         assert_eq!(ns.len(), 1);
     }
@@ -1194,12 +1204,7 @@ mod tests {
         remove(&mut ns, "user.a").unwrap();
         assert_eq!(remove(&mut ns, "user.a"), Err(ErrorCode::NoAttr));
         // Gone with the inode: a later inode never inherits them.
-        ns.apply(&Op::Unlink {
-            parent: ROOT_INO,
-            name: b"f".to_vec(),
-            time: t(),
-        })
-        .unwrap();
+        unlink(&mut ns, ROOT_INO, b"f").unwrap();
         assert!(ns.xattrs.is_empty());
         assert_eq!(ns.xattrs(f).unwrap_err().code, ErrorCode::NotFound);
     }
@@ -1217,12 +1222,7 @@ mod tests {
             })
         };
         assert_eq!(rmdir(&mut ns).unwrap_err().code, ErrorCode::NotEmpty);
-        ns.apply(&Op::Unlink {
-            parent: a,
-            name: b"f".to_vec(),
-            time: t(),
-        })
-        .unwrap();
+        unlink(&mut ns, a, b"f").unwrap();
         rmdir(&mut ns).unwrap();
         assert_eq!(ns.len(), 1);
         assert_eq!(ns.get(ROOT_INO).unwrap().attr.nlink, 2);
@@ -1304,20 +1304,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ns.get(f).unwrap().attr.nlink, 2);
-        ns.apply(&Op::Unlink {
-            parent: ROOT_INO,
-            name: b"f".to_vec(),
-            time: t(),
-        })
-        .unwrap();
+        unlink(&mut ns, ROOT_INO, b"f").unwrap();
         assert!(ns.take_released().is_empty());
         assert_eq!(ns.refs().len(), 2);
-        ns.apply(&Op::Unlink {
-            parent: ROOT_INO,
-            name: b"h".to_vec(),
-            time: t(),
-        })
-        .unwrap();
+        unlink(&mut ns, ROOT_INO, b"h").unwrap();
         assert_eq!(ns.take_released().len(), 2);
         assert!(ns.refs().is_empty());
     }

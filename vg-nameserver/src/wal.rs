@@ -311,6 +311,19 @@ pub fn boot_id(path: &Path) -> Result<[u8; 16]> {
     Ok(hash[..16].try_into().expect("16 bytes"))
 }
 
+/// Reads a snapshot payload of the format before `feature` and converts it.
+fn convert<T: serde::de::DeserializeOwned + Into<Namespace>>(
+    payload: &[u8],
+    feature: &str,
+) -> std::result::Result<(u64, Namespace), String> {
+    let (lsn, old): (u64, T) = vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())?;
+    info!(
+        lsn,
+        "snapshot of the format before {feature} read; converted"
+    );
+    Ok((lsn, old.into()))
+}
+
 /// The mark that records up to `upto` passed the gate, written in boot `boot`.
 fn mark_record(upto: u64, boot: [u8; 16]) -> Result<Vec<u8>> {
     encode_record(upto, &Op::Mark { boot })
@@ -514,22 +527,11 @@ impl Wal {
         if payload.len() as u64 != len || crc32fast::hash(payload) != crc {
             return Err("snapshot checksum mismatch".into());
         }
-        if magic == SNAPSHOT_MAGIC_V1 {
-            let (lsn, old): (u64, NamespaceV1) =
-                vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())?;
-            info!(lsn, "snapshot of the format before slices read; converted");
-            return Ok((lsn, old.into()));
+        match magic {
+            m if m == SNAPSHOT_MAGIC_V1 => convert::<NamespaceV1>(payload, "slices"),
+            m if m == SNAPSHOT_MAGIC_V2 => convert::<NamespaceV2>(payload, "extended attributes"),
+            _ => vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string()),
         }
-        if magic == SNAPSHOT_MAGIC_V2 {
-            let (lsn, old): (u64, NamespaceV2) =
-                vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())?;
-            info!(
-                lsn,
-                "snapshot of the format before extended attributes read; converted"
-            );
-            return Ok((lsn, old.into()));
-        }
-        vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string())
     }
 
     /// Has the sync thread pass `gate` before each sync of records that name blocks.

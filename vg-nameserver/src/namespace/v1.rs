@@ -74,15 +74,7 @@ impl From<NamespaceV1> for Namespace {
                 (ino, Box::new(inode))
             })
             .collect();
-        let mut ns = Namespace {
-            inodes,
-            next_ino: old.next_ino,
-            refs: HashMap::new(),
-            released: Vec::new(),
-            xattrs: HashMap::new(),
-        };
-        ns.rebuild_refs();
-        ns
+        Namespace::from_inodes(inodes, old.next_ino)
     }
 }
 
@@ -95,15 +87,7 @@ pub struct NamespaceV2 {
 
 impl From<NamespaceV2> for Namespace {
     fn from(old: NamespaceV2) -> Self {
-        let mut ns = Namespace {
-            inodes: old.inodes,
-            next_ino: old.next_ino,
-            refs: HashMap::new(),
-            released: Vec::new(),
-            xattrs: HashMap::new(),
-        };
-        ns.rebuild_refs();
-        ns
+        Namespace::from_inodes(old.inodes, old.next_ino)
     }
 }
 

@@ -39,8 +39,8 @@ pub struct Storage {
     /// Blocks it holds, as far as the registry knows.
     blocks: u64,
     commands: Vec<Command>,
-    /// Blocks reclaimed for room and not yet reported deleted: their length, and when.
-    /// Its heartbeats count them as used until then; placement counts them as free.
+    /// Blocks it is told to delete and has not reported deleted: their length, and since
+    /// when. Its heartbeats count them as used until then; placement counts them as free.
     deleting: HashMap<BlockId, (u64, Instant)>,
     /// The sum of the lengths in `deleting`.
     deleting_bytes: u64,
@@ -438,12 +438,7 @@ impl Registry {
             self.unreferenced.remove(&id);
             let len = self.blocks.get(&id).map_or(0, |b| b.len as u64);
             for slot in self.live_slots(&id) {
-                self.remove_location(id, slot);
-                self.push_delete(slot, id);
-                let storage = self.storage_mut(slot);
-                if storage.deleting.insert(id, (len, now)).is_none() {
-                    storage.deleting_bytes += len;
-                }
+                self.push_delete(slot, id, now);
                 freed += len;
             }
         }
@@ -505,6 +500,7 @@ impl Registry {
         referenced: bool,
         now: Instant,
     ) -> Result<Placement, RemoteError> {
+        self.call_off_deletions(id, len);
         let wanted = self.wanted() as usize;
         let live = self.live_slots(&id).len();
         if !referenced {
@@ -605,8 +601,7 @@ impl Registry {
             let n_extra = holders.len().saturating_sub(replication);
             for slot in holders.into_iter().take(n_extra) {
                 info!(block = ?id, storage = %self.storage(slot).name, "deleting extra replica");
-                self.remove_location(id, slot);
-                self.push_delete(slot, id);
+                self.push_delete(slot, id, now);
             }
         }
         // A held block that no file references and that has no grace entry yet (a client
@@ -635,8 +630,7 @@ impl Registry {
         for id in expired {
             self.unreferenced.remove(&id);
             for slot in self.live_slots(&id) {
-                self.remove_location(id, slot);
-                self.push_delete(slot, id);
+                self.push_delete(slot, id, now);
             }
             // Placed but never stored (the upload failed): nothing to delete, only forget.
             if self.blocks.get(&id).is_some_and(|b| b.holders.is_empty()) {
@@ -647,8 +641,40 @@ impl Registry {
         self.unreferenced.retain(|id, _| !refs.contains_key(id));
     }
 
-    fn push_delete(&mut self, slot: Slot, id: BlockId) {
+    /// A block released and due for deletion is being placed again (the same bytes
+    /// written anew): a deletion not sent yet is called off, and the storage's copy counts
+    /// again. One already sent reaches its storage before the new copy can (it left
+    /// first, and the storage deletes as it reads its commands); the storage then reports
+    /// the new copy, not the deletion (see `vg_storage::server::Changes`).
+    fn call_off_deletions(&mut self, id: BlockId, len: u32) {
+        for slot in 0..self.storages.len() as Slot {
+            let storage = self.storage_mut(slot);
+            let mut called_off = false;
+            for command in &mut storage.commands {
+                if let Command::Delete(ids) = command {
+                    let before = ids.len();
+                    ids.retain(|i| *i != id);
+                    called_off |= ids.len() < before;
+                }
+            }
+            if called_off {
+                storage
+                    .commands
+                    .retain(|c| !matches!(c, Command::Delete(ids) if ids.is_empty()));
+                storage.deleted(&id);
+                self.add_location(id, len, slot);
+            }
+        }
+    }
+
+    /// Tells a holder of block `id` to delete it; it no longer counts as holding it.
+    fn push_delete(&mut self, slot: Slot, id: BlockId, now: Instant) {
+        let len = self.blocks.get(&id).map_or(0, |b| b.len as u64);
+        self.remove_location(id, slot);
         let storage = self.storage_mut(slot);
+        if storage.deleting.insert(id, (len, now)).is_none() {
+            storage.deleting_bytes += len;
+        }
         match storage.commands.iter_mut().find_map(|c| {
             if let Command::Delete(ids) = c {
                 Some(ids)
@@ -822,6 +848,31 @@ mod tests {
     }
 
     #[test]
+    fn placing_a_block_again_calls_off_its_deletion() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b", "c"], t0);
+        reg.place(id(1), 10, &[], false, t0).unwrap();
+        reg.stored(id(1), 10, &["a".into(), "b".into()]);
+        reg.released(dropped(&[id(1)]), t0, 1);
+        let later = t0 + Duration::from_secs(11);
+        for name in ["a", "b", "c"] {
+            reg.heartbeat(name, 10, &[], &[], &[], later);
+        }
+        reg.tick(&HashMap::new(), later, 1);
+        assert!(!reg.has_any_location(&id(1)));
+        // a's deletion is sent, b's not yet, when the same bytes are written again.
+        let sent = reg.heartbeat("a", 10, &[], &[], &[], later);
+        assert!(matches!(&sent[..], [Command::Delete(ids)] if ids == &vec![id(1)]));
+        let p = reg.place(id(1), 10, &[], false, later).unwrap();
+        // b keeps its copy (it counts again), so one more copy is wanted.
+        assert_eq!(reg.live_locations(&id(1)).len(), 1);
+        assert_eq!(p.targets.len(), 1);
+        assert_ne!(p.targets[0].name, "b");
+        assert!(reg.heartbeat("b", 10, &[], &[], &[], later).is_empty());
+        assert_eq!(reg.storage(reg.slots["b"]).deleting_bytes, 0);
+    }
+
+    #[test]
     fn released_blocks_go_soon_and_at_once_when_room_is_short() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
@@ -874,8 +925,9 @@ mod tests {
         assert!(!reg.has_any_location(&id(4)));
         assert!(reg.has_any_location(&id(3)));
         assert!(reg.has_any_location(&id(5)));
-        // A deletion b never reports stops counting as free after a while.
-        assert_eq!(reg.storage(b).deleting_bytes, 80);
+        // A deletion b never reports (the reclaimed blocks, then block 4) stops counting
+        // as free after a while.
+        assert_eq!(reg.storage(b).deleting_bytes, 80 + 50);
         reg.tick(&HashMap::new(), t0 + Duration::from_secs(11), u64::MAX);
         assert_eq!(reg.storage(b).deleting_bytes, 0);
     }

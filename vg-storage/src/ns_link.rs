@@ -104,8 +104,7 @@ async fn session(
                         .changes
                         .lock()
                         .expect("changes lock")
-                        .removed
-                        .extend(removed);
+                        .deleted(removed);
                 }
                 Command::Reregister => return Ok(()),
             }

@@ -51,6 +51,23 @@ pub struct Changes {
     pub bad: Vec<BlockId>,
 }
 
+impl Changes {
+    /// Records a block stored. One deleted earlier in the same round is no longer
+    /// reported deleted: the nameserver, which may already count the new copy, must
+    /// not drop it.
+    pub fn stored(&mut self, id: BlockId, len: u32) {
+        self.removed.retain(|r| *r != id);
+        self.received.push((id, len));
+    }
+
+    /// Records blocks deleted, and no longer reports them stored.
+    pub fn deleted(&mut self, ids: Vec<BlockId>) {
+        let gone: std::collections::HashSet<BlockId> = ids.iter().copied().collect();
+        self.received.retain(|(r, _)| !gone.contains(r));
+        self.removed.extend(ids);
+    }
+}
+
 /// Shared state of a running storage.
 pub struct Storage {
     /// Its name.
@@ -314,11 +331,7 @@ impl Storage {
             self.wake.notify_one();
         }
         local.map_err(|e| e.to_remote())?;
-        self.changes
-            .lock()
-            .expect("changes lock")
-            .received
-            .push((id, len));
+        self.changes.lock().expect("changes lock").stored(id, len);
         debug!(block = %id, from = %peer.name, "stored");
         let mut holders = vec![self.name.clone()];
         holders.extend(forwarded);
@@ -345,12 +358,8 @@ impl Storage {
 
     /// Copies a block from the first source that has it intact.
     pub async fn replicate(&self, id: BlockId, sources: Vec<Location>) {
-        if self.store.len_of(&id).is_some() {
-            self.changes
-                .lock()
-                .expect("changes lock")
-                .received
-                .push((id, self.store.len_of(&id).unwrap_or(0)));
+        if let Some(len) = self.store.len_of(&id) {
+            self.changes.lock().expect("changes lock").stored(id, len);
             return;
         }
         for source in sources.iter().filter(|s| s.name != self.name) {
@@ -364,11 +373,7 @@ impl Storage {
                     {
                         Ok(()) => {
                             info!(block = %id, from = %source.name, "replicated block");
-                            self.changes
-                                .lock()
-                                .expect("changes lock")
-                                .received
-                                .push((id, len));
+                            self.changes.lock().expect("changes lock").stored(id, len);
                             return;
                         }
                         Err(e) => {
@@ -417,5 +422,24 @@ impl Storage {
                 warn!(error = %e, "volume compaction failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_report_where_each_block_ended() {
+        let (a, b) = (BlockId([1; 32]), BlockId([2; 32]));
+        let mut changes = Changes::default();
+        // Deleted, then stored again (the same bytes written anew): reported stored.
+        changes.deleted(vec![a, b]);
+        changes.stored(a, 10);
+        // Stored, then deleted: reported deleted.
+        changes.stored(b, 20);
+        changes.deleted(vec![b]);
+        assert_eq!(changes.received, vec![(a, 10)]);
+        assert_eq!(changes.removed, vec![b]);
     }
 }

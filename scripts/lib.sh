@@ -1,6 +1,6 @@
 # Shared by the shell scripts: source it (after setting $log, for check).
 # Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD...,
-# random_port and need_packages PKG...
+# random_port, restart_server HOME NAME and need_packages PKG...
 
 passed=0
 failed=0
@@ -41,6 +41,17 @@ summary() {
 # side by side rarely ask for the same one.
 random_port() {
   echo $((20000 + RANDOM % 20000))
+}
+
+# Stops server NAME of the cluster scripts/up.sh started under HOME (by the PID it
+# recorded) and starts it again with the same command line; the pid file follows.
+restart_server() {
+  local home=$1 name=$2 pid cmd
+  pid=$(awk -v n="$name" '$1 == n {print $2}' "$home/pids")
+  [[ -n $pid ]] && mapfile -d '' -t cmd <"/proc/$pid/cmdline" || return 1
+  kill -TERM "$pid" && eventually 30 bash -c "! kill -0 $pid 2>/dev/null" || return 1
+  "${cmd[@]}" >>"$home/logs/$name.out" 2>&1 &
+  sed -i "s/^$name $pid\b/$name $!/" "$home/pids"
 }
 
 # Installs the Debian packages not installed yet (a fresh machine has no apt lists).

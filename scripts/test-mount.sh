@@ -37,7 +37,7 @@ start_cluster() {
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 # sqlite3 for the database test; as root the packages a fresh machine lacks are installed.
-need_packages sqlite3 attr || { echo "test-mount.sh: cannot install sqlite3 and attr (apt-get failed)" >&2; exit 1; }
+need_packages sqlite3 || { echo "test-mount.sh: cannot install sqlite3 (apt-get failed)" >&2; exit 1; }
 
 port=$(random_port)
 start_cluster main "$port" -n 3 -c 2GiB -b 1MiB
@@ -79,52 +79,6 @@ links() {
     && [[ $(cat "$mnt/sym") == linked ]] && rm "$mnt/l1" && [[ $(cat "$mnt/l2") == linked ]]
 }
 check "ln and ln -s" links
-
-# FIFOs, sockets and devices are metadata only: the kernel that opens one makes the
-# pipe or the connection, so a FIFO and a socket on the mount work between local
-# processes; devices keep their numbers. tar and cp -a carry them.
-specials() {
-  local server
-  mkfifo "$mnt/fifo" && mknod "$mnt/chr" c 1 3 && mknod "$mnt/blk" b 7 0 || return 1
-  perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Local => shift, Listen => 1) or die "bind: $!\n";
-    $c = $s->accept or die "accept: $!\n"; print $c "over a socket\n"' "$mnt/sock" &
-  server=$!
-  eventually 10 test -S "$mnt/sock" \
-    && [[ $(perl -MIO::Socket::UNIX -e '$c = IO::Socket::UNIX->new(Peer => shift) or die "connect: $!\n";
-         print scalar <$c>' "$mnt/sock") == "over a socket" ]] && wait "$server" || return 1
-  { echo "through a fifo" >"$mnt/fifo" & } && [[ $(cat "$mnt/fifo") == "through a fifo" ]] \
-    && [[ $(stat -c '%F|%t:%T' "$mnt/fifo" "$mnt/sock" "$mnt/chr" "$mnt/blk" | paste -sd' ') \
-      == "fifo|0:0 socket|0:0 character special file|1:3 block special file|7:0" ]] \
-    && ln "$mnt/fifo" "$mnt/fifo2" && [[ $(stat -c %h "$mnt/fifo") == 2 ]] \
-    && mv "$mnt/chr" "$mnt/chr2" && chmod 600 "$mnt/chr2" && chown 5:6 "$mnt/chr2" \
-    && [[ $(stat -c '%a %u %g %t:%T' "$mnt/chr2") == "600 5 6 1:3" ]] \
-    && tar -C "$mnt" -cf "$work/specials.tar" fifo chr2 blk && mkdir "$mnt/untarred" \
-    && tar -C "$mnt/untarred" -xf "$work/specials.tar" && cp -a "$mnt/blk" "$mnt/blk-copy" \
-    && [[ $(stat -c '%F|%a|%t:%T' "$mnt/untarred/fifo" "$mnt/untarred/chr2" "$mnt/blk-copy" | paste -sd' ') \
-      == "fifo|644|0:0 character special file|600|1:3 block special file|644|7:0" ]] \
-    && rm -r "$mnt/fifo" "$mnt/fifo2" "$mnt/sock" "$mnt/chr2" "$mnt/blk" "$mnt/blk-copy" "$mnt/untarred" \
-    && [[ -z $(find "$mnt" -maxdepth 1 \( -type p -o -type s -o -type c -o -type b \)) ]]
-}
-check "mkfifo, mknod c and b, a Unix socket: stat, use, ln, mv, chmod, chown, tar, cp -a, rm" specials
-
-# Extended attributes: user., trusted. and security. kept with the file, carried by cp -a
-# and tar --xattrs; system. (ACLs) refused; a missing one is ENODATA.
-xattrs() {
-  echo x >"$mnt/xf" && mkdir "$mnt/xd" \
-    && setfattr -n user.color -v blue "$mnt/xf" && setfattr -n trusted.level -v 0x0102 "$mnt/xd" \
-    && setfattr -n user.empty "$mnt/xf" \
-    && [[ $(getfattr --only-values -n user.color "$mnt/xf") == blue ]] \
-    && [[ $(getfattr -d -m - -e hex "$mnt/xd" | grep level) == "trusted.level=0x0102" ]] \
-    && ! setfattr -n system.other -v 1 "$mnt/xf" 2>/dev/null \
-    && ! getfattr -n user.none "$mnt/xf" 2>"$work/xattr.err" && grep -q "No such attribute" "$work/xattr.err" \
-    && cp -a "$mnt/xf" "$mnt/xf-copy" && [[ $(getfattr --only-values -n user.color "$mnt/xf-copy") == blue ]] \
-    && tar --xattrs --xattrs-include='*' -C "$mnt" -cf "$work/xattrs.tar" xf xd && mkdir "$mnt/xu" \
-    && tar --xattrs --xattrs-include='*' -C "$mnt/xu" -xf "$work/xattrs.tar" \
-    && [[ $(getfattr -d -m - "$mnt/xu/xf" "$mnt/xu/xd" | grep -c =) == 3 ]] \
-    && setfattr -x user.color "$mnt/xf" && [[ $(getfattr -d "$mnt/xf" | grep -c =) == 1 ]] \
-    && rm -r "$mnt/xf" "$mnt/xf-copy" "$mnt/xd" "$mnt/xu"
-}
-check "setfattr/getfattr (user., trusted.), cp -a and tar --xattrs keep them, system. refused" xattrs
 
 # fallocate: mode 0 grows the file (reading zeros), KEEP_SIZE does not; other modes are
 # refused with EOPNOTSUPP, never faked.
@@ -195,21 +149,6 @@ exclusive() {
     && [[ $(cat "$mnt/excl") == first ]]
 }
 check "O_EXCL refuses an existing file" exclusive
-
-# A name over 255 bytes is ENAMETOOLONG for every call, also in a directory whose listing
-# the mount has cached (where "absent" would be ENOENT).
-long_names() {
-  local ok long op err
-  ok=$(printf 'a%.0s' {1..255}) long=$(printf 'b%.0s' {1..256})
-  mkdir "$mnt/names" && touch "$mnt/names/$ok" && ls "$mnt/names" >/dev/null || return 1
-  for op in stat touch mkdir rm "truncate -s 0" "mv $mnt/names/$ok"; do
-    # shellcheck disable=SC2086
-    err=$($op "$mnt/names/$long" 2>&1) && { echo "$op of a 256-byte name succeeded"; return 1; }
-    [[ $err == *"File name too long"* ]] || { echo "$op: $err"; return 1; }
-  done
-  [[ -f $mnt/names/$ok ]] && rm -r "$mnt/names"
-}
-check "a name over 255 bytes: ENAMETOOLONG for stat, create, mkdir, rm, truncate, mv" long_names
 
 parallel_handles() {
   local i

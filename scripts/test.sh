@@ -34,6 +34,8 @@ if [[ $(id -u) != 0 || ! -e /dev/fuse ]]; then
   exit 1
 fi
 VG_BIN=$(pwd)/target/debug scripts/test-mount.sh
+# POSIX cases: special files, long names, xattrs, files unlinked while open.
+VG_BIN=$(pwd)/target/debug scripts/test-posix.sh
 # Twenty power cuts on lossyfs (examples/lossyfs.rs) during writes through the mount.
 VG_BIN=$(pwd)/target/debug scripts/powerloss-test.sh
 # Network partitions between namespaces, then 16 workers for a minute.

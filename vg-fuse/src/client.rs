@@ -6,6 +6,7 @@ pub mod compact;
 pub mod entries;
 pub mod error;
 pub mod files;
+pub mod session;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -276,9 +277,9 @@ impl Client {
 
     /// Records a name this client removed (a directory if `dir`), or why the cache was
     /// wrong.
-    fn removed(&self, parent: Ino, name: &[u8], dir: bool, result: Result<()>) -> Result<()> {
+    fn removed<T>(&self, parent: Ino, name: &[u8], dir: bool, result: Result<T>) -> Result<T> {
         match &result {
-            Ok(()) => _ = self.cache(|c| c.removed(parent, name, dir)),
+            Ok(_) => _ = self.cache(|c| c.removed(parent, name, dir)),
             Err(e) => self.forget_dir_on(e, ErrorCode::NotFound, parent),
         }
         result
@@ -457,15 +458,35 @@ impl Client {
         self.added(new_parent, new_name, result)
     }
 
-    /// Removes a non-directory.
-    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let result = self
-            .done_call(ns::Request::Unlink {
+    /// Tells the nameserver which files session `id` holds open; returns the lease to
+    /// renew the report within.
+    pub async fn report_session(&self, id: u64, open: Vec<Ino>) -> Result<Duration> {
+        match self.ns_call(ns::Request::Session { id, open }).await? {
+            ns::Response::Lease { ms } => Ok(Duration::from_millis(ms)),
+            other => Err(unexpected("a lease", other)),
+        }
+    }
+
+    /// Removes a non-directory; returns its attributes if it lives on (other names, or
+    /// open somewhere).
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<Option<Attr>> {
+        let answer = self
+            .ns_call(ns::Request::Unlink {
                 parent,
                 name: name.to_vec(),
             })
             .await;
-        self.removed(parent, name, false, result)
+        let result = match answer {
+            Ok(ns::Response::Attr(attr)) => Ok(Some(attr)),
+            Ok(ns::Response::Done) => Ok(None),
+            Ok(other) => Err(unexpected("attributes or nothing", other)),
+            Err(e) => Err(e),
+        };
+        let result = self.removed(parent, name, false, result);
+        if let Ok(Some(attr)) = &result {
+            self.cache(|c| c.attr(attr));
+        }
+        result
     }
 
     /// Removes an empty directory.

@@ -305,6 +305,7 @@ impl Filesystem for VgFs {
         if let Err(e) = self.rt.block_on(files.flush_all()) {
             tracing::error!(error = %e, "data written before unmount could not be committed");
         }
+        self.rt.block_on(files.end_session());
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
@@ -447,7 +448,7 @@ impl Filesystem for VgFs {
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.empty(
             "unlink",
-            async move { files.client().unlink(parent, &name).await },
+            async move { files.unlink(parent, &name).await },
             reply,
         );
     }
@@ -511,6 +512,9 @@ impl Filesystem for VgFs {
         self.empty(
             "rename",
             async move {
+                if !noreplace {
+                    files.before_unlink(newparent, &newname).await?;
+                }
                 files
                     .client()
                     .rename(parent, &name, newparent, &newname, noreplace)

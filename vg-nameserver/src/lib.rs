@@ -7,6 +7,7 @@ pub mod error;
 pub mod namespace;
 pub mod registry;
 mod service;
+pub mod sessions;
 pub mod wal;
 
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ pub struct Config {
     pub tick: Duration,
     /// Log size that triggers a snapshot.
     pub snapshot_bytes: u64,
+    /// A mount that does not renew its session within this long loses its holds on
+    /// open files (files unlinked while it had them open are freed).
+    pub session_lease: Duration,
     /// When a change is acknowledged.
     pub durability: Durability,
     /// The file naming the machine's boot (changed by a reboot, so by a power loss):
@@ -62,6 +66,7 @@ impl Config {
             gc_grace: Duration::from_secs(300),
             tick: Duration::from_secs(1),
             snapshot_bytes: 64 << 20,
+            session_lease: Duration::from_secs(30),
             durability: Durability::Written,
             boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
         }

@@ -31,6 +31,10 @@ struct Args {
     /// Unreferenced blocks (uploads never committed, deleted files) are removed after this long.
     #[arg(long, alias = "gc_grace", env = "VG_GC_GRACE", default_value = "5m", value_parser = parse_duration)]
     gc_grace: std::time::Duration,
+    /// A mount silent this long loses its holds on open files: files unlinked while it
+    /// had them open are freed.
+    #[arg(long, env = "VG_SESSION_LEASE", default_value = "30s", value_parser = parse_duration)]
+    session_lease: std::time::Duration,
     /// When a change is acknowledged: `written` (in the log file, synced continuously in
     /// the background; fsync waits for the sync) or `strict` (every reply after its sync).
     #[arg(long, env = "VG_DURABILITY", default_value = "written")]
@@ -79,6 +83,12 @@ async fn run() -> anyhow::Result<()> {
     config.block_size = block_size;
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.gc_grace = args.gc_grace;
+    anyhow::ensure!(
+        args.session_lease >= std::time::Duration::from_secs(1),
+        "--session-lease {:?}: at least 1s (mounts renew within a third of it)",
+        args.session_lease
+    );
+    config.session_lease = args.session_lease;
     config.durability = args.durability;
     config.boot_id_file = args.boot_id_file;
     let mut handle = vg_nameserver::start(config)

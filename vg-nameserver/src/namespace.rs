@@ -5,7 +5,7 @@
 //! makes write-ahead-log replay exact. [`Namespace::apply`] either applies an op whole or
 //! refuses it without changing anything.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use vg_wire::error::{ErrorCode, RemoteError};
@@ -21,8 +21,8 @@ use crate::error::refuse;
 
 mod v1;
 #[cfg(test)]
-pub use v1::encode_v2;
-pub use v1::{NamespaceV1, NamespaceV2};
+pub use v1::{encode_v2, encode_v3};
+pub use v1::{NamespaceV1, NamespaceV2, NamespaceV3};
 
 type Refusal<T = ()> = std::result::Result<T, RemoteError>;
 
@@ -175,6 +175,11 @@ pub enum Op {
         name: Name,
         time: Timestamp,
     },
+    /// Keep file `ino` when its last name goes (a session holds it open) until
+    /// [`Op::Unpin`].
+    Pin { ino: Ino },
+    /// Stop keeping `ino`: freed now if no name is left.
+    Unpin { ino: Ino },
 }
 
 /// Why a blob lost its last reference: readers of an open file may still want a blob
@@ -206,9 +211,12 @@ pub struct Namespace {
     /// and why.
     #[serde(skip)]
     released: Vec<(BlockId, Release)>,
-    /// Extended attributes of the inodes that have any, by name. Last: the snapshot
-    /// format before them (`vgsnap02`) is this without it.
+    /// Extended attributes of the inodes that have any, by name. The snapshot format
+    /// before them (`vgsnap02`) is this without it and `pinned`.
     xattrs: HashMap<Ino, BTreeMap<Name, Vec<u8>>>,
+    /// Files kept while open somewhere, also once their last name is gone (orphans).
+    /// The snapshot format before them (`vgsnap03`) is this without it.
+    pinned: BTreeSet<Ino>,
 }
 
 fn no_attr(name: &[u8]) -> RemoteError {
@@ -285,6 +293,7 @@ impl Namespace {
             refs: HashMap::new(),
             released: Vec::new(),
             xattrs: HashMap::new(),
+            pinned: BTreeSet::new(),
         };
         ns.rebuild_refs();
         ns
@@ -490,18 +499,58 @@ impl Namespace {
         }
     }
 
-    /// Drops one link of `ino`; frees it (and its block references) at zero.
+    /// Drops one link of `ino`; frees it (and its block references) at zero unless it is
+    /// pinned.
     fn unlink_inode(&mut self, ino: Ino, time: Timestamp) {
         let inode = self.inodes.get_mut(&ino).expect("linked inode exists");
         inode.attr.nlink = inode.attr.nlink.saturating_sub(1);
         inode.attr.ctime = time;
-        if inode.attr.nlink == 0 || inode.attr.kind == FileKind::Dir {
-            let inode = self.inodes.remove(&ino).expect("present");
-            self.xattrs.remove(&ino);
-            if let Content::File { blocks } = inode.content {
-                self.drop_refs(blocks.into_iter().flatten(), Release::Dropped);
-            }
+        let gone = inode.attr.nlink == 0 || inode.attr.kind == FileKind::Dir;
+        if gone && !self.pinned.contains(&ino) {
+            self.free(ino);
         }
+    }
+
+    fn free(&mut self, ino: Ino) {
+        let inode = self.inodes.remove(&ino).expect("present");
+        self.xattrs.remove(&ino);
+        if let Content::File { blocks } = inode.content {
+            self.drop_refs(blocks.into_iter().flatten(), Release::Dropped);
+        }
+    }
+
+    /// The pinned inodes (see [`Op::Pin`]).
+    pub fn pinned(&self) -> &BTreeSet<Ino> {
+        &self.pinned
+    }
+
+    /// Number of pinned files without a name left.
+    pub fn orphans(&self) -> usize {
+        self.pinned
+            .iter()
+            .filter(|ino| self.get(**ino).is_ok_and(|i| i.attr.nlink == 0))
+            .count()
+    }
+
+    /// The file whose name `op` would remove (an unlink, or a rename over it): the one
+    /// to pin first if a session holds it open.
+    pub fn unlinks(&self, op: &Op) -> Option<Ino> {
+        let ino = match op {
+            Op::Unlink { parent, name, .. } => self.lookup(*parent, name).ok()?,
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                noreplace: false,
+                ..
+            } => {
+                let target = self.lookup(*new_parent, new_name).ok()?;
+                (self.lookup(*parent, name).ok()? != target).then_some(target)?
+            }
+            _ => return None,
+        };
+        (self.get(ino).ok()?.attr.kind != FileKind::Dir).then_some(ino)
     }
 
     /// Whether `ancestor` is `ino` or one of its ancestors.
@@ -672,6 +721,9 @@ impl Namespace {
                 time,
             } => {
                 check_name(&new_name)?;
+                if self.get(ino)?.attr.nlink == 0 {
+                    return Err(not_found(format!("inode {ino}")));
+                }
                 if self.get(ino)?.attr.kind == FileKind::Dir {
                     return refuse(
                         ErrorCode::Forbidden,
@@ -817,6 +869,23 @@ impl Namespace {
                 Ok(ino)
             }
             Op::Mark { .. } => refuse(ErrorCode::Invalid, "a log mark changes nothing"),
+            Op::Pin { ino } => {
+                if self.get(ino)?.attr.kind == FileKind::Dir {
+                    return refuse(ErrorCode::IsDir, format!("inode {ino}: Is a directory"));
+                }
+                self.pinned.insert(ino);
+                Ok(ino)
+            }
+            Op::Unpin { ino } => {
+                let orphan = self.get(ino)?.attr.nlink == 0;
+                if !self.pinned.remove(&ino) {
+                    return refuse(ErrorCode::Invalid, format!("inode {ino}: not pinned"));
+                }
+                if orphan {
+                    self.free(ino);
+                }
+                Ok(ino)
+            }
         }
     }
 
@@ -1282,6 +1351,75 @@ mod tests {
                 .code,
             ErrorCode::IsDir
         );
+    }
+
+    #[test]
+    fn pinned_files_outlive_their_last_name_until_unpinned() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        let g = create(&mut ns, ROOT_INO, "g").unwrap();
+        for (ino, byte) in [(f, 1), (g, 2)] {
+            ns.apply(&Op::Commit {
+                ino,
+                size: 4,
+                blocks: vec![(0, block(byte, 4))],
+                block_size: BS,
+                time: t(),
+            })
+            .unwrap();
+        }
+        let unlink_f = Op::Unlink {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            time: t(),
+        };
+        assert_eq!(ns.unlinks(&unlink_f), Some(f));
+        ns.apply(&Op::Pin { ino: f }).unwrap();
+        ns.apply(&unlink_f).unwrap();
+        // Nameless but whole: its attributes, its blocks, writes by inode.
+        assert!(ns.resolve("/f").is_err());
+        assert_eq!(ns.get(f).unwrap().attr.nlink, 0);
+        assert!(ns.take_released().is_empty());
+        write(&mut ns, f, 4, vec![(0, vec![slice(0, 2, 3)])]).unwrap();
+        // No new name for it, though.
+        let link = Op::Link {
+            ino: f,
+            new_parent: ROOT_INO,
+            new_name: b"back".to_vec(),
+            time: t(),
+        };
+        assert_eq!(ns.apply(&link).unwrap_err().code, ErrorCode::NotFound);
+        // A rename over a pinned file leaves it the same way.
+        let h = create(&mut ns, ROOT_INO, "h").unwrap();
+        let over = Op::Rename {
+            parent: ROOT_INO,
+            name: b"h".to_vec(),
+            new_parent: ROOT_INO,
+            new_name: b"g".to_vec(),
+            noreplace: false,
+            time: t(),
+        };
+        assert_eq!(ns.unlinks(&over), Some(g));
+        ns.apply(&Op::Pin { ino: g }).unwrap();
+        ns.apply(&over).unwrap();
+        assert_eq!(ns.resolve("/g").unwrap(), h);
+        assert_eq!(ns.get(g).unwrap().attr.nlink, 0);
+        // Unpinned, a nameless file goes with its blocks; a named one stays.
+        ns.apply(&Op::Unpin { ino: f }).unwrap();
+        ns.apply(&Op::Unpin { ino: g }).unwrap();
+        assert!(ns.get(f).is_err() && ns.get(g).is_err());
+        let mut released = ns.take_released();
+        released.sort_by_key(|(id, _)| id.0);
+        assert_eq!(released.len(), 3);
+        assert!(released.iter().all(|(_, why)| *why == Release::Dropped));
+        ns.apply(&Op::Pin { ino: h }).unwrap();
+        ns.apply(&Op::Unpin { ino: h }).unwrap();
+        assert!(ns.get(h).is_ok());
+        assert_eq!(
+            ns.apply(&Op::Unpin { ino: h }).unwrap_err().code,
+            ErrorCode::Invalid
+        );
+        assert!(ns.pinned().is_empty());
     }
 
     #[test]

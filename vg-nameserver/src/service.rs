@@ -15,7 +15,8 @@ use vg_wire::{storage, BlockId, Ino, Location, Role, SetTime, Slice, Timestamp};
 use crate::error::{refuse, Error};
 use crate::namespace::{Content, Namespace, Op};
 use crate::registry::{Policy, Registry};
-use crate::wal::{Gate, Wal};
+use crate::sessions::{self, Sessions};
+use crate::wal::{DurableWaiter, Gate, Wal};
 use crate::Config;
 use crate::Durability;
 
@@ -25,6 +26,16 @@ struct State {
     ns: Namespace,
     wal: Option<Wal>,
     registry: Registry,
+    sessions: Sessions,
+}
+
+/// What applying ops under the lock leaves to do after it: the answer's attributes, the
+/// last op's log position and how to wait for it, and a refusal that stopped the ops.
+struct Applied {
+    attr: Option<vg_wire::Attr>,
+    lsn: Option<u64>,
+    waiter: DurableWaiter,
+    refused: Option<RemoteError>,
 }
 
 /// Shared state of a running nameserver.
@@ -67,6 +78,7 @@ impl Service {
                 ns,
                 wal: Some(wal),
                 registry: Registry::new(policy),
+                sessions: Sessions::new(config.session_lease, Instant::now()),
             }),
             block_size: config.block_size,
             replication: config.replication,
@@ -106,16 +118,45 @@ impl Service {
         self.state.lock().expect("state lock").wal.take();
     }
 
-    /// Runs the registry's periodic pass forever.
+    /// Runs the registry's periodic pass, and ends sessions whose lease lapsed, forever.
     pub async fn tick_loop(self: Arc<Self>, period: Duration) {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
             let mut state = self.state.lock().expect("state lock");
-            let State { ns, registry, wal } = &mut *state;
+            let State {
+                ns,
+                registry,
+                wal,
+                sessions,
+            } = &mut *state;
             let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
             registry.tick(ns.refs(), Instant::now(), durable);
+            let lapsed = sessions.expire(Instant::now());
+            if lapsed > 0 {
+                info!(lapsed, "sessions lapsed; their open files are released");
+            }
+            self.unpin_unheld(&mut state);
+        }
+    }
+
+    /// Unpins the files no session holds open any more: those without a name left go.
+    /// Nobody waits for these records: a crash before them leaves files pinned, and the
+    /// next start unpins them again.
+    fn unpin_unheld(&self, state: &mut State) {
+        let unpins: Vec<Op> = state
+            .sessions
+            .unheld(state.ns.pinned(), Instant::now())
+            .into_iter()
+            .map(|ino| Op::Unpin { ino })
+            .collect();
+        if unpins.is_empty() {
+            return;
+        }
+        debug!(files = unpins.len(), "open files released");
+        if let Err(e) = self.apply_locked(state, unpins, &[]) {
+            warn!(error = %e.message, "open files not released");
         }
     }
 
@@ -206,6 +247,23 @@ impl Service {
                     time: now,
                 })
                 .await
+            }
+            Session { id, open } => {
+                if open.len() > sessions::MAX_OPEN {
+                    return refuse(
+                        ErrorCode::TooBig,
+                        format!(
+                            "session {id:x}: {} open files reported, at most {}",
+                            open.len(),
+                            sessions::MAX_OPEN
+                        ),
+                    );
+                }
+                let mut state = self.lock();
+                state.sessions.report(id, &open, Instant::now());
+                self.unpin_unheld(&mut state);
+                let ms = state.sessions.lease().as_millis() as u64;
+                Ok(Response::Lease { ms })
             }
             RemoveXattr { ino, name } => {
                 self.mutate(|_| Op::RemoveXattr {
@@ -302,14 +360,15 @@ impl Service {
                 })
                 .await
             }
-            Unlink { parent, name } => self
-                .mutate(|_| Op::Unlink {
+            // With the attributes of a file that lives on (other names, or pinned).
+            Unlink { parent, name } => {
+                self.mutate(|_| Op::Unlink {
                     parent,
                     name,
                     time: now,
                 })
                 .await
-                .map(|_| Response::Done),
+            }
             Rmdir { parent, name } => self
                 .mutate(|_| Op::Rmdir {
                     parent,
@@ -515,7 +574,9 @@ impl Service {
     /// of blocks that committed deletes released (those whose op is on disk).
     fn place(&self, id: BlockId, len: u32, exclude: &[String]) -> Result<Placement, RemoteError> {
         let mut state = self.lock();
-        let State { ns, registry, wal } = &mut *state;
+        let State {
+            ns, registry, wal, ..
+        } = &mut *state;
         let referenced = ns.refs().contains_key(&id);
         match registry.place(id, len, exclude, referenced, Instant::now()) {
             Err(e) if e.code == ErrorCode::NoSpace => {
@@ -577,42 +638,15 @@ impl Service {
         blobs: &[BlockId],
         durable: bool,
     ) -> Answer {
-        let (attr, lsn, waiter, refused) = {
+        let Applied {
+            attr,
+            lsn,
+            waiter,
+            refused,
+        } = {
             let mut state = self.lock();
             let ops = build(&state.ns);
-            let State { ns, wal, registry } = &mut *state;
-            let wal = wal.as_mut().ok_or_else(|| {
-                RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
-            })?;
-            let needs: BTreeSet<String> = blobs
-                .iter()
-                .flat_map(|blob| registry.live_locations(blob))
-                .map(|l| l.name)
-                .collect();
-            let (mut last, mut lsn, mut refused) = (None, None, None);
-            for op in ops {
-                match ns.apply(&op) {
-                    Ok(ino) => {
-                        lsn = Some(
-                            wal.append_after(&op, needs.clone())
-                                .map_err(|e| e.to_remote())?,
-                        );
-                        last = Some(ino);
-                    }
-                    Err(e) => {
-                        refused = Some(e);
-                        break;
-                    }
-                }
-            }
-            registry.released(ns.take_released(), Instant::now(), lsn.unwrap_or(0));
-            if wal.wants_snapshot(self.snapshot_bytes) {
-                if let Err(e) = wal.snapshot(ns) {
-                    tracing::error!(error = %e, "snapshot failed; the log keeps growing");
-                }
-            }
-            let attr = last.and_then(|ino: Ino| ns.get(ino).ok().map(|i| i.attr.clone()));
-            (attr, lsn, wal.waiter(), refused)
+            self.apply_locked(&mut state, ops, blobs)?
         };
         if let Some(lsn) = lsn {
             match durable || self.durability == Durability::Strict {
@@ -625,6 +659,69 @@ impl Service {
             return Err(refusal);
         }
         Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
+    }
+
+    /// Applies ops in order and appends them to the log, under the state lock. The file
+    /// an unlink or a rename removes the last name of is pinned first if a session holds
+    /// it open, so that it stays readable and writable by inode.
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        ops: Vec<Op>,
+        blobs: &[BlockId],
+    ) -> Result<Applied, RemoteError> {
+        let State {
+            ns,
+            wal,
+            registry,
+            sessions,
+        } = state;
+        let wal = wal.as_mut().ok_or_else(|| {
+            RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+        })?;
+        let needs: BTreeSet<String> = blobs
+            .iter()
+            .flat_map(|blob| registry.live_locations(blob))
+            .map(|l| l.name)
+            .collect();
+        let (mut last, mut lsn, mut refused) = (None, None, None);
+        for op in ops {
+            let pin = ns
+                .unlinks(&op)
+                .filter(|ino| sessions.holds(*ino) && !ns.pinned().contains(ino))
+                .map(|ino| Op::Pin { ino });
+            for op in pin.iter().chain([&op]) {
+                match ns.apply(op) {
+                    Ok(ino) => {
+                        lsn = Some(
+                            wal.append_after(op, needs.clone())
+                                .map_err(|e| e.to_remote())?,
+                        );
+                        last = Some(ino);
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            if refused.is_some() {
+                break;
+            }
+        }
+        registry.released(ns.take_released(), Instant::now(), lsn.unwrap_or(0));
+        if wal.wants_snapshot(self.snapshot_bytes) {
+            if let Err(e) = wal.snapshot(ns) {
+                tracing::error!(error = %e, "snapshot failed; the log keeps growing");
+            }
+        }
+        let attr = last.and_then(|ino: Ino| ns.get(ino).ok().map(|i| i.attr.clone()));
+        Ok(Applied {
+            attr,
+            lsn,
+            waiter: wal.waiter(),
+            refused,
+        })
     }
 
     /// Has each storage in `needs` that is still active sync what it acknowledged;
@@ -744,6 +841,9 @@ impl Service {
             under_replicated,
             missing,
             garbage: state.registry.garbage(),
+            sessions: state.sessions.len() as u64,
+            open_files: state.sessions.open_files() as u64,
+            orphans: state.ns.orphans() as u64,
         }
     }
 }
@@ -781,5 +881,6 @@ fn op_name(request: &Request) -> &'static str {
         Report { .. } => "report",
         Activate => "activate",
         Heartbeat { .. } => "heartbeat",
+        Session { .. } => "session",
     }
 }

@@ -1,10 +1,10 @@
 //! Durable metadata: a write-ahead log with group commit, and snapshots.
 //!
 //! Files under the metadata directory:
-//! - `snapshot`: `b"vgsnap03"`, crc32 of the payload, payload length (u64), payload =
+//! - `snapshot`: `b"vgsnap04"`, crc32 of the payload, payload length (u64), payload =
 //!   `(lsn, Namespace)`; written to `snapshot.tmp`, fsynced, renamed, directory fsynced.
-//!   A `vgsnap01` (whole blocks, before slices) or `vgsnap02` (before extended
-//!   attributes) snapshot is read and converted.
+//!   A `vgsnap01` (whole blocks, before slices), `vgsnap02` (before extended
+//!   attributes) or `vgsnap03` (before pinned inodes) snapshot is read and converted.
 //! - `wal`: records of `len: u32, crc32: u32, payload = (lsn, Op)`, appended in LSN order,
 //!   then zeros: the file is allocated ahead of the records ([`PREALLOCATE`]).
 //!
@@ -49,13 +49,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::namespace::{Namespace, NamespaceV1, NamespaceV2, Op};
+use crate::namespace::{Namespace, NamespaceV1, NamespaceV2, NamespaceV3, Op};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap03";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap04";
 /// The snapshot format of releases before slices.
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"vgsnap01";
 /// The snapshot format of releases before extended attributes.
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"vgsnap02";
+/// The snapshot format of releases before open-but-unlinked files.
+const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"vgsnap03";
 /// Largest WAL record accepted on replay; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -517,7 +519,12 @@ impl Wal {
 
     fn decode_snapshot(bytes: &[u8]) -> std::result::Result<(u64, Namespace), String> {
         let magic = bytes.get(..8).unwrap_or_default();
-        let known = [SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1, SNAPSHOT_MAGIC_V2];
+        let known = [
+            SNAPSHOT_MAGIC,
+            SNAPSHOT_MAGIC_V1,
+            SNAPSHOT_MAGIC_V2,
+            SNAPSHOT_MAGIC_V3,
+        ];
         if bytes.len() < 20 || !known.iter().any(|m| magic == *m) {
             return Err("not a vg snapshot (bad magic)".into());
         }
@@ -530,6 +537,7 @@ impl Wal {
         match magic {
             m if m == SNAPSHOT_MAGIC_V1 => convert::<NamespaceV1>(payload, "slices"),
             m if m == SNAPSHOT_MAGIC_V2 => convert::<NamespaceV2>(payload, "extended attributes"),
+            m if m == SNAPSHOT_MAGIC_V3 => convert::<NamespaceV3>(payload, "pinned inodes"),
             _ => vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string()),
         }
     }
@@ -890,6 +898,14 @@ mod tests {
         assert!(ns.resolve("/a").is_ok() && ns.resolve("/c").is_ok());
     }
 
+    fn write_snapshot(dir: &Path, magic: &[u8; 8], payload: &[u8]) {
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        std::fs::write(dir.join("snapshot"), bytes).unwrap();
+    }
+
     #[tokio::test]
     async fn snapshot_before_xattrs_is_converted() {
         let dir = tempfile::tempdir().unwrap();
@@ -897,15 +913,41 @@ mod tests {
         let op = mkdir_op(&ns, "kept");
         ns.apply(&op).unwrap();
         let payload = crate::namespace::encode_v2(7, &ns);
-        let mut bytes = SNAPSHOT_MAGIC_V2.to_vec();
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        std::fs::write(dir.path().join("snapshot"), bytes).unwrap();
+        write_snapshot(dir.path(), SNAPSHOT_MAGIC_V2, &payload);
         let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!(rec.snapshot_lsn, 7);
         let kept = ns.resolve("/kept").unwrap();
         assert!(ns.xattrs(kept).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn snapshot_before_pins_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ns = Namespace::new(Timestamp::now());
+        let op = mkdir_op(&ns, "kept");
+        let kept = ns.apply(&op).unwrap();
+        ns.apply(&Op::SetXattr {
+            ino: kept,
+            name: b"user.a".to_vec(),
+            value: b"1".to_vec(),
+            mode: vg_wire::xattr::SetMode::Either,
+            time: Timestamp::now(),
+        })
+        .unwrap();
+        write_snapshot(
+            dir.path(),
+            SNAPSHOT_MAGIC_V3,
+            &crate::namespace::encode_v3(9, &ns),
+        );
+        let (mut wal, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!(rec.snapshot_lsn, 9);
+        assert_eq!(ns.xattrs(kept).unwrap().len(), 1);
+        assert!(ns.pinned().is_empty());
+        // Written again in the current format, it reads back the same.
+        wal.snapshot(&ns).unwrap();
+        drop(wal);
+        let (_, ns, _) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!(ns.xattrs(kept).unwrap().len(), 1);
     }
 
     #[tokio::test]

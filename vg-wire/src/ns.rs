@@ -66,7 +66,8 @@ pub enum Request {
         new_parent: Ino,
         new_name: Name,
     },
-    /// Removes a non-directory name.
+    /// Removes a non-directory name; answers with the file's attributes if it lives on
+    /// (other names, or open in a session), else `Done`.
     Unlink { parent: Ino, name: Name },
     /// Removes an empty directory.
     Rmdir { parent: Ino, name: Name },
@@ -166,6 +167,11 @@ pub enum Request {
         uid: u32,
         gid: u32,
     },
+    /// The inodes a mount's session `id` holds open, all of them (a report replaces the
+    /// previous one, so a lost or repeated report does no harm): the last name of one of
+    /// them may go while it stays readable and writable by inode. Renewed within the
+    /// lease the answer gives, or the session's holds lapse.
+    Session { id: u64, open: Vec<Ino> },
 }
 
 /// The nameserver's answer.
@@ -198,6 +204,8 @@ pub enum Response {
     Commands(Vec<Command>),
     /// An inode's extended attributes, by name.
     Xattrs(Vec<(Name, Vec<u8>)>),
+    /// A session's report is recorded; renew it within this many milliseconds.
+    Lease { ms: u64 },
 }
 
 /// Cluster-wide space, as `statfs` needs it.
@@ -286,6 +294,12 @@ pub struct ClusterStatus {
     /// Bytes held by blocks no file references any more (all copies), reclaimed after
     /// the grace period or as soon as a write needs the room.
     pub garbage: u64,
+    /// Mount sessions holding files open.
+    pub sessions: u64,
+    /// Files those sessions hold open.
+    pub open_files: u64,
+    /// Files whose last name went while open, kept until their last close.
+    pub orphans: u64,
 }
 
 /// A referenced block, for `fsck`.

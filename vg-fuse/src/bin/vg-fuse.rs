@@ -145,7 +145,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         read_ahead: args.read_ahead,
         sync_on_close: args.sync_on_close,
     };
-    let files = Files::new(client, limits);
+    let files = {
+        // Files starts its session's task on the runtime.
+        let _runtime = rt.enter();
+        Files::new(client, limits)
+    };
     std::fs::create_dir_all(&args.mountpoint)
         .with_context(|| format!("create {}", args.mountpoint.display()))?;
     let mut options = vec![

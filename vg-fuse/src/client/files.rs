@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
@@ -21,7 +22,8 @@ use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Slice, Tim
 use super::cache::BlockCache;
 use super::compact;
 use super::entries::keep_newest;
-use super::{stored, Client, Error, Result};
+use super::session::Session;
+use super::{stored, Cached, Client, Error, Result};
 
 /// The error of a call on a file this client has not opened.
 fn not_open() -> Error {
@@ -431,6 +433,8 @@ pub struct Files {
     fetching: StdMutex<HashMap<BlockId, Arc<Fetch>>>,
     permits: Arc<Semaphore>,
     open: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Tells the nameserver which of them are open.
+    session: Arc<Session>,
 }
 
 /// Permits are counted in KiB so that gigabytes fit a semaphore.
@@ -444,14 +448,73 @@ impl Files {
         let permits = Arc::new(Semaphore::new(
             kib(limits.max_dirty.max(client.block_size as u64)) as usize,
         ));
-        Arc::new(Files {
+        let session = Arc::new(Session::new());
+        let files = Arc::new(Files {
             cache: StdMutex::new(BlockCache::new(limits.cache)),
             client,
             limits,
             fetching: StdMutex::default(),
             permits,
             open: StdMutex::default(),
-        })
+            session: session.clone(),
+        });
+        tokio::spawn(session.run(Arc::downgrade(&files)));
+        files
+    }
+
+    /// The inodes of the files this mount holds (open, or with changes not yet
+    /// committed), sorted.
+    pub fn open_inodes(&self) -> Vec<Ino> {
+        let mut open: Vec<Ino> = self
+            .open
+            .lock()
+            .expect("open lock")
+            .keys()
+            .copied()
+            .collect();
+        open.sort_unstable();
+        open
+    }
+
+    /// Tells the nameserver this mount holds no file any more (at unmount), so that files
+    /// unlinked while open here go now rather than when the lease lapses.
+    pub async fn end_session(&self) {
+        // Not for long: an unmount must not hang on an unreachable nameserver.
+        match tokio::time::timeout(Duration::from_secs(2), self.session.end(&self.client)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "session not ended; its lease will lapse"),
+            Err(_) => tracing::debug!("session not ended in time; its lease will lapse"),
+        }
+    }
+
+    /// Call before removing `parent/name` (an unlink, or a rename over it): a file open
+    /// here must stay readable and writable when its last name goes, so the nameserver
+    /// learns of it first if it may not know yet.
+    pub async fn before_unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let target = match self.client.cached_lookup(parent, name) {
+            Some(Cached::Found(attr, _)) => Some(attr.ino),
+            Some(Cached::Absent) => return Ok(()),
+            _ => None,
+        };
+        self.session
+            .before_unlink(&self.client, self.open_inodes(), target)
+            .await
+    }
+
+    /// Removes a non-directory (an unlink): a file open here lives on, and the
+    /// attributes kept for it count the link less, as `fstat` then shows.
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.before_unlink(parent, name).await?;
+        let Some(left) = self.client.unlink(parent, name).await? else {
+            return Ok(());
+        };
+        if let Some(file) = self.get_open(left.ino) {
+            if let Some(attr) = &mut file.state.lock().await.attr {
+                attr.nlink = left.nlink;
+                attr.ctime = left.ctime;
+            }
+        }
+        Ok(())
     }
 
     /// The cluster client.
@@ -481,11 +544,12 @@ impl Files {
     }
 
     async fn open_known(&self, ino: Ino, created: Option<&Attr>) -> Result<bool> {
-        let mut state = loop {
+        let (file, mut state) = loop {
             let file = {
                 let mut open = self.open.lock().expect("open lock");
                 open.entry(ino)
                     .or_insert_with(|| {
+                        self.session.changed();
                         Arc::new(OpenFile {
                             ino,
                             state: Arc::new(Mutex::new(FileState::default())),
@@ -496,7 +560,7 @@ impl Files {
             let state = file.state.clone().lock_owned().await;
             // A release may have dropped this entry while we waited for its lock.
             if self.get_open(ino).is_some_and(|f| Arc::ptr_eq(&f, &file)) {
-                break state;
+                break (file, state);
             }
         };
         let mut keep_cache = false;
@@ -508,7 +572,13 @@ impl Files {
                     blocks: Vec::new(),
                     locations: Vec::new(),
                 },
-                _ => self.client.layout(ino).await?,
+                _ => match self.client.layout(ino).await {
+                    Ok(layout) => layout,
+                    Err(e) => {
+                        self.forget_if_idle(&file, &state);
+                        return Err(e);
+                    }
+                },
             };
             keep_cache = state.seen == Some((layout.attr.size, layout.attr.mtime));
             state.load(layout);
@@ -535,9 +605,16 @@ impl Files {
         state.handles = state.handles.saturating_sub(1);
         if state.handles == 0 {
             self.compact_later(file, state, None, true);
-            if state.is_clean() {
-                self.open.lock().expect("open lock").remove(&file.ino);
-            }
+            self.forget_if_idle(file, state);
+        }
+    }
+
+    /// Drops the entry of a file with no handle and nothing pending (a failed open
+    /// leaves one too): the session no longer holds it.
+    fn forget_if_idle(&self, file: &OpenFile, state: &FileState) {
+        if state.handles == 0 && state.is_clean() {
+            self.open.lock().expect("open lock").remove(&file.ino);
+            self.session.changed();
         }
     }
 

@@ -1,7 +1,8 @@
 //! The namespace as older snapshots hold it, read once at the first start after an
 //! upgrade; the next snapshot is written in the current format. Releases before slices
 //! (`vgsnap01`): a file's block `i` was one whole blob or a hole. Releases before extended
-//! attributes (`vgsnap02`): the namespace without them.
+//! attributes (`vgsnap02`): the namespace without them. Releases before open-but-unlinked
+//! files (`vgsnap03`): the namespace without pinned inodes.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -89,6 +90,39 @@ impl From<NamespaceV2> for Namespace {
     fn from(old: NamespaceV2) -> Self {
         Namespace::from_inodes(old.inodes, old.next_ino)
     }
+}
+
+/// The namespace of a `vgsnap03` snapshot: the current one without pinned inodes.
+#[derive(Deserialize)]
+pub struct NamespaceV3 {
+    inodes: HashMap<Ino, Box<Inode>>,
+    next_ino: Ino,
+    xattrs: HashMap<Ino, BTreeMap<Name, Vec<u8>>>,
+}
+
+impl From<NamespaceV3> for Namespace {
+    fn from(old: NamespaceV3) -> Self {
+        let mut ns = Namespace::from_inodes(old.inodes, old.next_ino);
+        ns.xattrs = old.xattrs;
+        ns
+    }
+}
+
+/// The `vgsnap03` payload of a namespace (for tests of the conversion).
+#[cfg(test)]
+pub fn encode_v3(lsn: u64, ns: &Namespace) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct V3<'a> {
+        inodes: &'a HashMap<Ino, Box<Inode>>,
+        next_ino: Ino,
+        xattrs: &'a HashMap<Ino, BTreeMap<Name, Vec<u8>>>,
+    }
+    let v3 = V3 {
+        inodes: &ns.inodes,
+        next_ino: ns.next_ino,
+        xattrs: &ns.xattrs,
+    };
+    vg_wire::codec::to_bytes(&(lsn, v3)).expect("encodes")
 }
 
 /// The `vgsnap02` payload of a namespace (for tests of the conversion).

@@ -355,6 +355,7 @@ impl Session {
         self.client
             .unlink(parent, name.as_bytes())
             .await
+            .map(drop)
             .map_err(at(path))
     }
 
@@ -460,6 +461,10 @@ impl Session {
         println!("under-replicated:  {}", status.under_replicated);
         println!("missing:           {}", status.missing);
         println!("garbage:           {}", format_size(status.garbage));
+        println!(
+            "open files:        {} in {} sessions, {} of them unlinked",
+            status.open_files, status.sessions, status.orphans
+        );
         Ok(())
     }
 

@@ -1,0 +1,147 @@
+//! The mount's session with the nameserver: which files it holds open, so that a file
+//! unlinked (or renamed over) while open here stays readable and writable until its last
+//! close, as POSIX has it.
+//!
+//! Opens cost no round trip: the set of open files is reported in the background a
+//! moment after it changes (a file opened and closed within that moment is never
+//! reported), and renewed within the nameserver's lease while it is not empty. Only an
+//! unlink or a rename over a file this mount opened since the last report waits for one,
+//! so that the nameserver knows to keep the file when its last name goes.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, Notify};
+use vg_wire::Ino;
+
+use super::files::Files;
+use super::{Client, Result};
+
+/// How long a change of the open set waits before it is reported: opens and closes of
+/// this moment go in one report, and a short open not at all.
+const BATCH: Duration = Duration::from_millis(100);
+/// The wait before reporting again after a failure.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What the nameserver was last told.
+struct Reported {
+    /// Sorted.
+    open: Vec<Ino>,
+    at: Instant,
+    renew_every: Duration,
+}
+
+/// A mount's session: its id, and what it last reported.
+pub struct Session {
+    id: u64,
+    /// Held while a report is sent, so that reports leave in order.
+    reported: Mutex<Reported>,
+    changed: Notify,
+}
+
+impl Session {
+    /// A session with a random id, nothing reported yet.
+    pub fn new() -> Self {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.write_u128(
+            std::time::UNIX_EPOCH
+                .elapsed()
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        Session {
+            id: hasher.finish(),
+            reported: Mutex::new(Reported {
+                open: Vec::new(),
+                at: Instant::now(),
+                renew_every: Duration::from_secs(10),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Notes that the set of open files changed: reported a moment later.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Before a name goes (unlink, rename over it): reports the open files now if the
+    /// file it names (`target`, when known) may be one opened since the last report.
+    pub async fn before_unlink(
+        &self,
+        client: &Client,
+        open: Vec<Ino>,
+        target: Option<Ino>,
+    ) -> Result<()> {
+        if target.is_some_and(|t| open.binary_search(&t).is_err()) {
+            return Ok(());
+        }
+        let mut reported = self.reported.lock().await;
+        if open
+            .iter()
+            .all(|ino| reported.open.binary_search(ino).is_ok())
+        {
+            return Ok(());
+        }
+        self.send(client, &mut reported, open).await
+    }
+
+    /// Reports that nothing is open any more, if something was.
+    pub async fn end(&self, client: &Client) -> Result<()> {
+        let mut reported = self.reported.lock().await;
+        match reported.open.is_empty() {
+            true => Ok(()),
+            false => self.send(client, &mut reported, Vec::new()).await,
+        }
+    }
+
+    async fn send(&self, client: &Client, reported: &mut Reported, open: Vec<Ino>) -> Result<()> {
+        let lease = client.report_session(self.id, open.clone()).await?;
+        reported.open = open;
+        reported.at = Instant::now();
+        reported.renew_every = (lease / 3).max(BATCH);
+        Ok(())
+    }
+
+    /// Reports changes and renews the lease until the mount's files are dropped.
+    pub async fn run(self: Arc<Self>, files: Weak<Files>) {
+        let mut wait = None;
+        loop {
+            let renew = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.changed.notified() => tokio::time::sleep(BATCH).await,
+                _ = renew => {}
+            }
+            let Some(files) = files.upgrade() else {
+                return;
+            };
+            let open = files.open_inodes();
+            let client = files.client().clone();
+            drop(files);
+            let mut reported = self.reported.lock().await;
+            let due = !open.is_empty() && reported.at.elapsed() >= reported.renew_every;
+            if open != reported.open || due {
+                if let Err(e) = self.send(&client, &mut reported, open).await {
+                    tracing::warn!(error = %e, "open files not reported to the nameserver; trying again");
+                    wait = Some(RETRY);
+                    continue;
+                }
+            }
+            wait = (!reported.open.is_empty())
+                .then(|| reported.renew_every.saturating_sub(reported.at.elapsed()));
+        }
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -253,9 +253,27 @@ impl Client {
 
     /// Attributes of an inode.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
-        let attr = self.attr_call(ns::Request::GetAttr { ino }).await?;
+        let attr = self
+            .attr_call(ns::Request::GetAttr { ino })
+            .await
+            .map_err(|e| self.stale(ino, e))?;
         self.cache(|c| c.attr(&attr));
         Ok(attr)
+    }
+
+    /// An inode asked for by number is gone (removed on another mount, or freed at its
+    /// last close): the cached name that led here is stale. Forgetting its attributes
+    /// makes the next lookup of the name ask the nameserver; ESTALE makes the kernel
+    /// look the path up again and retry.
+    fn stale(&self, ino: Ino, e: Error) -> Error {
+        if e.code() != ErrorCode::NotFound {
+            return e;
+        }
+        self.cache(|c| c.changed(ino));
+        Error::Remote(vg_wire::RemoteError::new(
+            ErrorCode::Stale,
+            format!("inode {ino}: gone; its name was stale"),
+        ))
     }
 
     /// Changes attributes.
@@ -458,12 +476,53 @@ impl Client {
         self.added(new_parent, new_name, result)
     }
 
-    /// Tells the nameserver which files session `id` holds open; returns the lease to
-    /// renew the report within.
-    pub async fn report_session(&self, id: u64, open: Vec<Ino>) -> Result<Duration> {
-        match self.ns_call(ns::Request::Session { id, open }).await? {
-            ns::Response::Lease { ms } => Ok(Duration::from_millis(ms)),
+    /// Tells the nameserver which files session `id` holds open, and its locks; returns
+    /// the lease to renew the report within, and whether the session's locks were lost.
+    pub async fn report_session(
+        &self,
+        id: u64,
+        open: Vec<Ino>,
+        locks: Vec<(Ino, ns::Lock)>,
+    ) -> Result<(Duration, bool)> {
+        match self
+            .ns_call(ns::Request::Session { id, open, locks })
+            .await?
+        {
+            ns::Response::Lease { ms, lost } => Ok((Duration::from_millis(ms), lost)),
             other => Err(unexpected("a lease", other)),
+        }
+    }
+
+    /// Takes, changes or drops a lock of `session` on `ino`; with `wait`, until granted
+    /// (the nameserver answers a wait after a few seconds, and is asked again).
+    pub async fn lock(&self, session: u64, ino: Ino, lock: ns::Lock, wait: bool) -> Result<()> {
+        loop {
+            let request = ns::Request::Lock {
+                session,
+                ino,
+                lock,
+                wait,
+            };
+            match self.ns_call(request).await {
+                Err(e) if wait && e.code() == ErrorCode::WouldBlock => continue,
+                other => return other.map(drop),
+            }
+        }
+    }
+
+    /// The lock of another owner that `lock` conflicts with, if any.
+    pub async fn test_lock(
+        &self,
+        session: u64,
+        ino: Ino,
+        lock: ns::Lock,
+    ) -> Result<Option<ns::Lock>> {
+        match self
+            .ns_call(ns::Request::TestLock { session, ino, lock })
+            .await?
+        {
+            ns::Response::Lock(found) => Ok(found),
+            other => Err(unexpected("a lock", other)),
         }
     }
 
@@ -594,7 +653,8 @@ impl Client {
 
     /// A file's blocks and their locations.
     pub async fn layout(&self, ino: Ino) -> Result<Layout> {
-        match self.ns_call(ns::Request::Layout { ino }).await? {
+        let answer = self.ns_call(ns::Request::Layout { ino }).await;
+        match answer.map_err(|e| self.stale(ino, e))? {
             ns::Response::Layout(layout) => Ok(layout),
             other => Err(unexpected("layout", other)),
         }

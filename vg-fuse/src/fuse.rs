@@ -16,10 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use tracing::debug;
+use vg_wire::ns::{Lock, LockKind};
 use vg_wire::xattr::SetMode;
 use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
 
@@ -64,6 +65,8 @@ pub struct VgFs {
     next_fh: AtomicU64,
     handles: Arc<Mutex<HashMap<u64, FileHandle>>>,
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
+    /// Tells the kernel to drop cached pages; set once the session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// Makes the kernel read ahead [`IO_SIZE`] on the mount at `mountpoint`, so that a
@@ -166,7 +169,13 @@ impl VgFs {
             next_fh: AtomicU64::new(1),
             handles: Arc::default(),
             dirs: Arc::default(),
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the session's notifier goes once the session exists (it owns this).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     fn new_fh(&self) -> u64 {
@@ -283,6 +292,23 @@ impl VgFs {
     }
 }
 
+/// The lock a `struct flock` of the kernel's describes (none for an unknown type).
+fn lock_of(owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> Option<Lock> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return None,
+    };
+    Some(Lock {
+        owner,
+        start,
+        end,
+        kind,
+        pid,
+    })
+}
+
 impl Filesystem for VgFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_write(IO_SIZE);
@@ -294,6 +320,9 @@ impl Filesystem for VgFs {
             fuser::consts::FUSE_READDIRPLUS_AUTO,
             fuser::consts::FUSE_PARALLEL_DIROPS,
             fuser::consts::FUSE_ASYNC_READ,
+            // Locks held by the nameserver, so that they exclude other mounts too.
+            fuser::consts::FUSE_POSIX_LOCKS,
+            fuser::consts::FUSE_FLOCK_LOCKS,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -545,8 +574,10 @@ impl Filesystem for VgFs {
         let (files, handles) = (self.files.clone(), self.handles.clone());
         let append = flags & libc::O_APPEND != 0;
         // A read-only descriptor has nothing to flush at its close: the kernel need not
-        // send the request (a round trip through this process per close).
-        let no_flush = match flags & libc::O_ACCMODE == libc::O_RDONLY {
+        // send the request (a round trip through this process per close). Unless this
+        // mount holds locks on the file: a close drops its process's locks.
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
+        let no_flush = match read_only && !self.files.has_locks(ino) {
             true => FOPEN_NOFLUSH,
             false => 0,
         };
@@ -711,12 +742,21 @@ impl Filesystem for VgFs {
         _req: &Request<'_>,
         ino: u64,
         _fh: u64,
-        _lock_owner: u64,
+        lock_owner: u64,
         reply: ReplyEmpty,
     ) {
         let files = self.files.clone();
-        // FUSE's flush is what close(2) waits for (release comes after it returns).
-        self.empty("flush", async move { files.close(ino).await }, reply);
+        // FUSE's flush is what close(2) waits for (release comes after it returns). A
+        // close drops the POSIX locks its process holds on the file.
+        self.empty(
+            "flush",
+            async move {
+                let closed = files.close(ino).await;
+                files.unlock_all(ino, lock_owner).await?;
+                closed
+            },
+            reply,
+        );
     }
 
     fn fsync(
@@ -737,7 +777,7 @@ impl Filesystem for VgFs {
         ino: u64,
         fh: u64,
         _flags: i32,
-        _lock: Option<u64>,
+        flock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
@@ -747,8 +787,79 @@ impl Filesystem for VgFs {
             "release",
             async move {
                 let result = files.flush(ino).await;
+                // The open file's `flock` goes with it.
+                if let Some(owner) = flock_owner {
+                    files.unlock_all(ino, owner).await?;
+                }
                 files.release(ino).await;
                 result
+            },
+            reply,
+        );
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(lock) = lock_of(lock_owner, start, end, typ, pid) else {
+            return reply.error(errno::BAD_FLAGS);
+        };
+        let files = self.files.clone();
+        self.spawn(
+            "getlk",
+            async move { files.test_lock(ino, lock).await },
+            move |r| match r {
+                Ok(Some(held)) => {
+                    let typ = match held.kind {
+                        LockKind::Write => libc::F_WRLCK,
+                        _ => libc::F_RDLCK,
+                    };
+                    reply.locked(held.start, held.end, typ, held.pid)
+                }
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn setlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(lock) = lock_of(lock_owner, start, end, typ, pid) else {
+            return reply.error(errno::BAD_FLAGS);
+        };
+        let (files, notifier) = (self.files.clone(), self.notifier.clone());
+        self.empty(
+            "setlk",
+            async move {
+                if files.lock(ino, lock, sleep).await? {
+                    if let Some(notifier) = notifier.get() {
+                        // Whole file (length 0): pages another mount's writes made stale.
+                        if let Err(e) = notifier.inval_inode(ino, 0, 0) {
+                            debug!(ino, error = %e, "page cache not invalidated");
+                        }
+                    }
+                }
+                Ok(())
             },
             reply,
         );

@@ -4,6 +4,7 @@
 //! the bound address and stops it; `main.rs` only parses flags and calls it.
 
 pub mod error;
+pub mod locks;
 pub mod namespace;
 pub mod registry;
 mod service;

@@ -957,6 +957,15 @@ impl Namespace {
         }
         // Checked above: the size is within MAX_BLOCKS, so this is not refused.
         self.resize(ino, size, block_size, time)?;
+        // Bytes written move the mtime, also when the size stays: other mounts tell by
+        // it that their cached pages are stale.
+        if !changes.is_empty() {
+            self.inodes
+                .get_mut(&ino)
+                .expect("written inode exists")
+                .attr
+                .mtime = time;
+        }
         Ok(ino)
     }
 

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::ns::{ClusterStatus, Layout, Placement, Request, Response, StatFs, Stored};
+use vg_wire::ns::{
+    ClusterStatus, Layout, Lock, LockKind, Placement, Request, Response, StatFs, Stored,
+};
 use vg_wire::rpc::{read_end, read_request, respond, Dialer, Peer, Target};
 use vg_wire::{storage, BlockId, Ino, Location, Role, SetTime, Slice, Timestamp};
 
 use crate::error::{refuse, Error};
+use crate::locks::{Locks, Owner};
 use crate::namespace::{Content, Namespace, Op};
 use crate::registry::{Policy, Registry};
 use crate::sessions::{self, Sessions};
@@ -27,6 +30,7 @@ struct State {
     wal: Option<Wal>,
     registry: Registry,
     sessions: Sessions,
+    locks: Locks,
 }
 
 /// What applying ops under the lock leaves to do after it: the answer's attributes, the
@@ -49,6 +53,25 @@ pub struct Service {
     dialer: Dialer,
     /// Set when the nameserver stops: the gate gives up asking.
     stopped: std::sync::atomic::AtomicBool,
+    /// Wakes the lock requests waiting: some lock changed or went.
+    locks_changed: tokio::sync::Notify,
+}
+
+/// Longest a lock request waits before it answers `WouldBlock` and the client asks
+/// again: well within the client's request timeout.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes an owner off the wait-for graph however its lock request ends (granted,
+/// refused, or dropped because the client went away).
+struct Waiting<'a> {
+    service: &'a Service,
+    who: Owner,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.service.lock().locks.stop_waiting(self.who);
+    }
 }
 
 impl Service {
@@ -79,6 +102,7 @@ impl Service {
                 wal: Some(wal),
                 registry: Registry::new(policy),
                 sessions: Sessions::new(config.session_lease, Instant::now()),
+                locks: Locks::default(),
             }),
             block_size: config.block_size,
             replication: config.replication,
@@ -86,6 +110,7 @@ impl Service {
             durability: config.durability,
             dialer,
             stopped: Default::default(),
+            locks_changed: Default::default(),
         })
     }
 
@@ -130,12 +155,22 @@ impl Service {
                 registry,
                 wal,
                 sessions,
+                locks,
             } = &mut *state;
             let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
             registry.tick(ns.refs(), Instant::now(), durable);
             let lapsed = sessions.expire(Instant::now());
-            if lapsed > 0 {
-                info!(lapsed, "sessions lapsed; their open files are released");
+            if !lapsed.is_empty() {
+                info!(
+                    lapsed = lapsed.len(),
+                    "sessions lapsed; their open files and locks are released"
+                );
+                if lapsed
+                    .iter()
+                    .fold(false, |any, id| locks.release_session(*id) | any)
+                {
+                    self.locks_changed.notify_waiters();
+                }
             }
             self.unpin_unheld(&mut state);
         }
@@ -173,8 +208,18 @@ impl Service {
         };
         read_end(&mut recv).await;
         let span = tracing::debug_span!("request", op = op_name(&request));
+        // A lock request that waits ends when its client goes away (the process was
+        // interrupted, the mount stopped): nobody would release the lock it took.
+        let waits = matches!(request, Request::Lock { wait: true, .. });
+        let gone = send.stopped();
         async {
-            let answer = self.dispatch(&peer, request).await;
+            let answer = match waits {
+                true => tokio::select! {
+                    answer = self.dispatch(&peer, request) => answer,
+                    _ = gone => return debug!("client went away; lock request dropped"),
+                },
+                false => self.dispatch(&peer, request).await,
+            };
             if let Err(e) = &answer {
                 debug!(code = ?e.code, error = %e.message, "refused");
             }
@@ -248,8 +293,8 @@ impl Service {
                 })
                 .await
             }
-            Session { id, open } => {
-                if open.len() > sessions::MAX_OPEN {
+            Session { id, open, locks } => {
+                if open.len() + locks.len() > sessions::MAX_OPEN {
                     return refuse(
                         ErrorCode::TooBig,
                         format!(
@@ -259,11 +304,43 @@ impl Service {
                         ),
                     );
                 }
+                let now = Instant::now();
                 let mut state = self.lock();
-                state.sessions.report(id, &open, Instant::now());
+                // A session's first report after a start brings the locks it held
+                // before (within the first lease, it gets them back); one this
+                // nameserver no longer knows after that lapsed (they are lost). Later
+                // reports are not the locks' record: one may leave before a lock is
+                // granted and arrive after.
+                let settling = state.sessions.settling(now).is_some();
+                if settling && !state.sessions.has_reported(id) && !locks.is_empty() {
+                    self.reclaim(&mut state, id, &locks);
+                }
+                let lost = !settling && !state.sessions.knows(id) && !locks.is_empty();
+                if lost {
+                    warn!(session = %format!("{id:x}"), locks = locks.len(), "a lapsed session reported locks; they are lost");
+                }
+                state.sessions.report(id, &open, now);
+                if open.is_empty() && !state.locks.held_by(id) {
+                    state.sessions.end(id);
+                }
                 self.unpin_unheld(&mut state);
                 let ms = state.sessions.lease().as_millis() as u64;
-                Ok(Response::Lease { ms })
+                Ok(Response::Lease { ms, lost })
+            }
+            Lock {
+                session,
+                ino,
+                lock,
+                wait,
+            } => self.lock_file(session, ino, lock, wait).await,
+            TestLock { session, ino, lock } => {
+                let state = self.lock();
+                state.ns.get(ino)?;
+                let who = Owner {
+                    session,
+                    owner: lock.owner,
+                };
+                Ok(Response::Lock(state.locks.conflict(ino, who, &lock)))
             }
             RemoveXattr { ino, name } => {
                 self.mutate(|_| Op::RemoveXattr {
@@ -547,6 +624,109 @@ impl Service {
         }
     }
 
+    /// Takes back the locks a session held before this nameserver started.
+    fn reclaim(&self, state: &mut State, session: u64, locks: &[(Ino, Lock)]) {
+        for (ino, lock) in locks {
+            let who = Owner {
+                session,
+                owner: lock.owner,
+            };
+            if state.locks.try_set(*ino, who, lock).is_err() {
+                warn!(
+                    ino,
+                    "a reclaimed lock conflicts with one reclaimed before; not taken"
+                );
+            }
+        }
+        info!(session = %format!("{session:x}"), locks = locks.len(), "locks reclaimed");
+    }
+
+    /// Takes, changes or drops a byte-range lock; with `wait`, waits (up to
+    /// [`LOCK_WAIT`]) while another owner holds a conflicting one, woken when a lock
+    /// changes, and refuses a wait that would close a cycle of waits (a deadlock).
+    async fn lock_file(&self, session: u64, ino: Ino, lock: Lock, wait: bool) -> Answer {
+        if lock.start > lock.end {
+            return refuse(
+                ErrorCode::Invalid,
+                format!(
+                    "inode {ino}: lock range {}..={} is empty",
+                    lock.start, lock.end
+                ),
+            );
+        }
+        let who = Owner {
+            session,
+            owner: lock.owner,
+        };
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let _waiting = Waiting { service: self, who };
+        loop {
+            // Listening before looking, so that a change between the two is not missed.
+            let changed = self.locks_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let settling = {
+                let mut state = self.lock();
+                let state = &mut *state;
+                state.ns.get(ino)?;
+                let now = Instant::now();
+                state.sessions.touch(session, now);
+                // After a start, the locks of before are reclaimed first: none is
+                // granted anew until the mounts had a lease to report theirs.
+                let settling = state
+                    .sessions
+                    .settling(now)
+                    .filter(|_| lock.kind != LockKind::Unlock);
+                let taken = match settling {
+                    Some(left) if !wait => {
+                        return refuse(
+                            ErrorCode::WouldBlock,
+                            format!(
+                            "inode {ino}: locks are being reclaimed after a restart (for {left:?})"
+                        ),
+                        )
+                    }
+                    Some(_) => Err(None),
+                    None => state.locks.try_set(ino, who, &lock).map_err(Some),
+                };
+                let holder = match taken {
+                    Ok(()) => {
+                        self.locks_changed.notify_waiters();
+                        return Ok(Response::Done);
+                    }
+                    Err(holder) => holder,
+                };
+                let locked = || {
+                    format!(
+                        "inode {ino}: bytes {}..={} are locked by another owner",
+                        lock.start, lock.end
+                    )
+                };
+                if !wait {
+                    return refuse(ErrorCode::WouldBlock, locked());
+                }
+                if holder.is_some_and(|holder| state.locks.would_deadlock(who, holder)) {
+                    return refuse(
+                        ErrorCode::Deadlock,
+                        format!("{}, which waits for a lock this owner holds", locked()),
+                    );
+                }
+                state.locks.wait(who, ino, lock);
+                settling
+            };
+            // While settling, nothing wakes the waiter: it looks again now and then.
+            let woken = match settling {
+                Some(left) => {
+                    tokio::time::timeout_at(deadline, tokio::time::sleep(left.min(LOCK_WAIT))).await
+                }
+                None => tokio::time::timeout_at(deadline, changed).await,
+            };
+            if woken.is_err() {
+                return refuse(ErrorCode::WouldBlock, "still locked; ask again");
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("state lock")
     }
@@ -675,6 +855,7 @@ impl Service {
             wal,
             registry,
             sessions,
+            ..
         } = state;
         let wal = wal.as_mut().ok_or_else(|| {
             RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
@@ -844,6 +1025,8 @@ impl Service {
             sessions: state.sessions.len() as u64,
             open_files: state.sessions.open_files() as u64,
             orphans: state.ns.orphans() as u64,
+            locks: state.locks.len() as u64,
+            lock_waiters: state.locks.waiters() as u64,
         }
     }
 }
@@ -882,5 +1065,7 @@ fn op_name(request: &Request) -> &'static str {
         Activate => "activate",
         Heartbeat { .. } => "heartbeat",
         Session { .. } => "session",
+        Lock { .. } => "lock",
+        TestLock { .. } => "test_lock",
     }
 }

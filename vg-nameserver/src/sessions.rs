@@ -12,6 +12,8 @@ pub const MAX_OPEN: usize = 1 << 20;
 struct Session {
     open: BTreeSet<Ino>,
     expires: Instant,
+    /// Whether it reported since the start (not only renewed by a lock request).
+    reported: bool,
 }
 
 /// The sessions of the mounts and how many of them hold each inode.
@@ -39,21 +41,61 @@ impl Sessions {
         self.lease
     }
 
-    /// Records that session `id` holds exactly `open` (an empty set ends the session).
+    /// Records that session `id` holds exactly `open`, and renews its lease.
     pub fn report(&mut self, id: u64, open: &[Ino], now: Instant) {
         self.end(id);
-        if open.is_empty() {
-            return;
-        }
         let open: BTreeSet<Ino> = open.iter().copied().collect();
         for &ino in &open {
             *self.holders.entry(ino).or_default() += 1;
         }
         let expires = now + self.lease;
-        self.sessions.insert(id, Session { open, expires });
+        self.sessions.insert(
+            id,
+            Session {
+                open,
+                expires,
+                reported: true,
+            },
+        );
     }
 
-    fn end(&mut self, id: u64) {
+    /// Renews the lease of session `id` (which starts holding nothing if it is new).
+    pub fn touch(&mut self, id: u64, now: Instant) {
+        let expires = now + self.lease;
+        self.sessions
+            .entry(id)
+            .or_insert_with(|| Session {
+                open: BTreeSet::new(),
+                expires,
+                reported: false,
+            })
+            .expires = expires;
+    }
+
+    /// Whether session `id` is known (reported or renewed since the start, not lapsed).
+    pub fn knows(&self, id: u64) -> bool {
+        self.sessions.contains_key(&id)
+    }
+
+    /// Whether session `id` reported since the start.
+    pub fn has_reported(&self, id: u64) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.reported)
+    }
+
+    /// How long the sessions of before the start still have to report, if they do.
+    pub fn settling(&self, now: Instant) -> Option<Duration> {
+        self.settled_at
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Whether session `id` reported holding nothing open (or is unknown).
+    pub fn is_idle(&self, id: u64) -> bool {
+        self.sessions.get(&id).is_none_or(|s| s.open.is_empty())
+    }
+
+    /// Ends session `id`: it holds nothing any more.
+    pub fn end(&mut self, id: u64) {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
@@ -67,8 +109,8 @@ impl Sessions {
         }
     }
 
-    /// Ends the sessions not renewed within their lease; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
+    /// Ends the sessions not renewed within their lease; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<u64> {
         let lapsed: Vec<u64> = self
             .sessions
             .iter()
@@ -78,10 +120,10 @@ impl Sessions {
         for id in &lapsed {
             self.end(*id);
         }
-        lapsed.len()
+        lapsed
     }
 
-    /// Number of sessions holding files open.
+    /// Number of sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
@@ -136,10 +178,12 @@ mod tests {
         s.report(1, &[6], later);
         assert!(!s.holds(5) && s.holds(6));
         // Session 2 was last renewed at the start: it lapses, session 1 does not.
-        assert_eq!(s.expire(later + Duration::from_secs(1)), 1);
+        assert_eq!(s.expire(later + Duration::from_secs(1)), vec![2]);
         assert!(s.holds(6));
         s.report(1, &[], later);
-        assert!(!s.holds(6));
+        assert!(!s.holds(6) && s.is_idle(1) && s.len() == 1);
+        s.end(1);
+        assert!(s.is_empty());
         assert_eq!(s.unheld(&set(&[6]), later), vec![6]);
     }
 }

@@ -61,6 +61,12 @@ pub enum ErrorCode {
     NotSupported,
     /// A value or a set of values is larger than vg takes.
     TooBig,
+    /// A lock is held by another owner (asked not to wait).
+    WouldBlock,
+    /// Waiting for a lock would deadlock: its holder waits for one the asker holds.
+    Deadlock,
+    /// The file a cached name led to is gone: look the name up again.
+    Stale,
 }
 
 /// Errors of the protocol layer.

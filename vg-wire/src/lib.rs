@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod codec;
 pub mod error;
+pub mod locks;
 pub mod ns;
 pub mod rpc;
 pub mod size;

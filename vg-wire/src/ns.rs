@@ -170,8 +170,53 @@ pub enum Request {
     /// The inodes a mount's session `id` holds open, all of them (a report replaces the
     /// previous one, so a lost or repeated report does no harm): the last name of one of
     /// them may go while it stays readable and writable by inode. Renewed within the
-    /// lease the answer gives, or the session's holds lapse.
-    Session { id: u64, open: Vec<Ino> },
+    /// lease the answer gives, or the session's holds lapse. With them, the locks the
+    /// session holds: after a nameserver restart they are taken again (within the
+    /// first lease, when nobody else may take a lock).
+    Session {
+        id: u64,
+        open: Vec<Ino>,
+        locks: Vec<(Ino, Lock)>,
+    },
+    /// Takes, changes or drops (`LockKind::Unlock`) a byte-range lock of session `id`;
+    /// with `wait`, waits while another owner holds a conflicting one, up to a few
+    /// seconds (then `WouldBlock`: ask again).
+    Lock {
+        session: u64,
+        ino: Ino,
+        lock: Lock,
+        wait: bool,
+    },
+    /// The first lock of another owner that conflicts with `lock` (`F_GETLK`).
+    TestLock { session: u64, ino: Ino, lock: Lock },
+}
+
+/// What a lock request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// Shared.
+    Read,
+    /// Exclusive.
+    Write,
+    /// Drop the owner's locks in the range.
+    Unlock,
+}
+
+/// A byte-range lock (`start..=end`; `end` `u64::MAX` is "to the end of the file") of
+/// one owner within a session: a process, for POSIX record locks; an open file, for
+/// `flock` (which the kernel passes as a lock of the whole file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// The kernel's lock owner.
+    pub owner: u64,
+    /// First byte.
+    pub start: u64,
+    /// Last byte.
+    pub end: u64,
+    /// Shared, exclusive, or an unlock.
+    pub kind: LockKind,
+    /// The holder's process, for `F_GETLK` (meaningful on its own machine only).
+    pub pid: u32,
 }
 
 /// The nameserver's answer.
@@ -204,8 +249,12 @@ pub enum Response {
     Commands(Vec<Command>),
     /// An inode's extended attributes, by name.
     Xattrs(Vec<(Name, Vec<u8>)>),
-    /// A session's report is recorded; renew it within this many milliseconds.
-    Lease { ms: u64 },
+    /// A session's report is recorded; renew it within this many milliseconds. `lost`:
+    /// the session had lapsed (it was not renewed within its lease), and the locks it
+    /// reported are gone: others may have taken them since.
+    Lease { ms: u64, lost: bool },
+    /// The conflicting lock, if any.
+    Lock(Option<Lock>),
 }
 
 /// Cluster-wide space, as `statfs` needs it.
@@ -300,6 +349,10 @@ pub struct ClusterStatus {
     pub open_files: u64,
     /// Files whose last name went while open, kept until their last close.
     pub orphans: u64,
+    /// Byte-range and whole-file locks held.
+    pub locks: u64,
+    /// Lock requests waiting for one of them.
+    pub lock_waiters: u64,
 }
 
 /// A referenced block, for `fsck`.

@@ -172,8 +172,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         args.attr_ttl,
         !args.no_xattrs,
     );
+    let notifier = fs.notifier_slot();
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .with_context(|| format!("mount {}", args.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     vg_fuse::fuse::raise_read_ahead(resolved);
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     let mut unmounter = session.unmount_callable();

@@ -8,14 +8,15 @@
 //!
 //! Knows nothing of FUSE: the adapter calls [`Files`] with inode numbers and offsets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
-use vg_wire::ns::Stored;
+use vg_wire::ns::{Lock, LockKind, Stored};
 use vg_wire::slices::overlay;
 use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Slice, Timestamp};
 
@@ -435,6 +436,14 @@ pub struct Files {
     open: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
     /// Tells the nameserver which of them are open.
     session: Arc<Session>,
+    /// The locks this mount's owners hold, by file: a close drops its owner's, and the
+    /// session reports them (to take them back after a nameserver restart).
+    locks: StdMutex<HashMap<Ino, Vec<Lock>>>,
+    /// Files whose locks were lost (the session lapsed): their next call fails, once.
+    lost: StdMutex<HashSet<Ino>>,
+    /// Whether any lock was ever taken or lost here: calls on files skip the checks
+    /// until then.
+    locking: AtomicBool,
 }
 
 /// Permits are counted in KiB so that gigabytes fit a semaphore.
@@ -457,6 +466,9 @@ impl Files {
             permits,
             open: StdMutex::default(),
             session: session.clone(),
+            locks: StdMutex::default(),
+            lost: StdMutex::default(),
+            locking: AtomicBool::new(false),
         });
         tokio::spawn(session.run(Arc::downgrade(&files)));
         files
@@ -476,11 +488,145 @@ impl Files {
         open
     }
 
+    /// Takes, changes or drops a lock (`fcntl` record locks, `flock`) on a file, held by
+    /// the nameserver for this mount's session, so that it excludes other mounts too.
+    /// Lock-to-unlock consistency, as NFS has it: what this mount wrote is committed
+    /// before it unlocks, and a lock taken reloads the file's layout. Returns whether the
+    /// file changed since this mount last saw it (the kernel's pages of it must go).
+    pub async fn lock(&self, ino: Ino, lock: Lock, wait: bool) -> Result<bool> {
+        self.check_locks(ino)?;
+        if lock.kind == LockKind::Unlock {
+            self.flush(ino).await?;
+        }
+        self.client.lock(self.session.id(), ino, lock, wait).await?;
+        self.session.renewed();
+        self.locking.store(true, Ordering::Relaxed);
+        {
+            let mut all = self.locks.lock().expect("locks lock");
+            let list = all.entry(ino).or_default();
+            let (mut mine, others): (Vec<Lock>, Vec<Lock>) =
+                list.drain(..).partition(|l| l.owner == lock.owner);
+            vg_wire::locks::apply(&mut mine, &lock);
+            list.extend(others.into_iter().chain(mine));
+            if list.is_empty() {
+                all.remove(&ino);
+            }
+        }
+        if lock.kind == LockKind::Unlock {
+            return Ok(false);
+        }
+        let Some(file) = self.get_open(ino) else {
+            return Ok(false);
+        };
+        // Under the file's lock: a commit of this mount meanwhile would be undone by an
+        // older layout.
+        let mut state = file.state.lock().await;
+        let layout = self.client.layout(ino).await?;
+        let changed = state.seen != Some((layout.attr.size, layout.attr.mtime));
+        if changed {
+            self.client.cache(|c| c.attr(&layout.attr));
+            state.refresh(layout);
+        }
+        Ok(changed)
+    }
+
+    /// The lock of another owner (on any mount) that `lock` conflicts with (`F_GETLK`).
+    pub async fn test_lock(&self, ino: Ino, lock: Lock) -> Result<Option<Lock>> {
+        self.client.test_lock(self.session.id(), ino, lock).await
+    }
+
+    /// Drops every lock `owner` holds on a file (its process closed a descriptor of it,
+    /// or its open file went); costs nothing if it took none here.
+    pub async fn unlock_all(&self, ino: Ino, owner: u64) -> Result<()> {
+        let had = {
+            let mut all = self.locks.lock().expect("locks lock");
+            let Some(list) = all.get_mut(&ino) else {
+                return Ok(());
+            };
+            let before = list.len();
+            list.retain(|l| l.owner != owner);
+            let had = list.len() < before;
+            if list.is_empty() {
+                all.remove(&ino);
+            }
+            had
+        };
+        match had {
+            true => self.send_unlock_all(ino, owner).await,
+            false => Ok(()),
+        }
+    }
+
+    async fn send_unlock_all(&self, ino: Ino, owner: u64) -> Result<()> {
+        let all = Lock {
+            owner,
+            start: 0,
+            end: u64::MAX,
+            kind: LockKind::Unlock,
+            pid: 0,
+        };
+        self.client.lock(self.session.id(), ino, all, false).await
+    }
+
+    /// Whether some owner on this mount holds a lock on the file.
+    pub fn has_locks(&self, ino: Ino) -> bool {
+        self.locks.lock().expect("locks lock").contains_key(&ino)
+    }
+
+    /// Every lock this mount's owners hold, for the session's report.
+    pub fn locks_held(&self) -> Vec<(Ino, Lock)> {
+        let all = self.locks.lock().expect("locks lock");
+        all.iter()
+            .flat_map(|(ino, list)| list.iter().map(|l| (*ino, *l)))
+            .collect()
+    }
+
+    /// The nameserver let this mount's locks go (its session lapsed): every file that
+    /// had one fails its next call with EIO, as a process must not go on believing it
+    /// holds a lock another may have taken since.
+    pub fn lose_locks(&self) {
+        let gone: Vec<Ino> = self
+            .locks
+            .lock()
+            .expect("locks lock")
+            .drain()
+            .map(|(ino, _)| ino)
+            .collect();
+        tracing::error!(
+            files = gone.len(),
+            "this mount's session lapsed: its locks are lost"
+        );
+        self.lost.lock().expect("lost lock").extend(gone);
+    }
+
+    /// Fails a call on a file whose locks are lost (once), or held by a session that
+    /// went a whole lease without renewal (partitioned from the nameserver).
+    fn check_locks(&self, ino: Ino) -> Result<()> {
+        if !self.locking.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let lost = || {
+            Error::Remote(vg_wire::RemoteError::new(
+                vg_wire::ErrorCode::Io,
+                format!("inode {ino}: this mount's locks on it were lost (its session lapsed)"),
+            ))
+        };
+        if self.lost.lock().expect("lost lock").remove(&ino) {
+            return Err(lost());
+        }
+        if self.session.lapsed() && self.has_locks(ino) {
+            self.lose_locks();
+            self.lost.lock().expect("lost lock").remove(&ino);
+            return Err(lost());
+        }
+        Ok(())
+    }
+
     /// Tells the nameserver this mount holds no file any more (at unmount), so that files
     /// unlinked while open here go now rather than when the lease lapses.
     pub async fn end_session(&self) {
         // Not for long: an unmount must not hang on an unreachable nameserver.
-        match tokio::time::timeout(Duration::from_secs(2), self.session.end(&self.client)).await {
+        match tokio::time::timeout(Duration::from_secs(2), self.session.end(self)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "session not ended; its lease will lapse"),
             Err(_) => tracing::debug!("session not ended in time; its lease will lapse"),
@@ -496,9 +642,7 @@ impl Files {
             Some(Cached::Absent) => return Ok(()),
             _ => None,
         };
-        self.session
-            .before_unlink(&self.client, self.open_inodes(), target)
-            .await
+        self.session.before_unlink(self, target).await
     }
 
     /// Removes a non-directory (an unlink): a file open here lives on, and the
@@ -594,6 +738,32 @@ impl Files {
         };
         let mut state = file.state.lock().await;
         self.release_locked(&file, &mut state);
+        if state.handles == 0 {
+            drop(state);
+            self.unlock_closed(ino).await;
+        }
+    }
+
+    /// With no descriptor of the file open on this mount, none of its processes can
+    /// hold a lock on it: drops any left (those of a descriptor whose close the kernel
+    /// did not report, as it does not for one opened read-only).
+    async fn unlock_closed(&self, ino: Ino) {
+        let mut owners: Vec<u64> = self
+            .locks
+            .lock()
+            .expect("locks lock")
+            .remove(&ino)
+            .into_iter()
+            .flatten()
+            .map(|l| l.owner)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        for owner in owners {
+            if let Err(e) = self.send_unlock_all(ino, owner).await {
+                tracing::warn!(ino, error = %e, "lock not released; it lapses with the session");
+            }
+        }
     }
 
     /// Drops one handle; forgets the file once no handle is left and nothing is pending.
@@ -772,6 +942,7 @@ impl Files {
         len: usize,
         sequential: bool,
     ) -> Result<Bytes> {
+        self.check_locks(ino)?;
         let file = self.get_open(ino).ok_or_else(not_open)?;
         let mut retried = false;
         loop {
@@ -853,6 +1024,7 @@ impl Files {
     /// or at the next flush. A write into an existing block reads nothing: it becomes a
     /// slice on top of what the block holds.
     pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_locks(ino)?;
         let file = self.get_open(ino).ok_or_else(not_open)?;
         let mut state = file.state.lock().await;
         self.reap(&mut state, false).await;

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify};
 use vg_wire::Ino;
 
 use super::files::Files;
-use super::{Client, Result};
+use super::Result;
 
 /// How long a change of the open set waits before it is reported: opens and closes of
 /// this moment go in one report, and a short open not at all.
@@ -38,6 +38,9 @@ pub struct Session {
     /// Held while a report is sent, so that reports leave in order.
     reported: Mutex<Reported>,
     changed: Notify,
+    /// When the session lapses unless renewed (far off until a report was answered),
+    /// and the lease.
+    lapse: std::sync::Mutex<(Instant, Duration)>,
 }
 
 impl Session {
@@ -59,7 +62,16 @@ impl Session {
                 renew_every: Duration::from_secs(10),
             }),
             changed: Notify::new(),
+            lapse: std::sync::Mutex::new((
+                Instant::now() + Duration::from_secs(1 << 30),
+                Duration::from_secs(1 << 30),
+            )),
         }
+    }
+
+    /// The session's id, which its locks are held under.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Notes that the set of open files changed: reported a moment later.
@@ -69,12 +81,8 @@ impl Session {
 
     /// Before a name goes (unlink, rename over it): reports the open files now if the
     /// file it names (`target`, when known) may be one opened since the last report.
-    pub async fn before_unlink(
-        &self,
-        client: &Client,
-        open: Vec<Ino>,
-        target: Option<Ino>,
-    ) -> Result<()> {
+    pub async fn before_unlink(&self, files: &Files, target: Option<Ino>) -> Result<()> {
+        let open = files.open_inodes();
         if target.is_some_and(|t| open.binary_search(&t).is_err()) {
             return Ok(());
         }
@@ -85,23 +93,43 @@ impl Session {
         {
             return Ok(());
         }
-        self.send(client, &mut reported, open).await
+        self.send(files, &mut reported, open).await
     }
 
     /// Reports that nothing is open any more, if something was.
-    pub async fn end(&self, client: &Client) -> Result<()> {
+    pub async fn end(&self, files: &Files) -> Result<()> {
         let mut reported = self.reported.lock().await;
         match reported.open.is_empty() {
             true => Ok(()),
-            false => self.send(client, &mut reported, Vec::new()).await,
+            false => self.send(files, &mut reported, Vec::new()).await,
         }
     }
 
-    async fn send(&self, client: &Client, reported: &mut Reported, open: Vec<Ino>) -> Result<()> {
-        let lease = client.report_session(self.id, open.clone()).await?;
+    /// Whether the session went a whole lease without a renewal: the nameserver may
+    /// have let its locks go.
+    pub fn lapsed(&self) -> bool {
+        Instant::now() > self.lapse.lock().expect("lapse lock").0
+    }
+
+    /// The nameserver renewed the session (it answered a lock request, which does).
+    pub fn renewed(&self) {
+        let mut lapse = self.lapse.lock().expect("lapse lock");
+        lapse.0 = Instant::now() + lapse.1;
+    }
+
+    /// Sends a report: the open files, and the locks (taken back after a nameserver
+    /// restart; lost, and the files told so, if the session had lapsed).
+    async fn send(&self, files: &Files, reported: &mut Reported, open: Vec<Ino>) -> Result<()> {
+        let client = files.client();
+        let locks = files.locks_held();
+        let (lease, lost) = client.report_session(self.id, open.clone(), locks).await?;
+        if lost {
+            files.lose_locks();
+        }
         reported.open = open;
         reported.at = Instant::now();
         reported.renew_every = (lease / 3).max(BATCH);
+        *self.lapse.lock().expect("lapse lock") = (reported.at + lease, lease);
         Ok(())
     }
 
@@ -123,12 +151,10 @@ impl Session {
                 return;
             };
             let open = files.open_inodes();
-            let client = files.client().clone();
-            drop(files);
             let mut reported = self.reported.lock().await;
             let due = !open.is_empty() && reported.at.elapsed() >= reported.renew_every;
             if open != reported.open || due {
-                if let Err(e) = self.send(&client, &mut reported, open).await {
+                if let Err(e) = self.send(&files, &mut reported, open).await {
                     tracing::warn!(error = %e, "open files not reported to the nameserver; trying again");
                     wait = Some(RETRY);
                     continue;

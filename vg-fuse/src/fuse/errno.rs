@@ -23,6 +23,10 @@ pub fn errno(error: &Error) -> i32 {
         ErrorCode::NoAttr => libc::ENODATA,
         ErrorCode::NotSupported => libc::ENOTSUP,
         ErrorCode::TooBig => libc::E2BIG,
+        ErrorCode::WouldBlock => libc::EAGAIN,
+        ErrorCode::Deadlock => libc::EDEADLK,
+        // The kernel then looks the path up again, past its caches, and retries once.
+        ErrorCode::Stale => libc::ESTALE,
     }
 }
 

@@ -465,6 +465,10 @@ impl Session {
             "open files:        {} in {} sessions, {} of them unlinked",
             status.open_files, status.sessions, status.orphans
         );
+        println!(
+            "locks:             {} held, {} waiting",
+            status.locks, status.lock_waiters
+        );
         Ok(())
     }
 

@@ -89,11 +89,6 @@ impl Sessions {
             .filter(|d| !d.is_zero())
     }
 
-    /// Whether session `id` reported holding nothing open (or is unknown).
-    pub fn is_idle(&self, id: u64) -> bool {
-        self.sessions.get(&id).is_none_or(|s| s.open.is_empty())
-    }
-
     /// Ends session `id`: it holds nothing any more.
     pub fn end(&mut self, id: u64) {
         let Some(session) = self.sessions.remove(&id) else {
@@ -181,7 +176,7 @@ mod tests {
         assert_eq!(s.expire(later + Duration::from_secs(1)), vec![2]);
         assert!(s.holds(6));
         s.report(1, &[], later);
-        assert!(!s.holds(6) && s.is_idle(1) && s.len() == 1);
+        assert!(!s.holds(6) && s.knows(1) && s.len() == 1);
         s.end(1);
         assert!(s.is_empty());
         assert_eq!(s.unheld(&set(&[6]), later), vec![6]);

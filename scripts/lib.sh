@@ -1,6 +1,7 @@
 # Shared by the shell scripts: source it (after setting $log, for check).
 # Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD...,
-# random_port, restart_server HOME NAME and need_packages PKG...
+# random_port, restart_server HOME NAME, need_binaries_as_root TOOL... and
+# need_packages PKG...
 
 passed=0
 failed=0
@@ -52,6 +53,16 @@ restart_server() {
   kill -TERM "$pid" && eventually 30 bash -c "! kill -0 $pid 2>/dev/null" || return 1
   "${cmd[@]}" >>"$home/logs/$name.out" 2>&1 &
   sed -i "s/^$name $pid\b/$name $!/" "$home/pids"
+}
+
+# Exits unless the binaries TOOL... are in $bin and the script runs as root (it mounts).
+need_binaries_as_root() {
+  local tool me
+  me=$(basename "$0")
+  for tool in "$@"; do
+    [[ -x $bin/$tool ]] || { echo "$me: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
+  done
+  [[ $(id -u) == 0 ]] || { echo "$me: needs root (FUSE mounts)" >&2; exit 1; }
 }
 
 # Installs the Debian packages not installed yet (a fresh machine has no apt lists).

@@ -7,10 +7,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
-for tool in vg-nameserver vg-storage vg-fuse vgctl; do
-  [[ -x $bin/$tool ]] || { echo "test-mount.sh: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
-done
-[[ $(id -u) == 0 ]] || { echo "test-mount.sh: needs root (FUSE mounts)" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl
 
 work=$(mktemp -d /tmp/vg-mount-test.XXXXXX)
 log=$work/test.log
@@ -34,8 +33,6 @@ start_cluster() {
     || { echo "test-mount.sh: cluster $name did not start; log:"; tail -n 30 "$log"; exit 1; }
 }
 
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 # sqlite3 for the database test; as root the packages a fresh machine lacks are installed.
 need_packages sqlite3 || { echo "test-mount.sh: cannot install sqlite3 (apt-get failed)" >&2; exit 1; }
 

@@ -12,10 +12,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
-for tool in vg-nameserver vg-storage vg-fuse vgctl; do
-  [[ -x $bin/$tool ]] || { echo "test-posix.sh: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
-done
-[[ $(id -u) == 0 ]] || { echo "test-posix.sh: needs root (FUSE mounts)" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl
 
 work=$(mktemp -d /tmp/vg-posix-test.XXXXXX)
 log=$work/test.log
@@ -32,8 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 need_packages attr python3 sqlite3 \
   || { echo "test-posix.sh: cannot install attr, python3 and sqlite3 (apt-get failed)" >&2; exit 1; }
 

@@ -867,8 +867,10 @@ impl Service {
             .collect();
         let (mut last, mut lsn, mut refused) = (None, None, None);
         for op in ops {
-            let pin = ns
-                .unlinks(&op)
+            // Only while some file is open anywhere: an unlink costs no lookup more.
+            let pin = (sessions.open_files() > 0)
+                .then(|| ns.unlinks(&op))
+                .flatten()
                 .filter(|ino| sessions.holds(*ino) && !ns.pinned().contains(ino))
                 .map(|ino| Op::Pin { ino });
             for op in pin.iter().chain([&op]) {

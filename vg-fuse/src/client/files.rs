@@ -441,8 +441,8 @@ pub struct Files {
     locks: StdMutex<HashMap<Ino, Vec<Lock>>>,
     /// Files whose locks were lost (the session lapsed): their next call fails, once.
     lost: StdMutex<HashSet<Ino>>,
-    /// Whether any lock was ever taken or lost here: calls on files skip the checks
-    /// until then.
+    /// Whether any lock was ever taken here: until then opens, closes, reads and writes
+    /// skip every lock check (no mutex on those paths).
     locking: AtomicBool,
 }
 
@@ -538,6 +538,9 @@ impl Files {
     /// Drops every lock `owner` holds on a file (its process closed a descriptor of it,
     /// or its open file went); costs nothing if it took none here.
     pub async fn unlock_all(&self, ino: Ino, owner: u64) -> Result<()> {
+        if !self.locking.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let had = {
             let mut all = self.locks.lock().expect("locks lock");
             let Some(list) = all.get_mut(&ino) else {
@@ -570,7 +573,8 @@ impl Files {
 
     /// Whether some owner on this mount holds a lock on the file.
     pub fn has_locks(&self, ino: Ino) -> bool {
-        self.locks.lock().expect("locks lock").contains_key(&ino)
+        self.locking.load(Ordering::Relaxed)
+            && self.locks.lock().expect("locks lock").contains_key(&ino)
     }
 
     /// Every lock this mount's owners hold, for the session's report.
@@ -748,6 +752,9 @@ impl Files {
     /// hold a lock on it: drops any left (those of a descriptor whose close the kernel
     /// did not report, as it does not for one opened read-only).
     async fn unlock_closed(&self, ino: Ino) {
+        if !self.locking.load(Ordering::Relaxed) {
+            return;
+        }
         let mut owners: Vec<u64> = self
             .locks
             .lock()

@@ -9,6 +9,9 @@ files in DIR so that the shell can wait for it:
                                           another owner holds it
     locks.py wait PATH START LEN DIR      wait for an exclusive lock, then write the time
                                           to DIR/acquired_at
+    locks.py interrupt PATH               wait for an exclusive lock of the whole file with
+                                          a SIGALRM due in 1 s: print "interrupted" if the
+                                          signal ended the wait, "got" if granted
     locks.py cycle PATH DIR NAME MINE THEIRS
                                           lock byte MINE, create DIR/NAME-ready, wait for
                                           DIR/go, then wait for byte THEIRS: print
@@ -21,6 +24,7 @@ files in DIR so that the shell can wait for it:
 import errno
 import fcntl
 import os
+import signal
 import sys
 import time
 
@@ -74,6 +78,21 @@ def main():
         start, length, marks = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
         fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
         stamp(os.path.join(marks, "acquired_at"))
+    elif cmd == "interrupt":
+
+        class Alarm(Exception):
+            pass
+
+        def ring(_signum, _frame):
+            raise Alarm()
+
+        signal.signal(signal.SIGALRM, ring)
+        signal.alarm(1)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            print("got")
+        except Alarm:
+            print("interrupted")
     elif cmd == "cycle":
         marks, name, mine, theirs = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, mine)

@@ -213,6 +213,28 @@ print(f"woken {d * 1000:.0f} ms after the release"); sys.exit(d > 2.5)' "$m/unlo
 }
 check "fcntl byte ranges across mounts: disjoint granted, overlapping refused, F_SETLKW woken at release" ranges
 
+interrupted() {
+  local m holder flocker code
+  m=$(marks intr) || return 1
+  scripts/locks.py hold "$mnt/intr" 0 0 "$m" &
+  holder=$!
+  flock "$mnt/intr-flock" -c "touch $m/flocked; until [ -e $m/unlock ]; do sleep 0.05; done" &
+  flocker=$!
+  eventually 30 test -e "$m/locked" -a -e "$m/flocked" || return 1
+  # Both wait for a SIGALRM due in 1 s; a wait the signal cannot end would run until
+  # the holders let go, so timeout(1) ends it (exit 124).
+  timeout 30 scripts/locks.py interrupt "$mntb/intr" >"$m/out"
+  [[ $(cat "$m/out") == interrupted ]] || { echo "fcntl wait: $(cat "$m/out")"; return 1; }
+  timeout 30 flock -w 1 "$mntb/intr-flock" true
+  code=$?
+  [[ $code == 1 ]] || { echo "flock -w 1 ended with $code, not 1 (timed out)"; return 1; }
+  # The given-up waits leave nothing behind: once released, the locks are free.
+  eventually 10 locks_say "2 held, 0 waiting" && touch "$m/unlock" && wait "$holder" \
+    && wait "$flocker" && scripts/locks.py try "$mntb/intr" 0 0 && flock -n "$mntb/intr-flock" true \
+    && rm "$mnt/intr" "$mnt/intr-flock"
+}
+check "F_SETLKW and flock waits end with EINTR on a signal (flock -w, an alarm)" interrupted
+
 deadlock() {
   local m a b
   m=$(marks cycle) || return 1

@@ -10,6 +10,7 @@ pub mod session;
 pub mod transfer;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -494,16 +495,39 @@ impl Client {
     }
 
     /// Takes, changes or drops a lock of `session` on `ino`; with `wait`, until granted
-    /// (the nameserver answers a wait after a few seconds, and is asked again).
-    pub async fn lock(&self, session: u64, ino: Ino, lock: ns::Lock, wait: bool) -> Result<()> {
+    /// (the nameserver answers a wait after a few seconds, and is asked again) or until
+    /// `interrupted` resolves (the caller got a signal): then [`Error::Interrupted`],
+    /// unless the lock was granted meanwhile.
+    pub async fn lock(
+        &self,
+        session: u64,
+        ino: Ino,
+        lock: ns::Lock,
+        wait: bool,
+        interrupted: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let request = |wait| ns::Request::Lock {
+            session,
+            ino,
+            lock,
+            wait,
+        };
+        tokio::pin!(interrupted);
         loop {
-            let request = ns::Request::Lock {
-                session,
-                ino,
-                lock,
-                wait,
+            let answer = tokio::select! {
+                answer = self.ns_call(request(wait)) => answer,
+                () = interrupted.as_mut(), if wait => {
+                    // The dropped wait may have been granted just before; asking once
+                    // without waiting settles it either way (the nameserver drops the
+                    // owner's earlier wait on such a request), so the lock this mount
+                    // records is the one the nameserver holds.
+                    return match self.ns_call(request(false)).await {
+                        Err(e) if e.code() == ErrorCode::WouldBlock => Err(Error::Interrupted),
+                        other => other.map(drop),
+                    };
+                }
             };
-            match self.ns_call(request).await {
+            match answer {
                 Err(e) if wait && e.code() == ErrorCode::WouldBlock => continue,
                 other => return other.map(drop),
             }

@@ -4,6 +4,7 @@
 //! an errno.
 
 pub mod errno;
+mod signals;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -833,7 +834,7 @@ impl Filesystem for VgFs {
 
     fn setlk(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         lock_owner: u64,
@@ -848,10 +849,11 @@ impl Filesystem for VgFs {
             return reply.error(errno::BAD_FLAGS);
         };
         let (files, notifier) = (self.files.clone(), self.notifier.clone());
+        let interrupted = signals::pending(req.pid());
         self.empty(
             "setlk",
             async move {
-                if files.lock(ino, lock, sleep).await? {
+                if files.lock(ino, lock, sleep, interrupted).await? {
                     if let Some(notifier) = notifier.get() {
                         // Whole file (length 0): pages another mount's writes made stale.
                         if let Err(e) = notifier.inval_inode(ino, 0, 0) {

@@ -113,6 +113,11 @@ impl Locks {
         self.waiting.remove(&who);
     }
 
+    /// Whether `who` is recorded as waiting.
+    pub fn is_waiting(&self, who: Owner) -> bool {
+        self.waiting.contains_key(&who)
+    }
+
     /// Drops every lock of a session (it lapsed); whether it had any.
     pub fn release_session(&mut self, session: u64) -> bool {
         let mut released = false;

@@ -660,6 +660,7 @@ impl Service {
         };
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let _waiting = Waiting { service: self, who };
+        let mut waited = false;
         loop {
             // Listening before looking, so that a change between the two is not missed.
             let changed = self.locks_changed.notified();
@@ -671,6 +672,14 @@ impl Service {
                 state.ns.get(ino)?;
                 let now = Instant::now();
                 state.sessions.touch(session, now);
+                // A request without wait from the same owner (the mount's, after its
+                // caller was interrupted) ends this wait, so that the wait cannot be
+                // granted after that request's answer told the mount what it holds.
+                if !wait {
+                    state.locks.stop_waiting(who);
+                } else if waited && !state.locks.is_waiting(who) {
+                    return refuse(ErrorCode::WouldBlock, "the wait was given up");
+                }
                 // After a start, the locks of before are reclaimed first: none is
                 // granted anew until the mounts had a lease to report theirs.
                 let settling = state
@@ -712,6 +721,7 @@ impl Service {
                     );
                 }
                 state.locks.wait(who, ino, lock);
+                waited = true;
                 settling
             };
             // While settling, nothing wakes the waiter: it looks again now and then.

@@ -27,6 +27,9 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The calling process got a signal while it waited (for a lock).
+    #[error("interrupted by a signal")]
+    Interrupted,
 }
 
 impl From<vg_wire::Error> for Error {
@@ -51,6 +54,8 @@ impl Error {
             Error::Remote(e) => e.code,
             Error::Wire(_) | Error::Unreadable { .. } => ErrorCode::Unavailable,
             Error::Local { .. } => ErrorCode::Io,
+            // Not a server's answer; errno() maps it to EINTR before looking here.
+            Error::Interrupted => ErrorCode::WouldBlock,
         }
     }
 

@@ -9,6 +9,7 @@
 //! Knows nothing of FUSE: the adapter calls [`Files`] with inode numbers and offsets.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -493,12 +494,21 @@ impl Files {
     /// Lock-to-unlock consistency, as NFS has it: what this mount wrote is committed
     /// before it unlocks, and a lock taken reloads the file's layout. Returns whether the
     /// file changed since this mount last saw it (the kernel's pages of it must go).
-    pub async fn lock(&self, ino: Ino, lock: Lock, wait: bool) -> Result<bool> {
+    /// A wait ends with [`Error::Interrupted`](super::Error) once `interrupted` resolves.
+    pub async fn lock(
+        &self,
+        ino: Ino,
+        lock: Lock,
+        wait: bool,
+        interrupted: impl Future<Output = ()>,
+    ) -> Result<bool> {
         self.check_locks(ino)?;
         if lock.kind == LockKind::Unlock {
             self.flush(ino).await?;
         }
-        self.client.lock(self.session.id(), ino, lock, wait).await?;
+        self.client
+            .lock(self.session.id(), ino, lock, wait, interrupted)
+            .await?;
         self.session.renewed();
         self.locking.store(true, Ordering::Relaxed);
         {
@@ -568,7 +578,10 @@ impl Files {
             kind: LockKind::Unlock,
             pid: 0,
         };
-        self.client.lock(self.session.id(), ino, all, false).await
+        let never = std::future::pending();
+        self.client
+            .lock(self.session.id(), ino, all, false, never)
+            .await
     }
 
     /// Whether some owner on this mount holds a lock on the file.

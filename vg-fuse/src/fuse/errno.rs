@@ -6,6 +6,9 @@ use crate::client::Error;
 
 /// The errno a failed client call returns to the application.
 pub fn errno(error: &Error) -> i32 {
+    if let Error::Interrupted = error {
+        return libc::EINTR;
+    }
     match error.code() {
         ErrorCode::NotFound => libc::ENOENT,
         ErrorCode::Exists => libc::EEXIST,

@@ -29,6 +29,27 @@ use entries::EntryCache;
 pub use entries::{Cached, Xattrs};
 pub use error::{Error, Result};
 
+/// Who makes an inode: its owner, and the umask of the process making it (the
+/// nameserver applies it unless the parent's default ACL replaces it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Maker {
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Permission bits to clear.
+    pub umask: u32,
+}
+
+impl Maker {
+    /// Root, with no umask: what vgctl and tests make.
+    pub const ROOT: Maker = Maker {
+        uid: 0,
+        gid: 0,
+        umask: 0,
+    };
+}
+
 /// How to reach the cluster.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -280,8 +301,15 @@ impl Client {
     /// Changes attributes.
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
         self.cache(|c| c.changed(ino));
+        let chmod = set.perm.is_some();
         let attr = self.attr_call(ns::Request::SetAttr { ino, set }).await?;
-        self.cache(|c| c.attr(&attr));
+        self.cache(|c| {
+            c.attr(&attr);
+            // A chmod moves the access ACL too.
+            if chmod {
+                c.forget_xattrs(ino);
+            }
+        });
         Ok(attr)
     }
 
@@ -305,19 +333,14 @@ impl Client {
     }
 
     /// Makes a directory.
-    pub async fn mkdir(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        perm: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, by: Maker) -> Result<Attr> {
+        let Maker { uid, gid, umask } = by;
         let result = self
             .attr_call(ns::Request::Mkdir {
                 parent,
                 name: name.to_vec(),
                 perm,
+                umask,
                 uid,
                 gid,
             })
@@ -331,15 +354,16 @@ impl Client {
         parent: Ino,
         name: &[u8],
         perm: u32,
-        uid: u32,
-        gid: u32,
+        by: Maker,
         exclusive: bool,
     ) -> Result<Attr> {
+        let Maker { uid, gid, umask } = by;
         let result = self
             .attr_call(ns::Request::Create {
                 parent,
                 name: name.to_vec(),
                 perm,
+                umask,
                 uid,
                 gid,
                 exclusive,
@@ -420,15 +444,16 @@ impl Client {
         name: &[u8],
         kind: FileKind,
         perm: u32,
-        uid: u32,
-        gid: u32,
+        by: Maker,
     ) -> Result<Attr> {
+        let Maker { uid, gid, umask } = by;
         let result = self
             .attr_call(ns::Request::Mknod {
                 parent,
                 name: name.to_vec(),
                 kind,
                 perm,
+                umask,
                 uid,
                 gid,
             })

@@ -26,7 +26,7 @@ use vg_wire::xattr::SetMode;
 use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
 
 use crate::client::files::Files;
-use crate::client::{Cached, Error, Xattrs};
+use crate::client::{Cached, Error, Maker, Xattrs};
 use errno::errno;
 
 /// `FOPEN_NOFLUSH` (Linux 5.16): no FLUSH request when the descriptor is closed (fuser
@@ -293,6 +293,16 @@ impl VgFs {
     }
 }
 
+/// Who makes an inode: the calling process, whose umask the nameserver applies unless a
+/// default ACL replaces it (the kernel passes it unapplied: `FUSE_DONT_MASK`).
+fn maker(req: &Request<'_>, umask: u32) -> Maker {
+    Maker {
+        uid: req.uid(),
+        gid: req.gid(),
+        umask,
+    }
+}
+
 /// The lock a `struct flock` of the kernel's describes (none for an unknown type).
 fn lock_of(owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> Option<Lock> {
     let kind = match typ {
@@ -326,6 +336,13 @@ impl Filesystem for VgFs {
             fuser::consts::FUSE_FLOCK_LOCKS,
         ] {
             let _ = config.add_capabilities(cap);
+        }
+        if self.xattrs {
+            // POSIX ACLs, kept as attributes: the kernel enforces them and passes the
+            // umask on unapplied, for the nameserver to apply unless a default ACL
+            // replaces it.
+            let _ = config
+                .add_capabilities(fuser::consts::FUSE_POSIX_ACL | fuser::consts::FUSE_DONT_MASK);
         }
         Ok(())
     }
@@ -423,13 +440,12 @@ impl Filesystem for VgFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (files, name, uid, gid) = (
+        let (files, name, by) = (
             self.files.clone(),
             name.as_bytes().to_vec(),
-            req.uid(),
-            req.gid(),
+            maker(req, umask),
         );
-        let perm = mode & !umask & 0o7777;
+        let perm = mode & 0o7777;
         let kind = FileKind::special(mode, rdev);
         if kind.is_none() && mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(libc::EINVAL);
@@ -439,8 +455,8 @@ impl Filesystem for VgFs {
             async move {
                 let client = files.client();
                 match kind {
-                    Some(kind) => client.mknod(parent, &name, kind, perm, uid, gid).await,
-                    None => client.create(parent, &name, perm, uid, gid, true).await,
+                    Some(kind) => client.mknod(parent, &name, kind, perm, by).await,
+                    None => client.create(parent, &name, perm, by, true).await,
                 }
             },
             reply,
@@ -456,20 +472,14 @@ impl Filesystem for VgFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (files, name, uid, gid) = (
+        let (files, name, by) = (
             self.files.clone(),
             name.as_bytes().to_vec(),
-            req.uid(),
-            req.gid(),
+            maker(req, umask),
         );
         self.entry(
             "mkdir",
-            async move {
-                files
-                    .client()
-                    .mkdir(parent, &name, mode & !umask & 0o7777, uid, gid)
-                    .await
-            },
+            async move { files.client().mkdir(parent, &name, mode & 0o7777, by).await },
             reply,
         );
     }
@@ -1010,7 +1020,7 @@ impl Filesystem for VgFs {
     ) {
         let fh = self.new_fh();
         let (files, handles, ttl) = (self.files.clone(), self.handles.clone(), self.ttl);
-        let (name, uid, gid) = (name.as_bytes().to_vec(), req.uid(), req.gid());
+        let (name, by) = (name.as_bytes().to_vec(), maker(req, umask));
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
         self.spawn(
@@ -1018,7 +1028,7 @@ impl Filesystem for VgFs {
             async move {
                 let attr = files
                     .client()
-                    .create(parent, &name, mode & !umask & 0o7777, uid, gid, exclusive)
+                    .create(parent, &name, mode & 0o7777, by, exclusive)
                     .await?;
                 if attr.kind != FileKind::File {
                     return Err(Error::Remote(vg_wire::RemoteError::new(

@@ -3,6 +3,7 @@
 //! [`start`] runs a nameserver on a tokio runtime and returns a [`Handle`] that reports
 //! the bound address and stops it; `main.rs` only parses flags and calls it.
 
+pub mod acl;
 pub mod error;
 pub mod locks;
 pub mod namespace;

@@ -17,6 +17,7 @@ use vg_wire::{
     ROOT_INO,
 };
 
+use crate::acl;
 use crate::error::refuse;
 
 mod v1;
@@ -438,6 +439,92 @@ impl Namespace {
         dir.attr.ctime = time;
     }
 
+    /// The permission bits a new inode in `parent` gets from the `perm` and `umask` a
+    /// program gave: under a default ACL the umask does not apply (the ACL limits the
+    /// bits instead, when the inode is made).
+    pub fn creation_perm(&self, parent: Ino, perm: u32, umask: u32) -> u32 {
+        match self.xattr(parent, acl::DEFAULT) {
+            Some(_) => perm,
+            None => perm & !umask,
+        }
+    }
+
+    fn xattr(&self, ino: Ino, name: &[u8]) -> Option<&Vec<u8>> {
+        self.xattrs.get(&ino)?.get(name)
+    }
+
+    /// Sets a POSIX ACL attribute: an access ACL moves the mode's permission bits, and
+    /// one that says no more than the mode is not kept (as ext4 does); a default ACL
+    /// belongs on directories.
+    fn set_acl(&mut self, ino: Ino, name: &[u8], value: &[u8], time: Timestamp) -> Refusal<Ino> {
+        let parsed = acl::Acl::parse(value)?;
+        let attr = &mut self.inodes.get_mut(&ino).expect("checked").attr;
+        if name == acl::DEFAULT && attr.kind != FileKind::Dir {
+            return refuse(
+                ErrorCode::Forbidden,
+                format!("inode {ino}: a default ACL belongs on a directory"),
+            );
+        }
+        if name == acl::ACCESS {
+            attr.perm = attr.perm & !0o777 | parsed.mode();
+        }
+        attr.ctime = time;
+        let attrs = self.xattrs.entry(ino).or_default();
+        if name == acl::ACCESS && parsed.is_minimal() {
+            attrs.remove(name);
+        } else {
+            attrs.insert(name.to_vec(), parsed.encode());
+        }
+        if attrs.is_empty() {
+            self.xattrs.remove(&ino);
+        }
+        Ok(ino)
+    }
+
+    /// Follows a chmod in the access ACL's owner, mask (or group) and other entries.
+    fn chmod_acl(&mut self, ino: Ino, perm: u32) {
+        let Some(value) = self
+            .xattrs
+            .get_mut(&ino)
+            .and_then(|x| x.get_mut(acl::ACCESS))
+        else {
+            return;
+        };
+        // Stored ACLs were parsed when set.
+        if let Ok(mut parsed) = acl::Acl::parse(value) {
+            parsed.chmod(perm);
+            *value = parsed.encode();
+        }
+    }
+
+    /// Gives a new inode its parent's default ACL: as its access ACL, limited by the
+    /// mode it was made with (which then follows the ACL), and to a directory as its
+    /// default ACL too. Symbolic links take none.
+    fn inherit_acl(&mut self, parent: Ino, ino: Ino) {
+        let Some(default) = self.xattr(parent, acl::DEFAULT).cloned() else {
+            return;
+        };
+        let Ok(mut access) = acl::Acl::parse(&default) else {
+            return;
+        };
+        let attr = &mut self.inodes.get_mut(&ino).expect("just added").attr;
+        if attr.kind == FileKind::Symlink {
+            return;
+        }
+        attr.perm = attr.perm & !0o777 | access.inherit(attr.perm);
+        let is_dir = attr.kind == FileKind::Dir;
+        let attrs = self.xattrs.entry(ino).or_default();
+        if !access.is_minimal() {
+            attrs.insert(acl::ACCESS.to_vec(), access.encode());
+        }
+        if is_dir {
+            attrs.insert(acl::DEFAULT.to_vec(), default);
+        }
+        if attrs.is_empty() {
+            self.xattrs.remove(&ino);
+        }
+    }
+
     fn check_new(&self, parent: Ino, name: &[u8], ino: Ino) -> Refusal {
         check_name(name)?;
         if self.dir_entries(parent)?.contains_key(name) {
@@ -454,6 +541,7 @@ impl Namespace {
         let is_dir = inode.attr.kind == FileKind::Dir;
         self.inodes.insert(ino, Box::new(inode));
         self.next_ino = ino + 1;
+        self.inherit_acl(parent, ino);
         self.insert_entry(parent, name, ino, time);
         if is_dir {
             self.inodes
@@ -642,6 +730,9 @@ impl Namespace {
                         ),
                     );
                 }
+                if name == acl::ACCESS || name == acl::DEFAULT {
+                    return self.set_acl(ino, &name, &value, time);
+                }
                 self.xattrs.entry(ino).or_default().insert(name, value);
                 self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
                 Ok(ino)
@@ -801,6 +892,9 @@ impl Namespace {
                 let attr = &mut self.inodes.get_mut(&ino).expect("checked").attr;
                 set.apply_to(attr, time);
                 attr.ctime = time;
+                if let Some(perm) = set.perm {
+                    self.chmod_acl(ino, perm);
+                }
                 Ok(ino)
             }
             Op::Commit {
@@ -1222,6 +1316,96 @@ mod tests {
             unlink(&mut ns, ROOT_INO, name).unwrap();
         }
         assert_eq!(ns.len(), 1);
+    }
+
+    #[test]
+    fn acls_keep_the_mode_in_step_and_pass_to_what_is_made_under_a_default() {
+        let mut ns = Namespace::new(t());
+        let d = mkdir(&mut ns, ROOT_INO, "d").unwrap();
+        let f = create(&mut ns, d, "f").unwrap();
+        let set = |ns: &mut Namespace, ino, name: &[u8], value: Vec<u8>| {
+            ns.apply(&Op::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value,
+                mode: SetMode::Either,
+                time: t(),
+            })
+            .map_err(|e| e.code)
+        };
+        let perm = |ns: &Namespace, ino| ns.get(ino).unwrap().attr.perm;
+        let get = |ns: &Namespace, ino, name: &[u8]| ns.xattr(ino, name).cloned();
+        // owner rw, user 1000 rwx, group r, mask rw, other none.
+        let named = acl::value_of(&[
+            (1, 6, 0),
+            (2, 7, 1000),
+            (4, 4, 0),
+            (0x10, 6, 0),
+            (0x20, 0, 0),
+        ]);
+        set(&mut ns, f, acl::ACCESS, named.clone()).unwrap();
+        assert_eq!(perm(&ns, f), 0o660, "the group bits show the mask");
+        ns.apply(&Op::SetAttr {
+            ino: f,
+            set: SetAttr {
+                perm: Some(0o640),
+                ..SetAttr::default()
+            },
+            block_size: BS,
+            time: t(),
+        })
+        .unwrap();
+        let chmodded = acl::Acl::parse(&get(&ns, f, acl::ACCESS).unwrap()).unwrap();
+        assert_eq!(chmodded.mode(), 0o640, "a chmod moves the mask");
+        // An ACL that says no more than a mode sets the mode and is not kept.
+        set(
+            &mut ns,
+            f,
+            acl::ACCESS,
+            acl::value_of(&[(1, 7, 0), (4, 5, 0), (0x20, 4, 0)]),
+        )
+        .unwrap();
+        assert_eq!((perm(&ns, f), get(&ns, f, acl::ACCESS)), (0o754, None));
+        assert_eq!(
+            set(&mut ns, f, acl::ACCESS, b"junk".to_vec()),
+            Err(ErrorCode::Invalid)
+        );
+        assert_eq!(
+            set(&mut ns, f, acl::DEFAULT, named.clone()),
+            Err(ErrorCode::Forbidden)
+        );
+
+        // Under a default ACL the umask does not apply, and the ACL limits the mode.
+        let default = acl::value_of(&[
+            (1, 7, 0),
+            (2, 7, 1000),
+            (4, 5, 0),
+            (0x10, 7, 0),
+            (0x20, 5, 0),
+        ]);
+        set(&mut ns, d, acl::DEFAULT, default.clone()).unwrap();
+        assert_eq!(ns.creation_perm(d, 0o666, 0o077), 0o666);
+        assert_eq!(ns.creation_perm(ROOT_INO, 0o666, 0o077), 0o600);
+        let g = create(&mut ns, d, "g").unwrap();
+        assert_eq!(perm(&ns, g), 0o644);
+        let inherited = acl::Acl::parse(&get(&ns, g, acl::ACCESS).unwrap()).unwrap();
+        assert_eq!(inherited.mode(), 0o644);
+        assert_eq!(get(&ns, g, acl::DEFAULT), None, "files take no default ACL");
+        let sub = mkdir(&mut ns, d, "sub").unwrap();
+        assert_eq!(perm(&ns, sub), 0o755);
+        assert_eq!(get(&ns, sub, acl::DEFAULT), Some(default));
+        let link = ns.next_ino();
+        ns.apply(&Op::Symlink {
+            parent: d,
+            name: b"l".to_vec(),
+            ino: link,
+            target: b"g".to_vec(),
+            uid: 0,
+            gid: 0,
+            time: t(),
+        })
+        .unwrap();
+        assert_eq!((perm(&ns, link), ns.xattrs(link).unwrap()), (0o777, vec![]));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// Magic bytes that start every frame.
 pub const MAGIC: [u8; 2] = *b"vg";
 /// Protocol version carried in every frame header (and in the TLS ALPN).
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 /// Largest payload accepted: bounds memory per stream.
 pub const MAX_FRAME: u32 = 32 << 20;
 /// Length of the frame header.
@@ -137,6 +137,7 @@ mod tests {
             parent: 1,
             name: b"docs".to_vec(),
             perm: 0o755,
+            umask: 0o022,
             uid: 0,
             gid: 0,
         }

@@ -37,6 +37,8 @@ pub enum Request {
         parent: Ino,
         name: Name,
         perm: u32,
+        /// The creating process's umask: applied unless the parent has a default ACL.
+        umask: u32,
         uid: u32,
         gid: u32,
     },
@@ -46,6 +48,8 @@ pub enum Request {
         parent: Ino,
         name: Name,
         perm: u32,
+        /// The creating process's umask: applied unless the parent has a default ACL.
+        umask: u32,
         uid: u32,
         gid: u32,
         exclusive: bool,
@@ -164,6 +168,8 @@ pub enum Request {
         name: Name,
         kind: FileKind,
         perm: u32,
+        /// The creating process's umask: applied unless the parent has a default ACL.
+        umask: u32,
         uid: u32,
         gid: u32,
     },

@@ -13,9 +13,13 @@ pub const MAX_VALUE: usize = 64 << 10;
 /// Most bytes of names and values one inode holds: attributes live in the nameserver's
 /// memory, so a file cannot carry megabytes of them.
 pub const MAX_TOTAL: usize = 256 << 10;
-/// The namespaces kept. `system.` (POSIX ACLs) is not: vg does not enforce ACLs, and
-/// storing them would show permissions that are not applied.
+/// The namespaces kept whole; of `system.`, only the POSIX ACLs below.
 const NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];
+/// A POSIX ACL's access attribute (the kernel enforces it; the nameserver keeps the
+/// mode in step with it).
+pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+/// A directory's default ACL, handed to what is made in it.
+pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 /// What a set may do to an existing attribute (`setxattr`'s flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,10 +45,19 @@ pub fn check_name(name: &[u8], kind: FileKind) -> Result<(), RemoteError> {
             ),
         ));
     }
-    if !NAMESPACES.iter().any(|ns| name.starts_with(ns.as_bytes())) {
+    let acl = name == ACL_ACCESS || name == ACL_DEFAULT;
+    if !acl && !NAMESPACES.iter().any(|ns| name.starts_with(ns.as_bytes())) {
         return Err(RemoteError::new(
             ErrorCode::NotSupported,
-            format!("attribute {shown}: vg keeps only user., trusted. and security. attributes"),
+            format!(
+                "attribute {shown}: vg keeps user., trusted., security. attributes and POSIX ACLs"
+            ),
+        ));
+    }
+    if acl && kind == FileKind::Symlink {
+        return Err(RemoteError::new(
+            ErrorCode::NotSupported,
+            format!("attribute {shown}: symbolic links have no ACL"),
         ));
     }
     if name.starts_with(b"user.") && !matches!(kind, FileKind::File | FileKind::Dir) {
@@ -80,8 +93,14 @@ mod tests {
         assert!(check_name(b"user.a", FileKind::File).is_ok());
         assert!(check_name(b"security.capability", FileKind::Symlink).is_ok());
         let code = |r: Result<(), RemoteError>| r.unwrap_err().code;
+        assert!(check_name(ACL_ACCESS, FileKind::File).is_ok());
+        assert!(check_name(ACL_DEFAULT, FileKind::Dir).is_ok());
         assert_eq!(
-            code(check_name(b"system.posix_acl_access", FileKind::File)),
+            code(check_name(ACL_ACCESS, FileKind::Symlink)),
+            ErrorCode::NotSupported
+        );
+        assert_eq!(
+            code(check_name(b"system.other", FileKind::File)),
             ErrorCode::NotSupported
         );
         assert_eq!(

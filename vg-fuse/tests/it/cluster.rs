@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vg_fuse::client::{Client, Config};
+use vg_fuse::client::{Client, Config, Maker};
 use vg_wire::tls::{write_file, write_peer, Ca, TlsPaths, Validity};
 use vg_wire::Role;
 
@@ -345,7 +345,7 @@ impl TestCluster {
         let (parent, name) = vg_fuse::client::split_path(path).unwrap();
         let parent = client.resolve(parent).await?.ino;
         let attr = client
-            .create(parent, name.as_bytes(), 0o644, 0, 0, false)
+            .create(parent, name.as_bytes(), 0o644, Maker::ROOT, false)
             .await?;
         client.put_file(&local, attr.ino).await?;
         Ok(attr.ino)

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use vg_fuse::client::Maker;
 use vg_wire::ErrorCode;
 
 use crate::cluster::{bytes, eventually, TestCluster, BLOCK};
@@ -131,7 +132,10 @@ async fn nameserver_sigkill_loses_nothing_acknowledged() {
     cluster.wait_active(&["s0".into(), "s1".into()]).await;
     let client = cluster.client().await;
     let root = client.resolve("/").await.unwrap().ino;
-    let dir = client.mkdir(root, b"dir", 0o755, 0, 0).await.unwrap();
+    let dir = client
+        .mkdir(root, b"dir", 0o755, Maker::ROOT)
+        .await
+        .unwrap();
     let mut files = Vec::new();
     for i in 0..20u64 {
         let data = bytes((i as usize) * 9_999, i);
@@ -215,10 +219,10 @@ async fn namespace_operations() {
     let cluster = TestCluster::start(2, 1 << 30).await;
     let client = cluster.client().await;
     let root = client.resolve("/").await.unwrap().ino;
-    let a = client.mkdir(root, b"a", 0o755, 0, 0).await.unwrap();
+    let a = client.mkdir(root, b"a", 0o755, Maker::ROOT).await.unwrap();
     assert_eq!(
         client
-            .mkdir(root, b"a", 0o755, 0, 0)
+            .mkdir(root, b"a", 0o755, Maker::ROOT)
             .await
             .unwrap_err()
             .code(),
@@ -229,7 +233,7 @@ async fn namespace_operations() {
     let f0 = client.resolve("/a/f").await.unwrap().ino;
     assert_eq!(
         client
-            .create(a.ino, b"f", 0o644, 0, 0, false)
+            .create(a.ino, b"f", 0o644, Maker::ROOT, false)
             .await
             .unwrap()
             .ino,
@@ -237,7 +241,7 @@ async fn namespace_operations() {
     );
     assert_eq!(
         client
-            .create(a.ino, b"f", 0o644, 0, 0, true)
+            .create(a.ino, b"f", 0o644, Maker::ROOT, true)
             .await
             .unwrap_err()
             .code(),
@@ -245,7 +249,7 @@ async fn namespace_operations() {
     );
     assert_eq!(
         client
-            .create(root, b"a", 0o644, 0, 0, false)
+            .create(root, b"a", 0o644, Maker::ROOT, false)
             .await
             .unwrap_err()
             .code(),
@@ -279,7 +283,7 @@ async fn namespace_operations() {
     assert_eq!(statfs.capacity, (2u64 << 30) / 2);
     for bad in [&b""[..], b"..", b"x/y", b"nul\0", &[b'n'; 256]] {
         assert!(
-            client.mkdir(root, bad, 0o755, 0, 0).await.is_err(),
+            client.mkdir(root, bad, 0o755, Maker::ROOT).await.is_err(),
             "{bad:?}"
         );
     }

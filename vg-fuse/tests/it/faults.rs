@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vg_fuse::client::{Client, Config};
+use vg_fuse::client::{Client, Config, Maker};
 use vg_wire::tls::TlsPaths;
 
 use crate::cluster::{bytes, eventually, TestCluster, BLOCK};
@@ -35,7 +35,7 @@ async fn writer(client: Client, w: u64, seed: u64) -> Model {
         return model;
     };
     let dir = match client
-        .mkdir(root, format!("w{w}").as_bytes(), 0o755, 0, 0)
+        .mkdir(root, format!("w{w}").as_bytes(), 0o755, Maker::ROOT)
         .await
     {
         Ok(attr) => attr.ino,
@@ -56,14 +56,14 @@ async fn writer(client: Client, w: u64, seed: u64) -> Model {
         let (result, touched) = match state % 4 {
             0 => (
                 client
-                    .mkdir(dir, name.as_bytes(), 0o755, 0, 0)
+                    .mkdir(dir, name.as_bytes(), 0o755, Maker::ROOT)
                     .await
                     .map(|_| ()),
                 vec![(name, true)],
             ),
             1 => (
                 client
-                    .create(dir, name.as_bytes(), 0o644, 0, 0, true)
+                    .create(dir, name.as_bytes(), 0o644, Maker::ROOT, true)
                     .await
                     .map(|_| ()),
                 vec![(name, true)],
@@ -95,7 +95,7 @@ async fn writer(client: Client, w: u64, seed: u64) -> Model {
                 }
                 None => (
                     client
-                        .create(dir, name.as_bytes(), 0o644, 0, 0, true)
+                        .create(dir, name.as_bytes(), 0o644, Maker::ROOT, true)
                         .await
                         .map(|_| ()),
                     vec![(name, true)],
@@ -205,7 +205,7 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
                 std::fs::write(&local, &data).unwrap();
                 let name = format!("data{w}-{i}");
                 let Ok(attr) = client
-                    .create(root, name.as_bytes(), 0o644, 0, 0, true)
+                    .create(root, name.as_bytes(), 0o644, Maker::ROOT, true)
                     .await
                 else {
                     break;
@@ -273,7 +273,7 @@ async fn torn_write_ahead_log_recovers_the_valid_prefix() {
     let root = client.resolve("/").await.unwrap().ino;
     for i in 0..50 {
         client
-            .mkdir(root, format!("d{i:02}").as_bytes(), 0o755, 0, 0)
+            .mkdir(root, format!("d{i:02}").as_bytes(), 0o755, Maker::ROOT)
             .await
             .unwrap();
     }

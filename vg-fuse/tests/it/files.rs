@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use vg_fuse::client::files::{Files, Limits};
+use vg_fuse::client::Maker;
 use vg_wire::SetAttr;
 
 use crate::cluster::{bytes, TestCluster, BLOCK};
@@ -36,7 +37,7 @@ fn limits() -> Limits {
 /// A new file in `root`, open in a fresh open-file layer.
 async fn open_new(client: &vg_fuse::client::Client, root: u64, name: &str) -> (u64, Arc<Files>) {
     let attr = client
-        .create(root, name.as_bytes(), 0o644, 0, 0, true)
+        .create(root, name.as_bytes(), 0o644, Maker::ROOT, true)
         .await
         .unwrap();
     let files = Files::new(client.clone(), limits());
@@ -136,7 +137,7 @@ async fn concurrent_writers_on_one_file_all_land() {
     let client = cluster.client().await;
     let root = client.resolve("/").await.unwrap().ino;
     let ino = client
-        .create(root, b"shared", 0o644, 0, 0, true)
+        .create(root, b"shared", 0o644, Maker::ROOT, true)
         .await
         .unwrap()
         .ino;
@@ -189,7 +190,7 @@ async fn attributes_older_than_our_commit_give_way() {
         let root = client.resolve("/").await.unwrap().ino;
         let name = format!("racy{}", entry_ttl.as_secs());
         let created = client
-            .create(root, name.as_bytes(), 0o644, 0, 0, true)
+            .create(root, name.as_bytes(), 0o644, Maker::ROOT, true)
             .await
             .unwrap();
         let files = Files::new(client.clone(), limits());
@@ -226,8 +227,15 @@ async fn a_renamed_file_is_known_under_its_new_name() {
         .caching_client(std::time::Duration::from_secs(60))
         .await;
     let root = client.resolve("/").await.unwrap().ino;
-    let dir = client.mkdir(root, b"d", 0o755, 0, 0).await.unwrap().ino;
-    let file = client.create(dir, b"x", 0o644, 0, 0, true).await.unwrap();
+    let dir = client
+        .mkdir(root, b"d", 0o755, Maker::ROOT)
+        .await
+        .unwrap()
+        .ino;
+    let file = client
+        .create(dir, b"x", 0o644, Maker::ROOT, true)
+        .await
+        .unwrap();
     client.rename(dir, b"x", dir, b"y", false).await.unwrap();
     let Some(Cached::Found(known, _)) = client.cached_lookup(dir, b"y") else {
         panic!("the new name is not known after the rename");
@@ -332,7 +340,7 @@ async fn xattrs_are_seen_by_the_writer_at_once_and_by_others_within_the_ttl() {
     let reader = cluster.caching_client(ttl).await;
     let root = writer.resolve("/").await.unwrap().ino;
     let file = writer
-        .create(root, b"f", 0o644, 0, 0, true)
+        .create(root, b"f", 0o644, Maker::ROOT, true)
         .await
         .unwrap()
         .ino;

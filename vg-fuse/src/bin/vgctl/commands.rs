@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use vg_fuse::client::{absolute, local_name, split_path, Client, Error};
+use vg_fuse::client::{absolute, local_name, split_path, Client, Error, Maker};
 use vg_wire::ns::StorageState;
 use vg_wire::size::format_size;
 use vg_wire::{Attr, BlockId, FileKind, Ino, Location, ROOT_INO};
@@ -292,7 +292,7 @@ impl Session {
                     Ok(_) => bail!("{sofar}: Not a directory"),
                     Err(e) if e.code() == vg_wire::ErrorCode::NotFound => {
                         self.client
-                            .mkdir(ino, part.as_bytes(), 0o755, 0, 0)
+                            .mkdir(ino, part.as_bytes(), 0o755, Maker::ROOT)
                             .await
                             .map_err(at(&sofar))?
                             .ino
@@ -304,7 +304,7 @@ impl Session {
         }
         let (parent, name) = self.parent_and_name(path).await?;
         self.client
-            .mkdir(parent, name.as_bytes(), 0o755, 0, 0)
+            .mkdir(parent, name.as_bytes(), 0o755, Maker::ROOT)
             .await
             .map_err(at(path))?;
         Ok(())
@@ -380,7 +380,7 @@ impl Session {
         let (parent, file_name) = self.parent_and_name(&dfs).await?;
         let attr = self
             .client
-            .create(parent, file_name.as_bytes(), 0o644, 0, 0, false)
+            .create(parent, file_name.as_bytes(), 0o644, Maker::ROOT, false)
             .await
             .map_err(at(&dfs))?;
         if attr.kind != FileKind::File {

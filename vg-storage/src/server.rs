@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::rpc::{read_end, read_request, respond, Dialer, Peer, Target};
+use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer, Target};
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
@@ -115,14 +115,13 @@ impl Storage {
         else {
             return;
         };
-        let (op, block) = match &request {
-            Request::Read { id, .. } => ("read", Some(*id)),
-            Request::Put { id, .. } => ("put", Some(*id)),
-            Request::Forward { id, .. } => ("forward", Some(*id)),
-            Request::Verify { .. } => ("verify", None),
-            Request::Sync => ("sync", None),
+        let block = match &request {
+            Request::Read { id, .. } | Request::Put { id, .. } | Request::Forward { id, .. } => {
+                Some(*id)
+            }
+            Request::Verify { .. } | Request::Sync => None,
         };
-        let span = tracing::debug_span!("request", op, block = ?block);
+        let span = tracing::debug_span!("request", op = request.name(), block = ?block);
         async {
             if matches!(
                 request,
@@ -132,25 +131,21 @@ impl Storage {
             }
             match request {
                 Request::Read { id, offset, len } => self.read(id, offset, len, &mut send).await,
+                // A forward is a put along the chain (only storages may ask it: the front
+                // door checked).
                 Request::Put {
+                    id,
+                    len,
+                    chain,
+                    sync,
+                }
+                | Request::Forward {
                     id,
                     len,
                     chain,
                     sync,
                 } => {
                     let answer = self.put(&peer, id, len, chain, sync, &mut recv).await;
-                    respond(&mut send, answer).await;
-                }
-                Request::Forward {
-                    id,
-                    len,
-                    chain,
-                    sync,
-                } => {
-                    let answer = match peer.require(Role::Storage, "forward") {
-                        Ok(()) => self.put(&peer, id, len, chain, sync, &mut recv).await,
-                        Err(e) => Err(e),
-                    };
                     respond(&mut send, answer).await;
                 }
                 Request::Sync => {
@@ -266,12 +261,6 @@ impl Storage {
         sync: bool,
         recv: &mut RecvStream,
     ) -> Result<Response, RemoteError> {
-        if peer.role == Role::Nameserver {
-            return Err(RemoteError::new(
-                ErrorCode::Forbidden,
-                "the nameserver does not upload blocks",
-            ));
-        }
         if len == 0 || len > codec::MAX_FRAME || chain.len() > MAX_CHAIN {
             return Err(RemoteError::new(
                 ErrorCode::Invalid,

@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rpc::Operation;
 use crate::slices::Slice;
-use crate::types::{Attr, BlockId, FileKind, Ino, Location, SetAttr};
+use crate::types::{Attr, BlockId, FileKind, Ino, Location, Role, SetAttr};
 use crate::xattr::SetMode;
 
 /// Most directory entries one `ReadDir` answer carries, and block ids one `ListBlocks`
@@ -383,4 +384,54 @@ pub enum Command {
     Delete(Vec<BlockId>),
     /// Register again (the nameserver restarted or lost track of this storage).
     Reregister,
+}
+
+impl Operation for Request {
+    fn name(&self) -> &'static str {
+        use Request::*;
+        match self {
+            Lookup { .. } => "lookup",
+            Resolve { .. } => "resolve",
+            GetAttr { .. } => "getattr",
+            SetAttr { .. } => "setattr",
+            Mkdir { .. } => "mkdir",
+            Create { .. } => "create",
+            Mknod { .. } => "mknod",
+            SetXattr { .. } => "setxattr",
+            RemoveXattr { .. } => "removexattr",
+            Xattrs { .. } => "xattrs",
+            Symlink { .. } => "symlink",
+            Readlink { .. } => "readlink",
+            Link { .. } => "link",
+            Unlink { .. } => "unlink",
+            Rmdir { .. } => "rmdir",
+            Rename { .. } => "rename",
+            ReadDir { .. } => "readdir",
+            StatFs => "statfs",
+            Sync => "sync",
+            Layout { .. } => "layout",
+            PlaceBlock { .. } => "place_block",
+            Commit { .. } => "commit",
+            Compact { .. } => "compact",
+            Status => "status",
+            ListBlocks { .. } => "list_blocks",
+            KeepBlocks { .. } => "keep_blocks",
+            Register { .. } => "register",
+            Report { .. } => "report",
+            Activate => "activate",
+            Heartbeat { .. } => "heartbeat",
+            Session { .. } => "session",
+            Lock { .. } => "lock",
+            TestLock { .. } => "test_lock",
+        }
+    }
+
+    /// Storages register, report and heartbeat; everything else is a client's.
+    fn role(&self) -> Option<Role> {
+        use Request::*;
+        match self {
+            Register { .. } | Report { .. } | Activate | Heartbeat { .. } => Some(Role::Storage),
+            _ => Some(Role::Client),
+        }
+    }
 }

@@ -100,16 +100,35 @@ where
     }
 }
 
+/// What a server must know of a request before it runs it.
+pub trait Operation {
+    /// Its name, for logs and refusals.
+    fn name(&self) -> &'static str;
+    /// The role a peer's certificate must grant to ask it (`None`: any peer of the
+    /// cluster).
+    fn role(&self) -> Option<Role>;
+}
+
 /// Reads a request frame: the front door of both servers. A malformed one is answered
-/// here (`Version` for another protocol version, `Invalid` otherwise) and logged, and
-/// `None` comes back; `A` is the server's answer type.
-pub async fn read_request<Q: DeserializeOwned, A: Serialize>(
+/// here (`Version` for another protocol version, `Invalid` otherwise), as is one the
+/// peer's role may not ask (`Forbidden`), and logged, and `None` comes back; `A` is the
+/// server's answer type.
+pub async fn read_request<Q: DeserializeOwned + Operation, A: Serialize>(
     peer: &Peer,
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Option<Q> {
-    match codec::read_frame(recv).await {
-        Ok(request) => Some(request),
+    match codec::read_frame::<_, Q>(recv).await {
+        Ok(request) => match request
+            .role()
+            .map(|role| peer.require(role, request.name()))
+        {
+            Some(Err(refusal)) => {
+                respond::<A>(send, Err(refusal)).await;
+                None
+            }
+            _ => Some(request),
+        },
         Err(e) => {
             warn!(peer = %peer.name, addr = %peer.addr, reason = %e, "refused malformed request");
             let code = match e {

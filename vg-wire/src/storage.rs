@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{BlockId, Location};
+use crate::rpc::Operation;
+use crate::types::{BlockId, Location, Role};
 
 /// A request to a storage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,4 +59,25 @@ pub enum Response {
     Verified(Vec<bool>),
     /// Everything acknowledged before the `Sync` is on disk.
     Synced,
+}
+
+impl Operation for Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Read { .. } => "read",
+            Request::Put { .. } => "put",
+            Request::Forward { .. } => "forward",
+            Request::Sync => "sync",
+            Request::Verify { .. } => "verify",
+        }
+    }
+
+    /// Only a storage passes a block on along a chain; anyone of the cluster reads,
+    /// writes, verifies and asks for a sync.
+    fn role(&self) -> Option<Role> {
+        match self {
+            Request::Forward { .. } => Some(Role::Storage),
+            _ => None,
+        }
+    }
 }

@@ -1,0 +1,199 @@
+//! A file's blocks: layouts, placing new blobs, commits and compactions, and the
+//! registry's view of which blobs are kept.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use tracing::debug;
+use vg_wire::error::{ErrorCode, RemoteError};
+use vg_wire::ns::{Layout, Placement, Response, Stored};
+use vg_wire::rpc::Peer;
+use vg_wire::{BlockId, Ino, SetAttr, Slice, Timestamp};
+
+use super::{Answer, Service, State};
+use crate::error::refuse;
+use crate::namespace::{Content, Op};
+use crate::wal::Wal;
+
+/// What a commit carries: the slices written per block and the blobs they were stored
+/// in, the new size, attributes set with it, and whether it is an `fsync`'s.
+pub(super) struct Written {
+    pub ino: Ino,
+    pub size: u64,
+    pub slices: Vec<(u64, Vec<Slice>)>,
+    pub stored: Vec<Stored>,
+    pub set: Option<SetAttr>,
+    pub sync: bool,
+}
+
+impl Service {
+    /// Places a new blob of `len` bytes on storages, away from `exclude`.
+    pub(super) async fn place_block(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Answer {
+        if len == 0 || len > self.block_size {
+            return refuse(
+                ErrorCode::Invalid,
+                format!(
+                    "block {id:?}: length {len} is outside 1..={}",
+                    self.block_size
+                ),
+            );
+        }
+        let placed = match self.place(id, len, &exclude) {
+            // Deletes not yet on disk free nothing: once they are, try again.
+            Err(e) if e.code == ErrorCode::NoSpace => {
+                self.sync().await?;
+                self.place(id, len, &exclude)
+            }
+            other => other,
+        };
+        Ok(Response::Placement(placed?))
+    }
+
+    /// Chooses storages for a new block; when none has room, first takes back the space
+    /// of blocks that committed deletes released (those whose op is on disk).
+    fn place(&self, id: BlockId, len: u32, exclude: &[String]) -> Result<Placement, RemoteError> {
+        let mut state = self.lock();
+        let State {
+            ns, registry, wal, ..
+        } = &mut *state;
+        let referenced = ns.refs().contains_key(&id);
+        match registry.place(id, len, exclude, referenced, Instant::now()) {
+            Err(e) if e.code == ErrorCode::NoSpace => {
+                let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
+                match registry.reclaim(ns.refs(), Instant::now(), durable) > 0 {
+                    true => registry.place(id, len, exclude, referenced, Instant::now()),
+                    false => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Adds the slices a client wrote (and the attributes set with them) to a file.
+    pub(super) async fn commit(&self, peer: &Peer, written: Written, now: Timestamp) -> Answer {
+        let Written {
+            ino,
+            size,
+            slices,
+            stored,
+            set,
+            sync,
+        } = written;
+        self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
+        debug!(ino, size, blocks = slices.len(), by = %peer.name, "file written");
+        // Blobs this client uploaded with `sync` are on disk; one the cluster already
+        // held (no holders listed) may have been acknowledged unsynced to another client
+        // moments ago, so it goes through the gate.
+        let synced: HashSet<BlockId> = match sync {
+            true => stored
+                .iter()
+                .filter(|(_, _, holders)| !holders.is_empty())
+                .map(|(id, _, _)| *id)
+                .collect(),
+            false => HashSet::new(),
+        };
+        let blobs: Vec<BlockId> = slices
+            .iter()
+            .flat_map(|(_, new)| new.iter().map(|s| s.blob))
+            .filter(|blob| !synced.contains(blob))
+            .collect();
+        let write = Op::Write {
+            ino,
+            size,
+            slices,
+            block_size: self.block_size,
+            time: now,
+        };
+        let set = set.map(|set| self.set_attr_op(ino, set, now));
+        let ops = std::iter::once(write).chain(set).collect();
+        self.mutate_after(|_| ops, &blobs, sync).await
+    }
+
+    /// Replaces the first slices of a block, if they are still `prefix`, with `merged`.
+    pub(super) async fn compact(
+        &self,
+        (ino, idx): (Ino, u64),
+        prefix: Vec<Slice>,
+        merged: Vec<Slice>,
+        stored: Vec<Stored>,
+    ) -> Answer {
+        self.check_stored(&stored, &merged)?;
+        debug!(
+            ino,
+            idx,
+            from = prefix.len(),
+            to = merged.len(),
+            "block compacted"
+        );
+        let blobs: Vec<BlockId> = merged.iter().map(|s| s.blob).collect();
+        let op = Op::Compact {
+            ino,
+            idx,
+            prefix,
+            merged,
+            block_size: self.block_size,
+        };
+        self.mutate_after(|_| vec![op], &blobs, false).await
+    }
+
+    /// Records where the client saw new blobs stored, then refuses a change naming a blob
+    /// the cluster no longer holds (collected while the client was slow to commit): it
+    /// must be uploaded again, not referenced.
+    fn check_stored<'a>(
+        &self,
+        stored: &[Stored],
+        slices: impl IntoIterator<Item = &'a Slice>,
+    ) -> Result<(), RemoteError> {
+        let mut state = self.lock();
+        for (id, len, holders) in stored {
+            state.registry.stored(*id, *len, holders);
+        }
+        match slices
+            .into_iter()
+            .find(|s| !state.registry.has_any_location(&s.blob))
+        {
+            Some(lost) => refuse(
+                ErrorCode::Unavailable,
+                format!("blob {:?} has no replica; upload it again", lost.blob),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn layout(&self, ino: Ino) -> Answer {
+        let state = self.lock();
+        let inode = state.ns.get(ino)?;
+        let Content::File { blocks } = &inode.content else {
+            return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
+        };
+        let mut seen = std::collections::HashSet::new();
+        let locations = blocks
+            .iter()
+            .flatten()
+            .filter(|slice| seen.insert(slice.blob))
+            .map(|slice| (slice.blob, state.registry.live_locations(&slice.blob)))
+            .collect();
+        Ok(Response::Layout(Layout {
+            attr: inode.attr.clone(),
+            block_size: self.block_size,
+            blocks: blocks.clone(),
+            locations,
+        }))
+    }
+
+    /// Keeps blobs a client is still uploading or committing from the collector.
+    pub(super) fn keep_blocks(&self, ids: &[BlockId]) -> Answer {
+        self.lock().registry.keep(ids, Instant::now());
+        Ok(Response::Done)
+    }
+
+    /// A page of the referenced blobs and where they are (for `vgctl fsck`).
+    pub(super) fn list_blocks(&self, after: Option<BlockId>, limit: u32) -> Answer {
+        let state = self.lock();
+        let (blocks, more) =
+            state
+                .registry
+                .list_blocks(state.ns.refs(), after, limit.clamp(1, 100_000));
+        Ok(Response::Blocks { blocks, more })
+    }
+}

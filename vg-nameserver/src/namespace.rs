@@ -525,33 +525,6 @@ impl Namespace {
         }
     }
 
-    fn check_new(&self, parent: Ino, name: &[u8], ino: Ino) -> Refusal {
-        check_name(name)?;
-        if self.dir_entries(parent)?.contains_key(name) {
-            return refuse(ErrorCode::Exists, format!("{}: File exists", show(name)));
-        }
-        if self.inodes.contains_key(&ino) || ino < self.next_ino {
-            return refuse(ErrorCode::Invalid, format!("inode {ino} already used"));
-        }
-        Ok(())
-    }
-
-    fn add_inode(&mut self, parent: Ino, name: &[u8], inode: Inode, time: Timestamp) {
-        let ino = inode.attr.ino;
-        let is_dir = inode.attr.kind == FileKind::Dir;
-        self.inodes.insert(ino, Box::new(inode));
-        self.next_ino = ino + 1;
-        self.inherit_acl(parent, ino);
-        self.insert_entry(parent, name, ino, time);
-        if is_dir {
-            self.inodes
-                .get_mut(&parent)
-                .expect("parent exists")
-                .attr
-                .nlink += 1;
-        }
-    }
-
     fn new_attr(ino: Ino, kind: FileKind, perm: u32, uid: u32, gid: u32, time: Timestamp) -> Attr {
         let nlink = if kind == FileKind::Dir { 2 } else { 1 };
         Attr {
@@ -654,333 +627,336 @@ impl Namespace {
         }
     }
 
-    /// Applies one op, or refuses it leaving the namespace unchanged.
+    /// Applies one op, or refuses it leaving the namespace unchanged: each kind of op
+    /// has its method below.
     pub fn apply(&mut self, op: &Op) -> Refusal<Ino> {
-        match op.clone() {
-            Op::Mkdir {
-                parent,
-                name,
-                ino,
-                perm,
-                uid,
-                gid,
-                time,
-            } => {
-                self.check_new(parent, &name, ino)?;
-                let inode = Inode {
-                    attr: Self::new_attr(ino, FileKind::Dir, perm, uid, gid, time),
-                    content: Content::Dir {
-                        entries: BTreeMap::new(),
-                        parent,
-                    },
-                };
-                self.add_inode(parent, &name, inode, time);
-                Ok(ino)
+        match op {
+            #[rustfmt::skip]
+            &Op::Mkdir { parent, ref name, ino, perm, uid, gid, time } => {
+                let attr = Self::new_attr(ino, FileKind::Dir, perm, uid, gid, time);
+                let content = Content::Dir { entries: BTreeMap::new(), parent };
+                self.make(parent, name, Inode { attr, content })
             }
-            Op::Create {
-                parent,
-                name,
-                ino,
-                perm,
-                uid,
-                gid,
-                time,
-            } => {
-                self.check_new(parent, &name, ino)?;
-                let inode = Inode {
-                    attr: Self::new_attr(ino, FileKind::File, perm, uid, gid, time),
-                    content: Content::File { blocks: Vec::new() },
-                };
-                self.add_inode(parent, &name, inode, time);
-                Ok(ino)
+            #[rustfmt::skip]
+            &Op::Create { parent, ref name, ino, perm, uid, gid, time } => {
+                let attr = Self::new_attr(ino, FileKind::File, perm, uid, gid, time);
+                let content = Content::File { blocks: Vec::new() };
+                self.make(parent, name, Inode { attr, content })
             }
-            Op::SetXattr {
-                ino,
-                name,
-                value,
-                mode,
-                time,
-            } => {
-                let kind = self.get(ino)?.attr.kind;
-                xattr::check_name(&name, kind)?;
-                xattr::check_value(&name, &value)?;
-                let attrs = self.xattrs.get(&ino);
-                let old = attrs.and_then(|a| a.get(&name));
-                match (mode, old) {
-                    (SetMode::Create, Some(_)) => {
-                        return refuse(
-                            ErrorCode::Exists,
-                            format!("attribute {}: exists", show(&name)),
-                        )
-                    }
-                    (SetMode::Replace, None) => return Err(no_attr(&name)),
-                    _ => {}
-                }
-                let total: usize =
-                    attrs.map_or(0, |a| a.iter().map(|(n, v)| n.len() + v.len()).sum());
-                let after =
-                    total - old.map_or(0, |v| name.len() + v.len()) + name.len() + value.len();
-                if after > xattr::MAX_TOTAL {
-                    return refuse(
-                        ErrorCode::NoSpace,
-                        format!(
-                            "attribute {}: the inode's attributes would take {after} bytes, at most {}",
-                            show(&name),
-                            xattr::MAX_TOTAL
-                        ),
-                    );
-                }
-                if name == acl::ACCESS || name == acl::DEFAULT {
-                    return self.set_acl(ino, &name, &value, time);
-                }
-                self.xattrs.entry(ino).or_default().insert(name, value);
-                self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
-                Ok(ino)
-            }
-            Op::RemoveXattr { ino, name, time } => {
-                self.get(ino)?;
-                let attrs = self.xattrs.get_mut(&ino);
-                if attrs.and_then(|a| a.remove(&name)).is_none() {
-                    return Err(no_attr(&name));
-                }
-                if self.xattrs.get(&ino).is_some_and(BTreeMap::is_empty) {
-                    self.xattrs.remove(&ino);
-                }
-                self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
-                Ok(ino)
-            }
-            Op::Mknod {
-                parent,
-                name,
-                ino,
-                kind,
-                perm,
-                uid,
-                gid,
-                time,
-            } => {
-                self.check_new(parent, &name, ino)?;
+            #[rustfmt::skip]
+            &Op::Mknod { parent, ref name, ino, kind, perm, uid, gid, time } => {
                 if !kind.is_special() {
                     return refuse(
                         ErrorCode::Invalid,
-                        format!("{}: mknod makes FIFOs, sockets and devices", show(&name)),
+                        format!("{}: mknod makes FIFOs, sockets and devices", show(name)),
                     );
                 }
-                let inode = Inode {
-                    attr: Self::new_attr(ino, kind, perm, uid, gid, time),
-                    content: Content::Special,
-                };
-                self.add_inode(parent, &name, inode, time);
-                Ok(ino)
+                let attr = Self::new_attr(ino, kind, perm, uid, gid, time);
+                self.make(parent, name, Inode { attr, content: Content::Special })
             }
-            Op::Symlink {
-                parent,
-                name,
-                ino,
-                target,
-                uid,
-                gid,
-                time,
-            } => {
-                self.check_new(parent, &name, ino)?;
+            #[rustfmt::skip]
+            &Op::Symlink { parent, ref name, ino, ref target, uid, gid, time } => {
                 if target.is_empty() || target.len() > 4095 || target.contains(&0) {
                     return refuse(
                         ErrorCode::Invalid,
-                        format!(
-                            "{}: symlink target must be 1..4095 bytes without NUL",
-                            show(&name)
-                        ),
+                        format!("{}: symlink target must be 1..4095 bytes without NUL", show(name)),
                     );
                 }
                 let mut attr = Self::new_attr(ino, FileKind::Symlink, 0o777, uid, gid, time);
                 attr.size = target.len() as u64;
-                self.add_inode(
-                    parent,
-                    &name,
-                    Inode {
-                        attr,
-                        content: Content::Symlink { target },
-                    },
-                    time,
-                );
-                Ok(ino)
+                let content = Content::Symlink { target: target.clone() };
+                self.make(parent, name, Inode { attr, content })
             }
-            Op::Link {
-                ino,
-                new_parent,
-                new_name,
-                time,
-            } => {
-                check_name(&new_name)?;
-                if self.get(ino)?.attr.nlink == 0 {
-                    return Err(not_found(format!("inode {ino}")));
-                }
-                if self.get(ino)?.attr.kind == FileKind::Dir {
-                    return refuse(
-                        ErrorCode::Forbidden,
-                        format!("inode {ino}: hard links to directories are not allowed"),
-                    );
-                }
-                if self.dir_entries(new_parent)?.contains_key(&new_name) {
-                    return refuse(
-                        ErrorCode::Exists,
-                        format!("{}: File exists", show(&new_name)),
-                    );
-                }
-                self.insert_entry(new_parent, &new_name, ino, time);
-                let inode = self.inodes.get_mut(&ino).expect("checked");
-                inode.attr.nlink += 1;
-                inode.attr.ctime = time;
-                Ok(ino)
-            }
-            Op::Unlink { parent, name, time } => {
-                let ino = self.lookup(parent, &name)?;
-                if self.get(ino)?.attr.kind == FileKind::Dir {
-                    return refuse(ErrorCode::IsDir, format!("{}: Is a directory", show(&name)));
-                }
-                self.remove_entry(parent, &name, time);
-                self.unlink_inode(ino, time);
-                Ok(ino)
-            }
-            Op::Rmdir { parent, name, time } => {
-                check_name(&name)?;
-                let ino = self.lookup(parent, &name)?;
-                if !self.dir_entries(ino)?.is_empty() {
-                    return refuse(
-                        ErrorCode::NotEmpty,
-                        format!("{}: Directory not empty", show(&name)),
-                    );
-                }
-                self.remove_entry(parent, &name, time);
-                self.unlink_inode(ino, time);
-                self.inodes
-                    .get_mut(&parent)
-                    .expect("parent exists")
-                    .attr
-                    .nlink -= 1;
-                Ok(ino)
-            }
-            Op::Rename {
+            #[rustfmt::skip]
+            &Op::Link { ino, new_parent, ref new_name, time } => {
+                self.link(ino, new_parent, new_name, time)
+            },
+            &Op::Unlink {
                 parent,
-                name,
-                new_parent,
-                new_name,
-                noreplace,
+                ref name,
                 time,
-            } => self.rename(parent, &name, new_parent, &new_name, noreplace, time),
-            Op::SetAttr {
-                ino,
-                set,
-                block_size,
+            } => self.unlink(parent, name, time),
+            &Op::Rmdir {
+                parent,
+                ref name,
                 time,
-            } => {
-                let inode = self.get(ino)?;
-                if set.size.is_some() && inode.attr.kind != FileKind::File {
-                    let code = if inode.attr.kind == FileKind::Dir {
-                        ErrorCode::IsDir
-                    } else {
-                        ErrorCode::Invalid
-                    };
-                    return refuse(
-                        code,
-                        format!("inode {ino}: only regular files can be truncated"),
-                    );
-                }
-                if let Some(size) = set.size {
-                    self.resize(ino, size, block_size, time)?;
-                }
-                let attr = &mut self.inodes.get_mut(&ino).expect("checked").attr;
-                set.apply_to(attr, time);
-                attr.ctime = time;
-                if let Some(perm) = set.perm {
-                    self.chmod_acl(ino, perm);
-                }
-                Ok(ino)
-            }
-            Op::Commit {
-                ino,
-                size,
-                blocks,
-                block_size,
-                time,
-            } => {
+            } => self.rmdir(parent, name, time),
+            #[rustfmt::skip]
+            &Op::Rename { parent, ref name, new_parent, ref new_name, noreplace, time } => {
+                self.rename(parent, name, new_parent, new_name, noreplace, time)
+            },
+            #[rustfmt::skip]
+            &Op::SetAttr { ino, ref set, block_size, time } => {
+                self.set_attr(ino, set, block_size, time)
+            },
+            #[rustfmt::skip]
+            &Op::Commit { ino, size, ref blocks, block_size, time } => {
                 // Whole blocks of the old format: each replaces what the block held.
-                let whole = |b: &BlockRef| Slice {
-                    at: 0,
-                    len: b.len,
-                    blob: b.id,
-                    blob_off: 0,
-                };
+                let whole = |b: &BlockRef| Slice { at: 0, len: b.len, blob: b.id, blob_off: 0 };
                 let changes: Vec<(u64, Vec<Slice>)> =
                     blocks.iter().map(|(i, b)| (*i, vec![whole(b)])).collect();
                 self.write(ino, size, &changes, true, block_size, time)
             }
-            Op::Write {
+            #[rustfmt::skip]
+            &Op::Write { ino, size, ref slices, block_size, time } => {
+                self.write(ino, size, slices, false, block_size, time)
+            },
+            #[rustfmt::skip]
+            &Op::Compact { ino, idx, ref prefix, ref merged, block_size } => {
+                self.compact(ino, idx, prefix, merged, block_size)
+            },
+            #[rustfmt::skip]
+            &Op::SetXattr { ino, ref name, ref value, mode, time } => {
+                self.set_xattr(ino, name, value, mode, time)
+            },
+            &Op::RemoveXattr {
                 ino,
-                size,
-                slices,
-                block_size,
+                ref name,
                 time,
-            } => self.write(ino, size, &slices, false, block_size, time),
-            Op::Compact {
-                ino,
-                idx,
-                prefix,
-                merged,
-                block_size,
-            } => {
-                let conflict = || {
-                    refuse(
-                        ErrorCode::Conflict,
-                        format!("inode {ino}: block {idx} changed before its compaction"),
-                    )
-                };
-                let Content::File { blocks } = &self.get(ino)?.content else {
-                    return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
-                };
-                let Some(list) = blocks.get(idx as usize) else {
-                    return conflict();
-                };
-                if prefix.is_empty() || !list.starts_with(&prefix) {
-                    return conflict();
-                }
-                check_slices(ino, idx, &merged, block_size)?;
-                let mut list: Vec<Slice> = merged
-                    .iter()
-                    .chain(&list[prefix.len()..])
-                    .copied()
-                    .collect();
-                let hidden = slices::drop_hidden(&mut list);
-                self.add_refs(&merged);
-                self.drop_refs(prefix.into_iter().chain(hidden), Release::Replaced);
-                if let Some(Inode {
-                    content: Content::File { blocks },
-                    ..
-                }) = self.inodes.get_mut(&ino).map(|inode| &mut **inode)
-                {
-                    blocks[idx as usize] = list;
-                }
-                Ok(ino)
-            }
+            } => self.remove_xattr(ino, name, time),
             Op::Mark { .. } => refuse(ErrorCode::Invalid, "a log mark changes nothing"),
-            Op::Pin { ino } => {
-                if self.get(ino)?.attr.kind == FileKind::Dir {
-                    return refuse(ErrorCode::IsDir, format!("inode {ino}: Is a directory"));
-                }
-                self.pinned.insert(ino);
-                Ok(ino)
-            }
-            Op::Unpin { ino } => {
-                let orphan = self.get(ino)?.attr.nlink == 0;
-                if !self.pinned.remove(&ino) {
-                    return refuse(ErrorCode::Invalid, format!("inode {ino}: not pinned"));
-                }
-                if orphan {
-                    self.free(ino);
-                }
-                Ok(ino)
-            }
+            &Op::Pin { ino } => self.pin(ino),
+            &Op::Unpin { ino } => self.unpin(ino),
         }
+    }
+
+    /// Adds a new inode as `parent/name`.
+    fn make(&mut self, parent: Ino, name: &[u8], inode: Inode) -> Refusal<Ino> {
+        let (ino, time) = (inode.attr.ino, inode.attr.ctime);
+        check_name(name)?;
+        if self.dir_entries(parent)?.contains_key(name) {
+            return refuse(ErrorCode::Exists, format!("{}: File exists", show(name)));
+        }
+        if self.inodes.contains_key(&ino) || ino < self.next_ino {
+            return refuse(ErrorCode::Invalid, format!("inode {ino} already used"));
+        }
+        let is_dir = inode.attr.kind == FileKind::Dir;
+        self.inodes.insert(ino, Box::new(inode));
+        self.next_ino = ino + 1;
+        self.inherit_acl(parent, ino);
+        self.insert_entry(parent, name, ino, time);
+        if is_dir {
+            self.inodes
+                .get_mut(&parent)
+                .expect("parent exists")
+                .attr
+                .nlink += 1;
+        }
+        Ok(ino)
+    }
+
+    fn link(
+        &mut self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+        time: Timestamp,
+    ) -> Refusal<Ino> {
+        check_name(new_name)?;
+        if self.get(ino)?.attr.nlink == 0 {
+            return Err(not_found(format!("inode {ino}")));
+        }
+        if self.get(ino)?.attr.kind == FileKind::Dir {
+            return refuse(
+                ErrorCode::Forbidden,
+                format!("inode {ino}: hard links to directories are not allowed"),
+            );
+        }
+        if self.dir_entries(new_parent)?.contains_key(new_name) {
+            return refuse(
+                ErrorCode::Exists,
+                format!("{}: File exists", show(new_name)),
+            );
+        }
+        self.insert_entry(new_parent, new_name, ino, time);
+        let inode = self.inodes.get_mut(&ino).expect("checked");
+        inode.attr.nlink += 1;
+        inode.attr.ctime = time;
+        Ok(ino)
+    }
+
+    fn unlink(&mut self, parent: Ino, name: &[u8], time: Timestamp) -> Refusal<Ino> {
+        let ino = self.lookup(parent, name)?;
+        if self.get(ino)?.attr.kind == FileKind::Dir {
+            return refuse(ErrorCode::IsDir, format!("{}: Is a directory", show(name)));
+        }
+        self.remove_entry(parent, name, time);
+        self.unlink_inode(ino, time);
+        Ok(ino)
+    }
+
+    fn rmdir(&mut self, parent: Ino, name: &[u8], time: Timestamp) -> Refusal<Ino> {
+        check_name(name)?;
+        let ino = self.lookup(parent, name)?;
+        if !self.dir_entries(ino)?.is_empty() {
+            return refuse(
+                ErrorCode::NotEmpty,
+                format!("{}: Directory not empty", show(name)),
+            );
+        }
+        self.remove_entry(parent, name, time);
+        self.unlink_inode(ino, time);
+        self.inodes
+            .get_mut(&parent)
+            .expect("parent exists")
+            .attr
+            .nlink -= 1;
+        Ok(ino)
+    }
+
+    /// Changes attributes; a size change truncates or extends the file.
+    fn set_attr(
+        &mut self,
+        ino: Ino,
+        set: &SetAttr,
+        block_size: u32,
+        time: Timestamp,
+    ) -> Refusal<Ino> {
+        let inode = self.get(ino)?;
+        if set.size.is_some() && inode.attr.kind != FileKind::File {
+            let code = if inode.attr.kind == FileKind::Dir {
+                ErrorCode::IsDir
+            } else {
+                ErrorCode::Invalid
+            };
+            return refuse(
+                code,
+                format!("inode {ino}: only regular files can be truncated"),
+            );
+        }
+        if let Some(size) = set.size {
+            self.resize(ino, size, block_size, time)?;
+        }
+        let attr = &mut self.inodes.get_mut(&ino).expect("checked").attr;
+        set.apply_to(attr, time);
+        attr.ctime = time;
+        if let Some(perm) = set.perm {
+            self.chmod_acl(ino, perm);
+        }
+        Ok(ino)
+    }
+
+    /// Replaces the first slices of a block, if they are `prefix`, with `merged`.
+    fn compact(
+        &mut self,
+        ino: Ino,
+        idx: u64,
+        prefix: &[Slice],
+        merged: &[Slice],
+        block_size: u32,
+    ) -> Refusal<Ino> {
+        let conflict = || {
+            refuse(
+                ErrorCode::Conflict,
+                format!("inode {ino}: block {idx} changed before its compaction"),
+            )
+        };
+        let Content::File { blocks } = &self.get(ino)?.content else {
+            return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
+        };
+        let Some(list) = blocks.get(idx as usize) else {
+            return conflict();
+        };
+        if prefix.is_empty() || !list.starts_with(prefix) {
+            return conflict();
+        }
+        check_slices(ino, idx, merged, block_size)?;
+        let mut list: Vec<Slice> = merged
+            .iter()
+            .chain(&list[prefix.len()..])
+            .copied()
+            .collect();
+        let hidden = slices::drop_hidden(&mut list);
+        self.add_refs(merged);
+        self.drop_refs(prefix.iter().copied().chain(hidden), Release::Replaced);
+        if let Some(Inode {
+            content: Content::File { blocks },
+            ..
+        }) = self.inodes.get_mut(&ino).map(|inode| &mut **inode)
+        {
+            blocks[idx as usize] = list;
+        }
+        Ok(ino)
+    }
+
+    fn set_xattr(
+        &mut self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: SetMode,
+        time: Timestamp,
+    ) -> Refusal<Ino> {
+        let kind = self.get(ino)?.attr.kind;
+        xattr::check_name(name, kind)?;
+        xattr::check_value(name, value)?;
+        let attrs = self.xattrs.get(&ino);
+        let old = attrs.and_then(|a| a.get(name));
+        match (mode, old) {
+            (SetMode::Create, Some(_)) => {
+                return refuse(
+                    ErrorCode::Exists,
+                    format!("attribute {}: exists", show(name)),
+                )
+            }
+            (SetMode::Replace, None) => return Err(no_attr(name)),
+            _ => {}
+        }
+        let total: usize = attrs.map_or(0, |a| a.iter().map(|(n, v)| n.len() + v.len()).sum());
+        let after = total - old.map_or(0, |v| name.len() + v.len()) + name.len() + value.len();
+        if after > xattr::MAX_TOTAL {
+            return refuse(
+                ErrorCode::NoSpace,
+                format!(
+                    "attribute {}: the inode's attributes would take {after} bytes, at most {}",
+                    show(name),
+                    xattr::MAX_TOTAL
+                ),
+            );
+        }
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            return self.set_acl(ino, name, value, time);
+        }
+        self.xattrs
+            .entry(ino)
+            .or_default()
+            .insert(name.to_vec(), value.to_vec());
+        self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
+        Ok(ino)
+    }
+
+    fn remove_xattr(&mut self, ino: Ino, name: &[u8], time: Timestamp) -> Refusal<Ino> {
+        self.get(ino)?;
+        let attrs = self.xattrs.get_mut(&ino);
+        if attrs.and_then(|a| a.remove(name)).is_none() {
+            return Err(no_attr(name));
+        }
+        if self.xattrs.get(&ino).is_some_and(BTreeMap::is_empty) {
+            self.xattrs.remove(&ino);
+        }
+        self.inodes.get_mut(&ino).expect("exists").attr.ctime = time;
+        Ok(ino)
+    }
+
+    /// Keeps a file when its last name goes, until unpinned.
+    fn pin(&mut self, ino: Ino) -> Refusal<Ino> {
+        if self.get(ino)?.attr.kind == FileKind::Dir {
+            return refuse(ErrorCode::IsDir, format!("inode {ino}: Is a directory"));
+        }
+        self.pinned.insert(ino);
+        Ok(ino)
+    }
+
+    /// Stops keeping a file: freed now if no name is left.
+    fn unpin(&mut self, ino: Ino) -> Refusal<Ino> {
+        let orphan = self.get(ino)?.attr.nlink == 0;
+        if !self.pinned.remove(&ino) {
+            return refuse(ErrorCode::Invalid, format!("inode {ino}: not pinned"));
+        }
+        if orphan {
+            self.free(ino);
+        }
+        Ok(ino)
     }
 
     /// Adds `changes` on top of the file's blocks (or, with `replace`, instead of what

@@ -15,13 +15,13 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 bench=${BENCH_DIR:-$root/../shared/bench}
 [[ -x $bench/fsbench.sh ]] || { echo "bench.sh: $bench/fsbench.sh not found (set BENCH_DIR)" >&2; exit 1; }
-[[ $(id -u) == 0 ]] || { echo "bench.sh: needs root (mounts, drop_caches)" >&2; exit 1; }
 moosefs=
 if [[ ${1:-} == --moosefs ]]; then moosefs=1; shift; fi
 need=(fio)
 [[ -n $moosefs ]] && need+=(moosefs-master moosefs-chunkserver moosefs-client moosefs-cli)
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+need_root "mounts, drop_caches"
 need_packages "${need[@]}" || { echo "bench.sh: cannot install ${need[*]}" >&2; exit 1; }
 cargo build --release --quiet || exit 1
 

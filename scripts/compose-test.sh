@@ -10,10 +10,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
-[[ $(id -u) == 0 ]] || { echo "compose-test.sh: needs root (docker, FUSE)" >&2; exit 1; }
-for tool in vg-nameserver vg-storage vg-fuse vgctl; do
-  [[ -x $bin/$tool ]] || { echo "compose-test.sh: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
-done
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl
 
 if ! command -v dockerd >/dev/null || { ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; }; then
   echo "compose-test.sh: installing docker.io and docker-compose" >&2
@@ -32,9 +31,6 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 300); do docker info >/dev/null 2>&1 && break; sleep 0.1; done
   docker info >/dev/null 2>&1 || { echo "compose-test.sh: dockerd did not start:"; tail -n 20 "$work/dockerd.log"; exit 1; }
 fi
-
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 export COMPOSE_PROJECT_NAME=vgtest$$
 export VG_IMAGE=vg-test:$$ VG_CERTS_DIR=$work/certs VG_NS_HOST_PORT=$(random_port)

@@ -1,7 +1,7 @@
 # Shared by the shell scripts: source it (after setting $log, for check).
 # Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD...,
-# random_port, restart_server HOME NAME, need_binaries_as_root TOOL... and
-# need_packages PKG...
+# random_port, restart_server HOME NAME, need_root WHY, need_binaries_as_root TOOL...
+# and need_packages PKG...
 
 passed=0
 failed=0
@@ -57,14 +57,18 @@ restart_server() {
   sed -i "s/^$name $pid\b/$name $!/" "$home/pids"
 }
 
+# Exits unless the script runs as root; WHY says what for.
+need_root() {
+  [[ $(id -u) == 0 ]] || { echo "$(basename "$0"): needs root${1:+ ($1)}" >&2; exit 1; }
+}
+
 # Exits unless the binaries TOOL... are in $bin and the script runs as root (it mounts).
 need_binaries_as_root() {
-  local tool me
-  me=$(basename "$0")
+  local tool
   for tool in "$@"; do
-    [[ -x $bin/$tool ]] || { echo "$me: $bin/$tool is missing: run cargo build first" >&2; exit 1; }
+    [[ -x $bin/$tool ]] || { echo "$(basename "$0"): $bin/$tool is missing: run cargo build first" >&2; exit 1; }
   done
-  [[ $(id -u) == 0 ]] || { echo "$me: needs root (FUSE mounts)" >&2; exit 1; }
+  need_root "FUSE mounts"
 }
 
 # Installs the Debian packages not installed yet (a fresh machine has no apt lists).

@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
 seconds=${LOAD_SECONDS:-60}
-[[ $(id -u) == 0 ]] || { echo "load-test.sh: needs root (FUSE mounts)" >&2; exit 1; }
 work=$(mktemp -d /tmp/vg-load-test.XXXXXX)
 log=$work/test.log
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+need_root "FUSE mounts"
 export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/cluster VG_NS_PORT=$(random_port)
 # Deleted files free their blocks after the grace period: keep it short so that a minute
 # of writing (several GiB) fits the cluster.

@@ -9,11 +9,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
-[[ $(id -u) == 0 ]] || { echo "partition-test.sh: needs root" >&2; exit 1; }
 work=$(mktemp -d /tmp/vg-partition-test.XXXXXX)
 log=$work/test.log
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+need_root
 tag=vgp$$
 nodes=(ns s1 s2 s3 cl)
 declare -A ip=([ns]=10.77.0.1 [s1]=10.77.0.11 [s2]=10.77.0.12 [s3]=10.77.0.13 [cl]=10.77.0.50)

@@ -17,11 +17,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need_root "FUSE mounts"
 lossyfs=$bin/examples/lossyfs
 for tool in vg-nameserver vg-storage vg-fuse vgctl examples/lossyfs; do
   [[ -x $bin/$tool ]] || { echo "powerloss-test.sh: $bin/$tool is missing: run cargo build --workspace --all-targets first" >&2; exit 1; }
 done
-[[ $(id -u) == 0 ]] || { echo "powerloss-test.sh: needs root (FUSE mounts)" >&2; exit 1; }
 rounds=${ROUNDS:-20}
 
 work=$(mktemp -d /tmp/vg-powerloss.XXXXXX)
@@ -29,8 +31,6 @@ log=$work/test.log
 backing=$work/backing disk=$work/disk mnt=$work/mnt
 mkdir -p "$backing" "$disk" "$mnt"
 export VG_BIN=$bin VG_CERTS=$work/certs VG_HOME=$work/home VG_DATA=$disk
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 VG_NS_PORT=$(random_port)
 export VG_NS_PORT VG_HEARTBEAT_TIMEOUT=3s
 # A power cut reboots the machine: the nameserver tells a power loss from a crash of

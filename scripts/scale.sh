@@ -16,9 +16,9 @@ storage_counts=${1:-1 3 7}
 client_counts=${2:-1 8}
 META_N=${META_N:-1000}
 SEQ_MB=${SEQ_MB:-512}
-[[ $(id -u) == 0 ]] || { echo "scale.sh: needs root (mounts, drop_caches)" >&2; exit 1; }
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+need_root "mounts, drop_caches"
 need_packages fio python3 || { echo "scale.sh: cannot install fio and python3" >&2; exit 1; }
 cargo build --release --quiet || exit 1
 

@@ -77,11 +77,9 @@ impl ConnArgs {
             host: self.ns_hostname.clone(),
             reason,
         };
-        let ns_addr = tokio::net::lookup_host((self.ns_hostname.as_str(), self.ns_port))
+        let ns_addr = vg_wire::cli::resolve(&self.ns_hostname, self.ns_port)
             .await
-            .map_err(|e| resolve_err(e.to_string()))?
-            .next()
-            .ok_or_else(|| resolve_err("no address".into()))?;
+            .map_err(|e| resolve_err(e.to_string()))?;
         let mut config = self.config(ns_addr);
         config.entry_ttl = entry_ttl;
         Client::connect(&config)

@@ -1,6 +1,7 @@
 //! The cluster client: namespace calls to the nameserver, block uploads and reads on
 //! storages. Knows nothing of FUSE, so `vgctl`, the FUSE adapter and tests share it.
 
+mod blocks;
 pub mod cache;
 pub mod compact;
 pub mod entries;
@@ -12,19 +13,17 @@ pub mod transfer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vg_wire::error::ErrorCode;
-use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, Placement, StatFs, Stored};
+use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, StatFs, Stored};
 use vg_wire::rpc::{Dialer, Target};
-use vg_wire::storage;
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::xattr::SetMode;
-use vg_wire::Bytes;
-use vg_wire::{Attr, BlockId, BlockRef, FileKind, Ino, Location, Role, SetAttr, Slice};
+use vg_wire::{Attr, BlockId, FileKind, Ino, Role, SetAttr, Slice};
 
+pub use blocks::stored;
 use entries::EntryCache;
 pub use entries::{Cached, Xattrs};
 pub use error::{Error, Result};
@@ -100,18 +99,6 @@ pub struct Client {
     pub block_size: u32,
 }
 
-/// How long a storage that failed a read is tried after the others.
-const SUSPECT_FOR: Duration = Duration::from_secs(30);
-/// Placements tried for one block before its upload fails; each leaves out the storages
-/// that failed before.
-const UPLOAD_ATTEMPTS: usize = 6;
-/// How often the grace period of uncommitted blocks is refreshed; the nameserver's
-/// `--gc-grace` must be comfortably longer.
-const KEEP_EVERY: Duration = Duration::from_secs(1);
-/// Blocks up to this size are sent to all their storages at once, larger ones down a
-/// pipeline (a storage's small-block volumes take up to this size too).
-const FAN_OUT_MAX: usize = 256 << 10;
-
 fn not_found(name: &[u8]) -> Error {
     Error::Remote(vg_wire::RemoteError::new(
         ErrorCode::NotFound,
@@ -150,29 +137,12 @@ impl Client {
             block_size: 0,
         };
         client.block_size = client.statfs().await?.block_size;
-        tokio::spawn(keep_held_blocks(
+        tokio::spawn(blocks::keep_held_blocks(
             Arc::downgrade(&client.held),
             client.dialer.clone(),
             client.ns.clone(),
         ));
         Ok(client)
-    }
-
-    fn hold(&self, id: BlockId) {
-        *self.held.lock().expect("held lock").entry(id).or_default() += 1;
-    }
-
-    /// Stops refreshing the grace period of blocks (committed, or given up).
-    pub fn unhold(&self, ids: impl IntoIterator<Item = BlockId>) {
-        let mut held = self.held.lock().expect("held lock");
-        for id in ids {
-            if let Some(count) = held.get_mut(&id) {
-                *count -= 1;
-                if *count == 0 {
-                    held.remove(&id);
-                }
-            }
-        }
     }
 
     /// Sends a request to the nameserver, retrying while it is unreachable (e.g.
@@ -784,346 +754,5 @@ impl Client {
             .await;
         self.unhold(ids);
         result.map(|_| ())
-    }
-
-    async fn place(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Result<Placement> {
-        match self
-            .ns_call(ns::Request::PlaceBlock { id, len, exclude })
-            .await?
-        {
-            ns::Response::Placement(placement) => Ok(placement),
-            other => Err(unexpected("place block", other)),
-        }
-    }
-
-    /// Uploads one block (deduplicated: nothing moves if the cluster holds it). Returns
-    /// its reference and the storages that acknowledged it (empty when deduplicated). A
-    /// storage that fails is excluded and the block placed again; copies a failed
-    /// pipeline left out are made on further storages when the cluster has them.
-    /// The block is held against garbage collection until [`Client::commit`] or
-    /// [`Client::unhold`]; a failed upload holds nothing.
-    ///
-    /// A storage that refuses for space while the nameserver still placed the block there
-    /// is freeing space the nameserver reclaimed (its deletions arrive with its next
-    /// heartbeat): the upload is tried again for up to the timeout instead of failing.
-    pub async fn upload_block(&self, data: Bytes, sync: bool) -> Result<(BlockRef, Vec<Location>)> {
-        let id = BlockId::of(&data);
-        self.hold(id);
-        let deadline = Instant::now() + self.unavailable_timeout;
-        let mut pause = Duration::from_millis(100);
-        let result = loop {
-            match self.upload_held(id, data.clone(), sync).await {
-                Err((e, true)) if Instant::now() + pause < deadline => {
-                    tracing::debug!(block = ?id, error = %e, "storages full; waiting for reclaimed space");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => break other.map_err(|(e, _)| e),
-            }
-        };
-        if result.is_err() {
-            self.unhold([id]);
-        }
-        result
-    }
-
-    /// One upload attempt; an error says whether it is worth another (storages refused
-    /// for space although the nameserver placed the block on them).
-    async fn upload_held(
-        &self,
-        id: BlockId,
-        data: Bytes,
-        sync: bool,
-    ) -> std::result::Result<(BlockRef, Vec<Location>), (Error, bool)> {
-        let block = BlockRef {
-            id,
-            len: data.len() as u32,
-        };
-        let mut exclude: Vec<String> = Vec::new();
-        let mut holders: Vec<Location> = Vec::new();
-        let mut wanted = None;
-        let mut last_error = None;
-        for _attempt in 0..UPLOAD_ATTEMPTS {
-            let skip: Vec<String> = exclude
-                .iter()
-                .cloned()
-                .chain(holders.iter().map(|l| l.name.clone()))
-                .collect();
-            let placement = match self.place(id, block.len, skip).await {
-                Ok(p) => p,
-                // Out of candidates: fine if some copy is already durable.
-                Err(_) if !holders.is_empty() => break,
-                Err(e) => {
-                    let full = last_error
-                        .as_ref()
-                        .is_some_and(|e: &Error| e.code() == ErrorCode::NoSpace);
-                    return Err((last_error.unwrap_or(e), full));
-                }
-            };
-            if placement.stored {
-                return Ok((block, holders));
-            }
-            let need = wanted
-                .get_or_insert(placement.targets.len())
-                .saturating_sub(holders.len())
-                .max(1);
-            let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
-            if chain.is_empty() {
-                // A placement naming no storage: nothing to send to (and `send_copies`
-                // would have no pipeline head).
-                let e = vg_wire::RemoteError::new(
-                    ErrorCode::Unavailable,
-                    format!("block {id:?}: the nameserver placed it on no storage"),
-                );
-                return Err((Error::Remote(e), false));
-            }
-            let (acked, failed) = self.send_copies(id, &chain, data.clone(), sync).await;
-            holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
-            if holders.len() >= wanted.unwrap_or(1) {
-                break;
-            }
-            if failed.is_empty() {
-                // A pipeline that left storages out: try others for the missing copies.
-                exclude.extend(
-                    chain
-                        .iter()
-                        .map(|l| l.name.clone())
-                        .filter(|n| !acked.contains(n)),
-                );
-            }
-            for (storage, e) in failed {
-                tracing::warn!(block = ?id, %storage, error = %e, "upload failed; placing the block elsewhere");
-                if e.code() == Some(ErrorCode::Invalid) {
-                    return Err((e.into(), false));
-                }
-                exclude.push(storage);
-                last_error = Some(e.into());
-            }
-        }
-        if holders.is_empty() {
-            let full = last_error
-                .as_ref()
-                .is_some_and(|e| e.code() == ErrorCode::NoSpace);
-            let error = last_error.unwrap_or(Error::Remote(vg_wire::RemoteError::new(
-                ErrorCode::Unavailable,
-                format!("block {id:?}: upload failed"),
-            )));
-            return Err((error, full));
-        }
-        Ok((block, holders))
-    }
-
-    /// Sends a block to the storages of `chain`: a small one to each at once, a large one
-    /// down the chain as a pipeline (each storage forwards it to the next), so that the
-    /// client sends its bytes once. Returns the storages that acknowledged it, and those
-    /// that failed with their error (a pipeline's failure is its head's).
-    async fn send_copies(
-        &self,
-        id: BlockId,
-        chain: &[Location],
-        data: Bytes,
-        sync: bool,
-    ) -> (Vec<String>, Vec<(String, vg_wire::Error)>) {
-        let put = |to: &Location, rest: &[Location]| {
-            let dialer = self.dialer.clone();
-            let (to, data) = (to.clone(), data.clone());
-            let request = storage::Request::Put {
-                id,
-                len: data.len() as u32,
-                chain: rest.to_vec(),
-                sync,
-            };
-            async move {
-                let result =
-                    vg_wire::rpc::send_block(&dialer, &Target::storage(&to), &request, data).await;
-                (to.name, result)
-            }
-        };
-        let sends: Vec<_> = if data.len() <= FAN_OUT_MAX {
-            // Two hops one after the other (client, then storage to storage) cost more
-            // than sending a small block twice.
-            chain.iter().map(|to| tokio::spawn(put(to, &[]))).collect()
-        } else {
-            vec![tokio::spawn(put(&chain[0], &chain[1..]))]
-        };
-        let (mut acked, mut failed) = (Vec::new(), Vec::new());
-        for send in sends {
-            match send.await.expect("upload task does not panic") {
-                (_, Ok(holders)) => acked.extend(holders),
-                (storage, Err(e)) => failed.push((storage, e)),
-            }
-        }
-        (acked, failed)
-    }
-
-    /// Reads bytes `offset..offset+len` of a block from the first replica that serves
-    /// them; a whole block is checked against the checksums stored with it at upload.
-    pub async fn read_block(
-        &self,
-        id: BlockId,
-        locations: &[Location],
-        offset: u32,
-        len: u32,
-    ) -> Result<Vec<u8>> {
-        self.read_replicas(id, locations, offset, len, false).await
-    }
-
-    /// A whole block, checked against its SHA-256 as well (for `vgctl get`); a replica
-    /// whose bytes do not match is passed over as one that failed.
-    pub async fn read_block_hashed(&self, id: BlockId, locations: &[Location]) -> Result<Vec<u8>> {
-        self.read_replicas(id, locations, 0, 0, true).await
-    }
-
-    async fn read_replicas(
-        &self,
-        id: BlockId,
-        locations: &[Location],
-        offset: u32,
-        len: u32,
-        hashed: bool,
-    ) -> Result<Vec<u8>> {
-        let mut reason = String::from("no live replica");
-        let mut ordered: Vec<&Location> = locations.iter().collect();
-        {
-            // Replicas that failed lately go last; otherwise each block picks its own
-            // first replica (rendezvous hashing), so that a sequential reader spreads its
-            // reads over every storage instead of asking the same one for every block.
-            let suspects = self.suspects.lock().expect("suspects lock");
-            ordered.sort_by_cached_key(|l| {
-                let suspect = suspects
-                    .get(&l.name)
-                    .is_some_and(|since| since.elapsed() < SUSPECT_FOR);
-                let mut hasher = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(&(id, &l.name), &mut hasher);
-                (suspect, std::hash::Hasher::finish(&hasher))
-            });
-        }
-        for location in ordered {
-            let target = Target::storage(location);
-            let result = vg_wire::rpc::read_block(&self.dialer, &target, id, offset, len)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|data| match hashed && BlockId::of(&data) != id {
-                    true => Err("sent bytes that do not match the block's SHA-256".into()),
-                    false => Ok(data),
-                });
-            match result {
-                Ok(data) => {
-                    self.suspects
-                        .lock()
-                        .expect("suspects lock")
-                        .remove(&location.name);
-                    return Ok(data);
-                }
-                Err(e) => reason = format!("{}: {e}", location.name),
-            }
-            self.suspects
-                .lock()
-                .expect("suspects lock")
-                .insert(location.name.clone(), Instant::now());
-            tracing::warn!(block = ?id, %reason, "replica failed; trying the next one");
-        }
-        Err(Error::Unreadable {
-            block: id.to_hex(),
-            reason,
-        })
-    }
-
-    /// Asks a storage to re-hash blocks; true for each that is present and intact.
-    pub async fn verify(&self, location: &Location, ids: Vec<BlockId>) -> Result<Vec<bool>> {
-        match self
-            .dialer
-            .call(
-                &Target::storage(location),
-                &storage::Request::Verify { ids },
-            )
-            .await?
-        {
-            storage::Response::Verified(ok) => Ok(ok),
-            other => Err(unexpected("verify", other)),
-        }
-    }
-}
-
-/// Refreshes the grace period of held blocks until the clients holding them are gone.
-async fn keep_held_blocks(
-    held: std::sync::Weak<Mutex<HashMap<BlockId, u32>>>,
-    dialer: Dialer,
-    ns: Target,
-) {
-    loop {
-        tokio::time::sleep(KEEP_EVERY).await;
-        let Some(held) = held.upgrade() else { return };
-        let ids: Vec<BlockId> = held.lock().expect("held lock").keys().copied().collect();
-        drop(held);
-        for batch in ids.chunks(ns::MAX_PAGE as usize) {
-            if let Err(e) = dialer
-                .call::<_, ns::Response>(
-                    &ns,
-                    &ns::Request::KeepBlocks {
-                        ids: batch.to_vec(),
-                    },
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "could not refresh uncommitted blocks");
-            }
-        }
-    }
-}
-
-/// What a commit says of a blob [`Client::upload_block`] stored.
-pub fn stored(blob: BlockRef, holders: &[Location]) -> Stored {
-    let names = holders.iter().map(|l| l.name.clone()).collect();
-    (blob.id, blob.len, names)
-}
-
-/// Splits an absolute path into its parent path and final name.
-pub fn split_path(path: &str) -> Option<(&str, &str)> {
-    let trimmed = path.trim_end_matches('/');
-    let (parent, name) = trimmed.rsplit_once('/')?;
-    if name.is_empty() {
-        return None;
-    }
-    Some((if parent.is_empty() { "/" } else { parent }, name))
-}
-
-/// Joins `path` onto the absolute directory `cwd` and normalises `.` and `..`.
-pub fn absolute(cwd: &str, path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    let joined = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("{cwd}/{path}")
-    };
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-/// The file name of a local path, for `put` into a directory.
-pub fn local_name(path: &Path) -> Option<String> {
-    path.file_name().map(|n| n.to_string_lossy().into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        assert_eq!(absolute("/a/b", "../c/./d"), "/a/c/d");
-        assert_eq!(absolute("/a", "/x//y/"), "/x/y");
-        assert_eq!(absolute("/", ".."), "/");
-        assert_eq!(split_path("/a/b"), Some(("/a", "b")));
-        assert_eq!(split_path("/a"), Some(("/", "a")));
-        assert_eq!(split_path("/"), None);
     }
 }

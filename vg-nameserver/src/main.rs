@@ -71,11 +71,9 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
-    let listen = tokio::net::lookup_host((args.hostname.as_str(), args.port))
+    let listen = vg_wire::cli::resolve(&args.hostname, args.port)
         .await
-        .with_context(|| format!("resolve --hostname {}", args.hostname))?
-        .next()
-        .with_context(|| format!("--hostname {}: no address", args.hostname))?;
+        .with_context(|| format!("resolve --hostname {}", args.hostname))?;
     let block_size = u32::try_from(args.block_size).context("--block-size: too large")?;
     let tls = args.tls.paths("nameserver");
     let mut config = vg_nameserver::Config::new(listen, args.meta_dir, tls);

@@ -58,11 +58,9 @@ struct Args {
 }
 
 async fn resolve(host: &str, port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host((host, port))
+    vg_wire::cli::resolve(host, port)
         .await
-        .with_context(|| format!("resolve {flag} {host}"))?
-        .next()
-        .with_context(|| format!("{flag} {host}: no address"))
+        .with_context(|| format!("resolve {flag} {host}"))
 }
 
 // One runtime thread: a request is answered by the thread that received it. With a

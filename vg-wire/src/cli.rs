@@ -1,11 +1,21 @@
-//! Helpers shared by the vg binaries: TLS flags, log setup and shutdown signals.
+//! Helpers shared by the vg binaries: TLS flags, host names, log setup and shutdown
+//! signals.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::tls::TlsPaths;
+
+/// The first address `host` resolves to, with `port`.
+pub async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
 
 /// The TLS flags of every binary; unset paths default to the original layout under
 /// `certs/` for the peer's name.

@@ -2,7 +2,7 @@
 //! blocks in flight, so memory stays bounded whatever the file size.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,46 +17,6 @@ type Uploaded = (BlockRef, Vec<Location>);
 /// Blocks transferred concurrently.
 const IN_FLIGHT: usize = 4;
 
-/// A progress line on stderr, shown only on a terminal.
-pub struct Progress {
-    label: String,
-    total: u64,
-    done: u64,
-    shown: bool,
-}
-
-impl Progress {
-    /// A progress line for `label` of `total` bytes; silent unless stderr is a terminal.
-    pub fn new(label: &str, total: u64) -> Self {
-        Progress {
-            label: label.to_string(),
-            total,
-            done: 0,
-            shown: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        if self.shown {
-            let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
-            let bar = "#".repeat((pct / 5) as usize);
-            eprint!(
-                "\r{} [{bar:<20}] {pct:3}% {}/{}",
-                self.label,
-                vg_wire::size::format_size(self.done),
-                vg_wire::size::format_size(self.total)
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprintln!();
-        }
-    }
-}
-
 fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Local {
         path: path.display().to_string(),
@@ -65,11 +25,16 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl Client {
-    /// Uploads a local file to `ino` (an existing regular file), replacing its content.
-    pub async fn put_file(&self, local: &Path, ino: vg_wire::Ino) -> Result<Attr> {
+    /// Uploads a local file to `ino` (an existing regular file), replacing its content;
+    /// `advanced` hears of each block's bytes once stored.
+    pub async fn put_file(
+        &self,
+        local: &Path,
+        ino: vg_wire::Ino,
+        mut advanced: impl FnMut(u64),
+    ) -> Result<Attr> {
         let mut file = std::fs::File::open(local).map_err(local_err(local))?;
         let size = file.metadata().map_err(local_err(local))?.len();
-        let mut progress = Progress::new(&local.display().to_string(), size);
         let block_size = self.block_size as usize;
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Uploaded>>> = VecDeque::new();
         let mut blocks = Vec::new();
@@ -105,7 +70,7 @@ impl Client {
                         return Err(e);
                     }
                 };
-                progress.advance(block.len as u64);
+                advanced(block.len as u64);
                 stored_blobs.push(stored(block, &holders));
                 // Each block replaces, whole, what the file held there.
                 let whole = Slice {
@@ -120,7 +85,6 @@ impl Client {
                 break;
             }
         }
-        progress.finish();
         if offset != size {
             tracing::debug!(
                 expected = size,
@@ -133,8 +97,14 @@ impl Client {
     }
 
     /// Downloads a file to a local path, checking every block against its SHA-256 (the
-    /// mount checks only the storage's checksums, which is cheaper).
-    pub async fn get_file(&self, ino: vg_wire::Ino, local: &Path) -> Result<u64> {
+    /// mount checks only the storage's checksums, which is cheaper); `advanced` hears of
+    /// each block's bytes once written.
+    pub async fn get_file(
+        &self,
+        ino: vg_wire::Ino,
+        local: &Path,
+        mut advanced: impl FnMut(u64),
+    ) -> Result<u64> {
         let layout = self.layout(ino).await?;
         if layout.attr.kind != FileKind::File {
             return Err(Error::Remote(vg_wire::RemoteError::new(
@@ -145,7 +115,6 @@ impl Client {
         let size = layout.attr.size;
         let block_size = layout.block_size as u64;
         let mut out = std::fs::File::create(local).map_err(local_err(local))?;
-        let mut progress = Progress::new(&local.display().to_string(), size);
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
         let locations: Arc<HashMap<BlockId, Vec<Location>>> =
             Arc::new(layout.locations.into_iter().collect());
@@ -180,10 +149,9 @@ impl Client {
             let data = task.await.expect("download task does not panic")?;
             out.write_all(&data).map_err(local_err(local))?;
             written += data.len() as u64;
-            progress.advance(data.len() as u64);
+            advanced(data.len() as u64);
         }
         out.sync_all().map_err(local_err(local))?;
-        progress.finish();
         Ok(written)
     }
 }

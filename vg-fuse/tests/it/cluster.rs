@@ -40,17 +40,28 @@ pub async fn names(client: &Client, dir: vg_wire::Ino) -> Vec<String> {
         .collect()
 }
 
+/// The tests' one pseudo-random generator (xorshift64: seeded, so a failure replays).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number (the state must not be 0).
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut rng = Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    (0..len).map(|_| rng.next() as u8).collect()
 }
 
 /// Where the nameserver runs.
@@ -342,12 +353,13 @@ impl TestCluster {
     ) -> vg_fuse::client::Result<vg_wire::Ino> {
         let local = self.dir.path().join("upload.tmp");
         std::fs::write(&local, data).unwrap();
-        let (parent, name) = vg_fuse::client::split_path(path).unwrap();
+        let (parent, name) = path.rsplit_once('/').expect("an absolute path");
+        let parent = if parent.is_empty() { "/" } else { parent };
         let parent = client.resolve(parent).await?.ino;
         let attr = client
             .create(parent, name.as_bytes(), 0o644, Maker::ROOT, false)
             .await?;
-        client.put_file(&local, attr.ino).await?;
+        client.put_file(&local, attr.ino, |_| {}).await?;
         Ok(attr.ino)
     }
 
@@ -355,7 +367,7 @@ impl TestCluster {
     pub async fn get(&self, client: &Client, path: &str) -> vg_fuse::client::Result<Vec<u8>> {
         let ino = client.resolve(path).await?.ino;
         let local = self.dir.path().join("download.tmp");
-        client.get_file(ino, &local).await?;
+        client.get_file(ino, &local, |_| {}).await?;
         Ok(std::fs::read(&local).unwrap())
     }
 }

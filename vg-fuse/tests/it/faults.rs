@@ -6,7 +6,7 @@ use std::time::Duration;
 use vg_fuse::client::{Client, Config, Maker};
 use vg_wire::tls::TlsPaths;
 
-use crate::cluster::{bytes, eventually, TestCluster, BLOCK};
+use crate::cluster::{bytes, eventually, Rng, TestCluster, BLOCK};
 
 /// A client that gives up quickly when the nameserver is gone (the crash tests want the
 /// writers to notice the crash, not to wait for the restart).
@@ -47,11 +47,9 @@ async fn writer(client: Client, w: u64, seed: u64) -> Model {
             Err(_) => return model,
         },
     };
-    let mut state = seed | 1;
+    let mut rng = Rng(seed | 1);
     for i in 0u64.. {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
+        let state = rng.next();
         let name = format!("n{i}");
         let (result, touched) = match state % 4 {
             0 => (
@@ -210,7 +208,7 @@ async fn nameserver_crash_during_metadata_bursts_20_seeded_iterations() {
                 else {
                     break;
                 };
-                if client.put_file(&local, attr.ino).await.is_err() {
+                if client.put_file(&local, attr.ino, |_| {}).await.is_err() {
                     break;
                 }
                 written.push((name, data));
@@ -281,11 +279,9 @@ async fn torn_write_ahead_log_recovers_the_valid_prefix() {
     cluster.kill_nameserver();
     let wal = cluster.dir.path().join("meta").join("wal");
     let full = std::fs::read(&wal).unwrap();
-    let mut state = 0x7011_u64;
+    let mut rng = Rng(0x7011);
     for round in 0..5 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
+        let state = rng.next();
         let cut = (state as usize) % full.len();
         let mut torn = full[..cut].to_vec();
         torn.extend((0..(state % 50)).map(|i| (i as u8).wrapping_mul(151) ^ 0x5a));

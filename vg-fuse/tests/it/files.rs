@@ -7,22 +7,7 @@ use vg_fuse::client::files::{Files, Limits};
 use vg_fuse::client::Maker;
 use vg_wire::SetAttr;
 
-use crate::cluster::{bytes, TestCluster, BLOCK};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use crate::cluster::{bytes, Rng, TestCluster, BLOCK};
 
 fn limits() -> Limits {
     // Small limits so that back-pressure, eviction and re-fetching all happen.

@@ -7,7 +7,7 @@ use vg_wire::rpc::{Dialer, Target};
 use vg_wire::tls::{write_peer, Ca, Identity, TlsPaths, Validity};
 use vg_wire::{codec, ns, storage, BlockId, ErrorCode, Role};
 
-use crate::cluster::TestCluster;
+use crate::cluster::{Rng, TestCluster};
 
 fn dialer(paths: &TlsPaths) -> Dialer {
     let identity = Identity::load(paths).expect("load identity");
@@ -160,13 +160,8 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
     let cluster = TestCluster::start(1, 1 << 30).await;
     let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
     let targets = [ns_target(&cluster), storage_target(&cluster, "s0")];
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = Rng(0x1234_5678_9abc_def0);
+    let mut next = || rng.next();
     let good = codec::encode(&ns::Request::StatFs).unwrap();
     for round in 0..200 {
         let target = &targets[round % 2];

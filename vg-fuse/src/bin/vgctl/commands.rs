@@ -4,11 +4,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use vg_fuse::client::{absolute, local_name, split_path, Client, Error, Maker};
+use vg_fuse::client::{Client, Error, Maker};
 use vg_wire::ns::StorageState;
 use vg_wire::size::format_size;
 use vg_wire::{Attr, BlockId, FileKind, Ino, Location, ROOT_INO};
 
+use crate::paths::{absolute, local_name, split_path};
+use crate::progress::Progress;
 use crate::Command;
 
 /// A connected client, the current vg directory and the local directory.
@@ -386,10 +388,14 @@ impl Session {
         if attr.kind != FileKind::File {
             bail!("{dfs}: Is a directory");
         }
-        self.client
-            .put_file(&local, attr.ino)
-            .await
-            .map_err(at(&dfs))?;
+        let size = std::fs::metadata(&local).map_or(0, |m| m.len());
+        let mut progress = Progress::new(&local.display().to_string(), size);
+        let put = self
+            .client
+            .put_file(&local, attr.ino, |n| progress.advance(n))
+            .await;
+        progress.finish();
+        put.map_err(at(&dfs))?;
         // A copy tool reports success once the copy is on disk.
         self.client.sync().await.map_err(at(&dfs))?;
         Ok(())
@@ -407,10 +413,13 @@ impl Session {
         if target.is_dir() {
             target = target.join(name);
         }
-        self.client
-            .get_file(attr.ino, &target)
-            .await
-            .map_err(|e| anyhow::anyhow!("{dfs}: {}", e.describe()))?;
+        let mut progress = Progress::new(&target.display().to_string(), attr.size);
+        let got = self
+            .client
+            .get_file(attr.ino, &target, |n| progress.advance(n))
+            .await;
+        progress.finish();
+        got.map_err(|e| anyhow::anyhow!("{dfs}: {}", e.describe()))?;
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 
 mod certs;
 mod commands;
+mod paths;
+mod progress;
 mod shell;
 
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 
 pub mod block_store;
 pub mod error;
+mod maintenance;
 mod ns_link;
 mod server;
 mod volumes;
@@ -112,12 +113,10 @@ impl Drop for Handle {
 /// Opens the block store and starts serving and talking to the nameserver.
 pub async fn start(config: Config) -> Result<Handle> {
     let identity = Identity::load(&config.tls)?;
-    let (name, role) = identity
-        .name_and_role()
-        .map_err(|reason| vg_wire::Error::Tls {
-            path: config.tls.certfile.display().to_string(),
-            reason,
-        })?;
+    let (name, role) = identity.name_and_role().map_err(|e| vg_wire::Error::Tls {
+        path: config.tls.certfile.display().to_string(),
+        reason: e.to_string(),
+    })?;
     if role != Role::Storage || name != config.name {
         return Err(vg_wire::Error::Tls {
             path: config.tls.certfile.display().to_string(),

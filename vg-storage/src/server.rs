@@ -2,11 +2,10 @@
 //! verification; plus the background scrub.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer, Target};
 use vg_wire::storage::{Request, Response};
@@ -173,7 +172,7 @@ impl Storage {
     }
 
     /// Notes a corrupt block: deleted here, reported so the cluster re-replicates it.
-    fn found_bad(&self, id: BlockId) {
+    pub(crate) fn found_bad(&self, id: BlockId) {
         if self.store.delete(&id) {
             warn!(block = %id, "corrupt block deleted; the nameserver will re-replicate it");
             self.changes.lock().expect("changes lock").bad.push(id);
@@ -343,74 +342,6 @@ impl Storage {
         };
         let data = vg_wire::rpc::share(data);
         vg_wire::rpc::send_block(&self.dialer, &Target::storage(next), &request, data).await
-    }
-
-    /// Copies a block from the first source that has it intact.
-    pub async fn replicate(&self, id: BlockId, sources: Vec<Location>) {
-        if let Some(len) = self.store.len_of(&id) {
-            self.changes.lock().expect("changes lock").stored(id, len);
-            return;
-        }
-        for source in sources.iter().filter(|s| s.name != self.name) {
-            let target = Target::storage(source);
-            match vg_wire::rpc::read_block(&self.dialer, &target, id, 0, 0).await {
-                Ok(data) if BlockId::of(&data) == id => {
-                    let (store, len) = (self.store.clone(), data.len() as u32);
-                    match tokio::task::spawn_blocking(move || store.put(&id, &data))
-                        .await
-                        .expect("put does not panic")
-                    {
-                        Ok(()) => {
-                            info!(block = %id, from = %source.name, "replicated block");
-                            self.changes.lock().expect("changes lock").stored(id, len);
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(block = %id, error = %e, "cannot store replica");
-                            return;
-                        }
-                    }
-                }
-                Ok(_) => {
-                    warn!(block = %id, from = %source.name, "replica source sent bytes that do not match the block")
-                }
-                Err(e) => {
-                    warn!(block = %id, from = %source.name, error = %e, "replica source failed")
-                }
-            }
-        }
-    }
-
-    /// Re-hashes every block at `rate` bytes per second, forever, deleting and reporting
-    /// corrupt ones.
-    pub async fn scrub_loop(self: Arc<Self>, rate: u64) {
-        loop {
-            let blocks = self.store.list();
-            for (id, len) in blocks {
-                tokio::time::sleep(Duration::from_secs_f64(len as f64 / rate as f64)).await;
-                let store = self.store.clone();
-                let intact = tokio::task::spawn_blocking(move || {
-                    store.len_of(&id).is_none() || store.verify(&id)
-                })
-                .await
-                .unwrap_or(true);
-                if !intact {
-                    self.found_bad(id);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Reclaims the space of deleted small blocks every `every`, forever.
-    pub async fn compact_loop(self: Arc<Self>, every: Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            let store = self.store.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.compact()).await {
-                warn!(error = %e, "volume compaction failed");
-            }
-        }
     }
 }
 

@@ -110,7 +110,7 @@ impl Identity {
     }
 
     /// The name and role of this peer's own certificate.
-    pub fn name_and_role(&self) -> std::result::Result<(String, Role), String> {
+    pub fn name_and_role(&self) -> std::result::Result<(String, Role), CertError> {
         cert_identity(&self.chain[0])
     }
 
@@ -220,33 +220,51 @@ pub const MAX_DATAGRAM: u16 = 6_500;
 /// them, Ethernet-sized packets would cost a system call each.
 pub const LOOPBACK_DATAGRAM: u16 = 65_000;
 
+/// Why a certificate does not name a vg peer.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// It is not an X.509 certificate.
+    #[error("unparsable certificate: {0}")]
+    Unparsable(String),
+    /// It has no common name (the peer's name).
+    #[error("certificate has no common name")]
+    NoName,
+    /// Its organizational unit is missing or not a vg role.
+    #[error("certificate has no vg role (organizational unit): {0}")]
+    NoRole(String),
+    /// The peer presented none.
+    #[error("peer presented no certificate")]
+    Missing,
+}
+
 /// The (name, role) a vg certificate grants: its common name and organizational unit.
-pub fn cert_identity(cert: &CertificateDer<'_>) -> std::result::Result<(String, Role), String> {
+pub fn cert_identity(cert: &CertificateDer<'_>) -> std::result::Result<(String, Role), CertError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| format!("unparsable certificate: {e}"))?;
+        .map_err(|e| CertError::Unparsable(e.to_string()))?;
     let subject = parsed.subject();
     let name = subject
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .ok_or("certificate has no common name")?
+        .ok_or(CertError::NoName)?
         .to_string();
     let role = subject
         .iter_organizational_unit()
         .next()
         .and_then(|ou| ou.as_str().ok())
-        .ok_or("certificate has no role (organizational unit)")?
-        .parse::<Role>()?;
+        .ok_or_else(|| CertError::NoRole("none".into()))?
+        .parse::<Role>()
+        .map_err(CertError::NoRole)?;
     Ok((name, role))
 }
 
 /// The (name, role) of the peer at the other end of an authenticated connection.
-pub fn peer_identity(conn: &quinn::Connection) -> std::result::Result<(String, Role), String> {
+pub fn peer_identity(conn: &quinn::Connection) -> std::result::Result<(String, Role), CertError> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or("peer presented no certificate")?;
-    cert_identity(certs.first().ok_or("peer presented no certificate")?)
+        .ok_or(CertError::Missing)?;
+    cert_identity(certs.first().ok_or(CertError::Missing)?)
 }
 
 /// A certificate and key in PEM form.

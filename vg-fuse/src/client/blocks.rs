@@ -283,10 +283,7 @@ impl Client {
                 .insert(location.name.clone(), Instant::now());
             tracing::warn!(block = ?id, %reason, "replica failed; trying the next one");
         }
-        Err(Error::Unreadable {
-            block: id.to_hex(),
-            reason,
-        })
+        Err(Error::Unreadable { block: id, reason })
     }
 
     /// Asks a storage to re-hash blocks; true for each that is present and intact.

@@ -112,7 +112,7 @@ pub fn segment_bytes(
         .get(&id)
         .and_then(|blob| blob.get(off as usize..off as usize + n))
         .ok_or_else(|| Error::Unreadable {
-            block: id.to_hex(),
+            block: id,
             reason: format!("shorter than a slice needs ({n} bytes at {off})"),
         })
 }

@@ -15,7 +15,7 @@ pub enum Error {
     #[error("block {block}: no intact replica could be read ({reason})")]
     Unreadable {
         /// The block.
-        block: String,
+        block: vg_wire::BlockId,
         /// The last failure.
         reason: String,
     },

@@ -919,10 +919,7 @@ impl Files {
             .await
             .clone();
         self.fetching.lock().expect("fetching lock").remove(&id);
-        result.map_err(|reason| Error::Unreadable {
-            block: id.to_hex(),
-            reason,
-        })
+        result.map_err(|reason| Error::Unreadable { block: id, reason })
     }
 
     /// Bytes `range` of a blob; from the block cache without a copy, or a byte-range read
@@ -938,7 +935,7 @@ impl Files {
             let data = self.whole_blob(id, locations).await?;
             if range.end as usize > data.len() {
                 return Err(Error::Unreadable {
-                    block: id.to_hex(),
+                    block: id,
                     reason: format!("{} bytes, shorter than a slice needs", data.len()),
                 });
             }

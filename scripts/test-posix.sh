@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # POSIX cases programs rely on, each with its expected result or errno, on real FUSE
 # mounts of a real loopback cluster: special files, names over 255 bytes, extended
-# attributes, files unlinked while open (on this mount, from another one, across a
-# nameserver restart, and on a mount that dies), locks across mounts (flock, fcntl
-# ranges, waits woken at release, deadlocks, a restart, a dead or cut-off mount, sqlite
-# on two mounts). Prints PASS/FAIL per case and ends with "N passed, N failed".
+# attributes, POSIX ACLs, files unlinked while open (on this mount, from another one,
+# across a nameserver restart, and on a mount that dies), locks across mounts (flock,
+# fcntl ranges, waits woken at release or ended by a signal, deadlocks, a restart, a
+# dead or cut-off mount, sqlite on two mounts), instant copies. Prints PASS/FAIL per
+# case and ends with "N passed, N failed".
 #
 #   scripts/test-posix.sh        (as root; uses the binaries in $VG_BIN, default target/debug;
-#                                 KEEP=1 keeps the work directory and its logs)
+#                                 KEEP=1 keeps the work directory and its logs; ONLY=TEXT
+#                                 runs the cases whose name contains TEXT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

@@ -345,6 +345,37 @@ sqlite_across() {
 }
 check "sqlite on two mounts inserting at once (200 transactions each): no row lost, integrity ok" sqlite_across
 
+# The mount helper: vg-fuse installed as /sbin/mount.vg serves mount -t vg and fstab
+# lines of type vg (here from a test fstab, mount -T), -o options become its flags, ro
+# mounts read-only, a bad option or address fails with a message and a non-zero exit.
+helper_mounts() {
+  local c=$VG_CERTS opts fstab=$work/fstab code
+  opts="ca=$c/rootCA.crt,cert=$c/client/client.crt,key=$c/client/client.key"
+  if [[ -e /sbin/mount.vg || -L /sbin/mount.vg ]]; then
+    mv /sbin/mount.vg "$work/mount.vg.saved" || return 1
+  fi
+  ln -s "$bin/vg-fuse" /sbin/mount.vg && mkdir -p "$work/mnt-h1" "$work/mnt-h2" "$work/mnt-h3" || return 1
+  printf '127.0.0.1:%s %s vg %s,_netdev,nofail,x-systemd.automount,logfile=%s 0 0\n' \
+    "$VG_NS_PORT" "$work/mnt-h1" "$opts" "$home/logs/h1.log" >"$fstab"
+  printf '127.0.0.1:%s %s vg %s,ro,attr_ttl=2s 0 0\n' "$VG_NS_PORT" "$work/mnt-h2" "$opts" >>"$fstab"
+  mount -T "$fstab" -a && echo "through the helper" >"$work/mnt-h1/helped" \
+    && [[ $(cat "$mnt/helped") == "through the helper" ]] && eventually 10 test -e "$work/mnt-h2/helped" \
+    && [[ $(cat "$work/mnt-h2/helped") == "through the helper" ]] \
+    && ! touch "$work/mnt-h2/refused" 2>"$work/ro.err" && grep "Read-only file system" "$work/ro.err" \
+    && mount -t vg "127.0.0.1:$VG_NS_PORT" "$work/mnt-h3" -o "$opts" && eventually 10 test -e "$work/mnt-h3/helped" \
+    && umount "$work/mnt-h1" && umount -l "$work/mnt-h2" && umount "$work/mnt-h3" || code=1
+  if mount -t vg "127.0.0.1:$VG_NS_PORT" "$work/mnt-h3" -o "$opts,no_such_option" 2>"$work/bad.err"; then
+    echo "a bad option mounted"; code=1
+  fi
+  grep -- "--no-such-option" "$work/bad.err" || code=1
+  if mount -t vg "127.0.0.1:port" "$work/mnt-h3" 2>"$work/bad.err"; then code=1; fi
+  grep "the port must be a number" "$work/bad.err" || code=1
+  rm -f /sbin/mount.vg "$mnt/helped"
+  [[ -e $work/mount.vg.saved || -L $work/mount.vg.saved ]] && mv "$work/mount.vg.saved" /sbin/mount.vg
+  return "${code:-0}"
+}
+check "mount.vg: fstab lines of type vg (mount -T), mount -t vg, ro, umount -l; bad options refused" helper_mounts
+
 # Instant copies: cp uses copy_file_range, whose copy names the source's blobs, so a
 # 1 GiB copy moves no bytes and takes no space. cp --reflink=always needs FICLONE, which
 # the kernel does not pass to FUSE file systems: EOPNOTSUPP, as README says. Last: the

@@ -11,6 +11,7 @@ use fuser::MountOption;
 use vg_fuse::args::ConnArgs;
 use vg_fuse::client::files::{Files, Limits};
 use vg_fuse::fuse::VgFs;
+use vg_fuse::mount_helper;
 use vg_wire::size::{parse_duration, parse_size};
 
 /// Mount a vg cluster as a file system.
@@ -25,6 +26,9 @@ struct Args {
     /// Run in the background once mounted.
     #[arg(long)]
     daemon: bool,
+    /// Mount read-only (writes fail with EROFS).
+    #[arg(long, env = "VG_READ_ONLY")]
+    read_only: bool,
     /// How long the kernel may cache attributes and directory entries.
     #[arg(long, env = "VG_ATTR_TTL", default_value = "1s", value_parser = parse_duration)]
     attr_ttl: Duration,
@@ -54,9 +58,23 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut argv: Vec<String> = std::env::args().collect();
+    let helper = argv
+        .first()
+        .is_some_and(|a| mount_helper::invoked_as_helper(a));
+    if helper {
+        argv = match mount_helper::translate(&argv[1..]) {
+            Ok(Some(argv)) => argv,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("mount.vg: {e}");
+                std::process::exit(1);
+            }
+        };
+    }
+    let args = Args::parse_from(&argv);
     let result = if args.daemon {
-        daemonize(&args)
+        daemonize(&args, &argv[1..], helper)
     } else {
         run(args)
     };
@@ -81,20 +99,19 @@ fn is_mounted(path: &Path) -> bool {
     })
 }
 
-/// Starts this program again without `--daemon`, detached, and waits until it has mounted.
-fn daemonize(args: &Args) -> anyhow::Result<()> {
+/// Starts this program again with `argv` but without `--daemon`, detached, and waits
+/// until it has mounted; prints its PID, unless run by mount(8) (`helper`), whose
+/// caller's terminal then gets no log lines either (only `logfile=` keeps them).
+fn daemonize(args: &Args, argv: &[String], helper: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("find own executable")?;
-    let argv: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--daemon")
-        .collect();
+    let argv: Vec<&String> = argv.iter().filter(|a| *a != "--daemon").collect();
     let mut command = std::process::Command::new(exe);
     command
         .args(argv)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    if args.logfile.is_some() {
+    if args.logfile.is_some() || helper {
         command.stderr(std::process::Stdio::null());
     }
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
@@ -108,7 +125,9 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if is_mounted(&args.mountpoint) {
-            println!("{}", child.id());
+            if !helper {
+                println!("{}", child.id());
+            }
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -157,7 +176,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         MountOption::Subtype("vg".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
-        MountOption::RW,
+        if args.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

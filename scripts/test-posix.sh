@@ -376,6 +376,18 @@ helper_mounts() {
 }
 check "mount.vg: fstab lines of type vg (mount -T), mount -t vg, ro, umount -l; bad options refused" helper_mounts
 
+# --log-format json: every line a JSON object (for log collectors), with the fields.
+json_logs() {
+  local pid log=$home/logs/json.log
+  mkdir -p "$work/mnt-j" && pid=$("$bin/vg-fuse" "$work/mnt-j" --daemon --log-format json --logfile "$log") \
+    && ls "$work/mnt-j" >/dev/null && umount "$work/mnt-j" && eventually 10 test ! -d "/proc/$pid" || return 1
+  python3 -c 'import json, sys
+lines = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+mounted = [l for l in lines if l.get("message") == "mounted"]
+sys.exit(not (mounted and mounted[0].get("mountpoint") and mounted[0].get("level") == "INFO"))' "$log"
+}
+check "--log-format json: the mount logs one JSON object per line, fields included" json_logs
+
 # Instant copies: cp uses copy_file_range, whose copy names the source's blobs, so a
 # 1 GiB copy moves no bytes and takes no space. cp --reflink=always needs FICLONE, which
 # the kernel does not pass to FUSE file systems: EOPNOTSUPP, as README says. Last: the

@@ -49,12 +49,8 @@ struct Args {
     boot_id_file: PathBuf,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
-    /// Log to this file instead of stderr.
-    #[arg(long, env = "VG_LOGFILE")]
-    logfile: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long, env = "VG_LOGLEVEL", default_value = "info")]
-    loglevel: String,
+    #[command(flatten)]
+    log: vg_wire::cli::LogArgs,
 }
 
 // One thread: a metadata request costs microseconds of CPU, while handing it between
@@ -70,7 +66,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
+    args.log.init().context("open log file")?;
     let listen = vg_wire::cli::resolve(&args.hostname, args.port)
         .await
         .with_context(|| format!("resolve --hostname {}", args.hostname))?;

@@ -49,12 +49,8 @@ struct Args {
     durability: vg_wire::cli::Durability,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
-    /// Log to this file instead of stderr.
-    #[arg(long, env = "VG_LOGFILE")]
-    logfile: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long, env = "VG_LOGLEVEL", default_value = "info")]
-    loglevel: String,
+    #[command(flatten)]
+    log: vg_wire::cli::LogArgs,
 }
 
 async fn resolve(host: &str, port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -77,7 +73,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    vg_wire::cli::init_logging(args.logfile.as_deref(), &args.loglevel).context("open log file")?;
+    args.log.init().context("open log file")?;
     let listen = resolve(&args.hostname, args.port, "--hostname").await?;
     let ns_addr = resolve(&args.ns_hostname, args.ns_port, "--ns-hostname").await?;
     let advertise = match &args.advertise {

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing_subscriber::EnvFilter;
 
@@ -45,30 +45,72 @@ impl TlsArgs {
 }
 
 /// Installs the global log subscriber: to `logfile` if given, else stderr, at `level`
-/// (`error`, `warn`, `info`, `debug`, `trace`, or a full `RUST_LOG`-style filter).
-pub fn init_logging(logfile: Option<&Path>, level: &str) -> std::io::Result<()> {
+/// How log lines look.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: time, level, message, fields.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The log flags of the servers and the mount.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log to this file instead of stderr.
+    #[arg(long, env = "VG_LOGFILE")]
+    pub logfile: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, env = "VG_LOGLEVEL", default_value = "info")]
+    pub loglevel: String,
+    /// Log line format.
+    #[arg(long, env = "VG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Sets up logging as the flags say.
+    pub fn init(&self) -> std::io::Result<()> {
+        init_logging(self.logfile.as_deref(), &self.loglevel, self.log_format)
+    }
+}
+
+/// Sends log lines at `level` (a filter such as `info` or `vg_storage=debug`) to
+/// `logfile`, or to stderr, in `format`.
+pub fn init_logging(logfile: Option<&Path>, level: &str, format: LogFormat) -> std::io::Result<()> {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
     match logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            install(filter, format, false, std::sync::Mutex::new(file));
         }
         // Colours only for people at a terminal, not for `docker-compose logs` or files.
-        None => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .init(),
+        None => install(
+            filter,
+            format,
+            std::io::stderr().is_terminal(),
+            std::io::stderr,
+        ),
     }
     Ok(())
+}
+
+fn install<W>(filter: EnvFilter, format: LogFormat, ansi: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -104,7 +104,11 @@ pub enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = vg_wire::cli::init_logging(cli.logfile.as_deref(), &cli.loglevel) {
+    if let Err(e) = vg_wire::cli::init_logging(
+        cli.logfile.as_deref(),
+        &cli.loglevel,
+        vg_wire::cli::LogFormat::Text,
+    ) {
         eprintln!("vgctl: open log file: {e}");
         std::process::exit(1);
     }

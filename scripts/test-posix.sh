@@ -359,7 +359,8 @@ helper_mounts() {
     "$VG_NS_PORT" "$work/mnt-h1" "$opts" "$home/logs/h1.log" >"$fstab"
   printf '127.0.0.1:%s %s vg %s,ro,attr_ttl=2s 0 0\n' "$VG_NS_PORT" "$work/mnt-h2" "$opts" >>"$fstab"
   mount -T "$fstab" -a && echo "through the helper" >"$work/mnt-h1/helped" \
-    && [[ $(cat "$mnt/helped") == "through the helper" ]] && eventually 10 test -e "$work/mnt-h2/helped" \
+    && eventually 10 test -e "$mnt/helped" && [[ $(cat "$mnt/helped") == "through the helper" ]] \
+    && eventually 10 test -e "$work/mnt-h2/helped" \
     && [[ $(cat "$work/mnt-h2/helped") == "through the helper" ]] \
     && ! touch "$work/mnt-h2/refused" 2>"$work/ro.err" && grep "Read-only file system" "$work/ro.err" \
     && mount -t vg "127.0.0.1:$VG_NS_PORT" "$work/mnt-h3" -o "$opts" && eventually 10 test -e "$work/mnt-h3/helped" \
@@ -370,6 +371,10 @@ helper_mounts() {
   grep -- "--no-such-option" "$work/bad.err" || code=1
   if mount -t vg "127.0.0.1:port" "$work/mnt-h3" 2>"$work/bad.err"; then code=1; fi
   grep "the port must be a number" "$work/bad.err" || code=1
+  # Whatever failed above, no helper mount outlives the case.
+  for m in h1 h2 h3; do
+    if mountpoint -q "$work/mnt-$m"; then umount -l "$work/mnt-$m"; fi
+  done
   rm -f /sbin/mount.vg "$mnt/helped"
   [[ -e $work/mount.vg.saved || -L $work/mount.vg.saved ]] && mv "$work/mount.vg.saved" /sbin/mount.vg
   return "${code:-0}"
@@ -387,6 +392,47 @@ mounted = [l for l in lines if l.get("message") == "mounted"]
 sys.exit(not (mounted and mounted[0].get("mountpoint") and mounted[0].get("level") == "INFO"))' "$log"
 }
 check "--log-format json: the mount logs one JSON object per line, fields included" json_logs
+
+# Installed as a service: scripts/install.sh (staged under DESTDIR) puts the binaries,
+# mount.vg and the systemd units in place; systemd-analyze verify finds nothing to say of
+# the units (where systemd is present); and a server tells systemd (Type=notify) that
+# it is ready, here over a NOTIFY_SOCKET this test listens on.
+services() {
+  local root=$work/root units=$work/units out
+  VG_BIN=$bin DESTDIR=$root scripts/install.sh >/dev/null \
+    && [[ -x $root/usr/local/bin/vg-nameserver && $(readlink "$root/sbin/mount.vg") == /usr/local/bin/vg-fuse ]] \
+    || return 1
+  if command -v systemd-analyze >/dev/null; then
+    mkdir -p "$units"
+    for unit in "$root"/etc/systemd/system/*.service; do
+      sed "s,/usr/local/bin/,$root/usr/local/bin/,; s,EnvironmentFile=,EnvironmentFile=-," "$unit" \
+        >"$units/$(basename "$unit")"
+    done
+    cp "$units/vg-storage@.service" "$units/vg-storage@alice.service"
+    out=$(cd "$units" && systemd-analyze verify vg-nameserver.service vg-storage@alice.service 2>&1)
+    [[ -z $out ]] || { echo "systemd-analyze verify: $out"; return 1; }
+  else
+    echo "systemd-analyze is not here: the units were not verified"
+  fi
+  python3 - "$work/notify.sock" "$bin/vg-nameserver" "$(random_port)" "$work/meta-notify" "$VG_CERTS" <<'PY'
+import os, socket, subprocess, sys
+path, exe, port, meta, certs = sys.argv[1:]
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+listener.bind(path)
+listener.settimeout(30)
+tls = ["--ca-cert", f"{certs}/rootCA.crt", "--certfile", f"{certs}/nameserver/nameserver.crt",
+       "--keyfile", f"{certs}/nameserver/nameserver.key"]
+server = subprocess.Popen([exe, "--port", port, "--meta-dir", meta] + tls,
+                          env=dict(os.environ, NOTIFY_SOCKET=path), stderr=subprocess.DEVNULL)
+try:
+    message = listener.recv(4096).decode()
+finally:
+    server.terminate()
+    server.wait()
+sys.exit(0 if "READY=1" in message else f"the nameserver sent {message!r}")
+PY
+}
+check "install.sh stages binaries, mount.vg and systemd units; systemd-analyze verify clean; READY=1 sent" services
 
 # Instant copies: cp uses copy_file_range, whose copy names the source's blobs, so a
 # 1 GiB copy moves no bytes and takes no space. cp --reflink=always needs FICLONE, which

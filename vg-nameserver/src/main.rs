@@ -88,6 +88,7 @@ async fn run() -> anyhow::Result<()> {
     let mut handle = vg_nameserver::start(config)
         .await
         .context("start nameserver")?;
+    vg_wire::cli::ready();
     tokio::select! {
         _ = handle.wait() => {}
         _ = vg_wire::cli::shutdown_signal() => {

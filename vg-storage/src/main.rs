@@ -110,6 +110,7 @@ async fn run() -> anyhow::Result<()> {
     config.scrub_rate = args.scrub_rate.max(1);
     config.durability = args.durability;
     let mut handle = vg_storage::start(config).await.context("start storage")?;
+    vg_wire::cli::ready();
     tokio::select! {
         _ = handle.wait() => {}
         _ = vg_wire::cli::shutdown_signal() => {

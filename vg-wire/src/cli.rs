@@ -9,6 +9,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::tls::TlsPaths;
 
+/// Tells systemd (a `Type=notify` unit) that the service is serving; nothing without
+/// systemd.
+pub fn ready() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not tell systemd the service is ready");
+    }
+}
+
 /// The first address `host` resolves to, with `port`.
 pub async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
     tokio::net::lookup_host((host, port))

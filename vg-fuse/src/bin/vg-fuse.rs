@@ -197,6 +197,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _ = notifier.set(session.notifier());
     vg_fuse::fuse::raise_read_ahead(resolved);
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
+    vg_wire::cli::ready();
     let mut unmounter = session.unmount_callable();
     let signal_files: Arc<Files> = files.clone();
     let mountpoint = args.mountpoint.clone();

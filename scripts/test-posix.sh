@@ -33,11 +33,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need_packages attr acl rsync python3 sqlite3 \
-  || { echo "test-posix.sh: cannot install attr, acl, rsync, python3 and sqlite3 (apt-get failed)" >&2; exit 1; }
+need_packages attr acl rsync curl python3 sqlite3 \
+  || { echo "test-posix.sh: cannot install attr, acl, rsync, curl, python3 and sqlite3 (apt-get failed)" >&2; exit 1; }
 
 mnt=$work/mnt-a
-VG_NS_PORT=$(random_port) scripts/up.sh -n 3 -c 1GiB -b 1MiB -m "$mnt" >>"$log" 2>&1 \
+# Metrics at the nameserver's, then the storages', then the mount's port from here.
+metrics_port=$(random_port)
+VG_METRICS_PORT=$metrics_port VG_NS_PORT=$(random_port) scripts/up.sh -n 3 -c 1GiB -b 1MiB -m "$mnt" >>"$log" 2>&1 \
   || { echo "test-posix.sh: the cluster did not start; log:"; tail -n 30 "$log"; exit 1; }
 # shellcheck disable=SC1091
 source "$home/env"
@@ -433,6 +435,29 @@ sys.exit(0 if "READY=1" in message else f"the nameserver sent {message!r}")
 PY
 }
 check "install.sh stages binaries, mount.vg and systemd units; systemd-analyze verify clean; READY=1 sent" services
+
+# Prometheus metrics (--metrics) of the nameserver, a storage and the mount, scraped with
+# curl around a workload: the named series are there and move with it.
+scrape() { curl -sf "http://127.0.0.1:$1/metrics"; }
+value() { awk -v s="$2" '$1 == s {print $2}' <<<"$1"; }
+metrics() {
+  local ns0 mount0 alice0 ns1 mount1 alice1
+  ns0=$(scrape "$metrics_port") && alice0=$(scrape $((metrics_port + 1))) \
+    && mount0=$(scrape $((metrics_port + 4))) || { echo "an endpoint did not answer"; return 1; }
+  head -c 3M /dev/urandom >"$mnt/measured" && cat "$mnt/measured" >/dev/null && rm "$mnt/measured" || return 1
+  ns1=$(scrape "$metrics_port") && alice1=$(scrape $((metrics_port + 1))) && mount1=$(scrape $((metrics_port + 4))) \
+    || return 1
+  local created='vg_requests_total{op="create",outcome="ok"}'
+  echo "creates $(value "$ns0" "$created") -> $(value "$ns1" "$created"); written bytes" \
+    "$(value "$mount0" vg_mount_written_bytes_total) -> $(value "$mount1" vg_mount_written_bytes_total)"
+  [[ $(( $(value "$mount1" vg_mount_written_bytes_total) - $(value "$mount0" vg_mount_written_bytes_total) )) == $((3 << 20)) ]] \
+    && (( $(value "$mount1" vg_mount_read_bytes_total) >= 3 << 20 )) \
+    && (( $(value "$ns1" "$created") >= 1 )) && grep -q '^vg_request_seconds_bucket{.*op="create"' <<<"$ns1" \
+    && grep -q '^vg_inodes ' <<<"$ns1" && grep -q '^vg_open_files ' <<<"$ns1" && grep -q '^vg_locks ' <<<"$ns1" \
+    && (( $(value "$alice1" vg_storage_capacity_bytes) == 1 << 30 )) && grep -q '^vg_storage_used_bytes ' <<<"$alice1" \
+    && grep -q '^vg_mount_cache_misses ' <<<"$mount1" && grep -q '^vg_mount_dirty_bytes ' <<<"$mount1"
+}
+check "--metrics: the nameserver, a storage and the mount serve Prometheus series that follow a workload" metrics
 
 # Instant copies: cp uses copy_file_range, whose copy names the source's blobs, so a
 # 1 GiB copy moves no bytes and takes no space. cp --reflink=always needs FICLONE, which

@@ -7,7 +7,9 @@
 #
 # Environment: VG_HOME (data, logs, pids), VG_DATA (the nameserver's meta/ and the storages'
 # data/, default VG_HOME), VG_NS_PORT (8000; storages use the next ports),
-# VG_CERTS (certificates, default ./certs), VG_BIN (binaries; default: cargo build --release).
+# VG_CERTS (certificates, default ./certs), VG_BIN (binaries; default: cargo build --release),
+# VG_METRICS_PORT (if set: Prometheus metrics at 127.0.0.1:PORT/metrics for the
+# nameserver, the next ports for the storages, then the mount).
 # PIDs go to $VG_HOME/pids so that scripts/down.sh stops exactly these processes;
 # $VG_HOME/env holds the variables that point vgctl and vg-fuse at this cluster.
 set -euo pipefail
@@ -71,9 +73,11 @@ cat > "$home/env" <<ENV
 export VG_NS_HOSTNAME=127.0.0.1 VG_NS_PORT=$ns_port
 export VG_CA_CERT=$certs/rootCA.crt VG_CERTFILE=$certs/client/client.crt VG_KEYFILE=$certs/client/client.key
 ENV
+# metrics N: the flag serving the Nth process's metrics, if VG_METRICS_PORT is set.
+metrics() { if [[ -n ${VG_METRICS_PORT:-} ]]; then echo "--metrics 127.0.0.1:$((VG_METRICS_PORT + $1))"; fi; }
 # shellcheck disable=SC2046 # tls prints separate flags on purpose
 "$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$data/meta" $(tls nameserver) \
-  --replication "$replication" --block-size "$block_size" --logfile "$home/logs/nameserver.log" \
+  --replication "$replication" --block-size "$block_size" --logfile "$home/logs/nameserver.log" $(metrics 0) \
   >"$home/logs/nameserver.out" 2>&1 &
 echo "nameserver $!" >> "$home/pids"
 port=$((ns_port + 1))
@@ -81,7 +85,7 @@ for name in "${names[@]}"; do
   # shellcheck disable=SC2046
   "$bin/vg-storage" --name "$name" $(tls "$name") --hostname 127.0.0.1 --port "$port" --capacity "$capacity" \
     --rootpath "$data/data/$name" --ns-hostname 127.0.0.1 --ns-port "$ns_port" \
-    --logfile "$home/logs/$name.log" >"$home/logs/$name.out" 2>&1 &
+    --logfile "$home/logs/$name.log" $(metrics $((port - ns_port))) >"$home/logs/$name.out" 2>&1 &
   echo "$name $!" >> "$home/pids"
   port=$((port + 1))
 done
@@ -103,7 +107,8 @@ if [[ -n $mountpoint ]]; then
   fi
   mkdir -p "$mountpoint"
   # shellcheck disable=SC2046
-  pid=$("$bin/vg-fuse" "$mountpoint" --ns-port "$ns_port" $(tls client) --daemon --logfile "$home/logs/vg-fuse.log")
+  pid=$("$bin/vg-fuse" "$mountpoint" --ns-port "$ns_port" $(tls client) --daemon --logfile "$home/logs/vg-fuse.log" \
+    $(metrics $((${#names[@]} + 1))))
   echo "vg-fuse $pid $mountpoint" >> "$home/pids"
   mounted="Mounted at $mountpoint: use it like any directory (cp, ls, mv, rm, tar, git...)."
 fi

@@ -638,12 +638,15 @@ impl Filesystem for VgFs {
                 None => false,
             }
         };
-        let files = self.files.clone();
+        let (files, counted) = (self.files.clone(), self.files.bytes_read.clone());
         self.spawn(
             "read",
             async move { files.read(ino, offset, size as usize, sequential).await },
             move |r| match r {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    counted.inc_by(data.len() as u64);
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(e),
             },
         );
@@ -668,7 +671,7 @@ impl Filesystem for VgFs {
             .get(&fh)
             .is_some_and(|h| h.append);
         let (files, data) = (self.files.clone(), data.to_vec());
-        let len = data.len() as u32;
+        let (len, counted) = (data.len() as u32, self.files.bytes_written.clone());
         self.spawn(
             "write",
             async move {
@@ -679,7 +682,10 @@ impl Filesystem for VgFs {
                 files.write(ino, offset, &data).await
             },
             move |r| match r {
-                Ok(()) => reply.written(len),
+                Ok(()) => {
+                    counted.inc_by(u64::from(len));
+                    reply.written(len)
+                }
                 Err(e) => reply.error(e),
             },
         );

@@ -53,6 +53,8 @@ pub struct Config {
     /// recovery after a reboot keeps only the log records marked as synced with the
     /// blobs they name. A test points it elsewhere to simulate power cuts.
     pub boot_id_file: PathBuf,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             session_lease: Duration::from_secs(30),
             durability: Durability::Written,
             boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+            metrics: None,
         }
     }
 }
@@ -146,6 +149,10 @@ pub async fn start(config: Config) -> Result<Handle> {
             move |peer, send, recv| service.clone().handle(peer, send, recv),
         ))
     };
+    if let Some(metrics) = config.metrics {
+        service.serve_metrics(metrics).await?;
+        info!(addr = %metrics, "metrics served at /metrics");
+    }
     let ticker = tokio::spawn(service.clone().tick_loop(config.tick));
     Ok(Handle {
         addr,

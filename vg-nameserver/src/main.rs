@@ -49,6 +49,9 @@ struct Args {
     boot_id_file: PathBuf,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, env = "VG_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     log: vg_wire::cli::LogArgs,
 }
@@ -85,6 +88,7 @@ async fn run() -> anyhow::Result<()> {
     config.session_lease = args.session_lease;
     config.durability = args.durability;
     config.boot_id_file = args.boot_id_file;
+    config.metrics = args.metrics;
     let mut handle = vg_nameserver::start(config)
         .await
         .context("start nameserver")?;

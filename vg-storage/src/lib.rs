@@ -51,6 +51,8 @@ pub struct Config {
     pub scrub_rate: u64,
     /// When a block is acknowledged.
     pub durability: vg_wire::cli::Durability,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
         tls: TlsPaths,
     ) -> Self {
         Config {
+            metrics: None,
             name: name.to_string(),
             listen,
             advertise: None,
@@ -172,6 +175,10 @@ pub async fn start(config: Config) -> Result<Handle> {
         advertise,
         config.heartbeat,
     ));
+    if let Some(metrics) = config.metrics {
+        serve_metrics(&storage, metrics).await?;
+        info!(addr = %metrics, "metrics served at /metrics");
+    }
     let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_rate));
     let compact = tokio::spawn(storage.clone().compact_loop(COMPACT_EVERY));
     Ok(Handle {
@@ -179,4 +186,47 @@ pub async fn start(config: Config) -> Result<Handle> {
         endpoint,
         tasks: vec![serve, link, scrub, compact],
     })
+}
+
+/// Serves Prometheus metrics at `addr`: requests by operation and outcome with their
+/// latency, and the store's capacity, used bytes and blocks, read at each scrape.
+async fn serve_metrics(storage: &Arc<server::Storage>, addr: SocketAddr) -> Result<()> {
+    use vg_wire::metrics::prometheus_client::metrics::gauge::Gauge;
+    use vg_wire::metrics::prometheus_client::registry::Registry;
+    let mut registry = Registry::default();
+    let _ = storage
+        .requests
+        .set(vg_wire::metrics::Requests::new(&mut registry));
+    let (capacity, used, blocks) = (
+        Gauge::<i64>::default(),
+        Gauge::<i64>::default(),
+        Gauge::<i64>::default(),
+    );
+    registry.register(
+        "vg_storage_capacity_bytes",
+        "Bytes this storage may hold",
+        capacity.clone(),
+    );
+    registry.register(
+        "vg_storage_used_bytes",
+        "Bytes of blocks this storage holds",
+        used.clone(),
+    );
+    registry.register(
+        "vg_storage_blocks",
+        "Blocks this storage holds",
+        blocks.clone(),
+    );
+    let store = storage.store.clone();
+    let refresh = move || {
+        capacity.set(store.capacity() as i64);
+        used.set(store.used() as i64);
+        blocks.set(store.list().len() as i64);
+    };
+    vg_wire::metrics::serve(addr, Arc::new(std::sync::Mutex::new(registry)), refresh)
+        .await
+        .map_err(|e| Error::Io {
+            context: format!("serve metrics on {addr}"),
+            source: e,
+        })
 }

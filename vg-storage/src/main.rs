@@ -49,6 +49,9 @@ struct Args {
     durability: vg_wire::cli::Durability,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, env = "VG_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     log: vg_wire::cli::LogArgs,
 }
@@ -109,6 +112,7 @@ async fn run() -> anyhow::Result<()> {
     config.advertise = advertise;
     config.scrub_rate = args.scrub_rate.max(1);
     config.durability = args.durability;
+    config.metrics = args.metrics;
     let mut handle = vg_storage::start(config).await.context("start storage")?;
     vg_wire::cli::ready();
     tokio::select! {

@@ -83,10 +83,17 @@ pub struct Storage {
     inflight: Semaphore,
     /// `--durability strict`: every block synced before it is acknowledged.
     strict: bool,
+    /// Requests answered, for `--metrics` (set once, when metrics are served).
+    pub requests: std::sync::OnceLock<vg_wire::metrics::Requests>,
 }
 
 fn mib(len: u32) -> u32 {
     len.div_ceil(1 << 20).max(1)
+}
+
+/// The metrics label of an answer.
+fn outcome_of(answer: &Result<Response, RemoteError>) -> &'static str {
+    answer.as_ref().map_or_else(|e| e.code.name(), |_| "ok")
 }
 
 impl Storage {
@@ -100,6 +107,7 @@ impl Storage {
             changes: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             inflight: Semaphore::new(INFLIGHT_MIB as usize),
+            requests: Default::default(),
         }
     }
 
@@ -121,7 +129,8 @@ impl Storage {
             Request::Verify { .. } | Request::Sync => None,
         };
         let span = tracing::debug_span!("request", op = request.name(), block = ?block);
-        async {
+        let (op, started) = (request.name(), std::time::Instant::now());
+        let outcome = async {
             if matches!(
                 request,
                 Request::Read { .. } | Request::Verify { .. } | Request::Sync
@@ -129,7 +138,10 @@ impl Storage {
                 read_end(&mut recv).await;
             }
             match request {
-                Request::Read { id, offset, len } => self.read(id, offset, len, &mut send).await,
+                Request::Read { id, offset, len } => {
+                    self.read(id, offset, len, &mut send).await;
+                    "ok"
+                }
                 // A forward is a put along the chain (only storages may ask it: the front
                 // door checked).
                 Request::Put {
@@ -145,7 +157,9 @@ impl Storage {
                     sync,
                 } => {
                     let answer = self.put(&peer, id, len, chain, sync, &mut recv).await;
+                    let outcome = outcome_of(&answer);
                     respond(&mut send, answer).await;
+                    outcome
                 }
                 Request::Sync => {
                     let store = self.store.clone();
@@ -154,7 +168,9 @@ impl Storage {
                         .expect("sync wait does not panic")
                         .map(|()| Response::Synced)
                         .map_err(|e| e.to_remote());
+                    let outcome = outcome_of(&answer);
                     respond(&mut send, answer).await;
+                    outcome
                 }
                 Request::Verify { ids } => {
                     let store = self.store.clone();
@@ -164,11 +180,15 @@ impl Storage {
                     .await
                     .expect("verify does not panic");
                     respond(&mut send, Ok(Response::Verified(answer))).await;
+                    "ok"
                 }
             }
         }
         .instrument(span)
-        .await
+        .await;
+        if let Some(requests) = self.requests.get() {
+            requests.record(op, outcome, started.elapsed());
+        }
     }
 
     /// Notes a corrupt block: deleted here, reported so the cluster re-replicates it.

@@ -69,6 +69,34 @@ pub enum ErrorCode {
     Stale,
 }
 
+impl ErrorCode {
+    /// A short name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Exists => "exists",
+            ErrorCode::NotDir => "not_dir",
+            ErrorCode::IsDir => "is_dir",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::NameTooLong => "name_too_long",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Corrupt => "corrupt",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Io => "io",
+            ErrorCode::Version => "version",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NoAttr => "no_attr",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::TooBig => "too_big",
+            ErrorCode::WouldBlock => "would_block",
+            ErrorCode::Deadlock => "deadlock",
+            ErrorCode::Stale => "stale",
+        }
+    }
+}
+
 /// Errors of the protocol layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

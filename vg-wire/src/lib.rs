@@ -9,6 +9,8 @@ pub mod cli;
 pub mod codec;
 pub mod error;
 pub mod locks;
+#[cfg(feature = "cli")]
+pub mod metrics;
 pub mod ns;
 pub mod rpc;
 pub mod size;

@@ -26,6 +26,9 @@ struct Args {
     /// Run in the background once mounted.
     #[arg(long)]
     daemon: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, env = "VG_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
     /// Mount read-only (writes fail with EROFS).
     #[arg(long, env = "VG_READ_ONLY")]
     read_only: bool,
@@ -196,6 +199,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("mount {}", args.mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
     vg_fuse::fuse::raise_read_ahead(resolved);
+    if let Some(addr) = args.metrics {
+        rt.block_on(serve_metrics(&files, addr))
+            .with_context(|| format!("serve metrics on {addr}"))?;
+    }
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     vg_wire::cli::ready();
     let mut unmounter = session.unmount_callable();
@@ -216,4 +223,64 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("commit open files")?;
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// Serves Prometheus metrics at `addr`: bytes read and written, block cache hits and
+/// misses, dirty bytes and open files, read at each scrape.
+async fn serve_metrics(files: &Arc<Files>, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use vg_wire::metrics::prometheus_client::metrics::gauge::Gauge;
+    use vg_wire::metrics::prometheus_client::registry::Registry;
+    let mut registry = Registry::default();
+    registry.register(
+        "vg_mount_read_bytes",
+        "Bytes read through the mount",
+        files.bytes_read.clone(),
+    );
+    registry.register(
+        "vg_mount_written_bytes",
+        "Bytes written through the mount",
+        files.bytes_written.clone(),
+    );
+    let gauges: [(&str, &str, Gauge); 4] = [
+        (
+            "vg_mount_cache_hits",
+            "Block cache lookups that found their block",
+            Gauge::default(),
+        ),
+        (
+            "vg_mount_cache_misses",
+            "Block cache lookups that did not",
+            Gauge::default(),
+        ),
+        (
+            "vg_mount_dirty_bytes",
+            "Bytes written and not yet committed",
+            Gauge::default(),
+        ),
+        (
+            "vg_mount_open_files",
+            "Files open on this mount",
+            Gauge::default(),
+        ),
+    ];
+    for (name, help, gauge) in &gauges {
+        registry.register(*name, *help, gauge.clone());
+    }
+    let files = Arc::downgrade(files);
+    let refresh = move || {
+        let Some(files) = files.upgrade() else {
+            return;
+        };
+        let figures = files.figures();
+        let values = [
+            figures.cache_hits,
+            figures.cache_misses,
+            figures.dirty_bytes,
+            figures.open_files,
+        ];
+        for ((_, _, gauge), value) in gauges.iter().zip(values) {
+            gauge.set(value as i64);
+        }
+    };
+    vg_wire::metrics::serve(addr, Arc::new(std::sync::Mutex::new(registry)), refresh).await
 }

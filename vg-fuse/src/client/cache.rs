@@ -14,6 +14,10 @@ pub struct BlockCache {
     entries: HashMap<BlockId, (Arc<Vec<u8>>, u64)>,
     /// Last-use tick -> block, oldest first.
     order: BTreeMap<u64, BlockId>,
+    /// Lookups that found their block, and those that did not.
+    pub hits: u64,
+    /// Lookups that did not find their block.
+    pub misses: u64,
 }
 
 impl BlockCache {
@@ -25,6 +29,8 @@ impl BlockCache {
             tick: 0,
             entries: HashMap::new(),
             order: BTreeMap::new(),
+            hits: 0,
+            misses: 0,
         }
     }
 
@@ -39,7 +45,12 @@ impl BlockCache {
 
     /// The block's bytes, if cached (and marks it recently used).
     pub fn get(&mut self, id: &BlockId) -> Option<Arc<Vec<u8>>> {
-        let data = self.entries.get(id)?.0.clone();
+        let Some((data, _)) = self.entries.get(id) else {
+            self.misses += 1;
+            return None;
+        };
+        let data = data.clone();
+        self.hits += 1;
         self.touch(*id);
         Some(data)
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
+use vg_wire::metrics::prometheus_client::metrics::counter::Counter;
 use vg_wire::ns::{Lock, LockKind, Stored};
 use vg_wire::slices::overlay;
 use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Slice, Timestamp};
@@ -445,6 +446,23 @@ pub struct Files {
     /// Whether any lock was ever taken here: until then opens, closes, reads and writes
     /// skip every lock check (no mutex on those paths).
     locking: AtomicBool,
+    /// Bytes read and written through this layer (for `--metrics`).
+    pub bytes_read: Counter,
+    /// Bytes written through this layer.
+    pub bytes_written: Counter,
+}
+
+/// What the mount's metrics read at a scrape.
+#[derive(Clone, Copy, Debug)]
+pub struct Figures {
+    /// Block cache lookups that found their block.
+    pub cache_hits: u64,
+    /// Block cache lookups that did not.
+    pub cache_misses: u64,
+    /// Bytes written and not yet committed (uploads in flight or waiting).
+    pub dirty_bytes: u64,
+    /// Files open on this mount.
+    pub open_files: u64,
 }
 
 /// Permits are counted in KiB so that gigabytes fit a semaphore.
@@ -470,6 +488,8 @@ impl Files {
             locks: StdMutex::default(),
             lost: StdMutex::default(),
             locking: AtomicBool::new(false),
+            bytes_read: Counter::default(),
+            bytes_written: Counter::default(),
         });
         tokio::spawn(session.run(Arc::downgrade(&files)));
         files
@@ -487,6 +507,22 @@ impl Files {
             .collect();
         open.sort_unstable();
         open
+    }
+
+    /// The figures the mount's metrics show.
+    pub fn figures(&self) -> Figures {
+        let (cache_hits, cache_misses) = {
+            let cache = self.cache.lock().expect("cache lock");
+            (cache.hits, cache.misses)
+        };
+        let total = kib(self.limits.max_dirty.max(self.client.block_size as u64)) as u64;
+        let free = self.permits.available_permits() as u64;
+        Figures {
+            cache_hits,
+            cache_misses,
+            dirty_bytes: total.saturating_sub(free) * 1024,
+            open_files: self.open.lock().expect("open lock").len() as u64,
+        }
     }
 
     /// Takes, changes or drops a lock (`fcntl` record locks, `flock`) on a file, held by

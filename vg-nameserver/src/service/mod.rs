@@ -61,6 +61,8 @@ pub struct Service {
     stopped: std::sync::atomic::AtomicBool,
     /// Wakes the lock requests waiting: some lock changed or went.
     locks_changed: tokio::sync::Notify,
+    /// Requests answered, for `--metrics` (set once, when metrics are served).
+    requests: std::sync::OnceLock<vg_wire::metrics::Requests>,
 }
 
 impl Service {
@@ -100,6 +102,7 @@ impl Service {
             dialer,
             stopped: Default::default(),
             locks_changed: Default::default(),
+            requests: Default::default(),
         })
     }
 
@@ -201,6 +204,7 @@ impl Service {
         // interrupted, the mount stopped): nobody would release the lock it took.
         let waits = matches!(request, Request::Lock { wait: true, .. });
         let gone = send.stopped();
+        let (op, started) = (request.name(), Instant::now());
         async {
             let answer = match waits {
                 true => tokio::select! {
@@ -212,10 +216,83 @@ impl Service {
             if let Err(e) = &answer {
                 debug!(code = ?e.code, error = %e.message, "refused");
             }
+            if let Some(requests) = self.requests.get() {
+                let outcome = answer.as_ref().map_or_else(|e| e.code.name(), |_| "ok");
+                requests.record(op, outcome, started.elapsed());
+            }
             respond(&mut send, answer).await;
         }
         .instrument(span)
         .await
+    }
+
+    /// Serves Prometheus metrics at `addr`: requests by operation and outcome with
+    /// their latency, and gauges of the namespace, sessions, locks and storages, read
+    /// at each scrape.
+    pub async fn serve_metrics(self: &Arc<Self>, addr: std::net::SocketAddr) -> crate::Result<()> {
+        use vg_wire::metrics::prometheus_client::metrics::gauge::Gauge;
+        use vg_wire::metrics::prometheus_client::registry::Registry;
+        let mut registry = Registry::default();
+        let _ = self
+            .requests
+            .set(vg_wire::metrics::Requests::new(&mut registry));
+        let gauges: Vec<(&'static str, &'static str, Gauge)> = [
+            ("vg_inodes", "Inodes in the namespace"),
+            ("vg_blocks", "Blobs files reference"),
+            (
+                "vg_blocks_under_replicated",
+                "Blobs with fewer than R live copies",
+            ),
+            ("vg_blocks_missing", "Blobs with no live copy"),
+            (
+                "vg_garbage_bytes",
+                "Bytes of blobs no file references, not reclaimed yet",
+            ),
+            ("vg_sessions", "Mount sessions with open files or locks"),
+            ("vg_open_files", "Files open on some mount"),
+            (
+                "vg_orphans",
+                "Files without a name kept for their open descriptors",
+            ),
+            ("vg_locks", "Locks held"),
+            ("vg_lock_waiters", "Owners waiting for a lock"),
+        ]
+        .into_iter()
+        .map(|(name, help)| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            (name, help, gauge)
+        })
+        .collect();
+        let registry = Arc::new(Mutex::new(registry));
+        let service = Arc::downgrade(self);
+        let refresh = move || {
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            let status = service.status(&service.lock());
+            let values = [
+                status.inodes,
+                status.blocks,
+                status.under_replicated,
+                status.missing,
+                status.garbage,
+                status.sessions,
+                status.open_files,
+                status.orphans,
+                status.locks,
+                status.lock_waiters,
+            ];
+            for ((_, _, gauge), value) in gauges.iter().zip(values) {
+                gauge.set(value as i64);
+            }
+        };
+        vg_wire::metrics::serve(addr, registry, refresh)
+            .await
+            .map_err(|e| Error::Io {
+                context: format!("serve metrics on {addr}"),
+                source: e,
+            })
     }
 
     /// Runs a request (its role was checked at the front door) by its operation's

@@ -454,6 +454,9 @@ metrics() {
     && (( $(value "$mount1" vg_mount_read_bytes_total) >= 3 << 20 )) \
     && (( $(value "$ns1" "$created") >= 1 )) && grep -q '^vg_request_seconds_bucket{.*op="create"' <<<"$ns1" \
     && grep -q '^vg_inodes ' <<<"$ns1" && grep -q '^vg_open_files ' <<<"$ns1" && grep -q '^vg_locks ' <<<"$ns1" \
+    && (( $(value "$ns1" vg_wal_sync_seconds_count) > $(value "$ns0" vg_wal_sync_seconds_count) )) \
+    && (( $(value "$ns1" 'vg_storage_capacity_bytes{storage="alice"}') == 1 << 30 )) \
+    && [[ $(value "$ns1" vg_blocks_under_replicated) && $(value "$ns1" vg_replications) ]] \
     && (( $(value "$alice1" vg_storage_capacity_bytes) == 1 << 30 )) && grep -q '^vg_storage_used_bytes ' <<<"$alice1" \
     && grep -q '^vg_mount_cache_misses ' <<<"$mount1" && grep -q '^vg_mount_dirty_bytes ' <<<"$mount1"
 }

@@ -730,6 +730,11 @@ impl Registry {
         status
     }
 
+    /// Copies under way.
+    pub fn replicating(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// (under-replicated, missing) counts over the referenced blocks.
     pub fn replication_health(&self, refs: &HashMap<BlockId, u32>) -> (u64, u64) {
         let wanted = self.wanted() as usize;

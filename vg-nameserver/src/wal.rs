@@ -157,6 +157,8 @@ struct Shared {
     gate: Mutex<Option<Gate>>,
     /// The boot of the machine this process runs in, written in each mark.
     boot: [u8; 16],
+    /// How long the sync thread's syncs take (the mark's write and the `fdatasync`).
+    syncs: vg_wire::metrics::Latency,
 }
 
 impl Shared {
@@ -249,10 +251,14 @@ impl Shared {
                         return;
                     }
                 }
+                let started = std::time::Instant::now();
                 this.write_mark(written);
                 this.gating.store(false, Ordering::Release);
                 match file.sync_data() {
-                    Ok(()) => this.durable.send_modify(|d| *d = (*d).max(written)),
+                    Ok(()) => {
+                        this.syncs.observe(started.elapsed());
+                        this.durable.send_modify(|d| *d = (*d).max(written));
+                    }
                     Err(e) => this.fail("fsync", &e),
                 }
             }
@@ -499,6 +505,7 @@ impl Wal {
             wake: Arc::default(),
             gate: Mutex::new(None),
             boot,
+            syncs: Default::default(),
         });
         {
             let (weak, wake) = (Arc::downgrade(&shared), shared.wake.clone());
@@ -574,6 +581,11 @@ impl Wal {
     /// The LSN of the last record on disk.
     pub fn durable_lsn(&self) -> u64 {
         *self.shared.durable.borrow()
+    }
+
+    /// How long the log's syncs take.
+    pub fn syncs(&self) -> &vg_wire::metrics::Latency {
+        &self.shared.syncs
     }
 
     /// The LSN of the last record appended.

@@ -191,38 +191,21 @@ pub async fn start(config: Config) -> Result<Handle> {
 /// Serves Prometheus metrics at `addr`: requests by operation and outcome with their
 /// latency, and the store's capacity, used bytes and blocks, read at each scrape.
 async fn serve_metrics(storage: &Arc<server::Storage>, addr: SocketAddr) -> Result<()> {
-    use vg_wire::metrics::prometheus_client::metrics::gauge::Gauge;
-    use vg_wire::metrics::prometheus_client::registry::Registry;
-    let mut registry = Registry::default();
-    let _ = storage
-        .requests
-        .set(vg_wire::metrics::Requests::new(&mut registry));
-    let (capacity, used, blocks) = (
-        Gauge::<i64>::default(),
-        Gauge::<i64>::default(),
-        Gauge::<i64>::default(),
-    );
-    registry.register(
-        "vg_storage_capacity_bytes",
-        "Bytes this storage may hold",
-        capacity.clone(),
-    );
-    registry.register(
-        "vg_storage_used_bytes",
-        "Bytes of blocks this storage holds",
-        used.clone(),
-    );
-    registry.register(
-        "vg_storage_blocks",
-        "Blocks this storage holds",
-        blocks.clone(),
+    let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
+    storage.requests.register(&mut registry);
+    let gauges = vg_wire::metrics::Gauges::register(
+        &mut registry,
+        [
+            ("vg_storage_capacity_bytes", "Bytes this storage may hold"),
+            (
+                "vg_storage_used_bytes",
+                "Bytes of blocks this storage holds",
+            ),
+            ("vg_storage_blocks", "Blocks this storage holds"),
+        ],
     );
     let store = storage.store.clone();
-    let refresh = move || {
-        capacity.set(store.capacity() as i64);
-        used.set(store.used() as i64);
-        blocks.set(store.list().len() as i64);
-    };
+    let refresh = move || gauges.set([store.capacity(), store.used(), store.list().len() as u64]);
     vg_wire::metrics::serve(addr, Arc::new(std::sync::Mutex::new(registry)), refresh)
         .await
         .map_err(|e| Error::Io {

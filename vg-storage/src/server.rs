@@ -84,7 +84,7 @@ pub struct Storage {
     /// `--durability strict`: every block synced before it is acknowledged.
     strict: bool,
     /// Requests answered, for `--metrics` (set once, when metrics are served).
-    pub requests: std::sync::OnceLock<vg_wire::metrics::Requests>,
+    pub requests: vg_wire::metrics::Requests,
 }
 
 fn mib(len: u32) -> u32 {
@@ -186,9 +186,7 @@ impl Storage {
         }
         .instrument(span)
         .await;
-        if let Some(requests) = self.requests.get() {
-            requests.record(op, outcome, started.elapsed());
-        }
+        self.requests.record(op, outcome, started.elapsed());
     }
 
     /// Notes a corrupt block: deleted here, reported so the cluster re-replicates it.

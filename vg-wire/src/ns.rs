@@ -360,6 +360,32 @@ pub struct ClusterStatus {
     pub locks: u64,
     /// Lock requests waiting for one of them.
     pub lock_waiters: u64,
+    /// Copies of under-replicated blocks under way (the re-replication backlog is
+    /// `under_replicated`).
+    pub replicating: u64,
+    /// Last change appended to the write-ahead log.
+    pub log_written: u64,
+    /// Last change synced to disk.
+    pub log_durable: u64,
+    /// Syncs of the write-ahead log since the nameserver started.
+    pub log_syncs: u64,
+    /// Their total time, in seconds.
+    pub log_sync_seconds: f64,
+    /// Requests answered since the nameserver started, by operation.
+    pub requests: Vec<OpTotals>,
+}
+
+/// Requests of one operation a server answered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OpTotals {
+    /// The operation's name.
+    pub op: String,
+    /// How many were answered.
+    pub answered: u64,
+    /// Of those, how many were answered with an error.
+    pub errors: u64,
+    /// Their total time from arrival to answer, in seconds.
+    pub seconds: f64,
 }
 
 /// A referenced block, for `fsck`.

@@ -228,9 +228,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// Serves Prometheus metrics at `addr`: bytes read and written, block cache hits and
 /// misses, dirty bytes and open files, read at each scrape.
 async fn serve_metrics(files: &Arc<Files>, addr: std::net::SocketAddr) -> std::io::Result<()> {
-    use vg_wire::metrics::prometheus_client::metrics::gauge::Gauge;
-    use vg_wire::metrics::prometheus_client::registry::Registry;
-    let mut registry = Registry::default();
+    let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
     registry.register(
         "vg_mount_read_bytes",
         "Bytes read through the mount",
@@ -241,45 +239,31 @@ async fn serve_metrics(files: &Arc<Files>, addr: std::net::SocketAddr) -> std::i
         "Bytes written through the mount",
         files.bytes_written.clone(),
     );
-    let gauges: [(&str, &str, Gauge); 4] = [
-        (
-            "vg_mount_cache_hits",
-            "Block cache lookups that found their block",
-            Gauge::default(),
-        ),
-        (
-            "vg_mount_cache_misses",
-            "Block cache lookups that did not",
-            Gauge::default(),
-        ),
-        (
-            "vg_mount_dirty_bytes",
-            "Bytes written and not yet committed",
-            Gauge::default(),
-        ),
-        (
-            "vg_mount_open_files",
-            "Files open on this mount",
-            Gauge::default(),
-        ),
-    ];
-    for (name, help, gauge) in &gauges {
-        registry.register(*name, *help, gauge.clone());
-    }
+    let gauges = vg_wire::metrics::Gauges::register(
+        &mut registry,
+        [
+            (
+                "vg_mount_cache_hits",
+                "Block cache lookups that found their block",
+            ),
+            ("vg_mount_cache_misses", "Block cache lookups that did not"),
+            (
+                "vg_mount_dirty_bytes",
+                "Bytes written and not yet committed",
+            ),
+            ("vg_mount_open_files", "Files open on this mount"),
+        ],
+    );
     let files = Arc::downgrade(files);
     let refresh = move || {
-        let Some(files) = files.upgrade() else {
-            return;
-        };
-        let figures = files.figures();
-        let values = [
-            figures.cache_hits,
-            figures.cache_misses,
-            figures.dirty_bytes,
-            figures.open_files,
-        ];
-        for ((_, _, gauge), value) in gauges.iter().zip(values) {
-            gauge.set(value as i64);
+        if let Some(files) = files.upgrade() {
+            let figures = files.figures();
+            gauges.set([
+                figures.cache_hits,
+                figures.cache_misses,
+                figures.dirty_bytes,
+                figures.open_files,
+            ]);
         }
     };
     vg_wire::metrics::serve(addr, Arc::new(std::sync::Mutex::new(registry)), refresh).await

@@ -83,6 +83,27 @@ async fn commands_of_the_original_client() {
     assert_eq!(ok(&cluster, &["ls", "/"]), "");
     let status = ok(&cluster, &["status"]);
     assert!(status.contains("under-replicated:  0"), "{status}");
+    // The request table counts what this test did; put synced, so the log did.
+    let answered = |op: &str| {
+        status.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(op)).then(|| words.next()?.parse::<u64>().ok())?
+        })
+    };
+    assert!(answered("create").is_some_and(|n| n >= 1), "{status}");
+    assert!(answered("rmdir").is_some_and(|n| n >= 1), "{status}");
+    let syncs = status
+        .lines()
+        .find_map(|line| line.strip_prefix("log:"))
+        .and_then(|log| {
+            log.split("; ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        });
+    assert!(syncs.is_some_and(|n| n >= 1), "{status}");
     let fsck = ok(&cluster, &["fsck"]);
     assert!(fsck.contains("0 problems"), "{fsck}");
     let usage = ok(&cluster, &["usage"]);

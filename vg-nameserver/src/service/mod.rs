@@ -61,8 +61,8 @@ pub struct Service {
     stopped: std::sync::atomic::AtomicBool,
     /// Wakes the lock requests waiting: some lock changed or went.
     locks_changed: tokio::sync::Notify,
-    /// Requests answered, for `--metrics` (set once, when metrics are served).
-    requests: std::sync::OnceLock<vg_wire::metrics::Requests>,
+    /// Requests answered, for `vgctl status` and `--metrics`.
+    requests: vg_wire::metrics::Requests,
 }
 
 impl Service {
@@ -216,10 +216,8 @@ impl Service {
             if let Err(e) = &answer {
                 debug!(code = ?e.code, error = %e.message, "refused");
             }
-            if let Some(requests) = self.requests.get() {
-                let outcome = answer.as_ref().map_or_else(|e| e.code.name(), |_| "ok");
-                requests.record(op, outcome, started.elapsed());
-            }
+            let outcome = answer.as_ref().map_or_else(|e| e.code.name(), |_| "ok");
+            self.requests.record(op, outcome, started.elapsed());
             respond(&mut send, answer).await;
         }
         .instrument(span)
@@ -227,65 +225,102 @@ impl Service {
     }
 
     /// Serves Prometheus metrics at `addr`: requests by operation and outcome with
-    /// their latency, and gauges of the namespace, sessions, locks and storages, read
-    /// at each scrape.
+    /// their latency, the log's sync latency, and gauges of the namespace, sessions,
+    /// locks, replication and each storage, read at each scrape.
     pub async fn serve_metrics(self: &Arc<Self>, addr: std::net::SocketAddr) -> crate::Result<()> {
-        use vg_wire::metrics::prometheus_client::metrics::gauge::Gauge;
-        use vg_wire::metrics::prometheus_client::registry::Registry;
-        let mut registry = Registry::default();
-        let _ = self
-            .requests
-            .set(vg_wire::metrics::Requests::new(&mut registry));
-        let gauges: Vec<(&'static str, &'static str, Gauge)> = [
-            ("vg_inodes", "Inodes in the namespace"),
-            ("vg_blocks", "Blobs files reference"),
-            (
-                "vg_blocks_under_replicated",
-                "Blobs with fewer than R live copies",
-            ),
-            ("vg_blocks_missing", "Blobs with no live copy"),
-            (
-                "vg_garbage_bytes",
-                "Bytes of blobs no file references, not reclaimed yet",
-            ),
-            ("vg_sessions", "Mount sessions with open files or locks"),
-            ("vg_open_files", "Files open on some mount"),
-            (
-                "vg_orphans",
-                "Files without a name kept for their open descriptors",
-            ),
-            ("vg_locks", "Locks held"),
-            ("vg_lock_waiters", "Owners waiting for a lock"),
-        ]
-        .into_iter()
-        .map(|(name, help)| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            (name, help, gauge)
-        })
-        .collect();
+        use vg_wire::metrics::{Gauges, LabelledGauges};
+        let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
+        self.requests.register(&mut registry);
+        if let Some(wal) = &self.lock().wal {
+            wal.syncs().register(
+                &mut registry,
+                "vg_wal_sync_seconds",
+                "Time the write-ahead log's syncs take (a mark's write and fdatasync)",
+            );
+        }
+        let gauges = Gauges::register(
+            &mut registry,
+            [
+                ("vg_inodes", "Inodes in the namespace"),
+                ("vg_blocks", "Blobs files reference"),
+                (
+                    "vg_blocks_under_replicated",
+                    "Blobs with fewer than R live copies: the re-replication backlog",
+                ),
+                ("vg_blocks_missing", "Blobs with no live copy"),
+                (
+                    "vg_replications",
+                    "Copies of under-replicated blobs under way",
+                ),
+                (
+                    "vg_garbage_bytes",
+                    "Bytes of blobs no file references, not reclaimed yet",
+                ),
+                ("vg_sessions", "Mount sessions with open files or locks"),
+                ("vg_open_files", "Files open on some mount"),
+                (
+                    "vg_orphans",
+                    "Files without a name kept for their open descriptors",
+                ),
+                ("vg_locks", "Locks held"),
+                ("vg_lock_waiters", "Owners waiting for a lock"),
+                (
+                    "vg_wal_written_lsn",
+                    "Last change appended to the write-ahead log",
+                ),
+                (
+                    "vg_wal_durable_lsn",
+                    "Last change of the write-ahead log on disk",
+                ),
+            ],
+        );
+        let storages = LabelledGauges::register(
+            &mut registry,
+            "storage",
+            [
+                ("vg_storage_up", "1 while the storage is active"),
+                ("vg_storage_capacity_bytes", "Bytes the storage may hold"),
+                ("vg_storage_used_bytes", "Bytes of blobs the storage holds"),
+                (
+                    "vg_storage_garbage_bytes",
+                    "Of those, bytes of blobs no file references",
+                ),
+                ("vg_storage_blocks", "Blobs the storage holds"),
+            ],
+        );
         let registry = Arc::new(Mutex::new(registry));
         let service = Arc::downgrade(self);
         let refresh = move || {
             let Some(service) = service.upgrade() else {
                 return;
             };
-            let status = service.status(&service.lock());
-            let values = [
-                status.inodes,
-                status.blocks,
-                status.under_replicated,
-                status.missing,
-                status.garbage,
-                status.sessions,
-                status.open_files,
-                status.orphans,
-                status.locks,
-                status.lock_waiters,
-            ];
-            for ((_, _, gauge), value) in gauges.iter().zip(values) {
-                gauge.set(value as i64);
-            }
+            let s = service.status(&service.lock());
+            gauges.set([
+                s.inodes,
+                s.blocks,
+                s.under_replicated,
+                s.missing,
+                s.replicating,
+                s.garbage,
+                s.sessions,
+                s.open_files,
+                s.orphans,
+                s.locks,
+                s.lock_waiters,
+                s.log_written,
+                s.log_durable,
+            ]);
+            storages.set(s.storages.into_iter().map(|storage| {
+                let up = u64::from(storage.state == vg_wire::ns::StorageState::Active);
+                let values = [
+                    up,
+                    storage.capacity,
+                    storage.used,
+                    storage.garbage,
+                    storage.blocks,
+                ];
+                (storage.name, values)
+            }));
         };
         vg_wire::metrics::serve(addr, registry, refresh)
             .await

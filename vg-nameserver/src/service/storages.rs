@@ -12,6 +12,7 @@ use vg_wire::BlockId;
 
 use super::{Answer, Service, State};
 use crate::error::refuse;
+use crate::wal::Wal;
 
 /// What a heartbeat reports: space used, and the blobs received, removed and found bad
 /// since the last one.
@@ -94,6 +95,10 @@ impl Service {
 
     pub(super) fn status(&self, state: &State) -> ClusterStatus {
         let (under_replicated, missing) = state.registry.replication_health(state.ns.refs());
+        let (log_syncs, log_sync_time) = state
+            .wal
+            .as_ref()
+            .map_or_else(Default::default, |wal| wal.syncs().totals());
         ClusterStatus {
             storages: state.registry.status(),
             replication: self.replication,
@@ -108,6 +113,12 @@ impl Service {
             orphans: state.ns.orphans() as u64,
             locks: state.locks.len() as u64,
             lock_waiters: state.locks.waiters() as u64,
+            replicating: state.registry.replicating() as u64,
+            log_written: state.wal.as_ref().map_or(0, Wal::last_lsn),
+            log_durable: state.wal.as_ref().map_or(0, Wal::durable_lsn),
+            log_syncs,
+            log_sync_seconds: log_sync_time.as_secs_f64(),
+            requests: self.requests.totals(),
         }
     }
 }

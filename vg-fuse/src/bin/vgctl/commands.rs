@@ -66,6 +66,19 @@ fn state_name(state: StorageState) -> &'static str {
     }
 }
 
+/// `total` seconds over `count` occurrences, as a mean in µs or ms ("-" for none).
+fn format_mean(total: f64, count: u64) -> String {
+    if count == 0 {
+        return "-".into();
+    }
+    let mean = total / count as f64;
+    if mean < 1e-3 {
+        format!("{:.0} µs", mean * 1e6)
+    } else {
+        format!("{:.1} ms", mean * 1e3)
+    }
+}
+
 fn time(t: vg_wire::Timestamp) -> String {
     format!("{}.{:09}", t.secs, t.nanos)
 }
@@ -452,11 +465,12 @@ impl Session {
         );
         for s in &status.storages {
             println!(
-                "  {:<12} {:<8} {:>10} of {:>10} used, {} blocks",
+                "  {:<12} {:<8} {:>10} of {:>10} used ({} garbage), {} blocks",
                 s.name,
                 state_name(s.state),
                 format_size(s.used),
                 format_size(s.capacity),
+                format_size(s.garbage),
                 s.blocks
             );
         }
@@ -469,6 +483,7 @@ impl Session {
         println!("blocks:            {}", status.blocks);
         println!("under-replicated:  {}", status.under_replicated);
         println!("missing:           {}", status.missing);
+        println!("replicating:       {}", status.replicating);
         println!("garbage:           {}", format_size(status.garbage));
         println!(
             "open files:        {} in {} sessions, {} of them unlinked",
@@ -478,6 +493,23 @@ impl Session {
             "locks:             {} held, {} waiting",
             status.locks, status.lock_waiters
         );
+        println!(
+            "log:               change {} written, {} on disk; {} syncs, {} each on average",
+            status.log_written,
+            status.log_durable,
+            status.log_syncs,
+            format_mean(status.log_sync_seconds, status.log_syncs)
+        );
+        println!("requests:          answered   errors  mean time");
+        for op in &status.requests {
+            println!(
+                "  {:<16} {:>9} {:>8} {:>10}",
+                op.op,
+                op.answered,
+                op.errors,
+                format_mean(op.seconds, op.answered)
+            );
+        }
         Ok(())
     }
 

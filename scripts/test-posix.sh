@@ -115,6 +115,26 @@ xattrs() {
 }
 check "setfattr/getfattr (user., trusted.), cp -a and tar --xattrs keep them, system. refused" xattrs
 
+# A listing says which entries have extended attributes and a make answers whether the
+# new inode has any, so that walks (ls -l asks each file for its ACL and SELinux label,
+# getfattr for its list) ask the nameserver only about those that have some; what
+# another mount set is seen.
+xattrs_asked() { "$bin/vgctl" status | awk '$1 == "xattrs" {n = $2} END {print n + 0}'; }
+walks_ask_few() {
+  local before after
+  mkdir "$mntb/walk" && for i in $(seq 40); do echo "$i" >"$mntb/walk/f$i" || return 1; done
+  setfattr -n user.tag -v one "$mntb/walk/f7" && before=$(xattrs_asked) || return 1
+  ls -lR "$mnt/walk" >/dev/null && getfattr -R -d "$mnt/walk" >"$work/walk.xattrs" && after=$(xattrs_asked) \
+    || return 1
+  echo "xattrs requests for a walk of 41 entries made on another mount, one with an attribute: $((after - before))"
+  grep -q 'user.tag="one"' "$work/walk.xattrs" && (( after - before <= 10 )) || return 1
+  tar -C "$mnt" -cf "$work/walk.tar" walk && mkdir "$mnt/untar" && before=$(xattrs_asked) \
+    && tar -C "$mnt/untar" -xf "$work/walk.tar" && after=$(xattrs_asked) || return 1
+  echo "xattrs requests for untar of 41 entries: $((after - before))"
+  (( after - before <= 10 )) && rm -r "$mnt/walk" "$mnt/untar"
+}
+check "walks and untar ask only files with extended attributes for them; another mount's are seen" walks_ask_few
+
 # POSIX ACLs. acl_steps DIR runs the same setfacl, chmod, umask and copy steps in DIR and
 # prints the ACLs and modes that result: on the mount it must print what it prints on
 # this machine's local disk. Then the kernel must enforce them on the mount, for a user

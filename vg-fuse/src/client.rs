@@ -10,7 +10,7 @@ pub mod files;
 pub mod session;
 pub mod transfer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -169,6 +169,20 @@ impl Client {
         }
     }
 
+    /// Sends a request that makes an inode; records in the entry cache whether it has
+    /// extended attributes.
+    async fn make_call(&self, request: ns::Request) -> Result<Attr> {
+        match self.ns_call(request).await? {
+            ns::Response::Made { attr, xattrs } => {
+                if !xattrs {
+                    self.cache(|c| c.made_plain(attr.ino));
+                }
+                Ok(attr)
+            }
+            other => Err(unexpected("attributes", other)),
+        }
+    }
+
     async fn done_call(&self, request: ns::Request) -> Result<()> {
         self.ns_call(request).await.map(|_| ())
     }
@@ -306,7 +320,7 @@ impl Client {
     pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, by: Maker) -> Result<Attr> {
         let Maker { uid, gid, umask } = by;
         let result = self
-            .attr_call(ns::Request::Mkdir {
+            .make_call(ns::Request::Mkdir {
                 parent,
                 name: name.to_vec(),
                 perm,
@@ -329,7 +343,7 @@ impl Client {
     ) -> Result<Attr> {
         let Maker { uid, gid, umask } = by;
         let result = self
-            .attr_call(ns::Request::Create {
+            .make_call(ns::Request::Create {
                 parent,
                 name: name.to_vec(),
                 perm,
@@ -418,7 +432,7 @@ impl Client {
     ) -> Result<Attr> {
         let Maker { uid, gid, umask } = by;
         let result = self
-            .attr_call(ns::Request::Mknod {
+            .make_call(ns::Request::Mknod {
                 parent,
                 name: name.to_vec(),
                 kind,
@@ -441,7 +455,7 @@ impl Client {
         gid: u32,
     ) -> Result<Attr> {
         let result = self
-            .attr_call(ns::Request::Symlink {
+            .make_call(ns::Request::Symlink {
                 parent,
                 name: name.to_vec(),
                 target: target.to_vec(),
@@ -613,32 +627,32 @@ impl Client {
         result.map(|_| ())
     }
 
-    /// One page of a directory listing.
-    pub async fn readdir(
-        &self,
-        ino: Ino,
-        offset: u64,
-        limit: u32,
-    ) -> Result<(Vec<(Name, Attr)>, bool)> {
-        match self
-            .ns_call(ns::Request::ReadDir { ino, offset, limit })
-            .await?
-        {
-            ns::Response::Entries { entries, more } => Ok((entries, more)),
-            other => Err(unexpected("readdir", other)),
-        }
-    }
-
     /// A whole directory listing.
     pub async fn readdir_all(&self, ino: Ino) -> Result<Vec<(Name, Attr)>> {
-        let mut all = Vec::new();
+        let (mut all, mut with_xattrs) = (Vec::new(), HashSet::new());
         let epoch = self.cache(|c| c.epoch());
         loop {
-            let (page, more) = self.readdir(ino, all.len() as u64, 5000).await?;
-            all.extend(page);
+            let offset = all.len() as u64;
+            let request = ns::Request::ReadDir {
+                ino,
+                offset,
+                limit: 5000,
+            };
+            let more = match self.ns_call(request).await? {
+                ns::Response::Entries {
+                    entries,
+                    more,
+                    xattrs,
+                } => {
+                    all.extend(entries);
+                    with_xattrs.extend(xattrs);
+                    more
+                }
+                other => return Err(unexpected("readdir", other)),
+            };
             if !more {
                 if let Some(epoch) = epoch {
-                    self.cache(|c| c.listed(ino, &all, epoch));
+                    self.cache(|c| c.listed(ino, &all, &with_xattrs, epoch));
                 }
                 return Ok(all);
             }

@@ -398,6 +398,11 @@ impl Namespace {
     }
 
     /// Directory entries from position `offset`, at most `limit`, with attributes.
+    /// Whether an inode has extended attributes (ACLs included).
+    pub fn has_xattrs(&self, ino: Ino) -> bool {
+        self.xattrs.contains_key(&ino)
+    }
+
     pub fn read_dir(
         &self,
         ino: Ino,

@@ -231,14 +231,20 @@ pub struct Lock {
 pub enum Response {
     /// Attributes of the inode concerned.
     Attr(Attr),
+    /// Attributes of the inode a mkdir, create, mknod or symlink made (or a create
+    /// opened), and whether it has extended attributes (an ACL its parent passed on).
+    Made { attr: Attr, xattrs: bool },
     /// No payload.
     Done,
     /// A symlink target.
     Target(Vec<u8>),
     /// Directory entries: name and attributes; `more` if the listing continues.
+    /// `xattrs`: the entries' inodes that have extended attributes; the others have none
+    /// (so that a client walking a tree need not ask each file for them).
     Entries {
         entries: Vec<(Name, Attr)>,
         more: bool,
+        xattrs: Vec<Ino>,
     },
     /// Capacity figures.
     StatFs(StatFs),

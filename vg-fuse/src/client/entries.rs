@@ -5,7 +5,7 @@
 //! for as long: a change made by another client may be unseen for up to the TTL. Changes
 //! made through this client update it at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,9 @@ use vg_wire::{Attr, FileKind, Ino, Timestamp};
 /// Entries over all cached listings; past this the cache starts again empty, so a huge
 /// tree walk cannot make it grow without bound.
 const MAX_ENTRIES: usize = 200_000;
-/// Inodes whose extended attributes are cached; past this that cache starts again empty.
-const MAX_XATTR_INODES: usize = 10_000;
+/// Inodes whose extended attributes are cached (most as "none", from listings); past
+/// this that cache starts again empty.
+const MAX_XATTR_INODES: usize = 50_000;
 /// A directory with more entries than this is never cached whole (relisting it would
 /// cost more than the lookups it saves).
 const MAX_LISTING: usize = 20_000;
@@ -147,7 +148,13 @@ impl EntryCache {
 
     /// Records a whole listing of `dir`, whose fetch started at `epoch`; a listing that
     /// may have missed one of this client's changes is dropped instead.
-    pub fn listed(&mut self, dir: Ino, entries: &[(Name, Attr)], epoch: u64) {
+    pub fn listed(
+        &mut self,
+        dir: Ino,
+        entries: &[(Name, Attr)],
+        with_xattrs: &HashSet<Ino>,
+        epoch: u64,
+    ) {
         self.forget_dir(dir);
         if entries.len() > MAX_LISTING || epoch != self.epoch {
             return;
@@ -164,6 +171,22 @@ impl EntryCache {
             .collect();
         for (_, attr) in entries {
             self.insert_attr(attr, now);
+        }
+        // The listing says which entries have no extended attributes at all: `ls -l`,
+        // `cp -a` and `tar` ask every file for some (`security.selinux`, ACLs), and
+        // this answers them without a round trip each.
+        if self.xattrs.len() + entries.len() > MAX_XATTR_INODES {
+            self.xattrs.clear();
+        }
+        if entries.len() <= MAX_XATTR_INODES {
+            let none = Xattrs::default();
+            for (_, attr) in entries {
+                match with_xattrs.contains(&attr.ino) {
+                    // What was cached may predate them (another client set some).
+                    true => _ = self.xattrs.remove(&attr.ino),
+                    false => _ = self.xattrs.insert(attr.ino, (none.clone(), now)),
+                }
+            }
         }
         self.entries += entries.len();
         self.dirs.insert(
@@ -226,8 +249,18 @@ impl EntryCache {
         }
         self.attr(attr);
         if attr.kind == FileKind::Dir {
-            self.listed(attr.ino, &[], self.epoch);
+            self.listed(attr.ino, &[], &HashSet::new(), self.epoch);
         }
+    }
+
+    /// Records that an inode this client just made has no extended attributes (its
+    /// parent passed it no ACL), as the nameserver answered: untar and `cp -a` into the
+    /// mount need not ask each new file for them.
+    pub fn made_plain(&mut self, ino: Ino) {
+        if self.xattrs.len() >= MAX_XATTR_INODES {
+            self.xattrs.clear();
+        }
+        self.xattrs.insert(ino, (Xattrs::default(), Instant::now()));
     }
 
     /// Records a name this client removed (unlink, or rmdir when `dir`). The name left
@@ -346,7 +379,12 @@ mod tests {
         assert_eq!(cache.lookup(9, b"w"), Cached::Unknown { stale: false });
 
         let mut expired = EntryCache::new(Duration::ZERO);
-        expired.listed(5, &[(b"n".to_vec(), file)], expired.epoch());
+        expired.listed(
+            5,
+            &[(b"n".to_vec(), file)],
+            &HashSet::new(),
+            expired.epoch(),
+        );
         assert_eq!(expired.lookup(5, b"n"), Cached::Unknown { stale: true });
     }
 
@@ -371,7 +409,7 @@ mod tests {
         let entries: Vec<(Name, Attr)> = (0..MAX_LISTING as u64 + 1)
             .map(|i| (i.to_string().into_bytes(), attr(i + 10, FileKind::File)))
             .collect();
-        cache.listed(1, &entries, cache.epoch());
+        cache.listed(1, &entries, &HashSet::new(), cache.epoch());
         assert_eq!(cache.lookup(1, b"nope"), Cached::Unknown { stale: false });
     }
 
@@ -380,7 +418,7 @@ mod tests {
         let mut cache = EntryCache::new(Duration::from_secs(60));
         let epoch = cache.epoch();
         cache.added(1, b"new", &attr(7, FileKind::File));
-        cache.listed(1, &[], epoch);
+        cache.listed(1, &[], &HashSet::new(), epoch);
         assert_eq!(cache.lookup(1, b"new"), Cached::Unknown { stale: false });
     }
 
@@ -394,5 +432,22 @@ mod tests {
         assert!(cache.fresh_xattrs(7).is_none());
         cache.xattrs_fetched(7, xattrs.clone(), Instant::now(), cache.epoch());
         assert_eq!(cache.fresh_xattrs(7), Some(xattrs));
+    }
+
+    #[test]
+    fn a_listing_tells_which_entries_have_no_xattrs() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        let entries = [
+            (b"plain".to_vec(), attr(7, FileKind::File)),
+            (b"tagged".to_vec(), attr(8, FileKind::File)),
+        ];
+        cache.made_plain(8);
+        cache.listed(1, &entries, &HashSet::from([8]), cache.epoch());
+        assert_eq!(cache.fresh_xattrs(7), Some(Xattrs::default()));
+        // Another client gave it some since this one made it.
+        assert!(cache.fresh_xattrs(8).is_none());
+        // This client's own change is not hidden by what the listing said.
+        cache.forget_xattrs(7);
+        assert!(cache.fresh_xattrs(7).is_none());
     }
 }

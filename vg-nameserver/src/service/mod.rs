@@ -345,20 +345,21 @@ impl Service {
             Xattrs { ino } => self.xattrs(ino),
             #[rustfmt::skip]
             Mkdir { parent, name, perm, umask, uid, gid } => {
-                self.mkdir(parent, name, Making { perm, umask, uid, gid }, now).await
+                self.made(self.mkdir(parent, name, Making { perm, umask, uid, gid }, now).await)
             },
             #[rustfmt::skip]
             Create { parent, name, perm, umask, uid, gid, exclusive } => {
                 let how = Making { perm, umask, uid, gid };
-                self.create(parent, name, how, exclusive, now).await
+                self.made(self.create(parent, name, how, exclusive, now).await)
             }
             #[rustfmt::skip]
             Mknod { parent, name, kind, perm, umask, uid, gid } => {
-                self.mknod(parent, name, kind, Making { perm, umask, uid, gid }, now).await
-            },
+                let how = Making { perm, umask, uid, gid };
+                self.made(self.mknod(parent, name, kind, how, now).await)
+            }
             #[rustfmt::skip]
             Symlink { parent, name, target, uid, gid } => {
-                self.symlink(parent, name, target, uid, gid, now).await
+                self.made(self.symlink(parent, name, target, uid, gid, now).await)
             },
             #[rustfmt::skip]
             Link { ino, new_parent, new_name } => self.link(ino, new_parent, new_name, now).await,

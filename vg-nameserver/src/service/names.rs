@@ -36,6 +36,18 @@ impl Service {
         self.read(|ns| Ok(Response::Attr(ns.get(ino)?.attr.clone())))
     }
 
+    /// Answers a make with the inode's attributes and whether it has extended attributes
+    /// (an ACL its parent's default ACL gave it), so that the client need not ask.
+    pub(super) fn made(&self, answer: Answer) -> Answer {
+        match answer? {
+            Response::Attr(attr) => self.read(|ns| {
+                let xattrs = ns.has_xattrs(attr.ino);
+                Ok(Response::Made { attr, xattrs })
+            }),
+            other => Ok(other),
+        }
+    }
+
     pub(super) fn readlink(&self, ino: Ino) -> Answer {
         self.read(|ns| match &ns.get(ino)?.content {
             Content::Symlink { target } => Ok(Response::Target(target.clone())),
@@ -50,7 +62,16 @@ impl Service {
         self.read(|ns| {
             let (entries, more) =
                 ns.read_dir(ino, offset, limit.clamp(1, vg_wire::ns::MAX_PAGE))?;
-            Ok(Response::Entries { entries, more })
+            let xattrs = entries
+                .iter()
+                .map(|(_, attr)| attr.ino)
+                .filter(|ino| ns.has_xattrs(*ino))
+                .collect();
+            Ok(Response::Entries {
+                entries,
+                more,
+                xattrs,
+            })
         })
     }
 

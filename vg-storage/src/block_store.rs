@@ -325,15 +325,38 @@ impl Syncer {
     }
 }
 
+/// Where a block is in its life on this storage, with its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Its files are being written; its space is taken. Listed, as the upload will
+    /// report it once written.
+    Writing(u32),
+    /// Stored.
+    Stored(u32),
+    /// Its files are being removed. No longer listed; its space is freed once they are
+    /// gone.
+    Removing(u32),
+}
+
+impl Held {
+    /// Its length, if it counts as held.
+    fn listed(self) -> Option<u32> {
+        match self {
+            Held::Writing(len) | Held::Stored(len) => Some(len),
+            Held::Removing(_) => None,
+        }
+    }
+}
+
 /// The blocks of one storage.
 pub struct BlockStore {
     root: PathBuf,
     capacity: u64,
     used: AtomicU64,
-    sizes: Mutex<HashMap<BlockId, u32>>,
-    /// Blocks whose files are being written or removed; locked before `sizes`. A put or
-    /// delete of one waits on `settled` until it is done.
-    busy: Mutex<HashSet<BlockId>>,
+    /// Absent → `Writing` → `Stored` (or absent, if the write failed) → `Removing` →
+    /// absent. A put of a block that is being written or removed waits on `settled`
+    /// until that is done.
+    blocks: Mutex<HashMap<BlockId, Held>>,
     settled: Condvar,
     tmp_seq: AtomicU64,
     volumes: Volumes,
@@ -372,8 +395,7 @@ impl BlockStore {
             root: root.to_path_buf(),
             capacity,
             used: AtomicU64::new(0),
-            sizes: Mutex::default(),
-            busy: Mutex::default(),
+            blocks: Mutex::default(),
             settled: Condvar::new(),
             tmp_seq: AtomicU64::new(0),
             volumes,
@@ -414,7 +436,10 @@ impl BlockStore {
             .used
             .store(sizes.values().map(|&s| s as u64).sum(), Ordering::Relaxed);
         info!(root = %root.display(), blocks = sizes.len(), bad, "block store scanned");
-        *store.sizes.lock().expect("sizes lock") = sizes;
+        *store.lock() = sizes
+            .into_iter()
+            .map(|(id, len)| (id, Held::Stored(len)))
+            .collect();
         Ok((store, bad))
     }
 
@@ -439,19 +464,21 @@ impl BlockStore {
         self.capacity
     }
 
-    /// Every block held, with its length.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, Held>> {
+        self.blocks.lock().expect("blocks lock")
+    }
+
+    /// Every block held (or being written), with its length.
     pub fn list(&self) -> Vec<(BlockId, u32)> {
-        self.sizes
-            .lock()
-            .expect("sizes lock")
+        self.lock()
             .iter()
-            .map(|(id, len)| (*id, *len))
+            .filter_map(|(id, held)| Some((*id, held.listed()?)))
             .collect()
     }
 
-    /// The length of a block, if held.
+    /// The length of a block, if held (or being written).
     pub fn len_of(&self, id: &BlockId) -> Option<u32> {
-        self.sizes.lock().expect("sizes lock").get(id).copied()
+        self.lock().get(id)?.listed()
     }
 
     /// Stores a block after checking that its bytes match its name. Storing a block that
@@ -471,14 +498,16 @@ impl BlockStore {
     /// would only repeat the first storage's work). Synced before it returns with `sync`,
     /// else by the sync thread soon after ([`BlockStore::wait_synced`]).
     pub fn put_checked(&self, id: &BlockId, data: &[u8], sync: bool) -> Result<()> {
-        let len = data.len() as u64;
+        let len = data.len() as u32;
         {
+            let mut blocks = self.lock();
             // Another upload of this block may still be writing it: acknowledging now
             // would promise bytes not yet written (or never, if that write fails).
-            let mut busy = self.wait_settled(id);
-            let mut sizes = self.sizes.lock().expect("sizes lock");
-            if sizes.contains_key(id) {
-                drop((sizes, busy));
+            while let Some(Held::Writing(_) | Held::Removing(_)) = blocks.get(id) {
+                blocks = self.settled.wait(blocks).expect("blocks lock");
+            }
+            if blocks.contains_key(id) {
+                drop(blocks);
                 // Held already, perhaps written by an upload that did not ask for a sync.
                 return match sync {
                     true => self.wait_synced(),
@@ -486,39 +515,37 @@ impl BlockStore {
                 };
             }
             let used = self.used.load(Ordering::Relaxed);
-            if used + len > self.capacity {
+            if used + len as u64 > self.capacity {
                 return Err(Error::NoSpace {
                     block: *id,
-                    len,
+                    len: len as u64,
                     free: self.capacity.saturating_sub(used),
                 });
             }
             // Reserve the space now so concurrent uploads cannot overshoot the capacity.
-            self.used.fetch_add(len, Ordering::Relaxed);
-            sizes.insert(*id, data.len() as u32);
-            busy.insert(*id);
+            self.used.fetch_add(len as u64, Ordering::Relaxed);
+            blocks.insert(*id, Held::Writing(len));
         }
         let result = self.write_files(id, data, sync);
-        if result.is_err() {
-            self.sizes.lock().expect("sizes lock").remove(id);
-            self.used.fetch_sub(len, Ordering::Relaxed);
-        }
-        self.settle(id);
+        let settled = match result {
+            Ok(()) => Some(Held::Stored(len)),
+            Err(_) => {
+                self.used.fetch_sub(len as u64, Ordering::Relaxed);
+                None
+            }
+        };
+        self.settle(id, settled);
         result
     }
 
-    /// The lock on busy blocks, once `id` is not among them.
-    fn wait_settled(&self, id: &BlockId) -> std::sync::MutexGuard<'_, HashSet<BlockId>> {
-        let mut busy = self.busy.lock().expect("busy lock");
-        while busy.contains(id) {
-            busy = self.settled.wait(busy).expect("busy lock");
+    /// Ends the write or removal of `id`, leaving it `held` (or gone), and wakes the puts
+    /// waiting for it.
+    fn settle(&self, id: &BlockId, held: Option<Held>) {
+        let mut blocks = self.lock();
+        match held {
+            Some(held) => _ = blocks.insert(*id, held),
+            None => _ = blocks.remove(id),
         }
-        busy
-    }
-
-    /// Ends the write or removal of `id`, waking the puts waiting for it.
-    fn settle(&self, id: &BlockId) {
-        self.busy.lock().expect("busy lock").remove(id);
         self.settled.notify_all();
     }
 
@@ -737,24 +764,21 @@ impl BlockStore {
     /// Deletes a block; true if it was there (and not still being written).
     pub fn delete(&self, id: &BlockId) -> bool {
         let len = {
-            let mut busy = self.busy.lock().expect("busy lock");
+            let mut blocks = self.lock();
             // Being written: nothing is stored to delete yet, and the upload will report
-            // the block once it is.
-            if busy.contains(id) {
-                return false;
-            }
-            let Some(len) = self.sizes.lock().expect("sizes lock").remove(id) else {
+            // the block once it is. A put of the same block waits until the old files
+            // are gone.
+            let Some(Held::Stored(len)) = blocks.get(id).copied() else {
                 return false;
             };
-            // A put of the same block waits until its old files are gone.
-            busy.insert(*id);
+            blocks.insert(*id, Held::Removing(len));
             len
         };
         if !self.volumes.remove(id) {
             self.remove_files(id);
         }
         self.used.fetch_sub(len as u64, Ordering::Relaxed);
-        self.settle(id);
+        self.settle(id, None);
         true
     }
 }

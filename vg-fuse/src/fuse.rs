@@ -889,9 +889,16 @@ impl Filesystem for VgFs {
         self.spawn(
             "opendir",
             async move {
-                let dir = files.client().getattr(ino).await?;
+                // The directory's own attributes (for `.` and `..`) come from the entry
+                // cache or alongside the listing: a walk of a tree (`ls -lR`, `find`)
+                // waited for two round trips in a row per directory.
+                let client = files.client();
+                let (dir, listing) = match client.cached_attr(ino) {
+                    Some((dir, _)) => (dir, client.readdir_all(ino).await?),
+                    None => tokio::try_join!(client.getattr(ino), client.readdir_all(ino))?,
+                };
                 let mut entries = vec![(b".".to_vec(), dir.clone()), (b"..".to_vec(), dir)];
-                entries.extend(files.client().readdir_all(ino).await?);
+                entries.extend(listing);
                 for (_, attr) in entries.iter_mut().skip(2) {
                     files.overlay(attr).await;
                 }

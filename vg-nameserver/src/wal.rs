@@ -88,7 +88,7 @@ impl LogFile {
         let end = self.end + buf.len() as u64;
         if end > self.allocated && self.can_allocate {
             let size = end.next_multiple_of(PREALLOCATE);
-            match allocate(&self.file, size) {
+            match vg_wire::disk::allocate(&self.file, size) {
                 Ok(()) => self.allocated = size,
                 Err(e) => {
                     warn!(error = %e, "cannot allocate the write-ahead log ahead; appending");
@@ -107,17 +107,6 @@ impl LogFile {
         self.file.sync_all()?;
         (self.end, self.allocated) = (0, 0);
         Ok(())
-    }
-}
-
-/// Allocates `file` up to `size` bytes (reading as zeros).
-fn allocate(file: &File, size: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
-    // SAFETY: the descriptor is open for writing for the duration of the call.
-    match unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -372,9 +361,7 @@ fn parse_records(bytes: &[u8]) -> (Vec<(u64, Op, usize)>, usize) {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(format!("fsync {}", dir.display())))
+    vg_wire::disk::sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
 }
 
 impl Wal {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{info, warn};
+use vg_wire::disk::sync_dir;
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
@@ -31,11 +32,6 @@ use crate::volumes::Volumes;
 /// Blocks up to this size go to volume files. Larger ones are written with O_DIRECT to a
 /// file of their own, where the journal commits are few against the bytes.
 pub const SMALL_BLOCK: usize = 256 << 10;
-
-/// Syncs a directory: what was created, renamed or removed in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 /// Marks the end of a block file.
 const MAGIC: &[u8; 4] = b"vgb1";

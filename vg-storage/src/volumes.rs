@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,8 +30,8 @@ use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
-use crate::block_store::sync_dir;
 use crate::error::{io_err, Result};
+use vg_wire::disk::{allocate, sync_dir};
 
 /// Bytes of each volume file.
 pub const VOLUME_BYTES: u64 = 64 << 20;
@@ -284,8 +283,7 @@ impl Volumes {
             .map_err(io_err(format!("create {}", path.display())))?;
         // Allocated space takes data without a journal commit per write; where fallocate
         // is not supported (tmpfs), appending still works.
-        // SAFETY: fallocate on an fd we own, with no pointers.
-        let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, VOLUME_BYTES as i64) };
+        let _ = allocate(&file, VOLUME_BYTES);
         file.sync_all()
             .and_then(|_| sync_dir(&self.dir))
             .map_err(io_err(format!("sync {}", path.display())))?;

@@ -2,11 +2,13 @@
 //!
 //! Message types ([`ns`], [`storage`]), shared value types ([`types`]), the frame codec
 //! ([`codec`], the only caller of bincode), TLS and identity ([`tls`]), and the RPC plumbing
-//! on QUIC streams ([`rpc`]) used by servers and clients alike.
+//! on QUIC streams ([`rpc`]) used by servers and clients alike; the disk steps both servers
+//! share ([`disk`]).
 
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
+pub mod disk;
 pub mod error;
 pub mod locks;
 #[cfg(feature = "cli")]

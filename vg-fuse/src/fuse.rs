@@ -159,6 +159,59 @@ fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// A request's task between its first poll (in the FUSE thread) and its spawn.
+struct Parked {
+    state: Mutex<ParkState>,
+    runtime: tokio::runtime::Handle,
+}
+
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+enum ParkState {
+    /// Being polled the first time.
+    Polling,
+    /// Woken while being polled: spawn it as soon as the poll ends.
+    Woken,
+    /// Waiting for its first wake.
+    Parked(Task),
+    /// On the runtime, which polls it with its own waker from now on.
+    Spawned,
+}
+
+impl Parked {
+    /// Parks the task after a first poll that left it waiting, or spawns it if it was
+    /// woken meanwhile.
+    fn park(&self, task: Task) {
+        let mut state = self.state.lock().expect("park lock");
+        match *state {
+            ParkState::Woken => {
+                *state = ParkState::Spawned;
+                drop(state);
+                self.runtime.spawn(task);
+            }
+            _ => *state = ParkState::Parked(task),
+        }
+    }
+}
+
+impl std::task::Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.state.lock().expect("park lock");
+        match std::mem::replace(&mut *state, ParkState::Spawned) {
+            ParkState::Polling | ParkState::Woken => *state = ParkState::Woken,
+            ParkState::Parked(task) => {
+                drop(state);
+                self.runtime.spawn(task);
+            }
+            ParkState::Spawned => {}
+        }
+    }
+}
+
 impl VgFs {
     /// A file system over the open-file layer, running its calls on `rt`.
     pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, ttl: Duration, xattrs: bool) -> Self {
@@ -201,11 +254,21 @@ impl VgFs {
             reply(result);
         });
         let _runtime = self.rt.enter();
-        // Whatever the first poll waits on registers this no-op waker; the runtime polls
-        // the task again when it is spawned, which registers its own.
-        let mut cx = Context::from_waker(Waker::noop());
-        if task.as_mut().poll(&mut cx).is_pending() {
-            self.rt.spawn(task);
+        // A task that must wait is handed to the runtime only when what it waits for is
+        // ready (a reply, mostly): the wake comes from a runtime thread, which then runs
+        // the task itself. Spawning it at once woke a runtime thread only to poll it and
+        // find it still waiting.
+        let parked = Arc::new(Parked {
+            state: Mutex::new(ParkState::Polling),
+            runtime: self.rt.clone(),
+        });
+        let waker = Waker::from(parked.clone());
+        if task
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            parked.park(task);
         }
     }
 

@@ -251,12 +251,28 @@ remount() {
 check "umount and mount again: closed files are there" remount
 
 sigterm() {
-  echo "written before SIGTERM" >"$mnt2/sig" && kill -TERM "$pid2" && eventually 20 bash -c "! mountpoint -q $mnt2" \
-    && pid2=$(source "$work/cluster-main/env" && "$bin/vg-fuse" "$mnt2" --daemon --logfile "$work/cluster-main/logs/vg-fuse-4.log") \
-    && echo "vg-fuse $pid2 $mnt2" >>"$work/cluster-main/pids" \
-    && [[ $(cat "$mnt2/sig") == "written before SIGTERM" ]]
+  local got logs=$work/cluster-main/logs
+  echo "written before SIGTERM" >"$mnt2/sig" && kill -TERM "$pid2" || return 1
+  eventually 20 bash -c "! mountpoint -q $mnt2" || {
+    echo "still mounted 20 s after SIGTERM; the mount's log ends:"; tail -n 5 "$logs/vg-fuse-3.log"; return 1
+  }
+  pid2=$(source "$work/cluster-main/env" && "$bin/vg-fuse" "$mnt2" --daemon --logfile "$logs/vg-fuse-4.log") || return 1
+  echo "vg-fuse $pid2 $mnt2" >>"$work/cluster-main/pids"
+  got=$(cat "$mnt2/sig") && [[ $got == "written before SIGTERM" ]] || { echo "read back: '$got'"; return 1; }
 }
 check "SIGTERM unmounts cleanly and loses nothing closed" sigterm
+
+# SIGTERM while a process has a file open there: the mount is detached at once (as
+# umount -l does) and the daemon exits when the file is closed.
+sigterm_busy() {
+  local holder
+  (exec 3<"$mnt2/sig" && sleep 3) &
+  holder=$!
+  eventually 10 bash -c "ls -l /proc/$holder/fd 2>/dev/null | grep -q '$mnt2/sig'" && kill -TERM "$pid2" \
+    && eventually 20 bash -c "! mountpoint -q $mnt2" && kill -0 "$pid2" && wait "$holder" \
+    && eventually 20 bash -c "! kill -0 $pid2 2>/dev/null"
+}
+check "SIGTERM with a file open: detached at once, exits once it is closed" sigterm_busy
 
 # Kill a storage in the middle of a large write: the upload is placed elsewhere and
 # the file reads back intact; vgctl fsck is clean once re-replication is done.

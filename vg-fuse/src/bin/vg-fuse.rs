@@ -1,5 +1,6 @@
 //! `vg-fuse`: mounts a vg cluster. Runs in the foreground until unmounted or sent
-//! SIGINT/SIGTERM (then commits everything written and unmounts); `--daemon` backgrounds it.
+//! SIGINT/SIGTERM (then commits everything written and unmounts, or detaches a mount still
+//! in use); `--daemon` backgrounds it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -198,14 +199,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .with_context(|| format!("mount {}", args.mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
-    vg_fuse::fuse::raise_read_ahead(resolved);
+    vg_fuse::fuse::raise_read_ahead(resolved.clone());
     if let Some(addr) = args.metrics {
         rt.block_on(serve_metrics(&files, addr))
             .with_context(|| format!("serve metrics on {addr}"))?;
     }
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     vg_wire::cli::ready();
-    let mut unmounter = session.unmount_callable();
     let signal_files: Arc<Files> = files.clone();
     let mountpoint = args.mountpoint.clone();
     rt.spawn(async move {
@@ -214,15 +214,48 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Err(e) = signal_files.flush_all().await {
             tracing::error!(error = %e, "commit before unmount failed");
         }
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!(mountpoint = %mountpoint.display(), error = %e, "unmount failed");
-        }
+        unmount(&resolved, &mountpoint);
     });
     session.run().context("serve FUSE requests")?;
+    // The kernel has ended the session, so the mount is gone (a signal's task or
+    // `umount` took it away): dropping the session would try to unmount again and log a
+    // spurious error.
+    std::mem::forget(session);
     rt.block_on(files.flush_all())
         .context("commit open files")?;
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// Unmounts `resolved` (`shown` in logs) after a signal. A mount still in use (a process
+/// with a file open or its working directory there) is detached instead, as `umount -l`
+/// does: new lookups no longer reach it, and the session ends, so the daemon exits, when
+/// the last user lets go. fuser's own unmount would leave such a mount in place and log
+/// nothing.
+fn unmount(resolved: &Path, shown: &Path) {
+    let Ok(path) = std::ffi::CString::new(resolved.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives both calls.
+    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+        return;
+    }
+    let refused = std::io::Error::last_os_error();
+    let detached = if refused.raw_os_error() == Some(libc::EPERM) {
+        // Not root: the setuid fusermount3 unmounts what this user mounted.
+        std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(resolved)
+            .status()
+            .is_ok_and(|status| status.success())
+    } else {
+        tracing::warn!(mountpoint = %shown.display(), error = %refused, "unmount refused: detaching the mount; exiting once nothing uses it");
+        // SAFETY: as above.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0 }
+    };
+    if !detached {
+        tracing::error!(mountpoint = %shown.display(), error = %refused, "unmount failed");
+    }
 }
 
 /// Serves Prometheus metrics at `addr`: bytes read and written, block cache hits and

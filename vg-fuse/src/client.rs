@@ -93,6 +93,9 @@ pub struct Client {
     /// Blocks uploaded (or being uploaded) but not yet committed, with a count of the
     /// uploads holding each: their garbage-collection grace period is kept fresh.
     held: Arc<Mutex<HashMap<BlockId, u32>>>,
+    /// Where the last placement said the next block would go: a small one is sent there
+    /// while its placement is asked for (the nameserver keeps the guess if it qualifies).
+    guess: Arc<Mutex<Vec<vg_wire::Location>>>,
     /// Listings and attributes that answer lookups (none when the TTL is zero).
     entries: Option<Arc<Mutex<EntryCache>>>,
     /// The cluster block size.
@@ -132,6 +135,7 @@ impl Client {
             unavailable_timeout: config.unavailable_timeout,
             suspects: Arc::default(),
             held: Arc::default(),
+            guess: Arc::default(),
             entries: (!config.entry_ttl.is_zero())
                 .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
             block_size: 0,

@@ -59,6 +59,25 @@ impl Storage {
         }
     }
 
+    /// Takes back a deletion of `id` not sent yet; true if there was one (then the
+    /// storage's copy counts again).
+    fn call_off_delete(&mut self, id: &BlockId) -> bool {
+        let mut called_off = false;
+        for command in &mut self.commands {
+            if let Command::Delete(ids) = command {
+                let before = ids.len();
+                ids.retain(|i| i != id);
+                called_off |= ids.len() < before;
+            }
+        }
+        if called_off {
+            self.commands
+                .retain(|c| !matches!(c, Command::Delete(ids) if ids.is_empty()));
+            self.deleted(id);
+        }
+        called_off
+    }
+
     fn is_active(&self) -> bool {
         self.state == StorageState::Active
     }
@@ -394,6 +413,11 @@ impl Registry {
         storage.used = used;
         storage.last_seen = now;
         for &(id, len) in received {
+            // A new copy (an upload that did not wait for its placement, or raced a
+            // deletion decided before it): a deletion decided without knowing of it is
+            // taken back. The storage itself keeps what it stored after the heartbeat
+            // whose answer tells it to delete.
+            self.storage_mut(slot).call_off_delete(&id);
             self.unreferenced
                 .entry(id)
                 .or_insert(Unreferenced::Uploaded(now));
@@ -491,12 +515,15 @@ impl Registry {
         }
     }
 
-    /// Chooses storages for a new block, or says the cluster already holds it.
+    /// Chooses storages for a new block, or says the cluster already holds it. The
+    /// client's guess (`prefer`: the storages the previous placement said would come
+    /// next, where it already sent the bytes) stands if every one of them qualifies.
     pub fn place(
         &mut self,
         id: BlockId,
         len: u32,
         exclude: &[String],
+        prefer: &[String],
         referenced: bool,
         now: Instant,
     ) -> Result<Placement, RemoteError> {
@@ -511,13 +538,12 @@ impl Registry {
             return Ok(Placement {
                 targets: Vec::new(),
                 stored: true,
+                next: Vec::new(),
             });
         }
-        let mut candidates: Vec<Slot> = self
-            .can_take(&id, len as u64)
-            .filter(|&slot| !exclude.contains(&self.storage(slot).name))
-            .collect();
-        if candidates.is_empty() {
+        self.rotation = self.rotation.wrapping_add(1);
+        let mut chosen = self.ranked(&id, len, exclude, self.rotation);
+        if chosen.is_empty() {
             let (code, reason) = if self.n_active() == 0 {
                 (ErrorCode::Unavailable, "no storage is active")
             } else {
@@ -528,13 +554,17 @@ impl Registry {
                 format!("block {id:?} ({len} bytes): {reason}"),
             ));
         }
-        self.rotation = self.rotation.wrapping_add(1);
-        let n = candidates.len();
-        candidates.rotate_left(self.rotation % n);
-        // Most free space first; the rotation breaks ties between equal storages.
-        candidates.sort_by_key(|&s| std::cmp::Reverse(self.storage(s).free() / (1 << 20)));
-        candidates.truncate(wanted.saturating_sub(live).max(1));
-        for &slot in &candidates {
+        let n = wanted.saturating_sub(live).max(1);
+        let guessed: Vec<Slot> = prefer
+            .iter()
+            .filter_map(|name| self.slots.get(name).copied())
+            .filter(|slot| chosen.contains(slot))
+            .collect();
+        match guessed.len() == prefer.len() && guessed.len() == n {
+            true => chosen = guessed,
+            false => chosen.truncate(n),
+        }
+        for &slot in &chosen {
             self.storage_mut(slot).used += len as u64;
         }
         self.blocks
@@ -544,10 +574,28 @@ impl Registry {
                 holders: Box::default(),
             })
             .len = len;
+        let mut next = self.ranked(&id, len, exclude, self.rotation.wrapping_add(1));
+        next.truncate(wanted);
         Ok(Placement {
-            targets: candidates.iter().map(|&s| self.location(s)).collect(),
+            targets: chosen.iter().map(|&s| self.location(s)).collect(),
             stored: false,
+            next: next.iter().map(|&s| self.location(s)).collect(),
         })
+    }
+
+    /// The storages that can take a block of `len` bytes (not holding `id`, not in
+    /// `exclude`) in placement order: most free space first, `rotation` breaking ties.
+    fn ranked(&self, id: &BlockId, len: u32, exclude: &[String], rotation: usize) -> Vec<Slot> {
+        let mut candidates: Vec<Slot> = self
+            .can_take(id, len as u64)
+            .filter(|&slot| !exclude.contains(&self.storage(slot).name))
+            .collect();
+        if !candidates.is_empty() {
+            let n = candidates.len();
+            candidates.rotate_left(rotation % n);
+            candidates.sort_by_key(|&s| std::cmp::Reverse(self.storage(s).free() / (1 << 20)));
+        }
+        candidates
     }
 
     /// Periodic work: declare silent storages down, schedule copies of under-replicated
@@ -643,25 +691,12 @@ impl Registry {
 
     /// A block released and due for deletion is being placed again (the same bytes
     /// written anew): a deletion not sent yet is called off, and the storage's copy counts
-    /// again. One already sent reaches its storage before the new copy can (it left
-    /// first, and the storage deletes as it reads its commands); the storage then reports
-    /// the new copy, not the deletion (see `vg_storage::server::Changes`).
+    /// again. One already sent does not touch a copy the storage received after the
+    /// heartbeat it answers: the storage skips those and reports them (see
+    /// `vg_storage::ns_link`), and their report calls off any deletion decided meanwhile.
     fn call_off_deletions(&mut self, id: BlockId, len: u32) {
         for slot in 0..self.storages.len() as Slot {
-            let storage = self.storage_mut(slot);
-            let mut called_off = false;
-            for command in &mut storage.commands {
-                if let Command::Delete(ids) = command {
-                    let before = ids.len();
-                    ids.retain(|i| *i != id);
-                    called_off |= ids.len() < before;
-                }
-            }
-            if called_off {
-                storage
-                    .commands
-                    .retain(|c| !matches!(c, Command::Delete(ids) if ids.is_empty()));
-                storage.deleted(&id);
+            if self.storage_mut(slot).call_off_delete(&id) {
                 self.add_location(id, len, slot);
             }
         }
@@ -830,16 +865,52 @@ mod tests {
     }
 
     #[test]
+    fn a_guess_of_the_next_placement_stands_while_it_qualifies() {
+        let now = Instant::now();
+        let mut reg = cluster(&["a", "b", "c"], now);
+        let names = |locations: &[Location]| {
+            let mut n: Vec<String> = locations.iter().map(|l| l.name.clone()).collect();
+            n.sort();
+            n
+        };
+        // Following `next` gives what placement would have chosen anyway: the blocks
+        // spread over all three storages.
+        let mut guess = Vec::new();
+        let mut used = HashMap::<String, usize>::new();
+        for n in 1..=6 {
+            let p = reg.place(id(n), 1, &[], &guess, false, now).unwrap();
+            if !guess.is_empty() {
+                assert_eq!(names(&p.targets), guess, "block {n}");
+            }
+            for l in &p.targets {
+                *used.entry(l.name.clone()).or_default() += 1;
+            }
+            guess = names(&p.next);
+        }
+        assert_eq!(used.len(), 3, "{used:?}");
+        // A guessed storage without room gives way to one with room.
+        let prefer = ["a".to_string(), "c".to_string()];
+        reg.storage_mut(reg.slots["a"]).used = 99;
+        let p = reg.place(id(7), 10, &[], &prefer, false, now).unwrap();
+        assert_eq!(names(&p.targets), ["b", "c"]);
+        // An excluded one is never chosen, guessed or not.
+        let p = reg
+            .place(id(8), 1, &["c".into()], &prefer, false, now)
+            .unwrap();
+        assert!(!p.targets.iter().any(|l| l.name == "c"));
+    }
+
+    #[test]
     fn places_on_distinct_storages_with_room() {
         let now = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], now);
-        let p = reg.place(id(1), 60, &[], false, now).unwrap();
+        let p = reg.place(id(1), 60, &[], &[], false, now).unwrap();
         assert_eq!(p.targets.len(), 2);
         assert_ne!(p.targets[0].name, p.targets[1].name);
         // 60 of 100 used on two storages: only one has room for another 60.
-        let p = reg.place(id(2), 60, &[], false, now).unwrap();
+        let p = reg.place(id(2), 60, &[], &[], false, now).unwrap();
         assert_eq!(p.targets.len(), 1);
-        let err = reg.place(id(3), 60, &[], false, now).unwrap_err();
+        let err = reg.place(id(3), 60, &[], &[], false, now).unwrap_err();
         assert_eq!(err.code, ErrorCode::NoSpace);
     }
 
@@ -849,14 +920,14 @@ mod tests {
         let mut reg = cluster(&["a", "b"], now);
         reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
-        assert!(reg.place(id(1), 10, &[], true, now).unwrap().stored);
+        assert!(reg.place(id(1), 10, &[], &[], true, now).unwrap().stored);
     }
 
     #[test]
     fn placing_a_block_again_calls_off_its_deletion() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], t0);
-        reg.place(id(1), 10, &[], false, t0).unwrap();
+        reg.place(id(1), 10, &[], &[], false, t0).unwrap();
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         reg.released(dropped(&[id(1)]), t0, 1);
         let later = t0 + Duration::from_secs(11);
@@ -868,7 +939,7 @@ mod tests {
         // a's deletion is sent, b's not yet, when the same bytes are written again.
         let sent = reg.heartbeat("a", 10, &[], &[], &[], later);
         assert!(matches!(&sent[..], [Command::Delete(ids)] if ids == &vec![id(1)]));
-        let p = reg.place(id(1), 10, &[], false, later).unwrap();
+        let p = reg.place(id(1), 10, &[], &[], false, later).unwrap();
         // b keeps its copy (it counts again), so one more copy is wanted.
         assert_eq!(reg.live_locations(&id(1)).len(), 1);
         assert_eq!(p.targets.len(), 1);
@@ -884,17 +955,17 @@ mod tests {
         let (a, b) = (reg.slots["a"], reg.slots["b"]);
         // Two released blocks and one upload not yet committed fill both storages.
         for n in [1, 2] {
-            reg.place(id(n), 40, &[], false, t0).unwrap();
+            reg.place(id(n), 40, &[], &[], false, t0).unwrap();
             reg.stored(id(n), 40, &["a".into(), "b".into()]);
         }
         reg.released(dropped(&[id(1), id(2)]), t0, 7);
-        reg.place(id(3), 10, &[], false, t0).unwrap();
+        reg.place(id(3), 10, &[], &[], false, t0).unwrap();
         reg.stored(id(3), 10, &["a".into(), "b".into()]);
         reg.heartbeat("a", 90, &[], &[], &[], t0);
         reg.heartbeat("b", 90, &[], &[], &[], t0);
         assert_eq!(reg.garbage(), 160);
         assert!(reg.status().iter().all(|s| s.garbage == 80));
-        let e = reg.place(id(4), 50, &[], false, t0).unwrap_err();
+        let e = reg.place(id(4), 50, &[], &[], false, t0).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSpace);
         // Not while the op that released them is not on disk: a crash could bring back
         // the layout naming them.
@@ -902,7 +973,7 @@ mod tests {
         // Reclaiming frees what released blocks hold, and placement counts it at once,
         // though the storages' heartbeats report it used until they delete.
         assert_eq!(reg.reclaim(&HashMap::new(), t0, 7), 160);
-        assert!(reg.place(id(4), 50, &[], false, t0).is_ok());
+        assert!(reg.place(id(4), 50, &[], &[], false, t0).is_ok());
         let cmds = reg.heartbeat("a", 90, &[], &[], &[], t0);
         assert!(
             matches!(&cmds[..], [Command::Delete(ids)] if ids.len() == 2),
@@ -915,7 +986,7 @@ mod tests {
         // One whose file is gone keeps the grace period (a reader may have it open).
         reg.stored(id(4), 50, &["a".into(), "b".into()]);
         reg.released(replaced(&[id(4)]), t0, 8);
-        reg.place(id(5), 1, &[], false, t0).unwrap();
+        reg.place(id(5), 1, &[], &[], false, t0).unwrap();
         reg.stored(id(5), 1, &["a".into(), "b".into()]);
         reg.released(dropped(&[id(5)]), t0, 1);
         let later = t0 + REPLACE_GRACE;
@@ -944,7 +1015,7 @@ mod tests {
         reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into(), "b".into()]);
         // id(2) was uploaded and never committed: the grace period of uploads protects it.
-        reg.place(id(2), 10, &[], false, t0_of(&reg)).unwrap();
+        reg.place(id(2), 10, &[], &[], false, t0_of(&reg)).unwrap();
         reg.stored(id(2), 10, &["c".into()]);
         let refs = HashMap::from([(id(1), 1)]);
         let t1 = t0 + Duration::from_secs(6);
@@ -981,6 +1052,31 @@ mod tests {
     }
 
     #[test]
+    fn a_new_copy_reported_calls_off_its_deletion() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b"], t0);
+        reg.released(dropped(&[id(1)]), t0, 1);
+        reg.stored(id(1), 10, &["a".into(), "b".into()]);
+        let t1 = t0 + Duration::from_secs(11);
+        reg.heartbeat("a", 10, &[], &[], &[], t1);
+        reg.heartbeat("b", 10, &[], &[], &[], t1);
+        reg.tick(&HashMap::new(), t1, u64::MAX);
+        // The same bytes were uploaded to a again before its deletion went out: a keeps
+        // them (a new grace period starts), b deletes its copy.
+        let cmds = reg.heartbeat("a", 10, &[(id(1), 10)], &[], &[], t1);
+        assert!(cmds.is_empty(), "{cmds:?}");
+        let cmds = reg.heartbeat("b", 10, &[], &[], &[], t1);
+        assert!(
+            matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(1)]),
+            "{cmds:?}"
+        );
+        assert_eq!(reg.live_locations(&id(1)).len(), 1);
+        let refs = HashMap::from([(id(1), 1)]);
+        reg.tick(&refs, t1 + Duration::from_secs(1), u64::MAX);
+        assert!(reg.heartbeat("a", 10, &[], &[], &[], t1).is_empty());
+    }
+
+    #[test]
     fn report_keeps_referenced_and_fresh_blocks() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a"], t0);
@@ -1001,8 +1097,8 @@ mod tests {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
         let none = HashMap::new();
-        reg.place(id(1), 10, &[], false, t0).unwrap();
-        reg.place(id(2), 10, &[], false, t0).unwrap();
+        reg.place(id(1), 10, &[], &[], false, t0).unwrap();
+        reg.place(id(2), 10, &[], &[], false, t0).unwrap();
         reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into()]);
         reg.released(dropped(&[id(2)]), t0_of(&reg), 1);
@@ -1039,7 +1135,7 @@ mod tests {
     fn placed_blocks_never_stored_are_forgotten_after_grace() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
-        reg.place(id(1), 10, &[], false, t0).unwrap();
+        reg.place(id(1), 10, &[], &[], false, t0).unwrap();
         assert!(reg.blocks.contains_key(&id(1)));
         let later = t0 + Duration::from_secs(11);
         reg.heartbeat("a", 0, &[], &[], &[], later);

@@ -1,6 +1,7 @@
 //! The storage's link to the nameserver: register, report blocks, activate, heartbeat,
 //! carry out commands; on any failure, back off and start over (re-registering).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use vg_wire::ns::{Command, Request, Response};
 use vg_wire::rpc::Target;
+use vg_wire::BlockId;
 
 use crate::server::{Changes, Storage};
 
@@ -58,9 +60,7 @@ async fn session(
         })
         .await?
         {
-            for id in ids {
-                deleted += store.delete(&id) as usize;
-            }
+            deleted += delete_unless_new(storage, ids).len();
         }
     }
     call(Request::Activate).await?;
@@ -90,24 +90,29 @@ async fn session(
                     tokio::spawn(async move { storage.replicate(id, sources).await });
                 }
                 Command::Delete(ids) => {
-                    let mut removed = Vec::new();
-                    for id in ids {
-                        if store.delete(&id) {
-                            removed.push(id);
-                        }
-                    }
+                    let removed = delete_unless_new(storage, ids);
                     info!(
                         blocks = removed.len(),
                         "deleted blocks on the nameserver's request"
                     );
-                    storage
-                        .changes
-                        .lock()
-                        .expect("changes lock")
-                        .deleted(removed);
                 }
                 Command::Reregister => return Ok(()),
             }
         }
     }
+}
+
+/// Deletes blocks on the nameserver's request, except those stored since the report it
+/// answers: it decided without knowing of those copies (an upload that did not wait for
+/// its placement, the same bytes written anew), and the next heartbeat reports them
+/// instead. Returns the blocks deleted.
+fn delete_unless_new(storage: &Storage, ids: Vec<BlockId>) -> Vec<BlockId> {
+    let mut changes = storage.changes.lock().expect("changes lock");
+    let new: HashSet<BlockId> = changes.received.iter().map(|(id, _)| *id).collect();
+    let removed: Vec<BlockId> = ids
+        .into_iter()
+        .filter(|id| !new.contains(id) && storage.store.delete(id))
+        .collect();
+    changes.deleted(removed.clone());
+    removed
 }

@@ -94,11 +94,14 @@ pub enum Request {
     Sync,
     /// A file's attributes, blocks and the storages holding each block.
     Layout { ino: Ino },
-    /// Where to upload a new block; says if the cluster already holds it.
+    /// Where to upload a new block; says if the cluster already holds it. `prefer`:
+    /// storages the client already sent the bytes to (a guess at the placement, made so
+    /// that a small upload need not wait for this answer), chosen first if they qualify.
     PlaceBlock {
         id: BlockId,
         len: u32,
         exclude: Vec<String>,
+        prefer: Vec<String>,
     },
     /// Adds slices on top of blocks of a file (each list in order, newest last) and sets
     /// its size, as one logged step; then applies `set` (attribute changes the client
@@ -304,6 +307,9 @@ pub struct Placement {
     pub targets: Vec<Location>,
     /// The cluster already holds this block with enough replicas: no upload needed.
     pub stored: bool,
+    /// Where the next block would go: a client may send a small one there while it asks
+    /// for its placement, and name them in `prefer`.
+    pub next: Vec<Location>,
 }
 
 /// What a storage is doing.

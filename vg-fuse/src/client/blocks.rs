@@ -28,6 +28,9 @@ const KEEP_EVERY: Duration = Duration::from_secs(1);
 /// pipeline (a storage's small-block volumes take up to this size too).
 const FAN_OUT_MAX: usize = 256 << 10;
 
+/// A block's upload to one storage: its name, and the storages that acknowledged it.
+type PutTask = tokio::task::JoinHandle<(String, std::result::Result<Vec<String>, vg_wire::Error>)>;
+
 impl Client {
     pub(super) fn hold(&self, id: BlockId) {
         *self.held.lock().expect("held lock").entry(id).or_default() += 1;
@@ -46,9 +49,20 @@ impl Client {
         }
     }
 
-    async fn place(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Result<Placement> {
+    async fn place(
+        &self,
+        id: BlockId,
+        len: u32,
+        exclude: Vec<String>,
+        prefer: Vec<String>,
+    ) -> Result<Placement> {
         match self
-            .ns_call(ns::Request::PlaceBlock { id, len, exclude })
+            .ns_call(ns::Request::PlaceBlock {
+                id,
+                len,
+                exclude,
+                prefer,
+            })
             .await?
         {
             ns::Response::Placement(placement) => Ok(placement),
@@ -56,7 +70,8 @@ impl Client {
         }
     }
 
-    /// Uploads one block (deduplicated: nothing moves if the cluster holds it). Returns
+    /// Uploads one block (deduplicated: a large one moves nothing if the cluster holds
+    /// it; a small one may have gone to the guessed storages meanwhile). Returns
     /// its reference and the storages that acknowledged it (empty when deduplicated). A
     /// storage that fails is excluded and the block placed again; copies a failed
     /// pipeline left out are made on further storages when the cluster has them.
@@ -103,13 +118,25 @@ impl Client {
         let mut holders: Vec<Location> = Vec::new();
         let mut wanted = None;
         let mut last_error = None;
+        // A small block goes at once to where the last placement said the next would
+        // go, while the nameserver is asked: a round trip less when it agrees, as it
+        // does unless one of those storages is full, down or already holds the block. A
+        // copy it did not place is an extra replica, which the nameserver deletes.
+        let mut early: Vec<(String, PutTask)> = Vec::new();
+        if data.len() <= FAN_OUT_MAX {
+            let guess = self.guess.lock().expect("guess lock").clone();
+            for to in &guess {
+                early.push((to.name.clone(), self.start_put(id, to, &[], &data, sync)));
+            }
+        }
         for _attempt in 0..UPLOAD_ATTEMPTS {
             let skip: Vec<String> = exclude
                 .iter()
                 .cloned()
                 .chain(holders.iter().map(|l| l.name.clone()))
                 .collect();
-            let placement = match self.place(id, block.len, skip).await {
+            let prefer = early.iter().map(|(name, _)| name.clone()).collect();
+            let placement = match self.place(id, block.len, skip, prefer).await {
                 Ok(p) => p,
                 // Out of candidates: fine if some copy is already durable.
                 Err(_) if !holders.is_empty() => break,
@@ -127,6 +154,7 @@ impl Client {
                 .get_or_insert(placement.targets.len())
                 .saturating_sub(holders.len())
                 .max(1);
+            let next = placement.next;
             let chain: Vec<Location> = placement.targets.into_iter().take(need).collect();
             if chain.is_empty() {
                 // A placement naming no storage: nothing to send to (and `send_copies`
@@ -137,8 +165,14 @@ impl Client {
                 );
                 return Err((Error::Remote(e), false));
             }
-            let (acked, failed) = self.send_copies(id, &chain, data.clone(), sync).await;
+            let (acked, failed) = self.send_copies(id, &chain, &data, sync, &mut early).await;
             holders.extend(chain.iter().filter(|l| acked.contains(&l.name)).cloned());
+            if data.len() <= FAN_OUT_MAX {
+                *self.guess.lock().expect("guess lock") = match failed.is_empty() {
+                    true => next,
+                    false => Vec::new(),
+                };
+            }
             if holders.len() >= wanted.unwrap_or(1) {
                 break;
             }
@@ -173,38 +207,57 @@ impl Client {
         Ok((block, holders))
     }
 
+    /// Starts sending a block to `to`, which forwards it down `rest`.
+    fn start_put(
+        &self,
+        id: BlockId,
+        to: &Location,
+        rest: &[Location],
+        data: &Bytes,
+        sync: bool,
+    ) -> PutTask {
+        let dialer = self.dialer.clone();
+        let (to, data) = (to.clone(), data.clone());
+        let request = storage::Request::Put {
+            id,
+            len: data.len() as u32,
+            chain: rest.to_vec(),
+            sync,
+        };
+        tokio::spawn(async move {
+            let result =
+                vg_wire::rpc::send_block(&dialer, &Target::storage(&to), &request, data).await;
+            (to.name, result)
+        })
+    }
+
     /// Sends a block to the storages of `chain`: a small one to each at once, a large one
     /// down the chain as a pipeline (each storage forwards it to the next), so that the
-    /// client sends its bytes once. Returns the storages that acknowledged it, and those
-    /// that failed with their error (a pipeline's failure is its head's).
+    /// client sends its bytes once. A send already under way to one of them (`early`)
+    /// is waited for instead of made again. Returns the storages that acknowledged it,
+    /// and those that failed with their error (a pipeline's failure is its head's).
     async fn send_copies(
         &self,
         id: BlockId,
         chain: &[Location],
-        data: Bytes,
+        data: &Bytes,
         sync: bool,
+        early: &mut Vec<(String, PutTask)>,
     ) -> (Vec<String>, Vec<(String, vg_wire::Error)>) {
-        let put = |to: &Location, rest: &[Location]| {
-            let dialer = self.dialer.clone();
-            let (to, data) = (to.clone(), data.clone());
-            let request = storage::Request::Put {
-                id,
-                len: data.len() as u32,
-                chain: rest.to_vec(),
-                sync,
-            };
-            async move {
-                let result =
-                    vg_wire::rpc::send_block(&dialer, &Target::storage(&to), &request, data).await;
-                (to.name, result)
-            }
-        };
-        let sends: Vec<_> = if data.len() <= FAN_OUT_MAX {
+        let sends: Vec<PutTask> = if data.len() <= FAN_OUT_MAX {
             // Two hops one after the other (client, then storage to storage) cost more
             // than sending a small block twice.
-            chain.iter().map(|to| tokio::spawn(put(to, &[]))).collect()
+            chain
+                .iter()
+                .map(
+                    |to| match early.iter().position(|(name, _)| *name == to.name) {
+                        Some(i) => early.swap_remove(i).1,
+                        None => self.start_put(id, to, &[], data, sync),
+                    },
+                )
+                .collect()
         } else {
-            vec![tokio::spawn(put(&chain[0], &chain[1..]))]
+            vec![self.start_put(id, &chain[0], &chain[1..], data, sync)]
         };
         let (mut acked, mut failed) = (Vec::new(), Vec::new());
         for send in sends {

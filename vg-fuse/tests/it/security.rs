@@ -362,6 +362,7 @@ async fn out_of_range_block_requests_are_refused() {
         id: blob,
         len: u32::MAX,
         exclude: vec![],
+        prefer: vec![],
     };
     assert_eq!(
         refused_code(

@@ -28,7 +28,13 @@ pub(super) struct Written {
 
 impl Service {
     /// Places a new blob of `len` bytes on storages, away from `exclude`.
-    pub(super) async fn place_block(&self, id: BlockId, len: u32, exclude: Vec<String>) -> Answer {
+    pub(super) async fn place_block(
+        &self,
+        id: BlockId,
+        len: u32,
+        exclude: &[String],
+        prefer: &[String],
+    ) -> Answer {
         if len == 0 || len > self.block_size {
             return refuse(
                 ErrorCode::Invalid,
@@ -38,11 +44,11 @@ impl Service {
                 ),
             );
         }
-        let placed = match self.place(id, len, &exclude) {
+        let placed = match self.place(id, len, exclude, prefer) {
             // Deletes not yet on disk free nothing: once they are, try again.
             Err(e) if e.code == ErrorCode::NoSpace => {
                 self.sync().await?;
-                self.place(id, len, &exclude)
+                self.place(id, len, exclude, prefer)
             }
             other => other,
         };
@@ -51,17 +57,23 @@ impl Service {
 
     /// Chooses storages for a new block; when none has room, first takes back the space
     /// of blocks that committed deletes released (those whose op is on disk).
-    fn place(&self, id: BlockId, len: u32, exclude: &[String]) -> Result<Placement, RemoteError> {
+    fn place(
+        &self,
+        id: BlockId,
+        len: u32,
+        exclude: &[String],
+        prefer: &[String],
+    ) -> Result<Placement, RemoteError> {
         let mut state = self.lock();
         let State {
             ns, registry, wal, ..
         } = &mut *state;
         let referenced = ns.refs().contains_key(&id);
-        match registry.place(id, len, exclude, referenced, Instant::now()) {
+        match registry.place(id, len, exclude, prefer, referenced, Instant::now()) {
             Err(e) if e.code == ErrorCode::NoSpace => {
                 let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
                 match registry.reclaim(ns.refs(), Instant::now(), durable) > 0 {
-                    true => registry.place(id, len, exclude, referenced, Instant::now()),
+                    true => registry.place(id, len, exclude, prefer, referenced, Instant::now()),
                     false => Err(e),
                 }
             }

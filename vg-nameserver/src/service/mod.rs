@@ -376,7 +376,8 @@ impl Service {
             StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
             Sync => self.sync().await,
             Layout { ino } => self.layout(ino),
-            PlaceBlock { id, len, exclude } => self.place_block(id, len, exclude).await,
+            #[rustfmt::skip]
+            PlaceBlock { id, len, exclude, prefer } => self.place_block(id, len, &exclude, &prefer).await,
             #[rustfmt::skip]
             Commit { ino, size, slices, stored, set, sync } => {
                 let written = Written { ino, size, slices, stored, set, sync };

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{info, warn};
-use vg_wire::disk::{sync_dir, DIRECT_ALIGN};
+use vg_wire::disk::sync_dir;
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
@@ -158,6 +158,9 @@ fn sync_file_system(root: &Path) -> Result<()> {
     }
 }
 
+/// Alignment of O_DIRECT buffers, lengths and offsets (a page: enough for any disk).
+const DIRECT_ALIGN: usize = 4096;
+
 /// Writes `data` then `trailer` to a new file, and syncs it with `sync`. The whole pages
 /// of `data` go through O_DIRECT when `data` is aligned in memory: measured on our
 /// machine, copying into the page cache and writing it back costs several times the disk
@@ -195,6 +198,42 @@ fn write_direct(path: &Path, pages: &[u8]) -> std::io::Result<()> {
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
     file.write_all(pages)
+}
+
+/// A zeroed byte buffer whose start is aligned for O_DIRECT, so that received blocks can
+/// be written without another copy.
+pub struct AlignedBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes, aligned.
+    pub fn new(len: usize) -> Self {
+        let buf = vec![0u8; len + DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl AsMut<[u8]> for AlignedBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 /// What was written and not yet synced, and how far the sync thread got.

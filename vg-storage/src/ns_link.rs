@@ -103,16 +103,27 @@ async fn session(
 }
 
 /// Deletes blocks on the nameserver's request, except those stored since the report it
-/// answers: it decided without knowing of those copies (an upload that did not wait for
-/// its placement, the same bytes written anew), and the next heartbeat reports them
-/// instead. Returns the blocks deleted.
+/// answers or being stored now: it decided without knowing of those copies (an upload
+/// that did not wait for its placement, the same bytes written anew), and the next
+/// heartbeat reports them instead. A few at a time under the locks an upload takes to
+/// start and to finish, so that none slips between the check and the deletion, and
+/// uploads do not wait for a long list. Returns the blocks deleted.
 fn delete_unless_new(storage: &Storage, ids: Vec<BlockId>) -> Vec<BlockId> {
-    let mut changes = storage.changes.lock().expect("changes lock");
-    let new: HashSet<BlockId> = changes.received.iter().map(|(id, _)| *id).collect();
-    let removed: Vec<BlockId> = ids
-        .into_iter()
-        .filter(|id| !new.contains(id) && storage.store.delete(id))
-        .collect();
-    changes.deleted(removed.clone());
+    const AT_A_TIME: usize = 256;
+    let mut removed = Vec::new();
+    for ids in ids.chunks(AT_A_TIME) {
+        let mut changes = storage.changes.lock().expect("changes lock");
+        let receiving = storage.receiving.lock().expect("receiving lock");
+        let new: HashSet<&BlockId> = changes.received.iter().map(|(id, _)| id).collect();
+        let gone: Vec<BlockId> = ids
+            .iter()
+            .filter(|id| !new.contains(id) && !receiving.contains_key(id))
+            .filter(|id| storage.store.delete(id))
+            .copied()
+            .collect();
+        drop(receiving);
+        changes.deleted(gone.clone());
+        removed.extend(gone);
+    }
     removed
 }

@@ -1,6 +1,7 @@
 //! The storage's request handler: block reads, uploads with pipeline forwarding,
 //! verification; plus the background scrub.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use quinn::{RecvStream, SendStream};
@@ -38,6 +39,36 @@ async fn run_sized<T: Send + 'static>(
 const STREAM_PIECE: usize = 1 << 20;
 /// Block bytes held in memory by uploads in flight, in MiB.
 const INFLIGHT_MIB: u32 = 512;
+
+/// Marks a block as being stored by an upload (see [`Storage::receiving`]) until dropped.
+struct Receiving<'a> {
+    storage: &'a Storage,
+    id: BlockId,
+}
+
+impl<'a> Receiving<'a> {
+    fn new(storage: &'a Storage, id: BlockId) -> Self {
+        *storage
+            .receiving
+            .lock()
+            .expect("receiving lock")
+            .entry(id)
+            .or_default() += 1;
+        Receiving { storage, id }
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        let mut receiving = self.storage.receiving.lock().expect("receiving lock");
+        if let Some(count) = receiving.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                receiving.remove(&self.id);
+            }
+        }
+    }
+}
 
 /// Block changes not yet told to the nameserver.
 #[derive(Default)]
@@ -77,6 +108,10 @@ pub struct Storage {
     pub dialer: Dialer,
     /// Changes for the next heartbeat.
     pub changes: Mutex<Changes>,
+    /// Blocks uploads are storing now, with how many uploads each: like those stored
+    /// since the last heartbeat, a deletion the nameserver decided without knowing of
+    /// them leaves them alone (`ns_link::delete_unless_new`).
+    pub receiving: Mutex<HashMap<BlockId, u32>>,
     /// Wakes the heartbeat loop early: an upload refused for space asks the nameserver
     /// at once for the deletions that would make room, rather than at the next beat.
     pub wake: tokio::sync::Notify,
@@ -105,6 +140,7 @@ impl Storage {
             store,
             dialer,
             changes: Mutex::default(),
+            receiving: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             inflight: Semaphore::new(INFLIGHT_MIB as usize),
             requests: Default::default(),
@@ -315,6 +351,8 @@ impl Storage {
             }
         }
         let sync = sync || self.strict;
+        // Until the block is recorded stored (below), or the upload fails.
+        let _receiving = Receiving::new(self, id);
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
             tokio::task::spawn_blocking(move || store.put_checked(&id, &data, sync))

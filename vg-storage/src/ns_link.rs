@@ -127,3 +127,63 @@ fn delete_unless_new(storage: &Storage, ids: Vec<BlockId>) -> Vec<BlockId> {
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use vg_wire::rpc::Dialer;
+    use vg_wire::tls::{Ca, Identity, Validity};
+    use vg_wire::Role;
+
+    use super::*;
+    use crate::block_store::BlockStore;
+    use crate::server::Receiving;
+
+    /// A storage over a new store in `dir`, with a dialer it does not use here.
+    fn storage(dir: &Path) -> Storage {
+        let ca = Ca::generate("test CA").unwrap();
+        vg_wire::tls::write_file(&dir.join("ca.crt"), &ca.pem().cert, 0o644).unwrap();
+        let pem = ca
+            .issue("s0", Role::Storage, &[], Validity::default())
+            .unwrap();
+        let mut paths = vg_wire::tls::write_peer(dir, "s0", &pem).unwrap();
+        paths.ca_cert = dir.join("ca.crt");
+        let identity = Identity::load(&paths).unwrap();
+        let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let dialer = Dialer::new(
+            endpoint,
+            identity.client_config().unwrap(),
+            Duration::from_secs(1),
+        );
+        let (store, _) = BlockStore::open(&dir.join("data"), 1 << 30).unwrap();
+        Storage::new("s0".into(), Arc::new(store), dialer, false)
+    }
+
+    #[tokio::test]
+    async fn deletions_spare_blocks_stored_since_the_report_or_being_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let blocks: Vec<BlockId> = (1..=3u8)
+            .map(|n| {
+                let data = vec![n; 1000];
+                let id = BlockId::of(&data);
+                storage.store.put(&id, &data).unwrap();
+                id
+            })
+            .collect();
+        // The first was reported before the deletion was decided; the second was stored
+        // since; the third is being stored again right now.
+        storage.changes.lock().unwrap().stored(blocks[1], 1000);
+        let receiving = Receiving::new(&storage, blocks[2]);
+        assert_eq!(delete_unless_new(&storage, blocks.clone()), [blocks[0]]);
+        assert!(storage.store.len_of(&blocks[0]).is_none());
+        assert!(storage.store.len_of(&blocks[1]).is_some());
+        assert!(storage.store.len_of(&blocks[2]).is_some());
+        assert_eq!(storage.changes.lock().unwrap().removed, [blocks[0]]);
+        // Once the upload is over and reported, a later deletion takes it.
+        drop(receiving);
+        *storage.changes.lock().unwrap() = Changes::default();
+        assert_eq!(delete_unless_new(&storage, vec![blocks[2]]), [blocks[2]]);
+    }
+}

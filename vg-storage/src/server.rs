@@ -41,13 +41,13 @@ const STREAM_PIECE: usize = 1 << 20;
 const INFLIGHT_MIB: u32 = 512;
 
 /// Marks a block as being stored by an upload (see [`Storage::receiving`]) until dropped.
-struct Receiving<'a> {
+pub(crate) struct Receiving<'a> {
     storage: &'a Storage,
     id: BlockId,
 }
 
 impl<'a> Receiving<'a> {
-    fn new(storage: &'a Storage, id: BlockId) -> Self {
+    pub(crate) fn new(storage: &'a Storage, id: BlockId) -> Self {
         *storage
             .receiving
             .lock()

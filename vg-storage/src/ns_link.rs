@@ -1,7 +1,6 @@
 //! The storage's link to the nameserver: register, report blocks, activate, heartbeat,
 //! carry out commands; on any failure, back off and start over (re-registering).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +75,7 @@ async fn session(
         let changes = std::mem::take(&mut *storage.changes.lock().expect("changes lock"));
         let request = Request::Heartbeat {
             used: store.used(),
-            received: changes.received,
+            received: changes.received.into_iter().collect(),
             removed: changes.removed,
             bad: changes.bad,
         };
@@ -114,10 +113,9 @@ fn delete_unless_new(storage: &Storage, ids: Vec<BlockId>) -> Vec<BlockId> {
     for ids in ids.chunks(AT_A_TIME) {
         let mut changes = storage.changes.lock().expect("changes lock");
         let receiving = storage.receiving.lock().expect("receiving lock");
-        let new: HashSet<&BlockId> = changes.received.iter().map(|(id, _)| id).collect();
         let gone: Vec<BlockId> = ids
             .iter()
-            .filter(|id| !new.contains(id) && !receiving.contains_key(id))
+            .filter(|id| !changes.received.contains_key(id) && !receiving.contains_key(id))
             .filter(|id| storage.store.delete(id))
             .copied()
             .collect();

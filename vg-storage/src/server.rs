@@ -73,8 +73,8 @@ impl Drop for Receiving<'_> {
 /// Block changes not yet told to the nameserver.
 #[derive(Default)]
 pub struct Changes {
-    /// Blocks stored since the last heartbeat.
-    pub received: Vec<(BlockId, u32)>,
+    /// Blocks stored since the last heartbeat, with their lengths.
+    pub received: HashMap<BlockId, u32>,
     /// Blocks deleted since the last heartbeat.
     pub removed: Vec<BlockId>,
     /// Blocks found corrupt (and deleted) since the last heartbeat.
@@ -87,13 +87,14 @@ impl Changes {
     /// not drop it.
     pub fn stored(&mut self, id: BlockId, len: u32) {
         self.removed.retain(|r| *r != id);
-        self.received.push((id, len));
+        self.received.insert(id, len);
     }
 
     /// Records blocks deleted, and no longer reports them stored.
     pub fn deleted(&mut self, ids: Vec<BlockId>) {
-        let gone: std::collections::HashSet<BlockId> = ids.iter().copied().collect();
-        self.received.retain(|(r, _)| !gone.contains(r));
+        for id in &ids {
+            self.received.remove(id);
+        }
         self.removed.extend(ids);
     }
 }
@@ -415,7 +416,7 @@ mod tests {
         // Stored, then deleted: reported deleted.
         changes.stored(b, 20);
         changes.deleted(vec![b]);
-        assert_eq!(changes.received, vec![(a, 10)]);
+        assert_eq!(changes.received, HashMap::from([(a, 10)]));
         assert_eq!(changes.removed, vec![b]);
     }
 }

@@ -207,14 +207,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     vg_wire::cli::ready();
     let signal_files: Arc<Files> = files.clone();
-    let mountpoint = args.mountpoint.clone();
     rt.spawn(async move {
         vg_wire::cli::shutdown_signal().await;
         tracing::info!("signal received: committing open files and unmounting");
         if let Err(e) = signal_files.flush_all().await {
             tracing::error!(error = %e, "commit before unmount failed");
         }
-        unmount(&resolved, &mountpoint);
+        unmount(&resolved);
     });
     session.run().context("serve FUSE requests")?;
     // The kernel has ended the session, so the mount is gone (a signal's task or
@@ -227,13 +226,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unmounts `resolved` (`shown` in logs) after a signal. A mount still in use (a process
+/// Unmounts `mountpoint` (resolved) after a signal. A mount still in use (a process
 /// with a file open or its working directory there) is detached instead, as `umount -l`
 /// does: new lookups no longer reach it, and the session ends, so the daemon exits, when
 /// the last user lets go. fuser's own unmount would leave such a mount in place and log
 /// nothing.
-fn unmount(resolved: &Path, shown: &Path) {
-    let Ok(path) = std::ffi::CString::new(resolved.as_os_str().as_encoded_bytes()) else {
+fn unmount(mountpoint: &Path) {
+    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
         return;
     };
     // SAFETY: `path` is a valid NUL-terminated string that outlives both calls.
@@ -245,16 +244,16 @@ fn unmount(resolved: &Path, shown: &Path) {
         // Not root: the setuid fusermount3 unmounts what this user mounted.
         std::process::Command::new("fusermount3")
             .args(["-u", "-z", "--"])
-            .arg(resolved)
+            .arg(mountpoint)
             .status()
             .is_ok_and(|status| status.success())
     } else {
-        tracing::warn!(mountpoint = %shown.display(), error = %refused, "unmount refused: detaching the mount; exiting once nothing uses it");
+        tracing::warn!(mountpoint = %mountpoint.display(), error = %refused, "unmount refused: detaching the mount; exiting once nothing uses it");
         // SAFETY: as above.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0 }
     };
     if !detached {
-        tracing::error!(mountpoint = %shown.display(), error = %refused, "unmount failed");
+        tracing::error!(mountpoint = %mountpoint.display(), error = %refused, "unmount failed");
     }
 }
 

@@ -13,6 +13,7 @@ pub mod transfer;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,10 @@ pub struct Client {
     guess: Arc<Mutex<Vec<vg_wire::Location>>>,
     /// Listings and attributes that answer lookups (none when the TTL is zero).
     entries: Option<Arc<Mutex<EntryCache>>>,
+    /// This client's number for its changes, and the number of the last change sent:
+    /// a change sent again after its answer was lost keeps its number, so that the
+    /// nameserver applies it once ([`ns::Request::Once`]).
+    changes: (u64, Arc<AtomicU64>),
     /// The cluster block size.
     pub block_size: u32,
 }
@@ -138,6 +143,7 @@ impl Client {
             guess: Arc::default(),
             entries: (!config.entry_ttl.is_zero())
                 .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
+            changes: (session::random_id(), Arc::default()),
             block_size: 0,
         };
         client.block_size = client.statfs().await?.block_size;
@@ -150,8 +156,17 @@ impl Client {
     }
 
     /// Sends a request to the nameserver, retrying while it is unreachable (e.g.
-    /// restarting) for up to the configured time.
+    /// restarting) for up to the configured time. A change is numbered, so that the
+    /// nameserver applies it once however often it is sent.
     pub async fn ns_call(&self, request: ns::Request) -> Result<ns::Response> {
+        let request = match request.is_change() {
+            true => ns::Request::Once {
+                client: self.changes.0,
+                seq: self.changes.1.fetch_add(1, Ordering::Relaxed),
+                request: Box::new(request),
+            },
+            false => request,
+        };
         let deadline = Instant::now() + self.unavailable_timeout;
         let mut pause = Duration::from_millis(50);
         loop {

@@ -20,10 +20,12 @@ use vg_wire::{
 use crate::acl;
 use crate::error::refuse;
 
+mod answered;
 mod v1;
+pub use answered::Answered;
 #[cfg(test)]
-pub use v1::{encode_v2, encode_v3};
-pub use v1::{NamespaceV1, NamespaceV2, NamespaceV3};
+pub use v1::{encode_v2, encode_v3, encode_v4};
+pub use v1::{NamespaceV1, NamespaceV2, NamespaceV3, NamespaceV4};
 
 type Refusal<T = ()> = std::result::Result<T, RemoteError>;
 
@@ -181,6 +183,13 @@ pub enum Op {
     Pin { ino: Ino },
     /// Stop keeping `ino`: freed now if no name is left.
     Unpin { ino: Ino },
+    /// Change `seq` of client `client` was applied (the records just before this one),
+    /// and its answer named `ino`: a repeat of it is answered so (see [`Answered`]).
+    Applied {
+        client: u64,
+        seq: u64,
+        ino: Option<Ino>,
+    },
 }
 
 /// Why a blob lost its last reference: readers of an open file may still want a blob
@@ -218,6 +227,9 @@ pub struct Namespace {
     /// Files kept while open somewhere, also once their last name is gone (orphans).
     /// The snapshot format before them (`vgsnap03`) is this without it.
     pinned: BTreeSet<Ino>,
+    /// The numbered changes of clients applied. The snapshot format before them
+    /// (`vgsnap04`) is this without it.
+    answered: Answered,
 }
 
 fn no_attr(name: &[u8]) -> RemoteError {
@@ -295,6 +307,7 @@ impl Namespace {
             released: Vec::new(),
             xattrs: HashMap::new(),
             pinned: BTreeSet::new(),
+            answered: Answered::default(),
         };
         ns.rebuild_refs();
         ns
@@ -722,7 +735,16 @@ impl Namespace {
             Op::Mark { .. } => refuse(ErrorCode::Invalid, "a log mark changes nothing"),
             &Op::Pin { ino } => self.pin(ino),
             &Op::Unpin { ino } => self.unpin(ino),
+            &Op::Applied { client, seq, ino } => {
+                self.answered.record(client, seq, ino);
+                Ok(ino.unwrap_or(ROOT_INO))
+            }
         }
+    }
+
+    /// The numbered changes of clients applied.
+    pub fn answered(&self) -> &Answered {
+        &self.answered
     }
 
     /// Adds a new inode as `parent/name`.

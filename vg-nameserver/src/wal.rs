@@ -1,10 +1,11 @@
 //! Durable metadata: a write-ahead log with group commit, and snapshots.
 //!
 //! Files under the metadata directory:
-//! - `snapshot`: `b"vgsnap04"`, crc32 of the payload, payload length (u64), payload =
+//! - `snapshot`: `b"vgsnap05"`, crc32 of the payload, payload length (u64), payload =
 //!   `(lsn, Namespace)`; written to `snapshot.tmp`, fsynced, renamed, directory fsynced.
 //!   A `vgsnap01` (whole blocks, before slices), `vgsnap02` (before extended
-//!   attributes) or `vgsnap03` (before pinned inodes) snapshot is read and converted.
+//!   attributes), `vgsnap03` (before pinned inodes) or `vgsnap04` (before numbered
+//!   changes) snapshot is read and converted.
 //! - `wal`: records of `len: u32, crc32: u32, payload = (lsn, Op)`, appended in LSN order,
 //!   then zeros: the file is allocated ahead of the records ([`PREALLOCATE`]).
 //!
@@ -49,15 +50,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::namespace::{Namespace, NamespaceV1, NamespaceV2, NamespaceV3, Op};
+use crate::namespace::{Namespace, NamespaceV1, NamespaceV2, NamespaceV3, NamespaceV4, Op};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap04";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap05";
 /// The snapshot format of releases before slices.
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"vgsnap01";
 /// The snapshot format of releases before extended attributes.
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"vgsnap02";
 /// The snapshot format of releases before open-but-unlinked files.
 const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"vgsnap03";
+/// The snapshot format of releases before numbered changes.
+const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"vgsnap04";
 /// Largest WAL record accepted on replay; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -518,6 +521,7 @@ impl Wal {
             SNAPSHOT_MAGIC_V1,
             SNAPSHOT_MAGIC_V2,
             SNAPSHOT_MAGIC_V3,
+            SNAPSHOT_MAGIC_V4,
         ];
         if bytes.len() < 20 || !known.iter().any(|m| magic == *m) {
             return Err("not a vg snapshot (bad magic)".into());
@@ -532,6 +536,7 @@ impl Wal {
             m if m == SNAPSHOT_MAGIC_V1 => convert::<NamespaceV1>(payload, "slices"),
             m if m == SNAPSHOT_MAGIC_V2 => convert::<NamespaceV2>(payload, "extended attributes"),
             m if m == SNAPSHOT_MAGIC_V3 => convert::<NamespaceV3>(payload, "pinned inodes"),
+            m if m == SNAPSHOT_MAGIC_V4 => convert::<NamespaceV4>(payload, "numbered changes"),
             _ => vg_wire::codec::from_bytes(payload).map_err(|e| e.to_string()),
         }
     }
@@ -947,6 +952,52 @@ mod tests {
         drop(wal);
         let (_, ns, _) = Wal::open(dir.path(), BOOT).unwrap();
         assert_eq!(ns.xattrs(kept).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn snapshot_before_numbered_changes_is_converted_and_numbers_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ns = Namespace::new(Timestamp::now());
+        let kept = ns
+            .apply(&Op::Create {
+                parent: ROOT_INO,
+                name: b"kept".to_vec(),
+                ino: ns.next_ino(),
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                time: Timestamp::now(),
+            })
+            .unwrap();
+        ns.apply(&Op::Pin { ino: kept }).unwrap();
+        write_snapshot(
+            dir.path(),
+            SNAPSHOT_MAGIC_V4,
+            &crate::namespace::encode_v4(11, &ns),
+        );
+        let (mut wal, mut ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!(rec.snapshot_lsn, 11);
+        assert!(ns.pinned().contains(&kept));
+        assert!(ns.answered().is_empty());
+        // A numbered change logged, then in a snapshot: both keep its number.
+        let applied = Op::Applied {
+            client: 5,
+            seq: 9,
+            ino: Some(kept),
+        };
+        ns.apply(&applied).unwrap();
+        let lsn = wal.append(&applied).unwrap();
+        wal.waiter().wait(lsn).await.unwrap();
+        drop(wal);
+        let (mut wal, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!(rec.replayed, 1);
+        assert_eq!(ns.answered().get(5, 9), Some(Some(kept)));
+        wal.snapshot(&ns).unwrap();
+        drop(wal);
+        let (_, ns, rec) = Wal::open(dir.path(), BOOT).unwrap();
+        assert_eq!(rec.replayed, 0);
+        assert_eq!(ns.answered().get(5, 9), Some(Some(kept)));
+        assert!(ns.pinned().contains(&kept));
     }
 
     #[tokio::test]

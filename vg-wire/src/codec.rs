@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// Magic bytes that start every frame.
 pub const MAGIC: [u8; 2] = *b"vg";
 /// Protocol version carried in every frame header (and in the TLS ALPN).
-pub const VERSION: u8 = 11;
+pub const VERSION: u8 = 12;
 /// Largest payload accepted: bounds memory per stream.
 pub const MAX_FRAME: u32 = 32 << 20;
 /// Length of the frame header.

@@ -199,6 +199,39 @@ pub enum Request {
     },
     /// The first lock of another owner that conflicts with `lock` (`F_GETLK`).
     TestLock { session: u64, ino: Ino, lock: Lock },
+    /// A change (see [`Request::is_change`]) that client `client` numbered `seq` and
+    /// may send again after losing the answer (a dropped connection, a restarted
+    /// nameserver): the nameserver applies it once and answers a repeat as it answered
+    /// the first.
+    Once {
+        client: u64,
+        seq: u64,
+        request: Box<Request>,
+    },
+}
+
+impl Request {
+    /// Whether it changes the namespace, so that sending it again after it was applied
+    /// would not do the same (a second create finds the file there).
+    pub fn is_change(&self) -> bool {
+        use Request::*;
+        matches!(
+            self,
+            SetAttr { .. }
+                | Mkdir { .. }
+                | Create { .. }
+                | Mknod { .. }
+                | SetXattr { .. }
+                | RemoveXattr { .. }
+                | Symlink { .. }
+                | Link { .. }
+                | Unlink { .. }
+                | Rmdir { .. }
+                | Rename { .. }
+                | Commit { .. }
+                | Compact { .. }
+        )
+    }
 }
 
 /// What a lock request asks for.
@@ -461,6 +494,7 @@ impl Operation for Request {
             Session { .. } => "session",
             Lock { .. } => "lock",
             TestLock { .. } => "test_lock",
+            Once { request, .. } => request.name(),
         }
     }
 
@@ -469,6 +503,7 @@ impl Operation for Request {
         use Request::*;
         match self {
             Register { .. } | Report { .. } | Activate | Heartbeat { .. } => Some(Role::Storage),
+            Once { request, .. } => request.role(),
             _ => Some(Role::Client),
         }
     }

@@ -43,19 +43,25 @@ pub struct Session {
     lapse: std::sync::Mutex<(Instant, Duration)>,
 }
 
+/// A number no other process is likely to pick: the process id and the time, hashed
+/// with a random key.
+pub fn random_id() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
+}
+
 impl Session {
     /// A session with a random id, nothing reported yet.
     pub fn new() -> Self {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.write_u128(
-            std::time::UNIX_EPOCH
-                .elapsed()
-                .unwrap_or_default()
-                .as_nanos(),
-        );
         Session {
-            id: hasher.finish(),
+            id: random_id(),
             reported: Mutex::new(Reported {
                 open: Vec::new(),
                 at: Instant::now(),

@@ -64,6 +64,17 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
     (0..len).map(|_| rng.next() as u8).collect()
 }
 
+/// A dialer with the identity in `paths`, for requests sent as a peer would, raw.
+pub fn dialer(paths: &TlsPaths) -> vg_wire::rpc::Dialer {
+    let identity = vg_wire::tls::Identity::load(paths).expect("load identity");
+    let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    vg_wire::rpc::Dialer::new(
+        endpoint,
+        identity.client_config().unwrap(),
+        Duration::from_secs(5),
+    )
+}
+
 /// Where the nameserver runs.
 pub enum Nameserver {
     /// In this process.
@@ -168,6 +179,15 @@ impl TestCluster {
             .issue(name, role, &["127.0.0.1".into()], Validity::default())
             .unwrap();
         write_peer(&self.certs(), name, &pem).unwrap()
+    }
+
+    /// The nameserver, as a raw [`dialer`] addresses it.
+    pub fn ns_target(&self) -> vg_wire::rpc::Target {
+        vg_wire::rpc::Target {
+            name: "nameserver".into(),
+            role: Role::Nameserver,
+            addr: self.ns_addr,
+        }
     }
 
     fn ns_config(&self, listen: SocketAddr) -> vg_nameserver::Config {

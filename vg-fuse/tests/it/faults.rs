@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use vg_fuse::client::{Client, Config, Maker};
 use vg_wire::tls::TlsPaths;
+use vg_wire::ErrorCode;
 
 use crate::cluster::{bytes, eventually, Rng, TestCluster, BLOCK};
 
@@ -413,4 +414,95 @@ async fn a_corrupt_piece_cuts_a_streamed_read() {
     })
     .await;
     assert!(client.read_block(block, &s0, 0, 0).await.unwrap() == data[4 << 20..8 << 20]);
+}
+
+/// What the nameserver answers `request` sent raw, as a client that lost the answer
+/// before sends it again: again while the connection fails (the nameserver restarting).
+async fn send(
+    dialer: &vg_wire::rpc::Dialer,
+    cluster: &TestCluster,
+    request: &vg_wire::ns::Request,
+) -> Result<vg_wire::ns::Response, vg_wire::Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match dialer.call(&cluster.ns_target(), request).await {
+            Err(e) if e.is_transport() && std::time::Instant::now() < deadline => {
+                dialer.forget(&cluster.ns_target());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbered_change_sent_again_is_applied_once_across_crashes() {
+    use vg_wire::ns::{Request, Response};
+    let mut cluster = TestCluster::start(0, 1 << 30).await;
+    cluster.kill_nameserver();
+    cluster.start_nameserver_child().await;
+    let dialer = crate::cluster::dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+    let create = Request::Create {
+        parent: vg_wire::ROOT_INO,
+        name: b"f".to_vec(),
+        perm: 0o644,
+        umask: 0o022,
+        uid: 0,
+        gid: 0,
+        exclusive: true,
+    };
+    let rename = Request::Rename {
+        parent: vg_wire::ROOT_INO,
+        name: b"f".to_vec(),
+        new_parent: vg_wire::ROOT_INO,
+        new_name: b"g".to_vec(),
+        noreplace: false,
+    };
+    let numbered = |seq: u64, request: &Request| Request::Once {
+        client: 77,
+        seq,
+        request: Box::new(request.clone()),
+    };
+    let made = |answer: Result<Response, vg_wire::Error>| match answer {
+        Ok(Response::Made { attr, .. }) => attr.ino,
+        other => panic!("expected the file made, got {other:?}"),
+    };
+    let ino = made(send(&dialer, &cluster, &numbered(1, &create)).await);
+    send(&dialer, &cluster, &numbered(2, &rename))
+        .await
+        .unwrap();
+    // Sent again, unnumbered, both are refused: the file is there, the name gone.
+    let refused = |answer: Result<Response, vg_wire::Error>, code| match answer {
+        Err(vg_wire::Error::Remote(e)) => assert_eq!(e.code, code, "{e}"),
+        other => panic!("expected {code:?}, got {other:?}"),
+    };
+    refused(send(&dialer, &cluster, &rename).await, ErrorCode::NotFound);
+    // Numbered, each is answered as the first time: after the answer was lost, after a
+    // crash (the log replayed), after a second one (the snapshot written at the restart).
+    for round in 0..3 {
+        assert_eq!(
+            made(send(&dialer, &cluster, &numbered(1, &create)).await),
+            ino,
+            "round {round}"
+        );
+        send(&dialer, &cluster, &numbered(2, &rename))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: rename sent again: {e}"));
+        cluster.kill_nameserver();
+        cluster.start_nameserver_child().await;
+    }
+    // A new number is a new change; another client's same number too.
+    refused(
+        send(&dialer, &cluster, &numbered(3, &rename)).await,
+        ErrorCode::NotFound,
+    );
+    let other = Request::Once {
+        client: 78,
+        seq: 1,
+        request: Box::new(create.clone()),
+    };
+    assert_ne!(made(send(&dialer, &cluster, &other).await), ino);
+    let client = cluster.client().await;
+    let names = crate::cluster::names(&client, vg_wire::ROOT_INO).await;
+    assert_eq!(names, ["f", "g"]);
 }

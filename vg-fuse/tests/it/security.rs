@@ -4,28 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use vg_wire::rpc::{Dialer, Target};
-use vg_wire::tls::{write_peer, Ca, Identity, TlsPaths, Validity};
+use vg_wire::tls::{write_peer, Ca, TlsPaths, Validity};
 use vg_wire::{codec, ns, storage, BlockId, ErrorCode, Role};
 
-use crate::cluster::{Rng, TestCluster};
-
-fn dialer(paths: &TlsPaths) -> Dialer {
-    let identity = Identity::load(paths).expect("load identity");
-    let endpoint = vg_wire::rpc::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    Dialer::new(
-        endpoint,
-        identity.client_config().unwrap(),
-        Duration::from_secs(5),
-    )
-}
-
-fn ns_target(cluster: &TestCluster) -> Target {
-    Target {
-        name: "nameserver".into(),
-        role: Role::Nameserver,
-        addr: cluster.ns_addr,
-    }
-}
+use crate::cluster::{dialer, Rng, TestCluster};
 
 fn storage_target(cluster: &TestCluster, name: &str) -> Target {
     Target {
@@ -57,7 +39,7 @@ async fn roles_are_enforced() {
     let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
     // A client certificate cannot register as a storage...
     let answer = client
-        .call::<_, ns::Response>(&ns_target(&cluster), &register("client"))
+        .call::<_, ns::Response>(&cluster.ns_target(), &register("client"))
         .await;
     assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
     // ...nor forward blocks storage-to-storage.
@@ -75,12 +57,12 @@ async fn roles_are_enforced() {
     let mallory = cluster.issue("mallory", Role::Storage);
     let mallory = dialer(&mallory);
     let answer = mallory
-        .call::<_, ns::Response>(&ns_target(&cluster), &register("s0"))
+        .call::<_, ns::Response>(&cluster.ns_target(), &register("s0"))
         .await;
     assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
     // ...and cannot use the namespace.
     let answer = mallory
-        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .call::<_, ns::Response>(&cluster.ns_target(), &ns::Request::StatFs)
         .await;
     assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
     // s0 is still registered and active after all that.
@@ -110,7 +92,7 @@ async fn foreign_and_expired_certificates_are_refused_at_the_handshake() {
     };
     let foreign = dialer(&paths);
     let err = foreign
-        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .call::<_, ns::Response>(&cluster.ns_target(), &ns::Request::StatFs)
         .await
         .unwrap_err();
     assert!(
@@ -136,7 +118,7 @@ async fn foreign_and_expired_certificates_are_refused_at_the_handshake() {
         .unwrap();
     let paths = write_peer(&cluster.certs(), "old-client", &expired).unwrap();
     let err = dialer(&paths)
-        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .call::<_, ns::Response>(&cluster.ns_target(), &ns::Request::StatFs)
         .await
         .unwrap_err();
     assert!(
@@ -150,7 +132,7 @@ async fn foreign_and_expired_certificates_are_refused_at_the_handshake() {
         .unwrap();
     let paths = write_peer(&cluster.certs(), "new-client", &fresh).unwrap();
     dialer(&paths)
-        .call::<_, ns::Response>(&ns_target(&cluster), &ns::Request::StatFs)
+        .call::<_, ns::Response>(&cluster.ns_target(), &ns::Request::StatFs)
         .await
         .unwrap();
 }
@@ -159,7 +141,7 @@ async fn foreign_and_expired_certificates_are_refused_at_the_handshake() {
 async fn garbage_frames_are_refused_and_servers_keep_serving() {
     let cluster = TestCluster::start(1, 1 << 30).await;
     let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
-    let targets = [ns_target(&cluster), storage_target(&cluster, "s0")];
+    let targets = [cluster.ns_target(), storage_target(&cluster, "s0")];
     let mut rng = Rng(0x1234_5678_9abc_def0);
     let mut next = || rng.next();
     let good = codec::encode(&ns::Request::StatFs).unwrap();
@@ -273,7 +255,7 @@ async fn refusals_are_logged_with_the_peer_address_and_reason() {
     let mut cluster = TestCluster::start(0, 1 << 30).await;
     cluster.kill_nameserver();
     cluster.start_nameserver_child().await;
-    let target = ns_target(&cluster);
+    let target = cluster.ns_target();
     // No certificate at all.
     let err = anonymous_dialer(&cluster)
         .call::<_, ns::Response>(&target, &ns::Request::StatFs)
@@ -366,7 +348,7 @@ async fn out_of_range_block_requests_are_refused() {
     };
     assert_eq!(
         refused_code(
-            raw.call::<_, ns::Response>(&ns_target(&cluster), &place)
+            raw.call::<_, ns::Response>(&cluster.ns_target(), &place)
                 .await
         )
         .await,

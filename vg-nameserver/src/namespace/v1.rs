@@ -2,9 +2,10 @@
 //! upgrade; the next snapshot is written in the current format. Releases before slices
 //! (`vgsnap01`): a file's block `i` was one whole blob or a hole. Releases before extended
 //! attributes (`vgsnap02`): the namespace without them. Releases before open-but-unlinked
-//! files (`vgsnap03`): the namespace without pinned inodes.
+//! files (`vgsnap03`): the namespace without pinned inodes. Releases before numbered
+//! changes (`vgsnap04`): the namespace without the changes clients numbered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
 use vg_wire::ns::Name;
@@ -106,6 +107,43 @@ impl From<NamespaceV3> for Namespace {
         ns.xattrs = old.xattrs;
         ns
     }
+}
+
+/// The namespace of a `vgsnap04` snapshot: the current one without numbered changes.
+#[derive(Deserialize)]
+pub struct NamespaceV4 {
+    inodes: HashMap<Ino, Box<Inode>>,
+    next_ino: Ino,
+    xattrs: HashMap<Ino, BTreeMap<Name, Vec<u8>>>,
+    pinned: BTreeSet<Ino>,
+}
+
+impl From<NamespaceV4> for Namespace {
+    fn from(old: NamespaceV4) -> Self {
+        let mut ns = Namespace::from_inodes(old.inodes, old.next_ino);
+        ns.xattrs = old.xattrs;
+        ns.pinned = old.pinned;
+        ns
+    }
+}
+
+/// The `vgsnap04` payload of a namespace (for tests of the conversion).
+#[cfg(test)]
+pub fn encode_v4(lsn: u64, ns: &Namespace) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct V4<'a> {
+        inodes: &'a HashMap<Ino, Box<Inode>>,
+        next_ino: Ino,
+        xattrs: &'a HashMap<Ino, BTreeMap<Name, Vec<u8>>>,
+        pinned: &'a BTreeSet<Ino>,
+    }
+    let v4 = V4 {
+        inodes: &ns.inodes,
+        next_ino: ns.next_ino,
+        xattrs: &ns.xattrs,
+        pinned: &ns.pinned,
+    };
+    vg_wire::codec::to_bytes(&(lsn, v4)).expect("encodes")
 }
 
 /// The `vgsnap03` payload of a namespace (for tests of the conversion).

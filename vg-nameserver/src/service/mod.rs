@@ -20,7 +20,7 @@ use vg_wire::ns::{Request, Response};
 use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer, Target};
 use vg_wire::{storage, BlockId, Ino, Location, Timestamp};
 
-use crate::error::Error;
+use crate::error::{refuse, Error};
 use crate::locks::Locks;
 use crate::namespace::{Namespace, Op};
 use crate::registry::{Policy, Registry};
@@ -30,6 +30,20 @@ use crate::Config;
 use crate::Durability;
 
 type Answer = std::result::Result<Response, RemoteError>;
+
+/// A change a client numbered ([`Request::Once`]): which client, which number.
+#[derive(Clone, Copy, Debug)]
+struct Numbered {
+    client: u64,
+    seq: u64,
+}
+
+tokio::task_local! {
+    /// The number of the change the request being served carries, if it does. Task-local
+    /// rather than passed down: only [`Service::mutate_after`], under every handler that
+    /// changes the namespace, reads it.
+    static NUMBERED: Option<Numbered>;
+}
 
 struct State {
     ns: Namespace,
@@ -182,7 +196,7 @@ impl Service {
             return;
         }
         debug!(files = unpins.len(), "open files released");
-        if let Err(e) = self.apply_locked(state, unpins, &[]) {
+        if let Err(e) = self.apply_locked(state, unpins, &[], None) {
             warn!(error = %e.message, "open files not released");
         }
     }
@@ -199,13 +213,21 @@ impl Service {
             return;
         };
         read_end(&mut recv).await;
+        let (request, numbered) = match request {
+            Request::Once {
+                client,
+                seq,
+                request,
+            } => (*request, Some(Numbered { client, seq })),
+            request => (request, None),
+        };
         let span = tracing::debug_span!("request", op = request.name(), peer = %peer.name);
         // A lock request that waits ends when its client goes away (the process was
         // interrupted, the mount stopped): nobody would release the lock it took.
         let waits = matches!(request, Request::Lock { wait: true, .. });
         let gone = send.stopped();
         let (op, started) = (request.name(), Instant::now());
-        async {
+        let served = async {
             let answer = match waits {
                 true => tokio::select! {
                     answer = self.dispatch(&peer, request) => answer,
@@ -219,9 +241,8 @@ impl Service {
             let outcome = answer.as_ref().map_or_else(|e| e.code.name(), |_| "ok");
             self.requests.record(op, outcome, started.elapsed());
             respond(&mut send, answer).await;
-        }
-        .instrument(span)
-        .await
+        };
+        NUMBERED.scope(numbered, served).instrument(span).await
     }
 
     /// Serves Prometheus metrics at `addr`: requests by operation and outcome with
@@ -404,6 +425,10 @@ impl Service {
             #[rustfmt::skip]
             Lock { session, ino, lock, wait } => self.lock_file(session, ino, lock, wait).await,
             TestLock { session, ino, lock } => self.test_lock(session, ino, lock),
+            Once { .. } => refuse(
+                ErrorCode::Invalid,
+                "a numbered change holds another numbered change",
+            ),
         }
     }
 
@@ -463,6 +488,7 @@ impl Service {
         blobs: &[BlockId],
         durable: bool,
     ) -> Answer {
+        let numbered = NUMBERED.try_with(|n| *n).ok().flatten();
         let Applied {
             attr,
             lsn,
@@ -470,8 +496,13 @@ impl Service {
             refused,
         } = {
             let mut state = self.lock();
-            let ops = build(&state.ns);
-            self.apply_locked(&mut state, ops, blobs)?
+            match numbered.and_then(|n| Some((n, state.ns.answered().get(n.client, n.seq)?))) {
+                Some((n, ino)) => Self::answer_again(&state, n, ino)?,
+                None => {
+                    let ops = build(&state.ns);
+                    self.apply_locked(&mut state, ops, blobs, numbered)?
+                }
+            }
         };
         if let Some(lsn) = lsn {
             match durable || self.durability == Durability::Strict {
@@ -486,14 +517,44 @@ impl Service {
         Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
     }
 
-    /// Applies ops in order and appends them to the log, under the state lock. The file
-    /// an unlink or a rename removes the last name of is pinned first if a session holds
-    /// it open, so that it stays readable and writable by inode.
+    /// The answer to a repeat of a numbered change that was applied, its answer naming
+    /// `ino`: the inode as it is now. Given once the log has what the first one logged.
+    fn answer_again(
+        state: &State,
+        numbered: Numbered,
+        ino: Option<Ino>,
+    ) -> Result<Applied, RemoteError> {
+        let wal = state.wal.as_ref().ok_or_else(|| {
+            RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+        })?;
+        debug!(
+            client = numbered.client,
+            seq = numbered.seq,
+            "change sent again: answered as the first time"
+        );
+        let attr = match ino {
+            Some(ino) => Some(state.ns.get(ino)?.attr.clone()),
+            None => None,
+        };
+        Ok(Applied {
+            attr,
+            lsn: Some(wal.last_lsn()),
+            waiter: wal.waiter(),
+            refused: None,
+        })
+    }
+
+    /// Applies ops in order and appends them to the log, under the state lock, and
+    /// then, if they were a client's numbered change and none was refused, the record
+    /// that it was applied. The file an unlink or a rename removes the last name of is
+    /// pinned first if a session holds it open, so that it stays readable and writable
+    /// by inode.
     fn apply_locked(
         &self,
         state: &mut State,
         ops: Vec<Op>,
         blobs: &[BlockId],
+        numbered: Option<Numbered>,
     ) -> Result<Applied, RemoteError> {
         let State {
             ns,
@@ -536,6 +597,17 @@ impl Service {
             if refused.is_some() {
                 break;
             }
+        }
+        if let (Some(n), true, None) = (numbered, lsn.is_some(), &refused) {
+            // After the ops: a crash between them loses the record, not the ops, and a
+            // repeat is then applied again, as without numbers; never the other way.
+            let op = Op::Applied {
+                client: n.client,
+                seq: n.seq,
+                ino: last,
+            };
+            ns.apply(&op)?;
+            lsn = Some(wal.append(&op).map_err(|e| e.to_remote())?);
         }
         registry.released(ns.take_released(), Instant::now(), lsn.unwrap_or(0));
         if wal.wants_snapshot(self.snapshot_bytes) {

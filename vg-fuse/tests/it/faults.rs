@@ -491,17 +491,16 @@ async fn a_numbered_change_sent_again_is_applied_once_across_crashes() {
         cluster.kill_nameserver();
         cluster.start_nameserver_child().await;
     }
-    // A new number is a new change; another client's same number too.
+    // A new number is a new change; so is the same number from another certificate.
     refused(
         send(&dialer, &cluster, &numbered(3, &rename)).await,
         ErrorCode::NotFound,
     );
-    let other = Request::Once {
-        client: 78,
-        seq: 1,
-        request: Box::new(create.clone()),
-    };
-    assert_ne!(made(send(&dialer, &cluster, &other).await), ino);
+    let other = crate::cluster::dialer(&cluster.issue("other-client", vg_wire::Role::Client));
+    assert_ne!(
+        made(send(&other, &cluster, &numbered(1, &create)).await),
+        ino
+    );
     let client = cluster.client().await;
     let names = crate::cluster::names(&client, vg_wire::ROOT_INO).await;
     assert_eq!(names, ["f", "g"]);

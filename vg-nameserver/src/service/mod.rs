@@ -38,6 +38,19 @@ struct Numbered {
     seq: u64,
 }
 
+impl Numbered {
+    /// Change `seq` of the client that calls itself `client`, known by its certificate's
+    /// name too: a client cannot take another certificate's numbers (and have its
+    /// changes answered without being applied).
+    fn of(peer: &Peer, client: u64, seq: u64) -> Self {
+        let mut named = peer.name.as_bytes().to_vec();
+        named.extend_from_slice(&client.to_le_bytes());
+        let hash = BlockId::of(&named).0;
+        let client = u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"));
+        Numbered { client, seq }
+    }
+}
+
 tokio::task_local! {
     /// The number of the change the request being served carries, if it does. Task-local
     /// rather than passed down: only [`Service::mutate_after`], under every handler that
@@ -218,7 +231,7 @@ impl Service {
                 client,
                 seq,
                 request,
-            } => (*request, Some(Numbered { client, seq })),
+            } => (*request, Some(Numbered::of(&peer, client, seq))),
             request => (request, None),
         };
         let span = tracing::debug_span!("request", op = request.name(), peer = %peer.name);

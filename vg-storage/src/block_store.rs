@@ -159,7 +159,7 @@ fn sync_file_system(root: &Path) -> Result<()> {
 }
 
 /// Alignment of O_DIRECT buffers, lengths and offsets (a page: enough for any disk).
-const DIRECT_ALIGN: usize = 4096;
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// Writes `data` then `trailer` to a new file, and syncs it with `sync`. The whole pages
 /// of `data` go through O_DIRECT when `data` is aligned in memory: measured on our

@@ -13,6 +13,15 @@
 //! reads each volume up to its first invalid header. A torn record whose header survived
 //! fails its CRCs when read or scrubbed, like a damaged block file.
 //!
+//! A record synced as it is stored (an upload for an `fsync`) is written through O_DIRECT
+//! in whole sectors: through the page cache, the `fdatasync` after a 4 KiB block's
+//! 4,144-byte record writes both pages the record touches (and the page it shares with
+//! the record before, again); direct, its nine 512-byte sectors, the first of them
+//! rewritten from the bytes of the sector the records end in, which each volume keeps
+//! in memory ([`Direct`]). The others go through the page cache, so that their writes do
+//! not wait for the disk; the kernel keeps the two ways coherent, and records stay in
+//! one volume in offset order.
+//!
 //! Deleting a block appends a tombstone (a header of length 0), not synced: the scan drops
 //! what a later tombstone names. The space comes back when a volume no longer in use holds
 //! no live record (the file is removed), or few enough that [`Volumes::compact`] copies
@@ -30,6 +39,7 @@ use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
+use crate::block_store::{AlignedBuf, DIRECT_ALIGN};
 use crate::error::{io_err, Result};
 use vg_wire::disk::{allocate, sync_dir};
 
@@ -52,6 +62,19 @@ const COMPACT_BELOW: f64 = 0.25;
 /// Bytes a record of a `len`-byte block takes.
 fn record_len(len: u32) -> u64 {
     HEADER as u64 + len as u64 + 4 * (len as u64).div_ceil(CHUNK as u64)
+}
+
+/// Starts writing back `len` bytes of `file` at `offset`, without waiting for the disk.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call; no pointers are passed.
+    // A failure only means the pages are written back later.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// The header of a record.
@@ -183,9 +206,78 @@ struct Loc {
     len: u32,
 }
 
+/// The descriptor through which a volume's synced records are written in whole sectors
+/// (see the module doc), and the bytes of the sector its records end in, up to their end.
+struct Direct {
+    file: File,
+    /// Alignment of O_DIRECT offsets and lengths on this file system.
+    align: u64,
+    tail: Vec<u8>,
+}
+
+impl Direct {
+    /// Opens `path` with O_DIRECT, if its file system takes it and says its alignment
+    /// (statx's `STATX_DIOALIGN`), one [`AlignedBuf`] meets.
+    fn open(path: &Path) -> Option<Direct> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statx only writes into `stat`, plain data that may start zeroed; `name`
+        // is a valid NUL-terminated string.
+        let stat = unsafe {
+            let mut stat: libc::statx = std::mem::zeroed();
+            let mask = libc::STATX_DIOALIGN;
+            let found = libc::statx(libc::AT_FDCWD, name.as_ptr(), 0, mask, &mut stat);
+            (found == 0).then_some(stat)?
+        };
+        let (align, memory) = (stat.stx_dio_offset_align, stat.stx_dio_mem_align);
+        let usable = stat.stx_mask & libc::STATX_DIOALIGN != 0
+            && align.is_power_of_two()
+            && align as usize <= DIRECT_ALIGN
+            && memory as usize <= DIRECT_ALIGN;
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()?;
+        usable.then_some(Direct {
+            file,
+            align: align as u64,
+            tail: Vec::new(),
+        })
+    }
+
+    /// Writes `record` at `offset`, the end of the records, in whole sectors: the first
+    /// starts with the tail's bytes, the last ends with zeros (the file has zeros there).
+    fn write(&mut self, record: &[u8], offset: u64) -> std::io::Result<()> {
+        debug_assert_eq!(self.tail.len() as u64, offset % self.align);
+        let start = offset - self.tail.len() as u64;
+        let end = offset + record.len() as u64;
+        let mut buf = AlignedBuf::new((end.next_multiple_of(self.align) - start) as usize);
+        let head = self.tail.len();
+        buf.as_mut()[..head].copy_from_slice(&self.tail);
+        buf.as_mut()[head..head + record.len()].copy_from_slice(record);
+        self.file.write_all_at(&buf, start)?;
+        self.follow(record, end);
+        Ok(())
+    }
+
+    /// Keeps the tail in step with `record`, written (either way) to end at `end`.
+    fn follow(&mut self, record: &[u8], end: u64) {
+        let kept = (end % self.align) as usize;
+        match record.len() >= kept {
+            true => self.tail = record[record.len() - kept..].to_vec(),
+            false => self.tail.extend_from_slice(record),
+        }
+    }
+}
+
 /// One volume file.
 struct Volume {
     file: Arc<File>,
+    /// Writes its synced records; `None` for a volume from before a restart (it takes
+    /// no records) and where the file system has no O_DIRECT (tmpfs).
+    direct: Option<Direct>,
     /// End of its last record.
     end: u64,
     /// Bytes of records still indexed.
@@ -232,6 +324,7 @@ impl Volumes {
                 // These take no new records (see below): nothing to zero ahead of.
                 let volume = Volume {
                     file,
+                    direct: None,
                     end,
                     live: 0,
                     zeroed: end,
@@ -289,6 +382,7 @@ impl Volumes {
             .map_err(io_err(format!("sync {}", path.display())))?;
         Ok(Volume {
             file: Arc::new(file),
+            direct: Direct::open(&path),
             end: 0,
             live: 0,
             zeroed: 0,
@@ -334,7 +428,7 @@ impl Volumes {
             if moving.is_some() && state.index.get(id) != moving.as_ref() {
                 return Ok(None);
             }
-            let (volume, offset, file) = self.write(&mut state, &record)?;
+            let (volume, offset, file) = self.write(&mut state, &record, sync)?;
             state.volumes.get_mut(&volume).expect("written").live += bytes;
             let loc = Loc {
                 volume,
@@ -364,9 +458,15 @@ impl Volumes {
     }
 
     /// Writes a record at the end of the volume in use (a new one when it is full), under
-    /// the lock so that records land in offset order (see the module doc). Returns the
-    /// volume, the record's offset, and the file to sync.
-    fn write(&self, state: &mut State, record: &[u8]) -> Result<(u32, u64, Arc<File>)> {
+    /// the lock so that records land in offset order, through O_DIRECT if it is to be
+    /// `synced` at once (see the module doc). Returns the volume, the record's offset,
+    /// and the file to sync.
+    fn write(
+        &self,
+        state: &mut State,
+        record: &[u8],
+        synced: bool,
+    ) -> Result<(u32, u64, Arc<File>)> {
         let bytes = record.len() as u64;
         let number = match state.active {
             Some(n) if state.volumes[&n].end + bytes <= VOLUME_BYTES => n,
@@ -384,19 +484,31 @@ impl Volumes {
         let volume = state.volumes.get_mut(&number).expect("active volume");
         let offset = volume.end;
         let write_err = || io_err(format!("write {}", self.path(number).display()));
-        if offset + bytes > volume.zeroed {
+        // A direct write ends at a sector's end, which must be zeroed already.
+        let sector = volume.direct.as_ref().map_or(1, |d| d.align);
+        if (offset + bytes).next_multiple_of(sector) > volume.zeroed {
             let to = (offset + bytes + ZERO_AHEAD).min(VOLUME_BYTES);
             let zeros = vec![0u8; (to - volume.zeroed) as usize];
             volume
                 .file
                 .write_all_at(&zeros, volume.zeroed)
                 .map_err(write_err())?;
+            if volume.direct.is_some() {
+                // Written back now, the zeros' pages are clean by the time direct writes
+                // reach them, which would otherwise write each back whole first.
+                start_writeback(&volume.file, volume.zeroed, to - volume.zeroed);
+            }
             volume.zeroed = to;
         }
-        volume
-            .file
-            .write_all_at(record, offset)
-            .map_err(write_err())?;
+        match (&mut volume.direct, synced) {
+            (Some(direct), true) => direct.write(record, offset),
+            (direct, _) => volume.file.write_all_at(record, offset).map(|()| {
+                if let Some(direct) = direct {
+                    direct.follow(record, offset + bytes);
+                }
+            }),
+        }
+        .map_err(write_err())?;
         volume.end += bytes;
         Ok((number, offset, volume.file.clone()))
     }
@@ -419,7 +531,7 @@ impl Volumes {
         let Some(loc) = state.index.remove(id) else {
             return false;
         };
-        if let Err(e) = self.write(&mut state, &header(id, 0)) {
+        if let Err(e) = self.write(&mut state, &header(id, 0), false) {
             warn!(block = %id, error = %e, "cannot record a deletion; the block may come back after a restart");
         }
         self.forget(&mut state, loc);
@@ -546,6 +658,41 @@ mod tests {
         volumes.put(&id, &data, &crcs).unwrap();
         assert_eq!(volumes.extent(&id).unwrap().offset, HEADER as u64);
         assert_eq!(read(&volumes, &id), data);
+    }
+
+    #[test]
+    fn synced_and_unsynced_records_interleave_in_one_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volumes, _) = Volumes::open(dir.path()).unwrap();
+        let mut blocks = Vec::new();
+        // Lengths around sectors and pages, synced (direct) or not, in every order: each
+        // direct write rewrites the sector an unsynced record left half full.
+        for (i, len) in (1..1500)
+            .step_by(97)
+            .chain([4096, 4095, 511, 512, 513, 9000])
+            .enumerate()
+        {
+            let (id, data, crcs) = block(i as u8 + 1, len);
+            match i % 3 {
+                0 => volumes.put_unsynced(&id, &data, &crcs).map(drop).unwrap(),
+                _ => volumes.put(&id, &data, &crcs).unwrap(),
+            }
+            assert_eq!(read(&volumes, &id), data, "record {i} read back at once");
+            blocks.push((id, data));
+        }
+        assert!(
+            volumes.lock().volumes[&0].direct.is_some(),
+            "the test's temporary directory takes O_DIRECT (not tmpfs)"
+        );
+        for (id, data) in &blocks {
+            assert_eq!(read(&volumes, id), *data);
+        }
+        drop(volumes);
+        let (volumes, found) = Volumes::open(dir.path()).unwrap();
+        assert_eq!(found.len(), blocks.len());
+        for (id, data) in &blocks {
+            assert_eq!(read(&volumes, id), *data, "after a restart");
+        }
     }
 
     #[test]

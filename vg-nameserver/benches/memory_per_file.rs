@@ -37,6 +37,7 @@ fn main() {
         heartbeat_timeout: Duration::from_secs(10),
         gc_grace: Duration::from_secs(300),
         replication_timeout: Duration::from_secs(60),
+        scan_per_tick: vg_nameserver::registry::SCAN_PER_TICK,
     });
     let now = Instant::now();
     for (i, name) in ["alice", "bob"].iter().enumerate() {

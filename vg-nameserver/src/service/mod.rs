@@ -113,6 +113,7 @@ impl Service {
             heartbeat_timeout: config.heartbeat_timeout,
             gc_grace: config.gc_grace,
             replication_timeout: Duration::from_secs(30).max(config.heartbeat_timeout * 3),
+            scan_per_tick: crate::registry::SCAN_PER_TICK,
         };
         Ok(Service {
             state: Mutex::new(State {

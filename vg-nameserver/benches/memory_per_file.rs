@@ -4,7 +4,6 @@
 //!
 //!     cargo bench -p vg-nameserver --bench memory_per_file [-- FILES]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use vg_nameserver::namespace::{Namespace, Op};
@@ -49,7 +48,7 @@ fn main() {
             now,
         );
     }
-    let mut refs: HashMap<BlockId, u32> = HashMap::new();
+    let mut refs = vg_nameserver::namespace::Refs::new();
     let mut blocks = Vec::new();
     let mut dir = ROOT_INO;
     for i in 0..files {

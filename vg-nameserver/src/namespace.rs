@@ -29,6 +29,10 @@ pub use v1::{NamespaceV1, NamespaceV2, NamespaceV3, NamespaceV4};
 
 type Refusal<T = ()> = std::result::Result<T, RemoteError>;
 
+/// How many slices name each blob; ordered by blob, so that a listing of the referenced
+/// blobs (fsck's) pages through them without sorting them all for each page.
+pub type Refs = BTreeMap<BlockId, u32>;
+
 /// What an inode holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Content {
@@ -216,7 +220,7 @@ pub struct Namespace {
     next_ino: Ino,
     /// References to each block from all files; derived from `inodes`, never persisted.
     #[serde(skip)]
-    refs: HashMap<BlockId, u32>,
+    refs: Refs,
     /// Blobs whose last reference went away since the last [`Namespace::take_released`],
     /// and why.
     #[serde(skip)]
@@ -303,7 +307,7 @@ impl Namespace {
         let mut ns = Namespace {
             inodes,
             next_ino,
-            refs: HashMap::new(),
+            refs: Refs::new(),
             released: Vec::new(),
             xattrs: HashMap::new(),
             pinned: BTreeSet::new(),
@@ -341,7 +345,7 @@ impl Namespace {
     }
 
     /// Referenced blocks and their reference counts.
-    pub fn refs(&self) -> &HashMap<BlockId, u32> {
+    pub fn refs(&self) -> &Refs {
         &self.refs
     }
 

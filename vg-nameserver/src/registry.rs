@@ -25,7 +25,7 @@ use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{BlockInfo, Command, Placement, StorageState, StorageStatus};
 use vg_wire::{BlockId, Location};
 
-use crate::namespace::Release;
+use crate::namespace::{Refs, Release};
 
 /// A storage's number in the registry, in registration order; never reused.
 type Slot = u32;
@@ -389,7 +389,7 @@ impl Registry {
         &mut self,
         name: &str,
         blocks: &[(BlockId, u32)],
-        refs: &HashMap<BlockId, u32>,
+        refs: &Refs,
         now: Instant,
     ) -> Result<Vec<BlockId>, RemoteError> {
         let slot = self.known(name)?;
@@ -487,7 +487,7 @@ impl Registry {
     /// Deletes at once every released block no file references again, and counts their
     /// space as free: run when placement finds no room. Only blocks released by ops on
     /// disk (up to log position `durable`). Returns the bytes freed.
-    pub fn reclaim(&mut self, refs: &HashMap<BlockId, u32>, now: Instant, durable: u64) -> u64 {
+    pub fn reclaim(&mut self, refs: &Refs, now: Instant, durable: u64) -> u64 {
         let ids: Vec<BlockId> = self
             .unreferenced
             .iter()
@@ -639,7 +639,7 @@ impl Registry {
     /// blocks, deletion of extra copies and of unreferenced blocks past the grace period
     /// (those a file released, once the op that did is on disk: up to log position
     /// `durable`).
-    pub fn tick(&mut self, refs: &HashMap<BlockId, u32>, now: Instant, durable: u64) {
+    pub fn tick(&mut self, refs: &Refs, now: Instant, durable: u64) {
         for storage in &mut self.storages {
             if storage.state != StorageState::Down
                 && now.duration_since(storage.last_seen) > self.policy.heartbeat_timeout
@@ -699,7 +699,7 @@ impl Registry {
     /// Looks at the next slice of the blocks (see the module doc). Returns the
     /// referenced ones with fewer live copies than wanted (but some) and none on the way,
     /// those with more than R, and the unreferenced ones without a grace entry.
-    fn scan_blocks(&mut self, refs: &HashMap<BlockId, u32>) -> [Vec<BlockId>; 3] {
+    fn scan_blocks(&mut self, refs: &Refs) -> [Vec<BlockId>; 3] {
         let replication = self.policy.replication as usize;
         let wanted = self.wanted() as usize;
         let [mut copies, mut extras, mut fresh] = [Vec::new(), Vec::new(), Vec::new()];
@@ -726,12 +726,7 @@ impl Registry {
 
     /// Looks at the next slice of the unreferenced blocks: drops the entries of those a
     /// file references again, and returns those whose grace period is over.
-    fn scan_unreferenced(
-        &mut self,
-        refs: &HashMap<BlockId, u32>,
-        now: Instant,
-        durable: u64,
-    ) -> Vec<BlockId> {
+    fn scan_unreferenced(&mut self, refs: &Refs, now: Instant, durable: u64) -> Vec<BlockId> {
         let mut expired = Vec::new();
         let mut referenced = Vec::new();
         let slice = next_slice(
@@ -845,7 +840,7 @@ impl Registry {
     }
 
     /// (under-replicated, missing) counts over the referenced blocks.
-    pub fn replication_health(&self, refs: &HashMap<BlockId, u32>) -> (u64, u64) {
+    pub fn replication_health(&self, refs: &Refs) -> (u64, u64) {
         let wanted = self.wanted() as usize;
         let mut under = 0;
         let mut missing = 0;
@@ -863,19 +858,15 @@ impl Registry {
     /// Referenced blocks with their locations, sorted by id, after `after`.
     pub fn list_blocks(
         &self,
-        refs: &HashMap<BlockId, u32>,
+        refs: &Refs,
         after: Option<BlockId>,
         limit: u32,
     ) -> (Vec<BlockInfo>, bool) {
-        let mut ids: Vec<&BlockId> = refs
-            .keys()
-            .filter(|id| after.is_none_or(|a| **id > a))
-            .collect();
-        ids.sort();
-        let more = ids.len() > limit as usize;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut ids = refs.range((from, Bound::Unbounded)).map(|(id, _)| id);
         let wanted = self.wanted();
         let blocks = ids
-            .into_iter()
+            .by_ref()
             .take(limit as usize)
             .map(|id| BlockInfo {
                 id: *id,
@@ -884,7 +875,7 @@ impl Registry {
                 wanted,
             })
             .collect();
-        (blocks, more)
+        (blocks, ids.next().is_some())
     }
 
     /// (capacity, free) summed over active storages.
@@ -1009,7 +1000,7 @@ mod tests {
         for name in ["a", "b", "c"] {
             reg.heartbeat(name, 10, &[], &[], &[], later);
         }
-        reg.tick(&HashMap::new(), later, 1);
+        reg.tick(&Refs::new(), later, 1);
         assert!(!reg.has_any_location(&id(1)));
         // a's deletion is sent, b's not yet, when the same bytes are written again.
         let sent = reg.heartbeat("a", 10, &[], &[], &[], later);
@@ -1044,10 +1035,10 @@ mod tests {
         assert_eq!(e.code, ErrorCode::NoSpace);
         // Not while the op that released them is not on disk: a crash could bring back
         // the layout naming them.
-        assert_eq!(reg.reclaim(&HashMap::new(), t0, 6), 0);
+        assert_eq!(reg.reclaim(&Refs::new(), t0, 6), 0);
         // Reclaiming frees what released blocks hold, and placement counts it at once,
         // though the storages' heartbeats report it used until they delete.
-        assert_eq!(reg.reclaim(&HashMap::new(), t0, 7), 160);
+        assert_eq!(reg.reclaim(&Refs::new(), t0, 7), 160);
         assert!(reg.place(id(4), 50, &[], &[], false, t0).is_ok());
         let cmds = reg.heartbeat("a", 90, &[], &[], &[], t0);
         assert!(
@@ -1067,19 +1058,19 @@ mod tests {
         let later = t0 + REPLACE_GRACE;
         reg.heartbeat("a", 60, &[], &[], &[], later);
         reg.heartbeat("b", 60, &[], &[], &[], later);
-        reg.tick(&HashMap::new(), later, 7);
+        reg.tick(&Refs::new(), later, 7);
         assert!(
             reg.has_any_location(&id(4)),
             "collected before its release is on disk"
         );
-        reg.tick(&HashMap::new(), later, 8);
+        reg.tick(&Refs::new(), later, 8);
         assert!(!reg.has_any_location(&id(4)));
         assert!(reg.has_any_location(&id(3)));
         assert!(reg.has_any_location(&id(5)));
         // A deletion b never reports (the reclaimed blocks, then block 4) stops counting
         // as free after a while.
         assert_eq!(reg.storage(b).deleting_bytes, 80 + 50);
-        reg.tick(&HashMap::new(), t0 + Duration::from_secs(11), u64::MAX);
+        reg.tick(&Refs::new(), t0 + Duration::from_secs(11), u64::MAX);
         assert_eq!(reg.storage(b).deleting_bytes, 0);
     }
 
@@ -1092,7 +1083,7 @@ mod tests {
         // id(2) was uploaded and never committed: the grace period of uploads protects it.
         reg.place(id(2), 10, &[], &[], false, t0_of(&reg)).unwrap();
         reg.stored(id(2), 10, &["c".into()]);
-        let refs = HashMap::from([(id(1), 1)]);
+        let refs = Refs::from([(id(1), 1)]);
         let t1 = t0 + Duration::from_secs(6);
         reg.heartbeat("b", 10, &[], &[], &[], t1);
         reg.heartbeat("c", 10, &[], &[], &[], t1);
@@ -1140,7 +1131,7 @@ mod tests {
         reg.policy.scan_per_tick = 4;
         let (a, b) = (reg.slots["a"], reg.slots["b"]);
         // Ten referenced blocks on a and b, four unreferenced ones on b only.
-        let mut refs = HashMap::new();
+        let mut refs = Refs::new();
         for n in 0..14 {
             reg.add_location(nth(n), 10, b);
             if n < 10 {
@@ -1193,11 +1184,30 @@ mod tests {
     }
 
     #[test]
+    fn referenced_blocks_are_listed_in_pages_by_id() {
+        let reg = cluster(&["a"], Instant::now());
+        let refs: Refs = (0..5).map(|n| (nth(n), 1)).collect();
+        let mut after = None;
+        let mut pages = Vec::new();
+        loop {
+            let (page, more) = reg.list_blocks(&refs, after, 2);
+            after = page.last().map(|b| b.id);
+            pages.push(page.iter().map(|b| b.id).collect::<Vec<_>>());
+            if !more {
+                break;
+            }
+        }
+        let want: Vec<Vec<BlockId>> =
+            vec![vec![nth(0), nth(1)], vec![nth(2), nth(3)], vec![nth(4)]];
+        assert_eq!(pages, want);
+    }
+
+    #[test]
     #[ignore = "a measurement: cargo test --release -p vg-nameserver pass_over -- --ignored --nocapture"]
     fn pass_over_a_million_blobs() {
         let now = Instant::now();
         let mut reg = cluster(&["a", "b", "c"], now);
-        let mut refs = HashMap::new();
+        let mut refs = Refs::new();
         for n in 0..1_000_000u32 {
             for name in [["a", "b"], ["b", "c"], ["a", "c"]][n as usize % 3] {
                 reg.add_location(nth(n), 4096, reg.slots[name]);
@@ -1220,7 +1230,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(11);
         reg.heartbeat("a", 10, &[], &[], &[], t1);
         reg.heartbeat("b", 10, &[], &[], &[], t1);
-        reg.tick(&HashMap::new(), t1, u64::MAX);
+        reg.tick(&Refs::new(), t1, u64::MAX);
         // The same bytes were uploaded to a again before its deletion went out: a keeps
         // them (a new grace period starts), b deletes its copy.
         let cmds = reg.heartbeat("a", 10, &[(id(1), 10)], &[], &[], t1);
@@ -1231,7 +1241,7 @@ mod tests {
             "{cmds:?}"
         );
         assert_eq!(reg.live_locations(&id(1)).len(), 1);
-        let refs = HashMap::from([(id(1), 1)]);
+        let refs = Refs::from([(id(1), 1)]);
         reg.tick(&refs, t1 + Duration::from_secs(1), u64::MAX);
         assert!(reg.heartbeat("a", 10, &[], &[], &[], t1).is_empty());
     }
@@ -1240,7 +1250,7 @@ mod tests {
     fn report_keeps_referenced_and_fresh_blocks() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a"], t0);
-        let refs = HashMap::from([(id(1), 1)]);
+        let refs = Refs::from([(id(1), 1)]);
         reg.released(dropped(&[id(3)]), t0, 1);
         let later = t0 + Duration::from_secs(20);
         let delete = reg
@@ -1256,7 +1266,7 @@ mod tests {
     fn kept_blocks_survive_and_collected_blocks_take_no_hints() {
         let t0 = Instant::now();
         let mut reg = cluster(&["a", "b"], t0);
-        let none = HashMap::new();
+        let none = Refs::new();
         reg.place(id(1), 10, &[], &[], false, t0).unwrap();
         reg.place(id(2), 10, &[], &[], false, t0).unwrap();
         reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
@@ -1287,7 +1297,7 @@ mod tests {
         let mut reg = cluster(&["a", "b", "c"], t0);
         reg.released(dropped(&[id(1)]), t0_of(&reg), 1);
         reg.stored(id(1), 10, &["a".into(), "b".into(), "c".into()]);
-        reg.tick(&HashMap::from([(id(1), 1)]), t0, u64::MAX);
+        reg.tick(&Refs::from([(id(1), 1)]), t0, u64::MAX);
         assert_eq!(reg.live_locations(&id(1)).len(), 2);
     }
 
@@ -1300,7 +1310,7 @@ mod tests {
         let later = t0 + Duration::from_secs(11);
         reg.heartbeat("a", 0, &[], &[], &[], later);
         reg.heartbeat("b", 0, &[], &[], &[], later);
-        reg.tick(&HashMap::new(), later, u64::MAX);
+        reg.tick(&Refs::new(), later, u64::MAX);
         assert!(!reg.blocks.contains_key(&id(1)));
         assert!(reg.heartbeat("a", 0, &[], &[], &[], later).is_empty());
     }

@@ -500,15 +500,31 @@ impl Volumes {
             }
             volume.zeroed = to;
         }
-        match (&mut volume.direct, synced) {
-            (Some(direct), true) => direct.write(record, offset),
-            (direct, _) => volume.file.write_all_at(record, offset).map(|()| {
-                if let Some(direct) = direct {
-                    direct.follow(record, offset + bytes);
+        let written = match (&mut volume.direct, synced) {
+            (Some(direct), true) => match direct.write(record, offset) {
+                Ok(()) => true,
+                // The file system refused the direct write after all: this volume writes
+                // through the page cache from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    warn!(volume = number, error = %e, "direct write refused; writing through the page cache");
+                    false
                 }
-            }),
+                Err(e) => return Err(write_err()(e)),
+            },
+            _ => false,
+        };
+        if !written {
+            if synced {
+                volume.direct = None;
+            }
+            volume
+                .file
+                .write_all_at(record, offset)
+                .map_err(write_err())?;
+            if let Some(direct) = &mut volume.direct {
+                direct.follow(record, offset + bytes);
+            }
         }
-        .map_err(write_err())?;
         volume.end += bytes;
         Ok((number, offset, volume.file.clone()))
     }

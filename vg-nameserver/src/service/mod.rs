@@ -31,6 +31,11 @@ use crate::Durability;
 
 type Answer = std::result::Result<Response, RemoteError>;
 
+/// The refusal of a change after the log was closed.
+fn shutting_down() -> RemoteError {
+    RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+}
+
 /// A change a client numbered ([`Request::Once`]): which client, which number.
 #[derive(Clone, Copy, Debug)]
 struct Numbered {
@@ -471,9 +476,7 @@ impl Service {
     async fn sync(&self) -> Answer {
         let (lsn, waiter) = {
             let state = self.lock();
-            let wal = state.wal.as_ref().ok_or_else(|| {
-                RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
-            })?;
+            let wal = state.wal.as_ref().ok_or_else(shutting_down)?;
             (wal.last_lsn(), wal.waiter())
         };
         waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
@@ -538,9 +541,7 @@ impl Service {
         numbered: Numbered,
         ino: Option<Ino>,
     ) -> Result<Applied, RemoteError> {
-        let wal = state.wal.as_ref().ok_or_else(|| {
-            RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
-        })?;
+        let wal = state.wal.as_ref().ok_or_else(shutting_down)?;
         debug!(
             client = numbered.client,
             seq = numbered.seq,
@@ -577,9 +578,7 @@ impl Service {
             sessions,
             ..
         } = state;
-        let wal = wal.as_mut().ok_or_else(|| {
-            RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
-        })?;
+        let wal = wal.as_mut().ok_or_else(shutting_down)?;
         let needs: BTreeSet<String> = blobs
             .iter()
             .flat_map(|blob| registry.live_locations(blob))

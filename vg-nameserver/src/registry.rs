@@ -158,7 +158,7 @@ pub struct Policy {
     pub scan_per_tick: usize,
 }
 
-/// [`Policy::scan_per_tick`] by default: about 5 ms of the nameserver's time per pass on
+/// [`Policy::scan_per_tick`] by default: about 2 ms of the nameserver's time per pass on
 /// our machine.
 pub const SCAN_PER_TICK: usize = 16_384;
 
@@ -205,9 +205,10 @@ pub struct Registry {
     /// Blocks not referenced by any file, why and since when: deleted after the grace
     /// period (released ones after a few seconds, or at once when space is short).
     unreferenced: BTreeMap<BlockId, Unreferenced>,
-    /// The last block, and the last unreferenced block, the periodic pass looked at
-    /// (`None`: it starts from the first).
-    scanned: (Option<BlockId>, Option<BlockId>),
+    /// The last block the periodic pass looked at (`None`: it starts from the first).
+    scanned_blocks: Option<BlockId>,
+    /// The same for the unreferenced blocks.
+    scanned_unreferenced: Option<BlockId>,
     /// Replications asked for and not yet reported done: block -> (target, when).
     in_flight: HashMap<BlockId, (Slot, Instant)>,
     /// Rotates placement among equally free storages.
@@ -223,7 +224,8 @@ impl Registry {
             slots: HashMap::new(),
             blocks: BTreeMap::new(),
             unreferenced: BTreeMap::new(),
-            scanned: (None, None),
+            scanned_blocks: None,
+            scanned_unreferenced: None,
             in_flight: HashMap::new(),
             rotation: 0,
         }
@@ -287,14 +289,13 @@ impl Registry {
     fn live_slots(&self, id: &BlockId) -> Vec<Slot> {
         self.blocks
             .get(id)
-            .map(|b| {
-                b.holders
-                    .iter()
-                    .copied()
-                    .filter(|&s| self.is_active(s))
-                    .collect()
-            })
+            .map(|b| self.live_holders(b).collect())
             .unwrap_or_default()
+    }
+
+    /// The holders of a block that are active.
+    fn live_holders<'a>(&'a self, block: &'a Block) -> impl Iterator<Item = Slot> + 'a {
+        block.holders.iter().copied().filter(|&s| self.is_active(s))
     }
 
     /// Where an active storage is, by name.
@@ -703,7 +704,7 @@ impl Registry {
         let replication = self.policy.replication as usize;
         let wanted = self.wanted() as usize;
         let [mut copies, mut extras, mut fresh] = [Vec::new(), Vec::new(), Vec::new()];
-        let slice = next_slice(&self.blocks, self.scanned.0, self.policy.scan_per_tick);
+        let slice = next_slice(&self.blocks, self.scanned_blocks, self.policy.scan_per_tick);
         let mut last = None;
         for (id, block) in slice {
             last = Some(*id);
@@ -713,14 +714,14 @@ impl Registry {
                 }
                 continue;
             }
-            let live = block.holders.iter().filter(|&&s| self.is_active(s)).count();
+            let live = self.live_holders(block).count();
             if live < wanted && live > 0 && !self.in_flight.contains_key(id) {
                 copies.push(*id);
             } else if live > replication {
                 extras.push(*id);
             }
         }
-        self.scanned.0 = last;
+        self.scanned_blocks = last;
         [copies, extras, fresh]
     }
 
@@ -731,7 +732,7 @@ impl Registry {
         let mut referenced = Vec::new();
         let slice = next_slice(
             &self.unreferenced,
-            self.scanned.1,
+            self.scanned_unreferenced,
             self.policy.scan_per_tick,
         );
         let mut last = None;
@@ -751,7 +752,7 @@ impl Registry {
                 expired.push(*id);
             }
         }
-        self.scanned.1 = last;
+        self.scanned_unreferenced = last;
         for id in referenced {
             self.unreferenced.remove(&id);
         }
@@ -845,7 +846,10 @@ impl Registry {
         let mut under = 0;
         let mut missing = 0;
         for id in refs.keys() {
-            let live = self.live_slots(id).len();
+            let live = self
+                .blocks
+                .get(id)
+                .map_or(0, |b| self.live_holders(b).count());
             if live == 0 {
                 missing += 1;
             } else if live < wanted.max(1) {

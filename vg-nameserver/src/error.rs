@@ -24,6 +24,9 @@ pub enum Error {
         /// Why it is unusable.
         reason: String,
     },
+    /// The nameserver group could not be started or formed.
+    #[error("nameserver group: {0}")]
+    Group(String),
     /// Network setup failed.
     #[error(transparent)]
     Wire(#[from] vg_wire::Error),

@@ -6,12 +6,14 @@
 pub mod acl;
 pub mod error;
 pub mod locks;
+pub mod log;
 pub mod namespace;
+pub mod raft;
 pub mod registry;
 mod service;
 pub mod sessions;
-pub mod wal;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +57,14 @@ pub struct Config {
     pub boot_id_file: PathBuf,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// This nameserver's number in its group.
+    pub node_id: raft::NodeId,
+    /// The group to form when the metadata directory holds none yet: every member with
+    /// its number. Empty: a group of this nameserver alone.
+    pub members: BTreeMap<raft::NodeId, raft::Member>,
+    /// Base of the group's timeouts: heartbeats at this period, elections after 3 to 6
+    /// times it without one.
+    pub heartbeat: Duration,
 }
 
 impl Config {
@@ -74,6 +84,9 @@ impl Config {
             durability: Durability::Written,
             boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
             metrics: None,
+            node_id: 1,
+            members: BTreeMap::new(),
+            heartbeat: Duration::from_millis(100),
         }
     }
 }
@@ -96,6 +109,8 @@ impl Handle {
         for task in &self.tasks {
             task.abort();
         }
+        let service = self.service.clone();
+        tokio::spawn(async move { service.close().await });
     }
 
     /// Stops serving, syncs the log (asking the storages first, for a few seconds at
@@ -107,7 +122,7 @@ impl Handle {
         self.service.settle(Duration::from_secs(3)).await;
         self.kill();
         self.endpoint.wait_idle().await;
-        self.service.close();
+        self.service.close().await;
     }
 
     /// Runs until the endpoint is closed.
@@ -139,9 +154,13 @@ pub async fn start(config: Config) -> Result<Handle> {
         identity.client_config()?,
         Duration::from_secs(10),
     );
-    let service = Arc::new(service::Service::open(&config, dialer)?);
+    let (service, log) = service::Service::open(&config, dialer.clone())?;
+    let service = Arc::new(service);
     service.install_gate();
-    info!(%addr, meta_dir = %config.meta_dir.display(), replication = config.replication, block_size = config.block_size, "nameserver listening");
+    let raft = join_group(&config, &identity, addr, &service, log, dialer).await?;
+    service.set_raft(raft.clone());
+    let leadership = tokio::spawn(service.clone().follow_leadership());
+    info!(%addr, meta_dir = %config.meta_dir.display(), replication = config.replication, block_size = config.block_size, node_id = config.node_id, "nameserver listening");
     let serve = {
         let service = service.clone();
         tokio::spawn(vg_wire::rpc::serve(
@@ -154,10 +173,88 @@ pub async fn start(config: Config) -> Result<Handle> {
         info!(addr = %metrics, "metrics served at /metrics");
     }
     let ticker = tokio::spawn(service.clone().tick_loop(config.tick));
+    if config.members.len() <= 1 {
+        // Alone, it leads at once (after applying what its log holds): serve from the
+        // start rather than refuse the first requests.
+        let mut metrics = raft.metrics();
+        let leading = metrics.wait_for(|m| m.current_leader == Some(config.node_id));
+        if tokio::time::timeout(Duration::from_secs(10), leading)
+            .await
+            .is_err()
+        {
+            tracing::warn!("not leading its group of one after 10 s");
+        }
+        service.wait_leading(Duration::from_secs(10)).await;
+    }
     Ok(Handle {
         addr,
         endpoint,
-        tasks: vec![serve, ticker],
+        tasks: vec![serve, ticker, leadership],
         service,
     })
+}
+
+/// Starts this nameserver's member of its group, and forms the group if the metadata
+/// directory holds none yet (`config.members`, or this nameserver alone).
+async fn join_group(
+    config: &Config,
+    identity: &Identity,
+    addr: SocketAddr,
+    service: &Arc<service::Service>,
+    log: log::LogStore,
+    dialer: vg_wire::rpc::Dialer,
+) -> Result<raft::Raft> {
+    let heartbeat = config.heartbeat.as_millis().max(1) as u64;
+    let raft_config = openraft::Config {
+        cluster_name: "vg".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: heartbeat * 3,
+        election_timeout_max: heartbeat * 6,
+        // The service writes the snapshot file when its namespace is exactly the applied
+        // state, and then has openraft take it.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| group_error(format!("group settings: {e}")))?;
+    let machine = service::Machine {
+        service: Arc::downgrade(service),
+        log: log.clone(),
+    };
+    let network = raft::Network { dialer };
+    let raft = raft::Raft::new(config.node_id, Arc::new(raft_config), network, log, machine)
+        .await
+        .map_err(|e| group_error(format!("start the group's member: {e}")))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| group_error(e.to_string()))?;
+    if !initialized {
+        let members = match config.members.is_empty() {
+            true => {
+                let (name, _) = identity
+                    .name_and_role()
+                    .map_err(|e| group_error(e.to_string()))?;
+                BTreeMap::from([(
+                    config.node_id,
+                    raft::Member {
+                        name,
+                        addr: addr.to_string(),
+                    },
+                )])
+            }
+            false => config.members.clone(),
+        };
+        info!(members = ?members, "forming the nameserver group");
+        if let Err(e) = raft.initialize(members).await {
+            // Another member formed it first: this one joins.
+            tracing::debug!(error = %e, "group already formed");
+        }
+    }
+    Ok(raft)
+}
+
+fn group_error(message: String) -> Error {
+    Error::Group(message)
 }

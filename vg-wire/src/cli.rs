@@ -86,7 +86,13 @@ impl LogArgs {
 /// Sends log lines at `level` (a filter such as `info` or `vg_storage=debug`) to
 /// `logfile`, or to stderr, in `format`.
 pub fn init_logging(logfile: Option<&Path>, level: &str, format: LogFormat) -> std::io::Result<()> {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The nameserver group's library tells of each step it takes at info: its warnings
+    // are what an operator needs, unless the filter asks for more.
+    let level = match level.contains("openraft") {
+        true => level.to_string(),
+        false => format!("{level},openraft=warn"),
+    };
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     match logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()

@@ -39,6 +39,26 @@ pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// [`to_bytes`] without the frame's bound, for files: a snapshot of a large namespace
+/// is larger than any frame.
+pub fn to_file_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::DefaultOptions::new()
+        .serialize(value)
+        .map_err(|e| Error::BadFrame {
+            reason: e.to_string(),
+        })
+}
+
+/// Deserialises a value written by [`to_file_bytes`] (or [`to_bytes`]); never panics on
+/// bad input.
+pub fn from_file_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::DefaultOptions::new()
+        .deserialize(bytes)
+        .map_err(|e| Error::BadFrame {
+            reason: e.to_string(),
+        })
+}
+
 /// Encodes a value as one frame, header included.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let payload = to_bytes(value)?;

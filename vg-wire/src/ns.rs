@@ -208,6 +208,9 @@ pub enum Request {
         seq: u64,
         request: Box<Request>,
     },
+    /// A message from another member of the nameserver group: openraft's types, which
+    /// the nameserver encodes (vg-wire does not depend on them).
+    Raft { message: Vec<u8> },
 }
 
 impl Request {
@@ -298,6 +301,8 @@ pub enum Response {
     Commands(Vec<Command>),
     /// An inode's extended attributes, by name.
     Xattrs(Vec<(Name, Vec<u8>)>),
+    /// The answer to a [`Request::Raft`] message, encoded as its question.
+    Raft { reply: Vec<u8> },
     /// A session's report is recorded; renew it within this many milliseconds. `lost`:
     /// the session had lapsed (it was not renewed within its lease), and the locks it
     /// reported are gone: others may have taken them since.
@@ -495,6 +500,7 @@ impl Operation for Request {
             Lock { .. } => "lock",
             TestLock { .. } => "test_lock",
             Once { request, .. } => request.name(),
+            Raft { .. } => "raft",
         }
     }
 
@@ -504,6 +510,7 @@ impl Operation for Request {
         match self {
             Register { .. } | Report { .. } | Activate | Heartbeat { .. } => Some(Role::Storage),
             Once { request, .. } => request.role(),
+            Raft { .. } => Some(Role::Nameserver),
             _ => Some(Role::Client),
         }
     }

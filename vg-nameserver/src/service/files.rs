@@ -12,8 +12,8 @@ use vg_wire::{BlockId, Ino, SetAttr, Slice, Timestamp};
 
 use super::{Answer, Service, State};
 use crate::error::refuse;
+use crate::log::LogStore;
 use crate::namespace::{Content, Op};
-use crate::wal::Wal;
 
 /// What a commit carries: the slices written per block and the blobs they were stored
 /// in, the new size, attributes set with it, and whether it is an `fsync`'s.
@@ -66,12 +66,12 @@ impl Service {
     ) -> Result<Placement, RemoteError> {
         let mut state = self.lock();
         let State {
-            ns, registry, wal, ..
+            ns, registry, log, ..
         } = &mut *state;
         let referenced = ns.refs().contains_key(&id);
         match registry.place(id, len, exclude, prefer, referenced, Instant::now()) {
             Err(e) if e.code == ErrorCode::NoSpace => {
-                let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
+                let durable = log.as_ref().map_or(0, LogStore::durable_end);
                 match registry.reclaim(ns.refs(), Instant::now(), durable) > 0 {
                     true => registry.place(id, len, exclude, prefer, referenced, Instant::now()),
                     false => Err(e),

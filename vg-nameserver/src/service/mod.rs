@@ -3,13 +3,15 @@
 
 mod files;
 mod locking;
+mod machine;
 mod names;
 mod storages;
 
 use files::Written;
 use names::Making;
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use storages::Beat;
 
@@ -22,18 +24,29 @@ use vg_wire::{storage, BlockId, Ino, Location, Timestamp};
 
 use crate::error::{refuse, Error};
 use crate::locks::Locks;
-use crate::namespace::{Namespace, Op};
+use crate::log::{Gate, LogStore};
+use crate::namespace::{Namespace, Op, Release};
+use crate::raft::{Committed, LogId, Membership, NodeId, Outcome, Proposal, Raft};
 use crate::registry::{Policy, Registry};
 use crate::sessions::Sessions;
-use crate::wal::{DurableWaiter, Gate, Wal};
 use crate::Config;
 use crate::Durability;
+
+pub(crate) use machine::Machine;
 
 type Answer = std::result::Result<Response, RemoteError>;
 
 /// The refusal of a change after the log was closed.
 fn shutting_down() -> RemoteError {
     RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+}
+
+/// The refusal of a request by a member that does not lead the group (or not yet).
+fn not_leading() -> RemoteError {
+    RemoteError::new(
+        ErrorCode::Unavailable,
+        "this nameserver does not lead its group (not yet, or no longer); ask the leader",
+    )
 }
 
 /// A change a client numbered ([`Request::Once`]): which client, which number.
@@ -65,23 +78,56 @@ tokio::task_local! {
 
 struct State {
     ns: Namespace,
-    wal: Option<Wal>,
+    /// The log; `None` once closed.
+    log: Option<LogStore>,
     registry: Registry,
     sessions: Sessions,
     locks: Locks,
+    /// The last entry of the log applied to `ns` (a leader's `ns` has its proposals
+    /// after it as well).
+    applied: Option<LogId>,
+    /// The group's membership as of `applied`.
+    membership: Membership,
+    /// This member's proposals applied to `ns` and not yet given back by the log, in
+    /// order.
+    proposed: VecDeque<Proposed>,
+    /// Number of the next proposal.
+    next_proposal: u64,
+    /// Whether this member leads the group and has applied every entry earlier leaders
+    /// left: only then does it serve.
+    leading: bool,
+}
+
+/// A proposal applied by its proposer: its number, and the blobs its ops released (to
+/// be reclaimed once its entry is on disk).
+struct Proposed {
+    seq: u64,
+    released: Vec<(BlockId, Release)>,
 }
 
 /// What applying ops under the lock leaves to do after it: the answer's attributes, the
-/// last op's log position and how to wait for it, and a refusal that stopped the ops.
+/// proposal to wait for, and a refusal that stopped the ops.
 struct Applied {
     attr: Option<vg_wire::Attr>,
-    lsn: Option<u64>,
-    waiter: DurableWaiter,
+    proposal: Option<Proposing>,
     refused: Option<RemoteError>,
+}
+
+/// A proposal on its way: where its commit is announced, and the log to wait on for
+/// its sync.
+struct Proposing {
+    committed: Committed,
+    log: LogStore,
 }
 
 /// Shared state of a running nameserver.
 pub struct Service {
+    /// This member's number in the group.
+    id: NodeId,
+    /// The group; set once at start, right after the service.
+    raft: OnceLock<Raft>,
+    /// Mirrors [`State::leading`] for the front door.
+    leading: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
     block_size: u32,
     replication: u32,
@@ -98,21 +144,20 @@ pub struct Service {
 }
 
 impl Service {
-    /// Recovers the namespace from the metadata directory.
-    pub fn open(config: &Config, dialer: Dialer) -> crate::Result<Self> {
-        let boot = crate::wal::boot_id(&config.boot_id_file)?;
-        let (mut wal, ns, recovery) = Wal::open(&config.meta_dir, boot)?;
+    /// Opens the metadata directory: the log, and the namespace of the last snapshot
+    /// (openraft then applies the entries after it).
+    pub fn open(config: &Config, dialer: Dialer) -> crate::Result<(Self, LogStore)> {
+        let boot = crate::log::boot_id(&config.boot_id_file)?;
+        let strict = config.durability == Durability::Strict;
+        let (log, snapshot, recovery) = LogStore::open(&config.meta_dir, boot, strict)?;
         info!(
-            snapshot_lsn = recovery.snapshot_lsn,
-            replayed = recovery.replayed,
+            snapshot = ?recovery.snapshot,
+            entries = recovery.entries,
             dropped_bytes = recovery.dropped_bytes,
             unmarked = recovery.unmarked,
-            inodes = ns.len(),
+            inodes = snapshot.ns.len(),
             "metadata recovered"
         );
-        if recovery.replayed > 0 || recovery.dropped_bytes > 0 || recovery.unmarked > 0 {
-            wal.snapshot(&ns)?;
-        }
         let policy = Policy {
             replication: config.replication,
             heartbeat_timeout: config.heartbeat_timeout,
@@ -120,13 +165,21 @@ impl Service {
             replication_timeout: Duration::from_secs(30).max(config.heartbeat_timeout * 3),
             scan_per_tick: crate::registry::SCAN_PER_TICK,
         };
-        Ok(Service {
+        let service = Service {
+            id: config.node_id,
+            raft: OnceLock::new(),
+            leading: tokio::sync::watch::Sender::new(false),
             state: Mutex::new(State {
-                ns,
-                wal: Some(wal),
+                ns: snapshot.ns,
+                log: Some(log.clone()),
                 registry: Registry::new(policy),
                 sessions: Sessions::new(config.session_lease, Instant::now()),
                 locks: Locks::default(),
+                applied: snapshot.applied,
+                membership: snapshot.membership,
+                proposed: VecDeque::new(),
+                next_proposal: 0,
+                leading: false,
             }),
             block_size: config.block_size,
             replication: config.replication,
@@ -136,7 +189,18 @@ impl Service {
             stopped: Default::default(),
             locks_changed: Default::default(),
             requests: Default::default(),
-        })
+        };
+        Ok((service, log))
+    }
+
+    /// The group.
+    fn raft(&self) -> &Raft {
+        self.raft.get().expect("the group starts with the service")
+    }
+
+    /// Joins the group `raft` runs (once, at start).
+    pub fn set_raft(&self, raft: Raft) {
+        let _ = self.raft.set(raft);
     }
 
     /// Has the log ask the storages a record depends on to sync before it syncs the
@@ -152,8 +216,8 @@ impl Service {
                 }
             })
         });
-        if let Some(wal) = &self.lock().wal {
-            wal.set_gate(gate);
+        if let Some(log) = &self.lock().log {
+            log.set_gate(gate);
         }
     }
 
@@ -163,9 +227,12 @@ impl Service {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Closes the log (stops its flusher).
-    pub fn close(&self) {
-        self.state.lock().expect("state lock").wal.take();
+    /// Stops the group's member and closes the log (stops its sync thread).
+    pub async fn close(&self) {
+        if let Some(raft) = self.raft.get() {
+            let _ = raft.shutdown().await;
+        }
+        self.state.lock().expect("state lock").log.take();
     }
 
     /// Runs the registry's periodic pass, and ends sessions whose lease lapsed, forever.
@@ -174,30 +241,63 @@ impl Service {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let mut state = self.state.lock().expect("state lock");
-            let State {
-                ns,
-                registry,
-                wal,
-                sessions,
-                locks,
-            } = &mut *state;
-            let durable = wal.as_ref().map_or(0, Wal::durable_lsn);
-            registry.tick(ns.refs(), Instant::now(), durable);
-            let lapsed = sessions.expire(Instant::now());
-            if !lapsed.is_empty() {
-                info!(
-                    lapsed = lapsed.len(),
-                    "sessions lapsed; their open files and locks are released"
-                );
-                if lapsed
-                    .iter()
-                    .fold(false, |any, id| locks.release_session(*id) | any)
-                {
-                    self.locks_changed.notify_waiters();
+            if self.tick() {
+                // Openraft takes the file as its snapshot, and purges the log up to it.
+                if let Err(e) = self.raft().trigger().snapshot().await {
+                    warn!(error = %e, "the group's member stopped");
                 }
             }
+        }
+    }
+
+    /// One round of [`Service::tick_loop`]; returns whether it wrote a snapshot.
+    fn tick(&self) -> bool {
+        let mut state = self.lock();
+        let State {
+            ns,
+            registry,
+            log,
+            sessions,
+            locks,
+            ..
+        } = &mut *state;
+        let durable = log.as_ref().map_or(0, LogStore::durable_end);
+        registry.tick(ns.refs(), Instant::now(), durable);
+        let lapsed = sessions.expire(Instant::now());
+        if !lapsed.is_empty() {
+            info!(
+                lapsed = lapsed.len(),
+                "sessions lapsed; their open files and locks are released"
+            );
+            if lapsed
+                .iter()
+                .fold(false, |any, id| locks.release_session(*id) | any)
+            {
+                self.locks_changed.notify_waiters();
+            }
+        }
+        if state.leading {
             self.unpin_unheld(&mut state);
+        }
+        self.snapshot_if_due(&mut state)
+    }
+
+    /// Writes a snapshot if the log has grown enough since the last, at a moment when
+    /// the namespace is exactly the state the log's applied entries make (no proposal of
+    /// this member's is out); returns whether it did.
+    fn snapshot_if_due(&self, state: &mut State) -> bool {
+        let Some(log) = &state.log else {
+            return false;
+        };
+        if !state.proposed.is_empty() || !log.wants_snapshot(self.snapshot_bytes, state.applied) {
+            return false;
+        }
+        match log.write_snapshot(state.applied, &state.membership, &state.ns) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot failed; the log keeps growing");
+                false
+            }
         }
     }
 
@@ -247,12 +347,17 @@ impl Service {
         let gone = send.stopped();
         let (op, started) = (request.name(), Instant::now());
         let served = async {
-            let answer = match waits {
-                true => tokio::select! {
+            let answer = if let Request::Raft { message } = &request {
+                self.raft_message(message).await
+            } else if !*self.leading.borrow() {
+                Err(not_leading())
+            } else if waits {
+                tokio::select! {
                     answer = self.dispatch(&peer, request) => answer,
                     _ = gone => return debug!("client went away; lock request dropped"),
-                },
-                false => self.dispatch(&peer, request).await,
+                }
+            } else {
+                self.dispatch(&peer, request).await
             };
             if let Err(e) = &answer {
                 debug!(code = ?e.code, error = %e.message, "refused");
@@ -271,8 +376,8 @@ impl Service {
         use vg_wire::metrics::{Gauges, LabelledGauges};
         let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
         self.requests.register(&mut registry);
-        if let Some(wal) = &self.lock().wal {
-            wal.syncs().register(
+        if let Some(log) = &self.lock().log {
+            log.syncs().register(
                 &mut registry,
                 "vg_wal_sync_seconds",
                 "Time the write-ahead log's syncs take (a mark's write and fdatasync)",
@@ -448,6 +553,7 @@ impl Service {
                 ErrorCode::Invalid,
                 "a numbered change holds another numbered change",
             ),
+            Raft { .. } => refuse(ErrorCode::Invalid, "a group message in a numbered change"),
         }
     }
 
@@ -463,8 +569,11 @@ impl Service {
     /// disk: what a clean stop does while the storages can still be asked to sync, so
     /// that a reboot after it keeps everything.
     pub async fn settle(&self, within: Duration) {
-        match tokio::time::timeout(within, self.sync()).await {
-            Ok(Ok(_)) => {}
+        let Some(log) = self.lock().log.clone() else {
+            return;
+        };
+        match tokio::time::timeout(within, log.durable(log.written_end())).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "log not synced at stop"),
             Err(_) => warn!(
                 "log not synced at stop: storages did not answer; a reboot now would drop the last changes"
@@ -472,32 +581,33 @@ impl Service {
         }
     }
 
-    /// Answers once every change acknowledged so far is on disk.
+    /// Answers once every change acknowledged so far is on disk: proposes an empty
+    /// entry, and waits for it to be committed and synced.
     async fn sync(&self) -> Answer {
-        let (lsn, waiter) = {
-            let state = self.lock();
-            let wal = state.wal.as_ref().ok_or_else(shutting_down)?;
-            (wal.last_lsn(), wal.waiter())
+        let proposal = {
+            let mut state = self.lock();
+            self.propose(&mut state, Vec::new(), BTreeSet::new())?
         };
-        waiter.wait(lsn).await.map_err(|e: Error| e.to_remote())?;
+        self.committed(proposal, true).await?;
         Ok(Response::Done)
     }
 
-    /// Applies an op, logs it, and answers with the inode's attributes once it is
-    /// acknowledged (written to the log, or synced under `--durability strict`).
+    /// Applies an op, proposes it, and answers with the inode's attributes once it is
+    /// acknowledged (committed: written by a majority, or synced under `--durability
+    /// strict`).
     async fn mutate(&self, build: impl FnOnce(&Namespace) -> Op) -> Answer {
         self.mutate_ops(|ns| vec![build(ns)]).await
     }
 
-    /// Applies ops in order and logs them; answers once they are acknowledged, with the
-    /// attributes of the last one's inode. Each op is whole: if one is refused, those
+    /// Applies ops in order and proposes them; answers once they are acknowledged, with
+    /// the attributes of the last one's inode. Each op is whole: if one is refused, those
     /// before it stand and the refusal is the answer.
     async fn mutate_ops(&self, build: impl FnOnce(&Namespace) -> Vec<Op>) -> Answer {
         self.mutate_after(build, &[], false).await
     }
 
     /// [`Service::mutate_ops`] of ops naming `blobs` that storages may not have synced
-    /// yet: the log is not synced before their holders sync them. With `durable`, the
+    /// yet: the entry is not synced before their holders sync them. With `durable`, the
     /// answer waits until the ops are on disk.
     async fn mutate_after(
         &self,
@@ -508,25 +618,20 @@ impl Service {
         let numbered = NUMBERED.try_with(|n| *n).ok().flatten();
         let Applied {
             attr,
-            lsn,
-            waiter,
+            proposal,
             refused,
         } = {
             let mut state = self.lock();
             match numbered.and_then(|n| Some((n, state.ns.answered().get(n.client, n.seq)?))) {
-                Some((n, ino)) => Self::answer_again(&state, n, ino)?,
+                Some((n, ino)) => self.answer_again(&mut state, n, ino)?,
                 None => {
                     let ops = build(&state.ns);
                     self.apply_locked(&mut state, ops, blobs, numbered)?
                 }
             }
         };
-        if let Some(lsn) = lsn {
-            match durable || self.durability == Durability::Strict {
-                true => waiter.wait(lsn).await,
-                false => waiter.written(lsn).await,
-            }
-            .map_err(|e: Error| e.to_remote())?;
+        if let Some(proposal) = proposal {
+            self.committed(proposal, durable).await?;
         }
         if let Some(refusal) = refused {
             return Err(refusal);
@@ -534,14 +639,43 @@ impl Service {
         Ok(attr.map(Response::Attr).unwrap_or(Response::Done))
     }
 
+    /// Waits until `proposal` is committed (and with `durable`, or under `--durability
+    /// strict`, on this member's disk).
+    async fn committed(&self, proposal: Proposing, durable: bool) -> Result<(), RemoteError> {
+        let Proposing { committed, log } = proposal;
+        let log_id = match committed.await {
+            Ok(Ok(response)) if response.data == Outcome::AsProposed => response.log_id,
+            // The log lost an earlier proposal of this member's to a change of leader:
+            // this one was applied without it. A numbered change sent again is answered
+            // from the namespace; any other, the client tells its caller.
+            Ok(Ok(_)) => {
+                return refuse(
+                    ErrorCode::Unavailable,
+                    "the nameserver group changed leader while the change was under way",
+                )
+            }
+            Ok(Err(e)) => {
+                return refuse(ErrorCode::Unavailable, format!("change not committed: {e}"))
+            }
+            Err(_) => return Err(shutting_down()),
+        };
+        if durable || self.durability == Durability::Strict {
+            log.durable(log_id.index + 1)
+                .await
+                .map_err(|e: Error| e.to_remote())?;
+        }
+        Ok(())
+    }
+
     /// The answer to a repeat of a numbered change that was applied, its answer naming
-    /// `ino`: the inode as it is now. Given once the log has what the first one logged.
+    /// `ino`: the inode as it is now. Given once the log has what the first one logged
+    /// (an empty proposal after it is committed).
     fn answer_again(
-        state: &State,
+        &self,
+        state: &mut State,
         numbered: Numbered,
         ino: Option<Ino>,
     ) -> Result<Applied, RemoteError> {
-        let wal = state.wal.as_ref().ok_or_else(shutting_down)?;
         debug!(
             client = numbered.client,
             seq = numbered.seq,
@@ -553,17 +687,15 @@ impl Service {
         };
         Ok(Applied {
             attr,
-            lsn: Some(wal.last_lsn()),
-            waiter: wal.waiter(),
+            proposal: Some(self.propose(state, Vec::new(), BTreeSet::new())?),
             refused: None,
         })
     }
 
-    /// Applies ops in order and appends them to the log, under the state lock, and
-    /// then, if they were a client's numbered change and none was refused, the record
-    /// that it was applied. The file an unlink or a rename removes the last name of is
-    /// pinned first if a session holds it open, so that it stays readable and writable
-    /// by inode.
+    /// Applies ops in order and proposes them, under the state lock, and then, if they
+    /// were a client's numbered change and none was refused, the record that it was
+    /// applied. The file an unlink or a rename removes the last name of is pinned first
+    /// if a session holds it open, so that it stays readable and writable by inode.
     fn apply_locked(
         &self,
         state: &mut State,
@@ -571,20 +703,16 @@ impl Service {
         blobs: &[BlockId],
         numbered: Option<Numbered>,
     ) -> Result<Applied, RemoteError> {
-        let State {
-            ns,
-            wal,
-            registry,
-            sessions,
-            ..
-        } = state;
-        let wal = wal.as_mut().ok_or_else(shutting_down)?;
+        if !state.leading {
+            return Err(not_leading());
+        }
         let needs: BTreeSet<String> = blobs
             .iter()
-            .flat_map(|blob| registry.live_locations(blob))
+            .flat_map(|blob| state.registry.live_locations(blob))
             .map(|l| l.name)
             .collect();
-        let (mut last, mut lsn, mut refused) = (None, None, None);
+        let (mut applied, mut last, mut refused) = (Vec::new(), None, None);
+        let State { ns, sessions, .. } = state;
         for op in ops {
             // Only while some file is open anywhere: an unlink costs no lookup more.
             let pin = (sessions.open_files() > 0)
@@ -592,13 +720,10 @@ impl Service {
                 .flatten()
                 .filter(|ino| sessions.holds(*ino) && !ns.pinned().contains(ino))
                 .map(|ino| Op::Pin { ino });
-            for op in pin.iter().chain([&op]) {
-                match ns.apply(op) {
+            for op in pin.into_iter().chain([op]) {
+                match ns.apply(&op) {
                     Ok(ino) => {
-                        lsn = Some(
-                            wal.append_after(op, needs.clone())
-                                .map_err(|e| e.to_remote())?,
-                        );
+                        applied.push(op);
                         last = Some(ino);
                     }
                     Err(e) => {
@@ -611,7 +736,7 @@ impl Service {
                 break;
             }
         }
-        if let (Some(n), true, None) = (numbered, lsn.is_some(), &refused) {
+        if let (Some(n), false, None) = (numbered, applied.is_empty(), &refused) {
             // After the ops: a crash between them loses the record, not the ops, and a
             // repeat is then applied again, as without numbers; never the other way.
             let op = Op::Applied {
@@ -620,21 +745,158 @@ impl Service {
                 ino: last,
             };
             ns.apply(&op)?;
-            lsn = Some(wal.append(&op).map_err(|e| e.to_remote())?);
-        }
-        registry.released(ns.take_released(), Instant::now(), lsn.unwrap_or(0));
-        if wal.wants_snapshot(self.snapshot_bytes) {
-            if let Err(e) = wal.snapshot(ns) {
-                tracing::error!(error = %e, "snapshot failed; the log keeps growing");
-            }
+            applied.push(op);
         }
         let attr = last.and_then(|ino: Ino| ns.get(ino).ok().map(|i| i.attr.clone()));
+        let proposal = match applied.is_empty() {
+            true => None,
+            false => Some(self.propose(state, applied, needs)?),
+        };
         Ok(Applied {
             attr,
-            lsn,
-            waiter: wal.waiter(),
+            proposal,
             refused,
         })
+    }
+
+    /// Proposes `ops`, just applied to the namespace, to the group (an empty proposal is
+    /// a barrier: committed once everything before it is). Under the state lock, so
+    /// that entries are in the order of application.
+    fn propose(
+        &self,
+        state: &mut State,
+        ops: Vec<Op>,
+        needs: BTreeSet<String>,
+    ) -> Result<Proposing, RemoteError> {
+        if !state.leading {
+            return Err(not_leading());
+        }
+        let log = state.log.clone().ok_or_else(shutting_down)?;
+        let seq = state.next_proposal;
+        state.next_proposal += 1;
+        let released = state.ns.take_released();
+        state.proposed.push_back(Proposed { seq, released });
+        let proposal = Proposal {
+            ops,
+            needs,
+            by: (self.id, seq),
+        };
+        // Openraft's proposal is a send on a channel: it completes when first polled.
+        let mut send = std::pin::pin!(self.raft().client_write_ff(proposal));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match send.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(Ok(committed)) => Ok(Proposing { committed, log }),
+            _ => {
+                // Never in the log: what the namespace has of it goes.
+                self.reload(state);
+                Err(shutting_down())
+            }
+        }
+    }
+
+    /// Rebuilds the namespace from the snapshot and the log's entries up to the last
+    /// applied one, dropping what this member's proposals not in the log did (the log
+    /// lost them to a change of leader, or never had them).
+    fn reload(&self, state: &mut State) {
+        let Some(log) = state.log.clone() else {
+            return;
+        };
+        let rebuilt = log.snapshot().and_then(|snapshot| {
+            let from = snapshot.applied.map_or(0, |a| a.index + 1);
+            let to = state.applied.map_or(0, |a| a.index + 1);
+            let mut ns = snapshot.ns;
+            for entry in log.entries(from..to)? {
+                if let openraft::EntryPayload::Normal(proposal) = entry.payload {
+                    for op in &proposal.ops {
+                        if let Err(e) = ns.apply(op) {
+                            warn!(index = entry.log_id.index, error = %e, "entry's operation refused");
+                        }
+                    }
+                }
+            }
+            ns.take_released();
+            Ok(ns)
+        });
+        match rebuilt {
+            Ok(ns) => {
+                warn!(
+                    dropped = state.proposed.len(),
+                    "changes proposed here did not reach the log: namespace rebuilt from the log"
+                );
+                state.ns = ns;
+                state.proposed.clear();
+            }
+            Err(e) => {
+                // Serving from a namespace the log does not make would be worse than
+                // stopping.
+                tracing::error!(error = %e, "cannot rebuild the namespace from the log; stopping");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Follows the group's state: this member serves once it leads and has applied the
+    /// entries earlier leaders left (its first entry as leader is committed), and stops
+    /// serving when it no longer leads.
+    pub async fn follow_leadership(self: Arc<Self>) {
+        let mut metrics = self.raft().metrics();
+        loop {
+            let (leads, last_log) = {
+                let m = metrics.borrow_and_update();
+                (
+                    m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id),
+                    m.last_log_index,
+                )
+            };
+            {
+                let mut state = self.lock();
+                let caught_up = state.applied.map(|a| a.index) >= last_log;
+                match (leads, state.leading) {
+                    (false, true) => {
+                        info!("no longer leading the nameserver group");
+                        state.leading = false;
+                    }
+                    (true, false) if caught_up => {
+                        info!(
+                            term = metrics.borrow().current_term,
+                            "leading the nameserver group"
+                        );
+                        state.leading = true;
+                    }
+                    _ => {}
+                }
+                if !state.leading && !state.proposed.is_empty() {
+                    self.reload(&mut state);
+                }
+                self.leading.send_if_modified(|leading| {
+                    std::mem::replace(leading, state.leading) != state.leading
+                });
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits (at most `within`) until this member serves.
+    pub async fn wait_leading(&self, within: Duration) {
+        let mut leading = self.leading.subscribe();
+        let _ = tokio::time::timeout(within, leading.wait_for(|l| *l)).await;
+    }
+
+    /// Serves a message from another member of the group.
+    async fn raft_message(&self, message: &[u8]) -> Answer {
+        use crate::raft::Message;
+        let message: Message = vg_wire::codec::from_bytes(message)
+            .map_err(|e| RemoteError::new(ErrorCode::Invalid, format!("group message: {e}")))?;
+        let raft = self.raft();
+        let reply = match message {
+            Message::Append(rpc) => vg_wire::codec::to_bytes(&raft.append_entries(rpc).await),
+            Message::Vote(rpc) => vg_wire::codec::to_bytes(&raft.vote(rpc).await),
+            Message::Snapshot(rpc) => vg_wire::codec::to_bytes(&raft.install_snapshot(rpc).await),
+        }
+        .map_err(|e| RemoteError::new(ErrorCode::Io, format!("group message answer: {e}")))?;
+        Ok(Response::Raft { reply })
     }
 
     /// Has each storage in `needs` that is still active sync what it acknowledged;

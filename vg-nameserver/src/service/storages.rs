@@ -12,7 +12,7 @@ use vg_wire::BlockId;
 
 use super::{Answer, Service, State};
 use crate::error::refuse;
-use crate::wal::Wal;
+use crate::log::LogStore;
 
 /// What a heartbeat reports: space used, and the blobs received, removed and found bad
 /// since the last one.
@@ -96,9 +96,9 @@ impl Service {
     pub(super) fn status(&self, state: &State) -> ClusterStatus {
         let (under_replicated, missing) = state.registry.replication_health(state.ns.refs());
         let (log_syncs, log_sync_time) = state
-            .wal
+            .log
             .as_ref()
-            .map_or_else(Default::default, |wal| wal.syncs().totals());
+            .map_or_else(Default::default, |log| log.syncs().totals());
         ClusterStatus {
             storages: state.registry.status(),
             replication: self.replication,
@@ -114,8 +114,8 @@ impl Service {
             locks: state.locks.len() as u64,
             lock_waiters: state.locks.waiters() as u64,
             replicating: state.registry.replicating() as u64,
-            log_written: state.wal.as_ref().map_or(0, Wal::last_lsn),
-            log_durable: state.wal.as_ref().map_or(0, Wal::durable_lsn),
+            log_written: state.log.as_ref().map_or(0, LogStore::written_end),
+            log_durable: state.log.as_ref().map_or(0, LogStore::durable_end),
             log_syncs,
             log_sync_seconds: log_sync_time.as_secs_f64(),
             requests: self.requests.totals(),

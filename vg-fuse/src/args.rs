@@ -25,6 +25,11 @@ pub struct ConnArgs {
         global = true
     )]
     pub ns_port: u16,
+    /// The nameservers of a group, `[NAME@]HOST:PORT` (NAME: the member's certificate
+    /// name, `nameserver` by default), repeated or comma-separated; instead of
+    /// `--ns-hostname` and `--ns-port`.
+    #[arg(long, env = "VG_NS", value_delimiter = ',', global = true)]
+    pub ns: Vec<String>,
     /// Certificate name of this client (picks certs/NAME/NAME.crt).
     #[arg(long, env = "VG_CLIENT_NAME", default_value = "client", global = true)]
     pub name: String,
@@ -38,28 +43,24 @@ pub struct ConnArgs {
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The nameserver's name does not resolve.
-    #[error("resolve --ns-hostname {host}: {reason}")]
-    Resolve {
-        /// The host given.
-        host: String,
-        /// What the resolver said.
-        reason: String,
-    },
+    /// A nameserver's name does not resolve, or `--ns` is malformed.
+    #[error("{0}")]
+    Resolve(String),
     /// TLS material or the nameserver failed.
     #[error("connect to nameserver {addr}: {source}")]
     Connect {
-        /// The address dialled.
-        addr: std::net::SocketAddr,
+        /// The addresses dialled.
+        addr: String,
         /// The failure.
         source: Error,
     },
 }
 
 impl ConnArgs {
-    /// The client configuration these flags describe, for a resolved address.
-    pub fn config(&self, ns_addr: std::net::SocketAddr) -> Config {
-        let mut config = Config::new(ns_addr, self.tls.paths(&self.name));
+    /// The client configuration these flags describe, for resolved nameservers.
+    pub fn config(&self, nameservers: Vec<vg_wire::rpc::Target>) -> Config {
+        let mut config = Config::new(nameservers[0].addr, self.tls.paths(&self.name));
+        config.nameservers = nameservers;
         config.unavailable_timeout = self.timeout;
         config.request_timeout = self.timeout.min(Duration::from_secs(10));
         config
@@ -73,20 +74,14 @@ impl ConnArgs {
     /// Resolves the nameserver and connects, answering lookups from what the client
     /// learnt in the last `entry_ttl` (see [`Config::entry_ttl`]).
     pub async fn connect_caching(&self, entry_ttl: Duration) -> Result<Client, ConnectError> {
-        let resolve_err = |reason: String| ConnectError::Resolve {
-            host: self.ns_hostname.clone(),
-            reason,
-        };
-        let ns_addr = vg_wire::cli::resolve(&self.ns_hostname, self.ns_port)
+        let nameservers = vg_wire::cli::nameservers(&self.ns, &self.ns_hostname, self.ns_port)
             .await
-            .map_err(|e| resolve_err(e.to_string()))?;
-        let mut config = self.config(ns_addr);
+            .map_err(ConnectError::Resolve)?;
+        let addr = vg_wire::rpc::Nameservers::new(nameservers.clone()).to_string();
+        let mut config = self.config(nameservers);
         config.entry_ttl = entry_ttl;
         Client::connect(&config)
             .await
-            .map_err(|source| ConnectError::Connect {
-                addr: ns_addr,
-                source,
-            })
+            .map_err(|source| ConnectError::Connect { addr, source })
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use vg_wire::error::ErrorCode;
 use vg_wire::ns::{self, BlockInfo, ClusterStatus, Layout, Name, StatFs, Stored};
-use vg_wire::rpc::{Dialer, Target};
+use vg_wire::rpc::{Dialer, Nameservers, Target};
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::xattr::SetMode;
 use vg_wire::{Attr, BlockId, FileKind, Ino, Role, SetAttr, Slice};
@@ -53,10 +53,8 @@ impl Maker {
 /// How to reach the cluster.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Nameserver address.
-    pub ns_addr: SocketAddr,
-    /// Nameserver certificate name.
-    pub ns_name: String,
+    /// The nameserver group's members (one for a nameserver alone).
+    pub nameservers: Vec<Target>,
     /// CA, certificate and key of this client.
     pub tls: TlsPaths,
     /// Bound on one request to a server.
@@ -70,10 +68,14 @@ pub struct Config {
 
 impl Config {
     /// Defaults for the timeouts.
+    /// A client of the nameserver at `ns_addr` (certificate name `nameserver`).
     pub fn new(ns_addr: SocketAddr, tls: TlsPaths) -> Self {
         Config {
-            ns_addr,
-            ns_name: "nameserver".into(),
+            nameservers: vec![Target {
+                name: "nameserver".into(),
+                role: Role::Nameserver,
+                addr: ns_addr,
+            }],
             tls,
             request_timeout: Duration::from_secs(10),
             unavailable_timeout: Duration::from_secs(30),
@@ -86,7 +88,7 @@ impl Config {
 #[derive(Clone)]
 pub struct Client {
     dialer: Dialer,
-    ns: Target,
+    ns: Nameservers,
     unavailable_timeout: Duration,
     /// Storages that recently failed a read, and when: tried last for a while, so that a
     /// dead storage costs one timeout rather than one per block.
@@ -124,7 +126,8 @@ impl Client {
     /// Loads the TLS material and connects to the nameserver.
     pub async fn connect(config: &Config) -> Result<Self> {
         let identity = Identity::load(&config.tls)?;
-        let bind: SocketAddr = if config.ns_addr.is_ipv4() {
+        let first = config.nameservers.first().ok_or(Error::NoNameserver)?;
+        let bind: SocketAddr = if first.addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -132,11 +135,7 @@ impl Client {
         let endpoint = vg_wire::rpc::endpoint(bind, None)?;
         let mut client = Client {
             dialer: Dialer::new(endpoint, identity.client_config()?, config.request_timeout),
-            ns: Target {
-                name: config.ns_name.clone(),
-                role: Role::Nameserver,
-                addr: config.ns_addr,
-            },
+            ns: Nameservers::new(config.nameservers.clone()),
             unavailable_timeout: config.unavailable_timeout,
             suspects: Arc::default(),
             held: Arc::default(),
@@ -167,18 +166,10 @@ impl Client {
             },
             false => request,
         };
-        let deadline = Instant::now() + self.unavailable_timeout;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match self.dialer.call(&self.ns, &request).await {
-                Err(e) if e.is_transport() && Instant::now() + pause < deadline => {
-                    self.dialer.forget(&self.ns);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => return Ok(other?),
-            }
-        }
+        Ok(self
+            .ns
+            .call(&self.dialer, &request, self.unavailable_timeout)
+            .await?)
     }
 
     async fn attr_call(&self, request: ns::Request) -> Result<Attr> {
@@ -700,6 +691,15 @@ impl Client {
         match self.ns_call(ns::Request::Status).await? {
             ns::Response::Status(status) => Ok(status),
             other => Err(unexpected("status", other)),
+        }
+    }
+
+    /// The nameserver group: members, roles, log positions. `change` adds or removes a
+    /// member first.
+    pub async fn group(&self, change: Option<ns::Request>) -> Result<ns::GroupStatus> {
+        match self.ns_call(change.unwrap_or(ns::Request::Group)).await? {
+            ns::Response::Group(group) => Ok(group),
+            other => Err(unexpected("the nameserver group", other)),
         }
     }
 

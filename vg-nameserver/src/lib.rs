@@ -62,6 +62,8 @@ pub struct Config {
     /// The group to form when the metadata directory holds none yet: every member with
     /// its number. Empty: a group of this nameserver alone.
     pub members: BTreeMap<raft::NodeId, raft::Member>,
+    /// Join an existing group (its leader adds this member) rather than form one.
+    pub join: bool,
     /// Base of the group's timeouts: heartbeats at this period, elections after 3 to 6
     /// times it without one.
     pub heartbeat: Duration,
@@ -86,6 +88,7 @@ impl Config {
             metrics: None,
             node_id: 1,
             members: BTreeMap::new(),
+            join: false,
             heartbeat: Duration::from_millis(100),
         }
     }
@@ -111,6 +114,13 @@ impl Handle {
         }
         let service = self.service.clone();
         tokio::spawn(async move { service.close().await });
+    }
+
+    /// [`Handle::kill`], then waits until the log is closed, so that another
+    /// nameserver in this process may open the metadata directory.
+    pub async fn crash(self) {
+        self.kill();
+        self.service.close().await;
     }
 
     /// Stops serving, syncs the log (asking the storages first, for a few seconds at
@@ -173,7 +183,7 @@ pub async fn start(config: Config) -> Result<Handle> {
         info!(addr = %metrics, "metrics served at /metrics");
     }
     let ticker = tokio::spawn(service.clone().tick_loop(config.tick));
-    if config.members.len() <= 1 {
+    if config.members.len() <= 1 && !config.join {
         // Alone, it leads at once (after applying what its log holds): serve from the
         // start rather than refuse the first requests.
         let mut metrics = raft.metrics();
@@ -230,7 +240,9 @@ async fn join_group(
         .is_initialized()
         .await
         .map_err(|e| group_error(e.to_string()))?;
-    if !initialized {
+    if !initialized && config.join {
+        info!("waiting for the group's leader to add this nameserver");
+    } else if !initialized {
         let members = match config.members.is_empty() {
             true => {
                 let (name, _) = identity

@@ -47,6 +47,19 @@ struct Args {
         hide = true
     )]
     boot_id_file: PathBuf,
+    /// This nameserver's number in its group.
+    #[arg(long, env = "VG_NODE_ID", default_value_t = 1)]
+    node_id: u64,
+    /// The group to form on a first start, every member with its number (this one
+    /// included): `ID=[NAME@]HOST:PORT,...`, NAME being the member's certificate name
+    /// (default `nameserver`). Without it, a group of this nameserver alone. Ignored
+    /// once the metadata directory holds a group.
+    #[arg(long, env = "VG_PEERS", value_parser = vg_nameserver::raft::parse_members)]
+    peers: Option<std::collections::BTreeMap<u64, vg_nameserver::raft::Member>>,
+    /// Join an existing group instead of forming one: wait until its leader adds this
+    /// nameserver (`vgctl nameserver add ID [NAME@]HOST:PORT`).
+    #[arg(long, env = "VG_JOIN", conflicts_with = "peers")]
+    join: bool,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
@@ -89,6 +102,16 @@ async fn run() -> anyhow::Result<()> {
     config.durability = args.durability;
     config.boot_id_file = args.boot_id_file;
     config.metrics = args.metrics;
+    config.node_id = args.node_id;
+    config.join = args.join;
+    if let Some(peers) = args.peers {
+        anyhow::ensure!(
+            peers.contains_key(&args.node_id),
+            "--peers does not name this nameserver's --node-id {}",
+            args.node_id
+        );
+        config.members = peers;
+    }
     let mut handle = vg_nameserver::start(config)
         .await
         .context("start nameserver")?;

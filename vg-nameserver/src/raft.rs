@@ -5,7 +5,7 @@
 //! [`vg_wire::ns::Request::Raft`] frames whose bytes are openraft's own types, encoded
 //! here: vg-wire carries them without depending on openraft.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::net::SocketAddr;
 
@@ -46,6 +46,39 @@ impl Member {
             role: Role::Nameserver,
             addr,
         })
+    }
+}
+
+/// Parses a group's members, `ID=[NAME@]HOST:PORT,...` (NAME defaults to `nameserver`,
+/// the name `vgctl certs init` gives a nameserver's certificate).
+pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, Member>, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, rest) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected ID=[NAME@]HOST:PORT"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?}: member number {id:?} is not a number"))?;
+        let (name, addr) = rest.split_once('@').unwrap_or(("nameserver", rest));
+        if !addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Err(format!("{item:?}: address {addr:?} is not HOST:PORT"));
+        }
+        let member = Member {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        };
+        if members.insert(id, member).is_some() {
+            return Err(format!("member {id} named twice"));
+        }
+    }
+    match members.is_empty() {
+        true => Err("no member named".into()),
+        false => Ok(members),
     }
 }
 
@@ -206,5 +239,32 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.send(Message::Vote(rpc), option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_parsed_and_bad_ones_named() {
+        let members =
+            parse_members("1=127.0.0.1:7000, 2=ns2@[::1]:7001,3=ns3@vg.example:7002").unwrap();
+        assert_eq!(members[&1].name, "nameserver");
+        assert_eq!(
+            (members[&2].name.as_str(), members[&2].addr.as_str()),
+            ("ns2", "[::1]:7001")
+        );
+        assert_eq!(members[&3].addr, "vg.example:7002");
+        for (bad, says) in [
+            ("1=127.0.0.1", "not HOST:PORT"),
+            ("x=127.0.0.1:7000", "not a number"),
+            ("127.0.0.1:7000", "expected ID="),
+            ("1=a:1,1=b:2", "named twice"),
+            ("", "no member"),
+        ] {
+            let e = parse_members(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 }

@@ -213,6 +213,8 @@ pub struct Registry {
     in_flight: HashMap<BlockId, (Slot, Instant)>,
     /// Rotates placement among equally free storages.
     rotation: usize,
+    /// No copies are made before this: the storages may not all have reported yet.
+    copies_after: Option<Instant>,
 }
 
 impl Registry {
@@ -228,7 +230,22 @@ impl Registry {
             scanned_unreferenced: None,
             in_flight: HashMap::new(),
             rotation: 0,
+            copies_after: None,
         }
+    }
+
+    /// Makes no copies of under-replicated blocks before `at`: a nameserver that just
+    /// started leading knows only the storages that reported so far, and would take the
+    /// blocks of those yet to come for lost copies.
+    pub fn hold_copies_until(&mut self, at: Instant) {
+        self.copies_after = Some(at);
+    }
+
+    /// Whether storages may still be on their way to register and report (see
+    /// [`Registry::hold_copies_until`]): a block without a known copy may just not be
+    /// reported yet.
+    pub fn settling(&self, now: Instant) -> bool {
+        self.copies_after.is_some_and(|at| now < at)
     }
 
     fn storage(&self, slot: Slot) -> &Storage {
@@ -667,8 +684,10 @@ impl Registry {
             }
         }
         let [copies, extras, fresh] = self.scan_blocks(refs);
-        for id in copies {
-            self.schedule_copy(id, now);
+        if self.copies_after.is_none_or(|at| now >= at) {
+            for id in copies {
+                self.schedule_copy(id, now);
+            }
         }
         let replication = self.policy.replication as usize;
         for id in extras {

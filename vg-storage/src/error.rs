@@ -59,6 +59,9 @@ pub enum Error {
     /// Talking to another peer failed.
     #[error(transparent)]
     Wire(#[from] vg_wire::Error),
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             Error::BadRange { .. } => ErrorCode::Invalid,
             Error::Io { .. } => ErrorCode::Io,
             Error::Wire(e) => e.code().unwrap_or(ErrorCode::Unavailable),
+            Error::Config(_) => ErrorCode::Invalid,
         };
         RemoteError::new(code, self.to_string())
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::info;
-use vg_wire::rpc::{Dialer, Target};
+use vg_wire::rpc::{Dialer, Nameservers, Target};
 use vg_wire::tls::{Identity, TlsPaths};
 use vg_wire::Role;
 
@@ -38,10 +38,8 @@ pub struct Config {
     pub capacity: u64,
     /// Directory of the blocks.
     pub rootpath: PathBuf,
-    /// The nameserver's address.
-    pub ns_addr: SocketAddr,
-    /// The nameserver's certificate name.
-    pub ns_name: String,
+    /// The nameserver group's members (one for a nameserver alone).
+    pub nameservers: Vec<Target>,
     /// CA, certificate and key.
     pub tls: TlsPaths,
     /// Time between heartbeats.
@@ -72,8 +70,11 @@ impl Config {
             advertise: None,
             capacity,
             rootpath,
-            ns_addr,
-            ns_name: "nameserver".into(),
+            nameservers: vec![Target {
+                name: "nameserver".into(),
+                role: Role::Nameserver,
+                addr: ns_addr,
+            }],
             tls,
             heartbeat: Duration::from_secs(1),
             scrub_rate: 8 << 20,
@@ -144,11 +145,10 @@ pub async fn start(config: Config) -> Result<Handle> {
         identity.client_config()?,
         Duration::from_secs(10),
     );
-    let ns = Target {
-        name: config.ns_name.clone(),
-        role: Role::Nameserver,
-        addr: config.ns_addr,
-    };
+    if config.nameservers.is_empty() {
+        return Err(Error::Config("no nameserver given".into()));
+    }
+    let ns = Nameservers::new(config.nameservers.clone());
     let storage = Arc::new(server::Storage::new(
         config.name.clone(),
         Arc::new(store),

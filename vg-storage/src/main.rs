@@ -40,6 +40,11 @@ struct Args {
     /// Nameserver port.
     #[arg(long, alias = "ns_port", env = "VG_NS_PORT", default_value_t = 8000)]
     ns_port: u16,
+    /// The nameservers of a group, `[NAME@]HOST:PORT` (NAME: the member's certificate
+    /// name, `nameserver` by default), repeated or comma-separated; instead of
+    /// `--ns-hostname` and `--ns-port`.
+    #[arg(long, env = "VG_NS", value_delimiter = ',')]
+    ns: Vec<String>,
     /// Bytes per second the background scrub re-reads and re-hashes (e.g. 8MiB).
     #[arg(long, env = "VG_SCRUB_RATE", default_value = "8MiB", value_parser = parse_size)]
     scrub_rate: u64,
@@ -78,7 +83,9 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init().context("open log file")?;
     let listen = resolve(&args.hostname, args.port, "--hostname").await?;
-    let ns_addr = resolve(&args.ns_hostname, args.ns_port, "--ns-hostname").await?;
+    let nameservers = vg_wire::cli::nameservers(&args.ns, &args.ns_hostname, args.ns_port)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let advertise = match &args.advertise {
         Some(text) => {
             let (host, port) = text
@@ -106,9 +113,10 @@ async fn run() -> anyhow::Result<()> {
         listen,
         args.capacity,
         args.rootpath,
-        ns_addr,
+        nameservers[0].addr,
         tls,
     );
+    config.nameservers = nameservers;
     config.advertise = advertise;
     config.scrub_rate = args.scrub_rate.max(1);
     config.durability = args.durability;

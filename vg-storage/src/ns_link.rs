@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 use vg_wire::ns::{Command, Request, Response};
-use vg_wire::rpc::Target;
+use vg_wire::rpc::Nameservers;
 use vg_wire::BlockId;
 
 use crate::server::{Changes, Storage};
@@ -16,15 +16,23 @@ use crate::server::{Changes, Storage};
 const REPORT_BATCH: usize = 10_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Runs the link forever.
-pub async fn run(storage: Arc<Storage>, ns: Target, advertise: SocketAddr, heartbeat: Duration) {
+/// Runs the link forever, with the group's leader (each request goes to the member that
+/// answered last, or the next one while members do not lead or cannot be reached; a
+/// new leader that does not know this storage has it register again).
+pub async fn run(
+    storage: Arc<Storage>,
+    ns: Nameservers,
+    advertise: SocketAddr,
+    heartbeat: Duration,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match session(&storage, &ns, advertise, heartbeat, &mut backoff).await {
-            Ok(()) => info!("nameserver asked to register again"),
+            Ok(()) => {
+                info!(nameserver = %ns.current().1.addr, "nameserver asked to register again")
+            }
             Err(e) => {
-                storage.dialer.forget(&ns);
-                warn!(nameserver = %ns.addr, error = %e, retry_in = ?backoff, "lost the nameserver; reconnecting");
+                warn!(nameservers = %ns, error = %e, retry_in = ?backoff, "lost the nameserver; reconnecting");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -34,14 +42,17 @@ pub async fn run(storage: Arc<Storage>, ns: Target, advertise: SocketAddr, heart
 
 async fn session(
     storage: &Arc<Storage>,
-    ns: &Target,
+    ns: &Nameservers,
     advertise: SocketAddr,
     heartbeat: Duration,
     backoff: &mut Duration,
 ) -> vg_wire::Result<()> {
     let store = &storage.store;
-    let call =
-        |request: Request| async move { storage.dialer.call::<_, Response>(ns, &request).await };
+    // One round of the members per request: a failure starts the session over.
+    let call = |request: Request| async move {
+        ns.call::<_, Response>(&storage.dialer, &request, Duration::ZERO)
+            .await
+    };
     // Changes made before the report are covered by it.
     *storage.changes.lock().expect("changes lock") = Changes::default();
     call(Request::Register {
@@ -63,7 +74,7 @@ async fn session(
         }
     }
     call(Request::Activate).await?;
-    info!(nameserver = %ns.addr, blocks = blocks.len(), deleted, "registered and reported blocks");
+    info!(nameserver = %ns.current().1.addr, blocks = blocks.len(), deleted, "registered and reported blocks");
     *backoff = Duration::from_millis(100);
     let mut interval = tokio::time::interval(heartbeat);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -25,6 +25,50 @@ pub async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
+/// The nameserver group's members a client or storage was given: `--ns` values
+/// (`[NAME@]HOST:PORT`, NAME being the member's certificate name, by default
+/// `nameserver`), or else the one nameserver of `--ns-hostname` and `--ns-port`.
+pub async fn nameservers(
+    ns: &[String],
+    hostname: &str,
+    port: u16,
+) -> Result<Vec<crate::rpc::Target>, String> {
+    let target = |name: &str, addr| crate::rpc::Target {
+        name: name.to_string(),
+        role: crate::Role::Nameserver,
+        addr,
+    };
+    if ns.is_empty() {
+        let addr = resolve(hostname, port)
+            .await
+            .map_err(|e| format!("resolve --ns-hostname {hostname}: {e}"))?;
+        return Ok(vec![target("nameserver", addr)]);
+    }
+    let mut members = Vec::new();
+    for item in ns
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        let (name, addr) = item.split_once('@').unwrap_or(("nameserver", item));
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(host, port)| {
+                Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?))
+            })
+            .ok_or_else(|| format!("--ns {item}: expected [NAME@]HOST:PORT"))?;
+        let addr = resolve(host, port)
+            .await
+            .map_err(|e| format!("--ns {item}: resolve {host}: {e}"))?;
+        members.push(target(name, addr));
+    }
+    match members.is_empty() {
+        true => Err("--ns: no nameserver given".into()),
+        false => Ok(members),
+    }
+}
+
 /// The TLS flags of every binary; unset paths default to the original layout under
 /// `certs/` for the peer's name.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -67,6 +67,9 @@ pub enum ErrorCode {
     Deadlock,
     /// The file a cached name led to is gone: look the name up again.
     Stale,
+    /// The nameserver asked does not lead its group (or the change under way lost its
+    /// leader): ask the group again.
+    NotLeader,
 }
 
 impl ErrorCode {
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::WouldBlock => "would_block",
             ErrorCode::Deadlock => "deadlock",
             ErrorCode::Stale => "stale",
+            ErrorCode::NotLeader => "not_leader",
         }
     }
 }
@@ -165,6 +169,12 @@ impl Error {
             Error::Remote(e) => Some(e.code),
             _ => None,
         }
+    }
+
+    /// Whether a nameserver refused because it does not lead its group (another
+    /// member may answer).
+    pub fn is_not_leader(&self) -> bool {
+        matches!(self, Error::Remote(e) if e.code == ErrorCode::NotLeader)
     }
 
     /// Whether the failure is of the transport (retrying elsewhere may help).

@@ -211,6 +211,13 @@ pub enum Request {
     /// A message from another member of the nameserver group: openraft's types, which
     /// the nameserver encodes (vg-wire does not depend on them).
     Raft { message: Vec<u8> },
+    /// The nameserver group's members, their roles and log positions.
+    Group,
+    /// Adds nameserver `id` (certificate name `name`, listening at `addr`, started with
+    /// `--join`) to the group: it catches up as a learner, then votes.
+    AddMember { id: u64, name: String, addr: String },
+    /// Removes nameserver `id` from the group.
+    RemoveMember { id: u64 },
 }
 
 impl Request {
@@ -303,6 +310,8 @@ pub enum Response {
     Xattrs(Vec<(Name, Vec<u8>)>),
     /// The answer to a [`Request::Raft`] message, encoded as its question.
     Raft { reply: Vec<u8> },
+    /// The nameserver group.
+    Group(GroupStatus),
     /// A session's report is recorded; renew it within this many milliseconds. `lost`:
     /// the session had lapsed (it was not renewed within its lease), and the locks it
     /// reported are gone: others may have taken them since.
@@ -378,6 +387,33 @@ pub struct StorageStatus {
     pub state: StorageState,
     /// Number of blocks it holds.
     pub blocks: u64,
+}
+
+/// A member of the nameserver group, for `vgctl nameserver list`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its number.
+    pub id: u64,
+    /// Its certificate's name.
+    pub name: String,
+    /// Where it listens.
+    pub addr: String,
+    /// `leader`, `follower` (a voter) or `learner` (catching up, not voting).
+    pub role: String,
+    /// One past the last log entry it is known to have (the leader's own log, or what
+    /// it has replicated to the member); `None` if unknown.
+    pub log: Option<u64>,
+}
+
+/// The nameserver group, as its leader sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The leader's term.
+    pub term: u64,
+    /// One past the last entry committed.
+    pub committed: u64,
+    /// Every member.
+    pub members: Vec<MemberStatus>,
 }
 
 /// Cluster state for `vgctl status`.
@@ -501,6 +537,9 @@ impl Operation for Request {
             TestLock { .. } => "test_lock",
             Once { request, .. } => request.name(),
             Raft { .. } => "raft",
+            Group => "group",
+            AddMember { .. } => "add_member",
+            RemoveMember { .. } => "remove_member",
         }
     }
 

@@ -203,6 +203,88 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The nameserver group as its clients and storages see it: its members, and the one
+/// that answered last (the leader, as far as they know).
+#[derive(Clone, Debug)]
+pub struct Nameservers {
+    members: Arc<[Target]>,
+    leader: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Nameservers {
+    /// A group of `members` (at least one).
+    pub fn new(members: Vec<Target>) -> Self {
+        assert!(!members.is_empty(), "a nameserver group has members");
+        Nameservers {
+            members: members.into(),
+            leader: Arc::default(),
+        }
+    }
+
+    /// The member to ask, and its position (for [`Nameservers::passed_over`]).
+    pub fn current(&self) -> (usize, &Target) {
+        let at = self.leader.load(std::sync::atomic::Ordering::Relaxed) % self.members.len();
+        (at, &self.members[at])
+    }
+
+    /// Moves on from member `at`, which does not lead or cannot be reached (unless
+    /// another call moved on already).
+    pub fn passed_over(&self, at: usize) {
+        let next = (at + 1) % self.members.len();
+        let _ = self.leader.compare_exchange(
+            at,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Every member.
+    pub fn members(&self) -> &[Target] {
+        &self.members
+    }
+
+    /// Sends `request` to the group's leader: while the member asked does not lead or
+    /// cannot be reached, asks the next, pausing after each round of them all (50 ms,
+    /// doubling up to a second), until `patience` has passed; then the last failure.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        dialer: &Dialer,
+        request: &Req,
+        patience: Duration,
+    ) -> Result<Resp> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut pause = Duration::from_millis(50);
+        for tried in 1.. {
+            let (at, target) = self.current();
+            match dialer.call(target, request).await {
+                Err(e) if e.is_transport() || e.is_not_leader() => {
+                    if e.is_transport() {
+                        dialer.forget(target);
+                    }
+                    self.passed_over(at);
+                    if tried % self.members.len() == 0 {
+                        if std::time::Instant::now() + pause >= deadline {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+}
+
+impl std::fmt::Display for Nameservers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs: Vec<String> = self.members.iter().map(|t| t.addr.to_string()).collect();
+        write!(f, "{}", addrs.join(","))
+    }
+}
+
 /// Dials peers and keeps one connection per peer for reuse.
 #[derive(Clone)]
 pub struct Dialer {

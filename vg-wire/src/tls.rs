@@ -194,14 +194,24 @@ pub(crate) fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
         .stream_receive_window((16u32 << 20).into())
         .receive_window((64u32 << 20).into())
         .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(1)))
+        .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(
-            Duration::from_secs(5)
+            IDLE_TIMEOUT
                 .try_into()
-                .expect("5 s is a valid idle timeout"),
+                .expect("2 s is a valid idle timeout"),
         ));
     Arc::new(transport)
 }
+
+/// How often a quiet connection proves it is alive.
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
+
+/// A connection silent this long is dead. A process killed outright (or its machine) sends
+/// nothing more, and UDP has no reset: this bounds how long a mount or storage waits on
+/// a nameserver that died before asking another member of the group (failover within 3 s
+/// with the group's election under a second), and tolerates three keep-alives lost in a
+/// row.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest UDP payload a connection grows its packets to when the path allows it (jumbo-frame
 /// links; Ethernet paths settle near 1,452 as probes beyond fail).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vg_wire::error::ErrorCode;
 use vg_wire::ns::{self, Placement, Stored};
-use vg_wire::rpc::{Dialer, Target};
+use vg_wire::rpc::{Dialer, Nameservers, Target};
 use vg_wire::storage;
 use vg_wire::Bytes;
 use vg_wire::{BlockId, BlockRef, Location};
@@ -359,7 +359,7 @@ impl Client {
 pub(super) async fn keep_held_blocks(
     held: std::sync::Weak<Mutex<HashMap<BlockId, u32>>>,
     dialer: Dialer,
-    ns: Target,
+    ns: Nameservers,
 ) {
     loop {
         tokio::time::sleep(KEEP_EVERY).await;
@@ -367,13 +367,11 @@ pub(super) async fn keep_held_blocks(
         let ids: Vec<BlockId> = held.lock().expect("held lock").keys().copied().collect();
         drop(held);
         for batch in ids.chunks(ns::MAX_PAGE as usize) {
-            if let Err(e) = dialer
-                .call::<_, ns::Response>(
-                    &ns,
-                    &ns::Request::KeepBlocks {
-                        ids: batch.to_vec(),
-                    },
-                )
+            let keep = ns::Request::KeepBlocks {
+                ids: batch.to_vec(),
+            };
+            if let Err(e) = ns
+                .call::<_, ns::Response>(&dialer, &keep, Duration::ZERO)
                 .await
             {
                 tracing::debug!(error = %e, "could not refresh uncommitted blocks");

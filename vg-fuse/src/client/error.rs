@@ -30,6 +30,9 @@ pub enum Error {
     /// The calling process got a signal while it waited (for a lock).
     #[error("interrupted by a signal")]
     Interrupted,
+    /// The configuration names no nameserver.
+    #[error("no nameserver given")]
+    NoNameserver,
 }
 
 impl From<vg_wire::Error> for Error {
@@ -56,6 +59,7 @@ impl Error {
             Error::Local { .. } => ErrorCode::Io,
             // Not a server's answer; errno() maps it to EINTR before looking here.
             Error::Interrupted => ErrorCode::WouldBlock,
+            Error::NoNameserver => ErrorCode::Invalid,
         }
     }
 

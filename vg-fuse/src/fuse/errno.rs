@@ -19,9 +19,11 @@ pub fn errno(error: &Error) -> i32 {
         ErrorCode::Invalid => libc::EINVAL,
         ErrorCode::NameTooLong => libc::ENAMETOOLONG,
         ErrorCode::Forbidden => libc::EPERM,
-        ErrorCode::Corrupt | ErrorCode::Unavailable | ErrorCode::Io | ErrorCode::Conflict => {
-            libc::EIO
-        }
+        ErrorCode::Corrupt
+        | ErrorCode::Unavailable
+        | ErrorCode::NotLeader
+        | ErrorCode::Io
+        | ErrorCode::Conflict => libc::EIO,
         ErrorCode::Version => libc::EPROTO,
         ErrorCode::NoAttr => libc::ENODATA,
         ErrorCode::NotSupported => libc::ENOTSUP,

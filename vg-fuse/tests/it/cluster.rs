@@ -99,6 +99,9 @@ pub struct TestCluster {
     pub block_size: usize,
     /// Bytes per second each storage's scrub checks.
     pub scrub_rate: u64,
+    /// The members of a nameserver group the storages and clients use instead of
+    /// `ns_addr`, if set.
+    pub group: Vec<vg_wire::rpc::Target>,
     ca: Ca,
 }
 
@@ -160,6 +163,7 @@ impl TestCluster {
             capacity,
             block_size,
             scrub_rate,
+            group: Vec::new(),
             ca,
         };
         cluster.issue("nameserver", Role::Nameserver);
@@ -288,6 +292,9 @@ impl TestCluster {
         );
         config.heartbeat = Duration::from_millis(200);
         config.scrub_rate = self.scrub_rate;
+        if !self.group.is_empty() {
+            config.nameservers = self.group.clone();
+        }
         let handle = vg_storage::start(config).await.expect("start storage");
         self.storages.insert(name.to_string(), handle);
     }
@@ -313,6 +320,9 @@ impl TestCluster {
         let mut config = Config::new(self.ns_addr, TlsPaths::in_dir(&self.certs(), "client"));
         config.unavailable_timeout = Duration::from_secs(20);
         config.entry_ttl = entry_ttl;
+        if !self.group.is_empty() {
+            config.nameservers = self.group.clone();
+        }
         Client::connect(&config).await.expect("connect client")
     }
 
@@ -402,7 +412,7 @@ impl Drop for TestCluster {
 }
 
 /// Waits until a killed in-process server has released its UDP port.
-async fn wait_port_free(addr: SocketAddr) {
+pub async fn wait_port_free(addr: SocketAddr) {
     if addr.port() == 0 {
         return;
     }

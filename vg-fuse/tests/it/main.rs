@@ -6,6 +6,7 @@ mod cluster;
 mod core;
 mod faults;
 mod files;
+mod group;
 mod security;
 mod upgrade;
 mod vgctl;

@@ -50,6 +50,12 @@ impl Service {
                 self.sync().await?;
                 self.place(id, len, exclude, prefer)
             }
+            Err(e)
+                if e.code == ErrorCode::Unavailable
+                    && self.lock().registry.settling(Instant::now()) =>
+            {
+                Err(not_settled())
+            }
             other => other,
         };
         Ok(Response::Placement(placed?))
@@ -164,6 +170,7 @@ impl Service {
             .into_iter()
             .find(|s| !state.registry.has_any_location(&s.blob))
         {
+            Some(_) if state.registry.settling(Instant::now()) => Err(not_settled()),
             Some(lost) => refuse(
                 ErrorCode::Unavailable,
                 format!("blob {:?} has no replica; upload it again", lost.blob),
@@ -172,6 +179,7 @@ impl Service {
         }
     }
 
+    /// A file's slices and where their blobs are.
     pub(super) fn layout(&self, ino: Ino) -> Answer {
         let state = self.lock();
         let inode = state.ns.get(ino)?;
@@ -179,12 +187,16 @@ impl Service {
             return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
         };
         let mut seen = std::collections::HashSet::new();
-        let locations = blocks
+        let locations: Vec<_> = blocks
             .iter()
             .flatten()
             .filter(|slice| seen.insert(slice.blob))
             .map(|slice| (slice.blob, state.registry.live_locations(&slice.blob)))
             .collect();
+        if locations.iter().any(|(_, at)| at.is_empty()) && state.registry.settling(Instant::now())
+        {
+            return Err(not_settled());
+        }
         Ok(Response::Layout(Layout {
             attr: inode.attr.clone(),
             block_size: self.block_size,
@@ -208,4 +220,13 @@ impl Service {
                 .list_blocks(state.ns.refs(), after, limit.clamp(1, 100_000));
         Ok(Response::Blocks { blocks, more })
     }
+}
+
+/// The refusal of a request that needs storages this nameserver has not heard from yet
+/// (it has just started leading): asked again, it is answered once they have registered.
+fn not_settled() -> RemoteError {
+    RemoteError::new(
+        ErrorCode::NotLeader,
+        "this nameserver has only just started leading: storages are still reporting their blocks; ask again",
+    )
 }

@@ -2,6 +2,7 @@
 //! modules below) on the shared state, logs changes, answers once they are acknowledged.
 
 mod files;
+mod group;
 mod locking;
 mod machine;
 mod names;
@@ -36,15 +37,16 @@ pub(crate) use machine::Machine;
 
 type Answer = std::result::Result<Response, RemoteError>;
 
-/// The refusal of a change after the log was closed.
+/// The refusal of a change after the log was closed: another member (or this one,
+/// restarted) will take it.
 fn shutting_down() -> RemoteError {
-    RemoteError::new(ErrorCode::Unavailable, "nameserver is shutting down")
+    RemoteError::new(ErrorCode::NotLeader, "nameserver is shutting down")
 }
 
 /// The refusal of a request by a member that does not lead the group (or not yet).
 fn not_leading() -> RemoteError {
     RemoteError::new(
-        ErrorCode::Unavailable,
+        ErrorCode::NotLeader,
         "this nameserver does not lead its group (not yet, or no longer); ask the leader",
     )
 }
@@ -98,6 +100,15 @@ struct State {
     leading: bool,
 }
 
+/// What the leader knows of its majority.
+#[derive(Default)]
+struct Quorum {
+    /// The group has no other voter: this member is its majority.
+    alone: bool,
+    /// When a majority last acknowledged it (its own log and the others' replies).
+    acked: Option<Instant>,
+}
+
 /// A proposal applied by its proposer: its number, and the blobs its ops released (to
 /// be reclaimed once its entry is on disk).
 struct Proposed {
@@ -128,7 +139,13 @@ pub struct Service {
     raft: OnceLock<Raft>,
     /// Mirrors [`State::leading`] for the front door.
     leading: tokio::sync::watch::Sender<bool>,
+    /// When a majority last acknowledged this leader.
+    quorum: Mutex<Quorum>,
     state: Mutex<State>,
+    /// The registry's rules, for the fresh registry of each leadership.
+    policy: Policy,
+    /// How long a session report holds.
+    session_lease: Duration,
     block_size: u32,
     replication: u32,
     snapshot_bytes: u64,
@@ -167,8 +184,11 @@ impl Service {
         };
         let service = Service {
             id: config.node_id,
+            policy: policy.clone(),
+            session_lease: config.session_lease,
             raft: OnceLock::new(),
             leading: tokio::sync::watch::Sender::new(false),
+            quorum: Mutex::default(),
             state: Mutex::new(State {
                 ns: snapshot.ns,
                 log: Some(log.clone()),
@@ -349,7 +369,7 @@ impl Service {
         let served = async {
             let answer = if let Request::Raft { message } = &request {
                 self.raft_message(message).await
-            } else if !*self.leading.borrow() {
+            } else if !*self.leading.borrow() || !self.has_quorum() {
                 Err(not_leading())
             } else if waits {
                 tokio::select! {
@@ -554,6 +574,9 @@ impl Service {
                 "a numbered change holds another numbered change",
             ),
             Raft { .. } => refuse(ErrorCode::Invalid, "a group message in a numbered change"),
+            Group => self.group_status(),
+            AddMember { id, name, addr } => self.add_member(id, name, addr).await,
+            RemoveMember { id } => self.remove_member(id).await,
         }
     }
 
@@ -646,16 +669,19 @@ impl Service {
         let log_id = match committed.await {
             Ok(Ok(response)) if response.data == Outcome::AsProposed => response.log_id,
             // The log lost an earlier proposal of this member's to a change of leader:
-            // this one was applied without it. A numbered change sent again is answered
-            // from the namespace; any other, the client tells its caller.
+            // this one was applied without it, and its answer may not be what the
+            // namespace says now. The client sends it again, numbered: the leader
+            // answers from the namespace.
             Ok(Ok(_)) => {
                 return refuse(
-                    ErrorCode::Unavailable,
+                    ErrorCode::NotLeader,
                     "the nameserver group changed leader while the change was under way",
                 )
             }
+            // Lost leadership before the entry was committed: the next leader may still
+            // commit it; sent again, numbered, it is applied once.
             Ok(Err(e)) => {
-                return refuse(ErrorCode::Unavailable, format!("change not committed: {e}"))
+                return refuse(ErrorCode::NotLeader, format!("change not committed: {e}"))
             }
             Err(_) => return Err(shutting_down()),
         };
@@ -841,14 +867,20 @@ impl Service {
     pub async fn follow_leadership(self: Arc<Self>) {
         let mut metrics = self.raft().metrics();
         loop {
-            let (leads, last_log) = {
+            let (leads, last_log, term) = {
                 let m = metrics.borrow_and_update();
-                (
-                    m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id),
-                    m.last_log_index,
-                )
+                let leads =
+                    m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id);
+                let mut quorum = self.quorum.lock().expect("quorum lock");
+                quorum.alone = m.membership_config.membership().voter_ids().eq([self.id]);
+                quorum.acked = m
+                    .millis_since_quorum_ack
+                    .filter(|_| leads)
+                    .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+                (leads, m.last_log_index, m.current_term)
             };
-            {
+            // Openraft reports after every step: the state lock only for a change of role.
+            if leads != *self.leading.borrow() {
                 let mut state = self.lock();
                 let caught_up = state.applied.map(|a| a.index) >= last_log;
                 match (leads, state.leading) {
@@ -857,25 +889,34 @@ impl Service {
                         state.leading = false;
                     }
                     (true, false) if caught_up => {
-                        info!(
-                            term = metrics.borrow().current_term,
-                            "leading the nameserver group"
-                        );
-                        state.leading = true;
+                        info!(term, "leading the nameserver group");
+                        self.start_leading(&mut state);
                     }
                     _ => {}
                 }
                 if !state.leading && !state.proposed.is_empty() {
                     self.reload(&mut state);
                 }
-                self.leading.send_if_modified(|leading| {
-                    std::mem::replace(leading, state.leading) != state.leading
-                });
+                self.leading.send_replace(state.leading);
             }
             if metrics.changed().await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Takes over the leader's soft state anew: storages register and report their
+    /// blocks again (and no copies are made for a heartbeat timeout, until they have),
+    /// mounts report their sessions and take their locks again within the first lease.
+    fn start_leading(&self, state: &mut State) {
+        let now = Instant::now();
+        state.registry = Registry::new(self.policy.clone());
+        state
+            .registry
+            .hold_copies_until(now + self.policy.heartbeat_timeout);
+        state.sessions = Sessions::new(self.session_lease, now);
+        state.locks = Locks::default();
+        state.leading = true;
     }
 
     /// Waits (at most `within`) until this member serves.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use vg_fuse::client::{Client, Error, Maker};
-use vg_wire::ns::StorageState;
+use vg_wire::ns::{self, StorageState};
 use vg_wire::size::format_size;
 use vg_wire::{Attr, BlockId, FileKind, Ino, Location, ROOT_INO};
 
@@ -143,6 +143,7 @@ impl Session {
             Command::Status => self.status().await,
             Command::Fsck => self.fsck().await,
             Command::Certs(_) => bail!("certs: run it from the command line, not the shell"),
+            Command::Nameserver(command) => self.nameserver(command).await,
         }
     }
 
@@ -450,6 +451,36 @@ impl Session {
             )
             .await
             .map_err(|e| anyhow::anyhow!("{src} -> {dst}: {}", e.describe()))
+    }
+
+    async fn nameserver(&self, command: crate::NameserverCommand) -> anyhow::Result<()> {
+        use crate::NameserverCommand::*;
+        let change = match command {
+            List => None,
+            Add { id, member } => {
+                let (name, addr) = member.split_once('@').unwrap_or(("nameserver", &member));
+                Some(ns::Request::AddMember {
+                    id,
+                    name: name.to_string(),
+                    addr: addr.to_string(),
+                })
+            }
+            Remove { id } => Some(ns::Request::RemoveMember { id }),
+        };
+        let group = self.client.group(change).await?;
+        println!("term {}, committed up to {}", group.term, group.committed);
+        println!(
+            "{:>4}  {:<12} {:<24} {:<9} {:>10}",
+            "id", "name", "address", "role", "log"
+        );
+        for m in &group.members {
+            let log = m.log.map_or("-".to_string(), |l| l.to_string());
+            println!(
+                "{:>4}  {:<12} {:<24} {:<9} {:>10}",
+                m.id, m.name, m.addr, m.role, log
+            );
+        }
+        Ok(())
     }
 
     async fn status(&self) -> anyhow::Result<()> {

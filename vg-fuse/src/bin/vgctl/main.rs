@@ -99,6 +99,29 @@ pub enum Command {
     /// Make the cluster CA and peer certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// The nameserver group: list, add or remove members.
+    #[command(subcommand)]
+    Nameserver(NameserverCommand),
+}
+
+/// `vgctl nameserver ...`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum NameserverCommand {
+    /// Each member: number, name, address, role (leader, follower, learner) and log
+    /// position.
+    List,
+    /// Add a nameserver started with `--join --node-id ID`: it catches up, then votes.
+    Add {
+        /// Its number (its --node-id).
+        id: u64,
+        /// `[NAME@]HOST:PORT`: its certificate's name (default `nameserver`) and address.
+        member: String,
+    },
+    /// Remove a member from the group (stop it afterwards).
+    Remove {
+        /// Its number.
+        id: u64,
+    },
 }
 
 #[tokio::main]

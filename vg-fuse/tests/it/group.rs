@@ -1,0 +1,379 @@
+//! The nameserver group: three nameservers replicating the namespace with Raft, in this
+//! process, over QUIC with the cluster's certificates.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use vg_nameserver::raft::Member;
+use vg_wire::ns::{Request, Response};
+use vg_wire::rpc::{Dialer, Target};
+use vg_wire::tls::TlsPaths;
+use vg_wire::Role;
+
+use crate::cluster::{bytes, dialer, wait_port_free, TestCluster};
+
+/// Three members on loopback ports, and a client's dialer.
+struct Group {
+    cluster: TestCluster,
+    members: BTreeMap<u64, Member>,
+    running: BTreeMap<u64, vg_nameserver::Handle>,
+    dialer: Dialer,
+}
+
+impl Group {
+    async fn start(n: u64) -> Self {
+        let mut cluster = TestCluster::start(0, 1 << 30).await;
+        cluster.kill_nameserver();
+        // The members' addresses are known before any starts: ports bound and released.
+        let members = (1..=n)
+            .map(|id| {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let addr = socket.local_addr().unwrap().to_string();
+                let name = "nameserver".to_string();
+                (id, Member { name, addr })
+            })
+            .collect();
+        let dialer = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+        let mut group = Group {
+            cluster,
+            members,
+            running: BTreeMap::new(),
+            dialer,
+        };
+        for id in 1..=n {
+            group.start_member(id).await;
+        }
+        group
+    }
+
+    fn addr(&self, id: u64) -> SocketAddr {
+        self.members[&id].addr.parse().unwrap()
+    }
+
+    async fn start_member(&mut self, id: u64) {
+        self.start_member_as(id, false).await;
+    }
+
+    /// Starts member `id`; with `join`, one that waits to be added to the group.
+    async fn start_member_as(&mut self, id: u64, join: bool) {
+        let addr = self.addr(id);
+        wait_port_free(addr).await;
+        let dir = self.cluster.dir.path().join(format!("meta{id}"));
+        let tls = TlsPaths::in_dir(&self.cluster.certs(), "nameserver");
+        let mut config = vg_nameserver::Config::new(addr, dir, tls);
+        config.node_id = id;
+        match join {
+            true => config.join = true,
+            false => config.members = self.members.clone(),
+        }
+        config.heartbeat = Duration::from_millis(50);
+        config.tick = Duration::from_millis(100);
+        let handle = vg_nameserver::start(config).await.expect("start member");
+        self.running.insert(id, handle);
+    }
+
+    /// The members, as clients and storages dial them.
+    fn targets(&self) -> Vec<Target> {
+        (1..=self.members.len() as u64)
+            .map(|id| Target {
+                name: "nameserver".into(),
+                role: Role::Nameserver,
+                addr: self.addr(id),
+            })
+            .collect()
+    }
+
+    async fn call(&self, id: u64, request: &Request) -> Result<Response, vg_wire::Error> {
+        let target = Target {
+            name: "nameserver".into(),
+            role: Role::Nameserver,
+            addr: self.addr(id),
+        };
+        self.dialer.call(&target, request).await
+    }
+
+    /// The member that serves, once one does (within 10 s).
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for &id in self.running.keys() {
+                if self
+                    .call(
+                        id,
+                        &Request::GetAttr {
+                            ino: vg_wire::ROOT_INO,
+                        },
+                    )
+                    .await
+                    .is_ok()
+                {
+                    return id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no member leads after 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn mkdir(&self, id: u64, name: &str) {
+        let mkdir = Request::Mkdir {
+            parent: vg_wire::ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            perm: 0o755,
+            umask: 0,
+            uid: 0,
+            gid: 0,
+        };
+        self.call(id, &mkdir)
+            .await
+            .unwrap_or_else(|e| panic!("mkdir {name} on member {id}: {e}"));
+    }
+
+    /// The names in the root directory, sorted.
+    async fn names(&self, id: u64) -> Vec<String> {
+        let list = Request::ReadDir {
+            ino: vg_wire::ROOT_INO,
+            offset: 0,
+            limit: 100_000,
+        };
+        match self.call(id, &list).await {
+            Ok(Response::Entries { entries, .. }) => {
+                let mut names: Vec<String> = entries
+                    .into_iter()
+                    .map(|(name, _)| String::from_utf8(name).unwrap())
+                    .filter(|name| name != "." && name != "..")
+                    .collect();
+                names.sort();
+                names
+            }
+            other => panic!("readdir on member {id}: {other:?}"),
+        }
+    }
+
+    async fn crash(&mut self, id: u64) {
+        self.running.remove(&id).expect("member runs").crash().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_keeps_every_acknowledged_change_across_leader_crashes() {
+    let mut group = Group::start(3).await;
+    let first = group.leader().await;
+    let mut want: Vec<String> = (0..60).map(|i| format!("d{i:03}")).collect();
+    for name in &want {
+        group.mkdir(first, name).await;
+    }
+    // Followers refuse, and say so.
+    let follower = *group.running.keys().find(|&&id| id != first).unwrap();
+    match group
+        .call(
+            follower,
+            &Request::GetAttr {
+                ino: vg_wire::ROOT_INO,
+            },
+        )
+        .await
+    {
+        Err(vg_wire::Error::Remote(e)) => assert!(e.message.contains("does not lead"), "{e}"),
+        other => panic!("a follower answered {other:?}"),
+    }
+    // The leader dies: another leads, with every change the dead one acknowledged.
+    let crashed = Instant::now();
+    group.crash(first).await;
+    let second = group.leader().await;
+    eprintln!(
+        "member {second} leads {:?} after member {first} crashed",
+        crashed.elapsed()
+    );
+    assert_ne!(second, first);
+    assert_eq!(group.names(second).await, want);
+    for i in 0..40 {
+        let name = format!("e{i:03}");
+        group.mkdir(second, &name).await;
+        want.push(name);
+    }
+    // The first comes back (a follower now, it catches up), and the second dies: the
+    // two left elect one of them, which has everything.
+    group.start_member(first).await;
+    group.crash(second).await;
+    let third = group.leader().await;
+    assert_ne!(third, second);
+    assert_eq!(group.names(third).await, want);
+    group.mkdir(third, "after").await;
+    want.insert(0, "after".into());
+    // With both of them needed for a majority, the one that came back has it all: stop
+    // the other and restart it, and whichever leads serves the lot.
+    let other = *group.running.keys().find(|&&id| id != third).unwrap();
+    group.crash(third).await;
+    group.start_member(third).await;
+    let fourth = group.leader().await;
+    assert_eq!(
+        group.names(fourth).await,
+        want,
+        "member {other} or {third} lost changes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_lose_nothing_acknowledged_while_leaders_crash() {
+    let mut group = Group::start(3).await;
+    group.cluster.group = group.targets();
+    let names: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        group.cluster.add_storage(name).await;
+    }
+    group.cluster.wait_active(&names).await;
+    let client = group.cluster.client().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4u64 {
+        let (client, stop) = (client.clone(), stop.clone());
+        let dir = group.cluster.dir.path().join(format!("w{w}"));
+        writers.spawn(async move {
+            std::fs::create_dir_all(&dir).unwrap();
+            let root = client.resolve("/").await.unwrap().ino;
+            let mut done = Vec::new();
+            for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                // A burst of metadata, then a file written under a temporary name and
+                // renamed into place, as editors and package managers do.
+                let seed = w * 1_000_000 + i;
+                let tmp = format!("w{w}-{i}.tmp");
+                let attr = client
+                    .create(
+                        root,
+                        tmp.as_bytes(),
+                        0o644,
+                        vg_fuse::client::Maker::ROOT,
+                        true,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("create {tmp}: {e}"));
+                let local = dir.join("data");
+                std::fs::write(&local, bytes(3000 + (i as usize % 5) * 20_000, seed)).unwrap();
+                client
+                    .put_file(&local, attr.ino, |_| {})
+                    .await
+                    .unwrap_or_else(|e| panic!("write {tmp}: {e}"));
+                let name = format!("w{w}-{i}");
+                client
+                    .rename(root, tmp.as_bytes(), root, name.as_bytes(), false)
+                    .await
+                    .unwrap_or_else(|e| panic!("rename {tmp}: {e}"));
+                done.push((name, seed, 3000 + (i as usize % 5) * 20_000));
+            }
+            done
+        });
+    }
+    let mut rng = crate::cluster::Rng(0x6a0);
+    let mut failovers = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(400))).await;
+        let leader = group.leader().await;
+        let crashed = Instant::now();
+        group.crash(leader).await;
+        group.leader().await;
+        failovers.push(crashed.elapsed());
+        group.start_member(leader).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    while let Some(done) = writers.join_next().await {
+        acknowledged.extend(done.expect("a writer failed"));
+    }
+    eprintln!(
+        "failovers {failovers:?}; {} files written",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 8,
+        "the writers made no progress: {acknowledged:?}"
+    );
+    for (name, seed, len) in &acknowledged {
+        let data = group
+            .cluster
+            .get(&client, &format!("/{name}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(data == bytes(*len, *seed), "{name}: content differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nameserver_is_added_to_the_group_and_removed() {
+    let mut group = Group::start(3).await;
+    group.cluster.group = group.targets();
+    let client = group.cluster.client().await;
+    let listed = client.group(None).await.unwrap();
+    let roles: Vec<&str> = listed.members.iter().map(|m| m.role.as_str()).collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "leader").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "follower").count(),
+        2,
+        "{roles:?}"
+    );
+    for i in 0..20 {
+        let root = client.resolve("/").await.unwrap().ino;
+        client
+            .mkdir(
+                root,
+                format!("d{i}").as_bytes(),
+                0o755,
+                vg_fuse::client::Maker::ROOT,
+            )
+            .await
+            .unwrap();
+    }
+    // A fourth, started to join: it serves nobody until it is added.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    drop(socket);
+    group.members.insert(
+        4,
+        Member {
+            name: "nameserver".into(),
+            addr: addr.clone(),
+        },
+    );
+    group.start_member_as(4, true).await;
+    let add = Request::AddMember {
+        id: 4,
+        name: "nameserver".into(),
+        addr,
+    };
+    let added = client.group(Some(add)).await.unwrap();
+    let fourth = added
+        .members
+        .iter()
+        .find(|m| m.id == 4)
+        .expect("member 4 listed");
+    assert_eq!(fourth.role, "follower");
+    // It has the log: with two of the first three gone, it makes the majority.
+    let leader = group.leader().await;
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    group.crash(others[0]).await;
+    let root = client.resolve("/").await.unwrap().ino;
+    client
+        .mkdir(root, b"with four", 0o755, vg_fuse::client::Maker::ROOT)
+        .await
+        .unwrap();
+    assert_eq!(group.names(leader).await.len(), 21);
+    // Removed, it no longer counts.
+    let removed = client
+        .group(Some(Request::RemoveMember { id: 4 }))
+        .await
+        .unwrap();
+    assert!(removed.members.iter().all(|m| m.id != 4), "{removed:?}");
+    match client.group(Some(Request::RemoveMember { id: 9 })).await {
+        Err(e) => assert!(e.to_string().contains("not a member"), "{e}"),
+        Ok(group) => panic!("removed a stranger: {group:?}"),
+    }
+}

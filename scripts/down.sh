@@ -21,7 +21,7 @@ ours() {
   local name=$1 pid=$2 cmd
   cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
   case $name in
-    nameserver) [[ $cmd == *vg-nameserver* ]] ;;
+    nameserver | ns[0-9]*) [[ $cmd == *vg-nameserver* ]] ;;
     vg-fuse) [[ $cmd == *vg-fuse* ]] ;;
     *) [[ $cmd == *vg-storage*"--name $name "* ]] ;;
   esac

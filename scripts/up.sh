@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Starts a local vg cluster on loopback: a nameserver and storages (default alice, bob,
-# carol), with certificates (made if missing) and data under $VG_HOME (default ./.vg),
-# and mounts it at /mnt/vg (or -m MOUNTPOINT; -M: do not mount).
+# Starts a local vg cluster on loopback: a nameserver (or -N of them, a group replicating
+# the namespace with Raft: ns1, ns2, ...) and storages (default alice, bob, carol), with
+# certificates (made if missing) and data under $VG_HOME (default ./.vg), and mounts it at
+# /mnt/vg (or -m MOUNTPOINT; -M: do not mount).
 #
-#   scripts/up.sh [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]
+#   scripts/up.sh [-N NAMESERVERS] [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]
 #
-# Environment: VG_HOME (data, logs, pids), VG_DATA (the nameserver's meta/ and the storages'
-# data/, default VG_HOME), VG_NS_PORT (8000; storages use the next ports),
+# Environment: VG_HOME (data, logs, pids), VG_DATA (the nameserver's meta/ (nsI/ for each
+# of a group) and the storages' data/, default VG_HOME), VG_NS_PORT (8000; the group's
+# other nameservers, then the storages use the next ports),
 # VG_CERTS (certificates, default ./certs), VG_BIN (binaries; default: cargo build --release),
 # VG_METRICS_PORT (if set: Prometheus metrics at 127.0.0.1:PORT/metrics for the
 # nameserver, the next ports for the storages, then the mount).
@@ -16,20 +18,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+n_nameservers=1
 n_storages=3
 capacity=1GiB
 replication=2
 block_size=4MiB
 mountpoint=/mnt/vg
-while getopts "n:c:r:b:m:M" opt; do
+usage="usage: $0 [-N NAMESERVERS] [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]"
+while getopts "N:n:c:r:b:m:M" opt; do
   case $opt in
+    N) n_nameservers=$OPTARG ;;
     n) n_storages=$OPTARG ;;
     c) capacity=$OPTARG ;;
     r) replication=$OPTARG ;;
     b) block_size=$OPTARG ;;
     m) mountpoint=$OPTARG ;;
     M) mountpoint= ;;
-    *) echo "usage: $0 [-n STORAGES] [-c CAPACITY] [-r REPLICATION] [-b BLOCK_SIZE] [-m DIR | -M]" >&2; exit 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
 done
 
@@ -39,6 +44,9 @@ ns_port=${VG_NS_PORT:-8000}
 names=(alice bob carol dave eve mellory trent)
 if (( n_storages < 1 || n_storages > 20 )); then
   echo "up.sh: -n $n_storages: use 1..20 storages" >&2; exit 2
+fi
+if (( n_nameservers < 1 || n_nameservers > 7 )); then
+  echo "up.sh: -N $n_nameservers: use 1..7 nameservers (an odd number: 1, 3 or 5)" >&2; exit 2
 fi
 for ((i = ${#names[@]}; i < n_storages; i++)); do names+=("storage$i"); done
 names=("${names[@]:0:n_storages}")
@@ -69,22 +77,37 @@ done
 tls() { echo "--ca-cert $certs/rootCA.crt --certfile $certs/$1/$1.crt --keyfile $certs/$1/$1.key"; }
 mkdir -p "$home/logs"
 : > "$home/pids"
+# The nameservers: one, or a group (ns1 at VG_NS_PORT, ns2 at the next port...) that
+# clients and storages reach through --ns, trying each until the leader answers.
+ns_list=
+peers=
+for ((i = 1; i <= n_nameservers; i++)); do
+  ns_list+="${ns_list:+,}127.0.0.1:$((ns_port + i - 1))"
+  peers+="${peers:+,}$i=127.0.0.1:$((ns_port + i - 1))"
+done
 cat > "$home/env" <<ENV
-export VG_NS_HOSTNAME=127.0.0.1 VG_NS_PORT=$ns_port
+export VG_NS_HOSTNAME=127.0.0.1 VG_NS_PORT=$ns_port VG_NS=$ns_list
 export VG_CA_CERT=$certs/rootCA.crt VG_CERTFILE=$certs/client/client.crt VG_KEYFILE=$certs/client/client.key
 ENV
 # metrics N: the flag serving the Nth process's metrics, if VG_METRICS_PORT is set.
 metrics() { if [[ -n ${VG_METRICS_PORT:-} ]]; then echo "--metrics 127.0.0.1:$((VG_METRICS_PORT + $1))"; fi; }
-# shellcheck disable=SC2046 # tls prints separate flags on purpose
-"$bin/vg-nameserver" --hostname 127.0.0.1 --port "$ns_port" --meta-dir "$data/meta" $(tls nameserver) \
-  --replication "$replication" --block-size "$block_size" --logfile "$home/logs/nameserver.log" $(metrics 0) \
-  >"$home/logs/nameserver.out" 2>&1 &
-echo "nameserver $!" >> "$home/pids"
-port=$((ns_port + 1))
+for ((i = 1; i <= n_nameservers; i++)); do
+  if (( n_nameservers == 1 )); then
+    name=nameserver meta=$data/meta group=()
+  else
+    name=ns$i meta=$data/ns$i/meta group=(--node-id "$i" --peers "$peers")
+  fi
+  # shellcheck disable=SC2046 # tls prints separate flags on purpose
+  "$bin/vg-nameserver" --hostname 127.0.0.1 --port "$((ns_port + i - 1))" --meta-dir "$meta" $(tls nameserver) \
+    --replication "$replication" --block-size "$block_size" "${group[@]}" --logfile "$home/logs/$name.log" \
+    $(metrics $((i - 1))) >"$home/logs/$name.out" 2>&1 &
+  echo "$name $!" >> "$home/pids"
+done
+port=$((ns_port + n_nameservers))
 for name in "${names[@]}"; do
   # shellcheck disable=SC2046
   "$bin/vg-storage" --name "$name" $(tls "$name") --hostname 127.0.0.1 --port "$port" --capacity "$capacity" \
-    --rootpath "$data/data/$name" --ns-hostname 127.0.0.1 --ns-port "$ns_port" \
+    --rootpath "$data/data/$name" --ns "$ns_list" \
     --logfile "$home/logs/$name.log" $(metrics $((port - ns_port))) >"$home/logs/$name.out" 2>&1 &
   echo "$name $!" >> "$home/pids"
   port=$((port + 1))
@@ -93,7 +116,7 @@ done
 # Wait until every storage is active (or give up after 30 s).
 deadline=$((SECONDS + 30))
 # shellcheck disable=SC2046
-until "$bin/vgctl" --ns-port "$ns_port" $(tls client) du 2>/dev/null | grep -c ' active ' | grep -qx "${#names[@]}"; do
+until "$bin/vgctl" --ns "$ns_list" --timeout 2s $(tls client) du 2>/dev/null | grep -c ' active ' | grep -qx "${#names[@]}"; do
   if (( SECONDS > deadline )); then
     echo "up.sh: the cluster did not come up; see $home/logs" >&2; exit 1
   fi
@@ -107,14 +130,14 @@ if [[ -n $mountpoint ]]; then
   fi
   mkdir -p "$mountpoint"
   # shellcheck disable=SC2046
-  pid=$("$bin/vg-fuse" "$mountpoint" --ns-port "$ns_port" $(tls client) --daemon --logfile "$home/logs/vg-fuse.log" \
-    $(metrics $((${#names[@]} + 1))))
+  pid=$("$bin/vg-fuse" "$mountpoint" --ns "$ns_list" $(tls client) --daemon --logfile "$home/logs/vg-fuse.log" \
+    $(metrics $((${#names[@]} + n_nameservers))))
   echo "vg-fuse $pid $mountpoint" >> "$home/pids"
   mounted="Mounted at $mountpoint: use it like any directory (cp, ls, mv, rm, tar, git...)."
 fi
 
 cat <<MSG
-vg is running: nameserver on 127.0.0.1:$ns_port, storages ${names[*]} (capacity $capacity each, R=$replication).
+vg is running: nameserver$( ((n_nameservers > 1)) && echo "s (a group of $n_nameservers)") on $ns_list, storages ${names[*]} (capacity $capacity each, R=$replication).
 $mounted
 Logs: $home/logs. Stop it with scripts/down.sh.
 

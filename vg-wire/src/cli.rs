@@ -130,11 +130,12 @@ impl LogArgs {
 /// Sends log lines at `level` (a filter such as `info` or `vg_storage=debug`) to
 /// `logfile`, or to stderr, in `format`.
 pub fn init_logging(logfile: Option<&Path>, level: &str, format: LogFormat) -> std::io::Result<()> {
-    // The nameserver group's library tells of each step it takes at info: its warnings
-    // are what an operator needs, unless the filter asks for more.
+    // The nameserver group's library tells of each step it takes, and of each failed
+    // message to a member that is down, several lines a second: the nameserver logs the
+    // events an operator needs (leadership, members), unless the filter asks for it.
     let level = match level.contains("openraft") {
         true => level.to_string(),
-        false => format!("{level},openraft=warn"),
+        false => format!("{level},openraft=off"),
     };
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     match logfile {

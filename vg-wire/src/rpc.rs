@@ -203,19 +203,26 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// The nameserver group as its clients and storages see it: its members, and the one
-/// that answered last (the leader, as far as they know).
+/// The nameserver group as its clients and storages see it: its members, the one that
+/// answered last (the leader, as far as they know), and those that could not be reached
+/// lately (skipped while another may answer: dialling a dead member costs a timeout).
 #[derive(Clone, Debug)]
 pub struct Nameservers {
     members: Arc<[Target]>,
     leader: Arc<std::sync::atomic::AtomicUsize>,
+    /// Until when each member is taken for dead.
+    dead_until: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
 }
+
+/// How long a member that could not be reached is skipped.
+const DEAD_FOR: Duration = Duration::from_secs(5);
 
 impl Nameservers {
     /// A group of `members` (at least one).
     pub fn new(members: Vec<Target>) -> Self {
         assert!(!members.is_empty(), "a nameserver group has members");
         Nameservers {
+            dead_until: Arc::new(Mutex::new(vec![None; members.len()])),
             members: members.into(),
             leader: Arc::default(),
         }
@@ -227,10 +234,20 @@ impl Nameservers {
         (at, &self.members[at])
     }
 
-    /// Moves on from member `at`, which does not lead or cannot be reached (unless
-    /// another call moved on already).
-    pub fn passed_over(&self, at: usize) {
-        let next = (at + 1) % self.members.len();
+    /// Moves on from member `at`, which does not lead or (`unreachable`) could not be
+    /// reached, to the next one not taken for dead (unless another call moved on
+    /// already).
+    pub fn passed_over(&self, at: usize, unreachable: bool) {
+        let now = std::time::Instant::now();
+        let mut dead = self.dead_until.lock().expect("nameservers lock");
+        if unreachable {
+            dead[at] = Some(now + DEAD_FOR);
+        }
+        let n = self.members.len();
+        let next = (1..=n)
+            .map(|step| (at + step) % n)
+            .find(|&i| dead[i].is_none_or(|until| until <= now))
+            .unwrap_or((at + 1) % n);
         let _ = self.leader.compare_exchange(
             at,
             next,
@@ -245,8 +262,11 @@ impl Nameservers {
     }
 
     /// Sends `request` to the group's leader: while the member asked does not lead or
-    /// cannot be reached, asks the next, pausing after each round of them all (50 ms,
-    /// doubling up to a second), until `patience` has passed; then the last failure.
+    /// cannot be reached, asks the next, pausing after each round of them all, until
+    /// `patience` has passed; then the last failure. The pause starts at 50 ms and
+    /// doubles up to a second while members cannot be reached, but stays short while
+    /// they answer that they do not lead: an election or a new leader's first moments
+    /// take a fraction of a second.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         dialer: &Dialer,
@@ -259,16 +279,22 @@ impl Nameservers {
             let (at, target) = self.current();
             match dialer.call(target, request).await {
                 Err(e) if e.is_transport() || e.is_not_leader() => {
-                    if e.is_transport() {
-                        dialer.forget(target);
-                    }
-                    self.passed_over(at);
+                    debug!(nameserver = %target.addr, error = %e, "asking the next nameserver");
+                    let cap = match e.is_transport() {
+                        true => {
+                            dialer.forget(target);
+                            Duration::from_secs(1)
+                        }
+                        false => Duration::from_millis(100),
+                    };
+                    self.passed_over(at, e.is_transport());
                     if tried % self.members.len() == 0 {
+                        pause = pause.min(cap);
                         if std::time::Instant::now() + pause >= deadline {
                             return Err(e);
                         }
                         tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(1));
+                        pause = (pause * 2).min(cap);
                     }
                 }
                 other => return other,
@@ -580,6 +606,33 @@ pub async fn send_block(
 mod tests {
     use super::*;
     use crate::tls::{Ca, Identity, Validity};
+
+    #[test]
+    fn the_group_is_asked_in_turn_skipping_members_that_could_not_be_reached() {
+        let members = (0..3)
+            .map(|i| Target {
+                name: format!("ns{i}"),
+                role: Role::Nameserver,
+                addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i)),
+            })
+            .collect();
+        let group = Nameservers::new(members);
+        assert_eq!(group.current().0, 0);
+        group.passed_over(0, true);
+        assert_eq!(group.current().0, 1);
+        group.passed_over(1, false);
+        assert_eq!(group.current().0, 2);
+        // The first is skipped while taken for dead.
+        group.passed_over(2, false);
+        assert_eq!(group.current().0, 1);
+        // A caller that saw an older leader does not move the group on again.
+        group.passed_over(2, false);
+        assert_eq!(group.current().0, 1);
+        // All taken for dead: the next in turn all the same.
+        group.passed_over(1, true);
+        group.passed_over(2, true);
+        assert_eq!(group.current().0, 0);
+    }
 
     fn identity(ca: &Ca, dir: &std::path::Path, name: &str, role: Role) -> Identity {
         let pem = ca.issue(name, role, &[], Validity::default()).unwrap();

@@ -869,6 +869,9 @@ impl Service {
         loop {
             let (leads, last_log, term) = {
                 let m = metrics.borrow_and_update();
+                if let Err(e) = &m.running_state {
+                    tracing::error!(error = %e, "the group's member stopped; this nameserver no longer serves");
+                }
                 let leads =
                     m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id);
                 let mut quorum = self.quorum.lock().expect("quorum lock");

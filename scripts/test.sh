@@ -38,6 +38,8 @@ VG_BIN=$(pwd)/target/debug scripts/test-mount.sh
 VG_BIN=$(pwd)/target/debug scripts/test-posix.sh
 # Twenty power cuts on lossyfs (examples/lossyfs.rs) during writes through the mount.
 VG_BIN=$(pwd)/target/debug scripts/powerloss-test.sh
+# The nameserver group: the leader SIGKILLed at 20 points under four writers.
+VG_BIN=$(pwd)/target/debug scripts/group-test.sh
 # Network partitions between namespaces, then 16 workers for a minute.
 VG_BIN=$(pwd)/target/debug scripts/partition-test.sh
 VG_BIN=$(pwd)/target/debug scripts/load-test.sh

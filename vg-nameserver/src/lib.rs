@@ -89,7 +89,7 @@ impl Config {
             node_id: 1,
             members: BTreeMap::new(),
             join: false,
-            heartbeat: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(50),
         }
     }
 }

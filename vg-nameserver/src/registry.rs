@@ -248,6 +248,12 @@ impl Registry {
         self.copies_after.is_some_and(|at| now < at)
     }
 
+    /// Whether fewer than R storages have reported since this registry started, while
+    /// more may still come: a placement now would make fewer copies than R.
+    pub fn short_of_storages(&self, now: Instant) -> bool {
+        self.settling(now) && self.n_active() < self.policy.replication as usize
+    }
+
     fn storage(&self, slot: Slot) -> &Storage {
         &self.storages[slot as usize]
     }

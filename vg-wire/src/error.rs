@@ -70,6 +70,9 @@ pub enum ErrorCode {
     /// The nameserver asked does not lead its group (or the change under way lost its
     /// leader): ask the group again.
     NotLeader,
+    /// The server cannot answer this yet (a nameserver that just started leading and has
+    /// not heard from the storages): ask it again shortly.
+    TryAgain,
 }
 
 impl ErrorCode {
@@ -97,6 +100,7 @@ impl ErrorCode {
             ErrorCode::Deadlock => "deadlock",
             ErrorCode::Stale => "stale",
             ErrorCode::NotLeader => "not_leader",
+            ErrorCode::TryAgain => "try_again",
         }
     }
 }
@@ -175,6 +179,11 @@ impl Error {
     /// member may answer).
     pub fn is_not_leader(&self) -> bool {
         matches!(self, Error::Remote(e) if e.code == ErrorCode::NotLeader)
+    }
+
+    /// Whether the server asked to be asked again shortly.
+    pub fn is_try_again(&self) -> bool {
+        matches!(self, Error::Remote(e) if e.code == ErrorCode::TryAgain)
     }
 
     /// Whether the failure is of the transport (retrying elsewhere may help).

@@ -214,8 +214,12 @@ pub struct Nameservers {
     dead_until: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
 }
 
-/// How long a member that could not be reached is skipped.
-const DEAD_FOR: Duration = Duration::from_secs(5);
+/// The pause before asking a nameserver that asked to be asked again.
+const TRY_AGAIN: Duration = Duration::from_millis(20);
+
+/// How long a member that could not be reached is skipped: about the time a killed
+/// member takes to start again, so that one that came back is asked soon.
+const DEAD_FOR: Duration = Duration::from_millis(1500);
 
 impl Nameservers {
     /// A group of `members` (at least one).
@@ -278,6 +282,13 @@ impl Nameservers {
         for tried in 1.. {
             let (at, target) = self.current();
             match dialer.call(target, request).await {
+                // The leader, not ready yet: the same member again, shortly.
+                Err(e) if e.is_try_again() => {
+                    if std::time::Instant::now() + TRY_AGAIN >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(TRY_AGAIN).await;
+                }
                 Err(e) if e.is_transport() || e.is_not_leader() => {
                     debug!(nameserver = %target.addr, error = %e, "asking the next nameserver");
                     let cap = match e.is_transport() {

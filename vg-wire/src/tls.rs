@@ -198,20 +198,20 @@ pub(crate) fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
         .max_idle_timeout(Some(
             IDLE_TIMEOUT
                 .try_into()
-                .expect("2 s is a valid idle timeout"),
+                .expect("1.5 s is a valid idle timeout"),
         ));
     Arc::new(transport)
 }
 
 /// How often a quiet connection proves it is alive.
-const KEEP_ALIVE: Duration = Duration::from_millis(500);
+const KEEP_ALIVE: Duration = Duration::from_millis(300);
 
 /// A connection silent this long is dead. A process killed outright (or its machine) sends
 /// nothing more, and UDP has no reset: this bounds how long a mount or storage waits on
 /// a nameserver that died before asking another member of the group (failover within 3 s
-/// with the group's election under a second), and tolerates three keep-alives lost in a
-/// row.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// with the group's election under a second; 5 s before the group), and tolerates four
+/// keep-alives lost in a row.
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Largest UDP payload a connection grows its packets to when the path allows it (jumbo-frame
 /// links; Ethernet paths settle near 1,452 as probes beyond fail).

@@ -22,6 +22,7 @@ pub fn errno(error: &Error) -> i32 {
         ErrorCode::Corrupt
         | ErrorCode::Unavailable
         | ErrorCode::NotLeader
+        | ErrorCode::TryAgain
         | ErrorCode::Io
         | ErrorCode::Conflict => libc::EIO,
         ErrorCode::Version => libc::EPROTO,

@@ -44,6 +44,9 @@ impl Service {
                 ),
             );
         }
+        if self.lock().registry.short_of_storages(Instant::now()) {
+            return Err(not_settled());
+        }
         let placed = match self.place(id, len, exclude, prefer) {
             // Deletes not yet on disk free nothing: once they are, try again.
             Err(e) if e.code == ErrorCode::NoSpace => {
@@ -226,7 +229,7 @@ impl Service {
 /// (it has just started leading): asked again, it is answered once they have registered.
 fn not_settled() -> RemoteError {
     RemoteError::new(
-        ErrorCode::NotLeader,
+        ErrorCode::TryAgain,
         "this nameserver has only just started leading: storages are still reporting their blocks; ask again",
     )
 }

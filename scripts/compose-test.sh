@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The docker-compose cluster of the original (nameserver + alice..trent, 1 MiB each, R=2),
-# built FROM scratch with no registry, mounted on the host, with storages stopped and
-# restarted under it. Prints PASS/FAIL per check and ends with "N passed, N failed".
+# The docker-compose cluster of the original (a group of three nameservers + alice..trent,
+# 1 MiB each, R=2), built FROM scratch with no registry, mounted on the host, with storages
+# and the leading nameserver stopped and restarted under it. Prints PASS/FAIL per check
+# and ends with "N passed, N failed".
 #
 #   scripts/compose-test.sh     (as root; installs docker.io and docker-compose if missing
 #                                and starts a dockerd if none runs; binaries from $VG_BIN,
@@ -34,8 +35,10 @@ fi
 
 export COMPOSE_PROJECT_NAME=vgtest$$
 export VG_IMAGE=vg-test:$$ VG_CERTS_DIR=$work/certs VG_NS_HOST_PORT=$(random_port)
+export VG_NS2_HOST_PORT=$((VG_NS_HOST_PORT + 1)) VG_NS3_HOST_PORT=$((VG_NS_HOST_PORT + 2))
 export VG_HEARTBEAT_TIMEOUT=3s VG_GC_GRACE=10s
-export VG_NS_PORT=$VG_NS_HOST_PORT VG_CA_CERT=$work/certs/rootCA.crt
+export VG_NS=127.0.0.1:$VG_NS_HOST_PORT,127.0.0.1:$VG_NS2_HOST_PORT,127.0.0.1:$VG_NS3_HOST_PORT
+export VG_CA_CERT=$work/certs/rootCA.crt
 export VG_CERTFILE=$work/certs/client/client.crt VG_KEYFILE=$work/certs/client/client.key
 mnt=$work/mnt
 
@@ -52,8 +55,9 @@ active_count() { [[ $("$bin/vgctl" du 2>/dev/null | grep -c ' active ') == "$1" 
 fsck_clean() { "$bin/vgctl" fsck >/dev/null 2>&1; }
 
 check "image builds FROM scratch with no registry" env VG_BIN="$bin" scripts/docker-build.sh "$VG_IMAGE"
-check "docker-compose up nameserver and seven storages" \
-  "${compose[@]}" up -d nameserver alice bob carol dave eve mellory trent
+nameservers=(nameserver nameserver2 nameserver3)
+check "docker-compose up three nameservers and seven storages" \
+  "${compose[@]}" up -d "${nameservers[@]}" alice bob carol dave eve mellory trent
 check "all seven storages active, 1 MiB each (vgctl du)" eventually 60 active_count 7
 check "vgctl du shows 1.0 MiB capacities" bash -c "[[ \$('$bin/vgctl' du | grep -c '1.0 MiB active') -ge 1 ]]"
 
@@ -84,12 +88,29 @@ for victim in carol dave; do
   check "re-replicated without $victim: fsck clean" eventually 60 fsck_clean
   check "files intact without $victim" all_intact
 done
-check "nameserver logs the loss and the re-replication" \
-  bash -c "'${compose[*]}' logs --no-color nameserver | grep -q 'storage left' && '${compose[*]}' logs --no-color nameserver | grep -q 'replication finished'"
+logged_loss() {
+  local logs
+  logs=$("${compose[@]}" logs --no-color "${nameservers[@]}" 2>&1)
+  grep -q 'storage left' <<<"$logs" && grep -q 'replication finished' <<<"$logs"
+}
+check "the leading nameserver logs the loss and the re-replication" logged_loss
 check "restart carol and dave" "${compose[@]}" start carol dave
 check "all seven active again" eventually 60 active_count 7
 check "fsck clean after the restart" eventually 60 fsck_clean
 check "files intact after the restart" all_intact
+
+# The leading nameserver's container stopped under the mount: another leads, the mount
+# goes on; started again, it rejoins.
+leader=$("$bin/vgctl" nameserver list | awk '$4 == "leader" {print $1}')
+service=${nameservers[$((leader - 1))]}
+check "docker-compose stop the leading nameserver ($service)" "${compose[@]}" stop "$service"
+writes_on() { echo "after $service" >"$mnt/after-leader" && [[ $(cat "$mnt/after-leader") == "after $service" ]]; }
+check "the mount writes and reads through the next leader" eventually 30 writes_on
+check "files intact under the next leader" all_intact
+check "docker-compose start $service again" "${compose[@]}" start "$service"
+rejoined() { "$bin/vgctl" nameserver list | grep -q "^ *$leader .* follower "; }
+check "$service rejoins the group as a follower" eventually 30 rejoined
+check "fsck clean with the group whole again" eventually 60 fsck_clean
 check "unmount" umount "$mnt"
 check "docker-compose down" "${compose[@]}" down -v
 

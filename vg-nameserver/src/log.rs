@@ -66,6 +66,8 @@ use crate::namespace::Namespace;
 use crate::raft::{Entry, LogId, Membership, NodeId, TypeConfig};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap06";
+/// The vote's file in the metadata directory.
+const VOTE: &str = "vote";
 /// Largest record accepted on recovery; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -804,8 +806,8 @@ impl LogStore {
         }
     }
 
-    /// Installs a snapshot a leader sent (`bytes`, as its file): the file, and the log
-    /// purged up to it.
+    /// Installs a snapshot a leader sent (`bytes`, as its file); openraft then purges
+    /// the log up to it.
     pub fn install_snapshot(&self, bytes: &[u8]) -> Result<Snapshot> {
         let snapshot = decode_snapshot(bytes).map_err(|reason| Error::Corrupt {
             path: "snapshot from the leader".into(),
@@ -924,11 +926,6 @@ impl LogStore {
         }
         Ok(())
     }
-
-    /// The vote file's path.
-    fn vote_path(&self) -> PathBuf {
-        self.shared.dir.join("vote")
-    }
 }
 
 fn storage_error(verb: ErrorVerb, subject: ErrorSubject<NodeId>, e: Error) -> StorageError<NodeId> {
@@ -969,7 +966,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> std::result::Result<(), StorageError<NodeId>> {
         let write = || -> Result<()> {
             let payload = vg_wire::codec::to_bytes(vote)?;
-            replace_file(&self.shared.dir, "vote", &frame(&payload))
+            replace_file(&self.shared.dir, VOTE, &frame(&payload))
         };
         write().map_err(|e| storage_error(ErrorVerb::Write, ErrorSubject::Vote, e))
     }
@@ -977,7 +974,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(
         &mut self,
     ) -> std::result::Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        let path = self.vote_path();
+        let path = self.shared.dir.join(VOTE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -260,11 +260,6 @@ impl Nameservers {
         );
     }
 
-    /// Every member.
-    pub fn members(&self) -> &[Target] {
-        &self.members
-    }
-
     /// Sends `request` to the group's leader: while the member asked does not lead or
     /// cannot be reached, asks the next, pausing after each round of them all, until
     /// `patience` has passed; then the last failure. The pause starts at 50 ms and

@@ -303,77 +303,95 @@ async fn writers_lose_nothing_acknowledged_while_leaders_crash() {
     }
 }
 
+/// Runs the real vgctl against the group (`--ns` with every member, including those
+/// added); returns its standard output, or its standard error if it failed.
+fn vgctl(group: &Group, args: &[&str]) -> Result<String, String> {
+    let members: Vec<String> = group.members.values().map(|m| m.addr.clone()).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgctl"))
+        .current_dir(group.cluster.dir.path())
+        .arg("--ns")
+        .arg(members.join(","))
+        .args(["--timeout", "10s"])
+        .args(args)
+        .output()
+        .expect("run vgctl");
+    match out.status.success() {
+        true => Ok(String::from_utf8(out.stdout).unwrap()),
+        false => Err(String::from_utf8(out.stderr).unwrap()),
+    }
+}
+
+/// The role `vgctl nameserver list` gives member `id`, if it lists it.
+fn role(listed: &str, id: u64) -> Option<String> {
+    listed.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.first() == Some(&id.to_string().as_str())).then(|| fields[3].to_string())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nameserver_is_added_to_the_group_and_removed() {
+async fn a_dead_follower_is_replaced_through_vgctl_and_the_group_heals() {
     let mut group = Group::start(3).await;
     group.cluster.group = group.targets();
     let client = group.cluster.client().await;
-    let listed = client.group(None).await.unwrap();
-    let roles: Vec<&str> = listed.members.iter().map(|m| m.role.as_str()).collect();
+    let listed = vgctl(&group, &["nameserver", "list"]).unwrap();
+    let roles: Vec<String> = (1..=3).filter_map(|id| role(&listed, id)).collect();
     assert_eq!(
-        roles.iter().filter(|r| **r == "leader").count(),
+        roles.iter().filter(|r| *r == "leader").count(),
         1,
-        "{roles:?}"
+        "{listed}"
     );
     assert_eq!(
-        roles.iter().filter(|r| **r == "follower").count(),
+        roles.iter().filter(|r| *r == "follower").count(),
         2,
-        "{roles:?}"
+        "{listed}"
     );
+    let root = client.resolve("/").await.unwrap().ino;
+    let maker = vg_fuse::client::Maker::ROOT;
     for i in 0..20 {
-        let root = client.resolve("/").await.unwrap().ino;
+        let name = format!("d{i}");
         client
-            .mkdir(
-                root,
-                format!("d{i}").as_bytes(),
-                0o755,
-                vg_fuse::client::Maker::ROOT,
-            )
+            .mkdir(root, name.as_bytes(), 0o755, maker)
             .await
             .unwrap();
     }
-    // A fourth, started to join: it serves nobody until it is added.
+    // A follower dies for good.
+    let leader = group.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let (dead, other) = (followers[0], followers[1]);
+    group.crash(dead).await;
+    // A new nameserver, started to join: added, it catches up and votes; the dead one
+    // is removed.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap().to_string();
     drop(socket);
+    let name = "nameserver".to_string();
     group.members.insert(
         4,
         Member {
-            name: "nameserver".into(),
+            name,
             addr: addr.clone(),
         },
     );
     group.start_member_as(4, true).await;
-    let add = Request::AddMember {
-        id: 4,
-        name: "nameserver".into(),
-        addr,
-    };
-    let added = client.group(Some(add)).await.unwrap();
-    let fourth = added
-        .members
-        .iter()
-        .find(|m| m.id == 4)
-        .expect("member 4 listed");
-    assert_eq!(fourth.role, "follower");
-    // It has the log: with two of the first three gone, it makes the majority.
-    let leader = group.leader().await;
-    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
-    group.crash(others[0]).await;
-    let root = client.resolve("/").await.unwrap().ino;
-    client
-        .mkdir(root, b"with four", 0o755, vg_fuse::client::Maker::ROOT)
-        .await
-        .unwrap();
+    let added = vgctl(&group, &["nameserver", "add", "4", &addr]).unwrap();
+    assert_eq!(role(&added, 4).as_deref(), Some("follower"), "{added}");
+    let removed = vgctl(&group, &["nameserver", "remove", &dead.to_string()]).unwrap();
+    assert_eq!(role(&removed, dead), None, "{removed}");
+    let stranger = vgctl(&group, &["nameserver", "remove", "9"]).unwrap_err();
+    assert!(stranger.contains("not a member"), "{stranger}");
+    // Healed: the group of the leader, the other follower and the new one loses another
+    // member and goes on.
+    group.crash(other).await;
+    client.mkdir(root, b"healed", 0o755, maker).await.unwrap();
     assert_eq!(group.names(leader).await.len(), 21);
-    // Removed, it no longer counts.
-    let removed = client
-        .group(Some(Request::RemoveMember { id: 4 }))
-        .await
-        .unwrap();
-    assert!(removed.members.iter().all(|m| m.id != 4), "{removed:?}");
-    match client.group(Some(Request::RemoveMember { id: 9 })).await {
-        Err(e) => assert!(e.to_string().contains("not a member"), "{e}"),
-        Ok(group) => panic!("removed a stranger: {group:?}"),
-    }
+    // The new member has the log: with the other back and the leader gone, whichever
+    // of the two leads serves every change.
+    group.start_member(other).await;
+    group.crash(leader).await;
+    let next = group.leader().await;
+    assert!(next == other || next == 4, "member {next} leads");
+    let names = group.names(next).await;
+    assert_eq!(names.len(), 21, "{names:?}");
+    assert!(names.contains(&"healed".to_string()));
 }

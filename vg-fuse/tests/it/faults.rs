@@ -501,6 +501,34 @@ async fn a_numbered_change_sent_again_is_applied_once_across_crashes() {
         made(send(&other, &cluster, &numbered(1, &create)).await),
         ino
     );
+    // A removal sent again is answered as the first one was (its inode is gone), before
+    // and after a crash; unnumbered, it is refused.
+    let mkdir = Request::Mkdir {
+        parent: vg_wire::ROOT_INO,
+        name: b"d".to_vec(),
+        perm: 0o755,
+        umask: 0o022,
+        uid: 0,
+        gid: 0,
+    };
+    let rmdir = Request::Rmdir {
+        parent: vg_wire::ROOT_INO,
+        name: b"d".to_vec(),
+    };
+    send(&dialer, &cluster, &numbered(10, &mkdir))
+        .await
+        .unwrap();
+    send(&dialer, &cluster, &numbered(11, &rmdir))
+        .await
+        .unwrap();
+    for round in 0..2 {
+        send(&dialer, &cluster, &numbered(11, &rmdir))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: rmdir sent again: {e}"));
+        cluster.kill_nameserver();
+        cluster.start_nameserver_child().await;
+    }
+    refused(send(&dialer, &cluster, &rmdir).await, ErrorCode::NotFound);
     let client = cluster.client().await;
     let names = crate::cluster::names(&client, vg_wire::ROOT_INO).await;
     assert_eq!(names, ["f", "g"]);

@@ -95,9 +95,9 @@ struct State {
     proposed: VecDeque<Proposed>,
     /// Number of the next proposal.
     next_proposal: u64,
-    /// Whether this member leads the group and has applied every entry earlier leaders
-    /// left: only then does it serve.
-    leading: bool,
+    /// The term in which this member leads the group, once it has applied every entry
+    /// earlier leaders left: only then does it serve.
+    leading: Option<u64>,
 }
 
 /// What the leader knows of its majority.
@@ -138,7 +138,7 @@ pub struct Service {
     /// The group; set once at start, right after the service.
     raft: OnceLock<Raft>,
     /// Mirrors [`State::leading`] for the front door.
-    leading: tokio::sync::watch::Sender<bool>,
+    leading: tokio::sync::watch::Sender<Option<u64>>,
     /// When a majority last acknowledged this leader.
     quorum: Mutex<Quorum>,
     state: Mutex<State>,
@@ -187,7 +187,7 @@ impl Service {
             policy: policy.clone(),
             session_lease: config.session_lease,
             raft: OnceLock::new(),
-            leading: tokio::sync::watch::Sender::new(false),
+            leading: tokio::sync::watch::Sender::new(None),
             quorum: Mutex::default(),
             state: Mutex::new(State {
                 ns: snapshot.ns,
@@ -199,7 +199,7 @@ impl Service {
                 membership: snapshot.membership,
                 proposed: VecDeque::new(),
                 next_proposal: 0,
-                leading: false,
+                leading: None,
             }),
             block_size: config.block_size,
             replication: config.replication,
@@ -296,7 +296,7 @@ impl Service {
                 self.locks_changed.notify_waiters();
             }
         }
-        if state.leading {
+        if state.leading.is_some() {
             self.unpin_unheld(&mut state);
         }
         self.snapshot_if_due(&mut state)
@@ -369,7 +369,7 @@ impl Service {
         let served = async {
             let answer = if let Request::Raft { message } = &request {
                 self.raft_message(message).await
-            } else if !*self.leading.borrow() || !self.has_quorum() {
+            } else if self.leading.borrow().is_none() || !self.has_quorum() {
                 Err(not_leading())
             } else if waits {
                 tokio::select! {
@@ -707,10 +707,9 @@ impl Service {
             seq = numbered.seq,
             "change sent again: answered as the first time"
         );
-        let attr = match ino {
-            Some(ino) => Some(state.ns.get(ino)?.attr.clone()),
-            None => None,
-        };
+        // As the first answer was made: the inode's attributes if it still exists (an
+        // unlink or rmdir named the inode it removed, and answered without them).
+        let attr = ino.and_then(|ino| state.ns.get(ino).ok().map(|i| i.attr.clone()));
         Ok(Applied {
             attr,
             proposal: Some(self.propose(state, Vec::new(), BTreeSet::new())?),
@@ -729,7 +728,7 @@ impl Service {
         blobs: &[BlockId],
         numbered: Option<Numbered>,
     ) -> Result<Applied, RemoteError> {
-        if !state.leading {
+        if state.leading.is_none() {
             return Err(not_leading());
         }
         let needs: BTreeSet<String> = blobs
@@ -794,7 +793,7 @@ impl Service {
         ops: Vec<Op>,
         needs: BTreeSet<String>,
     ) -> Result<Proposing, RemoteError> {
-        if !state.leading {
+        if state.leading.is_none() {
             return Err(not_leading());
         }
         let log = state.log.clone().ok_or_else(shutting_down)?;
@@ -882,23 +881,27 @@ impl Service {
                     .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
                 (leads, m.last_log_index, m.current_term)
             };
-            // Openraft reports after every step: the state lock only for a change of role.
-            if leads != *self.leading.borrow() {
+            // Openraft reports after every step: the state lock only for a change of role
+            // or of term. The term counts: reports are coalesced, and a member that lost
+            // leadership and won it back between two of them must catch up again (on the
+            // entries the leader in between committed) before it serves.
+            let wanted = leads.then_some(term);
+            if *self.leading.borrow() != wanted {
                 let mut state = self.lock();
-                let caught_up = state.applied.map(|a| a.index) >= last_log;
-                match (leads, state.leading) {
-                    (false, true) => {
-                        info!("no longer leading the nameserver group");
-                        state.leading = false;
-                    }
-                    (true, false) if caught_up => {
-                        info!(term, "leading the nameserver group");
-                        self.start_leading(&mut state);
-                    }
-                    _ => {}
+                if state.leading.is_some() && state.leading != wanted {
+                    info!(
+                        term = state.leading,
+                        "no longer leading the nameserver group"
+                    );
+                    state.leading = None;
                 }
-                if !state.leading && !state.proposed.is_empty() {
+                if !state.proposed.is_empty() && state.leading.is_none() {
                     self.reload(&mut state);
+                }
+                let caught_up = state.applied.map(|a| a.index) >= last_log;
+                if leads && state.leading.is_none() && caught_up {
+                    info!(term, "leading the nameserver group");
+                    self.start_leading(&mut state, term);
                 }
                 self.leading.send_replace(state.leading);
             }
@@ -911,7 +914,7 @@ impl Service {
     /// Takes over the leader's soft state anew: storages register and report their
     /// blocks again (and no copies are made for a heartbeat timeout, until they have),
     /// mounts report their sessions and take their locks again within the first lease.
-    fn start_leading(&self, state: &mut State) {
+    fn start_leading(&self, state: &mut State, term: u64) {
         let now = Instant::now();
         state.registry = Registry::new(self.policy.clone());
         state
@@ -919,13 +922,13 @@ impl Service {
             .hold_copies_until(now + self.policy.heartbeat_timeout);
         state.sessions = Sessions::new(self.session_lease, now);
         state.locks = Locks::default();
-        state.leading = true;
+        state.leading = Some(term);
     }
 
     /// Waits (at most `within`) until this member serves.
     pub async fn wait_leading(&self, within: Duration) {
         let mut leading = self.leading.subscribe();
-        let _ = tokio::time::timeout(within, leading.wait_for(|l| *l)).await;
+        let _ = tokio::time::timeout(within, leading.wait_for(Option::is_some)).await;
     }
 
     /// Serves a message from another member of the group.

@@ -19,6 +19,8 @@ struct Group {
     members: BTreeMap<u64, Member>,
     running: BTreeMap<u64, vg_nameserver::Handle>,
     dialer: Dialer,
+    /// Numbers the changes sent to the leader.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl Group {
@@ -40,6 +42,7 @@ impl Group {
             members,
             running: BTreeMap::new(),
             dialer,
+            seq: Default::default(),
         };
         for id in 1..=n {
             group.start_member(id).await;
@@ -116,7 +119,28 @@ impl Group {
         }
     }
 
-    async fn mkdir(&self, id: u64, name: &str) {
+    /// Sends `request` to the leader, numbered, so that asking again after a change of
+    /// leader applies it once; returns the answer and the member that gave it.
+    async fn to_leader(&self, request: &Request) -> (u64, Response) {
+        let numbered = Request::Once {
+            client: 0x6a0,
+            seq: self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            request: Box::new(request.clone()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let id = self.leader().await;
+            match self.call(id, &numbered).await {
+                Ok(answer) => return (id, answer),
+                Err(e) if (e.is_not_leader() || e.is_transport()) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{} on member {id}: {e}", request_name(request)),
+            }
+        }
+    }
+
+    async fn mkdir(&self, name: &str) {
         let mkdir = Request::Mkdir {
             parent: vg_wire::ROOT_INO,
             name: name.as_bytes().to_vec(),
@@ -125,29 +149,27 @@ impl Group {
             uid: 0,
             gid: 0,
         };
-        self.call(id, &mkdir)
-            .await
-            .unwrap_or_else(|e| panic!("mkdir {name} on member {id}: {e}"));
+        self.to_leader(&mkdir).await;
     }
 
-    /// The names in the root directory, sorted.
-    async fn names(&self, id: u64) -> Vec<String> {
+    /// The names in the root directory as the leader has them, sorted, and the leader.
+    async fn names(&self) -> (u64, Vec<String>) {
         let list = Request::ReadDir {
             ino: vg_wire::ROOT_INO,
             offset: 0,
             limit: 100_000,
         };
-        match self.call(id, &list).await {
-            Ok(Response::Entries { entries, .. }) => {
+        match self.to_leader(&list).await {
+            (id, Response::Entries { entries, .. }) => {
                 let mut names: Vec<String> = entries
                     .into_iter()
                     .map(|(name, _)| String::from_utf8(name).unwrap())
                     .filter(|name| name != "." && name != "..")
                     .collect();
                 names.sort();
-                names
+                (id, names)
             }
-            other => panic!("readdir on member {id}: {other:?}"),
+            (id, other) => panic!("readdir on member {id}: {other:?}"),
         }
     }
 
@@ -156,63 +178,68 @@ impl Group {
     }
 }
 
+/// The name of a request, for messages.
+fn request_name(request: &Request) -> &'static str {
+    use vg_wire::rpc::Operation;
+    request.name()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_three_keeps_every_acknowledged_change_across_leader_crashes() {
     let mut group = Group::start(3).await;
-    let first = group.leader().await;
     let mut want: Vec<String> = (0..60).map(|i| format!("d{i:03}")).collect();
     for name in &want {
-        group.mkdir(first, name).await;
+        group.mkdir(name).await;
     }
-    // Followers refuse, and say so.
-    let follower = *group.running.keys().find(|&&id| id != first).unwrap();
-    match group
-        .call(
-            follower,
-            &Request::GetAttr {
-                ino: vg_wire::ROOT_INO,
-            },
-        )
-        .await
-    {
-        Err(vg_wire::Error::Remote(e)) => assert!(e.message.contains("does not lead"), "{e}"),
-        other => panic!("a follower answered {other:?}"),
+    // Followers refuse, and say so (asked again if leadership moved meanwhile).
+    let root = Request::GetAttr {
+        ino: vg_wire::ROOT_INO,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = group.leader().await;
+        let follower = *group.running.keys().find(|&&id| id != leader).unwrap();
+        match group.call(follower, &root).await {
+            Err(vg_wire::Error::Remote(e)) => {
+                assert!(e.message.contains("does not lead"), "{e}");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "a follower answered {other:?}"),
+        }
     }
     // The leader dies: another leads, with every change the dead one acknowledged.
+    let first = group.leader().await;
     let crashed = Instant::now();
     group.crash(first).await;
-    let second = group.leader().await;
+    let (second, names) = group.names().await;
     eprintln!(
         "member {second} leads {:?} after member {first} crashed",
         crashed.elapsed()
     );
     assert_ne!(second, first);
-    assert_eq!(group.names(second).await, want);
+    assert_eq!(names, want);
     for i in 0..40 {
         let name = format!("e{i:03}");
-        group.mkdir(second, &name).await;
+        group.mkdir(&name).await;
         want.push(name);
     }
-    // The first comes back (a follower now, it catches up), and the second dies: the
+    // The first comes back (a follower now, it catches up), and the leader dies: the
     // two left elect one of them, which has everything.
     group.start_member(first).await;
+    let second = group.leader().await;
     group.crash(second).await;
-    let third = group.leader().await;
+    let (third, names) = group.names().await;
     assert_ne!(third, second);
-    assert_eq!(group.names(third).await, want);
-    group.mkdir(third, "after").await;
+    assert_eq!(names, want);
+    group.mkdir("after").await;
     want.insert(0, "after".into());
-    // With both of them needed for a majority, the one that came back has it all: stop
-    // the other and restart it, and whichever leads serves the lot.
-    let other = *group.running.keys().find(|&&id| id != third).unwrap();
+    // With both of them needed for a majority, each has it all: stop the leader and
+    // restart it, and whichever leads serves the lot.
+    let third = group.leader().await;
     group.crash(third).await;
     group.start_member(third).await;
-    let fourth = group.leader().await;
-    assert_eq!(
-        group.names(fourth).await,
-        want,
-        "member {other} or {third} lost changes"
-    );
+    let (fourth, names) = group.names().await;
+    assert_eq!(names, want, "member {fourth} lost changes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,14 +411,13 @@ async fn a_dead_follower_is_replaced_through_vgctl_and_the_group_heals() {
     // member and goes on.
     group.crash(other).await;
     client.mkdir(root, b"healed", 0o755, maker).await.unwrap();
-    assert_eq!(group.names(leader).await.len(), 21);
+    assert_eq!(group.names().await.1.len(), 21);
     // The new member has the log: with the other back and the leader gone, whichever
     // of the two leads serves every change.
     group.start_member(other).await;
     group.crash(leader).await;
-    let next = group.leader().await;
+    let (next, names) = group.names().await;
     assert!(next == other || next == 4, "member {next} leads");
-    let names = group.names(next).await;
     assert_eq!(names.len(), 21, "{names:?}");
     assert!(names.contains(&"healed".to_string()));
 }

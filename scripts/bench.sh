@@ -12,8 +12,7 @@
 # here if missing). Results: a TSV in $OUT (default /tmp/vg-bench.tsv) and a table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bench=${BENCH_DIR:-$root/../shared/bench}
+bench=${BENCH_DIR:-$(pwd)/../shared/bench}
 [[ -x $bench/fsbench.sh ]] || { echo "bench.sh: $bench/fsbench.sh not found (set BENCH_DIR)" >&2; exit 1; }
 moosefs=
 if [[ ${1:-} == --moosefs ]]; then moosefs=1; shift; fi

@@ -9,8 +9,6 @@
 #                                default target/debug)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl

@@ -10,8 +10,6 @@
 #                                             target/debug; KEEP=1 keeps the work dir)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl

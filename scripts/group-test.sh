@@ -10,8 +10,6 @@
 #                             SEED=N picks other kill points, KILLS=N how many)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 work=$(mktemp -d /tmp/vg-group-test.XXXXXX)
 log=$work/test.log
 # shellcheck source=scripts/lib.sh

@@ -1,8 +1,11 @@
-# Shared by the shell scripts: source it (after setting $log, for check).
-# Defines passed/failed counters, check NAME CMD..., eventually SECONDS CMD...,
-# random_port, restart_server HOME NAME, need_root WHY, need_binaries_as_root TOOL...
-# and need_packages PKG...
+# Shared by the shell scripts: source it from the repository's root (after setting $log,
+# for check). Sets $root (the repository) and $bin (the binaries: $VG_BIN, default
+# target/debug, which `cargo test` builds). Defines passed/failed counters, check NAME
+# CMD..., eventually SECONDS CMD..., random_port, restart_server HOME NAME, need_root
+# WHY, need_binaries_as_root TOOL... and need_packages PKG...
 
+root=$(pwd)
+bin=${VG_BIN:-$root/target/debug}
 passed=0
 failed=0
 

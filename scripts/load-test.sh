@@ -7,8 +7,6 @@
 #   scripts/load-test.sh     (as root; binaries from $VG_BIN, default target/debug)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 seconds=${LOAD_SECONDS:-60}
 work=$(mktemp -d /tmp/vg-load-test.XXXXXX)
 log=$work/test.log

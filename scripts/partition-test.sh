@@ -9,8 +9,6 @@
 #   scripts/partition-test.sh    (as root; binaries from $VG_BIN, default target/debug)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 work=$(mktemp -d /tmp/vg-partition-test.XXXXXX)
 log=$work/test.log
 # shellcheck source=scripts/lib.sh

@@ -15,8 +15,6 @@
 #   scripts/powerloss-test.sh     (as root; binaries in $VG_BIN, default target/debug)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 need_root "FUSE mounts"

@@ -11,7 +11,6 @@
 # then read back with cold caches. Needs root, fio and python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 storage_counts=${1:-1 3 7}
 client_counts=${2:-1 8}
 META_N=${META_N:-1000}

@@ -5,8 +5,6 @@
 #   scripts/test-mount.sh        (as root; uses the binaries in $VG_BIN, default target/debug)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl

@@ -368,3 +368,69 @@ async fn out_of_range_block_requests_are_refused() {
         "nothing changed by the refusals"
     );
 }
+
+/// A nameserver whose placements name no storage (a bug, or a peer that lies): the upload
+/// fails with an error that says so, the client goes on serving, and nothing panics
+/// (the upload indexed the first target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_naming_no_storage_fails_the_upload_without_a_panic() {
+    use vg_wire::rpc::{read_request, respond};
+    // 1 MiB blocks, so that a block goes down a pipeline (whose head is the first target).
+    let cluster = TestCluster::start_with(2, 1 << 30, 1 << 20, 64 << 20).await;
+    // A go-between with a nameserver certificate: it passes every request on to the real
+    // nameserver, but answers placements with an empty list.
+    let paths = cluster.issue("liar", Role::Nameserver);
+    let identity = vg_wire::tls::Identity::load(&paths).unwrap();
+    let (endpoint, addr) = vg_wire::rpc::listen(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let upstream = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
+    let real = cluster.ns_target();
+    tokio::spawn(vg_wire::rpc::serve(
+        endpoint,
+        move |peer, mut send, mut recv| {
+            let (upstream, real) = (upstream.clone(), real.clone());
+            async move {
+                let Some(request) =
+                    read_request::<ns::Request, ns::Response>(&peer, &mut send, &mut recv).await
+                else {
+                    return;
+                };
+                let answer = match request {
+                    ns::Request::PlaceBlock { .. } => Ok(ns::Response::Placement(ns::Placement {
+                        targets: vec![],
+                        stored: false,
+                        next: vec![],
+                    })),
+                    request => upstream
+                        .call::<_, ns::Response>(&real, &request)
+                        .await
+                        .map_err(|e| match e {
+                            vg_wire::Error::Remote(e) => e,
+                            e => vg_wire::RemoteError::new(ErrorCode::Unavailable, e.to_string()),
+                        }),
+                };
+                respond(&mut send, answer).await;
+            }
+        },
+    ));
+
+    let mut config =
+        vg_fuse::client::Config::new(addr, TlsPaths::in_dir(&cluster.certs(), "client"));
+    config.nameservers[0].name = "liar".into();
+    config.unavailable_timeout = Duration::from_secs(2);
+    let client = vg_fuse::client::Client::connect(&config).await.unwrap();
+    let err = cluster
+        .put(&client, "/f", &crate::cluster::bytes(600_000, 7))
+        .await
+        .expect_err("an upload with nowhere to go");
+    assert!(
+        err.to_string().contains("placed it on no storage"),
+        "the error says why: {err}"
+    );
+    // The client still serves what needs no placement.
+    let root = client.resolve("/").await.unwrap().ino;
+    client
+        .mkdir(root, b"after", 0o755, vg_fuse::client::Maker::ROOT)
+        .await
+        .unwrap();
+    assert!(client.resolve("/after").await.is_ok());
+}

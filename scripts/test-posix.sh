@@ -12,8 +12,6 @@
 #                                 runs the cases whose name contains TEXT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=${VG_BIN:-$root/target/debug}
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 need_binaries_as_root vg-nameserver vg-storage vg-fuse vgctl
@@ -479,6 +477,8 @@ metrics() {
     && (( $(value "$ns1" vg_wal_sync_seconds_count) > $(value "$ns0" vg_wal_sync_seconds_count) )) \
     && (( $(value "$ns1" 'vg_storage_capacity_bytes{storage="alice"}') == 1 << 30 )) \
     && [[ $(value "$ns1" vg_blocks_under_replicated) && $(value "$ns1" vg_replications) ]] \
+    && (( $(value "$ns1" vg_group_leader) == 1 && $(value "$ns1" vg_group_voters) == 1 )) \
+    && (( $(value "$ns1" vg_group_applied) > $(value "$ns0" vg_group_applied) )) \
     && (( $(value "$alice1" vg_storage_capacity_bytes) == 1 << 30 )) && grep -q '^vg_storage_used_bytes ' <<<"$alice1" \
     && grep -q '^vg_mount_cache_misses ' <<<"$mount1" && grep -q '^vg_mount_dirty_bytes ' <<<"$mount1"
 }

@@ -391,7 +391,7 @@ impl Service {
 
     /// Serves Prometheus metrics at `addr`: requests by operation and outcome with
     /// their latency, the log's sync latency, and gauges of the namespace, sessions,
-    /// locks, replication and each storage, read at each scrape.
+    /// locks, replication, each storage and the nameserver group, read at each scrape.
     pub async fn serve_metrics(self: &Arc<Self>, addr: std::net::SocketAddr) -> crate::Result<()> {
         use vg_wire::metrics::{Gauges, LabelledGauges};
         let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
@@ -453,6 +453,21 @@ impl Service {
                 ("vg_storage_blocks", "Blobs the storage holds"),
             ],
         );
+        let group = Gauges::register(
+            &mut registry,
+            [
+                (
+                    "vg_group_leader",
+                    "1 while this member leads the nameserver group",
+                ),
+                ("vg_group_term", "The group's term as this member knows it"),
+                ("vg_group_voters", "Members of the group that vote"),
+                (
+                    "vg_group_applied",
+                    "Entries of the group's log this member applied",
+                ),
+            ],
+        );
         let registry = Arc::new(Mutex::new(registry));
         let service = Arc::downgrade(self);
         let refresh = move || {
@@ -474,6 +489,13 @@ impl Service {
                 s.lock_waiters,
                 s.log_written,
                 s.log_durable,
+            ]);
+            let raft = service.raft().metrics().borrow().clone();
+            group.set([
+                u64::from(raft.current_leader == Some(service.id)),
+                raft.current_term,
+                raft.membership_config.membership().voter_ids().count() as u64,
+                raft.last_applied.map_or(0, |l| l.index + 1),
             ]);
             storages.set(s.storages.into_iter().map(|storage| {
                 let up = u64::from(storage.state == vg_wire::ns::StorageState::Active);

@@ -548,6 +548,117 @@ fn read_snapshot(dir: &Path, boot: [u8; 16], recovery: &mut Recovery) -> Result<
     }
 }
 
+/// Reads the log file and cuts what recovery does not keep (see [`LogStore::open`]): a
+/// torn or corrupt tail, entries written after the last mark of an earlier boot, and
+/// marks what it keeps if no mark covers it. Returns the file, one past the last entry
+/// kept, and the highest commit a mark recorded.
+fn recover(
+    mut file: File,
+    path: &Path,
+    boot: [u8; 16],
+    applied: Option<LogId>,
+    recovery: &mut Recovery,
+) -> Result<(LogFile, u64, Option<LogId>)> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(io_err(format!("read {}", path.display())))?;
+    let (frames, mut valid) = parse_frames(&bytes);
+    let mut records = Vec::with_capacity(frames.len());
+    for (payload, offset) in frames {
+        match vg_wire::codec::from_bytes::<Record>(payload) {
+            Ok(record) => records.push((record, offset, payload.len() as u32)),
+            Err(_) => {
+                valid = offset;
+                break;
+            }
+        }
+    }
+    let marks: Vec<(u64, [u8; 16], Option<LogId>)> = records
+        .iter()
+        .filter_map(|(record, _, _)| match record {
+            Record::Mark {
+                upto,
+                boot,
+                committed,
+            } => Some((*upto, *boot, *committed)),
+            Record::Entry(_) => None,
+        })
+        .collect();
+    // A round of the sync thread that began before a purge may mark less after the
+    // purge's own mark: the highest counts.
+    let marked = marks.iter().map(|(upto, _, _)| *upto).max().unwrap_or(0);
+    let keep_before = match marks.last() {
+        Some((_, written_in, _)) if *written_in == boot => u64::MAX,
+        _ => marked,
+    };
+    let mut end = valid as u64;
+    let mut slots = VecDeque::new();
+    for (record, offset, len) in &records {
+        let Record::Entry(entry) = record else {
+            continue;
+        };
+        if entry.log_id.index >= keep_before {
+            end = end.min(*offset as u64);
+            recovery.unmarked += 1;
+        } else if Some(entry.log_id) > applied {
+            slots.push_back(Slot {
+                log_id: entry.log_id,
+                offset: *offset as u64,
+                len: *len,
+            });
+        }
+    }
+    if recovery.unmarked > 0 {
+        warn!(path = %path.display(), entries = recovery.unmarked, "the machine rebooted since the log's last mark: dropped the entries written after it, as a power loss would have");
+    }
+    recovery.entries = slots.len() as u64;
+    if (end as usize) < bytes.len() {
+        // Zeros are allocated space; anything else is a torn or corrupt record.
+        let torn = bytes[valid..]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |i| i + 1);
+        recovery.dropped_bytes = torn as u64;
+        if torn > 0 {
+            warn!(path = %path.display(), offset = valid, dropped = torn, "log has a torn or corrupt tail; recovered the valid prefix and cut the rest");
+        }
+        file.set_len(end)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(format!("truncate {}", path.display())))?;
+    }
+    let written = slots
+        .back()
+        .map(|s| s.log_id.index + 1)
+        .or(applied.map(|a| a.index + 1))
+        .unwrap_or(0);
+    let committed = marks
+        .iter()
+        .filter_map(|(_, _, committed)| *committed)
+        .max()
+        .filter(|c| c.index < written);
+    let mut log_file = LogFile {
+        file,
+        end,
+        allocated: 0,
+        can_allocate: true,
+        slots,
+        purged: applied,
+    };
+    if marks.is_empty() || recovery.unmarked > 0 {
+        // What is kept is marked: a reboot before the next mark keeps it.
+        let mark = frame_record(&Record::Mark {
+            upto: written,
+            boot,
+            committed,
+        })?;
+        log_file
+            .write(&mark)
+            .and_then(|()| log_file.file.sync_data())
+            .map_err(io_err(format!("write {}", path.display())))?;
+    }
+    Ok((log_file, written, committed))
+}
+
 impl LogStore {
     /// Opens the metadata directory on a machine whose boot is `boot` ([`boot_id`]):
     /// the log, and the snapshot to start the state machine from. Appends are persisted
@@ -570,110 +681,16 @@ impl LogStore {
         let snapshot = read_snapshot(dir, boot, &mut recovery)?;
         recovery.snapshot = snapshot.applied;
         let path = dir.join("log");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(io_err(format!("read {}", path.display())))?;
-        let (frames, mut valid) = parse_frames(&bytes);
-        let mut records = Vec::with_capacity(frames.len());
-        for (payload, offset) in frames {
-            match vg_wire::codec::from_bytes::<Record>(payload) {
-                Ok(record) => records.push((record, offset, payload.len() as u32)),
-                Err(_) => {
-                    valid = offset;
-                    break;
-                }
-            }
-        }
-        let marks: Vec<(u64, [u8; 16], Option<LogId>)> = records
-            .iter()
-            .filter_map(|(record, _, _)| match record {
-                Record::Mark {
-                    upto,
-                    boot,
-                    committed,
-                } => Some((*upto, *boot, *committed)),
-                Record::Entry(_) => None,
-            })
-            .collect();
-        // A round of the sync thread that began before a purge may mark less after the
-        // purge's own mark: the highest counts.
-        let marked = marks.iter().map(|(upto, _, _)| *upto).max().unwrap_or(0);
-        let keep_before = match marks.last() {
-            Some((_, written_in, _)) if *written_in == boot => u64::MAX,
-            _ => marked,
-        };
-        let mut end = valid as u64;
-        let mut slots = VecDeque::new();
-        for (record, offset, len) in &records {
-            let Record::Entry(entry) = record else {
-                continue;
-            };
-            if entry.log_id.index >= keep_before {
-                end = end.min(*offset as u64);
-                recovery.unmarked += 1;
-            } else if Some(entry.log_id) > snapshot.applied {
-                slots.push_back(Slot {
-                    log_id: entry.log_id,
-                    offset: *offset as u64,
-                    len: *len,
-                });
-            }
-        }
-        if recovery.unmarked > 0 {
-            warn!(path = %path.display(), entries = recovery.unmarked, "the machine rebooted since the log's last mark: dropped the entries written after it, as a power loss would have");
-        }
-        recovery.entries = slots.len() as u64;
-        if (end as usize) < bytes.len() {
-            // Zeros are allocated space; anything else is a torn or corrupt record.
-            let torn = bytes[valid..]
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(0, |i| i + 1);
-            recovery.dropped_bytes = torn as u64;
-            if torn > 0 {
-                warn!(path = %path.display(), offset = valid, dropped = torn, "log has a torn or corrupt tail; recovered the valid prefix and cut the rest");
-            }
-            file.set_len(end)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(format!("truncate {}", path.display())))?;
-        }
-        let written = slots
-            .back()
-            .map(|s| s.log_id.index + 1)
-            .or(snapshot.applied.map(|a| a.index + 1))
-            .unwrap_or(0);
-        let committed = marks
-            .iter()
-            .filter_map(|(_, _, committed)| *committed)
-            .max()
-            .filter(|c| c.index < written);
-        let mut log_file = LogFile {
-            file,
-            end,
-            allocated: 0,
-            can_allocate: true,
-            slots,
-            purged: snapshot.applied,
-        };
-        if marks.is_empty() || recovery.unmarked > 0 {
-            // What is kept is marked: a reboot before the next mark keeps it.
-            let mark = frame_record(&Record::Mark {
-                upto: written,
-                boot,
-                committed,
-            })?;
-            log_file
-                .write(&mark)
-                .and_then(|()| log_file.file.sync_data())
-                .map_err(io_err(format!("write {}", path.display())))?;
-        }
+        let (log_file, written, committed) =
+            recover(file, &path, boot, snapshot.applied, &mut recovery)?;
+        let end = log_file.end;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             file: Mutex::new(log_file),

@@ -178,11 +178,12 @@ pub async fn start(config: Config) -> Result<Handle> {
             move |peer, send, recv| service.clone().handle(peer, send, recv),
         ))
     };
+    let mut tasks = vec![serve, leadership];
     if let Some(metrics) = config.metrics {
-        service.serve_metrics(metrics).await?;
+        tasks.push(service.serve_metrics(metrics).await?);
         info!(addr = %metrics, "metrics served at /metrics");
     }
-    let ticker = tokio::spawn(service.clone().tick_loop(config.tick));
+    tasks.push(tokio::spawn(service.clone().tick_loop(config.tick)));
     if config.members.len() <= 1 && !config.join {
         // Alone, it leads at once (after applying what its log holds): serve from the
         // start rather than refuse the first requests.
@@ -199,7 +200,7 @@ pub async fn start(config: Config) -> Result<Handle> {
     Ok(Handle {
         addr,
         endpoint,
-        tasks: vec![serve, ticker, leadership],
+        tasks,
         service,
     })
 }

@@ -36,7 +36,7 @@ pub struct Member {
 
 impl Member {
     /// The member as a peer to dial, once its address is resolved.
-    async fn target(&self) -> std::io::Result<Target> {
+    pub(crate) async fn target(&self) -> std::io::Result<Target> {
         let addr: SocketAddr = tokio::net::lookup_host(&self.addr)
             .await?
             .next()

@@ -327,6 +327,14 @@ impl Registry {
         self.is_active(slot).then(|| self.location(slot))
     }
 
+    /// Where every active storage is.
+    pub fn active_locations(&self) -> Vec<Location> {
+        (0..self.storages.len() as Slot)
+            .filter(|&slot| self.is_active(slot))
+            .map(|slot| self.location(slot))
+            .collect()
+    }
+
     /// Live (active) storages holding a block.
     pub fn live_locations(&self, id: &BlockId) -> Vec<Location> {
         self.live_slots(id)

@@ -175,22 +175,27 @@ pub async fn start(config: Config) -> Result<Handle> {
         advertise,
         config.heartbeat,
     ));
+    let mut tasks = vec![serve, link];
     if let Some(metrics) = config.metrics {
-        serve_metrics(&storage, metrics).await?;
+        tasks.push(serve_metrics(&storage, metrics).await?);
         info!(addr = %metrics, "metrics served at /metrics");
     }
-    let scrub = tokio::spawn(storage.clone().scrub_loop(config.scrub_rate));
-    let compact = tokio::spawn(storage.clone().compact_loop(COMPACT_EVERY));
+    tasks.push(tokio::spawn(storage.clone().scrub_loop(config.scrub_rate)));
+    tasks.push(tokio::spawn(storage.clone().compact_loop(COMPACT_EVERY)));
     Ok(Handle {
         addr,
         endpoint,
-        tasks: vec![serve, link, scrub, compact],
+        tasks,
     })
 }
 
 /// Serves Prometheus metrics at `addr`: requests by operation and outcome with their
-/// latency, and the store's capacity, used bytes and blocks, read at each scrape.
-async fn serve_metrics(storage: &Arc<server::Storage>, addr: SocketAddr) -> Result<()> {
+/// latency, and the store's capacity, used bytes and blocks, read at each scrape;
+/// returns the task serving them.
+async fn serve_metrics(
+    storage: &Arc<server::Storage>,
+    addr: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>> {
     let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
     storage.requests.register(&mut registry);
     let gauges = vg_wire::metrics::Gauges::register(

@@ -194,16 +194,17 @@ impl Latency {
     }
 }
 
-/// Serves `registry` as Prometheus text at `http://addr/metrics` until the process ends;
-/// `refresh` runs before each scrape (to set gauges from the process's state).
+/// Serves `registry` as Prometheus text at `http://addr/metrics` until the returned task
+/// is aborted (or the process ends); `refresh` runs before each scrape (to set gauges
+/// from the process's state).
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Mutex<Registry>>,
     refresh: impl Fn() + Send + Sync + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let refresh = Arc::new(refresh);
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
@@ -238,8 +239,7 @@ pub async fn serve(
                 let _ = stream.write_all(response.as_bytes()).await;
             });
         }
-    });
-    Ok(())
+    }))
 }
 
 #[cfg(test)]

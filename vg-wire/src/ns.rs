@@ -218,6 +218,9 @@ pub enum Request {
     AddMember { id: u64, name: String, addr: String },
     /// Removes nameserver `id` from the group.
     RemoveMember { id: u64 },
+    /// Where the active storages are: a member that follows asks the leader (storages
+    /// report to the leader only), so that its log's gate can have them sync.
+    Storages,
 }
 
 impl Request {
@@ -318,6 +321,8 @@ pub enum Response {
     Lease { ms: u64, lost: bool },
     /// The conflicting lock, if any.
     Lock(Option<Lock>),
+    /// The active storages.
+    Storages(Vec<Location>),
 }
 
 /// Cluster-wide space, as `statfs` needs it.
@@ -540,16 +545,18 @@ impl Operation for Request {
             Group => "group",
             AddMember { .. } => "add_member",
             RemoveMember { .. } => "remove_member",
+            Storages => "storages",
         }
     }
 
-    /// Storages register, report and heartbeat; everything else is a client's.
+    /// Storages register, report and heartbeat; group members talk Raft and ask where
+    /// storages are; everything else is a client's.
     fn role(&self) -> Option<Role> {
         use Request::*;
         match self {
             Register { .. } | Report { .. } | Activate | Heartbeat { .. } => Some(Role::Storage),
             Once { request, .. } => request.role(),
-            Raft { .. } => Some(Role::Nameserver),
+            Raft { .. } | Storages => Some(Role::Nameserver),
             _ => Some(Role::Client),
         }
     }

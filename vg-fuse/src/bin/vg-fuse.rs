@@ -259,7 +259,10 @@ fn unmount(mountpoint: &Path) {
 
 /// Serves Prometheus metrics at `addr`: bytes read and written, block cache hits and
 /// misses, dirty bytes and open files, read at each scrape.
-async fn serve_metrics(files: &Arc<Files>, addr: std::net::SocketAddr) -> std::io::Result<()> {
+async fn serve_metrics(
+    files: &Arc<Files>,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut registry = vg_wire::metrics::prometheus_client::registry::Registry::default();
     registry.register(
         "vg_mount_read_bytes",

@@ -18,6 +18,8 @@ struct Group {
     cluster: TestCluster,
     members: BTreeMap<u64, Member>,
     running: BTreeMap<u64, vg_nameserver::Handle>,
+    /// Where each member serves its Prometheus metrics.
+    metrics: BTreeMap<u64, SocketAddr>,
     dialer: Dialer,
     /// Numbers the changes sent to the leader.
     seq: std::sync::atomic::AtomicU64,
@@ -36,11 +38,18 @@ impl Group {
                 (id, Member { name, addr })
             })
             .collect();
+        let metrics = (1..=n)
+            .map(|id| {
+                let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                (id, socket.local_addr().unwrap())
+            })
+            .collect();
         let dialer = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
         let mut group = Group {
             cluster,
             members,
             running: BTreeMap::new(),
+            metrics,
             dialer,
             seq: Default::default(),
         };
@@ -72,6 +81,7 @@ impl Group {
         }
         config.heartbeat = Duration::from_millis(50);
         config.tick = Duration::from_millis(100);
+        config.metrics = self.metrics.get(&id).copied();
         let handle = vg_nameserver::start(config).await.expect("start member");
         self.running.insert(id, handle);
     }
@@ -175,6 +185,31 @@ impl Group {
 
     async fn crash(&mut self, id: u64) {
         self.running.remove(&id).expect("member runs").crash().await;
+    }
+
+    /// The value of series `name` in member `id`'s Prometheus metrics.
+    async fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics[&id])
+            .await
+            .ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // Stopped before the runtime goes: a member's log thread may be waiting on it.
+        for member in self.running.values() {
+            member.kill();
+        }
     }
 }
 
@@ -420,4 +455,39 @@ async fn a_dead_follower_is_replaced_through_vgctl_and_the_group_heals() {
     assert!(next == other || next == 4, "member {next} leads");
     assert_eq!(names.len(), 21, "{names:?}");
     assert!(names.contains(&"healed".to_string()));
+}
+
+/// A follower's log waits for the storages as the leader's does: before it syncs entries
+/// naming blobs that storages acknowledged as written but not synced, it has those
+/// storages sync (learning from the leader where they are, as storages report to the
+/// leader only). Otherwise a power loss of every machine at once could leave a follower,
+/// leader next, with a layout naming a blob that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_have_the_storages_sync_before_their_logs_do() {
+    let mut group = Group::start(3).await;
+    group.cluster.group = group.targets();
+    let names: Vec<String> = (0..2).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        group.cluster.add_storage(name).await;
+    }
+    group.cluster.wait_active(&names).await;
+    let client = group.cluster.client().await;
+    // Uploads not synced, commits not synced: the entries name blobs the storages have
+    // only written.
+    for i in 0..5 {
+        group
+            .cluster
+            .put(&client, &format!("/f{i}"), &bytes(10_000, i))
+            .await
+            .unwrap();
+    }
+    let gate = "vg_wal_gate_storage_syncs";
+    for id in 1..=3 {
+        crate::cluster::eventually(
+            &format!("member {id}'s log has the storages sync"),
+            Duration::from_secs(20),
+            || async { group.metric(id, gate).await.is_some_and(|n| n > 0.0) },
+        )
+        .await;
+    }
 }

@@ -11,7 +11,7 @@ use crate::error::Error;
 
 /// The gauges a scrape sets from the service.
 struct Figures {
-    namespace: Gauges<13>,
+    namespace: Gauges<14>,
     group: Gauges<4>,
     storages: LabelledGauges<5>,
 }
@@ -51,6 +51,10 @@ impl Figures {
                 (
                     "vg_wal_durable_lsn",
                     "Last change of the write-ahead log on disk",
+                ),
+                (
+                    "vg_wal_gate_storage_syncs",
+                    "Syncs storages made before the log synced entries naming their unsynced blobs",
                 ),
             ],
         );
@@ -110,6 +114,9 @@ impl Figures {
             s.lock_waiters,
             s.log_written,
             s.log_durable,
+            service
+                .gate_syncs
+                .load(std::sync::atomic::Ordering::Relaxed),
         ]);
         let raft = service.raft().metrics().borrow().clone();
         self.group.set([
@@ -135,8 +142,12 @@ impl Figures {
 impl Service {
     /// Serves Prometheus metrics at `addr`: requests by operation and outcome with
     /// their latency, the log's sync latency, and gauges of the namespace, sessions,
-    /// locks, replication, each storage and the nameserver group, read at each scrape.
-    pub async fn serve_metrics(self: &Arc<Self>, addr: std::net::SocketAddr) -> crate::Result<()> {
+    /// locks, replication, each storage and the nameserver group, read at each scrape;
+    /// returns the task serving them.
+    pub async fn serve_metrics(
+        self: &Arc<Self>,
+        addr: std::net::SocketAddr,
+    ) -> crate::Result<tokio::task::JoinHandle<()>> {
         let mut registry = Registry::default();
         self.requests.register(&mut registry);
         if let Some(log) = &self.lock().log {

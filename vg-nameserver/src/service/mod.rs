@@ -2,6 +2,7 @@
 //! modules below) on the shared state, logs changes, answers once they are acknowledged.
 
 mod files;
+mod gate;
 mod group;
 mod locking;
 mod machine;
@@ -21,12 +22,12 @@ use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{Request, Response};
-use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer, Target};
-use vg_wire::{storage, BlockId, Ino, Location, Timestamp};
+use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer};
+use vg_wire::{BlockId, Ino, Location, Timestamp};
 
 use crate::error::{refuse, Error};
 use crate::locks::Locks;
-use crate::log::{Gate, LogStore};
+use crate::log::LogStore;
 use crate::namespace::{Namespace, Op, Release};
 use crate::raft::{Committed, LogId, Membership, NodeId, Outcome, Proposal, Raft};
 use crate::registry::{Policy, Registry};
@@ -153,6 +154,11 @@ pub struct Service {
     durability: Durability,
     /// Asks storages to sync (the log's gate).
     dialer: Dialer,
+    /// Where the storages were when this member last asked the leader (a follower's
+    /// gate: storages report to the leader only).
+    storages_seen: Mutex<std::collections::HashMap<String, Location>>,
+    /// Syncs the log's gate had storages make, for `--metrics`.
+    gate_syncs: std::sync::atomic::AtomicU64,
     /// Set when the nameserver stops: the gate gives up asking.
     stopped: std::sync::atomic::AtomicBool,
     /// Wakes the lock requests waiting: some lock changed or went.
@@ -207,6 +213,8 @@ impl Service {
             snapshot_bytes: config.snapshot_bytes,
             durability: config.durability,
             dialer,
+            storages_seen: Mutex::default(),
+            gate_syncs: Default::default(),
             stopped: Default::default(),
             locks_changed: Default::default(),
             requests: Default::default(),
@@ -222,24 +230,6 @@ impl Service {
     /// Joins the group `raft` runs (once, at start).
     pub fn set_raft(&self, raft: Raft) {
         let _ = self.raft.set(raft);
-    }
-
-    /// Has the log ask the storages a record depends on to sync before it syncs the
-    /// record.
-    pub fn install_gate(self: &Arc<Self>) {
-        let service = Arc::downgrade(self);
-        let gate: Gate = Arc::new(move |needs| {
-            let service = service.clone();
-            Box::pin(async move {
-                match service.upgrade() {
-                    Some(service) => service.sync_storages(needs).await,
-                    None => false,
-                }
-            })
-        });
-        if let Some(log) = &self.lock().log {
-            log.set_gate(gate);
-        }
     }
 
     /// Stops asking storages to sync (the endpoint is closing).
@@ -472,6 +462,7 @@ impl Service {
             Group => self.group_status(),
             AddMember { id, name, addr } => self.add_member(id, name, addr).await,
             RemoveMember { id } => self.remove_member(id).await,
+            Storages => Ok(Response::Storages(self.lock().registry.active_locations())),
         }
     }
 
@@ -839,53 +830,5 @@ impl Service {
         }
         .map_err(|e| RemoteError::new(ErrorCode::Io, format!("group message answer: {e}")))?;
         Ok(Response::Raft { reply })
-    }
-
-    /// Has each storage in `needs` that is still active sync what it acknowledged;
-    /// returns true once all did (retrying those that failed to answer) or are no longer
-    /// active (their copies are re-made elsewhere, from copies already synced), false if
-    /// the nameserver stopped meanwhile.
-    pub async fn sync_storages(&self, mut needs: BTreeSet<String>) -> bool {
-        use std::sync::atomic::Ordering;
-        while !self.stopped.load(Ordering::Acquire) {
-            let targets: Vec<Location> = {
-                let state = self.lock();
-                needs
-                    .iter()
-                    .filter_map(|name| state.registry.active_location(name))
-                    .collect()
-            };
-            if targets.is_empty() {
-                return true;
-            }
-            let mut calls = tokio::task::JoinSet::new();
-            for target in targets {
-                let dialer = self.dialer.clone();
-                calls.spawn(async move {
-                    let answer = dialer
-                        .call::<_, storage::Response>(
-                            &Target::storage(&target),
-                            &storage::Request::Sync,
-                        )
-                        .await;
-                    (target.name, answer)
-                });
-            }
-            while let Some(Ok((name, answer))) = calls.join_next().await {
-                match answer {
-                    Ok(storage::Response::Synced) => {
-                        needs.remove(&name);
-                    }
-                    other => {
-                        warn!(storage = %name, answer = ?other, "storage did not sync; asking again")
-                    }
-                }
-            }
-            if needs.is_empty() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
     }
 }

@@ -501,6 +501,18 @@ pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
     })
 }
 
+/// The applied log id and membership a snapshot file holds, without decoding its
+/// namespace (what openraft asks of the snapshot it sends).
+pub fn decode_snapshot_head(
+    bytes: &[u8],
+) -> std::result::Result<(Option<LogId>, Membership), String> {
+    let (magic, payload) = snapshot_payload(bytes)?;
+    if magic != SNAPSHOT_MAGIC {
+        return Err("a snapshot of an older release, not this one's".into());
+    }
+    vg_wire::codec::from_file_prefix(payload).map_err(|e| e.to_string())
+}
+
 /// Reads the snapshot file of `dir`; converts a directory of an older release first.
 fn read_snapshot(dir: &Path, boot: [u8; 16], recovery: &mut Recovery) -> Result<Snapshot> {
     let path = dir.join("snapshot");
@@ -1466,5 +1478,11 @@ mod tests {
             .unwrap();
         let (_, snapshot, _) = open(dir.path(), BOOT);
         assert_eq!(snapshot.ns.len(), ns.len());
+        // What openraft asks of it is read without the namespace.
+        let bytes = log.snapshot_bytes().unwrap().unwrap();
+        let (applied, membership) = decode_snapshot_head(&bytes).unwrap();
+        assert_eq!(applied, Some(log_id(1, 1, 9)));
+        assert_eq!(membership, Membership::default());
+        assert!(decode_snapshot_head(&bytes[..bytes.len() - 1]).is_err());
     }
 }

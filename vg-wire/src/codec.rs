@@ -59,6 +59,17 @@ pub fn from_file_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         })
 }
 
+/// Deserialises the leading value of bytes written by [`to_file_bytes`]: the first
+/// fields of a tuple, without decoding the rest.
+pub fn from_file_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::DefaultOptions::new()
+        .allow_trailing_bytes()
+        .deserialize(bytes)
+        .map_err(|e| Error::BadFrame {
+            reason: e.to_string(),
+        })
+}
+
 /// Encodes a value as one frame, header included.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let payload = to_bytes(value)?;

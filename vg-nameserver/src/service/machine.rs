@@ -16,7 +16,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageError, StoredMembership
 use tracing::warn;
 
 use super::{Service, State};
-use crate::log::{decode_snapshot, LogStore};
+use crate::log::{decode_snapshot_head, LogStore};
 use crate::raft::{Entry, LogId, Member, NodeId, Outcome, TypeConfig};
 
 /// Openraft's handle on the service's state.
@@ -51,17 +51,18 @@ impl Machine {
         let Some(bytes) = self.log.snapshot_bytes()? else {
             return Ok(None);
         };
-        let snapshot = decode_snapshot(&bytes).map_err(|reason| crate::Error::Corrupt {
-            path: "snapshot".into(),
-            reason,
-        })?;
-        let Some(applied) = snapshot.applied else {
+        let (applied, membership) =
+            decode_snapshot_head(&bytes).map_err(|reason| crate::Error::Corrupt {
+                path: "snapshot".into(),
+                reason,
+            })?;
+        let Some(applied) = applied else {
             return Ok(None);
         };
         Ok(Some(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: Some(applied),
-                last_membership: snapshot.membership,
+                last_membership: membership,
                 snapshot_id: format!("{}-{}", applied.leader_id.term, applied.index),
             },
             snapshot: Box::new(Cursor::new(bytes)),

@@ -346,12 +346,14 @@ locks_past_lease() {
   m=$(marks lapse) && pid=$(mount_more e) || return 1
   scripts/locks.py lapse "$work/mnt-e/lapsed" "$m" >"$m/out" &
   holder=$!
-  eventually 30 test -e "$m/locked" && kill -STOP "$pid" || return 1
+  eventually 30 test -e "$m/locked" && kill -STOP "$pid" || { echo "the lock was not taken"; return 1; }
   eventually $((lease + 10)) scripts/locks.py try "$mntb/lapsed" 0 10
   local taken=$?
   kill -CONT "$pid"
-  touch "$m/go" && wait "$holder" && ((taken == 0)) && [[ $(cat "$m/out") == eio ]] \
-    && umount "$work/mnt-e" && rm "$mntb/lapsed"
+  touch "$m/go" && wait "$holder" || { echo "the holder failed"; return 1; }
+  ((taken == 0)) || { echo "the other mount did not get the lock within the lease + 10 s"; return 1; }
+  [[ $(cat "$m/out") == eio ]] || { echo "the stopped mount's process got '$(cat "$m/out")', not EIO"; return 1; }
+  umount "$work/mnt-e" && rm "$mntb/lapsed"
 }
 check "a mount stopped past its lease: its lock goes to another, its process gets EIO" locks_past_lease
 

@@ -485,12 +485,18 @@ fn snapshot_payload(bytes: &[u8]) -> std::result::Result<(&[u8], &[u8]), String>
     Ok((magic, payload))
 }
 
-/// Decodes the bytes of a snapshot file of this release.
-pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
+/// The checked payload of a snapshot file of this release.
+fn this_release(bytes: &[u8]) -> std::result::Result<&[u8], String> {
     let (magic, payload) = snapshot_payload(bytes)?;
     if magic != SNAPSHOT_MAGIC {
         return Err("a snapshot of an older release, not this one's".into());
     }
+    Ok(payload)
+}
+
+/// Decodes the bytes of a snapshot file of this release.
+pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
+    let payload = this_release(bytes)?;
     let (applied, membership, mut ns): (Option<LogId>, Membership, Namespace) =
         vg_wire::codec::from_file_bytes(payload).map_err(|e| e.to_string())?;
     ns.rebuild_refs();
@@ -506,11 +512,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
 pub fn decode_snapshot_head(
     bytes: &[u8],
 ) -> std::result::Result<(Option<LogId>, Membership), String> {
-    let (magic, payload) = snapshot_payload(bytes)?;
-    if magic != SNAPSHOT_MAGIC {
-        return Err("a snapshot of an older release, not this one's".into());
-    }
-    vg_wire::codec::from_file_prefix(payload).map_err(|e| e.to_string())
+    vg_wire::codec::from_file_prefix(this_release(bytes)?).map_err(|e| e.to_string())
 }
 
 /// Reads the snapshot file of `dir`; converts a directory of an older release first.

@@ -59,6 +59,19 @@ impl Group {
         group
     }
 
+    /// `n` members and `storages` storages (`s0`, `s1`, ...) that follow the group,
+    /// once they are active.
+    async fn with_storages(n: u64, storages: usize) -> Self {
+        let mut group = Group::start(n).await;
+        group.cluster.group = group.targets();
+        let names: Vec<String> = (0..storages).map(|i| format!("s{i}")).collect();
+        for name in &names {
+            group.cluster.add_storage(name).await;
+        }
+        group.cluster.wait_active(&names).await;
+        group
+    }
+
     fn addr(&self, id: u64) -> SocketAddr {
         self.members[&id].addr.parse().unwrap()
     }
@@ -279,13 +292,7 @@ async fn a_group_of_three_keeps_every_acknowledged_change_across_leader_crashes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_lose_nothing_acknowledged_while_leaders_crash() {
-    let mut group = Group::start(3).await;
-    group.cluster.group = group.targets();
-    let names: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
-    for name in &names {
-        group.cluster.add_storage(name).await;
-    }
-    group.cluster.wait_active(&names).await;
+    let mut group = Group::with_storages(3, 3).await;
     let client = group.cluster.client().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
@@ -464,13 +471,7 @@ async fn a_dead_follower_is_replaced_through_vgctl_and_the_group_heals() {
 /// leader next, with a layout naming a blob that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_have_the_storages_sync_before_their_logs_do() {
-    let mut group = Group::start(3).await;
-    group.cluster.group = group.targets();
-    let names: Vec<String> = (0..2).map(|i| format!("s{i}")).collect();
-    for name in &names {
-        group.cluster.add_storage(name).await;
-    }
-    group.cluster.wait_active(&names).await;
+    let group = Group::with_storages(3, 2).await;
     let client = group.cluster.client().await;
     // Uploads not synced, commits not synced: the entries name blobs the storages have
     // only written.

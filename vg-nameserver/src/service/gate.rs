@@ -14,7 +14,7 @@ use vg_wire::ns::{Request, Response};
 use vg_wire::rpc::Target;
 use vg_wire::{storage, Location};
 
-use super::Service;
+use super::{Answer, Service};
 use crate::log::Gate;
 
 /// How long the gate waits before asking again a storage that did not sync, or a leader
@@ -114,17 +114,23 @@ impl Service {
             let seen = self.storages_seen.lock().expect("seen lock");
             unknown.iter().any(|name| !seen.contains_key(*name))
         };
-        let leader = self.raft().metrics().borrow().current_leader;
-        match leader {
-            Some(leader) if leader == self.id => {}
-            Some(_) if missing => self.ask_leader_for_storages().await?,
-            Some(_) => {}
-            None if missing => return None,
-            None => {}
+        if missing {
+            let leader = self.raft().metrics().borrow().current_leader;
+            match leader {
+                Some(leader) if leader != self.id => self.ask_leader_for_storages().await?,
+                // Leading, before the storages reported: those not seen are skipped.
+                Some(_) => {}
+                None => return None,
+            }
         }
         let seen = self.storages_seen.lock().expect("seen lock");
         found.extend(unknown.iter().filter_map(|name| seen.get(*name).cloned()));
         Some(found)
+    }
+
+    /// Where the active storages are (a follower's gate asks the leader).
+    pub(super) fn active_storages(&self) -> Answer {
+        Ok(Response::Storages(self.lock().registry.active_locations()))
     }
 
     /// Learns from the leader where the active storages are.

@@ -462,7 +462,7 @@ impl Service {
             Group => self.group_status(),
             AddMember { id, name, addr } => self.add_member(id, name, addr).await,
             RemoveMember { id } => self.remove_member(id).await,
-            Storages => Ok(Response::Storages(self.lock().registry.active_locations())),
+            Storages => self.active_storages(),
         }
     }
 

@@ -128,12 +128,16 @@ impl Session {
     async fn send(&self, files: &Files, reported: &mut Reported, open: Vec<Ino>) -> Result<()> {
         let client = files.client();
         let locks = files.locks_held();
+        // The lease runs from the report's sending, not from its answer's arrival: an
+        // answer that waited (the mount was stopped, the network slow) must not stretch
+        // it past the nameserver's, which may have let the locks go meanwhile.
+        let sent = Instant::now();
         let (lease, lost) = client.report_session(self.id, open.clone(), locks).await?;
         if lost {
             files.lose_locks();
         }
         reported.open = open;
-        reported.at = Instant::now();
+        reported.at = sent;
         reported.renew_every = (lease / 3).max(BATCH);
         *self.lapse.lock().expect("lapse lock") = (reported.at + lease, lease);
         Ok(())

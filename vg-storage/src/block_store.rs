@@ -751,10 +751,12 @@ impl BlockStore {
         sync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))
     }
 
-    /// Reclaims the space of deleted small blocks; returns how many volumes were
-    /// compacted.
+    /// Reclaims the space of deleted small blocks, and keeps a spare volume ready for
+    /// them (see [`Volumes::prepare_spares`]); returns how many volumes were compacted.
     pub fn compact(&self) -> Result<usize> {
-        self.volumes.compact()
+        let compacted = self.volumes.compact()?;
+        self.volumes.prepare_spares()?;
+        Ok(compacted)
     }
 
     /// Deletes a block; true if it was there (and not still being written).

@@ -1,5 +1,6 @@
 //! A storage's work besides answering requests: copying blocks the nameserver asks it
-//! to replicate, scrubbing (re-hashing every block, slowly), and compacting volumes.
+//! to replicate, scrubbing (re-hashing every block, slowly), and compacting and recycling
+//! volumes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +69,8 @@ impl Storage {
         }
     }
 
-    /// Reclaims the space of deleted small blocks every `every`, forever.
+    /// Reclaims the space of deleted small blocks and keeps a spare volume every `every`,
+    /// forever.
     pub async fn compact_loop(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;

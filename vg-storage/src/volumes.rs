@@ -5,13 +5,25 @@
 //! `fdatasync` commits no metadata at all, only the data: untar of /usr/include went from
 //! about 410 to 510–560 files/s (three alternating runs each).
 //!
-//! Layout under `volumes/`: `<number>.vol`, each up to [`VOLUME_BYTES`], allocated whole
-//! when created. A record is a header (`vgr1`, length, block id, CRC-32 of those), the
+//! Layout under `volumes/`: `<number>.vol`, each [`VOLUME_BYTES`], allocated whole when
+//! created. A volume starts with a head (`vgv2`, a salt, whether every byte of the file
+//! has been written, CRC-32 of those) padded to [`HEAD`] bytes; records follow. A record
+//! is a header (`vgr2`, length, block id, CRC-32 of the volume's salt and those), the
 //! block's bytes, then the CRC-32 of each chunk as in a block file. Records are written in
 //! offset order under a lock, so an acknowledged record (whose `fdatasync` flushed every
 //! page written before it) is never preceded by one lost in a crash: the scan at start
-//! reads each volume up to its first invalid header. A torn record whose header survived
-//! fails its CRCs when read or scrubbed, like a damaged block file.
+//! reads each volume up to its first header that is not one of its salt. A torn record
+//! whose header survived fails its CRCs when read or scrubbed, like a damaged block file.
+//! Volumes of the release before (no head; records `vgr1`, CRC without a salt) are read
+//! the same way and take no new records.
+//!
+//! Volumes are recycled, not removed: writing into allocated space that was never
+//! written costs the disk twice (see [`ZERO_AHEAD`]), while a file written once takes
+//! records at the cost of their bytes alone. A volume emptied of live records gets a new
+//! salt, which turns every record it held into bytes the scan stops at, and waits as a
+//! spare ([`SPARES`]) for the volume in use to fill; a fresh spare is written whole in the
+//! background ([`Volumes::prepare_spares`]) when none is left, so that the zeros of a new
+//! volume are not written in the requests' path.
 //!
 //! A record synced as it is stored (an upload for an `fsync`) is written through O_DIRECT
 //! in whole sectors: through the page cache, the `fdatasync` after a 4 KiB block's
@@ -45,8 +57,23 @@ use vg_wire::disk::{allocate, sync_dir};
 
 /// Bytes of each volume file.
 pub const VOLUME_BYTES: u64 = 64 << 20;
-/// Marks the start of a record.
-const MAGIC: &[u8; 4] = b"vgr1";
+/// Marks a volume's head.
+const VOLUME_MAGIC: &[u8; 4] = b"vgv2";
+/// Marks a record of a volume with a head.
+const MAGIC: &[u8; 4] = b"vgr2";
+/// Marks a record of the release before's volumes, which have no head.
+const LEGACY_MAGIC: &[u8; 4] = b"vgr1";
+/// Bytes before a volume's first record: its head, padded so that records start on a
+/// page (direct writes are aligned to at most that).
+const HEAD: u64 = 4096;
+/// Bytes of a head: magic, salt, whether written whole, CRC-32 of those.
+const HEAD_LEN: usize = 17;
+/// Emptied volumes kept to take records again, rather than removed. One is enough to
+/// keep a new volume's zeros out of the requests' path; more only hold disk space.
+const SPARES: usize = 1;
+/// An emptied volume is recycled only if at most this much of it was never written
+/// (a volume emptied after a restart, whose zeros ahead are not known, may be mostly so).
+const RECYCLE_ZEROS: u64 = 4 * ZERO_AHEAD;
 /// Bytes of zeros written ahead of a volume's records. Allocated space reads as zeros
 /// but is marked unwritten, so the `fdatasync` after the first write into each part of
 /// it commits the change of marks to the journal as well: with 6 KB records, two
@@ -77,21 +104,75 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// The header of a record.
-fn header(id: &BlockId, len: u32) -> [u8; HEADER] {
+/// A volume's head.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Head {
+    /// Goes into every record header's CRC: records of the volume's earlier lives fail it.
+    salt: u64,
+    /// Every byte of the file was written once, so it has no unwritten space.
+    whole: bool,
+}
+
+impl Head {
+    /// A head with a salt no earlier life of any volume is likely to have had.
+    fn fresh(whole: bool) -> Head {
+        use std::hash::BuildHasher;
+        // RandomState's keys come from the OS's random source.
+        let salt =
+            std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+        Head { salt, whole }
+    }
+
+    fn encode(&self) -> [u8; HEAD_LEN] {
+        let mut head = [0u8; HEAD_LEN];
+        head[..4].copy_from_slice(VOLUME_MAGIC);
+        head[4..12].copy_from_slice(&self.salt.to_le_bytes());
+        head[12] = self.whole as u8;
+        let crc = crc32fast::hash(&head[..13]);
+        head[13..].copy_from_slice(&crc.to_le_bytes());
+        head
+    }
+
+    fn decode(head: &[u8; HEAD_LEN]) -> Option<Head> {
+        let crc = u32::from_le_bytes(head[13..].try_into().expect("4 bytes"));
+        if &head[..4] != VOLUME_MAGIC || crc32fast::hash(&head[..13]) != crc || head[12] > 1 {
+            return None;
+        }
+        let salt = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+        Some(Head {
+            salt,
+            whole: head[12] == 1,
+        })
+    }
+}
+
+/// The CRC-32 of a record header's first 40 bytes, with the volume's salt if it has one.
+fn header_crc(bytes: &[u8], salt: Option<u64>) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    if let Some(salt) = salt {
+        crc.update(&salt.to_le_bytes());
+    }
+    crc.update(bytes);
+    crc.finalize()
+}
+
+/// The header of a record in a volume salted `salt`.
+fn header(id: &BlockId, len: u32, salt: u64) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
     header[..4].copy_from_slice(MAGIC);
     header[4..8].copy_from_slice(&len.to_le_bytes());
     header[8..40].copy_from_slice(&id.0);
-    let crc = crc32fast::hash(&header[..40]);
+    let crc = header_crc(&header[..40], Some(salt));
     header[40..].copy_from_slice(&crc.to_le_bytes());
     header
 }
 
-/// The block id and length a header holds, if it is one.
-fn parse_header(header: &[u8; HEADER]) -> Option<(BlockId, u32)> {
+/// The block id and length a header holds, if it is one of a volume salted `salt` (of the
+/// release before, without a salt, if `None`).
+fn parse_header(header: &[u8; HEADER], salt: Option<u64>) -> Option<(BlockId, u32)> {
+    let magic = if salt.is_some() { MAGIC } else { LEGACY_MAGIC };
     let crc = u32::from_le_bytes(header[40..].try_into().expect("4 bytes"));
-    if &header[..4] != MAGIC || crc32fast::hash(&header[..40]) != crc {
+    if &header[..4] != magic || header_crc(&header[..40], salt) != crc {
         return None;
     }
     let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
@@ -120,23 +201,41 @@ fn volume_numbers(dir: &Path) -> Result<Vec<u32>> {
     Ok(numbers)
 }
 
-/// The records of a volume up to its first invalid header (tombstones have length 0;
-/// `Loc::volume` is left 0), and where they end.
-fn records(file: &File) -> std::io::Result<(Vec<(BlockId, Loc)>, u64)> {
+/// What the scan of one volume found.
+struct Scanned {
+    /// `None` for a volume of the release before.
+    head: Option<Head>,
+    /// Its records up to the first invalid header (tombstones have length 0;
+    /// `Loc::volume` is left 0).
+    records: Vec<(BlockId, Loc)>,
+    /// Where they end.
+    end: u64,
+}
+
+/// Reads a volume's head and records.
+fn scan(file: &File) -> std::io::Result<Scanned> {
     let size = file.metadata()?.len();
-    let mut found = Vec::new();
-    let mut end = 0;
-    let mut head = [0u8; HEADER];
+    let mut head = [0u8; HEAD_LEN];
+    let head = match size >= HEAD {
+        true => file
+            .read_exact_at(&mut head, 0)
+            .map(|()| Head::decode(&head))?,
+        false => None,
+    };
+    let salt = head.map(|h| h.salt);
+    let mut records = Vec::new();
+    let mut end = if head.is_some() { HEAD } else { 0 };
+    let mut header = [0u8; HEADER];
     while end + HEADER as u64 <= size {
-        file.read_exact_at(&mut head, end)?;
-        let Some((id, len)) = parse_header(&head) else {
+        file.read_exact_at(&mut header, end)?;
+        let Some((id, len)) = parse_header(&header, salt) else {
             break;
         };
         let bytes = record_len(len);
         if end + bytes > size {
             break;
         }
-        found.push((
+        records.push((
             id,
             Loc {
                 volume: 0,
@@ -146,12 +245,13 @@ fn records(file: &File) -> std::io::Result<(Vec<(BlockId, Loc)>, u64)> {
         ));
         end += bytes;
     }
-    Ok((found, end))
+    Ok(Scanned { head, records, end })
 }
 
-/// What the volumes in `dir` hold: each volume's number, file and end of records, and
-/// the live record of each block (a block's last record wins; a tombstone removes it).
-type Replayed = (Vec<(u32, File, u64)>, HashMap<BlockId, Loc>);
+/// What the volumes in `dir` hold: each volume's number, file and scan (its records
+/// taken out), and the live record of each block (a block's last record wins; a
+/// tombstone removes it).
+type Replayed = (Vec<(u32, File, Scanned)>, HashMap<BlockId, Loc>);
 
 /// Reads every volume in `dir`, opened for writing too when `writable`.
 fn replay(dir: &Path, writable: bool) -> Result<Replayed> {
@@ -164,8 +264,8 @@ fn replay(dir: &Path, writable: bool) -> Result<Replayed> {
             .write(writable)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        let (records, end) = records(&file).map_err(io_err(format!("read {}", path.display())))?;
-        for (id, loc) in records {
+        let mut scanned = scan(&file).map_err(io_err(format!("read {}", path.display())))?;
+        for (id, loc) in std::mem::take(&mut scanned.records) {
             match loc.len {
                 0 => index.remove(&id),
                 _ => index.insert(
@@ -177,7 +277,7 @@ fn replay(dir: &Path, writable: bool) -> Result<Replayed> {
                 ),
             };
         }
-        volumes.push((number, file, end));
+        volumes.push((number, file, scanned));
     }
     Ok((volumes, index))
 }
@@ -284,6 +384,16 @@ struct Volume {
     live: u64,
     /// End of the zeros written ahead of the records (see [`ZERO_AHEAD`]).
     zeroed: u64,
+    /// `None` for a volume of the release before.
+    head: Option<Head>,
+}
+
+impl Volume {
+    /// Whether it can be recycled once empty: it has a head, and little of it was never
+    /// written.
+    fn recyclable(&self) -> bool {
+        self.head.is_some() && VOLUME_BYTES - self.zeroed <= RECYCLE_ZEROS
+    }
 }
 
 struct State {
@@ -292,6 +402,11 @@ struct State {
     /// The volume records are appended to, once one is needed.
     active: Option<u32>,
     next: u32,
+    /// Volumes with no records, written whole, ready to be the volume in use.
+    spares: Vec<(u32, Volume)>,
+    /// Emptied volumes waiting for a new salt (and for readers still holding their file
+    /// to let go of it) before they are spares.
+    recycling: Vec<(u32, Volume)>,
 }
 
 /// The small blocks of one storage.
@@ -317,37 +432,54 @@ impl Volumes {
     pub fn open(dir: &Path) -> Result<(Self, Vec<(BlockId, u32)>)> {
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let (files, index) = replay(dir, true)?;
-        let mut volumes: HashMap<u32, Volume> = files
-            .into_iter()
-            .map(|(number, file, end)| {
-                let file = Arc::new(file);
+        let mut spares = Vec::new();
+        let mut volumes: HashMap<u32, Volume> = HashMap::new();
+        for (number, file, scanned) in files {
+            let whole = scanned.head.is_some_and(|h| h.whole);
+            let volume = Volume {
+                file: Arc::new(file),
                 // These take no new records (see below): nothing to zero ahead of.
-                let volume = Volume {
-                    file,
-                    direct: None,
-                    end,
-                    live: 0,
-                    zeroed: end,
-                };
-                (number, volume)
-            })
-            .collect();
+                direct: None,
+                end: scanned.end,
+                live: 0,
+                zeroed: if whole { VOLUME_BYTES } else { scanned.end },
+                head: scanned.head,
+            };
+            match whole && scanned.end == HEAD {
+                // A spare, never written to since its salt was new.
+                true => spares.push((
+                    number,
+                    Volume {
+                        direct: Direct::open(&dir.join(format!("{number}.vol"))),
+                        ..volume
+                    },
+                )),
+                false => {
+                    volumes.insert(number, volume);
+                }
+            }
+        }
         for loc in index.values() {
             volumes.get_mut(&loc.volume).expect("replayed").live += record_len(loc.len);
         }
         let state = State {
-            next: volumes.keys().max().map_or(0, |n| n + 1),
+            next: (volumes.keys().chain(spares.iter().map(|(n, _)| n)))
+                .max()
+                .map_or(0, |n| n + 1),
             index,
             volumes,
             active: None,
+            spares,
+            recycling: Vec::new(),
         };
         let blocks = state.index.iter().map(|(id, l)| (*id, l.len)).collect();
-        info!(dir = %dir.display(), volumes = state.volumes.len(), blocks = state.index.len(), "volumes scanned");
+        info!(dir = %dir.display(), volumes = state.volumes.len(), spares = state.spares.len(), blocks = state.index.len(), "volumes scanned");
         let volumes = Volumes {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
         };
-        // Volumes from before the restart take no new records; drop the empty ones.
+        // Volumes from before the restart take no new records; recycle or drop the empty
+        // ones.
         let mut state = volumes.lock();
         let numbers: Vec<u32> = state.volumes.keys().copied().collect();
         for number in numbers {
@@ -365,8 +497,9 @@ impl Volumes {
         self.dir.join(format!("{number}.vol"))
     }
 
-    /// A new volume, allocated whole and durably named.
-    fn create(&self, number: u32) -> Result<Volume> {
+    /// A new volume, allocated whole and durably named; written whole too if `whole`
+    /// (otherwise its zeros are written ahead of its records as they come).
+    fn create(&self, number: u32, whole: bool) -> Result<Volume> {
         let path = self.path(number);
         let file = OpenOptions::new()
             .read(true)
@@ -377,16 +510,96 @@ impl Volumes {
         // Allocated space takes data without a journal commit per write; where fallocate
         // is not supported (tmpfs), appending still works.
         let _ = allocate(&file, VOLUME_BYTES);
-        file.sync_all()
-            .and_then(|_| sync_dir(&self.dir))
-            .map_err(io_err(format!("sync {}", path.display())))?;
-        Ok(Volume {
+        let mut volume = Volume {
             file: Arc::new(file),
-            direct: Direct::open(&path),
-            end: 0,
+            direct: None,
+            end: HEAD,
             live: 0,
             zeroed: 0,
-        })
+            head: None,
+        };
+        let made = self
+            .renew(&mut volume, whole)
+            .and_then(|()| sync_dir(&self.dir))
+            .map_err(io_err(format!("write {}", path.display())));
+        if let Err(e) = made {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        volume.direct = Direct::open(&path);
+        Ok(volume)
+    }
+
+    /// Gives a volume with no live records a new head, which turns the records it held
+    /// into bytes the scan stops at, and syncs it; writes zeros over the part of it never
+    /// written if `whole`.
+    fn renew(&self, volume: &mut Volume, whole: bool) -> std::io::Result<()> {
+        if whole {
+            let zeros = vec![0u8; ZERO_AHEAD as usize];
+            let mut at = volume.zeroed.max(HEAD);
+            while at < VOLUME_BYTES {
+                let len = (VOLUME_BYTES - at).min(ZERO_AHEAD);
+                volume.file.write_all_at(&zeros[..len as usize], at)?;
+                at += len;
+            }
+        }
+        let head = Head::fresh(whole);
+        let mut bytes = vec![0u8; HEAD as usize];
+        bytes[..HEAD_LEN].copy_from_slice(&head.encode());
+        volume.file.write_all_at(&bytes, 0)?;
+        volume.file.sync_data()?;
+        volume.head = Some(head);
+        volume.end = HEAD;
+        volume.zeroed = match whole {
+            true => VOLUME_BYTES,
+            false => volume.zeroed.max(HEAD),
+        };
+        Ok(())
+    }
+
+    /// Makes spares: gives emptied volumes a new head once no reader holds their file,
+    /// and, when there is none and the volume in use is half full, writes a new volume
+    /// whole. Returns how many spares were made.
+    pub fn prepare_spares(&self) -> Result<usize> {
+        let mut made = 0;
+        loop {
+            let next = {
+                let mut state = self.lock();
+                let free = state
+                    .recycling
+                    .iter()
+                    .position(|(_, v)| Arc::strong_count(&v.file) == 1);
+                free.map(|i| state.recycling.swap_remove(i))
+            };
+            let Some((number, mut volume)) = next else {
+                break;
+            };
+            let path = self.path(number);
+            if let Err(e) = self.renew(&mut volume, true) {
+                // Its records may still be valid: leave it to the scan at the next start.
+                warn!(volume = %path.display(), error = %e, "cannot recycle volume");
+                continue;
+            }
+            volume.direct = Direct::open(&path);
+            info!(volume = %path.display(), "volume recycled as a spare");
+            self.lock().spares.push((number, volume));
+            made += 1;
+        }
+        let number = {
+            let mut state = self.lock();
+            let half_full = state
+                .active
+                .is_some_and(|n| state.volumes[&n].end > VOLUME_BYTES / 2);
+            if !(half_full && state.spares.is_empty() && state.recycling.is_empty()) {
+                return Ok(made);
+            }
+            state.next += 1;
+            state.next - 1
+        };
+        let volume = self.create(number, true)?;
+        info!(volume = %self.path(number).display(), "spare volume written");
+        self.lock().spares.push((number, volume));
+        Ok(made + 1)
     }
 
     /// Appends a block (its bytes, then `crcs`) and syncs it.
@@ -420,7 +633,7 @@ impl Volumes {
             "a volume record must fit a volume and carry one CRC per chunk"
         );
         let mut record = Vec::with_capacity(bytes as usize);
-        record.extend_from_slice(&header(id, len));
+        record.extend_from_slice(&[0; HEADER]);
         record.extend_from_slice(data);
         record.extend_from_slice(crcs);
         let (file, loc) = {
@@ -428,7 +641,7 @@ impl Volumes {
             if moving.is_some() && state.index.get(id) != moving.as_ref() {
                 return Ok(None);
             }
-            let (volume, offset, file) = self.write(&mut state, &record, sync)?;
+            let (volume, offset, file) = self.write(&mut state, id, len, &mut record, sync)?;
             state.volumes.get_mut(&volume).expect("written").live += bytes;
             let loc = Loc {
                 volume,
@@ -457,23 +670,31 @@ impl Volumes {
         synced.map(|()| Some(file))
     }
 
-    /// Writes a record at the end of the volume in use (a new one when it is full), under
-    /// the lock so that records land in offset order, through O_DIRECT if it is to be
-    /// `synced` at once (see the module doc). Returns the volume, the record's offset,
-    /// and the file to sync.
+    /// Writes a record of block `id`, `len` bytes long, at the end of the volume in use (a
+    /// spare or a new one when it is full), its header first filled in with the volume's
+    /// salt, under the lock so that records land in offset order, through O_DIRECT if it
+    /// is to be `synced` at once (see the module doc). Returns the volume, the record's
+    /// offset, and the file to sync.
     fn write(
         &self,
         state: &mut State,
-        record: &[u8],
+        id: &BlockId,
+        len: u32,
+        record: &mut [u8],
         synced: bool,
     ) -> Result<(u32, u64, Arc<File>)> {
         let bytes = record.len() as u64;
         let number = match state.active {
             Some(n) if state.volumes[&n].end + bytes <= VOLUME_BYTES => n,
             _ => {
-                let number = state.next;
-                let volume = self.create(number)?;
-                state.next += 1;
+                let (number, volume) = match state.spares.pop() {
+                    Some(spare) => spare,
+                    None => {
+                        let volume = self.create(state.next, false)?;
+                        state.next += 1;
+                        (state.next - 1, volume)
+                    }
+                };
                 state.volumes.insert(number, volume);
                 if let Some(old) = state.active.replace(number) {
                     self.drop_if_empty(state, old);
@@ -482,6 +703,9 @@ impl Volumes {
             }
         };
         let volume = state.volumes.get_mut(&number).expect("active volume");
+        let salt = volume.head.expect("the volume in use has a head").salt;
+        record[..HEADER].copy_from_slice(&header(id, len, salt));
+        let record = &*record;
         let offset = volume.end;
         let write_err = || io_err(format!("write {}", self.path(number).display()));
         // A direct write ends at a sector's end, which must be zeroed already.
@@ -547,7 +771,7 @@ impl Volumes {
         let Some(loc) = state.index.remove(id) else {
             return false;
         };
-        if let Err(e) = self.write(&mut state, &header(id, 0), false) {
+        if let Err(e) = self.write(&mut state, id, 0, &mut [0; HEADER], false) {
             warn!(block = %id, error = %e, "cannot record a deletion; the block may come back after a restart");
         }
         self.forget(&mut state, loc);
@@ -561,12 +785,17 @@ impl Volumes {
         self.drop_if_empty(state, loc.volume);
     }
 
-    /// Removes a volume not in use once nothing in it is live.
+    /// Recycles (see [`Volumes::prepare_spares`]) or removes a volume not in use once
+    /// nothing in it is live.
     fn drop_if_empty(&self, state: &mut State, number: u32) {
         if state.active == Some(number) || state.volumes.get(&number).is_none_or(|v| v.live > 0) {
             return;
         }
-        state.volumes.remove(&number);
+        let volume = state.volumes.remove(&number).expect("checked");
+        if volume.recyclable() && state.spares.len() + state.recycling.len() < SPARES {
+            state.recycling.push((number, volume));
+            return;
+        }
         let path = self.path(number);
         match fs::remove_file(&path) {
             Ok(()) => info!(volume = %path.display(), "empty volume removed"),
@@ -642,13 +871,14 @@ mod tests {
             volumes.put(id, data, crcs).unwrap();
         }
         assert_eq!(read(&volumes, &blocks[1].0), blocks[1].1);
-        let (end, zeroed) = {
+        let (end, zeroed, salt) = {
             let state = volumes.lock();
-            (state.volumes[&0].end, state.volumes[&0].zeroed)
+            let volume = &state.volumes[&0];
+            (volume.end, volume.zeroed, volume.head.unwrap().salt)
         };
         // Zeroed with the first record, enough for the next ones.
         let first = record_len(blocks[0].1.len() as u32);
-        assert_eq!(zeroed, first + ZERO_AHEAD, "zeros are written ahead");
+        assert_eq!(zeroed, HEAD + first + ZERO_AHEAD, "zeros are written ahead");
         assert!(end < zeroed);
         drop(volumes);
         // A crash while a fourth record was being written: its header made it, not all
@@ -657,7 +887,7 @@ mod tests {
             .write(true)
             .open(dir.path().join("0.vol"))
             .unwrap();
-        file.write_all_at(&header(&BlockId([9; 32]), u32::MAX), end)
+        file.write_all_at(&header(&BlockId([9; 32]), u32::MAX, salt), end)
             .unwrap();
         let (volumes, mut found) = Volumes::open(dir.path()).unwrap();
         found.sort_by_key(|(_, len)| *len);
@@ -672,7 +902,7 @@ mod tests {
         // New records go to a new volume; the old one stays readable.
         let (id, data, crcs) = block(4, 10);
         volumes.put(&id, &data, &crcs).unwrap();
-        assert_eq!(volumes.extent(&id).unwrap().offset, HEADER as u64);
+        assert_eq!(volumes.extent(&id).unwrap().offset, HEAD + HEADER as u64);
         assert_eq!(read(&volumes, &id), data);
     }
 
@@ -711,43 +941,141 @@ mod tests {
         }
     }
 
+    /// The volume a block's record is in.
+    fn volume_of(volumes: &Volumes, id: &BlockId) -> u32 {
+        volumes.lock().index[id].volume
+    }
+
     #[test]
-    fn space_comes_back_from_emptied_and_sparse_volumes() {
+    fn emptied_volumes_are_recycled_and_their_old_records_stay_dead() {
         let dir = tempfile::tempdir().unwrap();
         let (volumes, _) = Volumes::open(dir.path()).unwrap();
-        // Fill a little more than one volume with 1 MiB blocks.
-        let n = (VOLUME_BYTES / record_len(1 << 20)) as u8 + 1;
-        let blocks: Vec<_> = (1..=n).map(|s| block(s, 1 << 20)).collect();
+        // Fill one volume with 1 MiB blocks, and start a second.
+        let per_volume = ((VOLUME_BYTES - HEAD) / record_len(1 << 20)) as u8;
+        let blocks: Vec<_> = (1..=per_volume + 1).map(|s| block(s, 1 << 20)).collect();
         for (id, data, crcs) in &blocks {
             volumes.put(id, data, crcs).unwrap();
         }
-        assert!(dir.path().join("1.vol").exists());
-        // Most of volume 0 deleted: compaction moves the rest and removes it.
-        let (keep, gone) = blocks[..blocks.len() - 1].split_at(5);
+        assert_eq!(volume_of(&volumes, &blocks[per_volume as usize].0), 1);
+        // Most of volume 0 deleted: compaction moves the rest; volume 0 waits to be
+        // recycled, its file kept.
+        let (keep, gone) = blocks[..per_volume as usize].split_at(5);
         for (id, _, _) in gone {
             assert!(volumes.remove(id));
         }
         assert!(!volumes.remove(&gone[0].0));
         assert_eq!(volumes.compact().unwrap(), 1);
-        assert!(!dir.path().join("0.vol").exists());
         for (id, data, _) in keep {
             assert_eq!(read(&volumes, id), *data);
+            assert_eq!(volume_of(&volumes, id), 1);
         }
-        // Deletions survive a restart; everything deleted from a volume no longer in use:
-        // removed at once (its tombstones went to a new volume, itself removed once a
-        // restart finds nothing live in it).
-        assert!(volumes.remove(&keep[0].0));
+        assert!(dir.path().join("0.vol").exists());
+        // Not while a reader holds its file.
+        let held = volumes.lock().recycling[0].1.file.clone();
+        assert_eq!(volumes.prepare_spares().unwrap(), 0);
+        drop(held);
+        assert_eq!(volumes.prepare_spares().unwrap(), 1);
+        // Once volume 1 is full, volume 0 takes records again, with nothing to zero.
+        let more: Vec<_> = (0..per_volume).map(|s| block(100 + s, 1 << 20)).collect();
+        for (id, data, crcs) in &more {
+            volumes.put(id, data, crcs).unwrap();
+        }
+        let last = &more.last().unwrap().0;
+        assert_eq!(volume_of(&volumes, last), 0);
+        assert_eq!(volumes.lock().volumes[&0].zeroed, VOLUME_BYTES);
+        // After a restart, what volume 0 held before its new salt stays deleted.
         drop(volumes);
-        assert_eq!(on_disk(dir.path()).unwrap().len(), keep.len());
         let (volumes, found) = Volumes::open(dir.path()).unwrap();
-        assert_eq!(found.len(), keep.len());
-        assert!(volumes.extent(&keep[0].0).is_none());
+        let live: Vec<_> = keep
+            .iter()
+            .chain(&blocks[per_volume as usize..])
+            .chain(&more)
+            .collect();
+        assert_eq!(found.len(), live.len());
+        for (id, data, _) in &live {
+            assert_eq!(read(&volumes, id), *data, "after a restart");
+        }
+        for (id, _, _) in gone {
+            assert!(volumes.extent(id).is_none(), "a deleted block came back");
+        }
+        // Everything deleted: one emptied volume is kept as a spare, the others removed.
         for (id, _) in &found {
             assert!(volumes.remove(id));
         }
-        assert!(!dir.path().join("1.vol").exists());
+        assert_eq!(volumes.prepare_spares().unwrap(), 1);
         drop(volumes);
-        assert!(Volumes::open(dir.path()).unwrap().1.is_empty());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let (volumes, found) = Volumes::open(dir.path()).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(
+            volumes.lock().spares.len(),
+            1,
+            "the spare is known after a restart"
+        );
+        // The tombstones' volume had nothing live: removed at the start.
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the spare"
+        );
+        // It takes the next record.
+        let (id, data, crcs) = block(7, 100);
+        volumes.put(&id, &data, &crcs).unwrap();
+        assert_eq!(volumes.lock().spares.len(), 0);
+        assert_eq!(read(&volumes, &id), data);
+    }
+
+    #[test]
+    fn a_half_full_volume_gets_a_spare_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volumes, _) = Volumes::open(dir.path()).unwrap();
+        let half = ((VOLUME_BYTES / 2) / record_len(1 << 20)) as u8;
+        for s in 1..=half {
+            let (id, data, crcs) = block(s, 1 << 20);
+            volumes.put(&id, &data, &crcs).unwrap();
+        }
+        assert_eq!(volumes.prepare_spares().unwrap(), 0, "not half full yet");
+        let (id, data, crcs) = block(half + 1, 1 << 20);
+        volumes.put(&id, &data, &crcs).unwrap();
+        assert_eq!(volumes.prepare_spares().unwrap(), 1);
+        assert_eq!(volumes.prepare_spares().unwrap(), 0, "one spare is enough");
+        let spare = &volumes.lock().spares[0].1;
+        assert_eq!((spare.zeroed, spare.end), (VOLUME_BYTES, HEAD));
+        assert!(spare.head.unwrap().whole);
+    }
+
+    #[test]
+    fn volumes_of_the_release_before_are_read_and_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A volume as the release before wrote it: records from offset 0, no salt.
+        let blocks: Vec<_> = (1..=3).map(|s| block(s, 5_000 * s as usize)).collect();
+        let mut bytes = Vec::new();
+        for (id, data, crcs) in &blocks {
+            let mut head = [0u8; HEADER];
+            head[..4].copy_from_slice(LEGACY_MAGIC);
+            head[4..8].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            head[8..40].copy_from_slice(&id.0);
+            let crc = crc32fast::hash(&head[..40]);
+            head[40..].copy_from_slice(&crc.to_le_bytes());
+            bytes.extend_from_slice(&head);
+            bytes.extend_from_slice(data);
+            bytes.extend_from_slice(crcs);
+        }
+        bytes.resize(1 << 20, 0);
+        fs::write(dir.path().join("0.vol"), &bytes).unwrap();
+        let (volumes, found) = Volumes::open(dir.path()).unwrap();
+        assert_eq!(found.len(), blocks.len());
+        for (id, data, _) in &blocks {
+            assert_eq!(read(&volumes, id), *data);
+        }
+        // New records go to a new volume, with a head.
+        let (id, data, crcs) = block(9, 10);
+        volumes.put(&id, &data, &crcs).unwrap();
+        assert_eq!(volume_of(&volumes, &id), 1);
+        // Emptied, the old volume is removed: it has no salt to renew.
+        for (id, _, _) in &blocks {
+            assert!(volumes.remove(id));
+        }
+        assert!(!dir.path().join("0.vol").exists());
+        assert!(volumes.lock().recycling.is_empty());
     }
 }

@@ -542,10 +542,11 @@ impl Files {
         if lock.kind == LockKind::Unlock {
             self.flush(ino).await?;
         }
+        let asked = std::time::Instant::now();
         self.client
             .lock(self.session.id(), ino, lock, wait, interrupted)
             .await?;
-        self.session.renewed();
+        self.session.renewed(asked);
         self.locking.store(true, Ordering::Relaxed);
         {
             let mut all = self.locks.lock().expect("locks lock");

@@ -117,10 +117,12 @@ impl Session {
         Instant::now() > self.lapse.lock().expect("lapse lock").0
     }
 
-    /// The nameserver renewed the session (it answered a lock request, which does).
-    pub fn renewed(&self) {
+    /// The nameserver renewed the session (it answered a lock request, which does) at
+    /// some time after `asked`, when the request was sent: the lease runs from then, as a
+    /// report's does (see [`Session::send`]).
+    pub fn renewed(&self, asked: Instant) {
         let mut lapse = self.lapse.lock().expect("lapse lock");
-        lapse.0 = Instant::now() + lapse.1;
+        lapse.0 = lapse.0.max(asked + lapse.1);
     }
 
     /// Sends a report: the open files, and the locks (taken back after a nameserver

@@ -29,12 +29,11 @@
 //! round starts at once when someone waits for the disk (an `fsync`'s commit, a `Sync`,
 //! every append under `--durability strict`), and otherwise [`LINGER`] after the first
 //! entry it covers, so that the entries at risk from a power loss are those of one linger
-//! and one sync. An entry that names blocks
-//! storages acknowledged before syncing them must not be recovered after a power loss
-//! unless they synced them, or a layout would name a block that is gone: its
-//! [`Proposal::needs`] name those storages; each round of the thread takes what was
-//! written so far with the storages it depends on, has the [`Gate`] (the service) ask them
-//! to sync, then appends a *mark* (everything before this index passed the gate, written
+//! and one sync. An entry that names blocks storages acknowledged before syncing them
+//! must not be recovered after a power loss unless they synced them, or a layout would
+//! name a block that is gone: its [`Proposal::needs`] name those storages; each round of
+//! the thread takes what was written so far with the storages it depends on, has the
+//! [`Gate`] (the service) ask them to sync, then appends a *mark* (everything before this index passed the gate, written
 //! in boot B of the machine) and syncs. Gating the sync alone is not enough: an
 //! `fdatasync` takes whatever the file holds, entries written while the gate ran
 //! included, and so may the kernel's writeback at any moment; so after a reboot
@@ -72,10 +71,10 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap06";
 const VOTE: &str = "vote";
 /// How long a sync round waits for more entries when nobody waits for the disk. Rounds
 /// back to back (one per change at these rates) cost the nameserver a third of its CPU
-/// per metadata change, in thread wake-ups and the disk's interrupts: creates took 369
-/// µs and 153 µs of its CPU each, and 288 and 97 with rounds 2 ms apart (three
-/// alternating rounds of 3,000 creates, renames and unlinks). A power loss may take the
-/// changes of this much more time; ext4 commits its journal every 5 s.
+/// per metadata change, in thread wake-ups and the disk's interrupts: a create through
+/// the mount took 352 µs and 148 µs of its CPU, and 294 and 93 with rounds 2 ms apart
+/// (BENCHMARKS.md, stop 27). A power loss may take the changes of this much more time;
+/// ext4 commits its journal every 5 s.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Largest record accepted on recovery; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
@@ -300,11 +299,11 @@ impl Shared {
 
     /// The sync thread, one round after another while more is written: lingers (see
     /// [`LINGER`]), takes what was written so far and the storages it depends on, has
-    /// the [`Gate`] ask them to sync, writes the mark, and syncs the file. Through its own descriptor and without the
-    /// file lock, so that writers do not wait for the disk. A thread of its own rather
-    /// than a task handing each sync to tokio's blocking pool: that cost two wake-ups per
-    /// sync, one of them the request thread's. The gate, which talks to storages, runs on
-    /// the nameserver's runtime. Ends when the log is dropped.
+    /// the [`Gate`] ask them to sync, writes the mark, and syncs the file. Through its own
+    /// descriptor and without the file lock, so that writers do not wait for the disk. A
+    /// thread of its own rather than a task handing each sync to tokio's blocking pool:
+    /// that cost two wake-ups per sync, one of them the request thread's. The gate, which
+    /// talks to storages, runs on the nameserver's runtime. Ends when the log is dropped.
     fn sync_loop(
         shared: std::sync::Weak<Shared>,
         wake: Arc<Wake>,

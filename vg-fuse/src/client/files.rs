@@ -542,6 +542,7 @@ impl Files {
         if lock.kind == LockKind::Unlock {
             self.flush(ino).await?;
         }
+        self.session.before_lock(self).await?;
         let asked = std::time::Instant::now();
         self.client
             .lock(self.session.id(), ino, lock, wait, interrupted)

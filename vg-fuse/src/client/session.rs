@@ -38,9 +38,9 @@ pub struct Session {
     /// Held while a report is sent, so that reports leave in order.
     reported: Mutex<Reported>,
     changed: Notify,
-    /// When the session lapses unless renewed (far off until a report was answered),
-    /// and the lease.
-    lapse: std::sync::Mutex<(Instant, Duration)>,
+    /// When the session lapses unless renewed, and the lease; `None` until a report was
+    /// answered (see [`Session::before_lock`]).
+    lapse: std::sync::Mutex<Option<(Instant, Duration)>>,
 }
 
 /// A number no other process is likely to pick: the process id and the time, hashed
@@ -68,10 +68,7 @@ impl Session {
                 renew_every: Duration::from_secs(10),
             }),
             changed: Notify::new(),
-            lapse: std::sync::Mutex::new((
-                Instant::now() + Duration::from_secs(1 << 30),
-                Duration::from_secs(1 << 30),
-            )),
+            lapse: std::sync::Mutex::new(None),
         }
     }
 
@@ -114,15 +111,35 @@ impl Session {
     /// Whether the session went a whole lease without a renewal: the nameserver may
     /// have let its locks go.
     pub fn lapsed(&self) -> bool {
-        Instant::now() > self.lapse.lock().expect("lapse lock").0
+        self.lapse
+            .lock()
+            .expect("lapse lock")
+            .is_some_and(|(at, _)| Instant::now() > at)
     }
 
     /// The nameserver renewed the session (it answered a lock request, which does) at
     /// some time after `asked`, when the request was sent: the lease runs from then, as a
     /// report's does (see [`Session::send`]).
     pub fn renewed(&self, asked: Instant) {
-        let mut lapse = self.lapse.lock().expect("lapse lock");
-        lapse.0 = lapse.0.max(asked + lapse.1);
+        if let Some((at, lease)) = self.lapse.lock().expect("lapse lock").as_mut() {
+            *at = (*at).max(asked + *lease);
+        }
+    }
+
+    /// Before a lock is asked for: reports now if no report was answered yet. A mount
+    /// that does not know its lease cannot tell that it lapsed: one stopped within its
+    /// first report's moment ([`BATCH`]) would let its process write under a lock the
+    /// nameserver had meanwhile given to another mount.
+    pub async fn before_lock(&self, files: &Files) -> Result<()> {
+        let known = || self.lapse.lock().expect("lapse lock").is_some();
+        if known() {
+            return Ok(());
+        }
+        let mut reported = self.reported.lock().await;
+        if known() {
+            return Ok(());
+        }
+        self.send(files, &mut reported, files.open_inodes()).await
     }
 
     /// Sends a report: the open files, and the locks (taken back after a nameserver
@@ -141,7 +158,7 @@ impl Session {
         reported.open = open;
         reported.at = sent;
         reported.renew_every = (lease / 3).max(BATCH);
-        *self.lapse.lock().expect("lapse lock") = (reported.at + lease, lease);
+        *self.lapse.lock().expect("lapse lock") = Some((reported.at + lease, lease));
         Ok(())
     }
 

@@ -201,19 +201,17 @@ fn volume_numbers(dir: &Path) -> Result<Vec<u32>> {
     Ok(numbers)
 }
 
-/// What the scan of one volume found.
+/// What the scan of one volume found besides its records.
 struct Scanned {
     /// `None` for a volume of the release before.
     head: Option<Head>,
-    /// Its records up to the first invalid header (tombstones have length 0;
-    /// `Loc::volume` is left 0).
-    records: Vec<(BlockId, Loc)>,
-    /// Where they end.
+    /// Where its records end.
     end: u64,
 }
 
-/// Reads a volume's head and records.
-fn scan(file: &File) -> std::io::Result<Scanned> {
+/// Reads a volume's head and its records up to the first invalid header (tombstones
+/// have length 0; `Loc::volume` is left 0).
+fn scan(file: &File) -> std::io::Result<(Scanned, Vec<(BlockId, Loc)>)> {
     let size = file.metadata()?.len();
     let mut head = [0u8; HEAD_LEN];
     let head = match size >= HEAD {
@@ -245,11 +243,11 @@ fn scan(file: &File) -> std::io::Result<Scanned> {
         ));
         end += bytes;
     }
-    Ok(Scanned { head, records, end })
+    Ok((Scanned { head, end }, records))
 }
 
-/// What the volumes in `dir` hold: each volume's number, file and scan (its records
-/// taken out), and the live record of each block (a block's last record wins; a
+/// What the volumes in `dir` hold: each volume's number, file and scan, and the live
+/// record of each block (a block's last record wins; a
 /// tombstone removes it).
 type Replayed = (Vec<(u32, File, Scanned)>, HashMap<BlockId, Loc>);
 
@@ -264,8 +262,8 @@ fn replay(dir: &Path, writable: bool) -> Result<Replayed> {
             .write(writable)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        let mut scanned = scan(&file).map_err(io_err(format!("read {}", path.display())))?;
-        for (id, loc) in std::mem::take(&mut scanned.records) {
+        let (scanned, records) = scan(&file).map_err(io_err(format!("read {}", path.display())))?;
+        for (id, loc) in records {
             match loc.len {
                 0 => index.remove(&id),
                 _ => index.insert(
@@ -436,7 +434,7 @@ impl Volumes {
         let mut volumes: HashMap<u32, Volume> = HashMap::new();
         for (number, file, scanned) in files {
             let whole = scanned.head.is_some_and(|h| h.whole);
-            let volume = Volume {
+            let mut volume = Volume {
                 file: Arc::new(file),
                 // These take no new records (see below): nothing to zero ahead of.
                 direct: None,
@@ -445,18 +443,12 @@ impl Volumes {
                 zeroed: if whole { VOLUME_BYTES } else { scanned.end },
                 head: scanned.head,
             };
-            match whole && scanned.end == HEAD {
+            if whole && scanned.end == HEAD {
                 // A spare, never written to since its salt was new.
-                true => spares.push((
-                    number,
-                    Volume {
-                        direct: Direct::open(&dir.join(format!("{number}.vol"))),
-                        ..volume
-                    },
-                )),
-                false => {
-                    volumes.insert(number, volume);
-                }
+                volume.direct = Direct::open(&dir.join(format!("{number}.vol")));
+                spares.push((number, volume));
+            } else {
+                volumes.insert(number, volume);
             }
         }
         for loc in index.values() {

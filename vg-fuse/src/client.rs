@@ -226,6 +226,12 @@ impl Client {
         self.cache(|c| c.fresh_attr(ino)).flatten()
     }
 
+    /// A directory's listing, if the entry cache still trusts all of it (see
+    /// [`EntryCache::listing`]).
+    pub fn cached_listing(&self, ino: Ino) -> Option<Vec<(Name, Attr)>> {
+        self.cache(|c| c.listing(ino)).flatten()
+    }
+
     /// Replaces a file's attributes with newer ones the entry cache holds (see
     /// [`EntryCache::newest`]).
     pub fn newest(&self, attr: &mut Attr) {

@@ -956,9 +956,10 @@ impl Filesystem for VgFs {
                 // cache or alongside the listing: a walk of a tree (`ls -lR`, `find`)
                 // waited for two round trips in a row per directory.
                 let client = files.client();
-                let (dir, listing) = match client.cached_attr(ino) {
-                    Some((dir, _)) => (dir, client.readdir_all(ino).await?),
-                    None => tokio::try_join!(client.getattr(ino), client.readdir_all(ino))?,
+                let (dir, listing) = match (client.cached_attr(ino), client.cached_listing(ino)) {
+                    (Some((dir, _)), Some(listing)) => (dir, listing),
+                    (Some((dir, _)), None) => (dir, client.readdir_all(ino).await?),
+                    (None, _) => tokio::try_join!(client.getattr(ino), client.readdir_all(ino))?,
                 };
                 let mut entries = vec![(b".".to_vec(), dir.clone()), (b"..".to_vec(), dir)];
                 entries.extend(listing);

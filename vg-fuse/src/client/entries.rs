@@ -103,6 +103,22 @@ impl EntryCache {
         Some((attr.clone(), left))
     }
 
+    /// A whole listing of `dir`, in the nameserver's order (by name), while it and the
+    /// attributes of every entry may be trusted: `rm -r` opens each directory twice in a
+    /// row (once to see whether it is empty), and `find` and `du` follow `ls`.
+    pub fn listing(&self, dir: Ino) -> Option<Vec<(Name, Attr)>> {
+        if !self.fresh_listing(dir) {
+            return None;
+        }
+        let mut all = self.dirs[&dir]
+            .names
+            .iter()
+            .map(|(name, ino)| Some((name.clone(), self.fresh_attr(*ino)?.0)))
+            .collect::<Option<Vec<_>>>()?;
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(all)
+    }
+
     /// The extended attributes of an inode while they may be trusted.
     pub fn fresh_xattrs(&self, ino: Ino) -> Option<Xattrs> {
         let (xattrs, at) = self.xattrs.get(&ino)?;
@@ -386,6 +402,33 @@ mod tests {
             expired.epoch(),
         );
         assert_eq!(expired.lookup(5, b"n"), Cached::Unknown { stale: true });
+    }
+
+    #[test]
+    fn a_listing_is_given_whole_while_every_entry_is_fresh() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        assert_eq!(cache.listing(1), None);
+        let (b, a) = (attr(7, FileKind::File), attr(8, FileKind::Dir));
+        let entries = [(b"b".to_vec(), b.clone()), (b"a".to_vec(), a.clone())];
+        cache.listed(1, &entries, &HashSet::new(), cache.epoch());
+        // In the nameserver's order, whatever order the cache keeps them in.
+        let sorted = vec![(b"a".to_vec(), a), (b"b".to_vec(), b)];
+        assert_eq!(cache.listing(1), Some(sorted.clone()));
+        // This client's own changes show at once.
+        let c = attr(9, FileKind::File);
+        cache.added(1, b"c", &c);
+        let mut with_c = sorted.clone();
+        with_c.push((b"c".to_vec(), c));
+        assert_eq!(cache.listing(1), Some(with_c));
+        cache.removed(1, b"c", false);
+        assert_eq!(cache.listing(1), Some(sorted));
+        // An entry whose attributes are not trusted any more: the listing is fetched.
+        cache.changed(7);
+        assert_eq!(cache.listing(1), None);
+
+        let mut expired = EntryCache::new(Duration::ZERO);
+        expired.listed(1, &entries, &HashSet::new(), expired.epoch());
+        assert_eq!(expired.listing(1), None);
     }
 
     #[test]

@@ -313,10 +313,11 @@ impl Client {
         Ok(attr)
     }
 
-    /// Records a name this client added, or why the cache was wrong.
-    fn added(&self, parent: Ino, name: &[u8], result: Result<Attr>) -> Result<Attr> {
+    /// Records a name this client added (`made`: see [`EntryCache::added`]), or why the
+    /// cache was wrong.
+    fn added(&self, parent: Ino, name: &[u8], made: bool, result: Result<Attr>) -> Result<Attr> {
         match &result {
-            Ok(attr) => _ = self.cache(|c| c.added(parent, name, attr)),
+            Ok(attr) => _ = self.cache(|c| c.added(parent, name, attr, made)),
             Err(e) => self.forget_dir_on(e, ErrorCode::Exists, parent),
         }
         result
@@ -345,7 +346,7 @@ impl Client {
                 gid,
             })
             .await;
-        self.added(parent, name, result)
+        self.added(parent, name, true, result)
     }
 
     /// Makes an empty file (or returns the existing one unless `exclusive`).
@@ -369,7 +370,7 @@ impl Client {
                 exclusive,
             })
             .await;
-        self.added(parent, name, result)
+        self.added(parent, name, exclusive, result)
     }
 
     /// The extended attributes of an inode the entry cache still trusts.
@@ -458,7 +459,7 @@ impl Client {
                 gid,
             })
             .await;
-        self.added(parent, name, result)
+        self.added(parent, name, true, result)
     }
 
     /// Makes a symbolic link.
@@ -479,7 +480,7 @@ impl Client {
                 gid,
             })
             .await;
-        self.added(parent, name, result)
+        self.added(parent, name, true, result)
     }
 
     /// Target of a symbolic link.
@@ -499,7 +500,7 @@ impl Client {
                 new_name: new_name.to_vec(),
             })
             .await;
-        self.added(new_parent, new_name, result)
+        self.added(new_parent, new_name, true, result)
     }
 
     /// Tells the nameserver which files session `id` holds open, and its locks; returns

@@ -243,16 +243,17 @@ impl EntryCache {
         self.attrs.remove(&ino);
     }
 
-    /// Records a name this client added (create, mkdir, symlink, link); a new directory
-    /// is known to be empty.
-    pub fn added(&mut self, parent: Ino, name: &[u8], attr: &Attr) {
+    /// Records a name this client added (create, mkdir, symlink, link); `made` when the
+    /// call could only succeed by adding it (all but a create without `O_EXCL`, which
+    /// may open a file that was there). A new directory is known to be empty.
+    pub fn added(&mut self, parent: Ino, name: &[u8], attr: &Attr, made: bool) {
         self.epoch += 1;
         let fresh = self.fresh_listing(parent);
-        let mut new = false;
+        let mut new = made;
         if let Some(listing) = self.dirs.get_mut(&parent) {
             if listing.names.insert(name.to_vec(), attr.ino).is_none() {
                 self.entries += 1;
-                new = fresh;
+                new |= fresh;
             }
         }
         if new {
@@ -260,7 +261,8 @@ impl EntryCache {
             let subdirs = i64::from(attr.kind == FileKind::Dir);
             self.dir_changed(parent, attr.ctime, 1, subdirs);
         } else {
-            // An existing name (a create without O_EXCL opens it) or an unknown parent.
+            // A name that may have been there (a create without O_EXCL opens it), in a
+            // directory not listed lately.
             self.changed(parent);
         }
         self.attr(attr);
@@ -375,10 +377,10 @@ mod tests {
         let mut cache = EntryCache::new(Duration::from_secs(60));
         assert_eq!(cache.lookup(1, b"a"), Cached::Unknown { stale: false });
         let dir = attr(2, FileKind::Dir);
-        cache.added(1, b"d", &dir);
+        cache.added(1, b"d", &dir, true);
         assert_eq!(cache.lookup(2, b"x"), Cached::Absent);
         let file = attr(3, FileKind::File);
-        cache.added(2, b"x", &file);
+        cache.added(2, b"x", &file, false);
         assert!(matches!(cache.lookup(2, b"x"), Cached::Found(ref a, _) if *a == file));
         cache.dir_changed(2, Timestamp { secs: 5, nanos: 0 }, 1, 1);
         let (dir_now, _) = cache.fresh_attr(2).unwrap();
@@ -416,7 +418,7 @@ mod tests {
         assert_eq!(cache.listing(1), Some(sorted.clone()));
         // This client's own changes show at once.
         let c = attr(9, FileKind::File);
-        cache.added(1, b"c", &c);
+        cache.added(1, b"c", &c, false);
         let mut with_c = sorted.clone();
         with_c.push((b"c".to_vec(), c));
         assert_eq!(cache.listing(1), Some(with_c));
@@ -429,6 +431,21 @@ mod tests {
         let mut expired = EntryCache::new(Duration::ZERO);
         expired.listed(1, &entries, &HashSet::new(), expired.epoch());
         assert_eq!(expired.listing(1), None);
+    }
+
+    #[test]
+    fn a_name_surely_made_adjusts_the_parent_without_its_listing() {
+        let mut cache = EntryCache::new(Duration::from_secs(60));
+        let mut dir = attr(2, FileKind::Dir);
+        (dir.size, dir.nlink) = (3, 2);
+        cache.attr(&dir);
+        cache.added(2, b"sub", &attr(5, FileKind::Dir), true);
+        let (now, _) = cache.fresh_attr(2).unwrap();
+        assert_eq!((now.size, now.nlink), (4, 3));
+        // A create without O_EXCL may have opened a file that was there: the parent's
+        // attributes are no longer known.
+        cache.added(2, b"f", &attr(6, FileKind::File), false);
+        assert!(cache.fresh_attr(2).is_none());
     }
 
     #[test]
@@ -460,7 +477,7 @@ mod tests {
     fn a_listing_fetched_across_a_change_is_dropped() {
         let mut cache = EntryCache::new(Duration::from_secs(60));
         let epoch = cache.epoch();
-        cache.added(1, b"new", &attr(7, FileKind::File));
+        cache.added(1, b"new", &attr(7, FileKind::File), false);
         cache.listed(1, &[], &HashSet::new(), epoch);
         assert_eq!(cache.lookup(1, b"new"), Cached::Unknown { stale: false });
     }

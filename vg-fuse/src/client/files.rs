@@ -640,18 +640,18 @@ impl Files {
     /// had one fails its next call with EIO, as a process must not go on believing it
     /// holds a lock another may have taken since.
     pub fn lose_locks(&self) {
-        let gone: Vec<Ino> = self
-            .locks
+        let mut held = self.locks.lock().expect("locks lock");
+        // Moved under the locks' lock (see `check_locks`): a call checked while they were
+        // dropped but not yet marked lost found neither, and went on writing under a lock
+        // another mount may hold by now.
+        self.lost
             .lock()
-            .expect("locks lock")
-            .drain()
-            .map(|(ino, _)| ino)
-            .collect();
-        tracing::error!(
-            files = gone.len(),
-            "this mount's session lapsed: its locks are lost"
-        );
-        self.lost.lock().expect("lost lock").extend(gone);
+            .expect("lost lock")
+            .extend(held.keys().copied());
+        let files = held.len();
+        held.clear();
+        drop(held);
+        tracing::error!(files, "this mount's session lapsed: its locks are lost");
     }
 
     /// Fails a call on a file whose locks are lost (once), or held by a session that
@@ -666,10 +666,14 @@ impl Files {
                 format!("inode {ino}: this mount's locks on it were lost (its session lapsed)"),
             ))
         };
+        // Both looked at under the locks' lock, which `lose_locks` holds while it moves
+        // them to the lost: a lock is seen either held or lost, never neither.
+        let held = self.locks.lock().expect("locks lock");
         if self.lost.lock().expect("lost lock").remove(&ino) {
             return Err(lost());
         }
-        if self.session.lapsed() && self.has_locks(ino) {
+        if held.contains_key(&ino) && self.session.lapsed() {
+            drop(held);
             self.lose_locks();
             self.lost.lock().expect("lost lock").remove(&ino);
             return Err(lost());

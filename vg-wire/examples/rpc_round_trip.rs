@@ -5,7 +5,7 @@
 //!
 //! A server and a client in this process, on loopback, each with a runtime of its own
 //! (the server's on its own thread, as a nameserver's is). Prints the time and the
-//! client's CPU per call for calls made
+//! process's CPU (client and server together) per call for calls made
 //! - `on its runtime`: by a task on the client's runtime thread (one thread does it all);
 //! - `from another thread`: started by another thread on a runtime with one worker per
 //!   core, as the mount's FUSE thread starts its calls;
@@ -17,7 +17,8 @@ use vg_wire::rpc::{self, Dialer, Target};
 use vg_wire::tls::{Ca, Identity, Validity};
 use vg_wire::{codec, Role};
 
-/// CPU time this process has used (user and system).
+/// CPU time this process has used (user and system; Linux counts it in 100ths of a
+/// second).
 fn cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
     let fields: Vec<&str> = stat

@@ -247,8 +247,7 @@ fn scan(file: &File) -> std::io::Result<(Scanned, Vec<(BlockId, Loc)>)> {
 }
 
 /// What the volumes in `dir` hold: each volume's number, file and scan, and the live
-/// record of each block (a block's last record wins; a
-/// tombstone removes it).
+/// record of each block (a block's last record wins; a tombstone removes it).
 type Replayed = (Vec<(u32, File, Scanned)>, HashMap<BlockId, Loc>);
 
 /// Reads every volume in `dir`, opened for writing too when `writable`.

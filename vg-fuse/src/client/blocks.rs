@@ -82,7 +82,7 @@ impl Client {
     /// is freeing space the nameserver reclaimed (its deletions arrive with its next
     /// heartbeat): the upload is tried again for up to the timeout instead of failing.
     pub async fn upload_block(&self, data: Bytes, sync: bool) -> Result<(BlockRef, Vec<Location>)> {
-        let id = BlockId::of(&data);
+        let id = content_id(&data).await;
         self.hold(id);
         let deadline = Instant::now() + self.unavailable_timeout;
         let mut pause = Duration::from_millis(100);
@@ -378,6 +378,20 @@ pub(super) async fn keep_held_blocks(
             }
         }
     }
+}
+
+/// A blob's content address. A large one is hashed on a blocking thread: SHA-256 of a
+/// 4 MiB block takes milliseconds, during which the runtime's worker (one on two cores)
+/// would move no other block's bytes.
+async fn content_id(data: &Bytes) -> BlockId {
+    if data.len() <= FAN_OUT_MAX {
+        return BlockId::of(data);
+    }
+    let bytes = data.clone();
+    tokio::task::spawn_blocking(move || BlockId::of(&bytes))
+        .await
+        // Only a runtime shutting down cancels it: hash here then.
+        .unwrap_or_else(|_| BlockId::of(data))
 }
 
 /// What a commit says of a blob [`Client::upload_block`] stored.

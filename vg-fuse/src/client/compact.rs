@@ -25,15 +25,15 @@ pub struct Swap {
 }
 
 /// The bytes `list` shows, from the first shown byte to the last, packed in one blob
-/// (holes between them as zeros), and the one slice that maps it back. One slice, not
-/// one per run of bytes: a block of scattered small writes would otherwise stay a long
-/// list. Reads each blob once, whole.
+/// (holes between them as zeros), and where in the block they start. One slice maps
+/// them back, not one per run of bytes: a block of scattered small writes would
+/// otherwise stay a long list. Reads each blob once, whole.
 pub async fn merge(
     client: &Client,
     list: &[Slice],
     block_size: u32,
     locations: &HashMap<BlockId, Vec<Location>>,
-) -> Result<Option<(Vec<u8>, Slice)>> {
+) -> Result<Option<(Vec<u8>, u32)>> {
     let segments: Vec<_> = slices::resolve(list, 0..block_size)
         .into_iter()
         .filter(|(_, source)| source.is_some())
@@ -49,13 +49,7 @@ pub async fn merge(
         let bytes = segment_bytes(&blobs, id, off, range.len())?;
         data[(range.start - start) as usize..(range.end - start) as usize].copy_from_slice(bytes);
     }
-    let slice = Slice {
-        at: start,
-        len: end - start,
-        blob: BlockId::of(&data),
-        blob_off: 0,
-    };
-    Ok(Some((data, slice)))
+    Ok(Some((data, start)))
 }
 
 /// Each blob the segments show, read whole once, up to [`FETCHES`] at a time
@@ -136,12 +130,17 @@ pub async fn compact_blocks(
         if !slices::wants_compaction(prefix, closing) {
             continue;
         }
-        let Some((data, slice)) = merge(client, prefix, layout.block_size, &locations).await?
-        else {
+        let Some((data, at)) = merge(client, prefix, layout.block_size, &locations).await? else {
             continue;
         };
+        // The upload names the blob (hashing it once, off the runtime's worker).
         let (blob, holders) = client.upload_block(Bytes::from(data), false).await?;
-        let merged = vec![slice];
+        let merged = vec![Slice {
+            at,
+            len: blob.len,
+            blob: blob.id,
+            blob_off: 0,
+        }];
         let uploaded = vec![stored(blob, &holders)];
         match client
             .compact(ino, idx, prefix.clone(), merged.clone(), uploaded)

@@ -133,7 +133,7 @@ pub async fn compact_blocks(
         let Some((data, at)) = merge(client, prefix, layout.block_size, &locations).await? else {
             continue;
         };
-        // The upload names the blob (hashing it once, off the runtime's worker).
+        // The upload names the blob: its bytes hashed once (off the worker when large).
         let (blob, holders) = client.upload_block(Bytes::from(data), false).await?;
         let merged = vec![Slice {
             at,

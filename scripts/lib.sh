@@ -2,7 +2,7 @@
 # for check). Sets $root (the repository) and $bin (the binaries: $VG_BIN, default
 # target/debug, which `cargo test` builds). Defines passed/failed counters, check NAME
 # CMD..., eventually SECONDS CMD..., random_port, restart_server HOME NAME, need_root
-# WHY, need_binaries_as_root TOOL... and need_packages PKG...
+# WHY, need_binaries_as_root TOOL..., need_packages PKG... and enable_fuse_uring.
 
 root=$(pwd)
 bin=${VG_BIN:-$root/target/debug}
@@ -83,4 +83,14 @@ need_packages() {
   ((${#missing[@]} == 0)) && return 0
   apt-get update -qq >/dev/null 2>&1
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Lets FUSE daemons take requests over io_uring (Linux 6.14+; the fuse module has it off
+# by default): vg-fuse then serves each CPU's requests on that CPU. Without it (older
+# kernels, not root) vg-fuse reads /dev/fuse as before.
+enable_fuse_uring() {
+  local knob=/sys/module/fuse/parameters/enable_uring
+  if [[ -w $knob && $(cat "$knob") == N ]]; then
+    echo Y >"$knob" 2>/dev/null || true
+  fi
 }

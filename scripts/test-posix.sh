@@ -52,6 +52,27 @@ mount_more() {
 mount_more b >/dev/null || { echo "test-posix.sh: the second mount failed" >&2; exit 1; }
 mntb=$work/mnt-b
 
+# Which way the kernel's requests come (test.sh runs these cases both ways): over
+# io_uring when the fuse module offers it (enable_uring), unless VG_NO_IO_URING; the
+# mount logs it once a ring serves a request.
+uring_knob=/sys/module/fuse/parameters/enable_uring
+if [[ -z ${VG_NO_IO_URING:-} && $(cat "$uring_knob" 2>/dev/null) == Y ]]; then
+  transport="io_uring"
+else
+  transport="/dev/fuse"
+fi
+echo "test-posix.sh: FUSE requests through $transport"
+transport_used() {
+  stat "$mnt" >/dev/null && ls "$mntb" >/dev/null || return 1
+  if [[ $transport == io_uring ]]; then
+    eventually 10 grep -q "over io_uring" "$home/logs/vg-fuse.log" \
+      && eventually 10 grep -q "over io_uring" "$home/logs/vg-fuse-b.log"
+  else
+    ! grep -q "over io_uring" "$home/logs/vg-fuse.log" "$home/logs/vg-fuse-b.log"
+  fi
+}
+check "the mounts serve FUSE requests through $transport" transport_used
+
 # FIFOs, sockets and devices are metadata only: the kernel that opens one makes the
 # pipe or the connection, so a FIFO and a socket on the mount work between local
 # processes; devices keep their numbers. tar and cp -a carry them.

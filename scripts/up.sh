@@ -129,6 +129,8 @@ if [[ -n $mountpoint ]]; then
     echo "up.sh: /dev/fuse is missing: load the fuse module (modprobe fuse), or run with -M" >&2; exit 1
   fi
   mkdir -p "$mountpoint"
+  # shellcheck source=scripts/lib.sh
+  (log=/dev/null VG_BIN=$bin source scripts/lib.sh && enable_fuse_uring)
   # shellcheck disable=SC2046
   pid=$("$bin/vg-fuse" "$mountpoint" --ns "$ns_list" $(tls client) --daemon --logfile "$home/logs/vg-fuse.log" \
     $(metrics $((${#names[@]} + n_nameservers))))

@@ -10,6 +10,7 @@ pub mod files;
 pub mod session;
 pub mod transfer;
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -109,6 +110,12 @@ pub struct Client {
     pub block_size: u32,
 }
 
+thread_local! {
+    /// The dialer of a thread with a runtime of its own (see
+    /// [`Client::dial_from_this_thread`]); kept for the thread's life.
+    static THREAD_DIALER: Cell<Option<&'static Dialer>> = const { Cell::new(None) };
+}
+
 fn not_found(name: &[u8]) -> Error {
     Error::Remote(vg_wire::RemoteError::new(
         ErrorCode::NotFound,
@@ -166,10 +173,20 @@ impl Client {
             },
             false => request,
         };
+        let dialer = THREAD_DIALER.with(Cell::get).unwrap_or(&self.dialer);
         Ok(self
             .ns
-            .call(&self.dialer, &request, self.unavailable_timeout)
+            .call(dialer, &request, self.unavailable_timeout)
             .await?)
+    }
+
+    /// Sends this thread's requests to the nameserver over a connection of its own,
+    /// driven by the runtime this thread runs (FUSE over io_uring: a request, its
+    /// nameserver call and its reply then all happen on the caller's CPU).
+    pub fn dial_from_this_thread(&self) -> Result<()> {
+        let dialer: &'static Dialer = Box::leak(Box::new(self.dialer.rebound()?));
+        THREAD_DIALER.with(|d| d.set(Some(dialer)));
+        Ok(())
     }
 
     async fn attr_call(&self, request: ns::Request) -> Result<Attr> {

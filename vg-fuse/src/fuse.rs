@@ -1,9 +1,12 @@
-//! The FUSE adapter: each `fuser::Filesystem` call converts its arguments, runs the
-//! matching client call (in the FUSE thread until it has to wait, then on the tokio
-//! runtime, so slow calls never block other requests), and replies or maps the error to
-//! an errno.
+//! The FUSE adapter: each request, from fuser's session (`/dev/fuse`) or from an
+//! io_uring queue ([`ring`]), goes to the matching [`Ops`] call, which converts its
+//! arguments, runs the client call (in the serving thread until it has to wait, then on
+//! a tokio runtime, so slow calls never block other requests), and replies
+//! ([`reply`]) or maps the error to an errno.
 
 pub mod errno;
+mod reply;
+mod ring;
 mod signals;
 
 use std::collections::HashMap;
@@ -15,11 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime};
 
-use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow,
-};
+use fuser::{FileAttr, FileType, Filesystem, KernelConfig, Request, TimeOrNow};
 use tracing::debug;
 use vg_wire::ns::{Lock, LockKind};
 use vg_wire::xattr::SetMode;
@@ -28,6 +27,10 @@ use vg_wire::{Attr, FileKind, Ino, SetAttr, SetTime};
 use crate::client::files::Files;
 use crate::client::{Cached, Error, Maker, Xattrs};
 use errno::errno;
+use reply::{
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+};
 
 /// `FOPEN_NOFLUSH` (Linux 5.16): no FLUSH request when the descriptor is closed (fuser
 /// 0.16 does not name it; older kernels ignore it and send FLUSH as before).
@@ -56,18 +59,30 @@ struct FileHandle {
     last_end: u64,
 }
 
-/// The mounted file system.
-pub struct VgFs {
+/// The file system's operations, shared by every thread that serves FUSE requests (the
+/// session's, and with FUSE over io_uring one per CPU).
+#[derive(Clone)]
+pub(crate) struct Ops {
     files: Arc<Files>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
     /// Whether extended attributes are served (else ENOSYS: the kernel stops asking).
     xattrs: bool,
-    next_fh: AtomicU64,
+    next_fh: Arc<AtomicU64>,
     handles: Arc<Mutex<HashMap<u64, FileHandle>>>,
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     /// Tells the kernel to drop cached pages; set once the session exists.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+/// The mounted file system, as fuser's session serves it.
+pub struct VgFs {
+    ops: Ops,
+    /// The session's `/dev/fuse`, set once the session exists: FUSE over io_uring
+    /// registers its queues on it.
+    device: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
+    /// Whether to offer the kernel FUSE over io_uring.
+    uring: bool,
 }
 
 /// Makes the kernel read ahead [`IO_SIZE`] on the mount at `mountpoint`, so that a
@@ -152,6 +167,25 @@ async fn overlaid(
     Ok(attr)
 }
 
+/// The attribute change a `setattr` asks for (what it leaves out stays).
+fn set_attr(
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+) -> SetAttr {
+    SetAttr {
+        perm: mode.map(|m| m & 0o7777),
+        uid,
+        gid,
+        size,
+        atime: set_time(atime),
+        mtime: set_time(mtime),
+    }
+}
+
 fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
     time.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -213,25 +247,44 @@ impl std::task::Wake for Parked {
 }
 
 impl VgFs {
-    /// A file system over the open-file layer, running its calls on `rt`.
-    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, ttl: Duration, xattrs: bool) -> Self {
-        VgFs {
+    /// A file system over the open-file layer, running its calls on `rt`; with `uring`,
+    /// served over io_uring if the kernel offers it.
+    pub fn new(
+        files: Arc<Files>,
+        rt: tokio::runtime::Handle,
+        ttl: Duration,
+        xattrs: bool,
+        uring: bool,
+    ) -> Self {
+        let ops = Ops {
             files,
             rt,
             ttl,
             xattrs,
-            next_fh: AtomicU64::new(1),
+            next_fh: Arc::new(AtomicU64::new(1)),
             handles: Arc::default(),
             dirs: Arc::default(),
             notifier: Arc::default(),
+        };
+        VgFs {
+            ops,
+            device: Arc::default(),
+            uring,
         }
     }
 
     /// Where the session's notifier goes once the session exists (it owns this).
     pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
-        self.notifier.clone()
+        self.ops.notifier.clone()
     }
 
+    /// Where the session's `/dev/fuse` (a duplicate) goes once the session exists.
+    pub fn device_slot(&self) -> Arc<std::sync::OnceLock<std::os::fd::OwnedFd>> {
+        self.device.clone()
+    }
+}
+
+impl Ops {
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -253,14 +306,17 @@ impl VgFs {
             });
             reply(result);
         });
-        let _runtime = self.rt.enter();
+        // A FUSE ring's thread runs a runtime of its own, which goes on with what its
+        // requests wait for; fuser's thread has none and hands them to the main one.
+        let runtime = tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.rt.clone());
+        let _runtime = runtime.enter();
         // A task that must wait is handed to the runtime only when what it waits for is
         // ready (a reply, mostly): the wake comes from a runtime thread, which then runs
         // the task itself. Spawning it at once woke a runtime thread only to poll it and
         // find it still waiting.
         let parked = Arc::new(Parked {
             state: Mutex::new(ParkState::Polling),
-            runtime: self.rt.clone(),
+            runtime: runtime.clone(),
         });
         let waker = Waker::from(parked.clone());
         if task
@@ -356,13 +412,34 @@ impl VgFs {
     }
 }
 
-/// Who makes an inode: the calling process, whose umask the nameserver applies unless a
-/// default ACL replaces it (the kernel passes it unapplied: `FUSE_DONT_MASK`).
-fn maker(req: &Request<'_>, umask: u32) -> Maker {
-    Maker {
-        uid: req.uid(),
-        gid: req.gid(),
-        umask,
+/// Who sent a request: the calling process's ids.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caller {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) pid: u32,
+}
+
+impl Caller {
+    /// Who makes an inode: the calling process, whose umask the nameserver applies
+    /// unless a default ACL replaces it (the kernel passes it unapplied:
+    /// `FUSE_DONT_MASK`).
+    fn maker(self, umask: u32) -> Maker {
+        Maker {
+            uid: self.uid,
+            gid: self.gid,
+            umask,
+        }
+    }
+}
+
+impl From<&Request<'_>> for Caller {
+    fn from(req: &Request<'_>) -> Self {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: req.pid(),
+        }
     }
 }
 
@@ -383,42 +460,8 @@ fn lock_of(owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> Option<Lock>
     })
 }
 
-impl Filesystem for VgFs {
-    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
-        let _ = config.set_max_write(IO_SIZE);
-        let _ = config.set_max_readahead(IO_SIZE);
-        let _ = config.set_max_background(64);
-        // Ask for what helps and ignore what the kernel lacks.
-        for cap in [
-            fuser::consts::FUSE_DO_READDIRPLUS,
-            fuser::consts::FUSE_READDIRPLUS_AUTO,
-            fuser::consts::FUSE_PARALLEL_DIROPS,
-            fuser::consts::FUSE_ASYNC_READ,
-            // Locks held by the nameserver, so that they exclude other mounts too.
-            fuser::consts::FUSE_POSIX_LOCKS,
-            fuser::consts::FUSE_FLOCK_LOCKS,
-        ] {
-            let _ = config.add_capabilities(cap);
-        }
-        if self.xattrs {
-            // POSIX ACLs, kept as attributes: the kernel enforces them and passes the
-            // umask on unapplied, for the nameserver to apply unless a default ACL
-            // replaces it.
-            let _ = config
-                .add_capabilities(fuser::consts::FUSE_POSIX_ACL | fuser::consts::FUSE_DONT_MASK);
-        }
-        Ok(())
-    }
-
-    fn destroy(&mut self) {
-        let files = self.files.clone();
-        if let Err(e) = self.rt.block_on(files.flush_all()) {
-            tracing::error!(error = %e, "data written before unmount could not be committed");
-        }
-        self.rt.block_on(files.end_session());
-    }
-
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+impl Ops {
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr, reply: ReplyEntry) {
         // What the entry cache knows is answered with its remaining TTL, after overlaying
         // this mount's unwritten changes.
         match self.files.client().cached_lookup(parent, name.as_bytes()) {
@@ -436,7 +479,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+    pub(crate) fn getattr(&self, ino: u64, reply: ReplyAttr) {
         // The kernel asks for a directory's attributes after every change in it (to check
         // permissions on the next lookup); the entry cache keeps them current. A file's
         // cached attributes get this mount's unwritten changes overlaid.
@@ -447,32 +490,7 @@ impl Filesystem for VgFs {
         self.attr("getattr", async move { files.getattr(ino).await }, reply);
     }
 
-    fn setattr(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<u32>,
-        reply: ReplyAttr,
-    ) {
-        let set = SetAttr {
-            perm: mode.map(|m| m & 0o7777),
-            uid,
-            gid,
-            size,
-            atime: set_time(atime),
-            mtime: set_time(mtime),
-        };
+    pub(crate) fn setattr(&self, ino: u64, set: SetAttr, reply: ReplyAttr) {
         let files = self.files.clone();
         self.attr(
             "setattr",
@@ -481,7 +499,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+    pub(crate) fn readlink(&self, ino: u64, reply: ReplyData) {
         let files = self.files.clone();
         self.spawn(
             "readlink",
@@ -493,9 +511,10 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn mknod(
-        &mut self,
-        req: &Request<'_>,
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mknod(
+        &self,
+        who: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -506,7 +525,7 @@ impl Filesystem for VgFs {
         let (files, name, by) = (
             self.files.clone(),
             name.as_bytes().to_vec(),
-            maker(req, umask),
+            who.maker(umask),
         );
         let perm = mode & 0o7777;
         let kind = FileKind::special(mode, rdev);
@@ -526,9 +545,9 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn mkdir(
-        &mut self,
-        req: &Request<'_>,
+    pub(crate) fn mkdir(
+        &self,
+        who: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -538,7 +557,7 @@ impl Filesystem for VgFs {
         let (files, name, by) = (
             self.files.clone(),
             name.as_bytes().to_vec(),
-            maker(req, umask),
+            who.maker(umask),
         );
         self.entry(
             "mkdir",
@@ -547,7 +566,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    pub(crate) fn unlink(&self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.empty(
             "unlink",
@@ -556,7 +575,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    pub(crate) fn rmdir(&self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.empty(
             "rmdir",
@@ -565,9 +584,9 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn symlink(
-        &mut self,
-        req: &Request<'_>,
+    pub(crate) fn symlink(
+        &self,
+        who: Caller,
         parent: u64,
         link_name: &OsStr,
         target: &std::path::Path,
@@ -577,8 +596,8 @@ impl Filesystem for VgFs {
             self.files.clone(),
             link_name.as_bytes().to_vec(),
             target.as_os_str().as_bytes().to_vec(),
-            req.uid(),
-            req.gid(),
+            who.uid,
+            who.gid,
         );
         self.entry(
             "symlink",
@@ -592,9 +611,8 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn rename(
-        &mut self,
-        _req: &Request<'_>,
+    pub(crate) fn rename(
+        &self,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -627,14 +645,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn link(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        newparent: u64,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
+    pub(crate) fn link(&self, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
         let (files, name) = (self.files.clone(), newname.as_bytes().to_vec());
         self.entry(
             "link",
@@ -643,7 +654,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    pub(crate) fn open(&self, ino: u64, flags: i32, reply: ReplyOpen) {
         let fh = self.new_fh();
         let (files, handles) = (self.files.clone(), self.handles.clone());
         let append = flags & libc::O_APPEND != 0;
@@ -678,17 +689,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn read(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
-        size: u32,
-        _flags: i32,
-        _lock: Option<u64>,
-        reply: ReplyData,
-    ) {
+    pub(crate) fn read(&self, ino: u64, fh: u64, offset: i64, size: u32, reply: ReplyData) {
         let offset = offset.max(0) as u64;
         let sequential = {
             let mut handles = self.handles.lock().expect("handles lock");
@@ -715,25 +716,14 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn write(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
-        data: &[u8],
-        _wflags: u32,
-        _flags: i32,
-        _lock: Option<u64>,
-        reply: ReplyWrite,
-    ) {
+    pub(crate) fn write(&self, ino: u64, fh: u64, offset: i64, data: Vec<u8>, reply: ReplyWrite) {
         let append = self
             .handles
             .lock()
             .expect("handles lock")
             .get(&fh)
             .is_some_and(|h| h.append);
-        let (files, data) = (self.files.clone(), data.to_vec());
+        let files = self.files.clone();
         let (len, counted) = (data.len() as u32, self.files.bytes_written.clone());
         self.spawn(
             "write",
@@ -754,11 +744,9 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn fallocate(
-        &mut self,
-        _req: &Request<'_>,
+    pub(crate) fn fallocate(
+        &self,
         ino: u64,
-        _fh: u64,
         offset: i64,
         length: i64,
         mode: i32,
@@ -784,17 +772,13 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn copy_file_range(
-        &mut self,
-        _req: &Request<'_>,
+    pub(crate) fn copy_file_range(
+        &self,
         ino_in: u64,
-        _fh_in: u64,
         offset_in: i64,
         ino_out: u64,
-        _fh_out: u64,
         offset_out: i64,
         len: u64,
-        _flags: u32,
         reply: ReplyWrite,
     ) {
         if offset_in < 0 || offset_out < 0 {
@@ -817,14 +801,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn flush(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        lock_owner: u64,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn flush(&self, ino: u64, lock_owner: u64, reply: ReplyEmpty) {
         let files = self.files.clone();
         // FUSE's flush is what close(2) waits for (release comes after it returns). A
         // close drops the POSIX locks its process holds on the file.
@@ -839,28 +816,12 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn fsync(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn fsync(&self, ino: u64, reply: ReplyEmpty) {
         let files = self.files.clone();
         self.empty("fsync", async move { files.fsync(ino).await }, reply);
     }
 
-    fn release(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        _flags: i32,
-        flock_owner: Option<u64>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn release(&self, ino: u64, fh: u64, flock_owner: Option<u64>, reply: ReplyEmpty) {
         self.handles.lock().expect("handles lock").remove(&fh);
         let files = self.files.clone();
         self.empty(
@@ -878,11 +839,10 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn getlk(
-        &mut self,
-        _req: &Request<'_>,
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn getlk(
+        &self,
         ino: u64,
-        _fh: u64,
         lock_owner: u64,
         start: u64,
         end: u64,
@@ -911,11 +871,11 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn setlk(
-        &mut self,
-        req: &Request<'_>,
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn setlk(
+        &self,
+        who: Caller,
         ino: u64,
-        _fh: u64,
         lock_owner: u64,
         start: u64,
         end: u64,
@@ -928,7 +888,7 @@ impl Filesystem for VgFs {
             return reply.error(errno::BAD_FLAGS);
         };
         let (files, notifier) = (self.files.clone(), self.notifier.clone());
-        let interrupted = signals::pending(req.pid());
+        let interrupted = signals::pending(who.pid);
         self.empty(
             "setlk",
             async move {
@@ -946,7 +906,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+    pub(crate) fn opendir(&self, ino: u64, reply: ReplyOpen) {
         let fh = self.new_fh();
         let (files, dirs) = (self.files.clone(), self.dirs.clone());
         self.spawn(
@@ -978,14 +938,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
-        mut reply: ReplyDirectory,
-    ) {
+    pub(crate) fn readdir(&self, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
         let Some(entries) = self.open_dir_entries(ino, fh, offset) else {
             reply.error(libc::EBADF);
             return;
@@ -998,9 +951,8 @@ impl Filesystem for VgFs {
         reply.ok();
     }
 
-    fn readdirplus(
-        &mut self,
-        _req: &Request<'_>,
+    pub(crate) fn readdirplus(
+        &self,
         ino: u64,
         fh: u64,
         offset: i64,
@@ -1025,26 +977,12 @@ impl Filesystem for VgFs {
         reply.ok();
     }
 
-    fn releasedir(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _flags: i32,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn releasedir(&self, fh: u64, reply: ReplyEmpty) {
         self.dirs.lock().expect("dirs lock").remove(&fh);
         reply.ok();
     }
 
-    fn fsyncdir(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn fsyncdir(&self, reply: ReplyEmpty) {
         // Entries change only in the nameserver's log, so syncing it covers them.
         let files = self.files.clone();
         self.empty(
@@ -1054,7 +992,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+    pub(crate) fn statfs(&self, reply: ReplyStatfs) {
         let files = self.files.clone();
         self.spawn(
             "statfs",
@@ -1080,14 +1018,15 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
+    pub(crate) fn access(&self, reply: ReplyEmpty) {
         // Mounted with default_permissions: the kernel checks modes itself.
         reply.ok();
     }
 
-    fn create(
-        &mut self,
-        req: &Request<'_>,
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create(
+        &self,
+        who: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -1097,7 +1036,7 @@ impl Filesystem for VgFs {
     ) {
         let fh = self.new_fh();
         let (files, handles, ttl) = (self.files.clone(), self.handles.clone(), self.ttl);
-        let (name, by) = (name.as_bytes().to_vec(), maker(req, umask));
+        let (name, by) = (name.as_bytes().to_vec(), who.maker(umask));
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
         self.spawn(
@@ -1132,14 +1071,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn getxattr(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        name: &OsStr,
-        size: u32,
-        reply: ReplyXattr,
-    ) {
+    pub(crate) fn getxattr(&self, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
         if !self.xattrs {
             return reply.error(errno::NO_XATTRS);
         }
@@ -1159,7 +1091,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+    pub(crate) fn listxattr(&self, ino: u64, size: u32, reply: ReplyXattr) {
         if !self.xattrs {
             return reply.error(errno::NO_XATTRS);
         }
@@ -1180,14 +1112,12 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn setxattr(
-        &mut self,
-        _req: &Request<'_>,
+    pub(crate) fn setxattr(
+        &self,
         ino: u64,
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
         reply: ReplyEmpty,
     ) {
         if !self.xattrs {
@@ -1207,7 +1137,7 @@ impl Filesystem for VgFs {
         );
     }
 
-    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+    pub(crate) fn removexattr(&self, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         if !self.xattrs {
             return reply.error(errno::NO_XATTRS);
         }
@@ -1217,5 +1147,412 @@ impl Filesystem for VgFs {
             async move { files.client().remove_xattr(ino, &name).await },
             reply,
         );
+    }
+}
+
+/// fuser's session: `init` and `destroy`, and every request that comes through
+/// `/dev/fuse` (all of them without io_uring) handed to [`Ops`].
+impl Filesystem for VgFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_write(IO_SIZE);
+        let _ = config.set_max_readahead(IO_SIZE);
+        let _ = config.set_max_background(64);
+        // Ask for what helps and ignore what the kernel lacks.
+        for cap in [
+            fuser::consts::FUSE_DO_READDIRPLUS,
+            fuser::consts::FUSE_READDIRPLUS_AUTO,
+            fuser::consts::FUSE_PARALLEL_DIROPS,
+            fuser::consts::FUSE_ASYNC_READ,
+            // Locks held by the nameserver, so that they exclude other mounts too.
+            fuser::consts::FUSE_POSIX_LOCKS,
+            fuser::consts::FUSE_FLOCK_LOCKS,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        if self.ops.xattrs {
+            // POSIX ACLs, kept as attributes: the kernel enforces them and passes the
+            // umask on unapplied, for the nameserver to apply unless a default ACL
+            // replaces it.
+            let _ = config
+                .add_capabilities(fuser::consts::FUSE_POSIX_ACL | fuser::consts::FUSE_DONT_MASK);
+        }
+        // Requests over io_uring, served on the caller's CPU: offered only once the
+        // rings can be made, since the kernel holds every request until each CPU's
+        // queue is registered.
+        if let Some(device) = self
+            .device
+            .get()
+            .filter(|_| self.uring && ring::supported())
+        {
+            match config.add_capabilities(ring::FUSE_OVER_IO_URING) {
+                Ok(()) => ring::start(self.ops.clone(), device, IO_SIZE as usize),
+                Err(_) => tracing::info!(
+                    "the kernel does not offer FUSE over io_uring (enable_uring of the fuse module): serving /dev/fuse"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let files = self.ops.files.clone();
+        if let Err(e) = self.ops.rt.block_on(files.flush_all()) {
+            tracing::error!(error = %e, "data written before unmount could not be committed");
+        }
+        self.ops.rt.block_on(files.end_session());
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: fuser::ReplyEntry) {
+        self.ops.lookup(parent, name, reply.into())
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: fuser::ReplyAttr) {
+        self.ops.getattr(ino, reply.into())
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: fuser::ReplyAttr,
+    ) {
+        let set = set_attr(mode, uid, gid, size, atime, mtime);
+        self.ops.setattr(ino, set, reply.into())
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: fuser::ReplyData) {
+        self.ops.readlink(ino, reply.into())
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: fuser::ReplyEntry,
+    ) {
+        self.ops
+            .mknod(req.into(), parent, name, mode, umask, rdev, reply.into())
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: fuser::ReplyEntry,
+    ) {
+        self.ops
+            .mkdir(req.into(), parent, name, mode, umask, reply.into())
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: fuser::ReplyEmpty) {
+        self.ops.unlink(parent, name, reply.into())
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: fuser::ReplyEmpty) {
+        self.ops.rmdir(parent, name, reply.into())
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: fuser::ReplyEntry,
+    ) {
+        self.ops
+            .symlink(req.into(), parent, link_name, target, reply.into())
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops
+            .rename(parent, name, newparent, newname, flags, reply.into())
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: fuser::ReplyEntry,
+    ) {
+        self.ops.link(ino, newparent, newname, reply.into())
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: fuser::ReplyOpen) {
+        self.ops.open(ino, flags, reply.into())
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: fuser::ReplyData,
+    ) {
+        self.ops.read(ino, fh, offset, size, reply.into())
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _wflags: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: fuser::ReplyWrite,
+    ) {
+        self.ops.write(ino, fh, offset, data.to_vec(), reply.into())
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.fallocate(ino, offset, length, mode, reply.into())
+    }
+
+    fn copy_file_range(
+        &mut self,
+        _req: &Request<'_>,
+        ino_in: u64,
+        _fh_in: u64,
+        offset_in: i64,
+        ino_out: u64,
+        _fh_out: u64,
+        offset_out: i64,
+        len: u64,
+        _flags: u32,
+        reply: fuser::ReplyWrite,
+    ) {
+        self.ops
+            .copy_file_range(ino_in, offset_in, ino_out, offset_out, len, reply.into())
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.flush(ino, lock_owner, reply.into())
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.fsync(ino, reply.into())
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        _flags: i32,
+        flock_owner: Option<u64>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.release(ino, fh, flock_owner, reply.into())
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        self.ops
+            .getlk(ino, lock_owner, start, end, typ, pid, reply.into())
+    }
+
+    fn setlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.setlk(
+            req.into(),
+            ino,
+            lock_owner,
+            start,
+            end,
+            typ,
+            pid,
+            sleep,
+            reply.into(),
+        )
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: fuser::ReplyOpen) {
+        self.ops.opendir(ino, reply.into())
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: fuser::ReplyDirectory,
+    ) {
+        self.ops.readdir(ino, fh, offset, reply.into())
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: fuser::ReplyDirectoryPlus,
+    ) {
+        self.ops.readdirplus(ino, fh, offset, reply.into())
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.releasedir(fh, reply.into())
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.fsyncdir(reply.into())
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: fuser::ReplyStatfs) {
+        self.ops.statfs(reply.into())
+    }
+
+    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: fuser::ReplyEmpty) {
+        self.ops.access(reply.into())
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        self.ops
+            .create(req.into(), parent, name, mode, umask, flags, reply.into())
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        self.ops.getxattr(ino, name, size, reply.into())
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: fuser::ReplyXattr) {
+        self.ops.listxattr(ino, size, reply.into())
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.setxattr(ino, name, value, flags, reply.into())
+    }
+
+    fn removexattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.ops.removexattr(ino, name, reply.into())
     }
 }

@@ -344,6 +344,27 @@ impl Dialer {
         }
     }
 
+    /// A dialer with this one's configuration on an endpoint of its own, bound like
+    /// this one's (same address family, any port), with connections of its own. Made
+    /// inside a runtime, its connections are driven by that runtime's threads.
+    pub fn rebound(&self) -> Result<Dialer> {
+        let local = self.endpoint.local_addr().map_err(|e| Error::Io {
+            context: "local address of an endpoint".into(),
+            source: e,
+        })?;
+        let bind: SocketAddr = match local.is_ipv4() {
+            true => ([0, 0, 0, 0], 0).into(),
+            false => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        Ok(Dialer {
+            endpoint: endpoint(bind, None)?,
+            config: self.config.clone(),
+            loopback: self.loopback.clone(),
+            conns: Arc::default(),
+            timeout: self.timeout,
+        })
+    }
+
     fn conn_err(target: &Target, reason: impl std::fmt::Display) -> Error {
         Error::Connection {
             peer: target.to_string(),

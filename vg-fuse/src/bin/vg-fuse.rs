@@ -2,6 +2,7 @@
 //! SIGINT/SIGTERM (then commits everything written and unmounts, or detaches a mount still
 //! in use); `--daemon` backgrounds it.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,10 @@ struct Args {
     /// request for the file's `security.capability`, which FUSE cannot cache.
     #[arg(long, env = "VG_NO_XATTRS")]
     no_xattrs: bool,
+    /// Serve FUSE requests through `/dev/fuse` only, even where the kernel offers
+    /// io_uring queues (`enable_uring` of the fuse module).
+    #[arg(long, env = "VG_NO_IO_URING")]
+    no_io_uring: bool,
     #[command(flatten)]
     log: vg_wire::cli::LogArgs,
 }
@@ -199,11 +204,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         rt.handle().clone(),
         args.attr_ttl,
         !args.no_xattrs,
+        !args.no_io_uring,
     );
-    let notifier = fs.notifier_slot();
+    let (notifier, device) = (fs.notifier_slot(), fs.device_slot());
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .with_context(|| format!("mount {}", args.mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
+    let _ = device.set(
+        session
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicate /dev/fuse")?,
+    );
     vg_fuse::fuse::raise_read_ahead(resolved.clone());
     if let Some(addr) = args.metrics {
         rt.block_on(serve_metrics(&files, addr))

@@ -219,15 +219,19 @@ unlinked_here() {
 }
 check "open, unlink, then fstat/read/write/ftruncate through the descriptor; freed at close" unlinked_here
 
+# Another mount sees a new name once its cached listing of the directory is older than
+# --attr-ttl (1 s).
+seen_on_b() { eventually 10 test -e "$mntb/$1"; }
+
 unlinked_elsewhere() {
-  hold "$mnt/shared" && eventually 10 status_says "1 in 1 sessions" \
+  hold "$mnt/shared" && eventually 10 status_says "1 in 1 sessions" && seen_on_b shared \
     && rm "$mntb/shared" && eventually 10 status_says "1 in 1 sessions, 1 of them unlinked" \
     && release && eventually 10 status_says "0 in 0 sessions, 0"
 }
 check "a file open on one mount, removed on another: still whole for its holder" unlinked_elsewhere
 
 renamed_over() {
-  hold "$mnt/target" && eventually 10 status_says "1 in 1 sessions" \
+  hold "$mnt/target" && eventually 10 status_says "1 in 1 sessions" && seen_on_b target \
     && echo replacement >"$mntb/new" && mv "$mntb/new" "$mntb/target" \
     && eventually 10 status_says "1 in 1 sessions, 1 of them unlinked" \
     && release && eventually 10 reads "$mnt/target" replacement \

@@ -431,6 +431,11 @@ pub struct OpenFile {
 pub struct Files {
     client: Client,
     limits: Limits,
+    /// The runtime this was made on: uploads, read-ahead and compactions run there
+    /// whichever thread's runtime serves the request that starts them (the FUSE ring
+    /// threads serve requests on the callers' CPUs, where such work would take turns
+    /// with the callers).
+    rt: tokio::runtime::Handle,
     cache: StdMutex<BlockCache>,
     /// Whole-blob fetches in progress, so concurrent readers share one.
     fetching: StdMutex<HashMap<BlockId, Arc<Fetch>>>,
@@ -479,6 +484,7 @@ impl Files {
         let session = Arc::new(Session::new());
         let files = Arc::new(Files {
             cache: StdMutex::new(BlockCache::new(limits.cache)),
+            rt: tokio::runtime::Handle::current(),
             client,
             limits,
             fetching: StdMutex::default(),
@@ -871,7 +877,7 @@ impl Files {
         state.compacting = true;
         let (client, ino, shared) = (self.client.clone(), file.ino, file.state.clone());
         let mut closing = closing;
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             loop {
                 let done = compact::compact_blocks(&client, ino, &idxs, closing).await;
                 let mut state = shared.lock().await;
@@ -1015,7 +1021,7 @@ impl Files {
             for (id, locations) in plan.ahead {
                 if !self.cache.lock().expect("cache lock").contains(&id) {
                     let files = self.clone();
-                    tokio::spawn(async move {
+                    self.rt.spawn(async move {
                         let _ = files.whole_blob(id, &locations).await;
                     });
                 }
@@ -1140,7 +1146,7 @@ impl Files {
             .expect("semaphore is never closed");
         let client = self.client.clone();
         let upload = data.clone();
-        let task = tokio::spawn(async move {
+        let task = self.rt.spawn(async move {
             let result = client.upload_block(vg_wire::rpc::share(upload), sync).await;
             if let Err(e) = &result {
                 tracing::warn!(block = idx, error = %e, "upload failed; kept for the next flush");

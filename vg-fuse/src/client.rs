@@ -134,12 +134,7 @@ impl Client {
     pub async fn connect(config: &Config) -> Result<Self> {
         let identity = Identity::load(&config.tls)?;
         let first = config.nameservers.first().ok_or(Error::NoNameserver)?;
-        let bind: SocketAddr = if first.addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = vg_wire::rpc::endpoint(bind, None)?;
+        let endpoint = vg_wire::rpc::dialing_endpoint(first.addr)?;
         let mut client = Client {
             dialer: Dialer::new(endpoint, identity.client_config()?, config.request_timeout),
             ns: Nameservers::new(config.nameservers.clone()),

@@ -193,7 +193,7 @@ fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-/// A request's task between its first poll (in the FUSE thread) and its spawn.
+/// A request's task between its first poll (in the thread that took the request) and its spawn.
 struct Parked {
     state: Mutex<ParkState>,
     runtime: tokio::runtime::Handle,

@@ -352,12 +352,8 @@ impl Dialer {
             context: "local address of an endpoint".into(),
             source: e,
         })?;
-        let bind: SocketAddr = match local.is_ipv4() {
-            true => ([0, 0, 0, 0], 0).into(),
-            false => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
         Ok(Dialer {
-            endpoint: endpoint(bind, None)?,
+            endpoint: dialing_endpoint(local)?,
             config: self.config.clone(),
             loopback: self.loopback.clone(),
             conns: Arc::default(),
@@ -465,6 +461,15 @@ pub fn listen(identity: &crate::tls::Identity, addr: SocketAddr) -> Result<(Endp
         source: e,
     })?;
     Ok((endpoint, bound))
+}
+
+/// An endpoint that dials peers of `toward`'s address family, from any port.
+pub fn dialing_endpoint(toward: SocketAddr) -> Result<Endpoint> {
+    let bind: SocketAddr = match toward.is_ipv4() {
+        true => ([0, 0, 0, 0], 0).into(),
+        false => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    endpoint(bind, None)
 }
 
 /// Makes an endpoint on `addr` that listens when a server config is given (a [`Dialer`]

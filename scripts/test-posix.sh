@@ -41,37 +41,38 @@ VG_METRICS_PORT=$metrics_port VG_NS_PORT=$(random_port) scripts/up.sh -n 3 -c 1G
   || { echo "test-posix.sh: the cluster did not start; log:"; tail -n 30 "$log"; exit 1; }
 # shellcheck disable=SC1091
 source "$home/env"
-# mount NAME: another mount of the cluster at $work/mnt-NAME; prints its PID.
+# mount_more NAME [FLAG...]: another mount of the cluster at $work/mnt-NAME, with vg-fuse's
+# FLAGs; prints its PID.
 mount_more() {
   local pid
   mkdir -p "$work/mnt-$1"
-  pid=$("$bin/vg-fuse" "$work/mnt-$1" --daemon --logfile "$home/logs/vg-fuse-$1.log") || return 1
+  pid=$("$bin/vg-fuse" "$work/mnt-$1" --daemon --logfile "$home/logs/vg-fuse-$1.log" "${@:2}") || return 1
   echo "vg-fuse $pid $work/mnt-$1" >>"$home/pids"
   echo "$pid"
 }
-mount_more b >/dev/null || { echo "test-posix.sh: the second mount failed" >&2; exit 1; }
+# The second mount reads /dev/fuse, so that the cases across two mounts (most of those
+# below) exercise both ways the kernel's requests come.
+mount_more b --no-io-uring >/dev/null || { echo "test-posix.sh: the second mount failed" >&2; exit 1; }
 mntb=$work/mnt-b
 
-# Which way the kernel's requests come (test.sh runs these cases both ways): over
-# io_uring when the fuse module offers it (enable_uring), unless VG_NO_IO_URING; the
-# mount logs it once a ring serves a request.
+# The first takes them over io_uring when the fuse module offers it (enable_uring),
+# unless VG_NO_IO_URING; a mount logs it once a ring serves a request.
 uring_knob=/sys/module/fuse/parameters/enable_uring
 if [[ -z ${VG_NO_IO_URING:-} && $(cat "$uring_knob" 2>/dev/null) == Y ]]; then
   transport="io_uring"
 else
   transport="/dev/fuse"
 fi
-echo "test-posix.sh: FUSE requests through $transport"
 transport_used() {
   stat "$mnt" >/dev/null && ls "$mntb" >/dev/null || return 1
   if [[ $transport == io_uring ]]; then
-    eventually 10 grep -q "over io_uring" "$home/logs/vg-fuse.log" \
-      && eventually 10 grep -q "over io_uring" "$home/logs/vg-fuse-b.log"
+    eventually 10 grep -q "over io_uring" "$home/logs/vg-fuse.log" || return 1
   else
-    ! grep -q "over io_uring" "$home/logs/vg-fuse.log" "$home/logs/vg-fuse-b.log"
+    ! grep -q "over io_uring" "$home/logs/vg-fuse.log" || return 1
   fi
+  ! grep -q "over io_uring" "$home/logs/vg-fuse-b.log"
 }
-check "the mounts serve FUSE requests through $transport" transport_used
+check "the first mount serves FUSE requests through $transport, the second through /dev/fuse" transport_used
 
 # FIFOs, sockets and devices are metadata only: the kernel that opens one makes the
 # pipe or the connection, so a FIFO and a socket on the mount work between local

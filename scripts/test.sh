@@ -33,14 +33,13 @@ if [[ $(id -u) != 0 || ! -e /dev/fuse ]]; then
   echo "test.sh: SKIPPED the mount tests: they need root and /dev/fuse" >&2
   exit 1
 fi
-# Mounts take FUSE requests over io_uring where the kernel has it; the POSIX cases run
-# a second time through /dev/fuse.
+# Mounts take FUSE requests over io_uring where the kernel has it (the POSIX cases'
+# second mount reads /dev/fuse).
 # shellcheck source=scripts/lib.sh
 (log=/dev/null source scripts/lib.sh && enable_fuse_uring)
 VG_BIN=$(pwd)/target/debug scripts/test-mount.sh
 # POSIX cases: special files, long names, xattrs, files unlinked while open.
 VG_BIN=$(pwd)/target/debug scripts/test-posix.sh
-VG_NO_IO_URING=true VG_BIN=$(pwd)/target/debug scripts/test-posix.sh
 # Twenty power cuts on lossyfs (examples/lossyfs.rs) during writes through the mount.
 VG_BIN=$(pwd)/target/debug scripts/powerloss-test.sh
 # The nameserver group: the leader SIGKILLed at 20 points under four writers.

@@ -8,7 +8,9 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
-use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer, Target};
+use vg_wire::rpc::{
+    at_end, read_end, read_request, reply, respond, Dialer, Operation, Peer, Target,
+};
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
@@ -148,17 +150,32 @@ impl Storage {
         }
     }
 
-    /// Serves one request stream.
+    /// Serves a request stream: a read, or requests (uploads of small blocks among them)
+    /// each in turn on a stream the client keeps until it ends it.
     pub async fn handle(
         self: Arc<Self>,
         peer: Arc<Peer>,
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let Some(request) = read_request::<Request, Response>(&peer, &mut send, &mut recv).await
-        else {
-            return;
-        };
+        while let Some(request) =
+            read_request::<Request, Response>(&peer, &mut send, &mut recv).await
+        {
+            if !self.serve(&peer, request, &mut send, &mut recv).await {
+                return;
+            }
+        }
+        let _ = send.finish();
+    }
+
+    /// Answers one request; true if the client keeps the stream for more.
+    async fn serve(
+        &self,
+        peer: &Peer,
+        request: Request,
+        send: &mut SendStream,
+        recv: &mut RecvStream,
+    ) -> bool {
         let block = match &request {
             Request::Read { id, .. } | Request::Put { id, .. } | Request::Forward { id, .. } => {
                 Some(*id)
@@ -167,17 +184,12 @@ impl Storage {
         };
         let span = tracing::debug_span!("request", op = request.name(), block = ?block);
         let (op, started) = (request.name(), std::time::Instant::now());
-        let outcome = async {
-            if matches!(
-                request,
-                Request::Read { .. } | Request::Verify { .. } | Request::Sync
-            ) {
-                read_end(&mut recv).await;
-            }
+        let (outcome, kept) = async {
             match request {
                 Request::Read { id, offset, len } => {
-                    self.read(id, offset, len, &mut send).await;
-                    "ok"
+                    read_end(recv).await;
+                    self.read(id, offset, len, send).await;
+                    ("ok", false)
                 }
                 // A forward is a put along the chain (only storages may ask it: the front
                 // door checked).
@@ -193,12 +205,15 @@ impl Storage {
                     chain,
                     sync,
                 } => {
-                    let answer = self.put(&peer, id, len, chain, sync, &mut recv).await;
+                    let answer = self.put(peer, id, len, chain, sync, recv).await;
+                    // A put refused may have left its bytes unread: its stream ends.
+                    let last = answer.is_err() || at_end(recv).await;
                     let outcome = outcome_of(&answer);
-                    respond(&mut send, answer).await;
-                    outcome
+                    reply(send, answer, last).await;
+                    (outcome, !last)
                 }
                 Request::Sync => {
+                    let last = at_end(recv).await;
                     let store = self.store.clone();
                     let answer = tokio::task::spawn_blocking(move || store.wait_synced())
                         .await
@@ -206,24 +221,26 @@ impl Storage {
                         .map(|()| Response::Synced)
                         .map_err(|e| e.to_remote());
                     let outcome = outcome_of(&answer);
-                    respond(&mut send, answer).await;
-                    outcome
+                    reply(send, answer, last).await;
+                    (outcome, !last)
                 }
                 Request::Verify { ids } => {
+                    let last = at_end(recv).await;
                     let store = self.store.clone();
                     let answer = tokio::task::spawn_blocking(move || {
                         ids.iter().map(|id| store.verify(id)).collect()
                     })
                     .await
                     .expect("verify does not panic");
-                    respond(&mut send, Ok(Response::Verified(answer))).await;
-                    "ok"
+                    reply(send, Ok(Response::Verified(answer)), last).await;
+                    ("ok", !last)
                 }
             }
         }
         .instrument(span)
         .await;
         self.requests.record(op, outcome, started.elapsed());
+        kept
     }
 
     /// Notes a corrupt block: deleted here, reported so the cluster re-replicates it.
@@ -336,7 +353,6 @@ impl Storage {
                 format!("block {id}: upload cut short: {e}"),
             )
         })?;
-        read_end(recv).await;
         let data = Arc::new(data);
         // The first storage of a pipeline checks the bytes against the name before
         // forwarding them; the next ones trust it (storage certificates are the cluster's).

@@ -1,15 +1,17 @@
-//! What one request and its answer cost on vg's transport (QUIC, mutual TLS, a stream
-//! per request), and how much depends on where the call starts:
+//! What one request and its answer cost on vg's transport (QUIC, mutual TLS, streams
+//! kept from call to call), and how much depends on where the call starts:
 //!
 //!   cargo run --release -p vg-wire --example rpc_round_trip [CALLS]
 //!
 //! A server and a client in this process, on loopback, each with a runtime of its own
 //! (the server's on its own thread, as a nameserver's is). Prints the time and the
 //! process's CPU (client and server together) per call for calls made
-//! - `on its runtime`: by a task on the client's runtime thread (one thread does it all);
+//! - `on its runtime`: by a task on the client's runtime thread (one thread does it all),
+//!   through `Dialer::call`, which keeps its stream for the next call;
 //! - `from another thread`: started by another thread on a runtime with one worker per
 //!   core, as the mount's FUSE thread starts its calls;
-//! - `on one stream`: as the first, all requests on one stream (no stream per request).
+//! - `on one stream`: as the first, all requests written straight on one stream (the
+//!   floor `Dialer::call` nears).
 
 use std::time::{Duration, Instant};
 

@@ -138,7 +138,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     })
 }
 
-/// Reads one frame; a bad header, oversized length or malformed payload is an error.
+/// Reads one frame; a bad header, oversized length or malformed payload is an error, as
+/// is a stream that ends before it.
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(reader: &mut R) -> Result<T> {
     let mut header = [0u8; HEADER_LEN];
     reader
@@ -147,7 +148,42 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(reader: &mut 
         .map_err(|e| Error::BadFrame {
             reason: format!("read header: {e}"),
         })?;
-    let len = decode_header(&header)?;
+    read_payload(reader, &header).await
+}
+
+/// Reads one frame, or `None` if the stream ends where a frame would start: the peer is
+/// done with a stream it kept for several requests, or went away (its stream reset, its
+/// connection lost) between two of them, which leaves no request to answer.
+pub async fn read_frame_or_end<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    reader: &mut R,
+) -> Result<Option<T>> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match reader.read(&mut header[got..]).await {
+            Ok(0) | Err(_) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(Error::BadFrame {
+                    reason: format!("read header: the stream ended after {got} bytes"),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) => {
+                return Err(Error::BadFrame {
+                    reason: format!("read header: {e}"),
+                })
+            }
+        }
+    }
+    read_payload(reader, &header).await.map(Some)
+}
+
+/// Reads and decodes the payload of a frame whose header was read.
+async fn read_payload<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    reader: &mut R,
+    header: &[u8; HEADER_LEN],
+) -> Result<T> {
+    let len = decode_header(header)?;
     let mut payload = vec![0u8; len];
     reader
         .read_exact(&mut payload)
@@ -249,5 +285,25 @@ mod tests {
         let _: ns::Request = read_frame(&mut reader).await.unwrap();
         let _: ns::Request = read_frame(&mut reader).await.unwrap();
         assert!(read_frame::<_, ns::Request>(&mut reader).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_kept_stream_ends_cleanly_only_between_frames() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &sample()).await.unwrap();
+        let mut reader = &buf[..];
+        let first = read_frame_or_end::<_, ns::Request>(&mut reader).await;
+        assert!(matches!(first, Ok(Some(ns::Request::Mkdir { .. }))));
+        assert!(matches!(
+            read_frame_or_end::<_, ns::Request>(&mut reader).await,
+            Ok(None)
+        ));
+        // Cut inside the header, then inside the payload: errors, not a clean end.
+        for cut in [3, HEADER_LEN + 2] {
+            let mut reader = &buf[..cut];
+            assert!(read_frame_or_end::<_, ns::Request>(&mut reader)
+                .await
+                .is_err());
+        }
     }
 }

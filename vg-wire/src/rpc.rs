@@ -1,8 +1,12 @@
 //! RPC on QUIC: the server accept loop and the client-side dialer.
 //!
-//! One long-lived connection per peer pair, one bidirectional stream per request. A
-//! request is a frame (plus raw block bytes for uploads); the answer is a frame holding
-//! `Result<Response, RemoteError>` (plus raw bytes for reads).
+//! One long-lived connection per peer pair. A request is a frame (plus raw block bytes
+//! for uploads); the answer is a frame holding `Result<Response, RemoteError>` (plus raw
+//! bytes for reads). A block transfer has a bidirectional stream of its own, which the
+//! client finishes after its request; a request of frames only ([`Dialer::call`]) goes on
+//! a stream kept from an earlier one when there is one, and a server that serves several
+//! requests per stream ([`at_end`]) keeps it open after its answer: a stream per request
+//! cost each call about 12 µs of CPU and 25 µs (BENCHMARKS.md, stop 28 and 31).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -118,8 +122,10 @@ pub async fn read_request<Q: DeserializeOwned + Operation, A: Serialize>(
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Option<Q> {
-    match codec::read_frame::<_, Q>(recv).await {
-        Ok(request) => match request
+    match codec::read_frame_or_end::<_, Q>(recv).await {
+        // The client is done with a stream it kept.
+        Ok(None) => None,
+        Ok(Some(request)) => match request
             .role()
             .map(|role| peer.require(role, request.name()))
         {
@@ -146,10 +152,39 @@ pub async fn respond<T: Serialize>(
     send: &mut SendStream,
     answer: std::result::Result<T, RemoteError>,
 ) {
+    reply(send, answer, true).await;
+}
+
+/// Sends the answer to a request, and finishes the stream if it is the `last` on it.
+pub async fn reply<T: Serialize>(
+    send: &mut SendStream,
+    answer: std::result::Result<T, RemoteError>,
+    last: bool,
+) {
     if let Err(e) = codec::write_frame(send, &answer).await {
         debug!(reason = %e, "could not send answer");
     }
-    let _ = send.finish();
+    if last {
+        let _ = send.finish();
+    }
+}
+
+/// Whether the peer has finished its side of the stream, polled once without waiting;
+/// for a server, right after a request of frames only: a client that sends one request
+/// per stream finishes it with the request (its end comes in the same packet), one that
+/// keeps the stream does not, and is answered without the end. Call it only where the
+/// peer sends nothing more unasked: data found is dropped.
+pub async fn at_end(recv: &mut RecvStream) -> bool {
+    // Polled once, not under a timeout of zero: tokio's timer fires at its next tick, so
+    // a read that is not ready (a kept stream) waited a millisecond for it.
+    let mut read = std::pin::pin!(recv.read_chunk(usize::MAX, true));
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(matches!(
+            read.as_mut().poll(cx),
+            std::task::Poll::Ready(Ok(None))
+        ))
+    })
+    .await
 }
 
 /// Reads the end of a stream whose data has all been read, if it is there already (it
@@ -158,21 +193,13 @@ pub async fn respond<T: Serialize>(
 /// each way, and with two of them the peer acknowledges at once instead of with its next
 /// packet. Requests took four datagrams instead of two.
 pub async fn read_end(recv: &mut RecvStream) {
-    // A timeout of zero polls the read once.
-    let _ = tokio::time::timeout(Duration::ZERO, recv.read_chunk(usize::MAX, true)).await;
+    at_end(recv).await;
 }
 
 /// Reads an answer frame and turns a remote error into [`Error::Remote`].
 pub async fn read_answer<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T> {
     let answer: std::result::Result<T, RemoteError> = codec::read_frame(recv).await?;
     Ok(answer?)
-}
-
-/// [`read_answer`] for an answer that is the whole stream, then its end.
-async fn read_final_answer<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T> {
-    let answer = read_answer(recv).await;
-    read_end(recv).await;
-    answer
 }
 
 /// A peer to dial: its certificate name, role and address.
@@ -326,6 +353,9 @@ pub struct Dialer {
     /// For peers on this machine (see [`crate::tls::transport`]).
     loopback: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<Target, Connection>>>,
+    /// Streams whose peer answered a request and kept them open, for the next requests
+    /// to it (at most [`KEPT_PER_PEER`] each).
+    kept: Arc<Mutex<HashMap<Target, Vec<Kept>>>>,
     /// Bound on connecting and on each request.
     pub timeout: Duration,
 }
@@ -340,6 +370,7 @@ impl Dialer {
             config,
             loopback,
             conns: Arc::default(),
+            kept: Arc::default(),
             timeout,
         }
     }
@@ -357,6 +388,7 @@ impl Dialer {
             config: self.config.clone(),
             loopback: self.loopback.clone(),
             conns: Arc::default(),
+            kept: Arc::default(),
             timeout: self.timeout,
         })
     }
@@ -410,33 +442,107 @@ impl Dialer {
 
     /// Opens a request stream to `target`, redialling once if the cached connection died.
     pub async fn open(&self, target: &Target) -> Result<(SendStream, RecvStream)> {
+        let Kept { send, recv, .. } = self.open_kept(target).await?;
+        Ok((send, recv))
+    }
+
+    /// [`Dialer::open`], with the connection the stream is on.
+    async fn open_kept(&self, target: &Target) -> Result<Kept> {
         let conn = self.connection(target).await?;
-        match conn.open_bi().await {
-            Ok(streams) => Ok(streams),
+        let (send, recv) = match conn.open_bi().await {
+            Ok(streams) => streams,
             Err(_) => {
                 self.forget(target);
                 let conn = self.connection(target).await?;
-                conn.open_bi().await.map_err(|e| Self::conn_err(target, e))
+                let streams = conn.open_bi().await;
+                return streams
+                    .map(|(send, recv)| Kept { conn, send, recv })
+                    .map_err(|e| Self::conn_err(target, e));
+            }
+        };
+        Ok(Kept { conn, send, recv })
+    }
+
+    /// A stream kept for requests to `target`, if one is on a live connection.
+    fn take_kept(&self, target: &Target) -> Option<Kept> {
+        let mut kept = self.kept.lock().expect("dialer lock");
+        let streams = kept.get_mut(target)?;
+        std::iter::from_fn(|| streams.pop()).find(|k| k.conn.close_reason().is_none())
+    }
+
+    /// Sends a request frame (and `data` after it) on a stream kept for `target`, or a
+    /// new one, and reads the answer frame; the stream is kept after it unless the peer
+    /// ended it. A peer ends a kept stream after some refusals, and its end may arrive
+    /// after the answer that was taken for the last on it: a kept stream that ends
+    /// before any answer to the request was never served, and a new one takes it.
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        target: &Target,
+        frame: &[u8],
+        data: Option<Bytes>,
+    ) -> Result<std::result::Result<T, RemoteError>> {
+        loop {
+            let (mut stream, reused) = match self.take_kept(target) {
+                Some(kept) => (kept, true),
+                None => (self.open_kept(target).await?, false),
+            };
+            let sent = async {
+                stream.send.write_all(frame).await?;
+                if let Some(data) = data.clone() {
+                    stream.send.write_chunk(data).await?;
+                }
+                Ok::<_, quinn::WriteError>(())
+            };
+            match sent.await {
+                Ok(()) => {}
+                Err(_) if reused => continue,
+                Err(e) => return Err(Self::conn_err(target, e)),
+            }
+            let answer = match reused {
+                true => codec::read_frame_or_end(&mut stream.recv).await?,
+                false => Some(codec::read_frame(&mut stream.recv).await?),
+            };
+            if let Some(answer) = answer {
+                self.keep(target, stream).await;
+                return Ok(answer);
             }
         }
     }
 
-    /// Drops the cached connection to `target` (after a failure).
-    pub fn forget(&self, target: &Target) {
-        self.conns.lock().expect("dialer lock").remove(target);
+    /// Keeps a stream whose request was answered for the next request to `target`,
+    /// unless the peer ended it with its answer.
+    async fn keep(&self, target: &Target, mut stream: Kept) {
+        if at_end(&mut stream.recv).await {
+            return;
+        }
+        let mut kept = self.kept.lock().expect("dialer lock");
+        let streams = kept.entry(target.clone()).or_default();
+        if streams.len() < KEPT_PER_PEER {
+            streams.push(stream);
+        }
     }
 
-    /// Sends one request and waits for its answer, within the timeout.
+    /// Drops the cached connection to `target` (after a failure), and the streams kept
+    /// on it.
+    pub fn forget(&self, target: &Target) {
+        self.conns.lock().expect("dialer lock").remove(target);
+        self.kept.lock().expect("dialer lock").remove(target);
+    }
+
+    /// Sends one request and waits for its answer, within the timeout. The request goes
+    /// on a stream kept from an earlier call to `target` when there is one, and its stream
+    /// is kept after the answer unless the peer ended it. A call given up (timed out,
+    /// dropped) drops its stream, which the peer sees as a client gone away.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: &Target,
         request: &Req,
     ) -> Result<Resp> {
         let work = async {
-            let (mut send, mut recv) = self.open(target).await?;
-            codec::write_frame(&mut send, request).await?;
-            let _ = send.finish();
-            read_final_answer(&mut recv).await
+            let frame = codec::encode(request)?;
+            let answer: std::result::Result<Resp, RemoteError> =
+                self.exchange(target, &frame, None).await?;
+            Ok(answer?)
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
@@ -447,6 +553,21 @@ impl Dialer {
         }
     }
 }
+
+/// A request stream, and the connection it is on.
+struct Kept {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+/// Streams kept per peer: as many as a client has calls to it in flight at once, up to
+/// this (each holds a task on the server).
+const KEPT_PER_PEER: usize = 64;
+
+/// Blocks up to this size are uploaded on kept streams (a larger one's transfer dwarfs
+/// what a stream costs).
+const KEPT_BLOCK_MAX: usize = 256 << 10;
 
 /// A server endpoint for `identity` on `addr` (port 0 picks one), and the address it got.
 pub fn listen(identity: &crate::tls::Identity, addr: SocketAddr) -> Result<(Endpoint, SocketAddr)> {
@@ -609,7 +730,8 @@ pub fn share<T: AsRef<[u8]> + Send + Sync + 'static>(data: Arc<T>) -> Bytes {
 }
 
 /// Sends an upload request (`Put` or `Forward`) followed by the block's bytes; returns the
-/// storages that acknowledged the block.
+/// storages that acknowledged the block. A small block goes on a kept stream, as a
+/// [`Dialer::call`] does; a large one on a stream of its own.
 pub async fn send_block(
     dialer: &Dialer,
     target: &Target,
@@ -618,13 +740,24 @@ pub async fn send_block(
 ) -> Result<Vec<String>> {
     dialer
         .transfer(target, async {
-            let (mut send, mut recv) = dialer.open(target).await?;
-            codec::write_frame(&mut send, request).await?;
-            send.write_chunk(data)
-                .await
-                .map_err(|e| Dialer::conn_err(target, e))?;
-            let _ = send.finish();
-            match read_final_answer(&mut recv).await? {
+            let frame = codec::encode(request)?;
+            let answer: std::result::Result<storage::Response, RemoteError> =
+                if data.len() <= KEPT_BLOCK_MAX {
+                    dialer.exchange(target, &frame, Some(data)).await?
+                } else {
+                    let (mut send, mut recv) = dialer.open(target).await?;
+                    send.write_all(&frame)
+                        .await
+                        .map_err(|e| Dialer::conn_err(target, e))?;
+                    send.write_chunk(data)
+                        .await
+                        .map_err(|e| Dialer::conn_err(target, e))?;
+                    let _ = send.finish();
+                    let answer = codec::read_frame(&mut recv).await?;
+                    read_end(&mut recv).await;
+                    answer
+                };
+            match answer? {
                 storage::Response::Stored { holders } => Ok(holders),
                 other => Err(Error::BadFrame {
                     reason: format!("unexpected answer {other:?}"),
@@ -754,5 +887,94 @@ mod tests {
                 "datagrams stay small: {mean_in} bytes in, MTU {mtu_out} out"
             );
         }
+    }
+
+    /// How [`echo`] serves a stream.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Echo {
+        /// One request, its answer ending the stream.
+        OneEach,
+        /// Every request until the client ends the stream.
+        Kept,
+        /// One request, its answer not ending the stream, which ends a moment later.
+        EndsLate,
+    }
+
+    /// A server that adds one to each request, served as `how` says, and counts its
+    /// streams.
+    async fn echo(identity: &Identity, how: Echo) -> (Target, Arc<std::sync::atomic::AtomicUsize>) {
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (endpoint, addr) = listen(identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let counted = streams.clone();
+        tokio::spawn(serve(endpoint, move |_peer, mut send, mut recv| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                while let Ok(Some(n)) = codec::read_frame_or_end::<_, u32>(&mut recv).await {
+                    let last = how == Echo::OneEach || at_end(&mut recv).await;
+                    reply(&mut send, Ok::<_, RemoteError>(n + 1), last).await;
+                    if how == Echo::EndsLate {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let _ = send.finish();
+                        return;
+                    }
+                    if last {
+                        return;
+                    }
+                }
+                let _ = send.finish();
+            }
+        }));
+        let target = Target {
+            name: "bob".into(),
+            role: Role::Storage,
+            addr,
+        };
+        (target, streams)
+    }
+
+    #[tokio::test]
+    async fn calls_keep_their_stream_where_the_server_keeps_it_open() {
+        let (_dir, dialer, storage) = client_and_storage();
+        let count = |streams: &std::sync::atomic::AtomicUsize| {
+            streams.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (kept, kept_streams) = echo(&storage, Echo::Kept).await;
+        for n in 0..10u32 {
+            assert_eq!(dialer.call::<_, u32>(&kept, &n).await.unwrap(), n + 1);
+        }
+        assert_eq!(count(&kept_streams), 1, "one stream for ten calls in turn");
+        // Calls at once each need a stream; all of them are kept for later calls.
+        let calls: Vec<_> = (0..5u32)
+            .map(|n| {
+                let (dialer, kept) = (dialer.clone(), kept.clone());
+                tokio::spawn(async move { dialer.call::<_, u32>(&kept, &n).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(count(&kept_streams), 5);
+        for n in 0..5u32 {
+            dialer.call::<_, u32>(&kept, &n).await.unwrap();
+        }
+        assert_eq!(count(&kept_streams), 5);
+        // A forgotten connection takes its streams with it.
+        dialer.forget(&kept);
+        dialer.call::<_, u32>(&kept, &1).await.unwrap();
+        assert_eq!(count(&kept_streams), 6);
+
+        // A server that ends each stream with its answer gets a stream per call.
+        let (one_each, one_each_streams) = echo(&storage, Echo::OneEach).await;
+        for n in 0..4u32 {
+            assert_eq!(dialer.call::<_, u32>(&one_each, &n).await.unwrap(), n + 1);
+        }
+        assert_eq!(count(&one_each_streams), 4);
+        // A stream kept although the server was done with it: the request it never
+        // served goes on a new stream.
+        let (ends_late, ends_late_streams) = echo(&storage, Echo::EndsLate).await;
+        for n in 0..4u32 {
+            assert_eq!(dialer.call::<_, u32>(&ends_late, &n).await.unwrap(), n + 1);
+        }
+        assert_eq!(count(&ends_late_streams), 4);
     }
 }

@@ -22,7 +22,7 @@ use quinn::{RecvStream, SendStream};
 use tracing::{debug, info, warn, Instrument};
 use vg_wire::error::{ErrorCode, RemoteError};
 use vg_wire::ns::{Request, Response};
-use vg_wire::rpc::{read_end, read_request, respond, Dialer, Operation, Peer};
+use vg_wire::rpc::{at_end, read_request, reply, Dialer, Operation, Peer};
 use vg_wire::{BlockId, Ino, Location, Timestamp};
 
 use crate::error::{refuse, Error};
@@ -340,31 +340,40 @@ impl Service {
         }
     }
 
-    /// Serves one request stream.
+    /// Serves a request stream: its one request, or, on a stream the client keeps, each
+    /// request in turn until the client ends it.
     pub async fn handle(
         self: Arc<Self>,
         peer: Arc<Peer>,
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let Some(request) = read_request::<Request, Response>(&peer, &mut send, &mut recv).await
-        else {
-            return;
-        };
-        read_end(&mut recv).await;
+        while let Some(request) =
+            read_request::<Request, Response>(&peer, &mut send, &mut recv).await
+        {
+            let last = at_end(&mut recv).await;
+            self.serve(&peer, request, &mut send, last).await;
+            if last {
+                return;
+            }
+        }
+        let _ = send.finish();
+    }
+
+    /// Answers one request; the answer ends the stream if the request is its `last`.
+    async fn serve(&self, peer: &Peer, request: Request, send: &mut SendStream, last: bool) {
         let (request, numbered) = match request {
             Request::Once {
                 client,
                 seq,
                 request,
-            } => (*request, Some(Numbered::of(&peer, client, seq))),
+            } => (*request, Some(Numbered::of(peer, client, seq))),
             request => (request, None),
         };
         let span = tracing::debug_span!("request", op = request.name(), peer = %peer.name);
         // A lock request that waits ends when its client goes away (the process was
         // interrupted, the mount stopped): nobody would release the lock it took.
         let waits = matches!(request, Request::Lock { wait: true, .. });
-        let gone = send.stopped();
         let (op, started) = (request.name(), Instant::now());
         let served = async {
             let answer = if let Request::Raft { message } = &request {
@@ -373,18 +382,18 @@ impl Service {
                 Err(not_leading())
             } else if waits {
                 tokio::select! {
-                    answer = self.dispatch(&peer, request) => answer,
-                    _ = gone => return debug!("client went away; lock request dropped"),
+                    answer = self.dispatch(peer, request) => answer,
+                    _ = send.stopped() => return debug!("client went away; lock request dropped"),
                 }
             } else {
-                self.dispatch(&peer, request).await
+                self.dispatch(peer, request).await
             };
             if let Err(e) = &answer {
                 debug!(code = ?e.code, error = %e.message, "refused");
             }
             let outcome = answer.as_ref().map_or_else(|e| e.code.name(), |_| "ok");
             self.requests.record(op, outcome, started.elapsed());
-            respond(&mut send, answer).await;
+            reply(send, answer, last).await;
         };
         NUMBERED.scope(numbered, served).instrument(span).await
     }

@@ -493,18 +493,20 @@ impl Dialer {
                 }
                 Ok::<_, quinn::WriteError>(())
             };
-            match sent.await {
-                Ok(()) => {}
-                Err(_) if reused => continue,
-                Err(e) => return Err(Self::conn_err(target, e)),
-            }
-            let answer = match reused {
-                true => codec::read_frame_or_end(&mut stream.recv).await?,
-                false => Some(codec::read_frame(&mut stream.recv).await?),
+            let answer = match (sent.await, reused) {
+                (Ok(()), true) => codec::read_frame_or_end(&mut stream.recv).await?,
+                (Ok(()), false) => Some(codec::read_frame(&mut stream.recv).await?),
+                (Err(_), true) => None,
+                (Err(e), false) => return Err(Self::conn_err(target, e)),
             };
             if let Some(answer) = answer {
                 self.keep(target, stream).await;
                 return Ok(answer);
+            }
+            // The connection itself is gone (the peer died): a new stream would redial a
+            // dead peer for a timeout, where the caller may ask another.
+            if let Some(reason) = stream.conn.close_reason() {
+                return Err(Self::conn_err(target, reason));
             }
         }
     }

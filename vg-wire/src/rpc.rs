@@ -2,11 +2,12 @@
 //!
 //! One long-lived connection per peer pair. A request is a frame (plus raw block bytes
 //! for uploads); the answer is a frame holding `Result<Response, RemoteError>` (plus raw
-//! bytes for reads). A block transfer has a bidirectional stream of its own, which the
-//! client finishes after its request; a request of frames only ([`Dialer::call`]) goes on
-//! a stream kept from an earlier one when there is one, and a server that serves several
-//! requests per stream ([`at_end`]) keeps it open after its answer: a stream per request
-//! cost each call about 12 µs of CPU and 25 µs (BENCHMARKS.md, stop 28 and 31).
+//! bytes for reads). A read, and the upload of a large block, has a bidirectional stream
+//! of its own, which the client finishes after its request; any other request
+//! ([`Dialer::call`], a small block's upload) goes on a stream kept from an earlier one
+//! when there is one, and a server that serves several requests per stream ([`at_end`])
+//! keeps it open after its answer: a stream per request cost each call 7 to 12 µs of CPU
+//! (BENCHMARKS.md, stops 28 and 31).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -68,6 +68,8 @@ pub(crate) struct Ops {
     ttl: Duration,
     /// Whether extended attributes are served (else ENOSYS: the kernel stops asking).
     xattrs: bool,
+    /// How long a FUSE queue's thread polls for an answer before it sleeps ([`ring`]).
+    poll: Duration,
     next_fh: Arc<AtomicU64>,
     handles: Arc<Mutex<HashMap<u64, FileHandle>>>,
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
@@ -248,19 +250,22 @@ impl std::task::Wake for Parked {
 
 impl VgFs {
     /// A file system over the open-file layer, running its calls on `rt`; with `uring`,
-    /// served over io_uring if the kernel offers it.
+    /// served over io_uring if the kernel offers it, each queue's thread polling up to
+    /// `poll` for an answer before it sleeps.
     pub fn new(
         files: Arc<Files>,
         rt: tokio::runtime::Handle,
         ttl: Duration,
         xattrs: bool,
         uring: bool,
+        poll: Duration,
     ) -> Self {
         let ops = Ops {
             files,
             rt,
             ttl,
             xattrs,
+            poll,
             next_fh: Arc::new(AtomicU64::new(1)),
             handles: Arc::default(),
             dirs: Arc::default(),

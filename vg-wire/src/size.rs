@@ -44,7 +44,8 @@ pub fn format_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// Parses a duration: a number with a unit `ms`, `s`, `m` or `h` (plain numbers are seconds).
+/// Parses a duration: a number with a unit `us`, `ms`, `s`, `m` or `h` (plain numbers are
+/// seconds).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text
@@ -55,13 +56,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (examples: 500ms, 10s, 5m)"))?;
     let secs = match unit.trim() {
+        "us" => value / 1e6,
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                "{text:?}: unknown unit {other:?} (use us, ms, s, m or h)"
             ))
         }
     };
@@ -81,6 +83,19 @@ mod tests {
         assert!(parse_size("1XB").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("300us"), Ok(Duration::from_micros(300)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("3d")
+            .unwrap_err()
+            .contains("unknown unit \"d\""));
+        assert!(parse_duration("fast").is_err());
     }
 
     #[test]

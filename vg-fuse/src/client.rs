@@ -175,6 +175,11 @@ impl Client {
             .await?)
     }
 
+    /// This thread's dialer, else the client's.
+    pub(crate) fn thread_dialer(&self) -> &Dialer {
+        THREAD_DIALER.with(Cell::get).unwrap_or(&self.dialer)
+    }
+
     /// Sends this thread's requests to the nameserver over a connection of its own,
     /// driven by the runtime this thread runs (FUSE over io_uring: a request, its
     /// nameserver call and its reply then all happen on the caller's CPU).

@@ -216,7 +216,7 @@ impl Client {
         data: &Bytes,
         sync: bool,
     ) -> PutTask {
-        let dialer = self.dialer.clone();
+        let dialer = self.thread_dialer().clone();
         let (to, data) = (to.clone(), data.clone());
         let request = storage::Request::Put {
             id,

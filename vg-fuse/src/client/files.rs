@@ -1132,7 +1132,7 @@ impl Files {
     /// Starts the upload of a block's unsealed bytes as one blob (waiting for room among
     /// uploads in flight). A small one that a flush waits for (`flushing`) runs on this
     /// thread's runtime: on a FUSE ring's thread, which polls for its answers while the
-    /// flush is out, an untar went 1.25x faster than with the upload on the main
+    /// flush is out, an untar went 1.1 to 1.3x faster than with the upload on the main
     /// runtime, whose thread the answers had to wake (BENCHMARKS.md, stop 32).
     async fn seal_block(&self, state: &mut FileState, idx: u64, sync: bool, flushing: bool) {
         let Some(extents) = state.dirty.remove(&idx) else {

@@ -200,20 +200,27 @@ check "POSIX ACLs: setfacl/getfacl, chmod, default ACLs and umask, cp -a, rsync 
 # with EPIPE (and the pipeline with it).
 status_says() { "$bin/vgctl" status 2>/dev/null | grep "^open files: *$1" >/dev/null; }
 inodes() { stat -f -c %c "$mnt"; }
-# hold FILE [--unlink]: starts hold.py on FILE and waits until it is ready.
+# settled: no file open anywhere, as the nameserver counts them (a close's release
+# reaches the mount after close(2) returns, and a file unlinked before it was released
+# would be freed in the middle of the next case's count).
+settled() { eventually 10 status_says "0 in 0 sessions, 0"; }
+# hold FILE [--unlink]: starts hold.py on FILE and waits until it is ready (ending the
+# holder a failed case left, so that one failure does not fail the cases after it).
 hold() {
+  [[ -n ${holder:-} ]] && kill "$holder" 2>/dev/null && wait "$holder" 2>/dev/null
+  settled || return 1
   rm -f "$work/ready" "$work/go"
   scripts/hold.py "$1" "$work" "${@:2}" &
   holder=$!
   eventually 60 test -e "$work/ready"
 }
 # release: lets the holder check and close; fails if a check failed.
-release() { touch "$work/go" && wait "$holder"; }
+release() { touch "$work/go" && wait "$holder" && holder=; }
 reads() { [[ $(cat "$1") == "$2" ]]; }
 
 unlinked_here() {
   local before
-  before=$(inodes)
+  settled && before=$(inodes) || return 1
   hold "$mnt/doomed" --unlink || return 1
   [[ ! -e $mnt/doomed && $(inodes) == $((before + 1)) ]] && eventually 10 status_says "1 in 1 sessions, 1 of them unlinked" \
     && release && eventually 10 status_says "0 in 0 sessions, 0" && [[ $(inodes) == "$before" ]]
@@ -242,7 +249,7 @@ check "mv over a file open on another mount: the holder keeps the old file" rena
 
 restarted() {
   local before
-  before=$(inodes)
+  settled && before=$(inodes) || return 1
   hold "$mnt/kept" --unlink && eventually 10 status_says "1 in 1 sessions, 1 of them unlinked" \
     && restart_server "$home" nameserver || { echo "restart failed"; return 1; }
   # The mount reports again within a third of the lease; until a whole lease has passed
@@ -255,7 +262,7 @@ check "a file open and unlinked across a nameserver restart: kept, freed at clos
 
 mount_died() {
   local before pid
-  before=$(inodes)
+  settled && before=$(inodes) || return 1
   pid=$(mount_more c) && hold "$work/mnt-c/lost" --unlink \
     && eventually 10 status_says "1 in 1 sessions, 1 of them unlinked" || return 1
   kill -9 "$pid" && kill "$holder"

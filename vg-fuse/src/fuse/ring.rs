@@ -769,9 +769,9 @@ fn dispatch(ops: &Ops, queue: &Arc<Shared>, i: usize, entry: &mut Entry) -> bool
 }
 
 /// Whether a queue's thread polls for the answer of a request with `opcode`: not for
-/// a write (answered from memory at once, or behind uploads on the main runtime, which
-/// a polling thread would slow), a release (its caller does not wait) or an fsync (a
-/// disk's sync, a millisecond): each measured slower polled.
+/// a write (answered from memory at once, or behind uploads on the main runtime), a
+/// release (its caller does not wait: polling took the CPU from it, creates went
+/// slower) or an fsync (a disk's sync, a millisecond: fsync'd writes went slower).
 fn polled(opcode: u32) -> bool {
     !matches!(opcode, WRITE | RELEASE | RELEASEDIR | FSYNC | FSYNCDIR)
 }

@@ -168,10 +168,9 @@ impl Client {
             },
             false => request,
         };
-        let dialer = THREAD_DIALER.with(Cell::get).unwrap_or(&self.dialer);
         Ok(self
             .ns
-            .call(dialer, &request, self.unavailable_timeout)
+            .call(self.thread_dialer(), &request, self.unavailable_timeout)
             .await?)
     }
 

@@ -43,10 +43,12 @@ summary() {
   [[ $failed == 0 ]]
 }
 
-# A port for a test cluster's nameserver, random in 20000-39999 so that clusters of runs
-# side by side rarely ask for the same one.
+# A port for a test cluster's nameserver, random in 10000-29999 so that clusters of runs
+# side by side rarely ask for the same one, and below the kernel's ephemeral range
+# (32768 up), where any client's socket could be holding it (the cluster takes the
+# ports after it too).
 random_port() {
-  echo $((20000 + RANDOM % 20000))
+  echo $((10000 + RANDOM % 20000))
 }
 
 # Stops server NAME of the cluster scripts/up.sh started under HOME (by the PID it

@@ -39,6 +39,8 @@ new_boot
 lossy_pid=
 
 mounted() { grep -q " $1 " /proc/mounts; }
+# Whether process PID is gone (or a zombie: its sockets and files are closed).
+exited() { [[ ! -e /proc/$1 || $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
 
 start_disk() {
   LOSSYFS_SLOW_FSYNC=${slow:-} "$lossyfs" "$backing" "$disk" >>"$log" 2>&1 &
@@ -49,10 +51,14 @@ start_disk() {
 # Cuts the power: lossyfs and every process of the cluster, SIGKILLed by PID.
 cut() {
   [[ -n $lossy_pid ]] && kill -9 "$lossy_pid" 2>/dev/null
+  local pid pids=()
   if [[ -f $VG_HOME/pids ]]; then
-    while read -r _ pid _; do kill -9 "$pid" 2>/dev/null; done <"$VG_HOME/pids"
+    while read -r _ pid _; do kill -9 "$pid" 2>/dev/null && pids+=("$pid"); done <"$VG_HOME/pids"
     rm -f "$VG_HOME/pids"
   fi
+  # SIGKILL returns before the process has exited and let go of its ports: the restart
+  # would find them taken.
+  for pid in "${pids[@]}"; do eventually 30 exited "$pid"; done
   [[ -n $lossy_pid ]] && wait "$lossy_pid" 2>/dev/null
   lossy_pid=
   new_boot

@@ -370,9 +370,12 @@ impl Storage {
         let sync = sync || self.strict;
         // Until the block is recorded stored (below), or the upload fails.
         let _receiving = Receiving::new(self, id);
+        // A small block goes into a volume with one `pwrite` (and, synced, one
+        // `fdatasync`): handing that to the blocking pool cost two thread wake-ups, more
+        // than the write, while the request's thread had nothing else to do meanwhile.
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
-            tokio::task::spawn_blocking(move || store.put_checked(&id, &data, sync))
+            run_sized(data.len(), move || store.put_checked(&id, &data, sync))
         };
         let forward = async {
             let Some((next, rest)) = chain.split_first() else {
@@ -387,7 +390,6 @@ impl Storage {
             }
         };
         let (local, forwarded) = tokio::join!(local, forward);
-        let local = local.expect("put does not panic");
         if matches!(local, Err(crate::Error::NoSpace { .. })) {
             self.wake.notify_one();
         }

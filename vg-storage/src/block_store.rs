@@ -215,6 +215,27 @@ impl AlignedBuf {
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
         AlignedBuf { buf, start, len }
     }
+
+    /// An empty aligned buffer with room for `capacity` bytes, filled by
+    /// [`AlignedBuf::extend`]: an upload's bytes are copied in as they arrive, without
+    /// zeroing 4 MiB first (5% of a storage's CPU while taking a sequential write).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf: Vec<u8> = Vec::with_capacity(capacity + DIRECT_ALIGN);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        buf.resize(start, 0);
+        AlignedBuf { buf, start, len: 0 }
+    }
+
+    /// Appends `bytes`, up to the capacity asked for: past it, the vector would move and
+    /// the buffer lose its alignment.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        assert!(
+            self.buf.len() + bytes.len() <= self.buf.capacity(),
+            "aligned buffer filled past its capacity"
+        );
+        self.buf.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
 }
 
 impl std::ops::Deref for AlignedBuf {

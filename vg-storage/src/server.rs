@@ -346,13 +346,24 @@ impl Storage {
             .acquire_many(mib(len))
             .await
             .expect("semaphore is never closed");
-        let mut data = AlignedBuf::new(len as usize);
-        recv.read_exact(data.as_mut()).await.map_err(|e| {
-            RemoteError::new(
+        let mut data = AlignedBuf::with_capacity(len as usize);
+        while data.len() < len as usize {
+            let why = match recv.read_chunk(len as usize - data.len(), true).await {
+                Ok(Some(chunk)) => {
+                    data.extend(&chunk.bytes);
+                    continue;
+                }
+                Ok(None) => "the stream ended".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(RemoteError::new(
                 ErrorCode::Invalid,
-                format!("block {id}: upload cut short: {e}"),
-            )
-        })?;
+                format!(
+                    "block {id}: upload cut short after {} of {len} bytes: {why}",
+                    data.len()
+                ),
+            ));
+        }
         let data = Arc::new(data);
         // The first storage of a pipeline checks the bytes against the name before
         // forwarding them; the next ones trust it (storage certificates are the cluster's).

@@ -226,6 +226,25 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
         refused_code(client.call::<_, storage::Response>(&targets[1], &put).await).await,
         ErrorCode::Invalid
     );
+    // An upload whose bytes stop short of its length is refused, saying how far it got.
+    let put = storage::Request::Put {
+        id: BlockId::of(b"0123456789"),
+        len: 100,
+        chain: vec![],
+        sync: false,
+    };
+    let (mut send, mut recv) = client.open(&targets[1]).await.unwrap();
+    send.write_all(&codec::encode(&put).unwrap()).await.unwrap();
+    send.write_all(b"0123456789").await.unwrap();
+    let _ = send.finish();
+    let answer =
+        codec::read_frame::<_, Result<storage::Response, vg_wire::RemoteError>>(&mut recv).await;
+    let refused = answer.expect("an answer frame").unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Invalid, "{refused}");
+    assert!(
+        refused.message.contains("after 10 of 100 bytes"),
+        "{refused}"
+    );
 }
 
 /// A dialer that presents no client certificate at all (but trusts the cluster CA).

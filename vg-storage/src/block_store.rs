@@ -257,6 +257,34 @@ impl AsMut<[u8]> for AlignedBuf {
     }
 }
 
+/// Reads exactly `len` bytes of `file` at `offset` into a new vector, without zeroing it
+/// first: that took a tenth of a storage's CPU while serving a sequential read.
+fn read_new(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let at = libc::off_t::try_from(at).map_err(std::io::Error::other)?;
+        let want = len - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        // SAFETY: the descriptor is open for the duration of the call, and `pread` writes
+        // at most `spare.len()` bytes into the vector's unused capacity.
+        let n =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            // SAFETY: `pread` initialised the `n` bytes after the vector's length.
+            n if n > 0 => unsafe { buf.set_len(buf.len() + n as usize) },
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
+}
+
 /// What was written and not yet synced, and how far the sync thread got.
 #[derive(Default)]
 struct Unsynced {
@@ -662,12 +690,12 @@ impl BlockStore {
     /// Reads bytes `range` of a planned read's chunks (whole chunks of the block, the last
     /// one possibly cut at its end), verifying them against their stored checksums.
     pub fn read_chunks(&self, plan: &ReadPlan, range: Range<usize>) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; range.len()];
-        plan.file
-            .read_exact_at(&mut buf, plan.base + range.start as u64)
-            .map_err(|_| Error::Corrupt {
-                block: plan.id,
-                reason: "block file is shorter than recorded".into(),
+        let buf =
+            read_new(&plan.file, range.len(), plan.base + range.start as u64).map_err(|_| {
+                Error::Corrupt {
+                    block: plan.id,
+                    reason: "block file is shorter than recorded".into(),
+                }
             })?;
         let first = (range.start - plan.chunks.start) / CHUNK;
         let stored = &plan.crcs[first..first + range.len().div_ceil(CHUNK)];
@@ -956,6 +984,25 @@ mod tests {
         let (store, bad) = BlockStore::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(bad, 2);
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn a_block_file_cut_short_under_a_reader_is_corrupt_not_padded() {
+        let (_dir, store, [(id, bytes), _]) = store_with_two(100_000, 70_000);
+        let (head, whole) = (
+            store.plan_read(&id, 0, 100).unwrap(),
+            store.plan_read(&id, 0, 0).unwrap(),
+        );
+        fs::OpenOptions::new()
+            .write(true)
+            .open(store.path(&id))
+            .unwrap()
+            .set_len(70_000)
+            .unwrap();
+        // The first chunk is whole; the rest of the block is gone.
+        assert_eq!(store.read_planned(head).unwrap().data, bytes[..100]);
+        let err = store.read_planned(whole).unwrap_err();
+        assert!(err.to_string().contains("shorter than recorded"), "{err}");
     }
 
     #[test]

@@ -19,17 +19,17 @@ use crate::error::Error;
 
 /// Longest pipeline accepted: more would be a malformed request, not a real cluster.
 const MAX_CHAIN: usize = 16;
-/// Reads, and hashes of uploads, up to this size run on the request's own thread.
-const SMALL_READ: usize = 128 << 10;
+/// Reads, and uploads (hash and write), up to this size run on the request's own thread.
+const SMALL_WORK: usize = 128 << 10;
 
-/// Runs disk or hashing work on this thread when it touches at most [`SMALL_READ`]
+/// Runs disk or hashing work on this thread when it touches at most [`SMALL_WORK`]
 /// bytes, else on the blocking pool: handing small work over costs a thread wake-up,
 /// more than reading a few cached pages or hashing a small block.
 async fn run_sized<T: Send + 'static>(
     bytes: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> T {
-    if bytes <= SMALL_READ {
+    if bytes <= SMALL_WORK {
         return work();
     }
     tokio::task::spawn_blocking(work)

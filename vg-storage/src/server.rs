@@ -381,12 +381,14 @@ impl Storage {
         let sync = sync || self.strict;
         // Until the block is recorded stored (below), or the upload fails.
         let _receiving = Receiving::new(self, id);
-        // A small block goes into a volume with one `pwrite` (and, synced, one
-        // `fdatasync`): handing that to the blocking pool cost two thread wake-ups, more
-        // than the write, while the request's thread had nothing else to do meanwhile.
+        // A small block goes into a volume with one `pwrite` into the page cache: handing
+        // that to the blocking pool cost two thread wake-ups, more than the write. A
+        // synced one waits for the disk, perhaps for a whole sync round of other blocks,
+        // and would hold up every other request meanwhile.
         let local = {
+            let bytes = if sync { usize::MAX } else { data.len() };
             let (store, data) = (self.store.clone(), data.clone());
-            run_sized(data.len(), move || store.put_checked(&id, &data, sync))
+            run_sized(bytes, move || store.put_checked(&id, &data, sync))
         };
         let forward = async {
             let Some((next, rest)) = chain.split_first() else {

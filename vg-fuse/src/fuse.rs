@@ -85,7 +85,16 @@ pub struct VgFs {
     device: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
     /// Whether to offer the kernel FUSE over io_uring.
     uring: bool,
+    /// The queues over io_uring serve the requests: `/dev/fuse` brings little more than
+    /// forgets, which can wait (see [`FORGET_PAUSE`]).
+    ringed: bool,
 }
+
+/// How long the `/dev/fuse` thread rests after a forget while io_uring queues serve the
+/// requests, so that the next ones arrive batched: an unlink's inode is forgotten at
+/// once, and `rm -r` woke that thread once per file, which took a CPU from the
+/// threads doing the work on a two-core machine.
+const FORGET_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Makes the kernel read ahead [`IO_SIZE`] on the mount at `mountpoint`, so that a
 /// sequential reader's FUSE reads are 1 MiB, not 128 KiB (+17% sequential read
@@ -275,6 +284,7 @@ impl VgFs {
             ops,
             device: Arc::default(),
             uring,
+            ringed: false,
         }
     }
 
@@ -1190,7 +1200,10 @@ impl Filesystem for VgFs {
             .filter(|_| self.uring && ring::supported())
         {
             match config.add_capabilities(ring::FUSE_OVER_IO_URING) {
-                Ok(()) => ring::start(self.ops.clone(), device, IO_SIZE as usize),
+                Ok(()) => {
+                    ring::start(self.ops.clone(), device, IO_SIZE as usize);
+                    self.ringed = true;
+                }
                 Err(_) => tracing::info!(
                     "the kernel does not offer FUSE over io_uring (enable_uring of the fuse module): serving /dev/fuse"
                 ),
@@ -1205,6 +1218,17 @@ impl Filesystem for VgFs {
             tracing::error!(error = %e, "data written before unmount could not be committed");
         }
         self.ops.rt.block_on(files.end_session());
+    }
+
+    // Inodes live on the nameserver, not in the mount: nothing to release on a forget.
+    fn forget(&mut self, _req: &Request<'_>, _ino: u64, _nlookup: u64) {
+        if self.ringed {
+            std::thread::sleep(FORGET_PAUSE);
+        }
+    }
+
+    fn batch_forget(&mut self, req: &Request<'_>, _nodes: &[fuser::fuse_forget_one]) {
+        self.forget(req, 0, 0);
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: fuser::ReplyEntry) {

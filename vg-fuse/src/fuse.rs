@@ -288,6 +288,14 @@ impl VgFs {
         }
     }
 
+    /// Lets forgets pile up in the kernel for [`FORGET_PAUSE`] while io_uring queues serve
+    /// the requests, so that the next read of `/dev/fuse` takes them as one batch.
+    fn after_forgets(&self) {
+        if self.ringed {
+            std::thread::sleep(FORGET_PAUSE);
+        }
+    }
+
     /// Where the session's notifier goes once the session exists (it owns this).
     pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
         self.ops.notifier.clone()
@@ -1222,13 +1230,11 @@ impl Filesystem for VgFs {
 
     // Inodes live on the nameserver, not in the mount: nothing to release on a forget.
     fn forget(&mut self, _req: &Request<'_>, _ino: u64, _nlookup: u64) {
-        if self.ringed {
-            std::thread::sleep(FORGET_PAUSE);
-        }
+        self.after_forgets();
     }
 
-    fn batch_forget(&mut self, req: &Request<'_>, _nodes: &[fuser::fuse_forget_one]) {
-        self.forget(req, 0, 0);
+    fn batch_forget(&mut self, _req: &Request<'_>, _nodes: &[fuser::fuse_forget_one]) {
+        self.after_forgets();
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: fuser::ReplyEntry) {

@@ -32,6 +32,11 @@ async fn run_sized<T: Send + 'static>(
     if bytes <= SMALL_WORK {
         return work();
     }
+    on_pool(work).await
+}
+
+/// Runs work on the blocking pool.
+async fn on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work)
         .await
         .expect("storage work does not panic")
@@ -386,9 +391,15 @@ impl Storage {
         // synced one waits for the disk, perhaps for a whole sync round of other blocks,
         // and would hold up every other request meanwhile.
         let local = {
-            let bytes = if sync { usize::MAX } else { data.len() };
             let (store, data) = (self.store.clone(), data.clone());
-            run_sized(bytes, move || store.put_checked(&id, &data, sync))
+            let len = data.len();
+            let work = move || store.put_checked(&id, &data, sync);
+            async move {
+                match sync {
+                    true => on_pool(work).await,
+                    false => run_sized(len, work).await,
+                }
+            }
         };
         let forward = async {
             let Some((next, rest)) = chain.split_first() else {

@@ -26,7 +26,7 @@ const UPLOAD_ATTEMPTS: usize = 6;
 const KEEP_EVERY: Duration = Duration::from_secs(1);
 /// Blocks up to this size are sent to all their storages at once, larger ones down a
 /// pipeline (a storage's small-block volumes take up to this size too).
-const FAN_OUT_MAX: usize = 256 << 10;
+pub(super) const FAN_OUT_MAX: usize = 256 << 10;
 
 /// A block's upload to one storage: its name, and the storages that acknowledged it.
 type PutTask = tokio::task::JoinHandle<(String, std::result::Result<Vec<String>, vg_wire::Error>)>;

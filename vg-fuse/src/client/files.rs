@@ -84,8 +84,6 @@ const LARGE_WRITE: usize = 128 << 10;
 /// Uploads of one file, running or finished, past which the finished ones are collected
 /// (their results recorded) during writes: each holds its block's bytes until then.
 const REAP_AFTER: usize = 64;
-/// Largest upload a flush runs on its own thread's runtime (see [`Files::seal_block`]).
-const SMALL_UPLOAD: usize = 256 << 10;
 
 /// Tunables of the open-file layer.
 #[derive(Clone, Debug)]
@@ -1151,9 +1149,11 @@ impl Files {
             .expect("semaphore is never closed");
         let client = self.client.clone();
         let upload = data.clone();
-        let runtime = match flushing && data.len() <= SMALL_UPLOAD {
-            true => tokio::runtime::Handle::current(),
-            false => self.rt.clone(),
+        // A small block (as the uploads count them) is a small file's content.
+        let runtime = if flushing && data.len() <= super::blocks::FAN_OUT_MAX {
+            tokio::runtime::Handle::current()
+        } else {
+            self.rt.clone()
         };
         let task = runtime.spawn(async move {
             let result = client.upload_block(vg_wire::rpc::share(upload), sync).await;

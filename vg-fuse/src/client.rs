@@ -86,6 +86,18 @@ impl Config {
 }
 
 /// A connection to a vg cluster. Cheap to clone; clones share connections.
+/// When the nameserver answers a commit (see `ns::Request::Commit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Once its record is written: the blobs were uploaded (synced or not) before.
+    Written,
+    /// Once its record is on disk: an `fsync`'s, whose blobs were uploaded synced.
+    Synced,
+    /// Once its record is on disk, while its blobs are being uploaded synced as this
+    /// race: refused with `Conflict` where the nameserver cannot take that.
+    Raced(u64),
+}
+
 #[derive(Clone)]
 pub struct Client {
     dialer: Dialer,
@@ -100,6 +112,10 @@ pub struct Client {
     /// Where the last placement said the next block would go: a small one is sent there
     /// while its placement is asked for (the nameserver keeps the guess if it qualifies).
     guess: Arc<Mutex<Vec<vg_wire::Location>>>,
+    /// When the nameserver last refused a commit racing its upload.
+    race_refused: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Raced uploads sent since the last placement asked for (see `race_targets`).
+    raced_on_guess: Arc<std::sync::atomic::AtomicU32>,
     /// Listings and attributes that answer lookups (none when the TTL is zero).
     entries: Option<Arc<Mutex<EntryCache>>>,
     /// This client's number for its changes, and the number of the last change sent:
@@ -142,6 +158,8 @@ impl Client {
             suspects: Arc::default(),
             held: Arc::default(),
             guess: Arc::default(),
+            race_refused: Arc::default(),
+            raced_on_guess: Arc::default(),
             entries: (!config.entry_ttl.is_zero())
                 .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
             changes: (session::random_id(), Arc::default()),
@@ -758,8 +776,9 @@ impl Client {
         }
     }
 
-    /// Adds slices on top of blocks of a file and sets its size, as one step. The new
-    /// blobs are no longer held against garbage collection afterwards, whatever the outcome.
+    /// Adds slices on top of blocks of a file and sets its size, as one step, answered
+    /// as `how` says. The new blobs are no longer held against garbage collection
+    /// afterwards, whatever the outcome.
     pub async fn commit(
         &self,
         ino: Ino,
@@ -767,10 +786,15 @@ impl Client {
         slices: Vec<(u64, Vec<Slice>)>,
         stored: Vec<Stored>,
         set: Option<SetAttr>,
-        sync: bool,
+        how: Commit,
     ) -> Result<Attr> {
         let ids: Vec<BlockId> = stored.iter().map(|(id, _, _)| *id).collect();
         self.cache(|c| c.changed(ino));
+        let (sync, race) = match how {
+            Commit::Written => (false, None),
+            Commit::Synced => (true, None),
+            Commit::Raced(race) => (true, Some(race)),
+        };
         let result = self
             .attr_call(ns::Request::Commit {
                 ino,
@@ -779,6 +803,7 @@ impl Client {
                 stored,
                 set,
                 sync,
+                race,
             })
             .await;
         self.unhold(ids);

@@ -184,6 +184,7 @@ pub async fn start(config: Config) -> Result<Handle> {
         info!(addr = %metrics, "metrics served at /metrics");
     }
     tasks.push(tokio::spawn(service.clone().tick_loop(config.tick)));
+    tasks.push(tokio::spawn(service.clone().check_raced_loop()));
     if config.members.len() <= 1 && !config.join {
         // Alone, it leads at once (after applying what its log holds): serve from the
         // start rather than refuse the first requests.

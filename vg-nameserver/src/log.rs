@@ -63,8 +63,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, Op};
 use crate::raft::{Entry, LogId, Membership, NodeId, TypeConfig};
+use vg_wire::{BlockId, Ino};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"vgsnap06";
 /// The vote's file in the metadata directory.
@@ -101,6 +102,43 @@ enum Record {
         boot: [u8; 16],
         committed: Option<LogId>,
     },
+    /// A [`Record::Mark`] that also says where the entries holding raced writes the
+    /// nameserver has not yet checked begin (`unchecked`, `upto` if none): recovery
+    /// hands those from there on back for checking. What this release writes.
+    Mark2 {
+        upto: u64,
+        boot: [u8; 16],
+        committed: Option<LogId>,
+        unchecked: u64,
+    },
+}
+
+/// Raced writes of an entry not yet checked: each op's file, race and the blobs it
+/// names.
+pub type Raced = Vec<(Ino, u64, Vec<BlockId>)>;
+
+/// The raced writes of `entry`, if it has any.
+fn raced_in(entry: &Entry) -> Option<Raced> {
+    let EntryPayload::Normal(proposal) = &entry.payload else {
+        return None;
+    };
+    let raced: Raced = proposal
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::RacedWrite {
+                ino, slices, race, ..
+            } => {
+                let blobs: BTreeSet<BlockId> = slices
+                    .iter()
+                    .flat_map(|(_, list)| list.iter().map(|s| s.blob))
+                    .collect();
+                Some((*ino, *race, blobs.into_iter().collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    (!raced.is_empty()).then_some(raced)
 }
 
 /// Where an entry is in the file.
@@ -217,6 +255,8 @@ struct Shared {
     since_snapshot: AtomicU64,
     /// The last entry the snapshot file holds.
     snapshot_applied: Mutex<Option<LogId>>,
+    /// Entries holding raced writes the nameserver has not yet checked, by index.
+    raced: Mutex<std::collections::BTreeMap<u64, Raced>>,
 }
 
 impl Shared {
@@ -229,15 +269,20 @@ impl Shared {
     /// log is purged, and the new one holds the mark as well).
     fn write_mark(&self, upto: u64) -> std::result::Result<File, String> {
         let mut file = self.lock_file();
-        let committed = *self.committed.lock().expect("log lock");
-        let mark = frame_record(&Record::Mark {
-            upto,
-            boot: self.boot,
-            committed,
-        })
-        .map_err(|e| e.to_string())?;
+        let mark = frame_record(&self.mark(upto)).map_err(|e| e.to_string())?;
         file.write(&mark).map_err(|e| e.to_string())?;
         file.file.try_clone().map_err(|e| e.to_string())
+    }
+
+    /// The mark of the entries before `upto`.
+    fn mark(&self, upto: u64) -> Record {
+        let raced = self.raced.lock().expect("log lock");
+        Record::Mark2 {
+            upto,
+            boot: self.boot,
+            committed: *self.committed.lock().expect("log lock"),
+            unchecked: raced.keys().next().map_or(upto, |&first| first.min(upto)),
+        }
     }
 
     fn fail(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -417,6 +462,9 @@ pub struct Recovery {
     pub entries: u64,
     /// Bytes of torn or corrupt tail dropped from the log.
     pub dropped_bytes: u64,
+    /// Entries holding raced writes not known checked, by index: the nameserver checks
+    /// them once the storages have reported ([`LogStore::raced`]).
+    pub raced: std::collections::BTreeMap<u64, Raced>,
     /// Entries dropped because the machine rebooted since they were written and no mark
     /// covers them: they might name blobs the storages lost.
     pub unmarked: u64,
@@ -644,22 +692,31 @@ fn recover(
             }
         }
     }
-    let marks: Vec<(u64, [u8; 16], Option<LogId>)> = records
+    let marks: Vec<(u64, [u8; 16], Option<LogId>, u64)> = records
         .iter()
         .filter_map(|(record, _, _)| match record {
             Record::Mark {
                 upto,
                 boot,
                 committed,
-            } => Some((*upto, *boot, *committed)),
+            } => Some((*upto, *boot, *committed, *upto)),
+            Record::Mark2 {
+                upto,
+                boot,
+                committed,
+                unchecked,
+            } => Some((*upto, *boot, *committed, *unchecked)),
             Record::Entry(_) => None,
         })
         .collect();
+    // Raced writes from the last mark's first unchecked entry on are checked again: the
+    // nameserver that wrote them may have stopped before it checked them.
+    let unchecked = marks.last().map_or(0, |m| m.3);
     // A round of the sync thread that began before a purge may mark less after the
     // purge's own mark: the highest counts.
-    let marked = marks.iter().map(|(upto, _, _)| *upto).max().unwrap_or(0);
+    let marked = marks.iter().map(|m| m.0).max().unwrap_or(0);
     let keep_before = match marks.last() {
-        Some((_, written_in, _)) if *written_in == boot => u64::MAX,
+        Some((_, written_in, _, _)) if *written_in == boot => u64::MAX,
         _ => marked,
     };
     let mut end = valid as u64;
@@ -677,6 +734,11 @@ fn recover(
                 offset: *offset as u64,
                 len: *len,
             });
+            if entry.log_id.index >= unchecked {
+                if let Some(raced) = raced_in(entry) {
+                    recovery.raced.insert(entry.log_id.index, raced);
+                }
+            }
         }
     }
     if recovery.unmarked > 0 {
@@ -704,7 +766,7 @@ fn recover(
         .unwrap_or(0);
     let committed = marks
         .iter()
-        .filter_map(|(_, _, committed)| *committed)
+        .filter_map(|m| m.2)
         .max()
         .filter(|c| c.index < written);
     let mut log_file = LogFile {
@@ -717,10 +779,11 @@ fn recover(
     };
     if marks.is_empty() || recovery.unmarked > 0 {
         // What is kept is marked: a reboot before the next mark keeps it.
-        let mark = frame_record(&Record::Mark {
+        let mark = frame_record(&Record::Mark2 {
             upto: written,
             boot,
             committed,
+            unchecked: recovery.raced.keys().next().map_or(written, |&i| i),
         })?;
         log_file
             .write(&mark)
@@ -781,6 +844,7 @@ impl LogStore {
             committed: Mutex::new(committed),
             since_snapshot: AtomicU64::new(end),
             snapshot_applied: Mutex::new(snapshot.applied),
+            raced: Mutex::new(recovery.raced.clone()),
         });
         {
             let (weak, wake) = (Arc::downgrade(&shared), shared.wake.clone());
@@ -855,10 +919,25 @@ impl LogStore {
             && !self.blobs_unsynced()
     }
 
-    /// Whether some entry appended names blobs the gate has not yet had synced.
+    /// Whether some entry appended names blobs the gate has not yet had synced, or
+    /// raced writes not yet checked.
     fn blobs_unsynced(&self) -> bool {
         let shared = &self.shared;
-        !shared.needs.lock().expect("log lock").is_empty() || shared.gating.load(Ordering::Acquire)
+        !shared.needs.lock().expect("log lock").is_empty()
+            || shared.gating.load(Ordering::Acquire)
+            || !shared.raced.lock().expect("log lock").is_empty()
+    }
+
+    /// The entries holding raced writes not yet checked, by index.
+    pub fn raced(&self) -> Vec<(u64, Raced)> {
+        let raced = self.shared.raced.lock().expect("log lock");
+        raced.iter().map(|(i, r)| (*i, r.clone())).collect()
+    }
+
+    /// The raced writes of entry `index` are checked: every blob they name is stored,
+    /// or undone by a later entry. The next mark says so.
+    pub fn checked(&self, index: u64) {
+        self.shared.raced.lock().expect("log lock").remove(&index);
     }
 
     /// Writes a snapshot of `ns` after `applied` (every entry up to it applied, none
@@ -943,9 +1022,13 @@ impl LogStore {
         let mut file = shared.lock_file();
         shared.check()?;
         let (mut buf, mut slots, mut needs) = (Vec::new(), Vec::new(), BTreeSet::new());
+        let mut raced = Vec::new();
         for entry in entries {
             if let EntryPayload::Normal(proposal) = &entry.payload {
                 needs.extend(proposal.needs.iter().cloned());
+            }
+            if let Some(r) = raced_in(&entry) {
+                raced.push((entry.log_id.index, r));
             }
             let log_id = entry.log_id;
             let record = frame_record(&Record::Entry(entry))?;
@@ -965,6 +1048,7 @@ impl LogStore {
         }
         file.slots.extend(slots);
         shared.needs.lock().expect("log lock").extend(needs);
+        shared.raced.lock().expect("log lock").extend(raced);
         shared
             .since_snapshot
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -983,6 +1067,11 @@ impl LogStore {
         let offset = file.slots[at].offset;
         file.cut(offset).map_err(io_err("truncate the log"))?;
         file.slots.truncate(at);
+        shared
+            .raced
+            .lock()
+            .expect("log lock")
+            .retain(|&index, _| index < log_id.index);
         shared.truncations.fetch_add(1, Ordering::AcqRel);
         shared.written.store(log_id.index, Ordering::Release);
         shared.durable.send_modify(|d| *d = (*d).min(log_id.index));
@@ -1003,11 +1092,7 @@ impl LogStore {
         file.file
             .read_exact_at(&mut kept, from)
             .map_err(io_err("read the log"))?;
-        let mut bytes = frame_record(&Record::Mark {
-            upto: self.durable_end(),
-            boot: shared.boot,
-            committed: *shared.committed.lock().expect("log lock"),
-        })?;
+        let mut bytes = frame_record(&shared.mark(self.durable_end()))?;
         let mark_len = bytes.len() as u64;
         bytes.extend_from_slice(&kept);
         replace_file(&shared.dir, "log", &bytes)?;
@@ -1314,6 +1399,71 @@ mod tests {
         let (after, _, _) = open(dir.path(), [3; 16]);
         assert_eq!(indexes(&after), [0, 1]);
         release.close();
+    }
+
+    /// Entry `index`: a raced write of blob `blob` into file 7.
+    fn raced(index: u64, blob: u8) -> Entry {
+        let slice = vg_wire::Slice {
+            at: 0,
+            len: 4,
+            blob: BlockId::of(&[blob]),
+            blob_off: 0,
+        };
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Proposal {
+                ops: vec![Op::RacedWrite {
+                    ino: 7,
+                    size: 4,
+                    slices: vec![(0, vec![slice])],
+                    block_size: 4096,
+                    time: Timestamp::now(),
+                    race: 9,
+                }],
+                needs: BTreeSet::new(),
+                by: (1, index),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn raced_writes_not_checked_are_handed_back_at_every_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), BOOT);
+        append_synced(&log, 0..1).await;
+        let end = log
+            .append_entries([raced(1, 1), entry(2, &[]), raced(3, 3)])
+            .unwrap();
+        log.durable(end).await.unwrap();
+        let blob = |b: u8| vec![(7, 9, vec![BlockId::of(&[b])])];
+        assert_eq!(log.raced(), [(1, blob(1)), (3, blob(3))]);
+        // Not checked: a restart, or a reboot (the entries were synced), hands both back.
+        let (_, _, rec) = open(dir.path(), BOOT);
+        assert_eq!(rec.raced.keys().collect::<Vec<_>>(), [&1, &3]);
+        let (reopened, _, rec) = open(dir.path(), [2; 16]);
+        assert_eq!((rec.entries, rec.unmarked), (4, 0));
+        assert_eq!(reopened.raced(), [(1, blob(1)), (3, blob(3))]);
+        // Checked, and said so by the next mark: only what is still unchecked comes back.
+        reopened.checked(1);
+        append_synced(&reopened, 4..5).await;
+        let (again, _, rec) = open(dir.path(), [3; 16]);
+        assert_eq!(rec.raced.keys().collect::<Vec<_>>(), [&3]);
+        again.checked(3);
+        append_synced(&again, 5..6).await;
+        let (last, _, rec) = open(dir.path(), [4; 16]);
+        assert!(rec.raced.is_empty() && last.raced().is_empty());
+        assert_eq!(indexes(&last), [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn no_snapshot_while_raced_writes_are_unchecked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), BOOT);
+        let end = log.append_entries([raced(0, 1)]).unwrap();
+        log.durable(end).await.unwrap();
+        assert!(!log.wants_snapshot(0, Some(log_id(1, 1, 0))));
+        log.checked(0);
+        assert!(log.wants_snapshot(0, Some(log_id(1, 1, 0))));
     }
 
     #[tokio::test]

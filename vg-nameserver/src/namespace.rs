@@ -194,6 +194,32 @@ pub enum Op {
         seq: u64,
         ino: Option<Ino>,
     },
+    /// [`Op::Write`] of blobs whose upload raced the commit: the slices they hide stay
+    /// (a later write drops them) until the nameserver knows the blobs are stored, so
+    /// that an [`Op::Unwrite`] brings back what the file held. `race` names the
+    /// client's upload, for the storages asked whether they got it.
+    RacedWrite {
+        ino: Ino,
+        size: u64,
+        slices: Vec<(u64, Vec<Slice>)>,
+        block_size: u32,
+        time: Timestamp,
+        race: u64,
+    },
+    /// Removes from file `ino` every slice of `blob`, whose raced upload reached no
+    /// storage: the slices it hid show again.
+    Unwrite { ino: Ino, blob: BlockId },
+}
+
+/// What a write does with the slices already in a block it writes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// Drops those the new ones hide whole.
+    Hide,
+    /// Keeps them all (a raced write, which may be undone).
+    Keep,
+    /// Drops them all (the whole-block writes of the old format).
+    Replace,
 }
 
 /// Why a blob lost its last reference: readers of an open file may still want a blob
@@ -717,12 +743,17 @@ impl Namespace {
                 let whole = |b: &BlockRef| Slice { at: 0, len: b.len, blob: b.id, blob_off: 0 };
                 let changes: Vec<(u64, Vec<Slice>)> =
                     blocks.iter().map(|(i, b)| (*i, vec![whole(b)])).collect();
-                self.write(ino, size, &changes, true, block_size, time)
+                self.write(ino, size, &changes, Over::Replace, block_size, time)
             }
             #[rustfmt::skip]
             &Op::Write { ino, size, ref slices, block_size, time } => {
-                self.write(ino, size, slices, false, block_size, time)
+                self.write(ino, size, slices, Over::Hide, block_size, time)
             },
+            #[rustfmt::skip]
+            &Op::RacedWrite { ino, size, ref slices, block_size, time, .. } => {
+                self.write(ino, size, slices, Over::Keep, block_size, time)
+            },
+            &Op::Unwrite { ino, blob } => self.unwrite(ino, blob),
             #[rustfmt::skip]
             &Op::Compact { ino, idx, ref prefix, ref merged, block_size } => {
                 self.compact(ino, idx, prefix, merged, block_size)
@@ -997,7 +1028,7 @@ impl Namespace {
         ino: Ino,
         size: u64,
         changes: &[(u64, Vec<Slice>)],
-        replace: bool,
+        over: Over,
         block_size: u32,
         time: Timestamp,
     ) -> Refusal<Ino> {
@@ -1025,11 +1056,13 @@ impl Namespace {
             let list = lists
                 .entry(*idx)
                 .or_insert_with(|| blocks.get(*idx as usize).cloned().unwrap_or_default());
-            if replace {
+            if over == Over::Replace {
                 dropped.append(list);
             }
             list.extend_from_slice(new);
-            dropped.extend(slices::drop_hidden(list));
+            if over != Over::Keep {
+                dropped.extend(slices::drop_hidden(list));
+            }
             // Most blocks have one slice: a list grown by a push would keep room for four
             // (measured: 633 bytes per file became 889 at a million files).
             if list.len() <= 4 {
@@ -1067,6 +1100,27 @@ impl Namespace {
                 .attr
                 .mtime = time;
         }
+        Ok(ino)
+    }
+
+    /// Removes every slice of `blob` from file `ino` (see [`Op::Unwrite`]). A file gone
+    /// meanwhile, or one that no longer names the blob, is left as it is.
+    fn unwrite(&mut self, ino: Ino, blob: BlockId) -> Refusal<Ino> {
+        let Some(Inode {
+            content: Content::File { blocks },
+            ..
+        }) = self.inodes.get_mut(&ino).map(|inode| &mut **inode)
+        else {
+            return Ok(ino);
+        };
+        let mut removed = Vec::new();
+        for list in blocks.iter_mut() {
+            let (gone, kept): (Vec<Slice>, Vec<Slice>) =
+                list.drain(..).partition(|s| s.blob == blob);
+            *list = kept;
+            removed.extend(gone);
+        }
+        self.drop_refs(removed, Release::Dropped);
         Ok(ino)
     }
 
@@ -1679,6 +1733,40 @@ mod tests {
             Content::File { blocks } => blocks.clone(),
             _ => panic!("not a file"),
         }
+    }
+
+    #[test]
+    fn an_undone_raced_write_shows_what_it_hid() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        write(&mut ns, f, 8, vec![(0, vec![slice(0, 4, 1)])]).unwrap();
+        let raced = |ns: &mut Namespace, s: Slice| {
+            ns.apply(&Op::RacedWrite {
+                ino: f,
+                size: 8,
+                slices: vec![(0, vec![s])],
+                block_size: BS,
+                time: t(),
+                race: 1,
+            })
+        };
+        // A raced write keeps the slice it hides whole, referenced.
+        raced(&mut ns, slice(0, 4, 2)).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 1), slice(0, 4, 2)]);
+        assert!(ns.take_released().is_empty());
+        // Undone, its blob goes and the first write shows again.
+        let blob = BlockId([2; 32]);
+        ns.apply(&Op::Unwrite { ino: f, blob }).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 1)]);
+        assert_eq!(ns.take_released(), vec![(blob, Release::Dropped)]);
+        // Kept, a later write drops what both hide.
+        raced(&mut ns, slice(0, 4, 3)).unwrap();
+        write(&mut ns, f, 8, vec![(0, vec![slice(0, 4, 4)])]).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 4)]);
+        // An undo of a file gone, or of a blob it no longer names, changes nothing.
+        ns.apply(&Op::Unwrite { ino: f, blob }).unwrap();
+        ns.apply(&Op::Unwrite { ino: 999, blob }).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 4)]);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! would have stopped the nameserver answering. A storage's failure is repaired within
 //! one round through the blocks: `blocks / scan_per_tick` passes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::time::{Duration, Instant};
@@ -215,6 +215,9 @@ pub struct Registry {
     rotation: usize,
     /// No copies are made before this: the storages may not all have reported yet.
     copies_after: Option<Instant>,
+    /// Blocks whose upload raced its commit, at storages not yet known to hold them:
+    /// not offered for deduplication until checked.
+    raced: HashSet<BlockId>,
 }
 
 impl Registry {
@@ -231,6 +234,7 @@ impl Registry {
             in_flight: HashMap::new(),
             rotation: 0,
             copies_after: None,
+            raced: HashSet::new(),
         }
     }
 
@@ -558,6 +562,77 @@ impl Registry {
 
     /// Records that the client saw these storages acknowledge a block.
     /// Hints about a block already collected are ignored: the storage no longer has it.
+    /// Records where a client is uploading a block while its commit goes to disk
+    /// ([`Registry::raced_checked`] settles it), counting its room as placement does;
+    /// refused unless every one of `holders` is an active storage with room for it.
+    pub fn raced(&mut self, id: BlockId, len: u32, holders: &[String]) -> Result<(), RemoteError> {
+        let mut slots = Vec::with_capacity(holders.len());
+        for name in holders {
+            match self.slots.get(name) {
+                Some(&slot) if self.is_active(slot) && self.storage(slot).free() >= len as u64 => {
+                    slots.push(slot)
+                }
+                _ => {
+                    return Err(RemoteError::new(
+                        ErrorCode::Conflict,
+                        format!("block {id:?}: {name} is not an active storage with room"),
+                    ))
+                }
+            }
+        }
+        if slots.is_empty() {
+            return Err(RemoteError::new(
+                ErrorCode::Conflict,
+                format!("block {id:?}: a raced upload to no storage"),
+            ));
+        }
+        for slot in slots {
+            if !self.blocks.get(&id).is_some_and(|b| b.holds(slot)) {
+                self.storage_mut(slot).used += len as u64;
+            }
+            self.add_location(id, len, slot);
+        }
+        self.raced.insert(id);
+        Ok(())
+    }
+
+    /// Raced blocks not yet checked that a nameserver's log handed back at start.
+    pub fn unchecked(&mut self, ids: impl IntoIterator<Item = BlockId>) {
+        self.raced.extend(ids);
+    }
+
+    /// Whether a raced block is not yet checked.
+    pub fn is_unchecked(&self, id: &BlockId) -> bool {
+        self.raced.contains(id)
+    }
+
+    /// Storages to ask whether they hold a raced block: where it is thought to be, or
+    /// every active storage if nowhere (the registry of a nameserver that restarted).
+    pub fn raced_candidates(&self, id: &BlockId) -> Vec<Location> {
+        match self.live_locations(id) {
+            at if at.is_empty() => self.active_locations(),
+            at => at,
+        }
+    }
+
+    /// Settles a raced block with what storages answered: `absent` do not hold it (their
+    /// location goes), `held` do. Returns whether it is held anywhere now.
+    pub fn raced_checked(&mut self, id: BlockId, held: &[String], absent: &[String]) -> bool {
+        let len = self.blocks.get(&id).map_or(0, |b| b.len);
+        for name in held {
+            if let Some(&slot) = self.slots.get(name) {
+                self.add_location(id, len, slot);
+            }
+        }
+        for name in absent {
+            if let Some(&slot) = self.slots.get(name) {
+                self.remove_location(id, slot);
+            }
+        }
+        self.raced.remove(&id);
+        self.has_any_location(&id)
+    }
+
     pub fn stored(&mut self, id: BlockId, len: u32, holders: &[String]) {
         if !self.is_known(&id) {
             return;
@@ -598,7 +673,11 @@ impl Registry {
     ) -> Result<Placement, RemoteError> {
         self.call_off_deletions(id, len);
         let wanted = self.wanted() as usize;
-        let live = self.live_slots(&id).len();
+        // A raced block is not known stored yet: a copy more is better than none.
+        let live = match self.raced.contains(&id) {
+            true => 0,
+            false => self.live_slots(&id).len(),
+        };
         if !referenced {
             // Until its file is committed, the block is protected by the grace period.
             self.unreferenced.insert(id, Unreferenced::Uploaded(now));
@@ -965,6 +1044,33 @@ mod tests {
             reg.activate(name, now).unwrap();
         }
         reg
+    }
+
+    #[test]
+    fn a_raced_block_is_where_the_client_sent_it_once_checked() {
+        let now = Instant::now();
+        let mut reg = cluster(&["a", "b", "c"], now);
+        let names = |l: Vec<Location>| l.into_iter().map(|l| l.name).collect::<Vec<_>>();
+        let (a, b) = ("a".to_string(), "b".to_string());
+        // Only active storages with room take a raced block.
+        reg.storage_mut(reg.slots["c"]).used = 99;
+        let e = reg.raced(id(1), 10, &[a.clone(), "c".into()]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        let e = reg.raced(id(1), 10, &[a.clone(), "z".into()]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        reg.raced(id(1), 10, &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(names(reg.raced_candidates(&id(1))), ["a", "b"]);
+        // Not offered for deduplication before it is checked: placed anew.
+        reg.storage_mut(reg.slots["c"]).used = 0;
+        let p = reg.place(id(1), 10, &[], &[], true, now).unwrap();
+        assert!(!p.stored);
+        assert_eq!(names(p.targets), ["c"]);
+        // Checked: the storage that does not hold it is no longer a location.
+        assert!(reg.raced_checked(id(1), std::slice::from_ref(&b), std::slice::from_ref(&a)));
+        assert_eq!(names(reg.live_locations(&id(1))), ["b"]);
+        // Held nowhere: asked of every active storage next time.
+        assert!(!reg.raced_checked(id(1), &[], &[b]));
+        assert_eq!(reg.raced_candidates(&id(1)).len(), 3);
     }
 
     #[test]

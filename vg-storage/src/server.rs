@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
@@ -42,6 +43,9 @@ async fn on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
         .expect("storage work does not panic")
 }
 
+/// How long a raced upload the nameserver was told is not here stays refused: far
+/// longer than an upload may take (three request timeouts).
+const FENCE_FOR: Duration = Duration::from_secs(600);
 /// A read larger than this is sent in pieces of this size (whole chunks).
 const STREAM_PIECE: usize = 1 << 20;
 /// Block bytes held in memory by uploads in flight, in MiB.
@@ -62,6 +66,27 @@ impl<'a> Receiving<'a> {
             .entry(id)
             .or_default() += 1;
         Receiving { storage, id }
+    }
+}
+
+impl<'a> Receiving<'a> {
+    /// [`Receiving::new`] for the upload of race `race`, refused if the nameserver was
+    /// told this storage does not hold the block for it.
+    fn raced(storage: &'a Storage, id: BlockId, race: u64) -> Result<Self, RemoteError> {
+        let mut receiving = storage.receiving.lock().expect("receiving lock");
+        if storage
+            .fenced
+            .lock()
+            .expect("fence lock")
+            .contains_key(&(id, race))
+        {
+            return Err(RemoteError::new(
+                ErrorCode::Conflict,
+                format!("block {id}: the nameserver already gave up this raced upload"),
+            ));
+        }
+        *receiving.entry(id).or_default() += 1;
+        Ok(Receiving { storage, id })
     }
 }
 
@@ -120,6 +145,9 @@ pub struct Storage {
     /// since the last heartbeat, a deletion the nameserver decided without knowing of
     /// them leaves them alone (`ns_link::delete_unless_new`).
     pub receiving: Mutex<HashMap<BlockId, u32>>,
+    /// Raced uploads (block, race) this storage told the nameserver it does not hold,
+    /// and when: refused if they come after all (lock order: `receiving`, then this).
+    fenced: Mutex<HashMap<(BlockId, u64), std::time::Instant>>,
     /// Wakes the heartbeat loop early: an upload refused for space asks the nameserver
     /// at once for the deletions that would make room, rather than at the next beat.
     pub wake: tokio::sync::Notify,
@@ -149,6 +177,7 @@ impl Storage {
             dialer,
             changes: Mutex::default(),
             receiving: Mutex::default(),
+            fenced: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             inflight: Semaphore::new(INFLIGHT_MIB as usize),
             requests: Default::default(),
@@ -185,7 +214,7 @@ impl Storage {
             Request::Read { id, .. } | Request::Put { id, .. } | Request::Forward { id, .. } => {
                 Some(*id)
             }
-            Request::Verify { .. } | Request::Sync => None,
+            Request::Verify { .. } | Request::Sync | Request::Held { .. } => None,
         };
         let span = tracing::debug_span!("request", op = request.name(), block = ?block);
         let (op, started) = (request.name(), std::time::Instant::now());
@@ -203,14 +232,22 @@ impl Storage {
                     len,
                     chain,
                     sync,
+                    race,
+                } => {
+                    let answer = self.put(peer, (id, race), len, chain, sync, recv).await;
+                    // A put refused may have left its bytes unread: its stream ends.
+                    let last = answer.is_err() || at_end(recv).await;
+                    let outcome = outcome_of(&answer);
+                    reply(send, answer, last).await;
+                    (outcome, !last)
                 }
-                | Request::Forward {
+                Request::Forward {
                     id,
                     len,
                     chain,
                     sync,
                 } => {
-                    let answer = self.put(peer, id, len, chain, sync, recv).await;
+                    let answer = self.put(peer, (id, None), len, chain, sync, recv).await;
                     // A put refused may have left its bytes unread: its stream ends.
                     let last = answer.is_err() || at_end(recv).await;
                     let outcome = outcome_of(&answer);
@@ -225,6 +262,13 @@ impl Storage {
                         .expect("sync wait does not panic")
                         .map(|()| Response::Synced)
                         .map_err(|e| e.to_remote());
+                    let outcome = outcome_of(&answer);
+                    reply(send, answer, last).await;
+                    (outcome, !last)
+                }
+                Request::Held { ids, wait_ms } => {
+                    let last = at_end(recv).await;
+                    let answer = self.held(ids, wait_ms).await;
                     let outcome = outcome_of(&answer);
                     reply(send, answer, last).await;
                     (outcome, !last)
@@ -246,6 +290,53 @@ impl Storage {
         .await;
         self.requests.record(op, outcome, started.elapsed());
         kept
+    }
+
+    /// The blocks of `ids` held here and synced. A block not here yet may be on its way:
+    /// its upload raced the commit the nameserver checks, so the answer waits (at most
+    /// `wait_ms`) until none of them is missing or being received, polling: a rare wait.
+    ///
+    /// Those still missing then are fenced: their race's upload, if it comes after all,
+    /// is refused, so that the client's `fsync` fails rather than succeeds on a commit
+    /// the nameserver undoes.
+    async fn held(&self, ids: Vec<(BlockId, u64)>, wait_ms: u32) -> Result<Response, RemoteError> {
+        let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms.into());
+        while self.still_missing(&ids, deadline) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let ids: Vec<BlockId> = ids.into_iter().map(|(id, _)| id).collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.wait_synced()?;
+            Ok(ids
+                .into_iter()
+                .filter(|id| store.len_of(id).is_some())
+                .collect())
+        })
+        .await
+        .expect("sync wait does not panic")
+        .map(Response::Held)
+        .map_err(|e: Error| e.to_remote())
+    }
+
+    /// Whether a block of `ids` is still missing or being received; past `deadline`,
+    /// fences those missing and says no.
+    fn still_missing(&self, ids: &[(BlockId, u64)], deadline: std::time::Instant) -> bool {
+        let receiving = self.receiving.lock().expect("receiving lock");
+        let missing = |id: &BlockId| !receiving.contains_key(id) && self.store.len_of(id).is_none();
+        let pending = ids
+            .iter()
+            .any(|(id, _)| receiving.contains_key(id) || missing(id));
+        if !pending || std::time::Instant::now() < deadline {
+            return pending;
+        }
+        let mut fenced = self.fenced.lock().expect("fence lock");
+        fenced.retain(|_, at| at.elapsed() < FENCE_FOR);
+        let now = std::time::Instant::now();
+        for (id, race) in ids.iter().filter(|(id, _)| missing(id)) {
+            fenced.insert((*id, *race), now);
+        }
+        false
     }
 
     /// Notes a corrupt block: deleted here, reported so the cluster re-replicates it.
@@ -331,7 +422,7 @@ impl Storage {
     async fn put(
         &self,
         peer: &Peer,
-        id: BlockId,
+        (id, race): (BlockId, Option<u64>),
         len: u32,
         chain: Vec<Location>,
         sync: bool,
@@ -385,7 +476,10 @@ impl Storage {
         }
         let sync = sync || self.strict;
         // Until the block is recorded stored (below), or the upload fails.
-        let _receiving = Receiving::new(self, id);
+        let _receiving = match race {
+            Some(race) => Receiving::raced(self, id, race)?,
+            None => Receiving::new(self, id),
+        };
         // A small block goes into a volume with one `pwrite` into the page cache: handing
         // that to the blocking pool cost two thread wake-ups, more than the write. A
         // synced one waits for the disk, perhaps for a whole sync round of other blocks,

@@ -108,7 +108,12 @@ pub enum Request {
     /// deferred while it wrote the file), durable with the same log flush. `stored` says
     /// which storages acknowledged each new blob, and its length. With `sync` (an
     /// `fsync`), the blobs of `stored` were synced before they were acknowledged, and the
-    /// answer comes once the commit is on disk.
+    /// answer comes once the commit is on disk. With `race` (an `fsync`'s too), the client
+    /// is uploading the blobs of `stored` (synced, as that race) to the storages named
+    /// while this commit goes to disk, instead of before: the nameserver asks those
+    /// storages afterwards, and undoes the change if none of them has a blob. A
+    /// nameserver that cannot take that (a group) refuses it with `Conflict`, and the
+    /// client commits after its upload.
     Commit {
         ino: Ino,
         size: u64,
@@ -116,6 +121,7 @@ pub enum Request {
         stored: Vec<Stored>,
         set: Option<SetAttr>,
         sync: bool,
+        race: Option<u64>,
     },
     /// Replaces the first slices of block `idx`, if they still are `prefix`, with
     /// `merged` (the same bytes in fewer blobs); slices added after `prefix` stay on top.

@@ -17,12 +17,15 @@ pub enum Request {
     /// Store a block whose `len` raw bytes follow; forward it to `chain` first-to-last.
     /// Acknowledged once every storage of the chain that could be reached has written it
     /// (it survives a crash of the process), or synced it with `sync` (it survives a power
-    /// loss; otherwise the storage syncs it in the background, at once).
+    /// loss; otherwise the storage syncs it in the background, at once). `race`: the
+    /// upload of a commit racing it (see `ns::Request::Commit`), refused once the
+    /// nameserver was told the storage does not hold the block for that race (`Held`).
     Put {
         id: BlockId,
         len: u32,
         chain: Vec<Location>,
         sync: bool,
+        race: Option<u64>,
     },
     /// The same as `Put`, sent by a storage forwarding along a pipeline (storage role only).
     Forward {
@@ -36,6 +39,14 @@ pub enum Request {
     Sync,
     /// Re-hash blocks and say which are intact (for `fsck`).
     Verify { ids: Vec<BlockId> },
+    /// Which of these blocks this storage holds on its disk, once those it is receiving
+    /// have arrived (for at most `wait_ms`) and what it holds is synced: the nameserver
+    /// asks it of the storages a client uploaded to while its commit raced the upload
+    /// (block, race). A block it does not hold, it refuses from then on for that race.
+    Held {
+        ids: Vec<(BlockId, u64)>,
+        wait_ms: u32,
+    },
 }
 
 /// Bytes of a block covered by one CRC-32 of its checksums.
@@ -59,6 +70,8 @@ pub enum Response {
     Verified(Vec<bool>),
     /// Everything acknowledged before the `Sync` is on disk.
     Synced,
+    /// The blocks of a `Held` this storage holds, synced.
+    Held(Vec<BlockId>),
 }
 
 impl Operation for Request {
@@ -69,6 +82,7 @@ impl Operation for Request {
             Request::Forward { .. } => "forward",
             Request::Sync => "sync",
             Request::Verify { .. } => "verify",
+            Request::Held { .. } => "held",
         }
     }
 

@@ -4,6 +4,7 @@
 //! yet committed from the collector.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,11 @@ use vg_wire::{BlockId, BlockRef, Location};
 
 use super::{unexpected, Client, Error, Result};
 
+/// How long commits wait for their uploads after a nameserver refused a raced one (a
+/// group refuses them all; a storage that left refuses one).
+const RACE_AGAIN_AFTER: Duration = Duration::from_secs(10);
+/// Raced uploads to one guessed placement before an `fsync` asks for a new one.
+const RACES_PER_PLACEMENT: u32 = 64;
 /// How long a storage that failed a read is tried after the others.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// Placements tried for one block before its upload fails; each leaves out the storages
@@ -126,7 +132,10 @@ impl Client {
         if data.len() <= FAN_OUT_MAX {
             let guess = self.guess.lock().expect("guess lock").clone();
             for to in &guess {
-                early.push((to.name.clone(), self.start_put(id, to, &[], &data, sync)));
+                early.push((
+                    to.name.clone(),
+                    self.start_put(id, to, &[], &data, sync, None),
+                ));
             }
         }
         for _attempt in 0..UPLOAD_ATTEMPTS {
@@ -207,6 +216,65 @@ impl Client {
         Ok((block, holders))
     }
 
+    /// The storages a small block's upload can race its commit to (the next placement
+    /// the nameserver announced), unless a nameserver refused a raced commit lately.
+    pub(super) fn race_targets(&self) -> Option<Vec<Location>> {
+        let refused = self.race_refused.lock().expect("race lock");
+        if refused.is_some_and(|at| at.elapsed() < RACE_AGAIN_AFTER) {
+            return None;
+        }
+        // Every so often an fsync asks for a placement instead, which also says where the
+        // next ones go: the nameserver's choice follows the storages' free space.
+        let raced = self.raced_on_guess.fetch_add(1, Ordering::Relaxed);
+        if raced.is_multiple_of(RACES_PER_PLACEMENT) {
+            return None;
+        }
+        let guess = self.guess.lock().expect("guess lock").clone();
+        (!guess.is_empty()).then_some(guess)
+    }
+
+    /// Notes that the nameserver refused a raced commit: commits wait for their uploads
+    /// for a while.
+    pub(super) fn race_refused(&self) {
+        *self.race_refused.lock().expect("race lock") = Some(Instant::now());
+    }
+
+    /// Starts uploading a small block, synced, to `to`, as race `race` of a commit
+    /// that races it. Returns the blob and the task that resolves once every storage of `to` synced it
+    /// (to the storages that did), or with the first failure. Held against garbage
+    /// collection until the commit's answer, as [`Client::upload_block`] holds it.
+    pub(super) async fn start_race(
+        &self,
+        data: Bytes,
+        to: &[Location],
+        race: u64,
+    ) -> (
+        BlockRef,
+        tokio::task::JoinHandle<Result<(BlockRef, Vec<Location>)>>,
+    ) {
+        let id = content_id(&data).await;
+        let blob = BlockRef {
+            id,
+            len: data.len() as u32,
+        };
+        self.hold(id);
+        let puts: Vec<PutTask> = to
+            .iter()
+            .map(|at| self.start_put(id, at, &[], &data, true, Some(race)))
+            .collect();
+        let to = to.to_vec();
+        let task = tokio::spawn(async move {
+            for put in puts {
+                if let (storage, Err(e)) = put.await.expect("upload task does not panic") {
+                    tracing::warn!(block = ?id, %storage, error = %e, "raced upload failed");
+                    return Err(e.into());
+                }
+            }
+            Ok((blob, to))
+        });
+        (blob, task)
+    }
+
     /// Starts sending a block to `to`, which forwards it down `rest`.
     fn start_put(
         &self,
@@ -215,6 +283,7 @@ impl Client {
         rest: &[Location],
         data: &Bytes,
         sync: bool,
+        race: Option<u64>,
     ) -> PutTask {
         let dialer = self.thread_dialer().clone();
         let (to, data) = (to.clone(), data.clone());
@@ -223,6 +292,7 @@ impl Client {
             len: data.len() as u32,
             chain: rest.to_vec(),
             sync,
+            race,
         };
         tokio::spawn(async move {
             let result =
@@ -252,12 +322,12 @@ impl Client {
                 .map(
                     |to| match early.iter().position(|(name, _)| *name == to.name) {
                         Some(i) => early.swap_remove(i).1,
-                        None => self.start_put(id, to, &[], data, sync),
+                        None => self.start_put(id, to, &[], data, sync, None),
                     },
                 )
                 .collect()
         } else {
-            vec![self.start_put(id, &chain[0], &chain[1..], data, sync)]
+            vec![self.start_put(id, &chain[0], &chain[1..], data, sync, None)]
         };
         let (mut acked, mut failed) = (Vec::new(), Vec::new());
         for send in sends {

@@ -26,7 +26,7 @@ use super::cache::BlockCache;
 use super::compact;
 use super::entries::keep_newest;
 use super::session::Session;
-use super::{stored, Cached, Client, Error, Result};
+use super::{stored, Cached, Client, Commit, Error, Result};
 
 /// The error of a call on a file this client has not opened.
 fn not_open() -> Error {
@@ -135,6 +135,11 @@ impl Extents {
         self.0.insert(base, buf);
     }
 
+    /// Bytes held.
+    fn len(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+
     /// Whether one extent covers the whole block.
     fn is_full(&self, block_size: usize) -> bool {
         self.0.len() == 1 && self.0.get(&0).is_some_and(|b| b.len() == block_size)
@@ -152,7 +157,7 @@ impl Extents {
             let len = bytes.len() as u32;
             return (bytes, vec![(at, len, 0)]);
         }
-        let mut data = Vec::with_capacity(self.0.values().map(Vec::len).sum());
+        let mut data = Vec::with_capacity(self.len());
         let mut pieces = Vec::with_capacity(self.0.len());
         for (at, bytes) in self.0 {
             pieces.push((at, bytes.len() as u32, data.len() as u32));
@@ -1193,16 +1198,14 @@ impl Files {
             });
             match result {
                 Ok((blob, holders)) => {
-                    self.cache
-                        .lock()
-                        .expect("cache lock")
-                        .insert(blob.id, upload.data.clone());
                     state.stored.push(stored(blob, &holders));
+                    self.took(state, &upload, blob, holders);
                     state.unsynced |= !upload.synced;
-                    state.locations.insert(blob.id, holders.into());
-                    let slices = upload.slices(blob.id);
-                    state.add_slices(upload.idx, &slices);
-                    state.pending.entry(upload.idx).or_default().extend(slices);
+                    state
+                        .pending
+                        .entry(upload.idx)
+                        .or_default()
+                        .extend(upload.slices(blob.id));
                 }
                 Err(e) => {
                     state.unseal(&upload, bs);
@@ -1210,6 +1213,138 @@ impl Files {
                 }
             }
         }
+    }
+
+    /// What an upload leaves in the file's state once its blob is stored: the blob in
+    /// the cache, where it is, its slices on top of the block.
+    fn took(&self, state: &mut FileState, upload: &Upload, blob: BlockRef, holders: Vec<Location>) {
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(blob.id, upload.data.clone());
+        state.locations.insert(blob.id, holders.into());
+        state.add_slices(upload.idx, &upload.slices(blob.id));
+    }
+
+    /// Whether an `fsync` of the file can commit while its blobs upload (see
+    /// [`Files::flush_raced`]): everything it covers is small blocks written since the
+    /// last flush, with no upload under way or failed, no block crowded with slices.
+    fn may_race(&self, state: &FileState) -> bool {
+        !state.dirty.is_empty()
+            && state.uploads.is_empty()
+            && state.failed.is_none()
+            && !state.unsynced
+            && state.stored.is_empty()
+            && state.pending.is_empty()
+            && state
+                .dirty
+                .values()
+                .all(|e| e.len() <= super::blocks::FAN_OUT_MAX)
+            && state.dirty.keys().all(|&idx| {
+                state
+                    .blocks
+                    .get(idx as usize)
+                    .is_none_or(|list| list.len() < vg_wire::slices::MAX_SLICES / 2)
+            })
+    }
+
+    /// An `fsync`'s flush whose commit races its uploads: the blobs go, synced, to the
+    /// storages of the next placement while the commit goes to the nameserver's disk, so
+    /// that the storages' and the log's syncs overlap instead of following each other
+    /// (the nameserver checks afterwards that the blobs arrived, and undoes the commit
+    /// if none did). Returns `None` when the nameserver refused to race or no placement
+    /// is known: the bytes are back among the unsealed ones for the usual flush.
+    async fn flush_raced(&self, file: &OpenFile, state: &mut FileState) -> Option<Result<bool>> {
+        let to = self.client.race_targets()?;
+        let mut races = Vec::new();
+        let (mut slices, mut uploaded) = (Vec::new(), Vec::new());
+        let written: Vec<u64> = state.dirty.keys().copied().collect();
+        let race = super::session::random_id();
+        for &idx in &written {
+            let (data, pieces) = state.dirty.remove(&idx).expect("listed").pack();
+            let data = Arc::new(data);
+            let (blob, task) = self
+                .client
+                .start_race(vg_wire::rpc::share(data.clone()), &to, race)
+                .await;
+            let upload = Upload {
+                idx,
+                data,
+                pieces,
+                synced: true,
+                task,
+            };
+            slices.push((idx, upload.slices(blob.id)));
+            uploaded.push(stored(blob, &to));
+            races.push(upload);
+        }
+        let set = state.deferred.take();
+        let committed = self
+            .client
+            .commit(
+                file.ino,
+                state.size,
+                slices,
+                uploaded,
+                set.clone(),
+                Commit::Raced(race),
+            )
+            .await;
+        let bs = self.block_size() as usize;
+        let mut failed = None;
+        for mut upload in races {
+            match (&mut upload.task).await {
+                Ok(Ok((blob, holders))) if committed.is_ok() => {
+                    self.took(state, &upload, blob, holders)
+                }
+                Ok(Ok(_)) => state.unseal(&upload, bs),
+                Ok(Err(e)) => {
+                    state.unseal(&upload, bs);
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    state.unseal(&upload, bs);
+                    failed.get_or_insert(Error::Remote(vg_wire::RemoteError::new(
+                        vg_wire::ErrorCode::Unavailable,
+                        format!("upload of block {}: {e}", upload.idx),
+                    )));
+                }
+            }
+        }
+        let attr = match committed {
+            Ok(attr) => attr,
+            Err(e) if e.code() == vg_wire::ErrorCode::Conflict => {
+                tracing::debug!(ino = file.ino, error = %e, "raced commit refused; committing after the upload");
+                self.client.race_refused();
+                state.deferred = set;
+                return None;
+            }
+            Err(e) => {
+                state.deferred = set;
+                return Some(Err(failed.unwrap_or(e)));
+            }
+        };
+        self.committed(file, state, attr, &written);
+        Some(match failed {
+            // The commit stands (the nameserver undoes it if no storage got the blob);
+            // the bytes are back among the unsealed ones, for the next flush.
+            Some(e) => {
+                state.changed = true;
+                Err(e)
+            }
+            None => Ok(true),
+        })
+    }
+
+    /// What a commit's answer leaves in the file's state.
+    fn committed(&self, file: &OpenFile, state: &mut FileState, attr: Attr, written: &[u64]) {
+        state.seen = Some((attr.size, attr.mtime));
+        state.attr = Some(attr);
+        state.pending.clear();
+        state.changed = false;
+        state.unsynced = false;
+        state.mtime = None;
+        self.compact_later(file, state, Some(written), false);
     }
 
     /// Uploads what the file has buffered and commits it. With `durable` (an fsync) the
@@ -1222,6 +1357,11 @@ impl Files {
         state: &mut FileState,
         durable: bool,
     ) -> Result<bool> {
+        if durable && self.may_race(state) {
+            if let Some(result) = self.flush_raced(file, state).await {
+                return result;
+            }
+        }
         let dirty: Vec<u64> = state.dirty.keys().copied().collect();
         for idx in dirty {
             self.seal_block(state, idx, durable, true).await;
@@ -1261,19 +1401,18 @@ impl Files {
         let uploaded = std::mem::take(&mut state.stored);
         let set = state.deferred.take();
         let sync = durable && !state.unsynced;
+        let how = match sync {
+            true => Commit::Synced,
+            false => Commit::Written,
+        };
         match self
             .client
-            .commit(file.ino, state.size, slices, uploaded, set.clone(), sync)
+            .commit(file.ino, state.size, slices, uploaded, set.clone(), how)
             .await
         {
             Ok(attr) => {
-                state.seen = Some((attr.size, attr.mtime));
-                state.attr = Some(attr);
-                let written: Vec<u64> = std::mem::take(&mut state.pending).into_keys().collect();
-                state.changed = false;
-                state.unsynced = false;
-                state.mtime = None;
-                self.compact_later(file, state, Some(&written), false);
+                let written: Vec<u64> = state.pending.keys().copied().collect();
+                self.committed(file, state, attr, &written);
                 Ok(sync)
             }
             // Unlinked while open: nothing is left to commit to.
@@ -1428,7 +1567,7 @@ impl Files {
         let slices: Vec<(u64, Vec<Slice>)> = added.into_iter().collect();
         let attr = self
             .client
-            .commit(dst, size, slices, uploaded, None, false)
+            .commit(dst, size, slices, uploaded, None, Commit::Written)
             .await?;
         state.seen = Some((attr.size, attr.mtime));
         let layout = self.client.layout(dst).await?;

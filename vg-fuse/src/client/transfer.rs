@@ -92,8 +92,15 @@ impl Client {
                 "local file changed size during upload"
             );
         }
-        self.commit(ino, offset, blocks, stored_blobs, None, false)
-            .await
+        self.commit(
+            ino,
+            offset,
+            blocks,
+            stored_blobs,
+            None,
+            super::Commit::Written,
+        )
+        .await
     }
 
     /// Downloads a file to a local path, checking every block against its SHA-256 (the

@@ -374,6 +374,15 @@ impl TestCluster {
             .len()
     }
 
+    /// Where storage `name` is, to send it requests raw.
+    pub fn storage_target(&self, name: &str) -> vg_wire::rpc::Target {
+        vg_wire::rpc::Target {
+            name: name.into(),
+            role: Role::Storage,
+            addr: self.storages[name].addr,
+        }
+    }
+
     /// Writes a file through the client; returns its inode.
     pub async fn put(
         &self,

@@ -2,6 +2,7 @@
 //! against a real cluster, checked against an in-memory model of the file.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use vg_fuse::client::files::{Files, Limits};
 use vg_fuse::client::Maker;
@@ -356,4 +357,74 @@ async fn xattrs_are_seen_by_the_writer_at_once_and_by_others_within_the_ttl() {
     writer.unlink(root, b"f").await.unwrap();
     let gone = cluster.client().await.xattrs(file).await.unwrap_err();
     assert_eq!(gone.code(), vg_wire::ErrorCode::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
+    let cluster = TestCluster::start(3, 1 << 30).await;
+    let client = cluster.client().await;
+    let root = client.resolve("/").await.unwrap().ino;
+    // Small writes, each fsynced: most commits race their uploads. Another client
+    // reads what each fsync covered.
+    let (ino, files) = open_new(&client, root, "db").await;
+    let mut model = bytes(4 * BLOCK, 1);
+    files.write(ino, 0, &model).await.unwrap();
+    files.fsync(ino).await.unwrap();
+    let mut rng = Rng(7);
+    for n in 0..100u64 {
+        let at = rng.below((model.len() - 4096) as u64) as usize;
+        let page = bytes(4096, 100 + n);
+        model[at..at + 4096].copy_from_slice(&page);
+        files.write(ino, at as u64, &page).await.unwrap();
+        files.fsync(ino).await.unwrap();
+    }
+    let other = cluster.client().await;
+    assert!(cluster.get(&other, "/db").await.unwrap() == model);
+    // A raced commit whose upload never comes (the client went away): the storages named
+    // say they do not hold the blob once they waited for it, and the write is undone,
+    // the bytes it covered reading as before.
+    let before = model[..4096].to_vec();
+    let lost = bytes(4096, 999);
+    let blob = vg_wire::BlockId::of(&lost);
+    let slice = vg_wire::Slice {
+        at: 0,
+        len: 4096,
+        blob,
+        blob_off: 0,
+    };
+    let holders = vec!["s0".to_string(), "s1".to_string()];
+    client
+        .commit(
+            ino,
+            model.len() as u64,
+            vec![(0, vec![slice])],
+            vec![(blob, 4096, holders)],
+            None,
+            vg_fuse::client::Commit::Raced(42),
+        )
+        .await
+        .unwrap();
+    crate::cluster::eventually(
+        "the raced write undone",
+        Duration::from_secs(30),
+        || async {
+            let layout = other.layout(ino).await.unwrap();
+            !layout.blocks.iter().flatten().any(|s| s.blob == blob)
+        },
+    )
+    .await;
+    let got = cluster.get(&other, "/db").await.unwrap();
+    assert!(got[..4096] == before[..] && got[4096..] == model[4096..]);
+    // The upload, should it come now, is refused: the fsync waiting for it fails.
+    let put = vg_wire::storage::Request::Put {
+        id: blob,
+        len: 4096,
+        chain: vec![],
+        sync: true,
+        race: Some(42),
+    };
+    let dialer = crate::cluster::dialer(&cluster.issue("late", vg_wire::Role::Client));
+    let target = cluster.storage_target("s0");
+    let answer = vg_wire::rpc::send_block(&dialer, &target, &put, lost.into()).await;
+    assert!(answer.is_err(), "{answer:?}");
 }

@@ -3,19 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vg_wire::rpc::{Dialer, Target};
+use vg_wire::rpc::Dialer;
 use vg_wire::tls::{write_peer, Ca, TlsPaths, Validity};
 use vg_wire::{codec, ns, storage, BlockId, ErrorCode, Role};
 
 use crate::cluster::{dialer, Rng, TestCluster};
-
-fn storage_target(cluster: &TestCluster, name: &str) -> Target {
-    Target {
-        name: name.into(),
-        role: Role::Storage,
-        addr: cluster.storages[name].addr,
-    }
-}
 
 fn register(name: &str) -> ns::Request {
     ns::Request::Register {
@@ -50,7 +42,7 @@ async fn roles_are_enforced() {
         sync: false,
     };
     let answer = client
-        .call::<_, storage::Response>(&storage_target(&cluster, "s0"), &forward)
+        .call::<_, storage::Response>(&cluster.storage_target("s0"), &forward)
         .await;
     assert_eq!(refused_code(answer).await, ErrorCode::Forbidden);
     // A storage can register only under its own name.
@@ -141,7 +133,7 @@ async fn foreign_and_expired_certificates_are_refused_at_the_handshake() {
 async fn garbage_frames_are_refused_and_servers_keep_serving() {
     let cluster = TestCluster::start(1, 1 << 30).await;
     let client = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
-    let targets = [cluster.ns_target(), storage_target(&cluster, "s0")];
+    let targets = [cluster.ns_target(), cluster.storage_target("s0")];
     let mut rng = Rng(0x1234_5678_9abc_def0);
     let mut next = || rng.next();
     let good = codec::encode(&ns::Request::StatFs).unwrap();
@@ -221,6 +213,7 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
         len: u32::MAX,
         chain: vec![],
         sync: false,
+        race: None,
     };
     assert_eq!(
         refused_code(client.call::<_, storage::Response>(&targets[1], &put).await).await,
@@ -232,6 +225,7 @@ async fn garbage_frames_are_refused_and_servers_keep_serving() {
         len: 100,
         chain: vec![],
         sync: false,
+        race: None,
     };
     let (mut send, mut recv) = client.open(&targets[1]).await.unwrap();
     send.write_all(&codec::encode(&put).unwrap()).await.unwrap();
@@ -345,7 +339,7 @@ async fn out_of_range_block_requests_are_refused() {
     let layout = client.layout(ino).await.unwrap();
     let blob = layout.blocks[0][0].blob;
     let raw = dialer(&TlsPaths::in_dir(&cluster.certs(), "client"));
-    let target = storage_target(&cluster, "s0");
+    let target = cluster.storage_target("s0");
     for (offset, len) in [(u32::MAX, 1), (10, u32::MAX), (1000, 1), (999, 2)] {
         let read = storage::Request::Read {
             id: blob,

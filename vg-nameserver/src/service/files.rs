@@ -24,6 +24,8 @@ pub(super) struct Written {
     pub stored: Vec<Stored>,
     pub set: Option<SetAttr>,
     pub sync: bool,
+    /// The upload of `stored` races the commit (see `ns::Request::Commit`).
+    pub race: Option<u64>,
 }
 
 impl Service {
@@ -99,13 +101,18 @@ impl Service {
             stored,
             set,
             sync,
+            race,
         } = written;
-        self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
+        if race.is_some() {
+            self.race_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
+        } else {
+            self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
+        }
         debug!(ino, size, blocks = slices.len(), by = %peer.name, "file written");
         // Blobs this client uploaded with `sync` are on disk; one the cluster already
         // held (no holders listed) may have been acknowledged unsynced to another client
         // moments ago, so it goes through the gate.
-        let synced: HashSet<BlockId> = match sync {
+        let synced: HashSet<BlockId> = match sync || race.is_some() {
             true => stored
                 .iter()
                 .filter(|(_, _, holders)| !holders.is_empty())
@@ -118,16 +125,27 @@ impl Service {
             .flat_map(|(_, new)| new.iter().map(|s| s.blob))
             .filter(|blob| !synced.contains(blob))
             .collect();
-        let write = Op::Write {
-            ino,
-            size,
-            slices,
-            block_size: self.block_size,
-            time: now,
+        let (block_size, time) = (self.block_size, now);
+        let write = match race {
+            #[rustfmt::skip]
+            Some(race) => Op::RacedWrite { ino, size, slices, block_size, time, race },
+            None => Op::Write {
+                ino,
+                size,
+                slices,
+                block_size,
+                time,
+            },
         };
         let set = set.map(|set| self.set_attr_op(ino, set, now));
         let ops = std::iter::once(write).chain(set).collect();
-        self.mutate_after(|_| ops, &blobs, sync).await
+        let answer = self
+            .mutate_after(|_| ops, &blobs, sync || race.is_some())
+            .await;
+        if race.is_some() {
+            self.raced_written.notify_one();
+        }
+        answer
     }
 
     /// Replaces the first slices of a block, if they are still `prefix`, with `merged`.
@@ -157,9 +175,30 @@ impl Service {
         self.mutate_after(|_| vec![op], &blobs, false).await
     }
 
+    /// Records where the client is uploading the blobs of a raced commit; refuses it with
+    /// `Conflict` (the client then commits after its upload) in a group, whose followers
+    /// would not check them, or if one of those storages is not active. The slices'
+    /// other blobs must be held already ([`all_held`]).
+    fn race_stored<'a>(
+        &self,
+        stored: &[Stored],
+        slices: impl IntoIterator<Item = &'a Slice>,
+    ) -> Result<(), RemoteError> {
+        if !self.quorum.lock().expect("quorum lock").alone {
+            return refuse(
+                ErrorCode::Conflict,
+                "a nameserver group takes no commit racing its upload",
+            );
+        }
+        let mut state = self.lock();
+        for (id, len, holders) in stored {
+            state.registry.raced(*id, *len, holders)?;
+        }
+        all_held(&state, slices)
+    }
+
     /// Records where the client saw new blobs stored, then refuses a change naming a blob
-    /// the cluster no longer holds (collected while the client was slow to commit): it
-    /// must be uploaded again, not referenced.
+    /// the cluster no longer holds ([`all_held`]).
     fn check_stored<'a>(
         &self,
         stored: &[Stored],
@@ -169,17 +208,7 @@ impl Service {
         for (id, len, holders) in stored {
             state.registry.stored(*id, *len, holders);
         }
-        match slices
-            .into_iter()
-            .find(|s| !state.registry.has_any_location(&s.blob))
-        {
-            Some(_) if state.registry.settling(Instant::now()) => Err(not_settled()),
-            Some(lost) => refuse(
-                ErrorCode::Unavailable,
-                format!("blob {:?} has no replica; upload it again", lost.blob),
-            ),
-            None => Ok(()),
-        }
+        all_held(&state, slices)
     }
 
     /// A file's slices and where their blobs are.
@@ -199,6 +228,16 @@ impl Service {
         if locations.iter().any(|(_, at)| at.is_empty()) && state.registry.settling(Instant::now())
         {
             return Err(not_settled());
+        }
+        if let Some((blob, _)) = locations
+            .iter()
+            .find(|(blob, _)| state.registry.is_unchecked(blob))
+        {
+            // A raced upload not yet known to have arrived: the layout may be undone.
+            return refuse(
+                ErrorCode::TryAgain,
+                format!("blob {blob:?} of inode {ino}: its upload is being checked; ask again"),
+            );
         }
         Ok(Response::Layout(Layout {
             attr: inode.attr.clone(),
@@ -222,6 +261,25 @@ impl Service {
                 .registry
                 .list_blocks(state.ns.refs(), after, limit.clamp(1, 100_000));
         Ok(Response::Blocks { blocks, more })
+    }
+}
+
+/// Refuses a change naming a blob the cluster no longer holds (collected while the
+/// client was slow to commit): it must be uploaded again, not referenced.
+fn all_held<'a>(
+    state: &State,
+    slices: impl IntoIterator<Item = &'a Slice>,
+) -> Result<(), RemoteError> {
+    match slices
+        .into_iter()
+        .find(|s| !state.registry.has_any_location(&s.blob))
+    {
+        Some(_) if state.registry.settling(Instant::now()) => Err(not_settled()),
+        Some(lost) => refuse(
+            ErrorCode::Unavailable,
+            format!("blob {:?} has no replica; upload it again", lost.blob),
+        ),
+        None => Ok(()),
     }
 }
 

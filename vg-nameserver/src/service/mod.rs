@@ -8,6 +8,7 @@ mod locking;
 mod machine;
 mod metrics;
 mod names;
+mod raced;
 mod storages;
 
 use files::Written;
@@ -174,6 +175,8 @@ pub struct Service {
     locks_changed: tokio::sync::Notify,
     /// Requests answered, for `vgctl status` and `--metrics`.
     requests: vg_wire::metrics::Requests,
+    /// Wakes the check of raced writes: one was committed.
+    raced_written: tokio::sync::Notify,
 }
 
 impl Service {
@@ -227,6 +230,7 @@ impl Service {
             stopped: Default::default(),
             locks_changed: Default::default(),
             requests: Default::default(),
+            raced_written: Default::default(),
         };
         Ok((service, log))
     }
@@ -447,8 +451,8 @@ impl Service {
             #[rustfmt::skip]
             PlaceBlock { id, len, exclude, prefer } => self.place_block(id, len, &exclude, &prefer).await,
             #[rustfmt::skip]
-            Commit { ino, size, slices, stored, set, sync } => {
-                let written = Written { ino, size, slices, stored, set, sync };
+            Commit { ino, size, slices, stored, set, sync, race } => {
+                let written = Written { ino, size, slices, stored, set, sync, race };
                 self.commit(peer, written, now).await
             }
             #[rustfmt::skip]
@@ -828,6 +832,13 @@ impl Service {
         state
             .registry
             .hold_copies_until(now + self.policy.heartbeat_timeout);
+        if let Some(log) = &state.log {
+            let raced = log.raced();
+            let blobs = raced.iter().flat_map(|(_, writes)| writes.iter());
+            state
+                .registry
+                .unchecked(blobs.flat_map(|(_, _, b)| b.iter().copied()));
+        }
         state.sessions = Sessions::new(self.session_lease, now);
         state.locks = Locks::default();
         state.leading = Some(term);

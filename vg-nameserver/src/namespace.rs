@@ -195,9 +195,10 @@ pub enum Op {
         ino: Option<Ino>,
     },
     /// [`Op::Write`] of blobs whose upload raced the commit: the slices they hide stay
-    /// (a later write drops them) until the nameserver knows the blobs are stored, so
-    /// that an [`Op::Unwrite`] brings back what the file held. `race` names the
-    /// client's upload, for the storages asked whether they got it.
+    /// (the next write drops them), so that an [`Op::Unwrite`] brings back what the file
+    /// held. `race` names the client's upload, for the storages asked whether they got
+    /// it. (A client writes again only once its storages acknowledged the blob, or
+    /// writes the same bytes again if they did not.)
     RacedWrite {
         ino: Ino,
         size: u64,
@@ -216,7 +217,8 @@ pub enum Op {
 enum Over {
     /// Drops those the new ones hide whole.
     Hide,
-    /// Keeps them all (a raced write, which may be undone).
+    /// Keeps those the new ones hide (a raced write, which may be undone), dropping
+    /// those earlier writes hid: a file written by raced writes alone keeps one layer.
     Keep,
     /// Drops them all (the whole-block writes of the old format).
     Replace,
@@ -1056,11 +1058,14 @@ impl Namespace {
             let list = lists
                 .entry(*idx)
                 .or_insert_with(|| blocks.get(*idx as usize).cloned().unwrap_or_default());
-            if over == Over::Replace {
-                dropped.append(list);
+            match over {
+                Over::Replace => dropped.append(list),
+                // What earlier writes hid goes; what this one hides stays.
+                Over::Keep => dropped.extend(slices::drop_hidden(list)),
+                Over::Hide => {}
             }
             list.extend_from_slice(new);
-            if over != Over::Keep {
+            if over == Over::Hide {
                 dropped.extend(slices::drop_hidden(list));
             }
             // Most blocks have one slice: a list grown by a push would keep room for four
@@ -1759,8 +1764,15 @@ mod tests {
         ns.apply(&Op::Unwrite { ino: f, blob }).unwrap();
         assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 1)]);
         assert_eq!(ns.take_released(), vec![(blob, Release::Dropped)]);
-        // Kept, a later write drops what both hide.
+        // The next write, raced too, drops what the one before hid, and keeps one layer.
         raced(&mut ns, slice(0, 4, 3)).unwrap();
+        raced(&mut ns, slice(0, 4, 5)).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 3), slice(0, 4, 5)]);
+        assert_eq!(
+            ns.take_released(),
+            vec![(BlockId([1; 32]), Release::Replaced)]
+        );
+        // A plain write drops all it hides.
         write(&mut ns, f, 8, vec![(0, vec![slice(0, 4, 4)])]).unwrap();
         assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 4)]);
         // An undo of a file gone, or of a blob it no longer names, changes nothing.

@@ -20,7 +20,9 @@ use tokio::task::JoinHandle;
 use vg_wire::metrics::prometheus_client::metrics::counter::Counter;
 use vg_wire::ns::{Lock, LockKind, Stored};
 use vg_wire::slices::overlay;
-use vg_wire::{Attr, BlockId, BlockRef, Bytes, Ino, Location, SetAttr, Slice, Timestamp};
+use vg_wire::{
+    Attr, BlockId, BlockRef, Bytes, ErrorCode, Ino, Location, SetAttr, Slice, Timestamp,
+};
 
 use super::cache::BlockCache;
 use super::compact;
@@ -191,6 +193,18 @@ impl Upload {
                 blob_off,
             })
             .collect()
+    }
+
+    /// How the upload ended.
+    async fn outcome(&mut self) -> Result<(BlockRef, Vec<Location>)> {
+        (&mut self.task).await.unwrap_or_else(|e| {
+            // Its runtime ended under it (a FUSE ring's, at unmount): sent again with
+            // the next flush.
+            Err(Error::Remote(vg_wire::RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("upload of block {}: {e}", self.idx),
+            )))
+        })
     }
 
     /// Its extents written over `extents` (it is newer than they are).
@@ -1188,14 +1202,7 @@ impl Files {
                 break;
             }
             let mut upload = state.uploads.remove(0);
-            let result = (&mut upload.task).await.unwrap_or_else(|e| {
-                // Its runtime ended under it (a FUSE ring's, at unmount): sent again
-                // with the next flush.
-                Err(Error::Remote(vg_wire::RemoteError::new(
-                    vg_wire::ErrorCode::Unavailable,
-                    format!("upload of block {}: {e}", upload.idx),
-                )))
-            });
+            let result = upload.outcome().await;
             match result {
                 Ok((blob, holders)) => {
                     state.stored.push(stored(blob, &holders));
@@ -1252,8 +1259,9 @@ impl Files {
     /// storages of the next placement while the commit goes to the nameserver's disk, so
     /// that the storages' and the log's syncs overlap instead of following each other
     /// (the nameserver checks afterwards that the blobs arrived, and undoes the commit
-    /// if none did). Returns `None` when the nameserver refused to race or no placement
-    /// is known: the bytes are back among the unsealed ones for the usual flush.
+    /// if none did). Returns `None` when the nameserver refused to race, no placement is
+    /// known or an upload failed: the bytes not committed with their blob stored are
+    /// back among the unsealed ones, for the usual flush to take at once.
     async fn flush_raced(&self, file: &OpenFile, state: &mut FileState) -> Option<Result<bool>> {
         let to = self.client.race_targets()?;
         let mut races = Vec::new();
@@ -1293,47 +1301,46 @@ impl Files {
         let bs = self.block_size() as usize;
         let mut failed = None;
         for mut upload in races {
-            match (&mut upload.task).await {
-                Ok(Ok((blob, holders))) if committed.is_ok() => {
+            match upload.outcome().await {
+                Ok((blob, holders)) if committed.is_ok() => {
                     self.took(state, &upload, blob, holders)
                 }
-                Ok(Ok(_)) => state.unseal(&upload, bs),
-                Ok(Err(e)) => {
-                    state.unseal(&upload, bs);
-                    failed.get_or_insert(e);
-                }
+                Ok(_) => state.unseal(&upload, bs),
                 Err(e) => {
                     state.unseal(&upload, bs);
-                    failed.get_or_insert(Error::Remote(vg_wire::RemoteError::new(
-                        vg_wire::ErrorCode::Unavailable,
-                        format!("upload of block {}: {e}", upload.idx),
-                    )));
+                    failed.get_or_insert(e);
                 }
             }
         }
         let attr = match committed {
             Ok(attr) => attr,
-            Err(e) if e.code() == vg_wire::ErrorCode::Conflict => {
-                tracing::debug!(ino = file.ino, error = %e, "raced commit refused; committing after the upload");
-                self.client.race_refused();
+            // Refused to race: commits wait for their uploads for a while. A file gone
+            // meanwhile takes the usual flush too, which knows what that means.
+            Err(e) if matches!(e.code(), ErrorCode::Conflict | ErrorCode::NotFound) => {
+                if e.code() == ErrorCode::Conflict {
+                    tracing::debug!(ino = file.ino, error = %e, "raced commit refused; committing after the upload");
+                    self.client.race_refused();
+                }
                 state.deferred = set;
                 return None;
             }
             Err(e) => {
                 state.deferred = set;
-                return Some(Err(failed.unwrap_or(e)));
+                return Some(Err(e));
             }
         };
         self.committed(file, state, attr, &written);
-        Some(match failed {
+        match failed {
+            None => Some(Ok(true)),
             // The commit stands (the nameserver undoes it if no storage got the blob);
-            // the bytes are back among the unsealed ones, for the next flush.
+            // the bytes the failed uploads held go the usual way, placed anew (a storage
+            // out of room, say, waits there for the space the nameserver reclaims).
             Some(e) => {
+                tracing::debug!(ino = file.ino, error = %e, "raced upload failed; uploading again");
                 state.changed = true;
-                Err(e)
+                None
             }
-            None => Ok(true),
-        })
+        }
     }
 
     /// What a commit's answer leaves in the file's state.

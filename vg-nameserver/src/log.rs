@@ -113,9 +113,21 @@ enum Record {
     },
 }
 
-/// Raced writes of an entry not yet checked: each op's file, race and the blobs it
-/// names.
-pub type Raced = Vec<(Ino, u64, Vec<BlockId>)>;
+/// A raced write not yet checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RacedWrite {
+    /// The file written.
+    pub ino: Ino,
+    /// The client's upload.
+    pub race: u64,
+    /// The blobs it names.
+    pub blobs: Vec<BlockId>,
+    /// The storages the client sent them to.
+    pub holders: Vec<String>,
+}
+
+/// The raced writes of an entry not yet checked.
+pub type Raced = Vec<RacedWrite>;
 
 /// The raced writes of `entry`, if it has any.
 fn raced_in(entry: &Entry) -> Option<Raced> {
@@ -127,13 +139,22 @@ fn raced_in(entry: &Entry) -> Option<Raced> {
         .iter()
         .filter_map(|op| match op {
             Op::RacedWrite {
-                ino, slices, race, ..
+                ino,
+                slices,
+                race,
+                holders,
+                ..
             } => {
                 let blobs: BTreeSet<BlockId> = slices
                     .iter()
                     .flat_map(|(_, list)| list.iter().map(|s| s.blob))
                     .collect();
-                Some((*ino, *race, blobs.into_iter().collect()))
+                Some(RacedWrite {
+                    ino: *ino,
+                    race: *race,
+                    blobs: blobs.into_iter().collect(),
+                    holders: holders.clone(),
+                })
             }
             _ => None,
         })
@@ -1419,6 +1440,7 @@ mod tests {
                     block_size: 4096,
                     time: Timestamp::now(),
                     race: 9,
+                    holders: vec!["s1".into()],
                 }],
                 needs: BTreeSet::new(),
                 by: (1, index),
@@ -1435,7 +1457,14 @@ mod tests {
             .append_entries([raced(1, 1), entry(2, &[]), raced(3, 3)])
             .unwrap();
         log.durable(end).await.unwrap();
-        let blob = |b: u8| vec![(7, 9, vec![BlockId::of(&[b])])];
+        let blob = |b: u8| {
+            vec![RacedWrite {
+                ino: 7,
+                race: 9,
+                blobs: vec![BlockId::of(&[b])],
+                holders: vec!["s1".into()],
+            }]
+        };
         assert_eq!(log.raced(), [(1, blob(1)), (3, blob(3))]);
         // Not checked: a restart, or a reboot (the entries were synced), hands both back.
         let (_, _, rec) = open(dir.path(), BOOT);

@@ -196,9 +196,9 @@ pub enum Op {
     },
     /// [`Op::Write`] of blobs whose upload raced the commit: the slices they hide stay
     /// (the next write drops them), so that an [`Op::Unwrite`] brings back what the file
-    /// held. `race` names the client's upload, for the storages asked whether they got
-    /// it. (A client writes again only once its storages acknowledged the blob, or
-    /// writes the same bytes again if they did not.)
+    /// held. `race` names the client's upload and `holders` the storages it went to,
+    /// which alone say whether they got it. (A client writes again only once its
+    /// storages acknowledged the blob, or writes the same bytes again if they did not.)
     RacedWrite {
         ino: Ino,
         size: u64,
@@ -206,6 +206,7 @@ pub enum Op {
         block_size: u32,
         time: Timestamp,
         race: u64,
+        holders: Vec<String>,
     },
     /// Removes from file `ino` every slice of `blob`, whose raced upload reached no
     /// storage: the slices it hid show again.
@@ -1753,6 +1754,7 @@ mod tests {
                 block_size: BS,
                 time: t(),
                 race: 1,
+                holders: vec!["a".into()],
             })
         };
         // A raced write keeps the slice it hides whole, referenced.

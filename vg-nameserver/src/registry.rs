@@ -606,15 +606,6 @@ impl Registry {
         self.raced.contains(id)
     }
 
-    /// Storages to ask whether they hold a raced block: where it is thought to be, or
-    /// every active storage if nowhere (the registry of a nameserver that restarted).
-    pub fn raced_candidates(&self, id: &BlockId) -> Vec<Location> {
-        match self.live_locations(id) {
-            at if at.is_empty() => self.active_locations(),
-            at => at,
-        }
-    }
-
     /// Settles a raced block with what storages answered: `absent` do not hold it (their
     /// location goes), `held` do. Returns whether it is held anywhere now.
     pub fn raced_checked(&mut self, id: BlockId, held: &[String], absent: &[String]) -> bool {
@@ -1059,7 +1050,7 @@ mod tests {
         let e = reg.raced(id(1), 10, &[a.clone(), "z".into()]).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
         reg.raced(id(1), 10, &[a.clone(), b.clone()]).unwrap();
-        assert_eq!(names(reg.raced_candidates(&id(1))), ["a", "b"]);
+        assert_eq!(names(reg.live_locations(&id(1))), ["a", "b"]);
         // Not offered for deduplication before it is checked: placed anew.
         reg.storage_mut(reg.slots["c"]).used = 0;
         let p = reg.place(id(1), 10, &[], &[], true, now).unwrap();
@@ -1068,9 +1059,9 @@ mod tests {
         // Checked: the storage that does not hold it is no longer a location.
         assert!(reg.raced_checked(id(1), std::slice::from_ref(&b), std::slice::from_ref(&a)));
         assert_eq!(names(reg.live_locations(&id(1))), ["b"]);
-        // Held nowhere: asked of every active storage next time.
+        // Held nowhere.
         assert!(!reg.raced_checked(id(1), &[], &[b]));
-        assert_eq!(reg.raced_candidates(&id(1)).len(), 3);
+        assert!(reg.live_locations(&id(1)).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A file's blocks: layouts, placing new blobs, commits and compactions, and the
 //! registry's view of which blobs are kept.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
 use tracing::debug;
@@ -127,8 +127,22 @@ impl Service {
             .collect();
         let (block_size, time) = (self.block_size, now);
         let write = match race {
-            #[rustfmt::skip]
-            Some(race) => Op::RacedWrite { ino, size, slices, block_size, time, race },
+            Some(race) => {
+                let holders: BTreeSet<String> = stored
+                    .iter()
+                    .flat_map(|(_, _, h)| h.iter().cloned())
+                    .collect();
+                let holders = holders.into_iter().collect();
+                Op::RacedWrite {
+                    ino,
+                    size,
+                    slices,
+                    block_size,
+                    time,
+                    race,
+                    holders,
+                }
+            }
             None => Op::Write {
                 ino,
                 size,

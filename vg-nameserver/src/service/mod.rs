@@ -834,10 +834,9 @@ impl Service {
             .hold_copies_until(now + self.policy.heartbeat_timeout);
         if let Some(log) = &state.log {
             let raced = log.raced();
-            let blobs = raced.iter().flat_map(|(_, writes)| writes.iter());
-            state
-                .registry
-                .unchecked(blobs.flat_map(|(_, _, b)| b.iter().copied()));
+            let writes = raced.iter().flat_map(|(_, writes)| writes.iter());
+            let blobs = writes.flat_map(|w| w.blobs.iter().copied());
+            state.registry.unchecked(blobs);
         }
         state.sessions = Sessions::new(self.session_lease, now);
         state.locks = Locks::default();

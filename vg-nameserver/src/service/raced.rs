@@ -3,12 +3,14 @@
 //! is answered once on disk, the client's `fsync` once its storages synced too; until
 //! the nameserver knows the blobs are stored, a power loss or a failed upload could
 //! leave the file naming a blob that is nowhere. So after each such commit the
-//! nameserver asks the storages the client named ([`storage::Request::Held`]), which
-//! wait a moment for an upload on its way and then refuse it for good; the log's marks
-//! say from which entry on that is not yet done, and recovery hands those entries back
-//! to be checked again. A blob no storage holds is undone ([`Op::Unwrite`]): the bytes
-//! the write covered show what they held before (a raced write keeps the slices it
-//! hides). Until checked, a layout naming the blob is answered "try again".
+//! nameserver asks the storages the client sent them to, which the op names
+//! ([`storage::Request::Held`]: they wait a moment for an upload on its way, then refuse
+//! it for good); the log's marks say from which entry on that is not yet done, and
+//! recovery hands those entries back to be checked again. A blob none of them holds is
+//! undone ([`Op::Unwrite`]): the bytes the write covered show what they held before (a
+//! raced write keeps the slices it hides). Only those storages decide: others never
+//! had the blob, and one that is down may come back with it. Until checked, a layout
+//! naming the blob is answered "try again".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 use vg_wire::rpc::Target;
-use vg_wire::{storage, BlockId, Ino, Location};
+use vg_wire::{storage, BlockId, Location};
 
 use super::Service;
-use crate::log::Raced;
+use crate::log::{Raced, RacedWrite};
 use crate::namespace::Op;
 
 /// How long a storage waits for a raced block it is still receiving, or has not seen
@@ -27,32 +29,51 @@ use crate::namespace::Op;
 const HELD_WAIT: Duration = Duration::from_secs(5);
 /// How often raced writes still unsettled are checked again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a raced write waits for storages it went to that cannot be asked (down, or
+/// not back after a restart) before it is taken as checked, not undone: it may have
+/// been acknowledged, so only those storages may say it is to be undone. If they never
+/// come back, its blob is lost as any is whose every copy is, and `vgctl fsck` says so.
+const GIVE_UP: Duration = Duration::from_secs(600);
 
 /// What the storages asked said of one raced blob.
 #[derive(Default)]
 struct Answers {
     held: Vec<String>,
     absent: Vec<String>,
-    /// Some storage asked did not answer.
+    /// A storage it went to could not be asked, or did not answer.
     unknown: bool,
+}
+
+impl Answers {
+    /// Whether the blob is known held, or known absent from every storage it went to.
+    fn decided(&self) -> bool {
+        !self.held.is_empty() || !self.unknown
+    }
 }
 
 impl Service {
     /// Checks the raced writes of the log, as they are committed and at start (once
     /// the storages have reported), until the nameserver stops.
     pub async fn check_raced_loop(self: Arc<Self>) {
+        // When each entry was first checked, for giving up.
+        let mut first_seen: BTreeMap<u64, Instant> = BTreeMap::new();
         while !self.stopped.load(std::sync::atomic::Ordering::Acquire) {
             let _ = tokio::time::timeout(RETRY, self.raced_written.notified()).await;
             let Some(log) = self.lock().log.clone() else {
                 continue;
             };
             let raced = log.raced();
+            first_seen.retain(|index, _| raced.iter().any(|(i, _)| i == index));
             if raced.is_empty() || !self.ready_to_check() {
                 continue;
             }
             let answers = self.ask_held(&raced).await;
             for (index, writes) in raced {
-                if self.settle_entry(&writes, &answers).await {
+                let since = *first_seen.entry(index).or_insert_with(Instant::now);
+                if self
+                    .settle_entry(&writes, &answers, since.elapsed() >= GIVE_UP)
+                    .await
+                {
                     log.checked(index);
                 }
             }
@@ -67,26 +88,39 @@ impl Service {
         alone && state.leading.is_some() && !state.registry.settling(Instant::now())
     }
 
-    /// Asks the storages that should hold the raced blobs whether they do, each
-    /// storage once for all of its blobs.
+    /// Asks the storages each raced blob went to whether they hold it, each storage
+    /// once for all of its blobs; one that is not active is not asked.
     async fn ask_held(&self, raced: &[(u64, Raced)]) -> BTreeMap<BlockId, Answers> {
-        let races: BTreeSet<(BlockId, u64)> = raced
-            .iter()
-            .flat_map(|(_, writes)| writes.iter())
-            .flat_map(|(_, race, blobs)| blobs.iter().map(|blob| (*blob, *race)))
-            .collect();
-        let mut asks: BTreeMap<String, (Location, Vec<(BlockId, u64)>)> = BTreeMap::new();
+        let mut wanted: BTreeMap<&str, BTreeSet<(BlockId, u64)>> = BTreeMap::new();
+        for RacedWrite {
+            race,
+            blobs,
+            holders,
+            ..
+        } in raced.iter().flat_map(|(_, writes)| writes.iter())
+        {
+            for holder in holders {
+                let ids = wanted.entry(holder.as_str()).or_default();
+                ids.extend(blobs.iter().map(|blob| (*blob, *race)));
+            }
+        }
+        let mut answers: BTreeMap<BlockId, Answers> = BTreeMap::new();
+        let mut asks: Vec<(Location, Vec<(BlockId, u64)>)> = Vec::new();
         {
             let state = self.lock();
-            for &(blob, race) in &races {
-                for at in state.registry.raced_candidates(&blob) {
-                    let ask = asks.entry(at.name.clone()).or_insert((at, Vec::new()));
-                    ask.1.push((blob, race));
+            for (holder, ids) in wanted {
+                match state.registry.active_location(holder) {
+                    Some(at) => asks.push((at, ids.into_iter().collect())),
+                    None => {
+                        for (blob, _) in ids {
+                            answers.entry(blob).or_default().unknown = true;
+                        }
+                    }
                 }
             }
         }
         let mut calls = tokio::task::JoinSet::new();
-        for (name, (at, ids)) in asks {
+        for (at, ids) in asks {
             let dialer = self.dialer.clone();
             calls.spawn(async move {
                 let request = storage::Request::Held {
@@ -96,10 +130,9 @@ impl Service {
                 let answer = dialer
                     .call::<_, storage::Response>(&Target::storage(&at), &request)
                     .await;
-                (name, ids, answer)
+                (at.name, ids, answer)
             });
         }
-        let mut answers: BTreeMap<BlockId, Answers> = BTreeMap::new();
         while let Some(Ok((name, ids, answer))) = calls.join_next().await {
             match answer {
                 Ok(storage::Response::Held(held)) => {
@@ -123,37 +156,40 @@ impl Service {
     }
 
     /// Settles the raced writes of one entry with the storages' answers; true once every
-    /// blob is held somewhere, or undone because every storage asked said it is not.
+    /// blob is held somewhere, or undone because every storage it went to said it is
+    /// not there, or given up (`give_up`) while some of them could not be asked.
     async fn settle_entry(
         &self,
-        writes: &[(Ino, u64, Vec<BlockId>)],
+        writes: &[RacedWrite],
         answers: &BTreeMap<BlockId, Answers>,
+        give_up: bool,
     ) -> bool {
         let blobs = || {
             writes
                 .iter()
-                .flat_map(|(ino, _, blobs)| blobs.iter().map(move |b| (*ino, b)))
+                .flat_map(|w| w.blobs.iter().map(move |blob| (w.ino, *blob)))
         };
-        // Undecided while a storage that might hold a blob did not answer.
-        let decided = |blob| {
-            answers
-                .get(blob)
-                .is_some_and(|a: &Answers| !a.unknown || !a.held.is_empty())
-        };
-        if !blobs().all(|(_, blob)| decided(blob)) {
+        let none = Answers::default();
+        let answer = |blob| answers.get(&blob).unwrap_or(&none);
+        let decided = blobs().all(|(_, blob)| answer(blob).decided());
+        if !decided && !give_up {
             return false;
         }
         let mut undo: Vec<Op> = Vec::new();
         {
             let mut state = self.lock();
             for (ino, blob) in blobs() {
-                let answer = &answers[blob];
-                if !state
-                    .registry
-                    .raced_checked(*blob, &answer.held, &answer.absent)
-                {
-                    warn!(ino, blob = ?blob, "a raced upload reached no storage: the write is undone");
-                    undo.push(Op::Unwrite { ino, blob: *blob });
+                let Answers { held, absent, .. } = answer(blob);
+                let stored = state.registry.raced_checked(blob, held, absent);
+                match (stored, decided) {
+                    (true, _) => {}
+                    (false, true) => {
+                        warn!(ino, blob = ?blob, "a raced upload reached none of its storages: the write is undone");
+                        undo.push(Op::Unwrite { ino, blob });
+                    }
+                    (false, false) => {
+                        warn!(ino, blob = ?blob, "the storages of a raced write stayed out of reach: taken as it is");
+                    }
                 }
             }
         }

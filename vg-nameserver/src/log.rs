@@ -124,6 +124,8 @@ pub struct RacedWrite {
     pub blobs: Vec<BlockId>,
     /// The storages the client sent them to.
     pub holders: Vec<String>,
+    /// The file's size the write set, and before it.
+    pub sizes: (u64, u64),
 }
 
 /// The raced writes of an entry not yet checked.
@@ -140,9 +142,11 @@ fn raced_in(entry: &Entry) -> Option<Raced> {
         .filter_map(|op| match op {
             Op::RacedWrite {
                 ino,
+                size,
                 slices,
                 race,
                 holders,
+                before,
                 ..
             } => {
                 let blobs: BTreeSet<BlockId> = slices
@@ -154,6 +158,7 @@ fn raced_in(entry: &Entry) -> Option<Raced> {
                     race: *race,
                     blobs: blobs.into_iter().collect(),
                     holders: holders.clone(),
+                    sizes: (*size, *before),
                 })
             }
             _ => None,
@@ -1441,6 +1446,7 @@ mod tests {
                     time: Timestamp::now(),
                     race: 9,
                     holders: vec!["s1".into()],
+                    before: 0,
                 }],
                 needs: BTreeSet::new(),
                 by: (1, index),
@@ -1463,6 +1469,7 @@ mod tests {
                 race: 9,
                 blobs: vec![BlockId::of(&[b])],
                 holders: vec!["s1".into()],
+                sizes: (4, 0),
             }]
         };
         assert_eq!(log.raced(), [(1, blob(1)), (3, blob(3))]);

@@ -197,8 +197,9 @@ pub enum Op {
     /// [`Op::Write`] of blobs whose upload raced the commit: the slices they hide stay
     /// (the next write drops them), so that an [`Op::Unwrite`] brings back what the file
     /// held. `race` names the client's upload and `holders` the storages it went to,
-    /// which alone say whether they got it. (A client writes again only once its
-    /// storages acknowledged the blob, or writes the same bytes again if they did not.)
+    /// which alone say whether they got it; `before` is the file's size before it.
+    /// (A client writes again only once its storages acknowledged the blob, or writes
+    /// the same bytes again if they did not.)
     RacedWrite {
         ino: Ino,
         size: u64,
@@ -207,10 +208,20 @@ pub enum Op {
         time: Timestamp,
         race: u64,
         holders: Vec<String>,
+        before: u64,
     },
-    /// Removes from file `ino` every slice of `blob`, whose raced upload reached no
-    /// storage: the slices it hid show again.
-    Unwrite { ino: Ino, blob: BlockId },
+    /// Undoes the raced write of `blob`, whose upload reached none of its storages:
+    /// removes every slice of it from file `ino` (the slices it hid show again) and, if
+    /// the file is still `size` bytes long (as that write left it), sets it back to
+    /// `before`.
+    Unwrite {
+        ino: Ino,
+        blob: BlockId,
+        size: u64,
+        before: u64,
+        block_size: u32,
+        time: Timestamp,
+    },
 }
 
 /// What a write does with the slices already in a block it writes to.
@@ -756,7 +767,10 @@ impl Namespace {
             &Op::RacedWrite { ino, size, ref slices, block_size, time, .. } => {
                 self.write(ino, size, slices, Over::Keep, block_size, time)
             },
-            &Op::Unwrite { ino, blob } => self.unwrite(ino, blob),
+            #[rustfmt::skip]
+            &Op::Unwrite { ino, blob, size, before, block_size, time } => {
+                self.unwrite(ino, blob, (size, before), block_size, time)
+            },
             #[rustfmt::skip]
             &Op::Compact { ino, idx, ref prefix, ref merged, block_size } => {
                 self.compact(ino, idx, prefix, merged, block_size)
@@ -1111,14 +1125,22 @@ impl Namespace {
 
     /// Removes every slice of `blob` from file `ino` (see [`Op::Unwrite`]). A file gone
     /// meanwhile, or one that no longer names the blob, is left as it is.
-    fn unwrite(&mut self, ino: Ino, blob: BlockId) -> Refusal<Ino> {
+    fn unwrite(
+        &mut self,
+        ino: Ino,
+        blob: BlockId,
+        (size, before): (u64, u64),
+        block_size: u32,
+        time: Timestamp,
+    ) -> Refusal<Ino> {
         let Some(Inode {
+            attr,
             content: Content::File { blocks },
-            ..
         }) = self.inodes.get_mut(&ino).map(|inode| &mut **inode)
         else {
             return Ok(ino);
         };
+        let resized = attr.size == size && size != before;
         let mut removed = Vec::new();
         for list in blocks.iter_mut() {
             let (gone, kept): (Vec<Slice>, Vec<Slice>) =
@@ -1127,6 +1149,9 @@ impl Namespace {
             removed.extend(gone);
         }
         self.drop_refs(removed, Release::Dropped);
+        if resized {
+            self.resize(ino, before, block_size, time)?;
+        }
         Ok(ino)
     }
 
@@ -1755,7 +1780,16 @@ mod tests {
                 time: t(),
                 race: 1,
                 holders: vec!["a".into()],
+                before: 8,
             })
+        };
+        let unwrite = |ino, blob, (size, before)| Op::Unwrite {
+            ino,
+            blob,
+            size,
+            before,
+            block_size: BS,
+            time: t(),
         };
         // A raced write keeps the slice it hides whole, referenced.
         raced(&mut ns, slice(0, 4, 2)).unwrap();
@@ -1763,7 +1797,7 @@ mod tests {
         assert!(ns.take_released().is_empty());
         // Undone, its blob goes and the first write shows again.
         let blob = BlockId([2; 32]);
-        ns.apply(&Op::Unwrite { ino: f, blob }).unwrap();
+        ns.apply(&unwrite(f, blob, (8, 8))).unwrap();
         assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 1)]);
         assert_eq!(ns.take_released(), vec![(blob, Release::Dropped)]);
         // The next write, raced too, drops what the one before hid, and keeps one layer.
@@ -1778,9 +1812,39 @@ mod tests {
         write(&mut ns, f, 8, vec![(0, vec![slice(0, 4, 4)])]).unwrap();
         assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 4)]);
         // An undo of a file gone, or of a blob it no longer names, changes nothing.
-        ns.apply(&Op::Unwrite { ino: f, blob }).unwrap();
-        ns.apply(&Op::Unwrite { ino: 999, blob }).unwrap();
+        ns.apply(&unwrite(f, blob, (8, 8))).unwrap();
+        ns.apply(&unwrite(999, blob, (8, 8))).unwrap();
         assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 4)]);
+        // A raced write that made a new file longer is undone to the length before it,
+        // unless the file changed length since.
+        let g = create(&mut ns, ROOT_INO, "g").unwrap();
+        let filled = |size| Op::RacedWrite {
+            ino: g,
+            size,
+            slices: vec![(0, vec![slice(0, 4, 6)])],
+            block_size: BS,
+            time: t(),
+            race: 2,
+            holders: vec!["a".into()],
+            before: 0,
+        };
+        ns.apply(&filled(4)).unwrap();
+        ns.apply(&unwrite(g, BlockId([6; 32]), (4, 0))).unwrap();
+        assert_eq!(ns.get(g).unwrap().attr.size, 0);
+        assert!(blocks_of(&ns, g).iter().all(Vec::is_empty));
+        ns.apply(&filled(4)).unwrap();
+        ns.apply(&Op::SetAttr {
+            ino: g,
+            set: SetAttr {
+                size: Some(6),
+                ..SetAttr::default()
+            },
+            block_size: BS,
+            time: t(),
+        })
+        .unwrap();
+        ns.apply(&unwrite(g, BlockId([6; 32]), (4, 0))).unwrap();
+        assert_eq!(ns.get(g).unwrap().attr.size, 6);
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Service {
                     time,
                     race,
                     holders,
+                    before: 0,
                 }
             }
             None => Op::Write {
@@ -152,9 +153,17 @@ impl Service {
             },
         };
         let set = set.map(|set| self.set_attr_op(ino, set, now));
-        let ops = std::iter::once(write).chain(set).collect();
+        let ops: Vec<Op> = std::iter::once(write).chain(set).collect();
+        // A raced write says how long the file was before it, for its undoing.
+        let build = |ns: &crate::namespace::Namespace| {
+            let mut ops = ops;
+            if let Some(Op::RacedWrite { before, .. }) = ops.first_mut() {
+                *before = ns.get(ino).map_or(0, |inode| inode.attr.size);
+            }
+            ops
+        };
         let answer = self
-            .mutate_after(|_| ops, &blobs, sync || race.is_some())
+            .mutate_after(build, &blobs, sync || race.is_some())
             .await;
         if race.is_some() {
             self.raced_written.notify_one();

@@ -27,8 +27,9 @@ use crate::namespace::Op;
 /// How long a storage waits for a raced block it is still receiving, or has not seen
 /// yet, before it answers without it (and refuses it from then on).
 const HELD_WAIT: Duration = Duration::from_secs(5);
-/// How often raced writes still unsettled are checked again.
-const RETRY: Duration = Duration::from_secs(1);
+/// How often raced writes still unsettled are checked again: soon, since a layout
+/// naming their blobs waits for it (after a restart, until their storages are back).
+const RETRY: Duration = Duration::from_millis(200);
 /// How long a raced write waits for storages it went to that cannot be asked (down, or
 /// not back after a restart) before it is taken as checked, not undone: it may have
 /// been acknowledged, so only those storages may say it is to be undone. If they never
@@ -80,12 +81,12 @@ impl Service {
         }
     }
 
-    /// Whether raced writes can be checked now: this member leads alone and its
-    /// registry has heard from the storages.
+    /// Whether raced writes can be checked now: this member leads alone. (Not only
+    /// once every storage has reported: those a raced write went to answer for it
+    /// themselves as soon as they are back, and a layout naming it waits till then.)
     fn ready_to_check(&self) -> bool {
         let alone = self.quorum.lock().expect("quorum lock").alone;
-        let state = self.lock();
-        alone && state.leading.is_some() && !state.registry.settling(Instant::now())
+        alone && self.lock().leading.is_some()
     }
 
     /// Asks the storages each raced blob went to whether they hold it, each storage
@@ -167,7 +168,7 @@ impl Service {
         let blobs = || {
             writes
                 .iter()
-                .flat_map(|w| w.blobs.iter().map(move |blob| (w.ino, *blob)))
+                .flat_map(|w| w.blobs.iter().map(move |blob| (w, *blob)))
         };
         let none = Answers::default();
         let answer = |blob| answers.get(&blob).unwrap_or(&none);
@@ -178,14 +179,23 @@ impl Service {
         let mut undo: Vec<Op> = Vec::new();
         {
             let mut state = self.lock();
-            for (ino, blob) in blobs() {
+            for (write, blob) in blobs() {
+                let ino = write.ino;
                 let Answers { held, absent, .. } = answer(blob);
                 let stored = state.registry.raced_checked(blob, held, absent);
                 match (stored, decided) {
                     (true, _) => {}
                     (false, true) => {
                         warn!(ino, blob = ?blob, "a raced upload reached none of its storages: the write is undone");
-                        undo.push(Op::Unwrite { ino, blob });
+                        let (size, before) = write.sizes;
+                        undo.push(Op::Unwrite {
+                            ino,
+                            blob,
+                            size,
+                            before,
+                            block_size: self.block_size,
+                            time: vg_wire::Timestamp::now(),
+                        });
                     }
                     (false, false) => {
                         warn!(ino, blob = ?blob, "the storages of a raced write stayed out of reach: taken as it is");

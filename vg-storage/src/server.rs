@@ -306,7 +306,7 @@ impl Storage {
         }
         let ids: Vec<BlockId> = ids.into_iter().map(|(id, _)| id).collect();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        on_pool(move || {
             store.wait_synced()?;
             Ok(ids
                 .into_iter()
@@ -314,7 +314,6 @@ impl Storage {
                 .collect())
         })
         .await
-        .expect("sync wait does not panic")
         .map(Response::Held)
         .map_err(|e: Error| e.to_remote())
     }

@@ -24,9 +24,16 @@ if [[ $(id -u) == 0 ]] && ! command -v xz >/dev/null; then
   need_packages xz-utils || { echo "test.sh: cannot install xz-utils (apt-get failed)" >&2; exit 1; }
 fi
 
+# Each phase's time goes to the log, to keep the whole under its 25-minute budget.
+timed() {
+  local start=$SECONDS
+  "$@"
+  echo "test.sh: $* took $((SECONDS - start)) s" >&2
+}
+
 # One build of the workspace (dev profile): the integration and shell tests use its binaries.
-cargo build --workspace --all-targets
-cargo test --workspace
+timed cargo build --workspace --all-targets
+timed cargo test --workspace
 
 # Shell tests on a real FUSE mount need root and /dev/fuse.
 if [[ $(id -u) != 0 || ! -e /dev/fuse ]]; then
@@ -37,15 +44,15 @@ fi
 # second mount reads /dev/fuse).
 # shellcheck source=scripts/lib.sh
 (log=/dev/null source scripts/lib.sh && enable_fuse_uring)
-VG_BIN=$(pwd)/target/debug scripts/test-mount.sh
+VG_BIN=$(pwd)/target/debug timed scripts/test-mount.sh
 # POSIX cases: special files, long names, xattrs, files unlinked while open.
-VG_BIN=$(pwd)/target/debug scripts/test-posix.sh
+VG_BIN=$(pwd)/target/debug timed scripts/test-posix.sh
 # Twenty power cuts on lossyfs (examples/lossyfs.rs) during writes through the mount.
-VG_BIN=$(pwd)/target/debug scripts/powerloss-test.sh
+VG_BIN=$(pwd)/target/debug timed scripts/powerloss-test.sh
 # The nameserver group: the leader SIGKILLed at 20 points under four writers.
-VG_BIN=$(pwd)/target/debug scripts/group-test.sh
+VG_BIN=$(pwd)/target/debug timed scripts/group-test.sh
 # Network partitions between namespaces, then 16 workers for a minute.
-VG_BIN=$(pwd)/target/debug scripts/partition-test.sh
-VG_BIN=$(pwd)/target/debug scripts/load-test.sh
+VG_BIN=$(pwd)/target/debug timed scripts/partition-test.sh
+VG_BIN=$(pwd)/target/debug timed scripts/load-test.sh
 # The docker-compose cluster (installs docker.io and docker-compose, starts dockerd if needed).
-VG_BIN=$(pwd)/target/debug scripts/compose-test.sh
+VG_BIN=$(pwd)/target/debug timed scripts/compose-test.sh

@@ -9,18 +9,18 @@ bin=${VG_BIN:-$root/target/debug}
 passed=0
 failed=0
 
-# Runs CMD, printing PASS or FAIL NAME (with the end of the log on failure).
+# Runs CMD, printing PASS or FAIL NAME and its seconds (with the end of the log on failure).
 check() {
-  local name=$1
+  local name=$1 start=$SECONDS
   shift
   # ONLY=TEXT runs just the cases whose name contains TEXT (while working on one).
   [[ -n ${ONLY:-} && $name != *"$ONLY"* ]] && return 0
   echo "== $name" >>"$log"
   if "$@" >>"$log" 2>&1; then
-    echo "PASS $name"
+    echo "PASS $name ($((SECONDS - start)) s)"
     passed=$((passed + 1))
   else
-    echo "FAIL $name (see the log below)"
+    echo "FAIL $name ($((SECONDS - start)) s; see the log below)"
     failed=$((failed + 1))
     tail -n 15 "$log" | sed 's/^/    /'
   fi

@@ -365,11 +365,13 @@ async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
     let client = cluster.client().await;
     let root = client.resolve("/").await.unwrap().ino;
     // Small writes, each fsynced: most commits race their uploads. Another client
-    // reads what each fsync covered.
+    // asks for the layout right after each fsync (as a database taking a lock does), and
+    // reads what they covered.
     let (ino, files) = open_new(&client, root, "db").await;
     let mut model = bytes(4 * BLOCK, 1);
     files.write(ino, 0, &model).await.unwrap();
     files.fsync(ino).await.unwrap();
+    let other = cluster.client().await;
     let mut rng = Rng(7);
     for n in 0..100u64 {
         let at = rng.below((model.len() - 4096) as u64) as usize;
@@ -377,9 +379,17 @@ async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
         model[at..at + 4096].copy_from_slice(&page);
         files.write(ino, at as u64, &page).await.unwrap();
         files.fsync(ino).await.unwrap();
+        other.layout(ino).await.unwrap();
     }
-    let other = cluster.client().await;
     assert!(cluster.get(&other, "/db").await.unwrap() == model);
+    // The layouts waited for the raced blobs' check at the nameserver instead of being
+    // sent back to ask again after a pause.
+    let status = client.status().await.unwrap();
+    let layouts = status.requests.iter().find(|t| t.op == "layout").unwrap();
+    assert_eq!(
+        layouts.errors, 0,
+        "layouts answered \"try again\": {layouts:?}"
+    );
     // A raced commit whose upload never comes (the client went away): the storages named
     // say they do not hold the blob once they waited for it, and the write is undone,
     // the bytes it covered reading as before.

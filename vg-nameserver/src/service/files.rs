@@ -234,12 +234,42 @@ impl Service {
         all_held(&state, slices)
     }
 
-    /// A file's slices and where their blobs are.
-    pub(super) fn layout(&self, ino: Ino) -> Answer {
+    /// A file's slices and where their blobs are. One naming a raced blob not yet
+    /// checked (a round trip to its storages after the commit's answer) waits for the
+    /// check, up to [`LAYOUT_WAIT`], then is answered "try again".
+    pub(super) async fn layout(&self, ino: Ino) -> Answer {
+        let mut settled = self.raced_settled.subscribe();
+        let deadline = tokio::time::Instant::now() + LAYOUT_WAIT;
+        loop {
+            let blob = match self.layout_now(ino) {
+                Ok(answer) => return answer,
+                Err(Unchecked(blob)) => blob,
+            };
+            if tokio::time::timeout_at(deadline, settled.changed())
+                .await
+                .is_err()
+            {
+                // A raced upload not yet known to have arrived: the layout may be undone.
+                return refuse(
+                    ErrorCode::TryAgain,
+                    format!("blob {blob:?} of inode {ino}: its upload is being checked; ask again"),
+                );
+            }
+        }
+    }
+
+    /// The layout of `ino` as it is now, unless it names a raced blob not yet checked.
+    fn layout_now(&self, ino: Ino) -> Result<Answer, Unchecked> {
         let state = self.lock();
-        let inode = state.ns.get(ino)?;
+        let inode = match state.ns.get(ino) {
+            Ok(inode) => inode,
+            Err(e) => return Ok(Err(e)),
+        };
         let Content::File { blocks } = &inode.content else {
-            return refuse(ErrorCode::IsDir, format!("inode {ino}: not a regular file"));
+            return Ok(refuse(
+                ErrorCode::IsDir,
+                format!("inode {ino}: not a regular file"),
+            ));
         };
         let mut seen = std::collections::HashSet::new();
         let locations: Vec<_> = blocks
@@ -250,24 +280,20 @@ impl Service {
             .collect();
         if locations.iter().any(|(_, at)| at.is_empty()) && state.registry.settling(Instant::now())
         {
-            return Err(not_settled());
+            return Ok(Err(not_settled()));
         }
         if let Some((blob, _)) = locations
             .iter()
             .find(|(blob, _)| state.registry.is_unchecked(blob))
         {
-            // A raced upload not yet known to have arrived: the layout may be undone.
-            return refuse(
-                ErrorCode::TryAgain,
-                format!("blob {blob:?} of inode {ino}: its upload is being checked; ask again"),
-            );
+            return Err(Unchecked(*blob));
         }
-        Ok(Response::Layout(Layout {
+        Ok(Ok(Response::Layout(Layout {
             attr: inode.attr.clone(),
             block_size: self.block_size,
             blocks: blocks.clone(),
             locations,
-        }))
+        })))
     }
 
     /// Keeps blobs a client is still uploading or committing from the collector.
@@ -286,6 +312,13 @@ impl Service {
         Ok(Response::Blocks { blocks, more })
     }
 }
+
+/// How long a layout naming a raced blob not yet checked waits for the check before it
+/// is answered "try again" (and the client asks again).
+const LAYOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A layout named this raced blob, not yet checked.
+struct Unchecked(BlockId);
 
 /// Refuses a change naming a blob the cluster no longer holds (collected while the
 /// client was slow to commit): it must be uploaded again, not referenced.

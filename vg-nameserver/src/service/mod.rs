@@ -177,6 +177,9 @@ pub struct Service {
     requests: vg_wire::metrics::Requests,
     /// Wakes the check of raced writes: one was committed.
     raced_written: tokio::sync::Notify,
+    /// Counts the rounds of the raced writes' check that settled some: a layout naming
+    /// an unchecked blob waits for the next.
+    raced_settled: tokio::sync::watch::Sender<u64>,
 }
 
 impl Service {
@@ -231,6 +234,7 @@ impl Service {
             locks_changed: Default::default(),
             requests: Default::default(),
             raced_written: Default::default(),
+            raced_settled: tokio::sync::watch::Sender::new(0),
         };
         Ok((service, log))
     }
@@ -447,7 +451,7 @@ impl Service {
             RemoveXattr { ino, name } => self.remove_xattr(ino, name, now).await,
             StatFs => Ok(Response::StatFs(self.statfs(&self.lock()))),
             Sync => self.sync().await,
-            Layout { ino } => self.layout(ino),
+            Layout { ino } => self.layout(ino).await,
             #[rustfmt::skip]
             PlaceBlock { id, len, exclude, prefer } => self.place_block(id, len, &exclude, &prefer).await,
             #[rustfmt::skip]

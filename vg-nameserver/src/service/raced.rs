@@ -9,8 +9,8 @@
 //! recovery hands those entries back to be checked again. A blob none of them holds is
 //! undone ([`Op::Unwrite`]): the bytes the write covered show what they held before (a
 //! raced write keeps the slices it hides). Only those storages decide: others never
-//! had the blob, and one that is down may come back with it. Until checked, a layout
-//! naming the blob is answered "try again".
+//! had the blob, and one that is down may come back with it. A layout naming a blob not
+//! yet checked waits for the check (a while, then is answered "try again").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -69,6 +69,7 @@ impl Service {
                 continue;
             }
             let answers = self.ask_held(&raced).await;
+            let mut settled = false;
             for (index, writes) in raced {
                 let since = *first_seen.entry(index).or_insert_with(Instant::now);
                 if self
@@ -76,7 +77,11 @@ impl Service {
                     .await
                 {
                     log.checked(index);
+                    settled = true;
                 }
+            }
+            if settled {
+                self.raced_settled.send_modify(|round| *round += 1);
             }
         }
     }

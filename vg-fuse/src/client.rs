@@ -557,7 +557,8 @@ impl Client {
     /// Takes, changes or drops a lock of `session` on `ino`; with `wait`, until granted
     /// (the nameserver answers a wait after a few seconds, and is asked again) or until
     /// `interrupted` resolves (the caller got a signal): then [`Error::Interrupted`],
-    /// unless the lock was granted meanwhile.
+    /// unless the lock was granted meanwhile. Returns the file's attributes when the
+    /// nameserver said them with a lock taken.
     pub async fn lock(
         &self,
         session: u64,
@@ -565,7 +566,11 @@ impl Client {
         lock: ns::Lock,
         wait: bool,
         interrupted: impl Future<Output = ()>,
-    ) -> Result<()> {
+    ) -> Result<Option<Attr>> {
+        let granted = |answer: ns::Response| match answer {
+            ns::Response::Attr(attr) => Some(attr),
+            _ => None,
+        };
         let request = |wait| ns::Request::Lock {
             session,
             ino,
@@ -583,13 +588,13 @@ impl Client {
                     // records is the one the nameserver holds.
                     return match self.ns_call(request(false)).await {
                         Err(e) if e.code() == ErrorCode::WouldBlock => Err(Error::Interrupted),
-                        other => other.map(drop),
+                        other => other.map(granted),
                     };
                 }
             };
             match answer {
                 Err(e) if wait && e.code() == ErrorCode::WouldBlock => continue,
-                other => return other.map(drop),
+                other => return other.map(granted),
             }
         }
     }

@@ -196,7 +196,9 @@ pub enum Request {
     },
     /// Takes, changes or drops (`LockKind::Unlock`) a byte-range lock of session `id`;
     /// with `wait`, waits while another owner holds a conflicting one, up to a few
-    /// seconds (then `WouldBlock`: ask again).
+    /// seconds (then `WouldBlock`: ask again). A lock taken is answered with the file's
+    /// attributes (which tell the mount whether its layout is still current), a lock
+    /// dropped with `Done`.
     Lock {
         session: u64,
         ino: Ino,

@@ -569,7 +569,8 @@ impl Files {
         }
         self.session.before_lock(self).await?;
         let asked = std::time::Instant::now();
-        self.client
+        let attr = self
+            .client
             .lock(self.session.id(), ino, lock, wait, interrupted)
             .await?;
         self.session.renewed(asked);
@@ -594,6 +595,10 @@ impl Files {
         // Under the file's lock: a commit of this mount meanwhile would be undone by an
         // older layout.
         let mut state = file.state.lock().await;
+        // Attributes as this mount last saw them: nobody changed the file since.
+        if attr.is_some_and(|attr| state.seen == Some((attr.size, attr.mtime))) {
+            return Ok(false);
+        }
         let layout = self.client.layout(ino).await?;
         let changed = state.seen != Some((layout.attr.size, layout.attr.mtime));
         if changed {
@@ -645,6 +650,7 @@ impl Files {
         self.client
             .lock(self.session.id(), ino, all, false, never)
             .await
+            .map(drop)
     }
 
     /// Whether some owner on this mount holds a lock on the file.

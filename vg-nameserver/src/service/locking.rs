@@ -124,7 +124,7 @@ impl Service {
             let settling = {
                 let mut state = self.lock();
                 let state = &mut *state;
-                state.ns.get(ino)?;
+                let attr = state.ns.get(ino)?.attr.clone();
                 let now = Instant::now();
                 state.sessions.touch(session, now);
                 // A request without wait from the same owner (the mount's, after its
@@ -156,7 +156,10 @@ impl Service {
                 let holder = match taken {
                     Ok(()) => {
                         self.locks_changed.notify_waiters();
-                        return Ok(Response::Done);
+                        return Ok(match lock.kind {
+                            LockKind::Unlock => Response::Done,
+                            _ => Response::Attr(attr),
+                        });
                     }
                     Err(holder) => holder,
                 };

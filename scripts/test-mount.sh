@@ -41,6 +41,14 @@ src=$work/src
 mkdir -p "$src"
 block=$((1 << 20))
 
+# A new cluster had no mounts before: its locks are granted at once, not after a lease
+# (30 s) left for mounts of before a restart to take theirs back.
+fresh_locks() {
+  sqlite3 "$mnt/fresh.db" 'create table t (x); insert into t values (1);' \
+    && [[ $(sqlite3 "$mnt/fresh.db" 'select count(*) from t;') == 1 ]] && rm "$mnt/fresh.db"
+}
+check "sqlite right after the cluster starts: its locks are granted at once" fresh_locks
+
 # Sizes on both sides of the block boundary (1 MiB here) and a large file.
 copy_round_trip() {
   local size=$1

@@ -36,6 +36,13 @@ impl Sessions {
         }
     }
 
+    /// These sessions, at a start after which nobody can have been holding anything
+    /// (the namespace was never served before).
+    pub fn none_before(mut self, now: Instant) -> Self {
+        self.settled_at = now;
+        self
+    }
+
     /// How long a report holds.
     pub fn lease(&self) -> Duration {
         self.lease

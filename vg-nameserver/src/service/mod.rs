@@ -842,7 +842,15 @@ impl Service {
             let blobs = writes.flat_map(|w| w.blobs.iter().copied());
             state.registry.unchecked(blobs);
         }
-        state.sessions = Sessions::new(self.session_lease, now);
+        // The first leader of a new namespace (its log holds the group's start and this
+        // term's first entry, its tree only the root): no mount had a session before, so
+        // locks need not wait a lease for theirs (sqlite right after `up.sh` would get
+        // "database is locked").
+        let sessions = Sessions::new(self.session_lease, now);
+        state.sessions = match state.applied.is_none_or(|a| a.index <= 1) && state.ns.len() == 1 {
+            true => sessions.none_before(now),
+            false => sessions,
+        };
         state.locks = Locks::default();
         state.leading = Some(term);
     }

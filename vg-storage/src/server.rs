@@ -278,9 +278,8 @@ impl Storage {
                 Request::Sync => {
                     let last = at_end(recv).await;
                     let store = self.store.clone();
-                    let answer = tokio::task::spawn_blocking(move || store.wait_synced())
+                    let answer = on_pool(move || store.wait_synced())
                         .await
-                        .expect("sync wait does not panic")
                         .map(|()| Response::Synced)
                         .map_err(|e| e.to_remote());
                     let outcome = outcome_of(&answer);
@@ -297,11 +296,8 @@ impl Storage {
                 Request::Verify { ids } => {
                     let last = at_end(recv).await;
                     let store = self.store.clone();
-                    let answer = tokio::task::spawn_blocking(move || {
-                        ids.iter().map(|id| store.verify(id)).collect()
-                    })
-                    .await
-                    .expect("verify does not panic");
+                    let answer =
+                        on_pool(move || ids.iter().map(|id| store.verify(id)).collect()).await;
                     reply(send, Ok(Response::Verified(answer)), last).await;
                     ("ok", !last)
                 }
@@ -504,7 +500,7 @@ impl Storage {
         // that to the blocking pool cost two thread wake-ups, more than the write. A
         // synced one waits for the disk, perhaps for a whole sync round of other blocks:
         // on this thread only while the storage serves nothing else (an fsync'd write's
-        // put is on its path: +8% fsync'd writes), else on the pool, so that it holds up
+        // put is on its path: +5% fsync'd writes), else on the pool, so that it holds up
         // no other request and concurrent ones sync together.
         let alone = self.serving.load(Ordering::Relaxed) == 1;
         let local = {

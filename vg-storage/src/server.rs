@@ -2,7 +2,6 @@
 //! verification; plus the background scrub.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,22 +50,6 @@ const FENCE_FOR: Duration = Duration::from_secs(600);
 const STREAM_PIECE: usize = 1 << 20;
 /// Block bytes held in memory by uploads in flight, in MiB.
 const INFLIGHT_MIB: u32 = 512;
-
-/// Counts a request in [`Storage::serving`] until dropped.
-struct Serving<'a>(&'a AtomicUsize);
-
-impl<'a> Serving<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Serving(count)
-    }
-}
-
-impl Drop for Serving<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Marks a block as being stored by an upload (see [`Storage::receiving`]) until dropped.
 pub(crate) struct Receiving<'a> {
@@ -169,8 +152,6 @@ pub struct Storage {
     /// at once for the deletions that would make room, rather than at the next beat.
     pub wake: tokio::sync::Notify,
     inflight: Semaphore,
-    /// Requests being served now (see [`Storage::put`]).
-    serving: AtomicUsize,
     /// `--durability strict`: every block synced before it is acknowledged.
     strict: bool,
     /// Requests answered, for `--metrics` (set once, when metrics are served).
@@ -199,7 +180,6 @@ impl Storage {
             fenced: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             inflight: Semaphore::new(INFLIGHT_MIB as usize),
-            serving: Default::default(),
             requests: Default::default(),
         }
     }
@@ -236,7 +216,6 @@ impl Storage {
             }
             Request::Verify { .. } | Request::Sync | Request::Held { .. } => None,
         };
-        let _serving = Serving::new(&self.serving);
         let span = tracing::debug_span!("request", op = request.name(), block = ?block);
         let (op, started) = (request.name(), std::time::Instant::now());
         let (outcome, kept) = async {
@@ -278,8 +257,9 @@ impl Storage {
                 Request::Sync => {
                     let last = at_end(recv).await;
                     let store = self.store.clone();
-                    let answer = on_pool(move || store.wait_synced())
+                    let answer = tokio::task::spawn_blocking(move || store.wait_synced())
                         .await
+                        .expect("sync wait does not panic")
                         .map(|()| Response::Synced)
                         .map_err(|e| e.to_remote());
                     let outcome = outcome_of(&answer);
@@ -296,8 +276,11 @@ impl Storage {
                 Request::Verify { ids } => {
                     let last = at_end(recv).await;
                     let store = self.store.clone();
-                    let answer =
-                        on_pool(move || ids.iter().map(|id| store.verify(id)).collect()).await;
+                    let answer = tokio::task::spawn_blocking(move || {
+                        ids.iter().map(|id| store.verify(id)).collect()
+                    })
+                    .await
+                    .expect("verify does not panic");
                     reply(send, Ok(Response::Verified(answer)), last).await;
                     ("ok", !last)
                 }
@@ -498,18 +481,14 @@ impl Storage {
         };
         // A small block goes into a volume with one `pwrite` into the page cache: handing
         // that to the blocking pool cost two thread wake-ups, more than the write. A
-        // synced one waits for the disk, perhaps for a whole sync round of other blocks:
-        // on this thread only while the storage serves nothing else (an fsync'd write's
-        // put is on its path: +5% fsync'd writes), else on the pool, so that it holds up
-        // no other request and concurrent ones sync together.
-        let alone = self.serving.load(Ordering::Relaxed) == 1;
+        // synced one waits for the disk, perhaps for a whole sync round of other blocks,
+        // and would hold up every other request meanwhile.
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
             let len = data.len();
             let work = move || store.put_checked(&id, &data, sync);
             async move {
                 match sync {
-                    true if alone && len <= SMALL_WORK => work(),
                     true => on_pool(work).await,
                     false => run_sized(len, work).await,
                 }

@@ -3,6 +3,8 @@
 # unmounts (vg-fuse commits what was written), then stops the servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 home=${VG_HOME:-$(pwd)/.vg}
 pids=$home/pids
 if [[ ! -f $pids ]]; then
@@ -12,7 +14,7 @@ while read -r name pid mountpoint; do
   if [[ $name == vg-fuse && -n ${mountpoint:-} ]] && mountpoint -q "$mountpoint"; then
     umount "$mountpoint" || umount -l "$mountpoint" || true
     # vg-fuse exits once the kernel has released the mount.
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    eventually 10 exited "$pid" || true
   fi
 done < "$pids"
 # Whether PID still runs what was recorded under NAME: a process that died (a test kills
@@ -28,8 +30,7 @@ ours() {
 }
 while read -r name pid _; do
   if ours "$name" "$pid" && kill "$pid" 2>/dev/null; then
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    eventually 5 exited "$pid" || kill -9 "$pid" 2>/dev/null || true
     echo "stopped $name ($pid)"
   fi
 done < "$pids"

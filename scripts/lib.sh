@@ -1,7 +1,7 @@
 # Shared by the shell scripts: source it from the repository's root (after setting $log,
 # for check). Sets $root (the repository) and $bin (the binaries: $VG_BIN, default
 # target/debug, which `cargo test` builds). Defines passed/failed counters, check NAME
-# CMD..., eventually SECONDS CMD..., random_port, restart_server HOME NAME, need_root
+# CMD..., exited PID, eventually SECONDS CMD..., random_port, restart_server HOME NAME, need_root
 # WHY, need_binaries_as_root TOOL..., need_packages PKG... and enable_fuse_uring.
 
 root=$(pwd)
@@ -25,6 +25,11 @@ check() {
     tail -n 15 "$log" | sed 's/^/    /'
   fi
 }
+
+# Whether process PID has exited: gone, or a zombie nobody reaped yet (its files and
+# sockets are closed). The servers up.sh starts are orphans, and PID 1 of some machines
+# (this one's included) reaps orphans only every second or two.
+exited() { [[ ! -e /proc/$1 || $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
 
 # Polls CMD until it succeeds, or fails once SECONDS have passed.
 eventually() {
@@ -57,7 +62,7 @@ restart_server() {
   local home=$1 name=$2 pid cmd
   pid=$(awk -v n="$name" '$1 == n {print $2}' "$home/pids")
   [[ -n $pid ]] && mapfile -d '' -t cmd <"/proc/$pid/cmdline" || return 1
-  kill -TERM "$pid" && eventually 30 bash -c "! kill -0 $pid 2>/dev/null" || return 1
+  kill -TERM "$pid" && eventually 30 exited "$pid" || return 1
   "${cmd[@]}" >>"$home/logs/$name.out" 2>&1 &
   sed -i "s/^$name $pid\b/$name $!/" "$home/pids"
 }

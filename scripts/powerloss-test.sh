@@ -39,8 +39,6 @@ new_boot
 lossy_pid=
 
 mounted() { grep -q " $1 " /proc/mounts; }
-# Whether process PID is gone (or a zombie: its sockets and files are closed).
-exited() { [[ ! -e /proc/$1 || $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
 
 start_disk() {
   LOSSYFS_SLOW_FSYNC=${slow:-} "$lossyfs" "$backing" "$disk" >>"$log" 2>&1 &
@@ -74,10 +72,11 @@ up() {
   return 1
 }
 
+# A failed run keeps its logs, journals and the disks' backing files for a look.
 cleanup() {
   [[ -f $VG_HOME/pids ]] && scripts/down.sh >>"$log" 2>&1
   cut
-  rm -rf "$work"
+  if ((failed == 0)); then rm -rf "$work"; else echo "powerloss-test.sh: kept $work"; fi
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM

@@ -276,7 +276,7 @@ sigterm_busy() {
   holder=$!
   eventually 10 bash -c "ls -l /proc/$holder/fd 2>/dev/null | grep -q '$mnt2/sig'" && kill -TERM "$pid2" \
     && eventually 20 bash -c "! mountpoint -q $mnt2" && kill -0 "$pid2" && wait "$holder" \
-    && eventually 20 bash -c "! kill -0 $pid2 2>/dev/null"
+    && eventually 20 exited "$pid2"
 }
 check "SIGTERM with a file open: detached at once, exits once it is closed" sigterm_busy
 
@@ -341,7 +341,8 @@ storage_restart() {
   local i victim certs=$work/certs pids=$work/cluster-faults/pids
   for i in $(seq 1 50); do echo "small file $i" >"$faults/small$i" || return 1; done
   victim=$(awk '$1 == "carol" {print $2}' "$pids")
-  kill -9 "$victim"
+  # Its port is let go only once it has exited.
+  kill -9 "$victim" && eventually 10 exited "$victim" || return 1
   "$bin/vg-storage" --name carol --ca-cert "$certs/rootCA.crt" --certfile "$certs/carol/carol.crt" \
     --keyfile "$certs/carol/carol.key" --hostname 127.0.0.1 --port $((port + 203)) --capacity 2GiB \
     --rootpath "$work/cluster-faults/data/carol" --ns-hostname 127.0.0.1 --ns-port $((port + 200)) \

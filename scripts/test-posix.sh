@@ -442,7 +442,7 @@ check "mount.vg: fstab lines of type vg (mount -T), mount -t vg, ro, umount -l; 
 json_logs() {
   local pid log=$home/logs/json.log
   mkdir -p "$work/mnt-j" && pid=$("$bin/vg-fuse" "$work/mnt-j" --daemon --log-format json --logfile "$log") \
-    && ls "$work/mnt-j" >/dev/null && umount "$work/mnt-j" && eventually 10 test ! -d "/proc/$pid" || return 1
+    && ls "$work/mnt-j" >/dev/null && umount "$work/mnt-j" && eventually 10 exited "$pid" || return 1
   python3 -c 'import json, sys
 lines = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 mounted = [l for l in lines if l.get("message") == "mounted"]

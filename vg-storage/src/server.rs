@@ -257,9 +257,8 @@ impl Storage {
                 Request::Sync => {
                     let last = at_end(recv).await;
                     let store = self.store.clone();
-                    let answer = tokio::task::spawn_blocking(move || store.wait_synced())
+                    let answer = on_pool(move || store.wait_synced())
                         .await
-                        .expect("sync wait does not panic")
                         .map(|()| Response::Synced)
                         .map_err(|e| e.to_remote());
                     let outcome = outcome_of(&answer);
@@ -276,11 +275,8 @@ impl Storage {
                 Request::Verify { ids } => {
                     let last = at_end(recv).await;
                     let store = self.store.clone();
-                    let answer = tokio::task::spawn_blocking(move || {
-                        ids.iter().map(|id| store.verify(id)).collect()
-                    })
-                    .await
-                    .expect("verify does not panic");
+                    let answer =
+                        on_pool(move || ids.iter().map(|id| store.verify(id)).collect()).await;
                     reply(send, Ok(Response::Verified(answer)), last).await;
                     ("ok", !last)
                 }

@@ -237,6 +237,14 @@ impl LogFile {
     }
 }
 
+/// A snapshot of the namespace after `applied`, encoded but not yet written (see
+/// [`LogStore::settled`]).
+pub struct Capture {
+    applied: Option<LogId>,
+    inodes: usize,
+    bytes: Vec<u8>,
+}
+
 /// Makes storages sync what they acknowledged (by name); resolves to true once they did,
 /// or are no longer there to ask, and to false if the nameserver is stopping (then the
 /// log is marked no more: entries after the last mark might name blocks that are not on
@@ -930,9 +938,7 @@ impl LogStore {
     /// Whether the log has grown enough since the last snapshot that one would pay off,
     /// or the snapshot holds no entry (the namespace of an older release, converted, or
     /// a new one) while `applied` is one: the snapshot is how new members get the
-    /// namespace. Not while entries name blobs their storages may not have synced: a
-    /// snapshot is synced at once, without the gate, so it waits for a moment when none
-    /// is pending.
+    /// namespace.
     pub fn wants_snapshot(&self, threshold: u64, applied: Option<LogId>) -> bool {
         let unsnapshotted = self
             .shared
@@ -941,17 +947,57 @@ impl LogStore {
             .expect("log lock")
             .is_none()
             && applied.is_some();
-        (unsnapshotted || self.shared.since_snapshot.load(Ordering::Relaxed) >= threshold)
-            && !self.blobs_unsynced()
+        unsnapshotted || self.shared.since_snapshot.load(Ordering::Relaxed) >= threshold
     }
 
-    /// Whether some entry appended names blobs the gate has not yet had synced, or
-    /// raced writes not yet checked.
-    fn blobs_unsynced(&self) -> bool {
-        let shared = &self.shared;
-        !shared.needs.lock().expect("log lock").is_empty()
-            || shared.gating.load(Ordering::Acquire)
-            || !shared.raced.lock().expect("log lock").is_empty()
+    /// Takes a snapshot of `ns` after `applied` (every entry up to it applied, none
+    /// after), to be written once [`LogStore::settled`].
+    pub fn capture(
+        &self,
+        applied: Option<LogId>,
+        membership: &Membership,
+        ns: &Namespace,
+    ) -> Result<Capture> {
+        Ok(Capture {
+            applied,
+            inodes: ns.len(),
+            bytes: encode_snapshot(applied, membership, ns)?,
+        })
+    }
+
+    /// Whether the entries `capture` holds passed the gate and are on disk, and their
+    /// raced writes are checked: a snapshot is synced at once, without the gate, and
+    /// recovery hands back for checking only the raced writes of entries after it. Later
+    /// entries do not hold it back, so that continuous fsyncs (an unchecked raced write
+    /// at almost every moment) do not keep the log from being snapshotted.
+    pub fn settled(&self, capture: &Capture) -> bool {
+        let end = capture.applied.map_or(0, |id| id.index + 1);
+        if self.durable_end() < end {
+            self.hurry(end);
+            return false;
+        }
+        let raced = self.shared.raced.lock().expect("log lock");
+        raced.keys().next().is_none_or(|&first| first >= end)
+    }
+
+    /// Writes `capture` as the snapshot, unless the snapshot already holds as much (one
+    /// a leader sent meanwhile); returns whether it did. Openraft then purges the log up
+    /// to it.
+    pub fn write_capture(&self, capture: Capture) -> Result<bool> {
+        let mut current = self.shared.snapshot_applied.lock().expect("log lock");
+        if current.is_some() && *current >= capture.applied {
+            return Ok(false);
+        }
+        replace_file(&self.shared.dir, "snapshot", &capture.bytes)?;
+        *current = capture.applied;
+        self.shared.since_snapshot.store(0, Ordering::Relaxed);
+        info!(
+            applied = ?capture.applied,
+            inodes = capture.inodes,
+            bytes = capture.bytes.len(),
+            "snapshot written"
+        );
+        Ok(true)
     }
 
     /// The entries holding raced writes not yet checked, by index.
@@ -964,27 +1010,6 @@ impl LogStore {
     /// or undone by a later entry. The next mark says so.
     pub fn checked(&self, index: u64) {
         self.shared.raced.lock().expect("log lock").remove(&index);
-    }
-
-    /// Writes a snapshot of `ns` after `applied` (every entry up to it applied, none
-    /// after). Openraft then purges the log up to it.
-    pub fn write_snapshot(
-        &self,
-        applied: Option<LogId>,
-        membership: &Membership,
-        ns: &Namespace,
-    ) -> Result<()> {
-        let bytes = encode_snapshot(applied, membership, ns)?;
-        replace_file(&self.shared.dir, "snapshot", &bytes)?;
-        *self.shared.snapshot_applied.lock().expect("log lock") = applied;
-        self.shared.since_snapshot.store(0, Ordering::Relaxed);
-        info!(
-            applied = ?applied,
-            inodes = ns.len(),
-            bytes = bytes.len(),
-            "snapshot written"
-        );
-        Ok(())
     }
 
     /// The snapshot file's bytes, if there is one.
@@ -1317,6 +1342,16 @@ mod tests {
             .collect()
     }
 
+    /// A snapshot of `ns` after `applied`, not yet written.
+    fn capture_at(log: &LogStore, applied: Option<LogId>, ns: &Namespace) -> Capture {
+        log.capture(applied, &Membership::default(), ns).unwrap()
+    }
+
+    /// Writes a snapshot of `ns` after `applied` at once.
+    fn write_snapshot(log: &LogStore, applied: Option<LogId>, ns: &Namespace) {
+        assert!(log.write_capture(capture_at(log, applied, ns)).unwrap());
+    }
+
     /// Appends entries `range` and waits for their sync.
     async fn append_synced(log: &LogStore, range: std::ops::Range<u64>) {
         let end = log.append_entries(range.map(|i| entry(i, &[]))).unwrap();
@@ -1383,13 +1418,11 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!durable.is_finished(), "synced before the storages were");
-        assert!(
-            !log.wants_snapshot(0, None),
-            "a snapshot would skip the gate"
-        );
+        let capture = capture_at(&log, Some(log_id(1, 1, 0)), &Namespace::default());
+        assert!(!log.settled(&capture), "a snapshot would skip the gate");
         release.add_permits(1);
         durable.await.unwrap().unwrap();
-        assert!(log.wants_snapshot(0, None));
+        assert!(log.settled(&capture));
         // An entry naming no blocks does not ask anyone.
         append_synced(&log, 1..2).await;
         assert!(asked.try_recv().is_err());
@@ -1492,14 +1525,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_snapshot_while_raced_writes_are_unchecked() {
+    async fn a_snapshot_waits_for_the_raced_writes_it_holds_only() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _, _) = open(dir.path(), BOOT);
         let end = log.append_entries([raced(0, 1)]).unwrap();
         log.durable(end).await.unwrap();
-        assert!(!log.wants_snapshot(0, Some(log_id(1, 1, 0))));
+        let capture = capture_at(&log, Some(log_id(1, 1, 0)), &Namespace::default());
+        assert!(!log.settled(&capture), "its raced write is not checked");
+        // Under continuous fsyncs a later raced write is always unchecked: the snapshot
+        // holds none of them, and is written anyway.
+        let end = log.append_entries([raced(1, 2)]).unwrap();
         log.checked(0);
-        assert!(log.wants_snapshot(0, Some(log_id(1, 1, 0))));
+        assert!(log.settled(&capture), "held back by a later raced write");
+        log.durable(end).await.unwrap();
+        assert!(log.write_capture(capture).unwrap());
+        // Recovery after a reboot still hands the later one back for checking.
+        drop(log);
+        let (again, snapshot, rec) = open(dir.path(), [2; 16]);
+        assert_eq!(snapshot.applied, Some(log_id(1, 1, 0)));
+        assert_eq!(rec.raced.keys().collect::<Vec<_>>(), [&1]);
+        // An older capture does not replace a newer snapshot.
+        let old = capture_at(&again, None, &Namespace::default());
+        assert!(!again.write_capture(old).unwrap());
     }
 
     #[tokio::test]
@@ -1582,8 +1629,7 @@ mod tests {
                 ns.apply(&p.ops[0]).unwrap();
             }
         }
-        log.write_snapshot(Some(log_id(1, 1, 3)), &Membership::default(), &ns)
-            .unwrap();
+        write_snapshot(&log, Some(log_id(1, 1, 3)), &ns);
         log.purge_upto(log_id(1, 1, 3)).unwrap();
         assert_eq!(indexes(&log), [4, 5]);
         append_synced(&log, 6..7).await;
@@ -1729,8 +1775,7 @@ mod tests {
             ns.apply(&mkdir(ns.next_ino(), &format!("{long}{i}")))
                 .unwrap();
         }
-        log.write_snapshot(Some(log_id(1, 1, 9)), &Membership::default(), &ns)
-            .unwrap();
+        write_snapshot(&log, Some(log_id(1, 1, 9)), &ns);
         let (_, snapshot, _) = open(dir.path(), BOOT);
         assert_eq!(snapshot.ns.len(), ns.len());
         // What openraft asks of it is read without the namespace.

@@ -28,7 +28,7 @@ use vg_wire::{BlockId, Ino, Location, Timestamp};
 
 use crate::error::{refuse, Error};
 use crate::locks::Locks;
-use crate::log::LogStore;
+use crate::log::{Capture, LogStore};
 use crate::namespace::{Namespace, Op, Release};
 use crate::raft::{Committed, LogId, Membership, NodeId, Outcome, Proposal, Raft};
 use crate::registry::{Policy, Registry};
@@ -110,6 +110,8 @@ struct State {
     /// The term in which this member leads the group, once it has applied every entry
     /// earlier leaders left: only then does it serve.
     leading: Option<u64>,
+    /// A snapshot taken and not yet written: it waits for its entries to settle.
+    capture: Option<Capture>,
 }
 
 /// What the leader knows of its majority.
@@ -222,6 +224,7 @@ impl Service {
                 proposed: VecDeque::new(),
                 next_proposal: 0,
                 leading: None,
+                capture: None,
             }),
             block_size: config.block_size,
             replication: config.replication,
@@ -310,23 +313,35 @@ impl Service {
         self.snapshot_if_due(&mut state)
     }
 
-    /// Writes a snapshot if the log has grown enough since the last, at a moment when
+    /// Takes a snapshot if the log has grown enough since the last, at a moment when
     /// the namespace is exactly the state the log's applied entries make (no proposal of
-    /// this member's is out); returns whether it did.
+    /// this member's is out), and writes it once the entries it holds are settled (at
+    /// once, or at a later tick); returns whether it wrote one.
     fn snapshot_if_due(&self, state: &mut State) -> bool {
         let Some(log) = &state.log else {
             return false;
         };
-        if !state.proposed.is_empty() || !log.wants_snapshot(self.snapshot_bytes, state.applied) {
-            return false;
-        }
-        match log.write_snapshot(state.applied, &state.membership, &state.ns) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "snapshot failed; the log keeps growing");
-                false
+        if state.capture.is_none() {
+            if !state.proposed.is_empty() || !log.wants_snapshot(self.snapshot_bytes, state.applied)
+            {
+                return false;
+            }
+            match log.capture(state.applied, &state.membership, &state.ns) {
+                Ok(capture) => state.capture = Some(capture),
+                Err(e) => {
+                    tracing::error!(error = %e, "snapshot failed; the log keeps growing");
+                    return false;
+                }
             }
         }
+        if !state.capture.as_ref().is_some_and(|c| log.settled(c)) {
+            return false;
+        }
+        let capture = state.capture.take().expect("a capture is settled");
+        log.write_capture(capture).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "snapshot failed; the log keeps growing");
+            false
+        })
     }
 
     /// Unpins the files no session holds open any more: those without a name left go.

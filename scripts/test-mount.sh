@@ -275,7 +275,7 @@ sigterm_busy() {
   (exec 3<"$mnt2/sig" && sleep 3) &
   holder=$!
   eventually 10 bash -c "ls -l /proc/$holder/fd 2>/dev/null | grep -q '$mnt2/sig'" && kill -TERM "$pid2" \
-    && eventually 20 bash -c "! mountpoint -q $mnt2" && kill -0 "$pid2" && wait "$holder" \
+    && eventually 20 bash -c "! mountpoint -q $mnt2" && ! exited "$pid2" && wait "$holder" \
     && eventually 20 exited "$pid2"
 }
 check "SIGTERM with a file open: detached at once, exits once it is closed" sigterm_busy

@@ -122,8 +122,20 @@ pub struct Client {
     /// a change sent again after its answer was lost keeps its number, so that the
     /// nameserver applies it once ([`ns::Request::Once`]).
     changes: (u64, Arc<AtomicU64>),
+    /// Which of this client's answered changes are known on disk.
+    durable: Arc<Durable>,
     /// The cluster block size.
     pub block_size: u32,
+}
+
+/// Counts of a client's changes: those the nameserver answered, and how many of the
+/// first of those are known to be on its disk. A sync with no change answered since
+/// needs no round trip: `sqlite` syncs the directory right after the fsync of a journal
+/// it created, whose commit, answered once on disk, covered the creation already.
+#[derive(Default)]
+struct Durable {
+    answered: AtomicU64,
+    synced: AtomicU64,
 }
 
 thread_local! {
@@ -163,6 +175,7 @@ impl Client {
             entries: (!config.entry_ttl.is_zero())
                 .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
             changes: (session::random_id(), Arc::default()),
+            durable: Arc::default(),
             block_size: 0,
         };
         client.block_size = client.statfs().await?.block_size;
@@ -178,7 +191,8 @@ impl Client {
     /// restarting) for up to the configured time. A change is numbered, so that the
     /// nameserver applies it once however often it is sent.
     pub async fn ns_call(&self, request: ns::Request) -> Result<ns::Response> {
-        let request = match request.is_change() {
+        let change = request.is_change();
+        let request = match change {
             true => ns::Request::Once {
                 client: self.changes.0,
                 seq: self.changes.1.fetch_add(1, Ordering::Relaxed),
@@ -186,10 +200,15 @@ impl Client {
             },
             false => request,
         };
-        Ok(self
+        let answer = self
             .ns
             .call(self.thread_dialer(), &request, self.unavailable_timeout)
-            .await?)
+            .await;
+        // Whatever the answer: a change whose answer was lost may have been applied.
+        if change {
+            self.durable.answered.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(answer?)
     }
 
     /// This thread's dialer, else the client's.
@@ -723,11 +742,19 @@ impl Client {
         }
     }
 
-    /// Returns once every change this client had acknowledged is on the nameserver's
-    /// disk. Blobs need no such step: a storage syncs a blob before acknowledging it.
+    /// Returns once every change this client had answered is on the nameserver's disk,
+    /// with the blobs its entries name synced by their storages (the log's gate); at
+    /// once if none was answered since the last time that was known.
     pub async fn sync(&self) -> Result<()> {
+        let answered = self.durable.answered.load(Ordering::Acquire);
+        if self.durable.synced.load(Ordering::Acquire) >= answered {
+            return Ok(());
+        }
         match self.ns_call(ns::Request::Sync).await? {
-            ns::Response::Done => Ok(()),
+            ns::Response::Done => {
+                self.durable.synced.fetch_max(answered, Ordering::AcqRel);
+                Ok(())
+            }
             other => Err(unexpected("sync", other)),
         }
     }
@@ -800,6 +827,7 @@ impl Client {
             Commit::Synced => (true, None),
             Commit::Raced(race) => (true, Some(race)),
         };
+        let answered = self.durable.answered.load(Ordering::Acquire);
         let result = self
             .attr_call(ns::Request::Commit {
                 ino,
@@ -811,6 +839,12 @@ impl Client {
                 race,
             })
             .await;
+        if sync && result.is_ok() {
+            // Answered once on disk, after every change answered before it was sent.
+            self.durable
+                .synced
+                .fetch_max(answered + 1, Ordering::AcqRel);
+        }
         self.unhold(ids);
         if let Ok(attr) = &result {
             self.cache(|c| c.attr(attr));

@@ -438,3 +438,33 @@ async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
     let answer = vg_wire::rpc::send_block(&dialer, &target, &put, lost.into()).await;
     assert!(answer.is_err(), "{answer:?}");
 }
+
+/// A sync with no change answered since the last one known on disk asks nothing of the
+/// nameserver (sqlite syncs the directory right after the fsync of a journal it made);
+/// after a change it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_after_an_fsync_covering_every_change_needs_no_round_trip() {
+    let cluster = TestCluster::start(3, 1 << 30).await;
+    let client = cluster.client().await;
+    let root = client.resolve("/").await.unwrap().ino;
+    let syncs = || async {
+        let status = client.status().await.unwrap();
+        let sync = status.requests.iter().find(|t| t.op == "sync");
+        sync.map_or(0, |t| t.answered)
+    };
+    let (ino, files) = open_new(&client, root, "journal").await;
+    files.write(ino, 0, &bytes(4096, 1)).await.unwrap();
+    files.fsync(ino).await.unwrap();
+    let before = syncs().await;
+    client.sync().await.unwrap();
+    assert_eq!(
+        syncs().await,
+        before,
+        "the fsync's commit covered the create"
+    );
+    client.mkdir(root, b"d", 0o755, Maker::ROOT).await.unwrap();
+    client.sync().await.unwrap();
+    assert_eq!(syncs().await, before + 1, "the mkdir was not synced");
+    client.sync().await.unwrap();
+    assert_eq!(syncs().await, before + 1);
+}

@@ -54,7 +54,7 @@ use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -262,8 +262,6 @@ struct Shared {
     truncations: AtomicU64,
     /// Storages the entries written and not yet marked depend on, for the next gate.
     needs: Mutex<BTreeSet<String>>,
-    /// The sync thread is running the gate for needs it took.
-    gating: AtomicBool,
     /// End of the entries on disk and marked, watched by those who wait for it.
     durable: tokio::sync::watch::Sender<u64>,
     /// The largest end anyone waits to be durable: while it is past `durable`, the sync
@@ -398,7 +396,6 @@ impl Shared {
                 let (written, needs, truncations) = {
                     let _file = this.lock_file();
                     let mut needs = this.needs.lock().expect("log lock");
-                    this.gating.store(!needs.is_empty(), Ordering::Release);
                     (
                         this.written.load(Ordering::Acquire),
                         std::mem::take(&mut *needs),
@@ -419,7 +416,6 @@ impl Shared {
                     Ok(file) => file,
                     Err(e) => return this.fail("write", &e),
                 };
-                this.gating.store(false, Ordering::Release);
                 if let Err(e) = file.sync_data() {
                     return this.fail("fsync", &e);
                 }
@@ -865,7 +861,6 @@ impl LogStore {
             written: AtomicU64::new(written),
             truncations: AtomicU64::new(0),
             needs: Mutex::default(),
-            gating: AtomicBool::new(false),
             durable: tokio::sync::watch::Sender::new(written),
             wanted: AtomicU64::new(0),
             failed: Mutex::new(None),
@@ -969,7 +964,8 @@ impl LogStore {
     /// raced writes are checked: a snapshot is synced at once, without the gate, and
     /// recovery hands back for checking only the raced writes of entries after it. Later
     /// entries do not hold it back, so that continuous fsyncs (an unchecked raced write
-    /// at almost every moment) do not keep the log from being snapshotted.
+    /// at almost every moment) do not keep the log from being snapshotted. Hurries the
+    /// log's sync if they are not on disk yet.
     pub fn settled(&self, capture: &Capture) -> bool {
         let end = capture.applied.map_or(0, |id| id.index + 1);
         if self.durable_end() < end {
@@ -1040,8 +1036,11 @@ impl LogStore {
             path: "snapshot from the leader".into(),
             reason,
         })?;
+        // Under the lock `write_capture` holds while it writes the file: an older
+        // capture of this member's must not replace what the leader sent.
+        let mut current = self.shared.snapshot_applied.lock().expect("log lock");
         replace_file(&self.shared.dir, "snapshot", bytes)?;
-        *self.shared.snapshot_applied.lock().expect("log lock") = snapshot.applied;
+        *current = snapshot.applied;
         self.shared.since_snapshot.store(0, Ordering::Relaxed);
         Ok(snapshot)
     }

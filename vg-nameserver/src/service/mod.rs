@@ -321,27 +321,27 @@ impl Service {
         let Some(log) = &state.log else {
             return false;
         };
-        if state.capture.is_none() {
-            if !state.proposed.is_empty() || !log.wants_snapshot(self.snapshot_bytes, state.applied)
-            {
-                return false;
-            }
-            match log.capture(state.applied, &state.membership, &state.ns) {
-                Ok(capture) => state.capture = Some(capture),
-                Err(e) => {
-                    tracing::error!(error = %e, "snapshot failed; the log keeps growing");
-                    return false;
-                }
-            }
-        }
-        if !state.capture.as_ref().is_some_and(|c| log.settled(c)) {
-            return false;
-        }
-        let capture = state.capture.take().expect("a capture is settled");
-        log.write_capture(capture).unwrap_or_else(|e| {
+        let failed = |e: Error| {
             tracing::error!(error = %e, "snapshot failed; the log keeps growing");
             false
-        })
+        };
+        let capture = match state.capture.take() {
+            Some(capture) => capture,
+            None if !state.proposed.is_empty()
+                || !log.wants_snapshot(self.snapshot_bytes, state.applied) =>
+            {
+                return false
+            }
+            None => match log.capture(state.applied, &state.membership, &state.ns) {
+                Ok(capture) => capture,
+                Err(e) => return failed(e),
+            },
+        };
+        if !log.settled(&capture) {
+            state.capture = Some(capture);
+            return false;
+        }
+        log.write_capture(capture).unwrap_or_else(failed)
     }
 
     /// Unpins the files no session holds open any more: those without a name left go.

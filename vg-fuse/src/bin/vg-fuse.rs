@@ -43,8 +43,9 @@ struct Args {
     /// Size of the block cache.
     #[arg(long, env = "VG_CACHE_SIZE", default_value = "256MiB", value_parser = parse_size)]
     cache_size: u64,
-    /// Blocks read ahead of a sequential reader.
-    #[arg(long, env = "VG_READ_AHEAD", default_value_t = 2)]
+    /// Blocks read ahead of a sequential reader (4: +7% sequential reads over 2, for 6
+    /// MiB more at most in the mount; 8 and 16 read no faster).
+    #[arg(long, env = "VG_READ_AHEAD", default_value_t = 4)]
     read_ahead: u64,
     /// Make close(2) wait until the file's changes are on disk, as fsync does (by
     /// default, close waits until they are written by the nameserver and the storages).

@@ -682,6 +682,18 @@ impl Registry {
         }
         self.rotation = self.rotation.wrapping_add(1);
         let mut chosen = self.ranked(&id, len, exclude, self.rotation);
+        if chosen.is_empty() && live == 0 {
+            // A raced block not yet checked, named on every storage that could take it
+            // (its raced upload's and earlier copies): the bytes go to those again. One
+            // that has them answers at once; one that never got them stores them now, so
+            // this upload stands whatever the check finds. (Refused as "no room", an
+            // sqlite on two mounts saw its fsync fail.)
+            chosen = self
+                .live_slots(&id)
+                .into_iter()
+                .filter(|&slot| !exclude.contains(&self.storage(slot).name))
+                .collect();
+        }
         if chosen.is_empty() {
             let (code, reason) = if self.n_active() == 0 {
                 (ErrorCode::Unavailable, "no storage is active")
@@ -704,7 +716,9 @@ impl Registry {
             false => chosen.truncate(n),
         }
         for &slot in &chosen {
-            self.storage_mut(slot).used += len as u64;
+            if !self.blocks.get(&id).is_some_and(|b| b.holds(slot)) {
+                self.storage_mut(slot).used += len as u64;
+            }
         }
         self.blocks
             .entry(id)
@@ -1062,6 +1076,33 @@ mod tests {
         // Held nowhere.
         assert!(!reg.raced_checked(id(1), &[], &[b]));
         assert!(reg.live_locations(&id(1)).is_empty());
+    }
+
+    #[test]
+    fn a_raced_block_named_on_every_storage_is_placed_on_them_again() {
+        let now = Instant::now();
+        let mut reg = cluster(&["a", "b", "c"], now);
+        let names = |l: Vec<Location>| l.into_iter().map(|l| l.name).collect::<Vec<_>>();
+        // An earlier copy on c, then a raced upload of the same bytes to a and b.
+        reg.place(id(1), 10, &[], &[], false, now).unwrap();
+        reg.stored(id(1), 10, &["c".to_string()]);
+        reg.raced(id(1), 10, &["a".into(), "b".into()]).unwrap();
+        let used: Vec<u64> = reg.storages.iter().map(|s| s.used).collect();
+        // Not known stored until checked, and no storage is left that does not hold
+        // it: placed on its holders again, not refused for want of room.
+        let p = reg.place(id(1), 10, &[], &[], true, now).unwrap();
+        assert!(!p.stored);
+        assert_eq!(p.targets.len(), 2);
+        let again = reg.place(id(1), 10, &["a".into(), "b".into()], &[], true, now);
+        assert_eq!(names(again.unwrap().targets), ["c"]);
+        let all = ["a".into(), "b".into(), "c".into()];
+        let e = reg.place(id(1), 10, &all, &[], true, now).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoSpace);
+        assert_eq!(
+            reg.storages.iter().map(|s| s.used).collect::<Vec<_>>(),
+            used,
+            "no room taken again for copies already counted"
+        );
     }
 
     #[test]

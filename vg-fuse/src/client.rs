@@ -291,6 +291,12 @@ impl Client {
         self.cache(|c| c.newest(attr));
     }
 
+    /// Whether lookups in `dir` must skip the caches: this client took a lock on a file
+    /// there lately (see [`EntryCache::locked_in`]).
+    pub fn looks_up_afresh(&self, dir: Ino) -> bool {
+        self.cache(|c| c.looks_up_afresh(dir)).unwrap_or(false)
+    }
+
     /// Attributes of `name` in directory `parent`; from the entry cache when it knows.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         vg_wire::check_name_len(name).map_err(Error::Remote)?;
@@ -314,7 +320,10 @@ impl Client {
             })
             .await
             .inspect_err(|e| self.forget_dir_on(e, ErrorCode::NotFound, parent))?;
-        self.cache(|c| c.attr(&attr));
+        self.cache(|c| {
+            c.attr(&attr);
+            c.found_in(parent, &attr);
+        });
         Ok(attr)
     }
 

@@ -494,9 +494,16 @@ impl Ops {
             }
             _ => {}
         }
+        // Where this mount took a lock lately, the kernel keeps no entry either: each
+        // walk asks again, as the entry cache then does (see `EntryCache::locked_in`).
+        let ttl = match self.files.client().looks_up_afresh(parent) {
+            true => Duration::ZERO,
+            false => self.ttl,
+        };
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
-        self.entry(
+        self.entry_for(
             "lookup",
+            ttl,
             async move { files.client().lookup(parent, &name).await },
             reply,
         );

@@ -21,6 +21,9 @@ const MAX_XATTR_INODES: usize = 50_000;
 /// A directory with more entries than this is never cached whole (relisting it would
 /// cost more than the lookups it saves).
 const MAX_LISTING: usize = 20_000;
+/// How long after this client last took a lock on a file the file's directory is looked
+/// up past the caches (see [`EntryCache::locked_in`]).
+const AFRESH_AFTER_LOCK: Duration = Duration::from_secs(30);
 
 /// What a lookup can learn from the cache.
 #[derive(Debug, PartialEq)]
@@ -63,6 +66,11 @@ pub struct EntryCache {
     /// Counts this client's namespace changes, so that a listing fetched while one was
     /// made (and which may miss it) is not kept.
     epoch: u64,
+    /// The directory each file was last found in (a lookup, a listing, a change of this
+    /// client's), for [`EntryCache::locked_in`].
+    parents: HashMap<Ino, Ino>,
+    /// Directories holding a file this client locked lately, and when it last did.
+    locked_dirs: HashMap<Ino, Instant>,
 }
 
 impl EntryCache {
@@ -75,11 +83,50 @@ impl EntryCache {
             xattrs: HashMap::new(),
             entries: 0,
             epoch: 0,
+            parents: HashMap::new(),
+            locked_dirs: HashMap::new(),
         }
     }
 
+    /// Notes that file `attr` is named in directory `dir`.
+    pub fn found_in(&mut self, dir: Ino, attr: &Attr) {
+        if attr.kind != FileKind::File {
+            return;
+        }
+        if self.parents.len() >= MAX_ENTRIES {
+            self.parents.clear();
+        }
+        self.parents.insert(attr.ino, dir);
+    }
+
+    /// Notes that this client took a lock on file `ino`: for [`AFRESH_AFTER_LOCK`] its
+    /// directory is looked up past the caches, its own and the kernel's. Programs on
+    /// several mounts coordinate through a directory under a lock (sqlite, once it holds
+    /// its lock, asks whether a journal is there), and a name another mount removed a
+    /// moment ago must not look present then: sqlite takes such a journal for one left by
+    /// a crash and fails trying to roll it back.
+    pub fn locked_in(&mut self, ino: Ino) {
+        let Some(&dir) = self.parents.get(&ino) else {
+            return;
+        };
+        let now = Instant::now();
+        self.locked_dirs
+            .retain(|_, at| now.duration_since(*at) < AFRESH_AFTER_LOCK);
+        self.locked_dirs.insert(dir, now);
+    }
+
+    /// Whether lookups in `dir` skip the caches (see [`EntryCache::locked_in`]).
+    pub fn looks_up_afresh(&self, dir: Ino) -> bool {
+        self.locked_dirs
+            .get(&dir)
+            .is_some_and(|at| at.elapsed() < AFRESH_AFTER_LOCK)
+    }
+
     /// What the cache knows of `name` in `parent`.
-    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Cached {
+    pub fn lookup(&mut self, parent: Ino, name: &[u8]) -> Cached {
+        if self.looks_up_afresh(parent) {
+            return Cached::Unknown { stale: false };
+        }
         let Some(listing) = self.dirs.get(&parent) else {
             return Cached::Unknown { stale: false };
         };
@@ -89,7 +136,10 @@ impl EntryCache {
         match listing.names.get(name) {
             None => Cached::Absent,
             Some(ino) => match self.fresh_attr(*ino) {
-                Some((attr, left)) => Cached::Found(attr, left),
+                Some((attr, left)) => {
+                    self.found_in(parent, &attr);
+                    Cached::Found(attr, left)
+                }
                 None => Cached::Unknown { stale: false },
             },
         }
@@ -107,7 +157,7 @@ impl EntryCache {
     /// attributes of every entry may be trusted: `rm -r` opens each directory twice in a
     /// row (once to see whether it is empty), and `find` and `du` follow `ls`.
     pub fn listing(&self, dir: Ino) -> Option<Vec<(Name, Attr)>> {
-        if !self.fresh_listing(dir) {
+        if !self.fresh_listing(dir) || self.looks_up_afresh(dir) {
             return None;
         }
         let mut all = self.dirs[&dir]
@@ -187,6 +237,7 @@ impl EntryCache {
             .collect();
         for (_, attr) in entries {
             self.insert_attr(attr, now);
+            self.found_in(dir, attr);
         }
         // The listing says which entries have no extended attributes at all: `ls -l`,
         // `cp -a` and `tar` ask every file for some (`security.selinux`, ACLs), and
@@ -266,6 +317,7 @@ impl EntryCache {
             self.changed(parent);
         }
         self.attr(attr);
+        self.found_in(parent, attr);
         if attr.kind == FileKind::Dir {
             self.listed(attr.ino, &[], &HashSet::new(), self.epoch);
         }
@@ -326,6 +378,9 @@ impl EntryCache {
         let fresh = self.fresh_listing(parent);
         let replaced = self.take_name(new_parent, new_name);
         self.take_name(parent, name);
+        if let Some(dir) = moved.and_then(|ino| self.parents.get_mut(&ino)) {
+            *dir = new_parent;
+        }
         match moved {
             Some(ino) if self.dirs.contains_key(&new_parent) => {
                 let listing = self.dirs.get_mut(&new_parent).expect("checked");

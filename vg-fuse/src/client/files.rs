@@ -589,6 +589,7 @@ impl Files {
         if lock.kind == LockKind::Unlock {
             return Ok(false);
         }
+        self.client.cache(|c| c.locked_in(ino));
         let Some(file) = self.get_open(ino) else {
             return Ok(false);
         };

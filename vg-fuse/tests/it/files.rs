@@ -468,3 +468,49 @@ async fn a_sync_after_an_fsync_covering_every_change_needs_no_round_trip() {
     client.sync().await.unwrap();
     assert_eq!(syncs().await, before + 1);
 }
+
+/// A lock taken makes lookups in the locked file's directory see another mount's changes
+/// at once, past the entry cache: sqlite on two mounts, once it holds its lock, asks
+/// whether a journal is there, and took one the other mount had just removed for one a
+/// crash left (and failed rolling it back: the test-posix case, now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_makes_its_directory_looked_up_afresh() {
+    use vg_wire::ns::{Lock, LockKind};
+    let cluster = TestCluster::start(3, 1 << 30).await;
+    let other = cluster.client().await;
+    let client = cluster.caching_client(Duration::from_secs(60)).await;
+    let root = client.resolve("/").await.unwrap().ino;
+    let (db, files) = open_new(&client, root, "db").await;
+    other
+        .create(root, b"db-journal", 0o644, Maker::ROOT, true)
+        .await
+        .unwrap();
+    client.readdir_all(root).await.unwrap();
+    other.unlink(root, b"db-journal").await.unwrap();
+    assert!(
+        client.lookup(root, b"db-journal").await.is_ok(),
+        "a listing is trusted for its TTL"
+    );
+    let shared = Lock {
+        owner: 1,
+        start: 0,
+        end: u64::MAX,
+        kind: LockKind::Read,
+        pid: 1,
+    };
+    files
+        .lock(db, shared, false, std::future::pending())
+        .await
+        .unwrap();
+    let gone = client.lookup(root, b"db-journal").await.unwrap_err();
+    assert_eq!(gone.code(), vg_wire::ErrorCode::NotFound);
+    other
+        .create(root, b"db-wal", 0o644, Maker::ROOT, true)
+        .await
+        .unwrap();
+    assert!(client.lookup(root, b"db-wal").await.is_ok());
+    assert!(
+        client.cached_listing(root).is_none(),
+        "nor listed from the cache"
+    );
+}

@@ -682,12 +682,12 @@ impl Registry {
         }
         self.rotation = self.rotation.wrapping_add(1);
         let mut chosen = self.ranked(&id, len, exclude, self.rotation);
-        if chosen.is_empty() && live == 0 {
-            // A raced block not yet checked, named on every storage that could take it
-            // (its raced upload's and earlier copies): the bytes go to those again. One
-            // that has them answers at once; one that never got them stores them now, so
-            // this upload stands whatever the check finds. (Refused as "no room", an
-            // sqlite on two mounts saw its fsync fail.)
+        if chosen.is_empty() && self.raced.contains(&id) {
+            // Named on every storage that could take it (its raced upload's and earlier
+            // copies): the bytes go to those again. One that has them answers at once;
+            // one that never got them stores them now, so this upload stands whatever
+            // the check finds. (Refused as "no room", sqlite on two mounts saw an fsync
+            // fail.)
             chosen = self
                 .live_slots(&id)
                 .into_iter()

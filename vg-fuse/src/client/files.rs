@@ -92,6 +92,9 @@ const REAP_AFTER: usize = 64;
 pub struct Limits {
     /// Bytes of block uploads in flight before writers wait.
     pub max_dirty: u64,
+    /// Partly written blocks a file keeps in memory before the oldest is uploaded as it
+    /// is (a random writer's; a full block goes at once).
+    pub partial_blocks: u64,
     /// Bytes of the block cache.
     pub cache: u64,
     /// Blocks read ahead of a sequential reader.
@@ -1146,7 +1149,7 @@ impl Files {
     /// Makes room for one more partly written block: their number per file is bounded
     /// (random writers), the oldest is sealed first.
     async fn limit_dirty(&self, state: &mut FileState) {
-        let max_blocks = (self.limits.max_dirty / self.block_size() / 2).max(2) as usize;
+        let max_blocks = self.limits.partial_blocks.max(1) as usize;
         while state.dirty.len() >= max_blocks {
             let oldest = *state.dirty.keys().next().expect("non-empty");
             self.seal_block(state, oldest, false, false).await;

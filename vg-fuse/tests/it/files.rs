@@ -14,6 +14,7 @@ fn limits() -> Limits {
     // Small limits so that back-pressure, eviction and re-fetching all happen.
     Limits {
         max_dirty: 4 * BLOCK as u64,
+        partial_blocks: 2,
         cache: 6 * BLOCK as u64,
         read_ahead: 1,
         sync_on_close: false,

@@ -46,6 +46,7 @@ async fn a_cluster_of_the_whole_block_format_reads_back_intact() {
     let ino = client.resolve(path).await.unwrap().ino;
     let limits = Limits {
         max_dirty: 8 << 20,
+        partial_blocks: 4,
         cache: 8 << 20,
         read_ahead: 1,
         sync_on_close: false,

@@ -494,12 +494,7 @@ impl Ops {
             }
             _ => {}
         }
-        // Where this mount took a lock lately, the kernel keeps no entry either: each
-        // walk asks again, as the entry cache then does (see `EntryCache::locked_in`).
-        let ttl = match self.files.client().looks_up_afresh(parent) {
-            true => Duration::ZERO,
-            false => self.ttl,
-        };
+        let ttl = self.entry_ttl(parent);
         let (files, name) = (self.files.clone(), name.as_bytes().to_vec());
         self.entry_for(
             "lookup",
@@ -507,6 +502,16 @@ impl Ops {
             async move { files.client().lookup(parent, &name).await },
             reply,
         );
+    }
+
+    /// How long the kernel may keep the entries of directory `dir`: none where this mount
+    /// took a lock lately, so that each walk asks again, as the entry cache then does
+    /// (see `EntryCache::locked_in`).
+    fn entry_ttl(&self, dir: u64) -> Duration {
+        match self.files.client().looks_up_afresh(dir) {
+            true => Duration::ZERO,
+            false => self.ttl,
+        }
     }
 
     pub(crate) fn getattr(&self, ino: u64, reply: ReplyAttr) {
@@ -992,12 +997,13 @@ impl Ops {
             reply.error(libc::EBADF);
             return;
         };
+        let ttl = self.entry_ttl(ino);
         for e in entries {
             if reply.add(
                 e.ino,
                 e.next,
                 OsStr::from_bytes(&e.name),
-                &self.ttl,
+                &ttl,
                 &file_attr(&e.attr),
                 0,
             ) {

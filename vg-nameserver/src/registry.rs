@@ -587,13 +587,19 @@ impl Registry {
             ));
         }
         for slot in slots {
-            if !self.blocks.get(&id).is_some_and(|b| b.holds(slot)) {
-                self.storage_mut(slot).used += len as u64;
-            }
+            self.take_room(&id, len, slot);
             self.add_location(id, len, slot);
         }
         self.raced.insert(id);
         Ok(())
+    }
+
+    /// Counts a block's room on a storage it is going to, unless the storage holds it
+    /// already (counted then).
+    fn take_room(&mut self, id: &BlockId, len: u32, slot: Slot) {
+        if !self.blocks.get(id).is_some_and(|b| b.holds(slot)) {
+            self.storage_mut(slot).used += len as u64;
+        }
     }
 
     /// Raced blocks not yet checked that a nameserver's log handed back at start.
@@ -716,9 +722,7 @@ impl Registry {
             false => chosen.truncate(n),
         }
         for &slot in &chosen {
-            if !self.blocks.get(&id).is_some_and(|b| b.holds(slot)) {
-                self.storage_mut(slot).used += len as u64;
-            }
+            self.take_room(&id, len, slot);
         }
         self.blocks
             .entry(id)

@@ -67,7 +67,8 @@ pub struct EntryCache {
     /// made (and which may miss it) is not kept.
     epoch: u64,
     /// The directory each file was last found in (a lookup, a listing, a change of this
-    /// client's), for [`EntryCache::locked_in`].
+    /// client's: what a cached lookup answers from was recorded so), for
+    /// [`EntryCache::locked_in`].
     parents: HashMap<Ino, Ino>,
     /// Directories holding a file this client locked lately, and when it last did.
     locked_dirs: HashMap<Ino, Instant>,
@@ -123,7 +124,7 @@ impl EntryCache {
     }
 
     /// What the cache knows of `name` in `parent`.
-    pub fn lookup(&mut self, parent: Ino, name: &[u8]) -> Cached {
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Cached {
         if self.looks_up_afresh(parent) {
             return Cached::Unknown { stale: false };
         }
@@ -136,10 +137,7 @@ impl EntryCache {
         match listing.names.get(name) {
             None => Cached::Absent,
             Some(ino) => match self.fresh_attr(*ino) {
-                Some((attr, left)) => {
-                    self.found_in(parent, &attr);
-                    Cached::Found(attr, left)
-                }
+                Some((attr, left)) => Cached::Found(attr, left),
                 None => Cached::Unknown { stale: false },
             },
         }

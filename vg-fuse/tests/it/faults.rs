@@ -559,7 +559,7 @@ async fn a_raced_write_whose_only_copy_was_torn_is_undone() {
     };
     let dialer = crate::cluster::dialer(&cluster.issue("racer", vg_wire::Role::Client));
     let target = cluster.storage_target("s0");
-    vg_wire::rpc::send_block(&dialer, &target, &put, lost.clone().into())
+    vg_wire::rpc::send_block(&dialer, &target, &put, lost.into())
         .await
         .unwrap();
     // The power cut: s0 stops, and its record keeps the header while the bytes read as

@@ -116,6 +116,9 @@ pub struct Client {
     race_refused: Arc<Mutex<Option<std::time::Instant>>>,
     /// Raced uploads sent since the last placement asked for (see `race_targets`).
     raced_on_guess: Arc<std::sync::atomic::AtomicU32>,
+    /// Races whose uploads every storage acknowledged, not yet told to the nameserver,
+    /// and whether a request to tell it is due (see `race_stored`).
+    races_stored: Arc<Mutex<(Vec<u64>, bool)>>,
     /// Listings and attributes that answer lookups (none when the TTL is zero).
     entries: Option<Arc<Mutex<EntryCache>>>,
     /// This client's number for its changes, and the number of the last change sent:
@@ -172,6 +175,7 @@ impl Client {
             guess: Arc::default(),
             race_refused: Arc::default(),
             raced_on_guess: Arc::default(),
+            races_stored: Arc::default(),
             entries: (!config.entry_ttl.is_zero())
                 .then(|| Arc::new(Mutex::new(EntryCache::new(config.entry_ttl)))),
             changes: (session::random_id(), Arc::default()),
@@ -846,6 +850,7 @@ impl Client {
                 set,
                 sync,
                 race,
+                races_stored: self.take_races_stored(),
             })
             .await;
         if sync && result.is_ok() {

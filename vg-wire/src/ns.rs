@@ -113,7 +113,8 @@ pub enum Request {
     /// while this commit goes to disk, instead of before: the nameserver asks those
     /// storages afterwards, and undoes the change if none of them has a blob. A
     /// nameserver that cannot take that (a group) refuses it with `Conflict`, and the
-    /// client commits after its upload.
+    /// client commits after its upload. `races_stored` are earlier races of this client
+    /// that every storage named acknowledged (see [`Request::RacesStored`]).
     Commit {
         ino: Ino,
         size: u64,
@@ -122,6 +123,7 @@ pub enum Request {
         set: Option<SetAttr>,
         sync: bool,
         race: Option<u64>,
+        races_stored: Vec<u64>,
     },
     /// Replaces the first slices of block `idx`, if they still are `prefix`, with
     /// `merged` (the same bytes in fewer blobs); slices added after `prefix` stay on top.
@@ -229,6 +231,10 @@ pub enum Request {
     /// Where the active storages are: a member that follows asks the leader (storages
     /// report to the leader only), so that its log's gate can have them sync.
     Storages,
+    /// Raced commits (see [`Request::Commit`]) whose blobs every storage the commit named
+    /// acknowledged, synced: the nameserver takes them as checked instead of asking
+    /// those storages. Clients also send these with their next commit.
+    RacesStored { races: Vec<u64> },
 }
 
 impl Request {
@@ -537,6 +543,7 @@ impl Operation for Request {
             Layout { .. } => "layout",
             PlaceBlock { .. } => "place_block",
             Commit { .. } => "commit",
+            RacesStored { .. } => "races_stored",
             Compact { .. } => "compact",
             Status => "status",
             ListBlocks { .. } => "list_blocks",

@@ -22,6 +22,9 @@ use super::{unexpected, Client, Error, Result};
 const RACE_AGAIN_AFTER: Duration = Duration::from_secs(10);
 /// Raced uploads to one guessed placement before an `fsync` asks for a new one.
 const RACES_PER_PLACEMENT: u32 = 64;
+/// How long the races stored wait for a commit to go with before they are sent alone
+/// (see [`Client::race_stored`]).
+const RACES_STORED_AFTER: Duration = Duration::from_millis(20);
 /// How long a storage that failed a read is tried after the others.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// Placements tried for one block before its upload fails; each leaves out the storages
@@ -237,6 +240,38 @@ impl Client {
     /// for a while.
     pub(super) fn race_refused(&self) {
         *self.race_refused.lock().expect("race lock") = Some(Instant::now());
+    }
+
+    /// Notes that every storage a raced commit named acknowledged its blobs, synced, for
+    /// the nameserver, which otherwise asks them itself: the next commit tells it, or a
+    /// request of their own if none comes soon.
+    pub(super) fn race_stored(&self, race: u64) {
+        let mut stored = self.races_stored.lock().expect("races lock");
+        stored.0.push(race);
+        if std::mem::replace(&mut stored.1, true) {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RACES_STORED_AFTER).await;
+            let races = {
+                let mut stored = client.races_stored.lock().expect("races lock");
+                stored.1 = false;
+                std::mem::take(&mut stored.0)
+            };
+            if races.is_empty() {
+                return;
+            }
+            // Not told, the nameserver asks the storages: nothing is lost.
+            if let Err(e) = client.ns_call(ns::Request::RacesStored { races }).await {
+                tracing::debug!(error = %e, "telling the nameserver of races stored failed");
+            }
+        });
+    }
+
+    /// The races stored not yet told to the nameserver, for a commit to carry.
+    pub(super) fn take_races_stored(&self) -> Vec<u64> {
+        std::mem::take(&mut self.races_stored.lock().expect("races lock").0)
     }
 
     /// Starts uploading a small block, synced, to `to`, as race `race` of a commit

@@ -1341,7 +1341,10 @@ impl Files {
         };
         self.committed(file, state, attr, &written);
         match failed {
-            None => Some(Ok(true)),
+            None => {
+                self.client.race_stored(race);
+                Some(Ok(true))
+            }
             // The commit stands (the nameserver undoes it if no storage got the blob);
             // the bytes the failed uploads held go the usual way, placed anew (a storage
             // out of room, say, waits there for the space the nameserver reclaims).

@@ -440,6 +440,41 @@ async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
     assert!(answer.is_err(), "{answer:?}");
 }
 
+/// An fsync's raced write is checked on its client's word that every storage it named
+/// synced the blob: a layout right after it needs no storage to answer for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raced_write_is_checked_on_its_clients_word() {
+    let mut cluster = TestCluster::start(3, 1 << 30).await;
+    let client = cluster.client().await;
+    let root = client.resolve("/").await.unwrap().ino;
+    let (ino, files) = open_new(&client, root, "db").await;
+    let mut model = bytes(BLOCK, 1);
+    files.write(ino, 0, &model).await.unwrap();
+    files.fsync(ino).await.unwrap();
+    // The first small fsync asks for a placement; the next ones race their uploads.
+    for n in 0..3u64 {
+        let at = (n * 8192) as usize;
+        let page = bytes(4096, 10 + n);
+        model[at..at + 4096].copy_from_slice(&page);
+        files.write(ino, at as u64, &page).await.unwrap();
+        files.fsync(ino).await.unwrap();
+    }
+    let last = vg_wire::BlockId::of(&model[16384..20480]);
+    // No storage is left to answer for the last write: only its client's word checks it.
+    for name in ["s0", "s1", "s2"] {
+        cluster.kill_storage(name);
+    }
+    let other = cluster.client().await;
+    let layout = other
+        .layout(ino)
+        .await
+        .expect("the layout, not \"try again\"");
+    assert!(
+        layout.blocks.iter().flatten().any(|s| s.blob == last),
+        "the last write's blob is in the layout"
+    );
+}
+
 /// A sync with no change answered since the last one known on disk asks nothing of the
 /// nameserver (sqlite syncs the directory right after the fsync of a journal it made);
 /// after a change it does.

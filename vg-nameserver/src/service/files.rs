@@ -235,16 +235,21 @@ impl Service {
     }
 
     /// A file's slices and where their blobs are. One naming a raced blob not yet
-    /// checked (a round trip to its storages after the commit's answer) waits for the
-    /// check, up to [`LAYOUT_WAIT`], then is answered "try again".
+    /// checked (its client's word, or a round trip to its storages, after the commit's
+    /// answer) has the check made now and waits for it, up to [`LAYOUT_WAIT`], then is
+    /// answered "try again".
     pub(super) async fn layout(&self, ino: Ino) -> Answer {
         let mut settled = self.raced_settled.subscribe();
         let deadline = tokio::time::Instant::now() + LAYOUT_WAIT;
+        let mut wanted = false;
         loop {
             let blob = match self.layout_now(ino) {
                 Ok(answer) => return answer,
                 Err(Unchecked(blob)) => blob,
             };
+            if !std::mem::replace(&mut wanted, true) {
+                self.want_raced_checked();
+            }
             if tokio::time::timeout_at(deadline, settled.changed())
                 .await
                 .is_err()

@@ -179,6 +179,8 @@ pub struct Service {
     requests: vg_wire::metrics::Requests,
     /// Wakes the check of raced writes: one was committed.
     raced_written: tokio::sync::Notify,
+    /// A layout waits for a raced write: check them all now.
+    raced_wanted: std::sync::atomic::AtomicBool,
     /// Counts the rounds of the raced writes' check that settled some: a layout naming
     /// an unchecked blob waits for the next.
     raced_settled: tokio::sync::watch::Sender<u64>,
@@ -237,6 +239,7 @@ impl Service {
             locks_changed: Default::default(),
             requests: Default::default(),
             raced_written: Default::default(),
+            raced_wanted: Default::default(),
             raced_settled: tokio::sync::watch::Sender::new(0),
         };
         Ok((service, log))
@@ -470,7 +473,8 @@ impl Service {
             #[rustfmt::skip]
             PlaceBlock { id, len, exclude, prefer } => self.place_block(id, len, &exclude, &prefer).await,
             #[rustfmt::skip]
-            Commit { ino, size, slices, stored, set, sync, race } => {
+            Commit { ino, size, slices, stored, set, sync, race, races_stored } => {
+                self.races_stored(&races_stored);
                 let written = Written { ino, size, slices, stored, set, sync, race };
                 self.commit(peer, written, now).await
             }
@@ -504,6 +508,10 @@ impl Service {
             AddMember { id, name, addr } => self.add_member(id, name, addr).await,
             RemoveMember { id } => self.remove_member(id).await,
             Storages => self.active_storages(),
+            RacesStored { races } => {
+                self.races_stored(&races);
+                Ok(Response::Done)
+            }
         }
     }
 

@@ -11,8 +11,15 @@
 //! raced write keeps the slices it hides). Only those storages decide: others never
 //! had the blob, and one that is down may come back with it. A layout naming a blob not
 //! yet checked waits for the check (a while, then is answered "try again").
+//!
+//! Usually the client says first that every storage acknowledged its upload, synced
+//! (`ns::Request::RacesStored`, or with its next commit): the write is checked then,
+//! without asking the storages (two round trips, and a sync on each, per `fsync`). So
+//! the storages are asked only about writes no client spoke for within
+//! [`STORED_WAIT`], or at once when a layout waits for one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,9 @@ const HELD_WAIT: Duration = Duration::from_secs(5);
 /// How often raced writes still unsettled are checked again: soon, since a layout
 /// naming their blobs waits for it (after a restart, until their storages are back).
 const RETRY: Duration = Duration::from_millis(200);
+/// How long a raced write waits for its client to say its upload was stored before the
+/// storages are asked.
+const STORED_WAIT: Duration = Duration::from_millis(100);
 /// How long a raced write waits for storages it went to that cannot be asked (down, or
 /// not back after a restart) before it is taken as checked, not undone: it may have
 /// been acknowledged, so only those storages may say it is to be undone. If they never
@@ -56,15 +66,27 @@ impl Service {
     /// Checks the raced writes of the log, as they are committed and at start (once
     /// the storages have reported), until the nameserver stops.
     pub async fn check_raced_loop(self: Arc<Self>) {
-        // When each entry was first checked, for giving up.
+        // When each entry was first seen, for waiting for its client and giving up.
         let mut first_seen: BTreeMap<u64, Instant> = BTreeMap::new();
-        while !self.stopped.load(std::sync::atomic::Ordering::Acquire) {
-            let _ = tokio::time::timeout(RETRY, self.raced_written.notified()).await;
+        while !self.stopped.load(Ordering::Acquire) {
+            // Until the next entry seen is due, or a retry.
+            let wait = first_seen
+                .values()
+                .map(|seen| STORED_WAIT.saturating_sub(seen.elapsed()))
+                .filter(|left| !left.is_zero())
+                .fold(RETRY, Duration::min);
+            let _ = tokio::time::timeout(wait, self.raced_written.notified()).await;
             let Some(log) = self.lock().log.clone() else {
                 continue;
             };
-            let raced = log.raced();
+            let mut raced = log.raced();
             first_seen.retain(|index, _| raced.iter().any(|(i, _)| i == index));
+            let now = Instant::now();
+            for (index, _) in &raced {
+                first_seen.entry(*index).or_insert(now);
+            }
+            let wanted = self.raced_wanted.swap(false, Ordering::AcqRel);
+            raced.retain(|(index, _)| wanted || first_seen[index].elapsed() >= STORED_WAIT);
             if raced.is_empty() || !self.ready_to_check() {
                 continue;
             }
@@ -84,6 +106,42 @@ impl Service {
                 self.raced_settled.send_modify(|round| *round += 1);
             }
         }
+    }
+
+    /// Takes the raced writes of `races` as checked: their client saw every storage they
+    /// name acknowledge their blobs, synced. An entry is settled once all of its are.
+    pub(super) fn races_stored(&self, races: &[u64]) {
+        if races.is_empty() || !self.ready_to_check() {
+            return;
+        }
+        let Some(log) = self.lock().log.clone() else {
+            return;
+        };
+        let mut settled = false;
+        for (index, writes) in log.raced() {
+            if !writes.iter().all(|w| races.contains(&w.race)) {
+                continue;
+            }
+            let mut state = self.lock();
+            for RacedWrite { blobs, holders, .. } in &writes {
+                for blob in blobs {
+                    state.registry.raced_checked(*blob, holders, &[]);
+                }
+            }
+            drop(state);
+            log.checked(index);
+            settled = true;
+        }
+        if settled {
+            self.raced_settled.send_modify(|round| *round += 1);
+        }
+    }
+
+    /// Has the raced writes checked now, without waiting for their clients: a layout
+    /// waits for one.
+    pub(super) fn want_raced_checked(&self) {
+        self.raced_wanted.store(true, Ordering::Release);
+        self.raced_written.notify_one();
     }
 
     /// Whether raced writes can be checked now: this member leads alone. (Not only

@@ -93,8 +93,9 @@ pub enum Commit {
     Written,
     /// Once its record is on disk: an `fsync`'s, whose blobs were uploaded synced.
     Synced,
-    /// Once its record is on disk, while its blobs are being uploaded synced as this
-    /// race: refused with `Conflict` where the nameserver cannot take that.
+    /// While its blobs are being uploaded as this race: once its record is on disk, the
+    /// blobs synced, or, for a race with `ns::RACE_UNSYNCED`, once written, the blobs
+    /// not synced. Refused with `Conflict` where the nameserver cannot take that.
     Raced(u64),
 }
 
@@ -838,7 +839,7 @@ impl Client {
         let (sync, race) = match how {
             Commit::Written => (false, None),
             Commit::Synced => (true, None),
-            Commit::Raced(race) => (true, Some(race)),
+            Commit::Raced(race) => (ns::race_synced(race), Some(race)),
         };
         let answered = self.durable.answered.load(Ordering::Acquire);
         let result = self

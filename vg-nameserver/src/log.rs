@@ -245,12 +245,13 @@ pub struct Capture {
     bytes: Vec<u8>,
 }
 
-/// Makes storages sync what they acknowledged (by name); resolves to true once they did,
-/// or are no longer there to ask, and to false if the nameserver is stopping (then the
-/// log is marked no more: entries after the last mark might name blocks that are not on
-/// disk).
+/// Makes storages sync what they acknowledged (by name), and has the raced writes whose
+/// uploads were not synced (see [`vg_wire::ns::RACE_UNSYNCED`]) in entries before the end
+/// given checked; resolves to true once done, or once the storages are no longer there to
+/// ask, and to false if the nameserver is stopping (then the log is marked no more:
+/// entries after the last mark might name blocks that are not on disk).
 pub type Gate =
-    Arc<dyn Fn(BTreeSet<String>) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+    Arc<dyn Fn(BTreeSet<String>, u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 struct Shared {
     dir: PathBuf,
@@ -289,6 +290,12 @@ struct Shared {
     snapshot_applied: Mutex<Option<LogId>>,
     /// Entries holding raced writes the nameserver has not yet checked, by index.
     raced: Mutex<std::collections::BTreeMap<u64, Raced>>,
+    /// Entries not yet checked whose unsynced raced writes their client said every storage
+    /// acknowledged: the gate has those storages sync them.
+    vouched: Mutex<BTreeSet<u64>>,
+    /// Entries whose raced writes were checked, with the end the log had then: one undone
+    /// counts as unchecked in a mark until its undoing is covered too.
+    settling: Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 impl Shared {
@@ -308,13 +315,26 @@ impl Shared {
 
     /// The mark of the entries before `upto`.
     fn mark(&self, upto: u64) -> Record {
-        let raced = self.raced.lock().expect("log lock");
         Record::Mark2 {
             upto,
             boot: self.boot,
             committed: *self.committed.lock().expect("log lock"),
-            unchecked: raced.keys().next().map_or(upto, |&first| first.min(upto)),
+            unchecked: self
+                .first_unchecked(upto)
+                .map_or(upto, |first| first.min(upto)),
         }
+    }
+
+    /// The first entry whose raced writes are not known checked by the entries before
+    /// `upto`: not checked yet, or checked (undone, perhaps) by entries from `upto` on.
+    fn first_unchecked(&self, upto: u64) -> Option<u64> {
+        let raced = self.raced.lock().expect("log lock").keys().next().copied();
+        let settling = self.settling.lock().expect("log lock");
+        let late = settling
+            .iter()
+            .find(|(_, &end)| end > upto)
+            .map(|(&index, _)| index);
+        raced.into_iter().chain(late).min()
     }
 
     fn fail(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -359,10 +379,24 @@ impl Shared {
         }
     }
 
+    /// Whether an entry before `end` holds a raced write not yet checked whose uploads
+    /// were not synced.
+    fn unsynced_raced_before(&self, end: u64) -> bool {
+        let raced = self.raced.lock().expect("log lock");
+        raced
+            .range(..end)
+            .flat_map(|(_, writes)| writes)
+            .any(|w| !vg_wire::ns::race_synced(w.race))
+    }
+
     /// Marks everything before `end` durable, and tells openraft about the entries
     /// that waited for it.
     fn advance(&self, end: u64) {
         self.durable.send_modify(|d| *d = (*d).max(end));
+        self.settling
+            .lock()
+            .expect("log lock")
+            .retain(|_, &mut checked_at| checked_at > end);
         let ready: Vec<LogFlushed<TypeConfig>> = {
             let mut flushed = self.flushed.lock().expect("log lock");
             let (ready, waiting) = flushed.drain(..).partition(|(at, _)| *at <= end);
@@ -406,8 +440,9 @@ impl Shared {
                     break;
                 }
                 let gate = this.gate.lock().expect("log lock").clone();
-                if let (false, Some(gate)) = (needs.is_empty(), gate) {
-                    if !runtime.block_on(gate(needs)) {
+                let waits = !needs.is_empty() || this.unsynced_raced_before(written);
+                if let (true, Some(gate)) = (waits, gate) {
+                    if !runtime.block_on(gate(needs, written)) {
                         return;
                     }
                 }
@@ -874,6 +909,8 @@ impl LogStore {
             since_snapshot: AtomicU64::new(end),
             snapshot_applied: Mutex::new(snapshot.applied),
             raced: Mutex::new(recovery.raced.clone()),
+            settling: Mutex::default(),
+            vouched: Mutex::default(),
         });
         {
             let (weak, wake) = (Arc::downgrade(&shared), shared.wake.clone());
@@ -972,8 +1009,10 @@ impl LogStore {
             self.hurry(end);
             return false;
         }
-        let raced = self.shared.raced.lock().expect("log lock");
-        raced.keys().next().is_none_or(|&first| first >= end)
+        // One undone by an entry the capture does not hold counts as unchecked.
+        self.shared
+            .first_unchecked(end)
+            .is_none_or(|first| first >= end)
     }
 
     /// Writes `capture` as the snapshot, unless the snapshot already holds as much (one
@@ -1003,9 +1042,53 @@ impl LogStore {
     }
 
     /// The raced writes of entry `index` are checked: every blob they name is stored,
-    /// or undone by a later entry. The next mark says so.
-    pub fn checked(&self, index: u64) {
-        self.shared.raced.lock().expect("log lock").remove(&index);
+    /// or, `undone`, some undone by a later entry, already written: then only a mark that
+    /// covers what is written now says so.
+    pub fn checked(&self, index: u64, undone: bool) {
+        self.shared.vouched.lock().expect("log lock").remove(&index);
+        if self
+            .shared
+            .raced
+            .lock()
+            .expect("log lock")
+            .remove(&index)
+            .is_some()
+            && undone
+        {
+            let end = self.shared.written.load(Ordering::Acquire);
+            self.shared
+                .settling
+                .lock()
+                .expect("log lock")
+                .insert(index, end);
+        }
+    }
+
+    /// The client of entry `index`'s unsynced raced writes said every storage they went
+    /// to acknowledged them: the gate has those storages sync them, and then they are
+    /// checked.
+    pub fn vouched(&self, index: u64) {
+        if self
+            .shared
+            .raced
+            .lock()
+            .expect("log lock")
+            .contains_key(&index)
+        {
+            self.shared.vouched.lock().expect("log lock").insert(index);
+        }
+    }
+
+    /// The entries before `end` holding raced writes not yet checked whose uploads were
+    /// not synced, and whether their client vouched for them.
+    pub fn unsynced_raced(&self, end: u64) -> Vec<(u64, Raced, bool)> {
+        let raced = self.shared.raced.lock().expect("log lock");
+        let vouched = self.shared.vouched.lock().expect("log lock");
+        raced
+            .range(..end)
+            .filter(|(_, writes)| writes.iter().any(|w| !vg_wire::ns::race_synced(w.race)))
+            .map(|(&index, writes)| (index, writes.clone(), vouched.contains(&index)))
+            .collect()
     }
 
     /// The snapshot file's bytes, if there is one.
@@ -1385,7 +1468,7 @@ mod tests {
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let gate: Gate = {
             let release = release.clone();
-            Arc::new(move |needs| {
+            Arc::new(move |needs, _end| {
                 asked_tx.send(needs).unwrap();
                 let release = release.clone();
                 Box::pin(async move {
@@ -1428,6 +1511,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_entry_with_an_unsynced_raced_write_is_synced_only_after_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), BOOT);
+        let (gate, mut asked, release) = held_gate();
+        log.set_gate(gate);
+        // A synced race (an fsync's) is checked after the sync: no gate.
+        let end = log.append_entries([raced(0, 1)]).unwrap();
+        log.durable(end).await.unwrap();
+        assert!(asked.try_recv().is_err(), "a synced race asked the gate");
+        log.checked(0, false);
+        // An unsynced one (a close's) names no storage to sync, yet waits for the gate.
+        let race = 9 | vg_wire::ns::RACE_UNSYNCED;
+        let end = log.append_entries([raced_as(1, 2, race)]).unwrap();
+        let needs = tokio::time::timeout(std::time::Duration::from_secs(10), asked.recv())
+            .await
+            .expect("the gate was not asked");
+        assert!(needs.unwrap().is_empty());
+        let durable = tokio::spawn({
+            let log = log.clone();
+            async move { log.durable(end).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !durable.is_finished(),
+            "synced before the write was checked"
+        );
+        log.checked(1, false);
+        release.add_permits(1);
+        durable.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_undone_raced_write_is_unchecked_in_marks_until_they_cover_its_undoing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), BOOT);
+        // The sync thread waits at the gate for entry 0: the test moves `durable` itself.
+        let (gate, mut asked, release) = held_gate();
+        log.set_gate(gate);
+        log.append_entries([entry(0, &["s1"])]).unwrap();
+        asked.recv().await.unwrap();
+        let unchecked = |upto| {
+            let Record::Mark2 { unchecked, .. } = log.shared.mark(upto) else {
+                panic!("not a mark");
+            };
+            unchecked
+        };
+        log.append_entries([raced(1, 1), raced(2, 2)]).unwrap();
+        // Entry 1's blob was held; entry 2's write was undone by entry 3.
+        log.checked(1, false);
+        assert_eq!(unchecked(3), 2);
+        log.append_entries([entry(3, &[])]).unwrap();
+        log.checked(2, true);
+        assert_eq!(unchecked(3), 2, "a mark before the undoing");
+        assert_eq!(unchecked(4), 4);
+        // A snapshot without the undoing waits until it is on disk (recovery then
+        // replays it from the log).
+        let capture = capture_at(&log, Some(log_id(1, 1, 2)), &Namespace::default());
+        log.shared.advance(3);
+        assert!(!log.settled(&capture), "the undoing is not on disk");
+        log.shared.advance(4);
+        assert!(log.settled(&capture));
+        assert_eq!(unchecked(3), 3, "forgotten once the undoing is on disk");
+        release.close();
+    }
+
+    #[tokio::test]
     async fn after_a_reboot_only_what_a_mark_covers_is_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _, _) = open(dir.path(), BOOT);
@@ -1461,6 +1610,11 @@ mod tests {
 
     /// Entry `index`: a raced write of blob `blob` into file 7.
     fn raced(index: u64, blob: u8) -> Entry {
+        raced_as(index, blob, 9)
+    }
+
+    /// Entry `index` of term 1: a raced write of race `race` naming blob `[blob]` on s1.
+    fn raced_as(index: u64, blob: u8, race: u64) -> Entry {
         let slice = vg_wire::Slice {
             at: 0,
             len: 4,
@@ -1476,7 +1630,7 @@ mod tests {
                     slices: vec![(0, vec![slice])],
                     block_size: 4096,
                     time: Timestamp::now(),
-                    race: 9,
+                    race,
                     holders: vec!["s1".into()],
                     before: 0,
                 }],
@@ -1512,11 +1666,11 @@ mod tests {
         assert_eq!((rec.entries, rec.unmarked), (4, 0));
         assert_eq!(reopened.raced(), [(1, blob(1)), (3, blob(3))]);
         // Checked, and said so by the next mark: only what is still unchecked comes back.
-        reopened.checked(1);
+        reopened.checked(1, false);
         append_synced(&reopened, 4..5).await;
         let (again, _, rec) = open(dir.path(), [3; 16]);
         assert_eq!(rec.raced.keys().collect::<Vec<_>>(), [&3]);
-        again.checked(3);
+        again.checked(3, false);
         append_synced(&again, 5..6).await;
         let (last, _, rec) = open(dir.path(), [4; 16]);
         assert!(rec.raced.is_empty() && last.raced().is_empty());
@@ -1534,7 +1688,7 @@ mod tests {
         // Under continuous fsyncs a later raced write is always unchecked: the snapshot
         // holds none of them, and is written anyway.
         let end = log.append_entries([raced(1, 2)]).unwrap();
-        log.checked(0);
+        log.checked(0, false);
         assert!(log.settled(&capture), "held back by a later raced write");
         log.durable(end).await.unwrap();
         assert!(log.write_capture(capture).unwrap());

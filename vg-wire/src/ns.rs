@@ -22,6 +22,18 @@ pub type Name = Vec<u8>;
 /// storages that acknowledged it.
 pub type Stored = (BlockId, u32, Vec<String>);
 
+/// Set in the race of a raced commit whose uploads are acknowledged once written rather
+/// than synced (a `close`'s, where an `fsync`'s are synced): the nameserver syncs no log
+/// entry naming its blobs before their storages said they hold them synced, so that a
+/// power loss never leaves an entry naming a blob that is gone. In the race itself so
+/// that the log keeps it.
+pub const RACE_UNSYNCED: u64 = 1 << 63;
+
+/// Whether the uploads of race `race` were synced before they were acknowledged.
+pub fn race_synced(race: u64) -> bool {
+    race & RACE_UNSYNCED == 0
+}
+
 /// A request to the nameserver.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -108,13 +120,14 @@ pub enum Request {
     /// deferred while it wrote the file), durable with the same log flush. `stored` says
     /// which storages acknowledged each new blob, and its length. With `sync` (an
     /// `fsync`), the blobs of `stored` were synced before they were acknowledged, and the
-    /// answer comes once the commit is on disk. With `race` (an `fsync`'s too), the client
-    /// is uploading the blobs of `stored` (synced, as that race) to the storages named
-    /// while this commit goes to disk, instead of before: the nameserver asks those
-    /// storages afterwards, and undoes the change if none of them has a blob. A
-    /// nameserver that cannot take that (a group) refuses it with `Conflict`, and the
-    /// client commits after its upload. `races_stored` are earlier races of this client
-    /// that every storage named acknowledged (see [`Request::RacesStored`]).
+    /// answer comes once the commit is on disk. With `race`, the client is uploading the
+    /// blobs of `stored` (as that race: synced with `sync`, else not, see
+    /// [`RACE_UNSYNCED`]) to the storages named while this commit goes to the log,
+    /// instead of before: the nameserver asks those storages afterwards, and undoes the
+    /// change if none of them has a blob. A nameserver that cannot take that (a group)
+    /// refuses it with `Conflict`, and the client commits after its upload.
+    /// `races_stored` are earlier races of this client that every storage named
+    /// acknowledged (see [`Request::RacesStored`]).
     Commit {
         ino: Ino,
         size: u64,
@@ -232,8 +245,9 @@ pub enum Request {
     /// report to the leader only), so that its log's gate can have them sync.
     Storages,
     /// Raced commits (see [`Request::Commit`]) whose blobs every storage the commit named
-    /// acknowledged, synced: the nameserver takes them as checked instead of asking
-    /// those storages. Clients also send these with their next commit.
+    /// acknowledged: the nameserver takes them as stored instead of asking those storages
+    /// (and, for races with [`RACE_UNSYNCED`], has them sync before its log syncs the
+    /// commit). Clients also send these with their next commit.
     RacesStored { races: Vec<u64> },
 }
 

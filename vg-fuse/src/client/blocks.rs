@@ -242,8 +242,8 @@ impl Client {
         *self.race_refused.lock().expect("race lock") = Some(Instant::now());
     }
 
-    /// Notes that every storage a raced commit named acknowledged its blobs, synced, for
-    /// the nameserver, which otherwise asks them itself: the next commit tells it, or a
+    /// Notes that every storage a raced commit named acknowledged its blobs, for the
+    /// nameserver, which otherwise asks them itself: the next commit tells it, or a
     /// request of their own if none comes soon.
     pub(super) fn race_stored(&self, race: u64) {
         let mut stored = self.races_stored.lock().expect("races lock");
@@ -274,8 +274,9 @@ impl Client {
         std::mem::take(&mut self.races_stored.lock().expect("races lock").0)
     }
 
-    /// Starts uploading a small block, synced, to `to`, as race `race` of a commit
-    /// that races it. Returns the blob and the task that resolves once every storage of `to` synced it
+    /// Starts uploading a small block to `to`, as race `race` of a commit that races it,
+    /// synced unless the race says otherwise (`ns::RACE_UNSYNCED`). Returns the blob and
+    /// the task that resolves once every storage of `to` acknowledged it
     /// (to the storages that did), or with the first failure. Held against garbage
     /// collection until the commit's answer, as [`Client::upload_block`] holds it.
     pub(super) async fn start_race(
@@ -295,7 +296,7 @@ impl Client {
         self.hold(id);
         let puts: Vec<PutTask> = to
             .iter()
-            .map(|at| self.start_put(id, at, &[], &data, true, Some(race)))
+            .map(|at| self.start_put(id, at, &[], &data, ns::race_synced(race), Some(race)))
             .collect();
         let to = to.to_vec();
         let task = tokio::spawn(async move {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
 use vg_wire::metrics::prometheus_client::metrics::counter::Counter;
-use vg_wire::ns::{Lock, LockKind, Stored};
+use vg_wire::ns::{self, Lock, LockKind, Stored};
 use vg_wire::slices::overlay;
 use vg_wire::{
     Attr, BlockId, BlockRef, Bytes, ErrorCode, Ino, Location, SetAttr, Slice, Timestamp,
@@ -1243,7 +1243,7 @@ impl Files {
         state.add_slices(upload.idx, &upload.slices(blob.id));
     }
 
-    /// Whether an `fsync` of the file can commit while its blobs upload (see
+    /// Whether a flush of the file can commit while its blobs upload (see
     /// [`Files::flush_raced`]): everything it covers is small blocks written since the
     /// last flush, with no upload under way or failed, no block crowded with slices.
     fn may_race(&self, state: &FileState) -> bool {
@@ -1265,19 +1265,29 @@ impl Files {
             })
     }
 
-    /// An `fsync`'s flush whose commit races its uploads: the blobs go, synced, to the
-    /// storages of the next placement while the commit goes to the nameserver's disk, so
-    /// that the storages' and the log's syncs overlap instead of following each other
-    /// (the nameserver checks afterwards that the blobs arrived, and undoes the commit
-    /// if none did). Returns `None` when the nameserver refused to race, no placement is
-    /// known or an upload failed: the bytes not committed with their blob stored are
-    /// back among the unsealed ones, for the usual flush to take at once.
-    async fn flush_raced(&self, file: &OpenFile, state: &mut FileState) -> Option<Result<bool>> {
+    /// A flush whose commit races its uploads: the blobs go to the storages of the next
+    /// placement while the commit goes to the nameserver, so that the two overlap
+    /// instead of following each other (the nameserver checks afterwards that the blobs
+    /// arrived, and undoes the commit if none did). An `fsync`'s (`durable`) blobs are
+    /// synced and its commit answered once on disk, so that the storages' and the log's
+    /// syncs overlap; a `close`'s are not (its race says so: `ns::RACE_UNSYNCED`). Returns
+    /// `None` when the nameserver refused to race, no placement is known or an upload
+    /// failed: the bytes not committed with their blob stored are back among the
+    /// unsealed ones, for the usual flush to take at once.
+    async fn flush_raced(
+        &self,
+        file: &OpenFile,
+        state: &mut FileState,
+        durable: bool,
+    ) -> Option<Result<bool>> {
         let to = self.client.race_targets()?;
         let mut races = Vec::new();
         let (mut slices, mut uploaded) = (Vec::new(), Vec::new());
         let written: Vec<u64> = state.dirty.keys().copied().collect();
-        let race = super::session::random_id();
+        let race = match durable {
+            true => super::session::random_id() & !ns::RACE_UNSYNCED,
+            false => super::session::random_id() | ns::RACE_UNSYNCED,
+        };
         for &idx in &written {
             let (data, pieces) = state.dirty.remove(&idx).expect("listed").pack();
             let data = Arc::new(data);
@@ -1289,7 +1299,7 @@ impl Files {
                 idx,
                 data,
                 pieces,
-                synced: true,
+                synced: durable,
                 task,
             };
             slices.push((idx, upload.slices(blob.id)));
@@ -1343,7 +1353,7 @@ impl Files {
         match failed {
             None => {
                 self.client.race_stored(race);
-                Some(Ok(true))
+                Some(Ok(durable))
             }
             // The commit stands (the nameserver undoes it if no storage got the blob);
             // the bytes the failed uploads held go the usual way, placed anew (a storage
@@ -1377,8 +1387,8 @@ impl Files {
         state: &mut FileState,
         durable: bool,
     ) -> Result<bool> {
-        if durable && self.may_race(state) {
-            if let Some(result) = self.flush_raced(file, state).await {
+        if self.may_race(state) {
+            if let Some(result) = self.flush_raced(file, state, durable).await {
                 return result;
             }
         }

@@ -64,6 +64,16 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
     (0..len).map(|_| rng.next() as u8).collect()
 }
 
+/// A slice at the start of a block showing all of `data` as its own blob.
+pub fn whole_blob_slice(data: &[u8]) -> vg_wire::Slice {
+    vg_wire::Slice {
+        at: 0,
+        len: data.len() as u32,
+        blob: vg_wire::BlockId::of(data),
+        blob_off: 0,
+    }
+}
+
 /// A dialer with the identity in `paths`, for requests sent as a peer would, raw.
 pub fn dialer(paths: &TlsPaths) -> vg_wire::rpc::Dialer {
     let identity = vg_wire::tls::Identity::load(paths).expect("load identity");

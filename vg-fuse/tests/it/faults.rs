@@ -549,6 +549,7 @@ async fn a_raced_write_whose_only_copy_was_torn_is_undone() {
     // The raced upload reaches s0 alone and is synced there.
     let lost = bytes(4096, 22);
     let blob = vg_wire::BlockId::of(&lost);
+    let slice = crate::cluster::whole_blob_slice(&lost);
     let race = 77;
     let put = vg_wire::storage::Request::Put {
         id: blob,
@@ -581,12 +582,6 @@ async fn a_raced_write_whose_only_copy_was_torn_is_undone() {
     let listed = vg_storage::block_store::on_disk(&cluster.data_dir("s0")).unwrap();
     assert!(listed.iter().any(|(id, ..)| *id == blob), "still listed");
     // The commit the fsync sent beside the upload.
-    let slice = vg_wire::Slice {
-        at: 0,
-        len: 4096,
-        blob,
-        blob_off: 0,
-    };
     client
         .commit(
             ino,

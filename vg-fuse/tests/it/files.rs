@@ -397,12 +397,7 @@ async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
     let before = model[..4096].to_vec();
     let lost = bytes(4096, 999);
     let blob = vg_wire::BlockId::of(&lost);
-    let slice = vg_wire::Slice {
-        at: 0,
-        len: 4096,
-        blob,
-        blob_off: 0,
-    };
+    let slice = crate::cluster::whole_blob_slice(&lost);
     let holders = vec!["s0".to_string(), "s1".to_string()];
     client
         .commit(
@@ -440,8 +435,9 @@ async fn fsyncs_race_their_uploads_and_one_that_never_arrives_is_undone() {
     assert!(answer.is_err(), "{answer:?}");
 }
 
-/// An fsync's raced write is checked on its client's word that every storage it named
-/// synced the blob: a layout right after it needs no storage to answer for it.
+/// A raced write is taken as stored on its client's word that every storage it named
+/// acknowledged the blob (an fsync's synced, a close's written): a layout right after it
+/// needs no storage to answer for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raced_write_is_checked_on_its_clients_word() {
     let mut cluster = TestCluster::start(3, 1 << 30).await;
@@ -451,15 +447,22 @@ async fn a_raced_write_is_checked_on_its_clients_word() {
     let mut model = bytes(BLOCK, 1);
     files.write(ino, 0, &model).await.unwrap();
     files.fsync(ino).await.unwrap();
-    // The first small fsync asks for a placement; the next ones race their uploads.
-    for n in 0..3u64 {
+    // The first small flush asks for a placement; the next ones race their uploads:
+    // fsyncs, then a close's flush.
+    for n in 0..4u64 {
         let at = (n * 8192) as usize;
         let page = bytes(4096, 10 + n);
         model[at..at + 4096].copy_from_slice(&page);
         files.write(ino, at as u64, &page).await.unwrap();
-        files.fsync(ino).await.unwrap();
+        match n {
+            3 => files.flush(ino).await.unwrap(),
+            _ => files.fsync(ino).await.unwrap(),
+        }
     }
-    let last = vg_wire::BlockId::of(&model[16384..20480]);
+    let (fsynced, closed) = (
+        vg_wire::BlockId::of(&model[16384..20480]),
+        vg_wire::BlockId::of(&model[24576..28672]),
+    );
     // No storage is left to answer for the last write: only its client's word checks it.
     for name in ["s0", "s1", "s2"] {
         cluster.kill_storage(name);
@@ -469,10 +472,67 @@ async fn a_raced_write_is_checked_on_its_clients_word() {
         .layout(ino)
         .await
         .expect("the layout, not \"try again\"");
+    for blob in [fsynced, closed] {
+        assert!(
+            layout.blocks.iter().flatten().any(|s| s.blob == blob),
+            "the last writes' blobs are in the layout"
+        );
+    }
+}
+
+/// A close's raced write, whose uploads are acknowledged unsynced, is synced by the log
+/// only once its storages said they synced the blob, or that it never came: then it is
+/// undone first. A sync after it waits for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closes_raced_write_is_synced_only_once_its_storages_answered() {
+    let cluster = TestCluster::start(3, 1 << 30).await;
+    let client = cluster.client().await;
+    let data = bytes(10_000, 3);
+    let ino = cluster.put(&client, "/f", &data).await.unwrap();
+    let lost = bytes(4096, 4);
+    let blob = vg_wire::BlockId::of(&lost);
+    let slice = crate::cluster::whole_blob_slice(&lost);
+    let commit = |race, sync| vg_wire::ns::Request::Commit {
+        ino,
+        size: data.len() as u64,
+        slices: vec![(0, vec![slice])],
+        stored: vec![(blob, 4096, vec!["s0".to_string(), "s1".to_string()])],
+        set: None,
+        sync,
+        race: Some(race),
+        races_stored: Vec::new(),
+    };
+    // A commit answered before its sync must race as unsynced.
+    let refused = client.ns_call(commit(5, false)).await.unwrap_err();
+    assert_eq!(refused.code(), vg_wire::ErrorCode::Invalid);
+    // Its upload never comes (the client went away before its close returned).
+    client
+        .ns_call(commit(5 | vg_wire::ns::RACE_UNSYNCED, false))
+        .await
+        .unwrap();
+    let written = client.status().await.unwrap().log_written;
+    // Settled before the log synced it: the undoing was written first (the storages
+    // waited 5 s for an upload on its way).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let synced = loop {
+        let status = client.status().await.unwrap();
+        if status.log_durable >= written {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     assert!(
-        layout.blocks.iter().flatten().any(|s| s.blob == last),
-        "the last write's blob is in the layout"
+        synced.log_written > written,
+        "synced at {} before its undoing",
+        synced.log_durable
     );
+    let layout = client.layout(ino).await.unwrap();
+    assert!(!layout.blocks.iter().flatten().any(|s| s.blob == blob));
+    assert!(cluster.get(&client, "/f").await.unwrap() == data);
 }
 
 /// A sync with no change answered since the last one known on disk asks nothing of the

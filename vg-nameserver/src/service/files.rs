@@ -103,15 +103,25 @@ impl Service {
             sync,
             race,
         } = written;
-        if race.is_some() {
+        if let Some(race) = race {
+            // The log's gate waits for the check of a race it knows unsynced only.
+            if !sync && vg_wire::ns::race_synced(race) {
+                return refuse(
+                    ErrorCode::Invalid,
+                    format!(
+                        "inode {ino}: race {race:#x} of a commit not synced lacks RACE_UNSYNCED"
+                    ),
+                );
+            }
             self.race_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
         } else {
             self.check_stored(&stored, slices.iter().flat_map(|(_, new)| new))?;
         }
         debug!(ino, size, blocks = slices.len(), by = %peer.name, "file written");
-        // Blobs this client uploaded with `sync` are on disk; one the cluster already
-        // held (no holders listed) may have been acknowledged unsynced to another client
-        // moments ago, so it goes through the gate.
+        // Blobs this client uploaded with `sync` are on disk, and raced ones are checked
+        // (before the log syncs the entry, if not synced: the gate); one the cluster
+        // already held (no holders listed) may have been acknowledged unsynced to another
+        // client moments ago, so it goes through the gate.
         let synced: HashSet<BlockId> = match sync || race.is_some() {
             true => stored
                 .iter()
@@ -162,9 +172,7 @@ impl Service {
             }
             ops
         };
-        let answer = self
-            .mutate_after(build, &blobs, sync || race.is_some())
-            .await;
+        let answer = self.mutate_after(build, &blobs, sync).await;
         if race.is_some() {
             self.raced_written.notify_one();
         }

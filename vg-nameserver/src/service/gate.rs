@@ -1,6 +1,8 @@
 //! The log's gate: before the log syncs entries that name blobs storages acknowledged as
-//! written but not synced, those storages sync them, so that a power loss never leaves a
-//! synced entry naming a blob that is gone. The leader finds the storages in its
+//! written but not synced, those storages sync them, as do those of the raced writes
+//! among them whose uploads were not synced (once their client vouched for them, or
+//! checked, see `service::raced`), so that a power loss never leaves a synced entry
+//! naming a blob that is gone. The leader finds the storages in its
 //! registry; a follower, whose registry is empty (storages report to the leader only),
 //! asks the leader where they are, and keeps the answer.
 
@@ -26,13 +28,26 @@ impl Service {
     /// record.
     pub fn install_gate(self: &Arc<Self>) {
         let service = Arc::downgrade(self);
-        let gate: Gate = Arc::new(move |needs| {
+        let gate: Gate = Arc::new(move |needs, end| {
             let service = service.clone();
             Box::pin(async move {
-                match service.upgrade() {
-                    Some(service) => service.sync_storages(needs).await,
-                    None => false,
+                let Some(service) = service.upgrade() else {
+                    return false;
+                };
+                let Some((holders, vouched)) = service.unsynced_races(end).await else {
+                    return false;
+                };
+                let mut needs = needs;
+                needs.extend(holders);
+                if !needs.is_empty() && !service.sync_storages(needs).await {
+                    return false;
                 }
+                if let Some(log) = service.lock().log.clone() {
+                    for index in vouched {
+                        log.checked(index, false);
+                    }
+                }
+                true
             })
         });
         if let Some(log) = &self.lock().log {

@@ -12,6 +12,12 @@
 //! had the blob, and one that is down may come back with it. A layout naming a blob not
 //! yet checked waits for the check (a while, then is answered "try again").
 //!
+//! A `close`'s raced write, whose uploads are acknowledged unsynced
+//! (`ns::RACE_UNSYNCED`), is answered once written, and the log syncs no entry holding
+//! one before its storages synced the blob (the gate: `Service::unsynced_races`): they
+//! are asked to sync once its client vouched for it, or asked `Held` (which answers once
+//! synced), so that a power loss never takes the blob of a synced entry.
+//!
 //! Usually the client says first that every storage acknowledged its upload, synced
 //! (`ns::Request::RacesStored`, or with its next commit): the write is checked then,
 //! without asking the storages (two round trips, and a sync on each, per `fsync`). So
@@ -40,6 +46,9 @@ const RETRY: Duration = Duration::from_millis(200);
 /// How long a raced write waits for its client to say its upload was stored before the
 /// storages are asked.
 const STORED_WAIT: Duration = Duration::from_millis(100);
+/// How long the log's gate waits for a client to vouch for an unsynced raced write (a
+/// `close`'s) before it has the storages asked.
+const VOUCH_WAIT: Duration = Duration::from_millis(20);
 /// How long a raced write waits for storages it went to that cannot be asked (down, or
 /// not back after a restart) before it is taken as checked, not undone: it may have
 /// been acknowledged, so only those storages may say it is to be undone. If they never
@@ -94,11 +103,9 @@ impl Service {
             let mut settled = false;
             for (index, writes) in raced {
                 let since = *first_seen.entry(index).or_insert_with(Instant::now);
-                if self
-                    .settle_entry(&writes, &answers, since.elapsed() >= GIVE_UP)
-                    .await
-                {
-                    log.checked(index);
+                let give_up = since.elapsed() >= GIVE_UP;
+                if let Some(undone) = self.settle_entry(&writes, &answers, give_up).await {
+                    log.checked(index, undone);
                     settled = true;
                 }
             }
@@ -108,8 +115,10 @@ impl Service {
         }
     }
 
-    /// Takes the raced writes of `races` as checked: their client saw every storage they
-    /// name acknowledge their blobs, synced. An entry is settled once all of its are.
+    /// Takes the raced writes of `races` as stored: their client saw every storage they
+    /// name acknowledge their blobs, once all of an entry's are. Synced, they are checked;
+    /// unsynced (a `close`'s), they are readable, and checked once the log's gate had
+    /// those storages sync them.
     pub(super) fn races_stored(&self, races: &[u64]) {
         if races.is_empty() || !self.ready_to_check() {
             return;
@@ -129,7 +138,10 @@ impl Service {
                 }
             }
             drop(state);
-            log.checked(index);
+            match writes.iter().all(|w| vg_wire::ns::race_synced(w.race)) {
+                true => log.checked(index, false),
+                false => log.vouched(index),
+            }
             settled = true;
         }
         if settled {
@@ -137,8 +149,53 @@ impl Service {
         }
     }
 
-    /// Has the raced writes checked now, without waiting for their clients: a layout
-    /// waits for one.
+    /// What the log's gate needs before it syncs the entries before `end`: each unsynced
+    /// raced write among them (a `close`'s) vouched for by its client (its storages got
+    /// the blobs: the gate has them sync) or checked with its storages, which answer
+    /// once they synced them. Waits for that, asking the storages when no word came
+    /// within [`VOUCH_WAIT`]; a write none of whose storages is active is passed, as
+    /// the gate passes a storage that is gone. Returns the storages to sync and the
+    /// entries checked once they did, or `None` if the nameserver stops meanwhile.
+    pub(super) async fn unsynced_races(&self, end: u64) -> Option<(BTreeSet<String>, Vec<u64>)> {
+        let mut settled = self.raced_settled.subscribe();
+        let started = Instant::now();
+        while !self.stopped.load(Ordering::Acquire) {
+            let Some(log) = self.lock().log.clone() else {
+                return Some(Default::default());
+            };
+            let (mut holders, mut vouched, mut pending) = (BTreeSet::new(), Vec::new(), false);
+            {
+                let state = self.lock();
+                for (index, writes, vouched_for) in log.unsynced_raced(end) {
+                    let named = writes.iter().flat_map(|w| w.holders.iter());
+                    if vouched_for {
+                        holders.extend(named.cloned());
+                        vouched.push(index);
+                    } else {
+                        pending |= named
+                            .into_iter()
+                            .any(|holder| state.registry.active_location(holder).is_some());
+                    }
+                }
+            }
+            if !pending {
+                return Some((holders, vouched));
+            }
+            let waited = started.elapsed();
+            let wait = match VOUCH_WAIT.checked_sub(waited) {
+                Some(left) => left,
+                None => {
+                    self.want_raced_checked();
+                    RETRY
+                }
+            };
+            let _ = tokio::time::timeout(wait, settled.changed()).await;
+        }
+        None
+    }
+
+    /// Has the raced writes checked now, without waiting for their clients: a layout or
+    /// the log's gate waits for one.
     pub(super) fn want_raced_checked(&self) {
         self.raced_wanted.store(true, Ordering::Release);
         self.raced_written.notify_one();
@@ -219,15 +276,16 @@ impl Service {
         answers
     }
 
-    /// Settles the raced writes of one entry with the storages' answers; true once every
+    /// Settles the raced writes of one entry with the storages' answers, once every
     /// blob is held somewhere, or undone because every storage it went to said it is
-    /// not there, or given up (`give_up`) while some of them could not be asked.
+    /// not there, or given up (`give_up`) while some of them could not be asked: then
+    /// says whether some write was undone.
     async fn settle_entry(
         &self,
         writes: &[RacedWrite],
         answers: &BTreeMap<BlockId, Answers>,
         give_up: bool,
-    ) -> bool {
+    ) -> Option<bool> {
         let blobs = || {
             writes
                 .iter()
@@ -237,7 +295,7 @@ impl Service {
         let answer = |blob| answers.get(&blob).unwrap_or(&none);
         let decided = blobs().all(|(_, blob)| answer(blob).decided());
         if !decided && !give_up {
-            return false;
+            return None;
         }
         let mut undo: Vec<Op> = Vec::new();
         {
@@ -267,13 +325,13 @@ impl Service {
             }
         }
         if undo.is_empty() {
-            return true;
+            return Some(false);
         }
         match self.mutate_ops(|_| undo).await {
-            Ok(_) => true,
+            Ok(_) => Some(true),
             Err(e) => {
                 warn!(error = %e.message, "undoing raced writes failed; trying again");
-                false
+                None
             }
         }
     }

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
-use vg_wire::cli::Durability;
 use vg_wire::rpc::Target;
 use vg_wire::{storage, BlockId, Location};
 
@@ -182,17 +181,8 @@ impl Service {
             if !pending {
                 return Some((holders, vouched));
             }
-            // Under `--durability strict` the commit's answer, which the client's word
-            // follows, waits for this very sync: the storages are asked at once.
-            let vouch_wait = match self.durability {
-                Durability::Strict => Duration::ZERO,
-                Durability::Written => VOUCH_WAIT,
-            };
             let waited = started.elapsed();
-            let wait = match vouch_wait
-                .checked_sub(waited)
-                .filter(|left| !left.is_zero())
-            {
+            let wait = match VOUCH_WAIT.checked_sub(waited) {
                 Some(left) => left,
                 None => {
                     self.want_raced_checked();

@@ -114,7 +114,7 @@ pub struct Client {
     /// while its placement is asked for (the nameserver keeps the guess if it qualifies).
     guess: Arc<Mutex<Vec<vg_wire::Location>>>,
     /// When the nameserver last refused a commit racing its upload.
-    race_refused: Arc<Mutex<Option<std::time::Instant>>>,
+    race_refused: Arc<Mutex<[Option<std::time::Instant>; 2]>>,
     /// Raced uploads sent since the last placement asked for (see `race_targets`).
     raced_on_guess: Arc<std::sync::atomic::AtomicU32>,
     /// Races whose uploads every storage acknowledged, not yet told to the nameserver,

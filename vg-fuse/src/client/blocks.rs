@@ -220,9 +220,10 @@ impl Client {
     }
 
     /// The storages a small block's upload can race its commit to (the next placement
-    /// the nameserver announced), unless a nameserver refused a raced commit lately.
-    pub(super) fn race_targets(&self) -> Option<Vec<Location>> {
-        let refused = self.race_refused.lock().expect("race lock");
+    /// the nameserver announced), unless a nameserver refused a raced commit of the kind
+    /// (`synced`: an fsync's, or a close's) lately.
+    pub(super) fn race_targets(&self, synced: bool) -> Option<Vec<Location>> {
+        let refused = self.race_refused.lock().expect("race lock")[usize::from(synced)];
         if refused.is_some_and(|at| at.elapsed() < RACE_AGAIN_AFTER) {
             return None;
         }
@@ -236,10 +237,10 @@ impl Client {
         (!guess.is_empty()).then_some(guess)
     }
 
-    /// Notes that the nameserver refused a raced commit: commits wait for their uploads
-    /// for a while.
-    pub(super) fn race_refused(&self) {
-        *self.race_refused.lock().expect("race lock") = Some(Instant::now());
+    /// Notes that the nameserver refused a raced commit of the kind: such commits wait
+    /// for their uploads for a while.
+    pub(super) fn race_refused(&self, synced: bool) {
+        self.race_refused.lock().expect("race lock")[usize::from(synced)] = Some(Instant::now());
     }
 
     /// Notes that every storage a raced commit named acknowledged its blobs, for the

@@ -1280,7 +1280,7 @@ impl Files {
         state: &mut FileState,
         durable: bool,
     ) -> Option<Result<bool>> {
-        let to = self.client.race_targets()?;
+        let to = self.client.race_targets(durable)?;
         let mut races = Vec::new();
         let (mut slices, mut uploaded) = (Vec::new(), Vec::new());
         let written: Vec<u64> = state.dirty.keys().copied().collect();
@@ -1339,7 +1339,7 @@ impl Files {
             Err(e) if matches!(e.code(), ErrorCode::Conflict | ErrorCode::NotFound) => {
                 if e.code() == ErrorCode::Conflict {
                     tracing::debug!(ino = file.ino, error = %e, "raced commit refused; committing after the upload");
-                    self.client.race_refused();
+                    self.client.race_refused(durable);
                 }
                 state.deferred = set;
                 return None;

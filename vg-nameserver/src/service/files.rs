@@ -104,6 +104,14 @@ impl Service {
             race,
         } = written;
         if let Some(race) = race {
+            // Its answer would wait for the log's sync, and that for the client's word
+            // on the upload, which follows the answer: commit after the upload.
+            if !sync && self.durability == vg_wire::cli::Durability::Strict {
+                return refuse(
+                    ErrorCode::Conflict,
+                    "under --durability strict a close's commit follows its upload",
+                );
+            }
             // The log's gate waits for the check of a race it knows unsynced only.
             if !sync && vg_wire::ns::race_synced(race) {
                 return refuse(

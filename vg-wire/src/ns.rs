@@ -124,8 +124,9 @@ pub enum Request {
     /// blobs of `stored` (as that race: synced with `sync`, else not, see
     /// [`RACE_UNSYNCED`]) to the storages named while this commit goes to the log,
     /// instead of before: the nameserver asks those storages afterwards, and undoes the
-    /// change if none of them has a blob. A nameserver that cannot take that (a group)
-    /// refuses it with `Conflict`, and the client commits after its upload.
+    /// change if none of them has a blob. A nameserver that cannot take that (a group;
+    /// under `--durability strict`, an unsynced race) refuses it with `Conflict`, and
+    /// the client commits after its upload.
     /// `races_stored` are earlier races of this client that every storage named
     /// acknowledged (see [`Request::RacesStored`]).
     Commit {

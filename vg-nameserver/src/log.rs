@@ -379,14 +379,16 @@ impl Shared {
         }
     }
 
-    /// Whether an entry before `end` holds a raced write not yet checked whose uploads
-    /// were not synced.
-    fn unsynced_raced_before(&self, end: u64) -> bool {
+    /// The entries before `end` holding raced writes not yet checked whose uploads were
+    /// not synced, and whether their client vouched for them.
+    fn unsynced_raced(&self, end: u64) -> Vec<(u64, Raced, bool)> {
         let raced = self.raced.lock().expect("log lock");
+        let vouched = self.vouched.lock().expect("log lock");
         raced
             .range(..end)
-            .flat_map(|(_, writes)| writes)
-            .any(|w| !vg_wire::ns::race_synced(w.race))
+            .filter(|(_, writes)| writes.iter().any(|w| !vg_wire::ns::race_synced(w.race)))
+            .map(|(&index, writes)| (index, writes.clone(), vouched.contains(&index)))
+            .collect()
     }
 
     /// Marks everything before `end` durable, and tells openraft about the entries
@@ -440,7 +442,7 @@ impl Shared {
                     break;
                 }
                 let gate = this.gate.lock().expect("log lock").clone();
-                let waits = !needs.is_empty() || this.unsynced_raced_before(written);
+                let waits = !needs.is_empty() || !this.unsynced_raced(written).is_empty();
                 if let (true, Some(gate)) = (waits, gate) {
                     if !runtime.block_on(gate(needs, written)) {
                         return;
@@ -1082,13 +1084,7 @@ impl LogStore {
     /// The entries before `end` holding raced writes not yet checked whose uploads were
     /// not synced, and whether their client vouched for them.
     pub fn unsynced_raced(&self, end: u64) -> Vec<(u64, Raced, bool)> {
-        let raced = self.shared.raced.lock().expect("log lock");
-        let vouched = self.shared.vouched.lock().expect("log lock");
-        raced
-            .range(..end)
-            .filter(|(_, writes)| writes.iter().any(|w| !vg_wire::ns::race_synced(w.race)))
-            .map(|(&index, writes)| (index, writes.clone(), vouched.contains(&index)))
-            .collect()
+        self.shared.unsynced_raced(end)
     }
 
     /// The snapshot file's bytes, if there is one.

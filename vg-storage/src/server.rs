@@ -2,6 +2,7 @@
 //! verification; plus the background scrub.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,26 @@ async fn on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     tokio::task::spawn_blocking(work)
         .await
         .expect("storage work does not panic")
+}
+
+/// Counts itself in a counter while it lives.
+struct Counted<'a> {
+    counter: &'a AtomicUsize,
+    /// Whether the counter was 0 before.
+    alone: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        let alone = counter.fetch_add(1, Ordering::AcqRel) == 0;
+        Counted { counter, alone }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a raced upload the nameserver was told is not here stays refused: far
@@ -152,6 +173,8 @@ pub struct Storage {
     /// at once for the deletions that would make room, rather than at the next beat.
     pub wake: tokio::sync::Notify,
     inflight: Semaphore,
+    /// Synced small puts writing now.
+    syncing: AtomicUsize,
     /// `--durability strict`: every block synced before it is acknowledged.
     strict: bool,
     /// Requests answered, for `--metrics` (set once, when metrics are served).
@@ -180,6 +203,7 @@ impl Storage {
             fenced: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             inflight: Semaphore::new(INFLIGHT_MIB as usize),
+            syncing: Default::default(),
             requests: Default::default(),
         }
     }
@@ -478,16 +502,24 @@ impl Storage {
         };
         // A small block goes into a volume with one `pwrite` into the page cache: handing
         // that to the blocking pool cost two thread wake-ups, more than the write. A
-        // synced one waits for the disk, perhaps for a whole sync round of other blocks,
-        // and would hold up every other request meanwhile.
+        // synced one waits for the disk and holds up every other request meanwhile, so
+        // it runs here only while no other synced put is writing and none is to be
+        // forwarded (else the pool's threads sync them side by side): on a busy machine
+        // the pool's thread waited for a CPU longer than the disk took (see
+        // BENCHMARKS.md, stop 39).
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
             let len = data.len();
             let work = move || store.put_checked(&id, &data, sync);
+            let (syncing, last) = (&self.syncing, chain.is_empty());
             async move {
-                match sync {
-                    true => on_pool(work).await,
-                    false => run_sized(len, work).await,
+                if !sync {
+                    return run_sized(len, work).await;
+                }
+                let _writing = Counted::new(syncing);
+                match _writing.alone && last && len <= SMALL_WORK {
+                    true => work(),
+                    false => on_pool(work).await,
                 }
             }
         };

@@ -412,10 +412,10 @@ impl Storage {
         for start in plan.chunks.clone().step_by(STREAM_PIECE) {
             let piece = start..(start + STREAM_PIECE).min(plan.chunks.end);
             let (store, plan) = (self.store.clone(), plan.clone());
-            let read = run_sized(piece.len(), move || store.read_chunks(&plan, piece)).await;
+            let read = run_sized(piece.len(), move || store.read_piece(&plan, piece)).await;
             match read {
                 Ok(data) => {
-                    if send.write_chunk(data.into()).await.is_err() {
+                    if send.write_chunk(data).await.is_err() {
                         return;
                     }
                 }

@@ -566,7 +566,9 @@ impl Snapshot {
 /// boot).
 pub fn boot_id(path: &Path) -> Result<[u8; 16]> {
     let text = std::fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
-    let hash = vg_wire::BlockId::of(text.trim_ascii()).0;
+    // SHA-256 as before BLAKE3 named blocks: a boot read differently since the last
+    // mark would count as a reboot, and drop what the marks do not cover.
+    let hash = vg_wire::BlockId::sha256(text.trim_ascii()).0;
     Ok(hash[..16].try_into().expect("16 bytes"))
 }
 

@@ -21,7 +21,7 @@ impl Storage {
         for source in sources.iter().filter(|s| s.name != self.name) {
             let target = Target::storage(source);
             match vg_wire::rpc::read_block(&self.dialer, &target, id, 0, 0).await {
-                Ok(data) if BlockId::of(&data) == id => {
+                Ok(data) if id.names(&data) => {
                     let (store, len) = (self.store.clone(), data.len() as u32);
                     match tokio::task::spawn_blocking(move || store.put(&id, &data))
                         .await

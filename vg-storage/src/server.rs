@@ -485,7 +485,7 @@ impl Storage {
         // forwarding them; the next ones trust it (storage certificates are the cluster's).
         if peer.role != Role::Storage {
             let hashed = data.clone();
-            let matches = run_sized(data.len(), move || BlockId::of(&hashed) == id).await;
+            let matches = run_sized(data.len(), move || id.names(&hashed)).await;
             if !matches {
                 return Err(Error::Corrupt {
                     block: id,

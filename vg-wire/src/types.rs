@@ -17,14 +17,28 @@ pub const ROOT_INO: Ino = 1;
 /// Longest file name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// Name of a block: the SHA-256 of its bytes.
+/// Name of a block: the BLAKE3 hash of its bytes, or for a block stored before stop 39
+/// the SHA-256, which it keeps.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlockId(pub [u8; 32]);
 
 impl BlockId {
-    /// The id of the given bytes.
+    /// The id of the given bytes: their BLAKE3 hash. SHA-256 took half of the mount's
+    /// CPU in a sequential write and a quarter of a storage's; BLAKE3 hashes four times
+    /// as fast on our machine (6.8 against 1.7 GB/s over 4 MiB, one core).
     pub fn of(data: &[u8]) -> Self {
+        BlockId(*blake3::hash(data).as_bytes())
+    }
+
+    /// The SHA-256 of the given bytes: the id of blocks stored before BLAKE3 named them.
+    pub fn sha256(data: &[u8]) -> Self {
         BlockId(Sha256::digest(data).into())
+    }
+
+    /// Whether `data` are the bytes this id names, by either hash: blocks stored under
+    /// their SHA-256 keep it, and are read, checked and copied under it.
+    pub fn names(&self, data: &[u8]) -> bool {
+        Self::of(data) == *self || Self::sha256(data) == *self
     }
 
     /// The 64-character lowercase hex form, which is also the block's file name.
@@ -67,7 +81,7 @@ impl FromStr for BlockId {
 /// A block of a file: its id and length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRef {
-    /// SHA-256 of the bytes.
+    /// The bytes' name (see [`BlockId`]).
     pub id: BlockId,
     /// Length in bytes (at most the cluster block size).
     pub len: u32,
@@ -392,6 +406,23 @@ mod tests {
         assert!("abc".parse::<BlockId>().is_err());
         assert!("zz".repeat(32).parse::<BlockId>().is_err());
         assert!("../".repeat(21).parse::<BlockId>().is_err());
+    }
+
+    #[test]
+    fn a_block_is_named_by_blake3_and_one_named_by_sha256_still_checks() {
+        let id = BlockId::of(b"hello");
+        // BLAKE3 of "hello" (its reference implementation) and SHA-256 (`sha256sum`).
+        assert_eq!(
+            id.to_hex(),
+            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+        );
+        let old = BlockId::sha256(b"hello");
+        assert_eq!(
+            old.to_hex(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert!(id.names(b"hello") && old.names(b"hello"));
+        assert!(!id.names(b"hellO") && !old.names(b"hellO"));
     }
 
     #[test]

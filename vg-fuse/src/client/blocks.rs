@@ -388,7 +388,7 @@ impl Client {
         self.read_replicas(id, locations, offset, len, false).await
     }
 
-    /// A whole block, checked against its SHA-256 as well (for `vgctl get`); a replica
+    /// A whole block, checked against its name (hash) as well (for `vgctl get`); a replica
     /// whose bytes do not match is passed over as one that failed.
     pub async fn read_block_hashed(&self, id: BlockId, locations: &[Location]) -> Result<Vec<u8>> {
         self.read_replicas(id, locations, 0, 0, true).await
@@ -423,8 +423,8 @@ impl Client {
             let result = vg_wire::rpc::read_block(&self.dialer, &target, id, offset, len)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|data| match hashed && BlockId::of(&data) != id {
-                    true => Err("sent bytes that do not match the block's SHA-256".into()),
+                .and_then(|data| match hashed && !id.names(&data) {
+                    true => Err("sent bytes that do not match the block's name".into()),
                     false => Ok(data),
                 });
             match result {
@@ -487,8 +487,8 @@ pub(super) async fn keep_held_blocks(
     }
 }
 
-/// A blob's content address. A large one is hashed on a blocking thread: SHA-256 of a
-/// 4 MiB block takes milliseconds, during which the runtime's worker (one on two cores)
+/// A blob's content address. A large one is hashed on a blocking thread: hashing a
+/// 4 MiB block takes a millisecond, during which the runtime's worker (one on two cores)
 /// would move no other block's bytes.
 async fn content_id(data: &Bytes) -> BlockId {
     if data.len() <= FAN_OUT_MAX {

@@ -53,7 +53,7 @@ pub async fn merge(
 }
 
 /// Each blob the segments show, read whole once, up to [`FETCHES`] at a time
-/// (`hashed`: checked against its SHA-256 as well as the storage's checksums).
+/// (`hashed`: checked against its name (hash) as well as the storage's checksums).
 pub async fn fetch_blobs(
     client: &Client,
     segments: &[BlobSegment],

@@ -103,7 +103,7 @@ impl Client {
         .await
     }
 
-    /// Downloads a file to a local path, checking every block against its SHA-256 (the
+    /// Downloads a file to a local path, checking every block against its name, a hash (the
     /// mount checks only the storage's checksums, which is cheaper); `advanced` hears of
     /// each block's bytes once written.
     pub async fn get_file(

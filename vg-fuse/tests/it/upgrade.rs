@@ -26,7 +26,7 @@ async fn check_sums(cluster: &TestCluster, changed: &str, want_changed: &[u8]) {
             );
         } else {
             assert_eq!(
-                vg_wire::BlockId::of(&data).to_hex(),
+                vg_wire::BlockId::sha256(&data).to_hex(),
                 sum,
                 "{path} differs after the upgrade"
             );

@@ -303,25 +303,10 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Bytes> {
     let whole = len.next_multiple_of(DIRECT_ALIGN);
     let mut buf = AlignedBuf::with_capacity(whole);
     while buf.len < len {
-        let at = libc::off_t::try_from(offset + buf.len as u64).map_err(std::io::Error::other)?;
-        let spare = &mut buf.buf.spare_capacity_mut()[..whole - buf.len];
-        // SAFETY: the descriptor is open for the call, and `pread` writes at most
-        // `spare.len()` bytes into the vector's unused capacity.
-        let n =
-            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
-        match n {
+        let at = offset + buf.len as u64;
+        match read_spare(&file, &mut buf.buf, whole - buf.len, at)? {
             0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => {
-                // SAFETY: `pread` initialised the `n` bytes after the vector's length.
-                unsafe { buf.buf.set_len(buf.buf.len() + n as usize) };
-                buf.len += n as usize;
-            }
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+            n => buf.len += n,
         }
     }
     Ok(buf.into_bytes(len))
@@ -332,27 +317,34 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Bytes> {
 fn read_new(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     while buf.len() < len {
-        let at = offset + buf.len() as u64;
-        let at = libc::off_t::try_from(at).map_err(std::io::Error::other)?;
-        let want = len - buf.len();
-        let spare = &mut buf.spare_capacity_mut()[..want];
-        // SAFETY: the descriptor is open for the duration of the call, and `pread` writes
-        // at most `spare.len()` bytes into the vector's unused capacity.
-        let n =
-            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
-        match n {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            // SAFETY: `pread` initialised the `n` bytes after the vector's length.
-            n if n > 0 => unsafe { buf.set_len(buf.len() + n as usize) },
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        let (want, at) = (len - buf.len(), offset + buf.len() as u64);
+        if read_spare(file, &mut buf, want, at)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
     Ok(buf)
+}
+
+/// Reads up to `want` bytes of `file` at `offset` into the unused capacity of `buf` (at
+/// least `want`), which grows by the count returned (0 at the end of the file).
+fn read_spare(file: &File, buf: &mut Vec<u8>, want: usize, offset: u64) -> std::io::Result<usize> {
+    let at = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+    let spare = &mut buf.spare_capacity_mut()[..want];
+    let (ptr, max) = (spare.as_mut_ptr(), spare.len());
+    loop {
+        // SAFETY: the descriptor is open for the duration of the call, and `pread` writes
+        // at most `max` bytes into the vector's unused capacity at `ptr`.
+        let n = unsafe { libc::pread(file.as_raw_fd(), ptr.cast(), max, at) };
+        if n >= 0 {
+            // SAFETY: `pread` initialised the `n` bytes after the vector's length.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// What was written and not yet synced, and how far the sync thread got.

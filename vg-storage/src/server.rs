@@ -516,8 +516,8 @@ impl Storage {
                 if !sync {
                     return run_sized(len, work).await;
                 }
-                let _writing = Counted::new(syncing);
-                match _writing.alone && last && len <= SMALL_WORK {
+                let writing = Counted::new(syncing);
+                match writing.alone && last && len <= SMALL_WORK {
                     true => work(),
                     false => on_pool(work).await,
                 }

@@ -384,11 +384,16 @@ impl Shared {
     fn unsynced_raced(&self, end: u64) -> Vec<(u64, Raced, bool)> {
         let raced = self.raced.lock().expect("log lock");
         let vouched = self.vouched.lock().expect("log lock");
-        raced
-            .range(..end)
-            .filter(|(_, writes)| writes.iter().any(|w| !vg_wire::ns::race_synced(w.race)))
+        unsynced_in(&raced, end)
             .map(|(&index, writes)| (index, writes.clone(), vouched.contains(&index)))
             .collect()
+    }
+
+    /// Whether an entry before `end` holds such a write (each sync round asks).
+    fn any_unsynced_raced(&self, end: u64) -> bool {
+        unsynced_in(&self.raced.lock().expect("log lock"), end)
+            .next()
+            .is_some()
     }
 
     /// Marks everything before `end` durable, and tells openraft about the entries
@@ -442,7 +447,7 @@ impl Shared {
                     break;
                 }
                 let gate = this.gate.lock().expect("log lock").clone();
-                let waits = !needs.is_empty() || !this.unsynced_raced(written).is_empty();
+                let waits = !needs.is_empty() || this.any_unsynced_raced(written);
                 if let (true, Some(gate)) = (waits, gate) {
                     if !runtime.block_on(gate(needs, written)) {
                         return;
@@ -465,6 +470,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// The entries of `raced` before `end` holding a write whose uploads were not synced.
+fn unsynced_in(
+    raced: &std::collections::BTreeMap<u64, Raced>,
+    end: u64,
+) -> impl Iterator<Item = (&u64, &Raced)> {
+    raced
+        .range(..end)
+        .filter(|(_, writes)| writes.iter().any(|w| !vg_wire::ns::race_synced(w.race)))
 }
 
 /// The sync thread's doorbell: what it was told, and its condition variable.

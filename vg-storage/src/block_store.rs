@@ -141,6 +141,20 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
+    /// Checks bytes `range` of the block, read for this plan, against the stored
+    /// checksums.
+    fn check(&self, range: &Range<usize>, buf: &[u8]) -> Result<()> {
+        let first = (range.start - self.chunks.start) / CHUNK;
+        let stored = &self.crcs[first..first + range.len().div_ceil(CHUNK)];
+        if vg_wire::storage::chunk_crcs(buf) != stored {
+            return Err(Error::Corrupt {
+                block: self.id,
+                reason: format!("checksum mismatch in bytes {}..{}", range.start, range.end),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether the bytes asked for are whole chunks (or end at the block's end), so that
     /// they travel with their checksums.
     pub fn is_whole_chunks(&self) -> bool {
@@ -760,7 +774,7 @@ impl BlockStore {
                     reason: "block file is shorter than recorded".into(),
                 }
             })?;
-        self.check_chunks(plan, &range, &buf)?;
+        plan.check(&range, &buf)?;
         Ok(buf)
     }
 
@@ -778,27 +792,8 @@ impl BlockStore {
         let Some(buf) = cold else {
             return self.read_chunks(plan, range).map(Bytes::from);
         };
-        self.check_chunks(plan, &range, &buf)?;
+        plan.check(&range, &buf)?;
         Ok(buf)
-    }
-
-    /// Checks bytes `range` of a planned read against the stored checksums.
-    fn check_chunks(&self, plan: &ReadPlan, range: &Range<usize>, buf: &[u8]) -> Result<()> {
-        if buf.len() != range.len() {
-            return Err(Error::Corrupt {
-                block: plan.id,
-                reason: "block file is shorter than recorded".into(),
-            });
-        }
-        let first = (range.start - plan.chunks.start) / CHUNK;
-        let stored = &plan.crcs[first..first + range.len().div_ceil(CHUNK)];
-        if vg_wire::storage::chunk_crcs(buf) != stored {
-            return Err(Error::Corrupt {
-                block: plan.id,
-                reason: format!("checksum mismatch in bytes {}..{}", range.start, range.end),
-            });
-        }
-        Ok(())
     }
 
     /// The length of a block whose file's footer and size agree, after moving checksums

@@ -20,29 +20,30 @@ impl Storage {
         }
         for source in sources.iter().filter(|s| s.name != self.name) {
             let target = Target::storage(source);
-            match vg_wire::rpc::read_block(&self.dialer, &target, id, 0, 0).await {
-                Ok(data) if id.names(&data) => {
-                    let (store, len) = (self.store.clone(), data.len() as u32);
-                    match tokio::task::spawn_blocking(move || store.put(&id, &data))
-                        .await
-                        .expect("put does not panic")
-                    {
-                        Ok(()) => {
-                            info!(block = %id, from = %source.name, "replicated block");
-                            self.changes.lock().expect("changes lock").stored(id, len);
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(block = %id, error = %e, "cannot store replica");
-                            return;
-                        }
-                    }
+            let data = match vg_wire::rpc::read_block(&self.dialer, &target, id, 0, 0).await {
+                Ok(data) => data,
+                Err(e) => {
+                    warn!(block = %id, from = %source.name, error = %e, "replica source failed");
+                    continue;
                 }
-                Ok(_) => {
+            };
+            // `put` checks the bytes against the name, off the request thread.
+            let (store, len) = (self.store.clone(), data.len() as u32);
+            match tokio::task::spawn_blocking(move || store.put(&id, &data))
+                .await
+                .expect("put does not panic")
+            {
+                Ok(()) => {
+                    info!(block = %id, from = %source.name, "replicated block");
+                    self.changes.lock().expect("changes lock").stored(id, len);
+                    return;
+                }
+                Err(crate::Error::Corrupt { .. }) => {
                     warn!(block = %id, from = %source.name, "replica source sent bytes that do not match the block")
                 }
                 Err(e) => {
-                    warn!(block = %id, from = %source.name, error = %e, "replica source failed")
+                    warn!(block = %id, error = %e, "cannot store replica");
+                    return;
                 }
             }
         }

@@ -23,6 +23,8 @@ check() {
     echo "FAIL $name ($((SECONDS - start)) s; see the log below)"
     failed=$((failed + 1))
     tail -n 15 "$log" | sed 's/^/    /'
+    # A script may name more to show (e.g. its servers' warnings): CI keeps only this.
+    if declare -F failure_context >/dev/null; then failure_context | sed 's/^/    /'; fi
   fi
 }
 

@@ -646,6 +646,19 @@ impl Registry {
         self.has_any_location(id) || self.unreferenced.contains_key(id)
     }
 
+    /// Blobs uploaded for a change the namespace refused (a compaction that lost its
+    /// race with a writer, or whose file is gone): garbage at once, like bytes a rewrite replaced, rather than
+    /// kept the grace period for a commit that will not come. A client that uploaded the
+    /// same bytes for a change of its own and still commits them restarts their grace
+    /// ([`Registry::keep`]); a file that references them keeps them in any case.
+    pub fn refused(&mut self, ids: &[BlockId], now: Instant) {
+        for id in ids {
+            if let Some(state @ Unreferenced::Uploaded(_)) = self.unreferenced.get_mut(id) {
+                *state = Unreferenced::Replaced(now, 0);
+            }
+        }
+    }
+
     /// Restarts the grace period of uncommitted blocks a client still writes (blocks
     /// already collected stay collected).
     pub fn keep(&mut self, ids: &[BlockId], now: Instant) {
@@ -1251,6 +1264,32 @@ mod tests {
         assert_eq!(reg.storage(b).deleting_bytes, 80 + 50);
         reg.tick(&Refs::new(), t0 + Duration::from_secs(11), u64::MAX);
         assert_eq!(reg.storage(b).deleting_bytes, 0);
+    }
+
+    #[test]
+    fn a_refused_compactions_blob_is_garbage_at_once_unless_referenced() {
+        let t0 = Instant::now();
+        let mut reg = cluster(&["a", "b"], t0);
+        for n in [1, 2] {
+            reg.place(id(n), 40, &[], &[], false, t0).unwrap();
+            reg.stored(id(n), 40, &["a".into(), "b".into()]);
+        }
+        reg.heartbeat("a", 80, &[], &[], &[], t0);
+        reg.heartbeat("b", 80, &[], &[], &[], t0);
+        // Uploads in their grace period are not room a write may take...
+        assert_eq!(reg.reclaim(&Refs::new(), t0, 0), 0);
+        // ...until the change they were for is refused: then they are, at once.
+        reg.refused(&[id(1), id(2)], t0);
+        let refs = Refs::from([(id(2), 1)]);
+        assert_eq!(reg.reclaim(&refs, t0, 0), 80);
+        let cmds = reg.heartbeat("a", 80, &[], &[], &[], t0);
+        assert!(
+            matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(1)]),
+            "{cmds:?}"
+        );
+        // A file referencing the same bytes keeps them.
+        reg.tick(&refs, t0 + REPLACE_GRACE, 0);
+        assert!(reg.has_any_location(&id(2)));
     }
 
     #[test]

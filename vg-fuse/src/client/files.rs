@@ -86,6 +86,9 @@ const LARGE_WRITE: usize = 128 << 10;
 /// Uploads of one file, running or finished, past which the finished ones are collected
 /// (their results recorded) during writes: each holds its block's bytes until then.
 const REAP_AFTER: usize = 64;
+/// Layouts a read loads at most when its blobs keep vanishing under it (each time
+/// another commit or compaction replaced them): bounds a reader starved by a writer.
+const READ_RELOADS: u32 = 8;
 
 /// Tunables of the open-file layer.
 #[derive(Clone, Debug)]
@@ -1028,7 +1031,9 @@ impl Files {
     /// Reads up to `len` bytes at `offset`. `sequential` readers get whole blobs and
     /// read-ahead; others get byte ranges. A blob collected since the layout was loaded
     /// (another client changed or compacted the file) makes the read load the layout
-    /// again, once: a read never returns bytes the file does not hold.
+    /// again: once for any failure, and again while each new layout no longer names the
+    /// blob that failed (a file rewritten and compacted under the reader), up to
+    /// [`READ_RELOADS`]. A read never returns bytes the file does not hold.
     pub async fn read(
         self: &Arc<Self>,
         ino: Ino,
@@ -1038,7 +1043,7 @@ impl Files {
     ) -> Result<Bytes> {
         self.check_locks(ino)?;
         let file = self.get_open(ino).ok_or_else(not_open)?;
-        let mut retried = false;
+        let mut reloads = 0;
         loop {
             let plan = {
                 let state = file.state.lock().await;
@@ -1056,10 +1061,19 @@ impl Files {
                 }
             }
             match self.fetch(plan.parts, sequential).await {
-                Err(e) if !retried => {
-                    retried = true;
+                Err(e) if reloads < READ_RELOADS => {
+                    reloads += 1;
                     tracing::debug!(ino, error = %e, "read failed; loading the layout again");
                     let layout = self.client.layout(ino).await?;
+                    let still_named = match &e {
+                        Error::Unreadable { block, .. } => {
+                            layout.blocks.iter().flatten().any(|s| s.blob == *block)
+                        }
+                        _ => true,
+                    };
+                    if reloads > 1 && still_named {
+                        return Err(e);
+                    }
                     file.state.lock().await.refresh(layout);
                 }
                 other => return other,

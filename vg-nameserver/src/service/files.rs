@@ -211,7 +211,12 @@ impl Service {
             merged,
             block_size: self.block_size,
         };
-        self.mutate_after(|_| vec![op], &blobs, false).await
+        let answer = self.mutate_after(|_| vec![op], &blobs, false).await;
+        if matches!(&answer, Err(e) if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound))
+        {
+            self.lock().registry.refused(&blobs, Instant::now());
+        }
+        answer
     }
 
     /// Records where the client is uploading the blobs of a raced commit; refuses it with

@@ -696,12 +696,19 @@ pub async fn read_block(
             if let Some(reason) = refused {
                 return Err(Error::BadFrame { reason });
             }
-            // Chunks as QUIC hands them over, into one buffer that is not zeroed first.
+            // Chunks as QUIC hands them over, into one buffer that is not zeroed first,
+            // checksummed as they come when there are checksums to check.
             let mut data = Vec::with_capacity(got as usize);
+            let mut check = (!crcs.is_empty()).then(storage::ChunkCrcs::default);
             while data.len() < got as usize {
                 let want = got as usize - data.len();
                 match recv.read_chunk(want, true).await {
-                    Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+                    Ok(Some(chunk)) => {
+                        data.extend_from_slice(&chunk.bytes);
+                        if let Some(check) = &mut check {
+                            check.update(&chunk.bytes);
+                        }
+                    }
                     Ok(None) => {
                         return Err(Dialer::conn_err(target, "stream ended inside the block"))
                     }
@@ -709,7 +716,7 @@ pub async fn read_block(
                 }
             }
             read_end(&mut recv).await;
-            if !crcs.is_empty() && storage::chunk_crcs(&data) != crcs {
+            if check.is_some_and(|check| check.finish() != crcs) {
                 return Err(Error::Corrupt {
                     peer: target.to_string(),
                 });

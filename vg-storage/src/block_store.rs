@@ -619,6 +619,12 @@ impl BlockStore {
     /// would only repeat the first storage's work). Synced before it returns with `sync`,
     /// else by the sync thread soon after ([`BlockStore::wait_synced`]).
     pub fn put_checked(&self, id: &BlockId, data: &[u8], sync: bool) -> Result<()> {
+        self.put_received(id, data, &vg_wire::storage::chunk_crcs(data), sync)
+    }
+
+    /// [`BlockStore::put_checked`] with the chunks' CRC-32s (`crcs`), computed as the
+    /// bytes arrived (`vg_wire::storage::ChunkCrcs`).
+    pub fn put_received(&self, id: &BlockId, data: &[u8], crcs: &[u32], sync: bool) -> Result<()> {
         let len = data.len() as u32;
         {
             let mut blocks = self.lock();
@@ -647,7 +653,7 @@ impl BlockStore {
             self.used.fetch_add(len as u64, Ordering::Relaxed);
             blocks.insert(*id, Held::Writing(len));
         }
-        let result = self.write_files(id, data, sync);
+        let result = self.write_files(id, data, crcs, sync);
         let settled = match result {
             Ok(()) => Some(Held::Stored(len)),
             Err(_) => {
@@ -670,9 +676,10 @@ impl BlockStore {
         self.settled.notify_all();
     }
 
-    fn write_files(&self, id: &BlockId, data: &[u8], sync: bool) -> Result<()> {
+    fn write_files(&self, id: &BlockId, data: &[u8], crcs: &[u32], sync: bool) -> Result<()> {
+        let mut trailer: Vec<u8> = crcs.iter().copied().flat_map(u32::to_le_bytes).collect();
         if data.len() <= self.small {
-            let crcs = chunk_crcs(data);
+            let crcs = trailer;
             if sync {
                 return self.volumes.put(id, data, &crcs);
             }
@@ -682,7 +689,6 @@ impl BlockStore {
         }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{seq}.block"));
-        let mut trailer = chunk_crcs(data);
         trailer.extend_from_slice(&footer(data.len() as u32));
         let file = write_block_file(&tmp, data, &trailer, sync)
             .map_err(io_err(format!("write {}", tmp.display())))?;

@@ -463,10 +463,13 @@ impl Storage {
             .await
             .expect("semaphore is never closed");
         let mut data = AlignedBuf::with_capacity(len as usize);
+        // Checksummed as they come, while in the cache (a pass over the block saved).
+        let mut crcs = vg_wire::storage::ChunkCrcs::default();
         while data.len() < len as usize {
             let why = match recv.read_chunk(len as usize - data.len(), true).await {
                 Ok(Some(chunk)) => {
                     data.extend(&chunk.bytes);
+                    crcs.update(&chunk.bytes);
                     continue;
                 }
                 Ok(None) => "the stream ended".to_string(),
@@ -510,7 +513,8 @@ impl Storage {
         let local = {
             let (store, data) = (self.store.clone(), data.clone());
             let len = data.len();
-            let work = move || store.put_checked(&id, &data, sync);
+            let crcs = crcs.finish();
+            let work = move || store.put_received(&id, &data, &crcs, sync);
             let (syncing, last) = (&self.syncing, chain.is_empty());
             async move {
                 if !sync {

@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tracing::{info, warn};
 use vg_wire::disk::sync_dir;
@@ -132,6 +132,9 @@ pub struct ReadPlan {
     base: u64,
     /// The path of `file` when it is a block file (not a volume).
     direct: Option<PathBuf>,
+    /// That file opened with O_DIRECT, once a piece of it is read cold (`None` inside
+    /// if it cannot be).
+    direct_file: OnceLock<Option<File>>,
     /// The chunks the read touches, in bytes of the block.
     pub chunks: Range<usize>,
     /// The bytes asked for.
@@ -141,6 +144,13 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
+    /// The block file opened with O_DIRECT, opened by the first cold piece of the read.
+    fn direct_file(&self) -> Option<&File> {
+        self.direct_file
+            .get_or_init(|| self.direct.as_deref().and_then(|p| open_direct(p).ok()))
+            .as_ref()
+    }
+
     /// Checks bytes `range` of the block, read for this plan, against the stored
     /// checksums.
     fn check(&self, range: &Range<usize>, buf: &[u8]) -> Result<()> {
@@ -302,23 +312,27 @@ fn cached(file: &File, offset: u64, len: usize) -> Option<bool> {
     (r == 0).then_some(stat[0] >= pages)
 }
 
-/// Reads `len` bytes at `offset` (aligned) of the file at `path` with O_DIRECT, into
-/// aligned memory handed on as it is.
-fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Bytes> {
+/// The file at `path` opened for reads with O_DIRECT.
+fn open_direct(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+/// Reads `len` bytes at `offset` (aligned) of `file`, opened with O_DIRECT, into aligned
+/// memory handed on as it is.
+fn read_direct(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
     if !offset.is_multiple_of(DIRECT_ALIGN as u64) {
         return Err(std::io::ErrorKind::InvalidInput.into());
     }
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
     // Whole sectors, into memory not zeroed first (zeroing took 9% of a storage's CPU).
     let whole = len.next_multiple_of(DIRECT_ALIGN);
     let mut buf = AlignedBuf::with_capacity(whole);
     while buf.len < len {
         let at = offset + buf.len as u64;
-        match read_spare(&file, &mut buf.buf, whole - buf.len, at)? {
+        match read_spare(file, &mut buf.buf, whole - buf.len, at)? {
             0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             n => buf.len += n,
         }
@@ -761,6 +775,7 @@ impl BlockStore {
             file,
             base,
             direct,
+            direct_file: OnceLock::new(),
             chunks: first * CHUNK..(last * CHUNK).min(size as usize),
             wanted: offset as usize..end,
             crcs: stored
@@ -791,10 +806,13 @@ impl BlockStore {
     /// machine (BENCHMARKS.md, stop 39). Bytes the page cache holds are read from it.
     pub fn read_piece(&self, plan: &ReadPlan, range: Range<usize>) -> Result<Bytes> {
         let offset = plan.base + range.start as u64;
-        let cold = match (&plan.direct, cached(&plan.file, offset, range.len())) {
-            (Some(path), Some(false)) => read_direct(path, offset, range.len()).ok(),
-            _ => None,
-        };
+        let cold =
+            match plan.direct.is_some() && cached(&plan.file, offset, range.len()) == Some(false) {
+                true => plan
+                    .direct_file()
+                    .and_then(|file| read_direct(file, offset, range.len()).ok()),
+                false => None,
+            };
         let Some(buf) = cold else {
             return self.read_chunks(plan, range).map(Bytes::from);
         };
@@ -1126,7 +1144,7 @@ mod tests {
         let piece = (1 << 20)..(2 << 20);
         let plan = store.plan_read(&id, 0, 0).unwrap();
         evict(&path);
-        let direct = read_direct(&path, 0, DIRECT_ALIGN).is_ok();
+        let direct = open_direct(&path).is_ok_and(|f| read_direct(&f, 0, DIRECT_ALIGN).is_ok());
         if direct {
             // Where the kernel tells (Linux 6.5), the piece reads as cold.
             let file = File::open(&path).unwrap();

@@ -279,8 +279,6 @@ struct FileState {
     /// An upload failed: its bytes are back in `dirty` for the next flush, and the error
     /// goes to the next write or flush.
     failed: Option<Error>,
-    /// A compaction of this file is running.
-    compacting: bool,
     handles: u32,
     /// (size, mtime) when last loaded or committed, to tell if the kernel cache is valid.
     seen: Option<(u64, Timestamp)>,
@@ -464,6 +462,11 @@ pub struct Files {
     cache: StdMutex<BlockCache>,
     /// Whole-blob fetches in progress, so concurrent readers share one.
     fetching: StdMutex<HashMap<BlockId, Arc<Fetch>>>,
+    /// Files a compaction of this mount is running on. Kept apart from the open files,
+    /// whose entry goes at the last close: a reader opening and closing a file in a loop
+    /// started one compaction per close, side by side, and their uploads filled the
+    /// cluster under the file's writer.
+    compacting: Arc<StdMutex<HashSet<Ino>>>,
     permits: Arc<Semaphore>,
     open: StdMutex<HashMap<Ino, Arc<OpenFile>>>,
     /// Tells the nameserver which of them are open.
@@ -513,6 +516,7 @@ impl Files {
             client,
             limits,
             fetching: StdMutex::default(),
+            compacting: Arc::default(),
             permits,
             open: StdMutex::default(),
             session: session.clone(),
@@ -890,8 +894,9 @@ impl Files {
 
     /// Starts a compaction of the blocks (`only` these, or all) whose slices call for
     /// one, in the background: reads are served meanwhile, and the nameserver swaps the
-    /// new blob in only if the block did not change. One runs per file at a time; when it
-    /// ends it looks again at every block, so a close during it is not missed.
+    /// new blob in only if the block did not change. One runs per file and mount at a
+    /// time, whether the file is still open or not; when it ends it looks again at every
+    /// block, so a close during it is not missed.
     fn compact_later(
         &self,
         file: &OpenFile,
@@ -899,15 +904,18 @@ impl Files {
         only: Option<&[u64]>,
         closing: bool,
     ) {
-        if state.compacting {
-            return;
-        }
         let mut idxs = state.to_compact(only, closing);
-        if idxs.is_empty() {
+        if idxs.is_empty()
+            || !self
+                .compacting
+                .lock()
+                .expect("compacting lock")
+                .insert(file.ino)
+        {
             return;
         }
-        state.compacting = true;
         let (client, ino, shared) = (self.client.clone(), file.ino, file.state.clone());
+        let compacting = self.compacting.clone();
         let mut closing = closing;
         self.rt.spawn(async move {
             loop {
@@ -933,7 +941,7 @@ impl Files {
                     false => Vec::new(),
                 };
                 if idxs.is_empty() {
-                    state.compacting = false;
+                    compacting.lock().expect("compacting lock").remove(&ino);
                     return;
                 }
             }

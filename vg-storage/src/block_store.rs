@@ -74,10 +74,12 @@ fn stored_len(path: &Path) -> Option<u32> {
 
 /// CRC-32 of each chunk of `data`, little-endian, as the block file keeps them.
 fn chunk_crcs(data: &[u8]) -> Vec<u8> {
-    vg_wire::storage::chunk_crcs(data)
-        .into_iter()
-        .flat_map(u32::to_le_bytes)
-        .collect()
+    crc_bytes(&vg_wire::storage::chunk_crcs(data))
+}
+
+/// Chunk CRC-32s little-endian, as block files and volumes keep them.
+fn crc_bytes(crcs: &[u32]) -> Vec<u8> {
+    crcs.iter().copied().flat_map(u32::to_le_bytes).collect()
 }
 
 /// Every block stored under `root`, read without opening the store (for tools and tests):
@@ -691,13 +693,12 @@ impl BlockStore {
     }
 
     fn write_files(&self, id: &BlockId, data: &[u8], crcs: &[u32], sync: bool) -> Result<()> {
-        let mut trailer: Vec<u8> = crcs.iter().copied().flat_map(u32::to_le_bytes).collect();
+        let mut trailer = crc_bytes(crcs);
         if data.len() <= self.small {
-            let crcs = trailer;
             if sync {
-                return self.volumes.put(id, data, &crcs);
+                return self.volumes.put(id, data, &trailer);
             }
-            let file = self.volumes.put_unsynced(id, data, &crcs)?;
+            let file = self.volumes.put_unsynced(id, data, &trailer)?;
             self.syncer.add(file, None);
             return Ok(());
         }

@@ -287,6 +287,11 @@ struct FileState {
     /// Attribute changes made while the file had uncommitted data (`tar` sets owner and
     /// mode before closing each file): sent with the commit, saving a round trip each.
     deferred: Option<SetAttr>,
+    /// This client wrote the file while it had it open: its last close compacts what
+    /// the writes left. A reader's close does not: a second mount reading a file in a
+    /// loop compacted it at each close, under its writer, and their compactions'
+    /// 4 MiB uploads took the room the writer needed.
+    wrote: bool,
 }
 
 impl FileState {
@@ -874,11 +879,14 @@ impl Files {
     /// The layout stays cached (for the keep-cache check) while the entry exists; it is
     /// dropped when idle so that memory does not grow with every file ever opened. The
     /// entry is removed under the state lock, which `open` re-checks after taking it.
-    /// The last close compacts blocks left with more than a few slices.
+    /// The last close of a client that wrote the file compacts blocks left with more
+    /// than a few slices.
     fn release_locked(&self, file: &OpenFile, state: &mut FileState) {
         state.handles = state.handles.saturating_sub(1);
         if state.handles == 0 {
-            self.compact_later(file, state, None, true);
+            if state.wrote {
+                self.compact_later(file, state, None, true);
+            }
             self.forget_if_idle(file, state);
         }
     }
@@ -1160,6 +1168,7 @@ impl Files {
         }
         state.size = state.size.max(offset + data.len() as u64);
         state.mtime = Some(Timestamp::now());
+        state.wrote = true;
         // This write's time supersedes a modification time set earlier.
         if let Some(set) = &mut state.deferred {
             set.mtime = None;

@@ -222,6 +222,27 @@ pub enum Op {
         block_size: u32,
         time: Timestamp,
     },
+    /// Replace what remains of `read` (the block's slices as the compactor read them) at
+    /// the bottom of a block with `merged`, if those gone since were hidden whole by
+    /// slices after them (`vg_wire::slices::compacted`). What this release logs for a
+    /// compaction; [`Op::Compact`] keeps its own rule for the logs that hold it.
+    CompactSince {
+        ino: Ino,
+        idx: u64,
+        read: Vec<Slice>,
+        merged: Vec<Slice>,
+        block_size: u32,
+    },
+}
+
+/// Which slices a compaction may replace.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Only a prefix of the block equal to what the compactor read ([`Op::Compact`]).
+    Prefix,
+    /// What remains of what it read, under slices that hid the rest
+    /// ([`Op::CompactSince`]).
+    Since,
 }
 
 /// What a write does with the slices already in a block it writes to.
@@ -773,7 +794,11 @@ impl Namespace {
             },
             #[rustfmt::skip]
             &Op::Compact { ino, idx, ref prefix, ref merged, block_size } => {
-                self.compact(ino, idx, prefix, merged, block_size)
+                self.compact(ino, idx, prefix, merged, block_size, Rule::Prefix)
+            },
+            #[rustfmt::skip]
+            &Op::CompactSince { ino, idx, ref read, ref merged, block_size } => {
+                self.compact(ino, idx, read, merged, block_size, Rule::Since)
             },
             #[rustfmt::skip]
             &Op::SetXattr { ino, ref name, ref value, mode, time } => {
@@ -915,14 +940,16 @@ impl Namespace {
         Ok(ino)
     }
 
-    /// Replaces the first slices of a block, if they are `prefix`, with `merged`.
+    /// Replaces the slices of a block the compactor read (`read`) with `merged`, as
+    /// `rule` allows.
     fn compact(
         &mut self,
         ino: Ino,
         idx: u64,
-        prefix: &[Slice],
+        read: &[Slice],
         merged: &[Slice],
         block_size: u32,
+        rule: Rule,
     ) -> Refusal<Ino> {
         let conflict = || {
             refuse(
@@ -936,18 +963,21 @@ impl Namespace {
         let Some(list) = blocks.get(idx as usize) else {
             return conflict();
         };
-        if prefix.is_empty() || !list.starts_with(prefix) {
+        let compacted = match rule {
+            Rule::Prefix if !read.is_empty() && list.starts_with(read) => Some((
+                merged.iter().chain(&list[read.len()..]).copied().collect(),
+                read.to_vec(),
+            )),
+            Rule::Prefix => None,
+            Rule::Since => slices::compacted(list, read, merged),
+        };
+        let Some((mut list, replaced)) = compacted else {
             return conflict();
-        }
+        };
         check_slices(ino, idx, merged, block_size)?;
-        let mut list: Vec<Slice> = merged
-            .iter()
-            .chain(&list[prefix.len()..])
-            .copied()
-            .collect();
         let hidden = slices::drop_hidden(&mut list);
         self.add_refs(merged);
-        self.drop_refs(prefix.iter().copied().chain(hidden), Release::Replaced);
+        self.drop_refs(replaced.into_iter().chain(hidden), Release::Replaced);
         if let Some(Inode {
             content: Content::File { blocks },
             ..
@@ -1934,6 +1964,53 @@ mod tests {
             compact(&mut ns, prefix).unwrap_err().code,
             ErrorCode::Conflict
         );
+    }
+
+    #[test]
+    fn compaction_applies_under_a_write_that_hid_part_of_what_it_read() {
+        let mut ns = Namespace::new(t());
+        let f = create(&mut ns, ROOT_INO, "f").unwrap();
+        write(
+            &mut ns,
+            f,
+            4,
+            vec![(0, vec![slice(0, 4, 1), slice(1, 1, 2)])],
+        )
+        .unwrap();
+        let read = blocks_of(&ns, f)[0].clone();
+        // A write between the compactor's read and its commit hides (and drops) blob 2:
+        // the compaction still applies, under it, and releases what it replaced alone.
+        write(&mut ns, f, 4, vec![(0, vec![slice(1, 2, 3)])]).unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 1), slice(1, 2, 3)]);
+        ns.take_released();
+        ns.apply(&Op::CompactSince {
+            ino: f,
+            idx: 0,
+            read: read.clone(),
+            merged: vec![slice(0, 4, 9)],
+            block_size: BS,
+        })
+        .unwrap();
+        assert_eq!(blocks_of(&ns, f)[0], vec![slice(0, 4, 9), slice(1, 2, 3)]);
+        assert_eq!(
+            ns.take_released(),
+            vec![(BlockId([1; 32]), Release::Replaced)]
+        );
+        assert_eq!(ns.refs().len(), 2);
+        // The old rule refuses it: a log that holds `Compact` replays as it was taken.
+        write(&mut ns, f, 4, vec![(0, vec![slice(0, 1, 4)])]).unwrap();
+        let read = blocks_of(&ns, f)[0].clone();
+        write(&mut ns, f, 4, vec![(0, vec![slice(0, 1, 5)])]).unwrap();
+        let e = ns
+            .apply(&Op::Compact {
+                ino: f,
+                idx: 0,
+                prefix: read,
+                merged: vec![slice(0, 4, 8)],
+                block_size: BS,
+            })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
     }
 
     #[test]

@@ -139,9 +139,10 @@ pub enum Request {
         race: Option<u64>,
         races_stored: Vec<u64>,
     },
-    /// Replaces the first slices of block `idx`, if they still are `prefix`, with
-    /// `merged` (the same bytes in fewer blobs); slices added after `prefix` stay on top.
-    /// Refused with `Conflict` when the block changed otherwise meanwhile.
+    /// Replaces what remains of block `idx`'s slices `prefix` (as the compactor read
+    /// them) with `merged` (the same bytes in fewer blobs); slices added since stay on
+    /// top. Refused with `Conflict` when readers would see otherwise after
+    /// (`slices::compacted`: a truncate or another compaction meanwhile).
     Compact {
         ino: Ino,
         idx: u64,

@@ -189,6 +189,57 @@ pub fn usage(slices: &[Slice]) -> (u64, u64) {
     (visible, referenced)
 }
 
+/// A compaction of `list`: `read` is the list as the compactor read it and `merged`
+/// shows what `read` shows. What remains of `read` at the bottom of `list` (in order)
+/// gives way to `merged`, under the slices added since, if readers see the same after:
+/// each slice of `read` gone from `list` must have been hidden whole by slices after it
+/// (dropped as hidden by a commit on top; a truncate clips or drops slices without
+/// covering them, and a compaction replaces them: those refuse). Returns the new list
+/// and the slices of `list` replaced, or `None` if the compaction no longer applies.
+///
+/// A prefix of `list` equal to `read` was the rule once: under random rewrites nearly
+/// every commit hides some older slice whole and drops it, so compactions that take
+/// longer than a few commits lost that race over and over, each a 4 MiB blob per copy
+/// written for nothing (83 of 93 in one minute of fsync'd 4 KiB writes).
+pub fn compacted(
+    list: &[Slice],
+    read: &[Slice],
+    merged: &[Slice],
+) -> Option<(Vec<Slice>, Vec<Slice>)> {
+    // `list` opens with a subsequence of `read`: which of `read` are still there.
+    let mut kept = vec![false; read.len()];
+    let (mut r, mut head) = (0, 0);
+    while let Some(slice) = list.get(head) {
+        let Some(k) = read[r..].iter().position(|s| s == slice) else {
+            break;
+        };
+        kept[r + k] = true;
+        r += k + 1;
+        head += 1;
+    }
+    if head == 0 {
+        return None;
+    }
+    // Each gone slice lies under what followed it in `read` and still is in `list`, and
+    // under everything added since.
+    for (i, gone) in read.iter().enumerate().filter(|(i, _)| !kept[*i]) {
+        let over: Vec<Range<u32>> = read[i + 1..]
+            .iter()
+            .zip(&kept[i + 1..])
+            .filter(|(_, &kept)| kept)
+            .map(|(s, _)| s)
+            .chain(&list[head..])
+            .map(Slice::range)
+            .filter(|r| r.start < gone.at + gone.len && r.end > gone.at)
+            .collect();
+        if !covers(&merge(over), &gone.range()) {
+            return None;
+        }
+    }
+    let after: Vec<Slice> = merged.iter().chain(&list[head..]).copied().collect();
+    Some((after, list[..head].to_vec()))
+}
+
 /// Whether a block's list should be rewritten as one blob: too many slices to read
 /// quickly, or too many referenced bytes hidden (space the cluster holds for nothing).
 /// At a file's last close (`closing`) the bar is lower: the file is likely done with,
@@ -224,6 +275,31 @@ mod tests {
             blob: blob(n),
             blob_off: 0,
         }
+    }
+
+    /// Seeded pseudo-random numbers below the bound asked for (xorshift).
+    fn numbers(mut seed: u64) -> impl FnMut(u32) -> u32 {
+        move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as u32
+        }
+    }
+
+    /// `n` slices at random places of a block of `size` bytes.
+    fn random_slices(next: &mut impl FnMut(u32) -> u32, n: u32, size: u32) -> Vec<Slice> {
+        (0..n)
+            .map(|_| {
+                let at = next(size);
+                Slice {
+                    at,
+                    len: 1 + next(size - at),
+                    blob: blob(next(250) as u8 + 1),
+                    blob_off: next(100),
+                }
+            })
+            .collect()
     }
 
     /// The bytes a list shows, as a plain model: blob `n`'s byte `k` is `n + k` (mod 256).
@@ -298,31 +374,84 @@ mod tests {
         assert!(!wants_compaction(&many[..CLOSE_SLICES], false));
     }
 
+    #[test]
+    fn a_compaction_applies_under_slices_that_hid_some_of_what_it_read() {
+        let read = vec![slice(0, 10, 1), slice(2, 2, 2), slice(6, 2, 3)];
+        let merged = vec![slice(0, 10, 9)];
+        // A commit on top hid slice 2 whole, and it was dropped.
+        let list = vec![slice(0, 10, 1), slice(6, 2, 3), slice(1, 4, 4)];
+        let (after, replaced) = compacted(&list, &read, &merged).unwrap();
+        assert_eq!(after, vec![slice(0, 10, 9), slice(1, 4, 4)]);
+        assert_eq!(replaced, vec![slice(0, 10, 1), slice(6, 2, 3)]);
+        // Gone without being covered (a truncate dropped it): refused.
+        let list = vec![slice(0, 10, 1), slice(6, 2, 3)];
+        assert_eq!(compacted(&list, &read, &merged), None);
+        // Clipped (a truncate): refused.
+        let list = vec![slice(0, 5, 1)];
+        assert_eq!(compacted(&list, &read, &merged), None);
+        // Compacted by someone else meanwhile: refused.
+        let list = vec![slice(0, 10, 8), slice(1, 4, 4)];
+        assert_eq!(compacted(&list, &read, &merged), None);
+    }
+
+    /// Compactions racing commits, against the byte model: whatever the commits hid and
+    /// dropped meanwhile, an accepted compaction changes nothing a reader sees.
+    #[test]
+    fn model_based_compactions_under_commits() {
+        let mut next = numbers(0x2545_f491_4f6c_dd1d);
+        let mut taken = 0;
+        for round in 0..5000u32 {
+            let size = 1 + next(64);
+            let mut random = |n: u32| random_slices(&mut next, n, size);
+            let mut list = random(1 + round % 12);
+            drop_hidden(&mut list);
+            let read = list.clone();
+            // The compactor's blob: what `read` shows, as blob 0 (holes as zeros too).
+            let shows = model(&read, size);
+            // Commits on top meanwhile, each dropping what it hides; maybe a truncate.
+            for _ in 0..round % 4 {
+                let new = random(1 + round % 3);
+                list.extend(new);
+                drop_hidden(&mut list);
+            }
+            if round % 7 == 0 {
+                trim(&mut list, size / 2);
+            }
+            let before = model(&list, size);
+            let merged_blob = BlockId([0; 32]);
+            let merged = vec![Slice {
+                at: 0,
+                len: size,
+                blob: merged_blob,
+                blob_off: 0,
+            }];
+            let Some((after, replaced)) = compacted(&list, &read, &merged) else {
+                continue;
+            };
+            taken += 1;
+            assert!(replaced.iter().all(|s| read.contains(s)));
+            // What readers see after: the compactor's bytes under the slices kept on top.
+            let mut seen = shows.clone();
+            for s in &after[1..] {
+                for k in 0..s.len {
+                    seen[(s.at + k) as usize] = s.blob.0[0].wrapping_add((s.blob_off + k) as u8);
+                }
+            }
+            assert_eq!(seen, before, "round {round}: {list:?} read {read:?}");
+        }
+        assert!(taken > 1000, "only {taken} compactions applied");
+    }
+
     /// Random lists against the byte model: what `resolve` shows is what painting the
     /// slices in order gives, and dropping hidden slices or trimming changes nothing a
     /// reader can see below the cut.
     #[test]
     fn model_based_random_lists() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u32| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as u32
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         for _ in 0..5000 {
             let size = 1 + next(64);
-            let mut slices: Vec<Slice> = (0..next(12))
-                .map(|_| {
-                    let at = next(size);
-                    Slice {
-                        at,
-                        len: 1 + next(size - at),
-                        blob: blob(next(250) as u8 + 1),
-                        blob_off: next(100),
-                    }
-                })
-                .collect();
+            let n = next(12);
+            let mut slices = random_slices(&mut next, n, size);
             let before = model(&slices, size);
             assert_eq!(shown(&slices, size), before);
             drop_hidden(&mut slices);

@@ -1,7 +1,7 @@
 //! Compaction: a block whose slices are many, or mostly hidden, is rewritten as one blob
-//! off the write path, and swapped in by the nameserver only if the block's slices are
-//! still those read (a compare-and-swap on the list's prefix), so that a concurrent
-//! writer never loses bytes: its slices, added meanwhile, stay on top.
+//! off the write path, and swapped in by the nameserver only if readers see the same
+//! after: what remains of the slices read gives way to it, and slices a concurrent
+//! writer added meanwhile stay on top (`vg_wire::slices::compacted`).
 
 use std::collections::HashMap;
 
@@ -10,7 +10,8 @@ use vg_wire::{BlockId, Bytes, ErrorCode, Ino, Location};
 
 use super::{stored, Client, Error, Result};
 
-/// A compaction the nameserver took: block `idx`'s first slices `prefix` became `merged`.
+/// A compaction the nameserver took: what remained of block `idx`'s slices `prefix` (as
+/// read) became `merged`.
 pub struct Swap {
     /// The block.
     pub idx: u64,

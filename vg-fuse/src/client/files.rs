@@ -319,13 +319,15 @@ impl FileState {
         }
     }
 
-    /// Applies compactions the nameserver took to this client's view of the blocks
-    /// (where it still starts with the slices replaced).
+    /// Applies compactions the nameserver took to this client's view of the blocks, by
+    /// the nameserver's rule (`vg_wire::slices::compacted`).
     fn apply_swaps(&mut self, swaps: Vec<compact::Swap>) {
         for swap in swaps {
-            let list = self.blocks.get_mut(swap.idx as usize);
-            if let Some(list) = list.filter(|l| l.starts_with(&swap.prefix)) {
-                list.splice(..swap.prefix.len(), swap.merged);
+            let Some(list) = self.blocks.get_mut(swap.idx as usize) else {
+                continue;
+            };
+            if let Some((after, _)) = vg_wire::slices::compacted(list, &swap.prefix, &swap.merged) {
+                *list = after;
                 self.locations.insert(swap.blob, swap.holders.into());
             }
         }

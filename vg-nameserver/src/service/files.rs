@@ -204,10 +204,10 @@ impl Service {
             "block compacted"
         );
         let blobs: Vec<BlockId> = merged.iter().map(|s| s.blob).collect();
-        let op = Op::Compact {
+        let op = Op::CompactSince {
             ino,
             idx,
-            prefix,
+            read: prefix,
             merged,
             block_size: self.block_size,
         };

@@ -67,9 +67,10 @@ impl Storage {
         }
     }
 
-    /// Takes back a deletion of `id` not sent yet; true if there was one (then the
-    /// storage's copy counts again).
+    /// Takes back a deletion of `id` not sent yet; true if there was one and the copy
+    /// is still there (not reported gone meanwhile): then it counts again.
     fn call_off_delete(&mut self, id: &BlockId) -> bool {
+        let pending = self.deleting.contains_key(id);
         let mut called_off = false;
         for command in &mut self.commands {
             if let Command::Delete(ids) = command {
@@ -83,7 +84,7 @@ impl Storage {
                 .retain(|c| !matches!(c, Command::Delete(ids) if ids.is_empty()));
             self.deleted(id);
         }
-        called_off
+        called_off && pending
     }
 
     fn is_active(&self) -> bool {
@@ -594,6 +595,9 @@ impl Registry {
             ));
         }
         for slot in slots {
+            // As for a commit's copies ([`Registry::stored`]): a deletion not sent yet is
+            // taken back.
+            self.storage_mut(slot).call_off_delete(&id);
             self.take_room(&id, len, slot);
             self.add_location(id, len, slot);
         }
@@ -638,11 +642,15 @@ impl Registry {
     }
 
     pub fn stored(&mut self, id: BlockId, len: u32, holders: &[String]) {
-        if !self.is_known(&id) {
-            return;
-        }
+        let known = self.is_known(&id);
         for name in holders {
-            if let Some(&slot) = self.slots.get(name) {
+            let Some(&slot) = self.slots.get(name) else {
+                continue;
+            };
+            // A copy whose deletion is not sent yet is still there, and the commit that
+            // names it keeps it (a late report of it left the blob garbage, which room
+            // running short may have collected before this commit came).
+            if self.storage_mut(slot).call_off_delete(&id) || known {
                 self.add_location(id, len, slot);
             }
         }
@@ -1321,6 +1329,15 @@ mod tests {
             matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(1)]),
             "{cmds:?}"
         );
+        // Garbage collected, then named by a commit of the same bytes anew (a client's
+        // hint of the copies it got) before its deletion went out: taken back.
+        reg.place(id(3), 40, &[], &[], false, t0).unwrap();
+        reg.stored(id(3), 40, &["a".into()]);
+        reg.released(replaced(&[id(3)]), t0, 1);
+        assert_eq!(reg.reclaim(&Refs::new(), t0, 1), 40);
+        reg.stored(id(3), 40, &["a".into()]);
+        assert!(reg.heartbeat("a", 40, &[], &[], &[], t0).is_empty());
+        assert!(reg.has_any_location(&id(3)));
         // A copy the nameserver decided nothing about is kept for the grace period (an
         // upload whose placement is on its way).
         reg.heartbeat("b", 40, &[(id(2), 40)], &[], &[], t0);
@@ -1534,13 +1551,19 @@ mod tests {
         let t2 = t0 + Duration::from_secs(10);
         reg.heartbeat("a", 0, &[], &[], &[], t2);
         reg.heartbeat("b", 0, &[], &[], &[], t2);
-        reg.tick(&none, t0 + Duration::from_secs(11), u64::MAX);
+        let t3 = t0 + Duration::from_secs(11);
+        reg.tick(&none, t3, u64::MAX);
         assert_eq!(reg.live_locations(&id(1)).len(), 1, "kept block survives");
         assert!(
             reg.live_locations(&id(2)).is_empty(),
             "unkept block is collected"
         );
-        // A late commit hint cannot resurrect the collected copy.
+        let cmds = reg.heartbeat("a", 0, &[], &[], &[], t3);
+        assert!(
+            matches!(&cmds[..], [Command::Delete(ids)] if ids == &vec![id(2)]),
+            "{cmds:?}"
+        );
+        // A late commit hint cannot resurrect the copy its deletion went to.
         reg.stored(id(2), 10, &["a".into()]);
         assert!(!reg.has_any_location(&id(2)));
     }

@@ -1915,8 +1915,9 @@ mod tests {
         assert_eq!(ns.refs().len(), 3, "a refused write changes nothing");
     }
 
-    #[test]
-    fn compaction_replaces_a_prefix_only_if_unchanged() {
+    /// A namespace with file `f` whose block 0 holds two slices (blobs 1 and 2), and
+    /// that list as a compactor reads it.
+    fn a_block_of_two_slices() -> (Namespace, Ino, Vec<Slice>) {
         let mut ns = Namespace::new(t());
         let f = create(&mut ns, ROOT_INO, "f").unwrap();
         write(
@@ -1926,7 +1927,13 @@ mod tests {
             vec![(0, vec![slice(0, 4, 1), slice(1, 1, 2)])],
         )
         .unwrap();
-        let prefix = blocks_of(&ns, f)[0].clone();
+        let read = blocks_of(&ns, f)[0].clone();
+        (ns, f, read)
+    }
+
+    #[test]
+    fn compaction_replaces_a_prefix_only_if_unchanged() {
+        let (mut ns, f, prefix) = a_block_of_two_slices();
         // Another write lands between the compactor's read and its commit: it stays on top.
         write(&mut ns, f, 4, vec![(0, vec![slice(3, 1, 3)])]).unwrap();
         let compact = |ns: &mut Namespace, prefix: Vec<Slice>| {
@@ -1968,16 +1975,7 @@ mod tests {
 
     #[test]
     fn compaction_applies_under_a_write_that_hid_part_of_what_it_read() {
-        let mut ns = Namespace::new(t());
-        let f = create(&mut ns, ROOT_INO, "f").unwrap();
-        write(
-            &mut ns,
-            f,
-            4,
-            vec![(0, vec![slice(0, 4, 1), slice(1, 1, 2)])],
-        )
-        .unwrap();
-        let read = blocks_of(&ns, f)[0].clone();
+        let (mut ns, f, read) = a_block_of_two_slices();
         // A write between the compactor's read and its commit hides (and drops) blob 2:
         // the compaction still applies, under it, and releases what it replaced alone.
         write(&mut ns, f, 4, vec![(0, vec![slice(1, 2, 3)])]).unwrap();
@@ -1986,7 +1984,7 @@ mod tests {
         ns.apply(&Op::CompactSince {
             ino: f,
             idx: 0,
-            read: read.clone(),
+            read,
             merged: vec![slice(0, 4, 9)],
             block_size: BS,
         })

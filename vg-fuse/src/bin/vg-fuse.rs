@@ -186,6 +186,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cache: args.cache_size,
         read_ahead: args.read_ahead,
         sync_on_close: args.sync_on_close,
+        close_idle: vg_fuse::client::files::CLOSE_IDLE,
     };
     let files = {
         // Files starts its session's task on the runtime.

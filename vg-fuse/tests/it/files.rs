@@ -18,6 +18,7 @@ fn limits() -> Limits {
         cache: 6 * BLOCK as u64,
         read_ahead: 1,
         sync_on_close: false,
+        close_idle: std::time::Duration::from_millis(100),
     }
 }
 
@@ -277,7 +278,8 @@ async fn small_writes_and_concurrent_compactions_match_a_model() {
                     model.resize(size as usize, 0);
                 }
                 15 => {
-                    // The last close compacts in the background; the next writes race it.
+                    // Closed and opened again: the close rule waits for the file to stay
+                    // closed, which the end of the round does.
                     files.flush(ino).await.unwrap();
                     files.release(ino).await;
                     files.open(ino).await.unwrap();
@@ -313,6 +315,46 @@ async fn small_writes_and_concurrent_compactions_match_a_model() {
         )
         .await;
     }
+}
+
+/// A file the mount wrote is compacted by the close rule once it stays closed
+/// (`Limits::close_idle`, 100 ms here), not while it is open again: a program that opens,
+/// writes and closes in a loop would otherwise rewrite its blocks every few closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_compacted_once_it_stays_closed() {
+    let cluster = TestCluster::start(2, 1 << 30).await;
+    let client = cluster.client().await;
+    let root = client.resolve("/").await.unwrap().ino;
+    let (ino, files) = open_new(&client, root, "appended").await;
+    let slices = |client: vg_fuse::client::Client| async move {
+        client.layout(ino).await.unwrap().blocks[0].len()
+    };
+    for i in 0..20u64 {
+        files.write(ino, i * 100, &bytes(50, i)).await.unwrap();
+        files.flush(ino).await.unwrap();
+    }
+    assert_eq!(slices(client.clone()).await, 20);
+    // Closed and opened again at once, as by the next append of a loop: left as it is.
+    files.release(ino).await;
+    files.open(ino).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(slices(client.clone()).await, 20, "compacted while open");
+    files.release(ino).await;
+    crate::cluster::eventually(
+        "the block compacted once the file stayed closed",
+        std::time::Duration::from_secs(20),
+        || async { slices(client.clone()).await == 1 },
+    )
+    .await;
+    let other = Files::new(cluster.client().await, limits());
+    other.open(ino).await.unwrap();
+    let got = other.read(ino, 0, 4000, true).await.unwrap();
+    other.release(ino).await;
+    let mut want = vec![0u8; 1950];
+    for i in 0..20u64 {
+        want[(i * 100) as usize..(i * 100 + 50) as usize].copy_from_slice(&bytes(50, i));
+    }
+    assert!(got == want, "content changed by the compaction");
 }
 
 /// Extended attributes through two caching clients: the writer sees its own changes at

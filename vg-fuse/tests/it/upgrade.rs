@@ -50,6 +50,7 @@ async fn a_cluster_of_the_whole_block_format_reads_back_intact() {
         cache: 8 << 20,
         read_ahead: 1,
         sync_on_close: false,
+        close_idle: vg_fuse::client::files::CLOSE_IDLE,
     };
     let files = Files::new(client.clone(), limits);
     files.open(ino).await.unwrap();

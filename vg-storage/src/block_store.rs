@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tracing::{info, warn};
-use vg_wire::disk::sync_dir;
+use vg_wire::disk::{read_spare, sync_dir, AlignedBuf, DIRECT_ALIGN};
 use vg_wire::storage::CHUNK;
 use vg_wire::{BlockId, Bytes};
 
@@ -186,9 +186,6 @@ fn sync_file_system(root: &Path) -> Result<()> {
     }
 }
 
-/// Alignment of O_DIRECT buffers, lengths and offsets (a page: enough for any disk).
-pub const DIRECT_ALIGN: usize = 4096;
-
 /// Writes `data` then `trailer` to a new file, and syncs it with `sync`. The whole pages
 /// of `data` go through O_DIRECT when `data` is aligned in memory: measured on our
 /// machine, copying into the page cache and writing it back costs several times the disk
@@ -226,69 +223,6 @@ fn write_direct(path: &Path, pages: &[u8]) -> std::io::Result<()> {
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
     file.write_all(pages)
-}
-
-/// A zeroed byte buffer whose start is aligned for O_DIRECT, so that received blocks can
-/// be written without another copy.
-pub struct AlignedBuf {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// `len` zero bytes, aligned.
-    pub fn new(len: usize) -> Self {
-        let buf = vec![0u8; len + DIRECT_ALIGN];
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        AlignedBuf { buf, start, len }
-    }
-
-    /// An empty aligned buffer with room for `capacity` bytes, filled by
-    /// [`AlignedBuf::extend`]: an upload's bytes are copied in as they arrive, without
-    /// zeroing 4 MiB first (5% of a storage's CPU while taking a sequential write).
-    pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf: Vec<u8> = Vec::with_capacity(capacity + DIRECT_ALIGN);
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        buf.resize(start, 0);
-        AlignedBuf { buf, start, len: 0 }
-    }
-
-    /// Its first `len` bytes, without a copy.
-    fn into_bytes(self, len: usize) -> Bytes {
-        let start = self.start;
-        Bytes::from(self.buf).slice(start..start + len.min(self.len))
-    }
-
-    /// Appends `bytes`, up to the capacity asked for: past it, the vector would move and
-    /// the buffer lose its alignment.
-    pub fn extend(&mut self, bytes: &[u8]) {
-        assert!(
-            self.buf.len() + bytes.len() <= self.buf.capacity(),
-            "aligned buffer filled past its capacity"
-        );
-        self.buf.extend_from_slice(bytes);
-        self.len += bytes.len();
-    }
-}
-
-impl std::ops::Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl AsMut<[u8]> for AlignedBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
 }
 
 /// Whether the page cache holds every page of `len` bytes of `file` at `offset`; `None`
@@ -330,15 +264,7 @@ fn read_direct(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
         return Err(std::io::ErrorKind::InvalidInput.into());
     }
     // Whole sectors, into memory not zeroed first (zeroing took 9% of a storage's CPU).
-    let whole = len.next_multiple_of(DIRECT_ALIGN);
-    let mut buf = AlignedBuf::with_capacity(whole);
-    while buf.len < len {
-        let at = offset + buf.len as u64;
-        match read_spare(file, &mut buf.buf, whole - buf.len, at)? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => buf.len += n,
-        }
-    }
+    let buf = AlignedBuf::read_at(file, offset, len)?;
     Ok(buf.into_bytes(len))
 }
 
@@ -353,28 +279,6 @@ fn read_new(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
         }
     }
     Ok(buf)
-}
-
-/// Reads up to `want` bytes of `file` at `offset` into the unused capacity of `buf` (at
-/// least `want`), which grows by the count returned (0 at the end of the file).
-fn read_spare(file: &File, buf: &mut Vec<u8>, want: usize, offset: u64) -> std::io::Result<usize> {
-    let at = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
-    let spare = &mut buf.spare_capacity_mut()[..want];
-    let (ptr, max) = (spare.as_mut_ptr(), spare.len());
-    loop {
-        // SAFETY: the descriptor is open for the duration of the call, and `pread` writes
-        // at most `max` bytes into the vector's unused capacity at `ptr`.
-        let n = unsafe { libc::pread(file.as_raw_fd(), ptr.cast(), max, at) };
-        if n >= 0 {
-            // SAFETY: `pread` initialised the `n` bytes after the vector's length.
-            unsafe { buf.set_len(buf.len() + n as usize) };
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 /// What was written and not yet synced, and how far the sync thread got.

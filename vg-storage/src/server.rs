@@ -16,8 +16,9 @@ use vg_wire::rpc::{
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
-use crate::block_store::{AlignedBuf, BlockStore};
+use crate::block_store::BlockStore;
 use crate::error::Error;
+use vg_wire::disk::AlignedBuf;
 
 /// Longest pipeline accepted: more would be a malformed request, not a real cluster.
 const MAX_CHAIN: usize = 16;

@@ -51,9 +51,8 @@ use tracing::{info, warn};
 use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
-use crate::block_store::{AlignedBuf, DIRECT_ALIGN};
 use crate::error::{io_err, Result};
-use vg_wire::disk::{allocate, sync_dir};
+use vg_wire::disk::{allocate, sync_dir, AlignedBuf};
 
 /// Bytes of each volume file.
 pub const VOLUME_BYTES: u64 = 64 << 20;
@@ -313,33 +312,13 @@ struct Direct {
 }
 
 impl Direct {
-    /// Opens `path` with O_DIRECT, if its file system takes it and says its alignment
-    /// (statx's `STATX_DIOALIGN`), one [`AlignedBuf`] meets.
+    /// Opens `path` with O_DIRECT, where its file system takes it (see
+    /// [`vg_wire::disk::open_direct`]).
     fn open(path: &Path) -> Option<Direct> {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::fs::OpenOptionsExt;
-        let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: statx only writes into `stat`, plain data that may start zeroed; `name`
-        // is a valid NUL-terminated string.
-        let stat = unsafe {
-            let mut stat: libc::statx = std::mem::zeroed();
-            let mask = libc::STATX_DIOALIGN;
-            let found = libc::statx(libc::AT_FDCWD, name.as_ptr(), 0, mask, &mut stat);
-            (found == 0).then_some(stat)?
-        };
-        let (align, memory) = (stat.stx_dio_offset_align, stat.stx_dio_mem_align);
-        let usable = stat.stx_mask & libc::STATX_DIOALIGN != 0
-            && align.is_power_of_two()
-            && align as usize <= DIRECT_ALIGN
-            && memory as usize <= DIRECT_ALIGN;
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()?;
-        usable.then_some(Direct {
+        let (file, align) = vg_wire::disk::open_direct(path, None)?;
+        Some(Direct {
             file,
-            align: align as u64,
+            align,
             tail: Vec::new(),
         })
     }

@@ -298,8 +298,8 @@ struct FileState {
     /// Attribute changes made while the file had uncommitted data (`tar` sets owner and
     /// mode before closing each file): sent with the commit, saving a round trip each.
     deferred: Option<SetAttr>,
-    /// This client wrote the file while it had it open: its last close compacts what
-    /// the writes left. A reader's close does not: a second mount reading a file in a
+    /// This client wrote the file while it had it open: its last close has what the
+    /// writes left compacted once the file stays closed. A reader's close does not: a second mount reading a file in a
     /// loop compacted it at each close, under its writer, and their compactions'
     /// 4 MiB uploads took the room the writer needed.
     wrote: bool,

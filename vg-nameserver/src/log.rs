@@ -756,9 +756,13 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 /// has no O_DIRECT, removes the copy instead: one left from before would take the log's
 /// place after a reboot.
 fn copy_log(dir: &Path, bytes: &[u8], generation: u64) -> Result<Option<Sectors>> {
-    replace_file(dir, SECTORS, bytes)?;
     let path = dir.join(SECTORS);
-    let sectors = Sectors::open(&path, bytes, generation);
+    let sectors = replace_file(dir, SECTORS, bytes)
+        .map(|()| Sectors::open(&path, bytes, generation))
+        .inspect_err(|_| {
+            // Not written whole: a copy from before must not stand for the log either.
+            let _ = std::fs::remove_file(&path);
+        })?;
     if sectors.is_none() {
         std::fs::remove_file(&path).map_err(io_err(format!("remove {}", path.display())))?;
         sync_dir(dir)?;

@@ -1,5 +1,6 @@
 //! Disk steps both servers take the same way: syncing a directory after creating,
-//! renaming or removing in it, and allocating a file's space ahead of its writes.
+//! renaming or removing in it, allocating a file's space ahead of its writes, and
+//! writing and reading through O_DIRECT (aligned buffers, the file system's alignment).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;

@@ -33,6 +33,16 @@ async fn open_new(client: &vg_fuse::client::Client, root: u64, name: &str) -> (u
     (attr.ino, files)
 }
 
+/// Up to `len` bytes of file `ino` as a new client (a mount of its own) reads them after
+/// opening it: what was committed.
+async fn read_elsewhere(cluster: &TestCluster, ino: u64, len: usize) -> Vec<u8> {
+    let other = Files::new(cluster.client().await, limits());
+    other.open(ino).await.unwrap();
+    let got = other.read(ino, 0, len, true).await.unwrap();
+    other.release(ino).await;
+    got.to_vec()
+}
+
 /// A random read of up to `max_len` bytes, sequential or not, returns what the model holds.
 async fn read_matches(
     files: &Arc<Files>,
@@ -110,9 +120,7 @@ async fn check_against_model(cluster: &TestCluster, root: u64, seed: u64) {
     files.release(ino).await;
     assert_eq!(client.getattr(ino).await.unwrap().size, model.len() as u64);
     // Another client sees exactly the model after the close (close-to-open).
-    let other = Files::new(cluster.client().await, limits());
-    other.open(ino).await.unwrap();
-    let got = other.read(ino, 0, model.len() + 1, true).await.unwrap();
+    let got = read_elsewhere(cluster, ino, model.len() + 1).await;
     assert!(
         got == model,
         "seed {seed}: committed content differs from the model"
@@ -296,12 +304,9 @@ async fn small_writes_and_concurrent_compactions_match_a_model() {
         }
         files.flush(ino).await.unwrap();
         files.release(ino).await;
-        let other = Files::new(cluster.client().await, limits());
-        other.open(ino).await.unwrap();
-        let got = other.read(ino, 0, model.len() + 1, true).await.unwrap();
+        let got = read_elsewhere(&cluster, ino, model.len() + 1).await;
         assert!(got == model, "seed {seed}: committed content differs");
-        other.release(ino).await;
-        // The close compacted every block down to one blob's worth of slices.
+        // Left closed, every block is compacted down to one blob's worth of slices.
         crate::cluster::eventually(
             "blocks compacted after the last close",
             std::time::Duration::from_secs(20),
@@ -346,10 +351,7 @@ async fn a_file_is_compacted_once_it_stays_closed() {
         || async { slices(client.clone()).await == 1 },
     )
     .await;
-    let other = Files::new(cluster.client().await, limits());
-    other.open(ino).await.unwrap();
-    let got = other.read(ino, 0, 4000, true).await.unwrap();
-    other.release(ino).await;
+    let got = read_elsewhere(&cluster, ino, 4000).await;
     let mut want = vec![0u8; 1950];
     for i in 0..20u64 {
         want[(i * 100) as usize..(i * 100 + 50) as usize].copy_from_slice(&bytes(50, i));

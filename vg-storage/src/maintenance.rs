@@ -11,6 +11,32 @@ use vg_wire::{BlockId, Location};
 
 use crate::server::Storage;
 
+/// Bytes the scrub checks in one turn (a block larger than this is a turn alone).
+const SCRUB_TURN: u64 = 1 << 20;
+
+/// Cuts `blocks` into the scrub's turns: runs of at most [`SCRUB_TURN`] bytes, each of
+/// at least one block.
+fn scrub_turns(blocks: &[(BlockId, u32)]) -> impl Iterator<Item = &[(BlockId, u32)]> {
+    let mut rest = blocks;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|(_, len)| {
+                bytes += u64::from(*len);
+                bytes <= SCRUB_TURN
+            })
+            .count()
+            .max(1);
+        let (turn, next) = rest.split_at(n);
+        rest = next;
+        Some(turn)
+    })
+}
+
 impl Storage {
     /// Copies a block from the first source that has it intact.
     pub async fn replicate(&self, id: BlockId, sources: Vec<Location>) {
@@ -50,21 +76,34 @@ impl Storage {
     }
 
     /// Re-hashes every block at `rate` bytes per second, forever, deleting and reporting
-    /// corrupt ones.
+    /// corrupt ones. It works in turns of up to [`SCRUB_TURN`] bytes, each one hand-off to
+    /// a blocking thread and one sleep: a sleep per block woke each storage about a
+    /// thousand times a second while it held small blocks, idle or not, on CPUs the
+    /// requests of every process here wait for.
     pub async fn scrub_loop(self: Arc<Self>, rate: u64) {
         loop {
             let blocks = self.store.list();
-            for (id, len) in blocks {
-                tokio::time::sleep(Duration::from_secs_f64(len as f64 / rate as f64)).await;
-                let store = self.store.clone();
-                let intact = tokio::task::spawn_blocking(move || {
-                    store.len_of(&id).is_none() || store.verify(&id)
+            for turn in scrub_turns(&blocks) {
+                let (store, turn) = (self.store.clone(), turn.to_vec());
+                let (checked, bad) = tokio::task::spawn_blocking(move || {
+                    let (mut checked, mut bad) = (0u64, Vec::new());
+                    for (id, len) in turn {
+                        if store.len_of(&id).is_none() {
+                            continue; // deleted since the list was taken
+                        }
+                        checked += u64::from(len);
+                        if !store.verify(&id) && store.len_of(&id).is_some() {
+                            bad.push(id);
+                        }
+                    }
+                    (checked, bad)
                 })
                 .await
-                .unwrap_or(true);
-                if !intact {
+                .unwrap_or_default();
+                for id in bad {
                     self.found_bad(id);
                 }
+                tokio::time::sleep(Duration::from_secs_f64(checked as f64 / rate as f64)).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -80,5 +119,27 @@ impl Storage {
                 warn!(error = %e, "volume compaction failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_turns_hold_a_mebibyte_or_one_larger_block() {
+        let id = |n: u8| BlockId([n; 32]);
+        let blocks = [
+            (id(1), 4 << 20),
+            (id(2), 512 << 10),
+            (id(3), 512 << 10),
+            (id(4), 1),
+            (id(5), 4096),
+        ];
+        let turns: Vec<Vec<u8>> = scrub_turns(&blocks)
+            .map(|t| t.iter().map(|(id, _)| id.0[0]).collect())
+            .collect();
+        assert_eq!(turns, vec![vec![1], vec![2, 3], vec![4, 5]]);
+        assert_eq!(scrub_turns(&[]).count(), 0);
     }
 }

@@ -364,6 +364,31 @@ struct Volume {
     head: Option<Head>,
 }
 
+/// Whether volume `number`, in use, gives way to a spare or an emptied volume before it
+/// is full: it holds no live record, and the rest of it was never written, which costs
+/// the disk twice (its zeros ahead, then the records), while the other was written
+/// whole before. After a tree is deleted, a writer would otherwise zero the rest of the
+/// volume the tree ended in, next to a whole emptied volume.
+fn gives_way(state: &State, number: u32) -> bool {
+    let volume = &state.volumes[&number];
+    volume.live == 0
+        && VOLUME_BYTES - volume.zeroed > RECYCLE_ZEROS
+        && (!state.spares.is_empty()
+            || state
+                .recycling
+                .iter()
+                .any(|(_, v)| Arc::strong_count(&v.file) == 1))
+}
+
+/// Takes an emptied volume that no reader holds any more, to recycle.
+fn take_recyclable(state: &mut State) -> Option<(u32, Volume)> {
+    let i = state
+        .recycling
+        .iter()
+        .position(|(_, v)| Arc::strong_count(&v.file) == 1)?;
+    Some(state.recycling.swap_remove(i))
+}
+
 impl Volume {
     /// Whether it can be recycled once empty: it has a head, and little of it was never
     /// written.
@@ -500,6 +525,20 @@ impl Volumes {
         Ok(volume)
     }
 
+    /// Gives emptied volume `number` a new head (see [`Volumes::renew`]) and opens it for
+    /// direct writes again; `None` if that failed, the volume left to the next start's
+    /// scan (its records may still be valid).
+    fn recycle(&self, number: u32, mut volume: Volume, whole: bool) -> Option<Volume> {
+        let path = self.path(number);
+        if let Err(e) = self.renew(&mut volume, whole) {
+            warn!(volume = %path.display(), error = %e, "cannot recycle volume");
+            return None;
+        }
+        volume.direct = Direct::open(&path);
+        info!(volume = %path.display(), "volume recycled");
+        Some(volume)
+    }
+
     /// Gives a volume with no live records a new head, which turns the records it held
     /// into bytes the scan stops at, and syncs it; writes zeros over the part of it never
     /// written if `whole`.
@@ -533,27 +572,14 @@ impl Volumes {
     pub fn prepare_spares(&self) -> Result<usize> {
         let mut made = 0;
         loop {
-            let next = {
-                let mut state = self.lock();
-                let free = state
-                    .recycling
-                    .iter()
-                    .position(|(_, v)| Arc::strong_count(&v.file) == 1);
-                free.map(|i| state.recycling.swap_remove(i))
-            };
-            let Some((number, mut volume)) = next else {
+            let next = take_recyclable(&mut self.lock());
+            let Some((number, volume)) = next else {
                 break;
             };
-            let path = self.path(number);
-            if let Err(e) = self.renew(&mut volume, true) {
-                // Its records may still be valid: leave it to the scan at the next start.
-                warn!(volume = %path.display(), error = %e, "cannot recycle volume");
-                continue;
+            if let Some(volume) = self.recycle(number, volume, true) {
+                self.lock().spares.push((number, volume));
+                made += 1;
             }
-            volume.direct = Direct::open(&path);
-            info!(volume = %path.display(), "volume recycled as a spare");
-            self.lock().spares.push((number, volume));
-            made += 1;
         }
         let number = {
             let mut state = self.lock();
@@ -655,10 +681,20 @@ impl Volumes {
     ) -> Result<(u32, u64, Arc<File>)> {
         let bytes = record.len() as u64;
         let number = match state.active {
-            Some(n) if state.volumes[&n].end + bytes <= VOLUME_BYTES => n,
+            Some(n) if state.volumes[&n].end + bytes <= VOLUME_BYTES && !gives_way(state, n) => n,
             _ => {
-                let (number, volume) = match state.spares.pop() {
-                    Some(spare) => spare,
+                // An emptied volume the timer of `prepare_spares` has not made a spare yet
+                // is recycled here: a new one would write its zeros ahead of the records,
+                // as many bytes again (a writer filling its volume within 30 s of
+                // deleting as much: the fsync'd writes of `scripts/bench.sh`).
+                let recycled = match state.spares.pop() {
+                    Some(spare) => Some(spare),
+                    None => take_recyclable(state).and_then(|(number, volume)| {
+                        Some((number, self.recycle(number, volume, false)?))
+                    }),
+                };
+                let (number, volume) = match recycled {
+                    Some(volume) => volume,
                     None => {
                         let volume = self.create(state.next, false)?;
                         state.next += 1;
@@ -914,6 +950,64 @@ mod tests {
     /// The volume a block's record is in.
     fn volume_of(volumes: &Volumes, id: &BlockId) -> u32 {
         volumes.lock().index[id].volume
+    }
+
+    #[test]
+    fn a_full_volume_gives_way_to_an_emptied_one_before_its_timer_makes_it_a_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volumes, _) = Volumes::open(dir.path()).unwrap();
+        let per_volume = ((VOLUME_BYTES - HEAD) / record_len(1 << 20)) as u8;
+        let blocks: Vec<_> = (1..=per_volume + 1).map(|s| block(s, 1 << 20)).collect();
+        for (id, data, crcs) in &blocks {
+            volumes.put(id, data, crcs).unwrap();
+        }
+        let (gone, kept) = blocks.split_at(per_volume as usize);
+        for (id, _, _) in gone {
+            assert!(volumes.remove(id));
+        }
+        assert_eq!(volumes.lock().recycling.len(), 1);
+        // Volume 1 fills; the next record goes to volume 0, with no `prepare_spares`.
+        let more: Vec<_> = (0..per_volume).map(|s| block(100 + s, 1 << 20)).collect();
+        for (id, data, crcs) in &more {
+            volumes.put(id, data, crcs).unwrap();
+        }
+        assert_eq!(volume_of(&volumes, &more.last().unwrap().0), 0);
+        assert!(!dir.path().join("2.vol").exists(), "a new volume was made");
+        drop(volumes);
+        let (volumes, found) = Volumes::open(dir.path()).unwrap();
+        assert_eq!(found.len(), kept.len() + more.len());
+        for (id, data, _) in kept.iter().chain(&more) {
+            assert_eq!(read(&volumes, id), *data, "after a restart");
+        }
+        for (id, _, _) in gone {
+            assert!(volumes.extent(id).is_none(), "a deleted block came back");
+        }
+    }
+
+    #[test]
+    fn an_emptied_volume_in_use_gives_way_to_one_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volumes, _) = Volumes::open(dir.path()).unwrap();
+        let per_volume = ((VOLUME_BYTES - HEAD) / record_len(1 << 20)) as u8;
+        let blocks: Vec<_> = (1..=per_volume + 2).map(|s| block(s, 1 << 20)).collect();
+        for (id, data, crcs) in &blocks {
+            volumes.put(id, data, crcs).unwrap();
+        }
+        for (id, _, _) in &blocks {
+            assert!(volumes.remove(id));
+        }
+        // Volume 1 holds nothing live and was written only as far as its records: the
+        // next record goes to volume 0, and volume 1 goes.
+        let (id, data, crcs) = block(200, 4096);
+        volumes.put(&id, &data, &crcs).unwrap();
+        assert_eq!(volume_of(&volumes, &id), 0);
+        assert!(!dir.path().join("1.vol").exists());
+        assert_eq!(read(&volumes, &id), data);
+        // Volume 0 itself never gives way: the rest of it was written before.
+        assert!(volumes.remove(&id));
+        let (id, data, crcs) = block(201, 4096);
+        volumes.put(&id, &data, &crcs).unwrap();
+        assert_eq!(volume_of(&volumes, &id), 0);
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Config {
     /// Base of the group's timeouts: heartbeats at this period, elections after 3 to 6
     /// times it without one.
     pub heartbeat: Duration,
+    /// How long the runtime's thread polls for the next request after answering one,
+    /// at the lowest priority (see [`vg_wire::poll`]); zero by default here, as it
+    /// lowers the priority of the caller's thread, which a test may share.
+    pub poll: Duration,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
             members: BTreeMap::new(),
             join: false,
             heartbeat: Duration::from_millis(50),
+            poll: Duration::ZERO,
         }
     }
 }
@@ -185,6 +190,7 @@ pub async fn start(config: Config) -> Result<Handle> {
     }
     tasks.push(tokio::spawn(service.clone().tick_loop(config.tick)));
     tasks.push(tokio::spawn(service.clone().check_raced_loop()));
+    tasks.push(tokio::spawn(service.poller.clone().run()));
     if config.members.len() <= 1 && !config.join {
         // Alone, it leads at once (after applying what its log holds): serve from the
         // start rather than refuse the first requests.

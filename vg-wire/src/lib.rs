@@ -14,6 +14,7 @@ pub mod locks;
 #[cfg(feature = "cli")]
 pub mod metrics;
 pub mod ns;
+pub mod poll;
 pub mod rpc;
 pub mod size;
 pub mod slices;

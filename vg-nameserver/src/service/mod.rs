@@ -177,6 +177,8 @@ pub struct Service {
     locks_changed: tokio::sync::Notify,
     /// Requests answered, for `vgctl status` and `--metrics`.
     requests: vg_wire::metrics::Requests,
+    /// Keeps the thread polling between requests (see [`vg_wire::poll`]).
+    pub(crate) poller: Arc<vg_wire::poll::Poller>,
     /// Wakes the check of raced writes: one was committed.
     raced_written: tokio::sync::Notify,
     /// A layout waits for a raced write: check them all now.
@@ -238,6 +240,7 @@ impl Service {
             stopped: Default::default(),
             locks_changed: Default::default(),
             requests: Default::default(),
+            poller: vg_wire::poll::Poller::new(config.poll),
             raced_written: Default::default(),
             raced_wanted: Default::default(),
             raced_settled: tokio::sync::watch::Sender::new(0),
@@ -388,6 +391,7 @@ impl Service {
 
     /// Answers one request; the answer ends the stream if the request is its `last`.
     async fn serve(&self, peer: &Peer, request: Request, send: &mut SendStream, last: bool) {
+        let _serving = self.poller.serving();
         let (request, numbered) = match request {
             Request::Once {
                 client,

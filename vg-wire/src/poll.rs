@@ -1,0 +1,317 @@
+//! Polling between requests: once a server has started or ended a request, its runtime
+//! thread keeps looking at its sockets for a while instead of sleeping, at the lowest
+//! scheduling priority (`SCHED_IDLE`), and goes back to its own priority as soon as a
+//! request starts.
+//!
+//! On a virtual machine a request that finds the thread asleep waits for its CPU to be
+//! woken (the sender's inter-processor interrupt, the host scheduling the virtual CPU
+//! again): tens of microseconds, as much as the nameserver's whole work on a metadata
+//! change. A thread polling at `SCHED_IDLE` keeps its CPU awake, yet the scheduler
+//! treats that CPU as idle: a thread woken on the machine may be placed there and runs at
+//! once, ahead of the poller. Creates, renames and unlinks through the mount went 1.4 to
+//! 2 times as fast (BENCHMARKS.md, stop 43); polling at the normal priority gained less
+//! and took CPU from the mount and the storages.
+//!
+//! At `SCHED_IDLE` a thread gets almost no CPU while others want all of it: beside two
+//! busy loops a create waited half a second once. A request that finds the thread was
+//! kept off its CPU ([`STARVED`]) has polling rest a while; a watchdog thread looks
+//! every [`WATCH`] while the poller polls, and gives a thread starved for longer its
+//! priority back ([`LONG_STARVED`]). Where the thread could not take its priority back
+//! (no `CAP_SYS_NICE`: a container's root, a user), it never lowers it.
+//!
+//! Only on a current-thread runtime: a scheduling policy is a thread's, and only there
+//! is the poller's thread the one that serves the requests.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+/// A request that finds the thread not seen running for this long while it polled (one
+/// poll takes microseconds) waited for other threads to leave it a CPU: the poller rests
+/// [`REST`].
+const STARVED: Duration = Duration::from_micros(500);
+/// How long the poller rests after a request waited for it.
+const REST: Duration = Duration::from_millis(100);
+/// How often the watchdog looks while the poller polls.
+const WATCH: Duration = Duration::from_millis(2);
+/// A thread the watchdog finds not seen running for this long while it polls is starved
+/// (CPUs kept busy by others): it gets its priority back and rests [`LONG_REST`].
+const LONG_STARVED: Duration = Duration::from_millis(4);
+/// How long the poller rests once the watchdog found it starved.
+const LONG_REST: Duration = Duration::from_secs(1);
+/// How long after the last poll the watchdog sleeps until woken.
+const WATCH_IDLE: Duration = Duration::from_secs(1);
+
+/// A server's poller: [`Poller::serving`] brackets each request, [`Poller::run`] polls.
+pub struct Poller {
+    /// How long after a request starts or ends the thread polls.
+    window: Duration,
+    epoch: Instant,
+    /// When the last request started or ended, in nanoseconds since `epoch`.
+    last: AtomicU64,
+    /// Whether the thread runs at `SCHED_IDLE` now.
+    lowered: AtomicBool,
+    /// When the thread was last seen running (a poll, a request's start or end), in
+    /// nanoseconds since `epoch`.
+    looked: AtomicU64,
+    /// Until when it does not poll, in nanoseconds since `epoch`.
+    resting: AtomicU64,
+    /// The polling thread's id, for the watchdog.
+    tid: AtomicI32,
+    /// Rung when a request starts or ends.
+    bell: Notify,
+    /// Wakes the watchdog from a long sleep.
+    watchdog: std::sync::Mutex<Option<std::thread::Thread>>,
+}
+
+/// A request being served; its start and its end each open the polling window.
+pub struct Serving<'a>(&'a Poller);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+    }
+}
+
+impl Poller {
+    /// A poller that polls for `window` after each request starts and ends (never if
+    /// zero).
+    pub fn new(window: Duration) -> Arc<Self> {
+        Arc::new(Poller {
+            window,
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            lowered: AtomicBool::new(false),
+            looked: AtomicU64::new(0),
+            resting: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+            bell: Notify::new(),
+            watchdog: Default::default(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Opens the window: the thread is running now.
+    fn touch(&self) {
+        let now = self.now();
+        self.last.store(now, Ordering::Relaxed);
+        self.looked.store(now, Ordering::Relaxed);
+        self.bell.notify_one();
+    }
+
+    /// Notes that a request starts, which runs at the thread's own priority, until the
+    /// returned guard goes. Polling waits for it too (the answer of a change that waits
+    /// for the log's sync comes sooner), at the lowest priority.
+    pub fn serving(&self) -> Serving<'_> {
+        if self.raise() && self.now() - self.looked.load(Ordering::Relaxed) > nanos(STARVED) {
+            self.rest(REST);
+        }
+        self.touch();
+        Serving(self)
+    }
+
+    /// Polls for the window after each request starts or ends, forever; returns at once
+    /// where it would not poll (no window, a multi-thread runtime, a thread that could
+    /// not take its priority back).
+    pub async fn run(self: Arc<Self>) {
+        if self.window.is_zero()
+            || Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread
+        {
+            return;
+        }
+        if !may_raise() {
+            info!("not polling between requests: a thread here cannot take back its priority");
+            return;
+        }
+        // SAFETY: gettid has no arguments and cannot fail.
+        self.tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        let weak = Arc::downgrade(&self);
+        let watchdog = std::thread::Builder::new()
+            .name("poll-watchdog".into())
+            .spawn(move || watch(weak));
+        match watchdog {
+            Ok(handle) => {
+                *self.watchdog.lock().expect("poller lock") = Some(handle.thread().clone())
+            }
+            Err(_) => return,
+        }
+        let window = nanos(self.window);
+        loop {
+            self.bell.notified().await;
+            if let Some(watchdog) = &*self.watchdog.lock().expect("poller lock") {
+                watchdog.unpark();
+            }
+            loop {
+                let now = self.now();
+                if now.saturating_sub(self.last.load(Ordering::Relaxed)) >= window
+                    || now < self.resting.load(Ordering::Relaxed)
+                {
+                    break;
+                }
+                if !self.lowered.swap(true, Ordering::AcqRel) {
+                    set_policy(0, libc::SCHED_IDLE);
+                } else if now - self.looked.load(Ordering::Relaxed) > nanos(STARVED) {
+                    self.rest(REST);
+                    break;
+                }
+                self.looked.store(now, Ordering::Relaxed);
+                // The runtime looks at its sockets, without waiting, before it polls
+                // this task again.
+                tokio::task::yield_now().await;
+            }
+            self.raise();
+        }
+    }
+
+    /// The thread was kept off its CPU while polling: no polling for `rest`.
+    fn rest(&self, rest: Duration) {
+        debug!(?rest, "polling starved: resting");
+        self.resting
+            .store(self.now() + nanos(rest), Ordering::Relaxed);
+        self.raise();
+    }
+
+    /// Gives the polling thread its own priority back (from any thread); true if it was
+    /// lowered.
+    fn raise(&self) -> bool {
+        let lowered = self.lowered.swap(false, Ordering::AcqRel);
+        if lowered {
+            set_policy(self.tid.load(Ordering::Relaxed), libc::SCHED_OTHER);
+        }
+        lowered
+    }
+}
+
+/// The watchdog: while the poller polls, looks every [`WATCH`] whether its thread still
+/// runs, and gives it its priority back if not. Sleeps once it has not polled for
+/// [`WATCH_IDLE`]; ends with the poller.
+fn watch(poller: Weak<Poller>) {
+    loop {
+        let Some(p) = poller.upgrade() else {
+            return;
+        };
+        let now = p.now();
+        if p.lowered.load(Ordering::Acquire)
+            && now - p.looked.load(Ordering::Relaxed) > nanos(LONG_STARVED)
+        {
+            p.rest(LONG_REST);
+        }
+        let idle = now.saturating_sub(p.last.load(Ordering::Relaxed)) > nanos(WATCH_IDLE);
+        drop(p);
+        match idle {
+            true => std::thread::park_timeout(WATCH_IDLE),
+            false => std::thread::sleep(WATCH),
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+/// Whether a thread here may go back from `SCHED_IDLE` to `SCHED_OTHER` (it needs
+/// `CAP_SYS_NICE` or a high enough `RLIMIT_NICE`): tried on a thread of its own.
+fn may_raise() -> bool {
+    std::thread::spawn(|| set_policy(0, libc::SCHED_IDLE) && set_policy(0, libc::SCHED_OTHER))
+        .join()
+        .unwrap_or(false)
+}
+
+/// Sets thread `tid`'s scheduling policy (0: the calling thread), priority 0; whether it
+/// was set.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a live sched_param; a stale tid only fails the call.
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> libc::c_int {
+        // SAFETY: pid 0 names the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    /// Yields until the thread's policy is `want`.
+    async fn until_policy(want: libc::c_int, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while policy() != want {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_starts_at_the_threads_priority_and_polling_lowers_it() {
+        let poller = Poller::new(Duration::from_secs(60));
+        tokio::spawn(poller.clone().run());
+        let serving = poller.serving();
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        until_policy(libc::SCHED_IDLE, "never lowered while the request waits").await;
+        drop(serving);
+        let _serving = poller.serving();
+        assert_eq!(policy(), libc::SCHED_OTHER, "a request starts lowered");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_starved_poller_rests() {
+        let poller = Poller::new(Duration::from_secs(60));
+        tokio::spawn(poller.clone().run());
+        drop(poller.serving());
+        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        // Off the CPU for longer than a poll takes: the next request finds it starved.
+        std::thread::sleep(Duration::from_millis(1));
+        drop(poller.serving());
+        let resting = Instant::now() + REST / 2;
+        while Instant::now() < resting {
+            assert_eq!(policy(), libc::SCHED_OTHER, "polled while resting");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stops_polling_after_the_window() {
+        let poller = Poller::new(Duration::from_millis(20));
+        let run = tokio::spawn(poller.clone().run());
+        drop(poller.serving());
+        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        until_policy(libc::SCHED_OTHER, "still polling past its window").await;
+        assert!(!run.is_finished());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_watchdog_raises_a_starved_poller() {
+        let poller = Poller::new(Duration::from_secs(60));
+        tokio::spawn(poller.clone().run());
+        drop(poller.serving());
+        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        // Off the CPU without a request: only the watchdog can tell.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while policy() != libc::SCHED_OTHER {
+            assert!(Instant::now() < deadline, "the watchdog never raised it");
+            std::thread::sleep(WATCH);
+        }
+        let resting = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < resting {
+            assert_eq!(policy(), libc::SCHED_OTHER, "polled while resting");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn does_not_poll_on_a_multi_thread_runtime() {
+        let poller = Poller::new(Duration::from_secs(60));
+        tokio::time::timeout(Duration::from_secs(10), poller.run())
+            .await
+            .expect("returns at once");
+    }
+}

@@ -163,13 +163,14 @@ pub async fn start(config: Config) -> Result<Handle> {
         )));
     }
     let identity = Identity::load(&config.tls)?;
-    let (endpoint, addr) = vg_wire::rpc::listen(&identity, config.listen)?;
+    let (endpoint, addr, socket) = vg_wire::rpc::listen_watched(&identity, config.listen)?;
     let dialer = vg_wire::rpc::Dialer::new(
         endpoint.clone(),
         identity.client_config()?,
         Duration::from_secs(10),
     );
     let (service, log) = service::Service::open(&config, dialer.clone())?;
+    service.poller.watch(socket);
     let service = Arc::new(service);
     service.install_gate();
     let raft = join_group(&config, &identity, addr, &service, log, dialer).await?;

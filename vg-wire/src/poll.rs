@@ -15,9 +15,12 @@
 //! At `SCHED_IDLE` a thread gets almost no CPU while others want all of it: beside two
 //! busy loops a create waited half a second once. A request that finds the thread was
 //! kept off its CPU ([`STARVED`]) has polling rest a while; a watchdog thread looks
-//! every [`WATCH`] while the poller polls, and gives a thread starved for longer its
-//! priority back ([`LONG_STARVED`]). Where the thread could not take its priority back
-//! (no `CAP_SYS_NICE`: a container's root, a user), it never lowers it.
+//! every [`WATCH`] while the poller polls, and gives a thread starved for longer
+//! ([`LONG_STARVED`]) while a request waits in its socket its priority back. Starved
+//! with nothing to do, it harms nobody: a storage's burst of work, or the mount's own
+//! polling on the same CPU, had it rest through whole phases of `rm -rf`. Where the
+//! thread could not take its priority back (no `CAP_SYS_NICE`: a container's root, a
+//! user), it never lowers it.
 //!
 //! Only on a current-thread runtime: a scheduling policy is a thread's, and only there
 //! is the poller's thread the one that serves the requests.
@@ -37,10 +40,11 @@ const STARVED: Duration = Duration::from_micros(500);
 /// How long the poller rests after a request waited for it.
 const REST: Duration = Duration::from_millis(100);
 /// How often the watchdog looks while the poller polls.
-const WATCH: Duration = Duration::from_millis(2);
-/// A thread the watchdog finds not seen running for this long while it polls is starved
-/// (CPUs kept busy by others): it gets its priority back and rests [`LONG_REST`].
-const LONG_STARVED: Duration = Duration::from_millis(4);
+const WATCH: Duration = Duration::from_millis(1);
+/// A thread the watchdog finds not seen running for this long while it polls, with a
+/// request waiting, is starved (CPUs kept busy by others): it gets its priority back
+/// and rests [`LONG_REST`].
+const LONG_STARVED: Duration = Duration::from_millis(1);
 /// How long the poller rests once the watchdog found it starved.
 const LONG_REST: Duration = Duration::from_secs(1);
 /// How long after the last poll the watchdog sleeps until woken.
@@ -66,6 +70,9 @@ pub struct Poller {
     bell: Notify,
     /// Wakes the watchdog from a long sleep.
     watchdog: std::sync::Mutex<Option<std::thread::Thread>>,
+    /// The server's socket, if given: the watchdog raises a starved thread only while
+    /// datagrams wait in it.
+    socket: std::sync::OnceLock<std::net::UdpSocket>,
 }
 
 /// A request being served; its start and its end each open the polling window.
@@ -91,7 +98,31 @@ impl Poller {
             tid: AtomicI32::new(0),
             bell: Notify::new(),
             watchdog: Default::default(),
+            socket: Default::default(),
         })
+    }
+
+    /// Has the watchdog raise a starved thread only while datagrams wait in `socket`
+    /// (the one the server's requests arrive on): starved with nothing to do, it harms
+    /// nobody.
+    pub fn watch(&self, socket: std::net::UdpSocket) {
+        let _ = self.socket.set(socket);
+    }
+
+    /// Whether a request may be waiting: datagrams are in the socket, or no socket is
+    /// known.
+    fn awaited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(socket) = self.socket.get() else {
+            return true;
+        };
+        let mut fd = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, no waiting.
+        unsafe { libc::poll(&mut fd, 1, 0) > 0 }
     }
 
     fn now(&self) -> u64 {
@@ -157,9 +188,6 @@ impl Poller {
                 }
                 if !self.lowered.swap(true, Ordering::AcqRel) {
                     set_policy(0, libc::SCHED_IDLE);
-                } else if now - self.looked.load(Ordering::Relaxed) > nanos(STARVED) {
-                    self.rest(REST);
-                    break;
                 }
                 self.looked.store(now, Ordering::Relaxed);
                 // The runtime looks at its sockets, without waiting, before it polls
@@ -200,6 +228,7 @@ fn watch(poller: Weak<Poller>) {
         let now = p.now();
         if p.lowered.load(Ordering::Acquire)
             && now - p.looked.load(Ordering::Relaxed) > nanos(LONG_STARVED)
+            && p.awaited()
         {
             p.rest(LONG_REST);
         }
@@ -304,6 +333,26 @@ mod tests {
         while Instant::now() < resting {
             assert_eq!(policy(), libc::SCHED_OTHER, "polled while resting");
             tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_watchdog_leaves_a_starved_poller_alone_until_a_request_waits() {
+        let poller = Poller::new(Duration::from_secs(60));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        poller.watch(socket);
+        tokio::spawn(poller.clone().run());
+        drop(poller.serving());
+        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        std::thread::sleep(LONG_STARVED * 20);
+        assert_eq!(policy(), libc::SCHED_IDLE, "raised with nothing waiting");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"request", addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while policy() != libc::SCHED_OTHER {
+            assert!(Instant::now() < deadline, "the watchdog never raised it");
+            std::thread::sleep(WATCH);
         }
     }
 

@@ -574,17 +574,26 @@ const KEPT_BLOCK_MAX: usize = 256 << 10;
 
 /// A server endpoint for `identity` on `addr` (port 0 picks one), and the address it got.
 pub fn listen(identity: &crate::tls::Identity, addr: SocketAddr) -> Result<(Endpoint, SocketAddr)> {
+    listen_watched(identity, addr).map(|(endpoint, bound, _)| (endpoint, bound))
+}
+
+/// [`listen`], and a second handle on the endpoint's UDP socket, to tell whether
+/// datagrams wait in it (see [`crate::poll`]).
+pub fn listen_watched(
+    identity: &crate::tls::Identity,
+    addr: SocketAddr,
+) -> Result<(Endpoint, SocketAddr, std::net::UdpSocket)> {
     let mut server = identity.server_config()?;
     // Bound to loopback, every peer is on this machine.
     if addr.ip().is_loopback() {
         server.transport_config(crate::tls::transport(true));
     }
-    let endpoint = self::endpoint(addr, Some(server))?;
+    let (endpoint, socket) = endpoint_and_socket(addr, Some(server))?;
     let bound = endpoint.local_addr().map_err(|e| Error::Io {
         context: format!("local address of {addr}"),
         source: e,
     })?;
-    Ok((endpoint, bound))
+    Ok((endpoint, bound, socket))
 }
 
 /// An endpoint that dials peers of `toward`'s address family, from any port.
@@ -599,17 +608,28 @@ pub fn dialing_endpoint(toward: SocketAddr) -> Result<Endpoint> {
 /// Makes an endpoint on `addr` that listens when a server config is given (a [`Dialer`]
 /// dials from it).
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<Endpoint> {
+    endpoint_and_socket(addr, server).map(|(endpoint, _)| endpoint)
+}
+
+/// [`endpoint`], and a second handle on its UDP socket.
+fn endpoint_and_socket(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<(Endpoint, std::net::UdpSocket)> {
     let bind_err = |e| Error::Io {
         context: format!("bind UDP {addr}"),
         source: e,
     };
     let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
     grow_socket_buffers(&socket);
+    let watch = socket.try_clone().map_err(bind_err)?;
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(crate::tls::LOOPBACK_DATAGRAM)
         .expect("LOOPBACK_DATAGRAM is within QUIC's bounds");
-    Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)
+    let endpoint =
+        Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)?;
+    Ok((endpoint, watch))
 }
 
 /// Socket buffer size asked for, each way.

@@ -373,23 +373,21 @@ fn gives_way(state: &State, number: u32) -> bool {
     let volume = &state.volumes[&number];
     volume.live == 0
         && VOLUME_BYTES - volume.zeroed > RECYCLE_ZEROS
-        && (!state.spares.is_empty()
-            || state
-                .recycling
-                .iter()
-                .any(|(_, v)| Arc::strong_count(&v.file) == 1))
+        && (!state.spares.is_empty() || state.recycling.iter().any(|(_, v)| v.unheld()))
 }
 
 /// Takes an emptied volume that no reader holds any more, to recycle.
 fn take_recyclable(state: &mut State) -> Option<(u32, Volume)> {
-    let i = state
-        .recycling
-        .iter()
-        .position(|(_, v)| Arc::strong_count(&v.file) == 1)?;
+    let i = state.recycling.iter().position(|(_, v)| v.unheld())?;
     Some(state.recycling.swap_remove(i))
 }
 
 impl Volume {
+    /// Whether no reader holds its file (an emptied volume is recycled only then).
+    fn unheld(&self) -> bool {
+        Arc::strong_count(&self.file) == 1
+    }
+
     /// Whether it can be recycled once empty: it has a head, and little of it was never
     /// written.
     fn recyclable(&self) -> bool {

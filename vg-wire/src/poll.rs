@@ -8,9 +8,9 @@
 //! again): tens of microseconds, as much as the nameserver's whole work on a metadata
 //! change. A thread polling at `SCHED_IDLE` keeps its CPU awake, yet the scheduler
 //! treats that CPU as idle: a thread woken on the machine may be placed there and runs at
-//! once, ahead of the poller. Creates, renames and unlinks through the mount went 1.4 to
-//! 2 times as fast (BENCHMARKS.md, stop 43); polling at the normal priority gained less
-//! and took CPU from the mount and the storages.
+//! once, ahead of the poller. Creates, renames and unlinks through the mount went 1.1 to
+//! 1.9 times as fast (BENCHMARKS.md, stop 43); polling at the normal priority gained
+//! less and took CPU from the mount and the storages.
 //!
 //! At `SCHED_IDLE` a thread gets almost no CPU while others want all of it: beside two
 //! busy loops a create waited half a second once. A request that finds the thread was
@@ -47,7 +47,7 @@ const WATCH: Duration = Duration::from_millis(1);
 const LONG_STARVED: Duration = Duration::from_millis(1);
 /// How long the poller rests once the watchdog found it starved.
 const LONG_REST: Duration = Duration::from_secs(1);
-/// How long after the last poll the watchdog sleeps until woken.
+/// How long after the last request the watchdog sleeps until the next wakes it.
 const WATCH_IDLE: Duration = Duration::from_secs(1);
 
 /// A server's poller: [`Poller::serving`] brackets each request, [`Poller::run`] polls.
@@ -141,7 +141,10 @@ impl Poller {
     /// returned guard goes. Polling waits for it too (the answer of a change that waits
     /// for the log's sync comes sooner), at the lowest priority.
     pub fn serving(&self) -> Serving<'_> {
-        if self.raise() && self.now() - self.looked.load(Ordering::Relaxed) > nanos(STARVED) {
+        let since = self
+            .now()
+            .saturating_sub(self.looked.load(Ordering::Relaxed));
+        if self.raise() && since > nanos(STARVED) {
             self.rest(REST);
         }
         self.touch();
@@ -218,7 +221,7 @@ impl Poller {
 }
 
 /// The watchdog: while the poller polls, looks every [`WATCH`] whether its thread still
-/// runs, and gives it its priority back if not. Sleeps once it has not polled for
+/// runs, and gives it its priority back if not. Sleeps once no request came for
 /// [`WATCH_IDLE`]; ends with the poller.
 fn watch(poller: Weak<Poller>) {
     loop {
@@ -227,7 +230,7 @@ fn watch(poller: Weak<Poller>) {
         };
         let now = p.now();
         if p.lowered.load(Ordering::Acquire)
-            && now - p.looked.load(Ordering::Relaxed) > nanos(LONG_STARVED)
+            && now.saturating_sub(p.looked.load(Ordering::Relaxed)) > nanos(LONG_STARVED)
             && p.awaited()
         {
             p.rest(LONG_REST);

@@ -950,15 +950,25 @@ mod tests {
         volumes.lock().index[id].volume
     }
 
-    #[test]
-    fn a_full_volume_gives_way_to_an_emptied_one_before_its_timer_makes_it_a_spare() {
+    /// A block: its id, bytes and CRCs.
+    type Block = (BlockId, Vec<u8>, Vec<u8>);
+
+    /// Volumes in a new directory holding a full volume of 1 MiB blocks and `more`
+    /// blocks in the next; also how many fill a volume, and the blocks.
+    fn volume_and_more(more: u8) -> (tempfile::TempDir, Volumes, u8, Vec<Block>) {
         let dir = tempfile::tempdir().unwrap();
         let (volumes, _) = Volumes::open(dir.path()).unwrap();
         let per_volume = ((VOLUME_BYTES - HEAD) / record_len(1 << 20)) as u8;
-        let blocks: Vec<_> = (1..=per_volume + 1).map(|s| block(s, 1 << 20)).collect();
+        let blocks: Vec<_> = (1..=per_volume + more).map(|s| block(s, 1 << 20)).collect();
         for (id, data, crcs) in &blocks {
             volumes.put(id, data, crcs).unwrap();
         }
+        (dir, volumes, per_volume, blocks)
+    }
+
+    #[test]
+    fn a_full_volume_gives_way_to_an_emptied_one_before_its_timer_makes_it_a_spare() {
+        let (dir, volumes, per_volume, blocks) = volume_and_more(1);
         let (gone, kept) = blocks.split_at(per_volume as usize);
         for (id, _, _) in gone {
             assert!(volumes.remove(id));
@@ -984,13 +994,7 @@ mod tests {
 
     #[test]
     fn an_emptied_volume_in_use_gives_way_to_one_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let (volumes, _) = Volumes::open(dir.path()).unwrap();
-        let per_volume = ((VOLUME_BYTES - HEAD) / record_len(1 << 20)) as u8;
-        let blocks: Vec<_> = (1..=per_volume + 2).map(|s| block(s, 1 << 20)).collect();
-        for (id, data, crcs) in &blocks {
-            volumes.put(id, data, crcs).unwrap();
-        }
+        let (dir, volumes, _, blocks) = volume_and_more(2);
         for (id, _, _) in &blocks {
             assert!(volumes.remove(id));
         }

@@ -69,7 +69,7 @@ pub struct Poller {
     /// Rung when a request starts or ends.
     bell: Notify,
     /// Wakes the watchdog from a long sleep.
-    watchdog: std::sync::Mutex<Option<std::thread::Thread>>,
+    watchdog: std::sync::OnceLock<std::thread::Thread>,
     /// The server's socket, if given: the watchdog raises a starved thread only while
     /// datagrams wait in it.
     socket: std::sync::OnceLock<std::net::UdpSocket>,
@@ -171,15 +171,13 @@ impl Poller {
             .name("poll-watchdog".into())
             .spawn(move || watch(weak));
         match watchdog {
-            Ok(handle) => {
-                *self.watchdog.lock().expect("poller lock") = Some(handle.thread().clone())
-            }
+            Ok(handle) => _ = self.watchdog.set(handle.thread().clone()),
             Err(_) => return,
         }
         let window = nanos(self.window);
         loop {
             self.bell.notified().await;
-            if let Some(watchdog) = &*self.watchdog.lock().expect("poller lock") {
+            if let Some(watchdog) = self.watchdog.get() {
                 watchdog.unpark();
             }
             loop {
@@ -282,6 +280,32 @@ mod tests {
         }
     }
 
+    /// Blocks the thread (no poll runs) until its policy is `SCHED_OTHER`: only the
+    /// watchdog can raise it then.
+    fn until_raised_off_cpu(what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while policy() != libc::SCHED_OTHER {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(WATCH);
+        }
+    }
+
+    /// Yields for `time`, checking that the thread stays at `SCHED_OTHER` (resting).
+    async fn stays_raised(time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            assert_eq!(policy(), libc::SCHED_OTHER, "polled while resting");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A running poller, its thread lowered after a request.
+    async fn lowered(poller: &Arc<Poller>) {
+        tokio::spawn(poller.clone().run());
+        drop(poller.serving());
+        until_policy(libc::SCHED_IDLE, "never lowered").await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_starts_at_the_threads_priority_and_polling_lowers_it() {
         let poller = Poller::new(Duration::from_secs(60));
@@ -297,17 +321,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_starved_poller_rests() {
         let poller = Poller::new(Duration::from_secs(60));
-        tokio::spawn(poller.clone().run());
-        drop(poller.serving());
-        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        lowered(&poller).await;
         // Off the CPU for longer than a poll takes: the next request finds it starved.
         std::thread::sleep(Duration::from_millis(1));
         drop(poller.serving());
-        let resting = Instant::now() + REST / 2;
-        while Instant::now() < resting {
-            assert_eq!(policy(), libc::SCHED_OTHER, "polled while resting");
-            tokio::task::yield_now().await;
-        }
+        stays_raised(REST / 2).await;
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -323,20 +341,10 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_watchdog_raises_a_starved_poller() {
         let poller = Poller::new(Duration::from_secs(60));
-        tokio::spawn(poller.clone().run());
-        drop(poller.serving());
-        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        lowered(&poller).await;
         // Off the CPU without a request: only the watchdog can tell.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while policy() != libc::SCHED_OTHER {
-            assert!(Instant::now() < deadline, "the watchdog never raised it");
-            std::thread::sleep(WATCH);
-        }
-        let resting = Instant::now() + Duration::from_millis(200);
-        while Instant::now() < resting {
-            assert_eq!(policy(), libc::SCHED_OTHER, "polled while resting");
-            tokio::task::yield_now().await;
-        }
+        until_raised_off_cpu("the watchdog never raised it");
+        stays_raised(Duration::from_millis(200)).await;
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -345,18 +353,12 @@ mod tests {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         poller.watch(socket);
-        tokio::spawn(poller.clone().run());
-        drop(poller.serving());
-        until_policy(libc::SCHED_IDLE, "never lowered").await;
+        lowered(&poller).await;
         std::thread::sleep(LONG_STARVED * 20);
         assert_eq!(policy(), libc::SCHED_IDLE, "raised with nothing waiting");
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"request", addr).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while policy() != libc::SCHED_OTHER {
-            assert!(Instant::now() < deadline, "the watchdog never raised it");
-            std::thread::sleep(WATCH);
-        }
+        until_raised_off_cpu("the watchdog never raised it");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

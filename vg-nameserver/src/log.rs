@@ -346,9 +346,12 @@ struct Shared {
     needs: Mutex<BTreeSet<String>>,
     /// End of the entries on disk and marked, watched by those who wait for it.
     durable: tokio::sync::watch::Sender<u64>,
-    /// The largest end anyone waits to be durable: while it is past `durable`, the sync
-    /// thread does not linger.
+    /// The largest end anyone waits to be durable (always written by then): while it is
+    /// past `durable`, the sync thread does not linger.
     wanted: AtomicU64,
+    /// The end of an entry someone will wait for once it is written ([`LogStore::expect_next`]):
+    /// the write that reaches it ends the linger.
+    expected: AtomicU64,
     /// Set when a write or fsync failed: nothing more can be acknowledged.
     failed: Mutex<Option<String>>,
     /// Wakes the sync thread: something was written (or the log was dropped).
@@ -464,23 +467,34 @@ impl Shared {
     /// Has the sync thread sync everything before `end` without lingering.
     fn hurry(&self, end: u64) {
         self.wanted.fetch_max(end, Ordering::AcqRel);
-        // Under the doorbell's lock: a linger that found nobody waiting is already
-        // waiting for this notice.
-        self.wake.hurry();
+        self.wake.hurry(|| self.due());
+    }
+
+    /// Whether someone waits for entries that are written but not durable: a lingering
+    /// sync round then starts at once. An expected entry counts once written: woken
+    /// before, the thread would find nothing to sync and go back to waiting, two
+    /// context switches on the requesting thread's CPU per `fsync`.
+    fn due(&self) -> bool {
+        let durable = *self.durable.borrow();
+        let expected = self.expected.load(Ordering::Acquire);
+        self.wanted.load(Ordering::Acquire) > durable
+            || (expected > durable && expected <= self.written.load(Ordering::Acquire))
     }
 
     /// Waits up to [`LINGER`] for more entries before a sync round, unless someone waits
-    /// for what is not yet durable.
+    /// for what is written and not yet durable.
     fn linger(&self) {
         let deadline = std::time::Instant::now() + LINGER;
         let mut bell = self.wake.lock();
-        while self.wanted.load(Ordering::Acquire) <= *self.durable.borrow() {
+        while !self.due() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return;
+                break;
             }
+            bell.lingering = true;
             bell = self.wake.cond.wait_timeout(bell, left).expect("log lock").0;
         }
+        bell.lingering = false;
     }
 
     /// The entries before `end` holding raced writes not yet checked whose uploads were
@@ -598,9 +612,11 @@ struct Wake {
 struct Bell {
     /// Something was written (or the log dropped) since the thread last looked.
     rung: bool,
-    /// The thread waits for `rung`: only then does a write wake it (a wake-up per
-    /// change while it lingers would cost what lingering saves).
+    /// The thread waits for `rung`: a write wakes it.
     idle: bool,
+    /// The thread lingers: a write wakes it only if that makes a sync due (a wake-up
+    /// per change while it lingers would cost what lingering saves).
+    lingering: bool,
 }
 
 impl Wake {
@@ -608,20 +624,28 @@ impl Wake {
         self.bell.lock().expect("log lock")
     }
 
-    fn set(&self) {
-        let mut bell = self.lock();
-        bell.rung = true;
-        if bell.idle {
+    /// Something was written; `due` says whether a sync is (see [`Shared::due`]), asked
+    /// under the lock the thread decides to linger under. The thread is woken after the
+    /// lock is released: woken under it, it would block on it at once.
+    fn set(&self, due: impl FnOnce() -> bool) {
+        let wake = {
+            let mut bell = self.lock();
+            bell.rung = true;
+            bell.idle || (bell.lingering && due())
+        };
+        if wake {
             self.cond.notify_one();
         }
     }
 
-    /// Wakes the thread if it lingers. An idle one has synced everything written, and
-    /// the write the hurry is for rings for it: woken now it would find nothing and
-    /// wait again, two context switches per `fsync` on a busy machine.
-    fn hurry(&self) {
-        let bell = self.lock();
-        if !bell.idle {
+    /// Wakes the thread if it lingers and a sync is due. An idle one has synced
+    /// everything written, and the write the hurry is for wakes it.
+    fn hurry(&self, due: impl FnOnce() -> bool) {
+        let wake = {
+            let bell = self.lock();
+            bell.lingering && due()
+        };
+        if wake {
             self.cond.notify_one();
         }
     }
@@ -1088,6 +1112,7 @@ impl LogStore {
             needs: Mutex::default(),
             durable: tokio::sync::watch::Sender::new(written),
             wanted: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
             failed: Mutex::new(None),
             wake: Arc::default(),
             gate: Mutex::new(None),
@@ -1133,9 +1158,12 @@ impl LogStore {
         &self.shared.syncs
     }
 
-    /// Has the sync thread sync the entries before `end` without lingering.
-    pub fn hurry(&self, end: u64) {
-        self.shared.hurry(end);
+    /// Has the sync thread sync the next entry written without lingering: someone will
+    /// wait for it to be on disk.
+    pub fn expect_next(&self) {
+        let shared = &self.shared;
+        let next = shared.written.load(Ordering::Acquire) + 1;
+        shared.expected.fetch_max(next, Ordering::AcqRel);
     }
 
     /// Resolves once the entries before `end` are on disk (the sync thread syncs them
@@ -1196,7 +1224,7 @@ impl LogStore {
     pub fn settled(&self, capture: &Capture) -> bool {
         let end = capture.applied.map_or(0, |id| id.index + 1);
         if self.durable_end() < end {
-            self.hurry(end);
+            self.shared.hurry(end);
             return false;
         }
         // One undone by an entry the capture does not hold counts as unchecked.
@@ -1372,7 +1400,7 @@ impl LogStore {
         shared.written.store(last.index + 1, Ordering::Release);
         // After the file lock, which the woken thread takes first.
         drop(file);
-        shared.wake.set();
+        shared.wake.set(|| shared.due());
         Ok(last.index + 1)
     }
 
@@ -1573,8 +1601,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // The sync thread holds a weak reference: it ends once it finds the log gone.
-        self.wake.set();
+        // The sync thread holds a weak reference: it ends once it finds the log gone (a
+        // lingering one at the end of its linger).
+        self.wake.set(|| false);
     }
 }
 
@@ -1656,6 +1685,25 @@ mod tests {
             .await
             .expect("never synced")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sync_is_due_once_the_entry_someone_will_wait_for_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), BOOT);
+        append_synced(&log, 0..1).await;
+        log.expect_next();
+        // Woken now, the sync thread would find nothing new and wait again.
+        assert!(!log.shared.due());
+        let end = log.append_entries([entry(1, &[])]).unwrap();
+        // Written: the round starts without lingering (unless it already ran).
+        let due = log.shared.due();
+        assert!(
+            due || log.durable_end() >= end,
+            "a lingering round waits for more"
+        );
+        log.durable(end).await.unwrap();
+        assert!(!log.shared.due());
     }
 
     /// A gate that reports what it is asked and passes when `release` has a permit (or

@@ -51,7 +51,7 @@ fn shutting_down() -> RemoteError {
 /// the sync starts as soon as it is.
 fn hurry_next(state: &State) {
     if let Some(log) = &state.log {
-        log.hurry(log.written_end() + 1);
+        log.expect_next();
     }
 }
 

@@ -18,9 +18,11 @@
 //! every [`WATCH`] while the poller polls, and gives a thread starved for longer
 //! ([`LONG_STARVED`]) while a request waits in its socket its priority back. Starved
 //! with nothing to do, it harms nobody: a storage's burst of work, or the mount's own
-//! polling on the same CPU, had it rest through whole phases of `rm -rf`. Where the
-//! thread could not take its priority back (no `CAP_SYS_NICE`: a container's root, a
-//! user), it never lowers it.
+//! polling on the same CPU, had it rest through whole phases of `rm -rf`. A rest ends
+//! early once the CPUs are calm again ([`Pressure`]): one begun in a busy phase (an
+//! untar) covered the short metadata phases after it whole. Where the thread could not
+//! take its priority back (no `CAP_SYS_NICE`: a container's root, a user), it never
+//! lowers it.
 //!
 //! Only on a current-thread runtime: a scheduling policy is a thread's, and only there
 //! is the poller's thread the one that serves the requests.
@@ -49,6 +51,12 @@ const LONG_STARVED: Duration = Duration::from_millis(1);
 const LONG_REST: Duration = Duration::from_secs(1);
 /// How long after the last request the watchdog sleeps until the next wakes it.
 const WATCH_IDLE: Duration = Duration::from_secs(1);
+/// How often the watchdog measures the CPUs' pressure while the poller rests.
+const CALM_SAMPLE: Duration = Duration::from_millis(20);
+/// Below this share of a sample's time with a thread waiting for a CPU, the CPUs are
+/// calm and a rest ends. Measured on two CPUs: 17% while creates ran with the poller
+/// polling, 67% while they ran beside two busy loops, 38% over an untar.
+const CALM: f64 = 0.25;
 
 /// A server's poller: [`Poller::serving`] brackets each request, [`Poller::run`] polls.
 pub struct Poller {
@@ -219,9 +227,10 @@ impl Poller {
 }
 
 /// The watchdog: while the poller polls, looks every [`WATCH`] whether its thread still
-/// runs, and gives it its priority back if not. Sleeps once no request came for
-/// [`WATCH_IDLE`]; ends with the poller.
+/// runs, and gives it its priority back if not; while it rests, ends the rest once the
+/// CPUs are calm. Sleeps once no request came for [`WATCH_IDLE`]; ends with the poller.
 fn watch(poller: Weak<Poller>) {
+    let mut pressure = Pressure::open();
     loop {
         let Some(p) = poller.upgrade() else {
             return;
@@ -233,13 +242,84 @@ fn watch(poller: Weak<Poller>) {
         {
             p.rest(LONG_REST);
         }
+        let resting = p.resting.load(Ordering::Relaxed);
+        if now < resting {
+            if let Some(pressure) = pressure.as_mut() {
+                if pressure.calm(resting) {
+                    debug!("CPUs calm: polling again");
+                    p.resting.store(0, Ordering::Relaxed);
+                }
+            }
+        }
         let idle = now.saturating_sub(p.last.load(Ordering::Relaxed)) > nanos(WATCH_IDLE);
         drop(p);
+        let pause = match now < resting && pressure.is_some() {
+            true => CALM_SAMPLE.min(Duration::from_nanos(resting - now)),
+            false => WATCH,
+        };
         match idle {
             true => std::thread::park_timeout(WATCH_IDLE),
-            false => std::thread::sleep(WATCH),
+            false => std::thread::sleep(pause),
         }
     }
+}
+
+/// The machine's CPU pressure (`/proc/pressure/cpu`: how long some runnable thread
+/// waited for a CPU), sampled through a rest. The CPUs' idle time cannot tell: the
+/// mount's polling keeps them busy without making anyone wait, while two busy loops
+/// keep them as busy and make every woken thread wait.
+struct Pressure {
+    /// The rest (its end) the last sample was taken in, when, and the total it read.
+    sample: Option<(u64, Instant, u64)>,
+}
+
+impl Pressure {
+    const PATH: &'static str = "/proc/pressure/cpu";
+
+    /// A sampler, if this kernel reports CPU pressure.
+    fn open() -> Option<Self> {
+        read_pressure(Self::PATH).map(|_| Pressure { sample: None })
+    }
+
+    /// Whether the CPUs were calm since the last sample in the rest ending at `rest`.
+    fn calm(&mut self, rest: u64) -> bool {
+        read_pressure(Self::PATH).is_some_and(|total| self.calm_at(rest, Instant::now(), total))
+    }
+
+    /// Whether a thread waited for a CPU less than [`CALM`] of the time between the last
+    /// sample and this one (`total` at `now`); the first sample of a rest only starts
+    /// the measure, and one sooner than [`CALM_SAMPLE`] after it is not taken.
+    fn calm_at(&mut self, rest: u64, now: Instant, total: u64) -> bool {
+        match self.sample {
+            Some((in_rest, at, before)) if in_rest == rest => {
+                let elapsed = now.duration_since(at);
+                if elapsed < CALM_SAMPLE {
+                    return false;
+                }
+                self.sample = Some((rest, now, total));
+                let waited = Duration::from_micros(total.saturating_sub(before));
+                waited.as_secs_f64() < CALM * elapsed.as_secs_f64()
+            }
+            _ => {
+                self.sample = Some((rest, now, total));
+                false
+            }
+        }
+    }
+}
+
+/// The total microseconds some thread waited for a CPU, from a `/proc/pressure/cpu`
+/// file (its `some` line's `total=`).
+fn read_pressure(path: &str) -> Option<u64> {
+    parse_pressure(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_pressure(text: &str) -> Option<u64> {
+    let some = text.lines().find(|line| line.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|field| field.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -359,6 +439,44 @@ mod tests {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"request", addr).unwrap();
         until_raised_off_cpu("the watchdog never raised it");
+    }
+
+    #[test]
+    fn pressure_is_the_some_lines_total() {
+        let text = "some avg10=8.05 avg60=20.05 avg300=17.05 total=13575881479\n\
+                    full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_pressure(text), Some(13_575_881_479));
+        assert_eq!(parse_pressure("full avg10=0.00 total=5\n"), None);
+        assert_eq!(parse_pressure("some avg10=0.00 total=x\n"), None);
+    }
+
+    #[test]
+    fn a_rest_ends_only_after_a_calm_sample_of_that_rest() {
+        let mut pressure = Pressure { sample: None };
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let waited = |ms: u64| ms * 1000;
+        assert!(
+            !pressure.calm_at(7, at(0), waited(0)),
+            "the first sample only starts"
+        );
+        assert!(!pressure.calm_at(7, at(5), waited(0)), "too soon to tell");
+        assert!(
+            pressure.calm_at(7, at(20), waited(4)),
+            "4 ms of 20 waited: calm"
+        );
+        assert!(
+            !pressure.calm_at(7, at(40), waited(4 + 6)),
+            "6 ms of 20: busy"
+        );
+        assert!(
+            !pressure.calm_at(8, at(60), waited(10)),
+            "a new rest starts anew"
+        );
+        assert!(
+            pressure.calm_at(8, at(100), waited(10 + 9)),
+            "9 ms of 40: calm"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

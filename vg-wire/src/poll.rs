@@ -242,14 +242,18 @@ fn watch(poller: Weak<Poller>) {
         {
             p.rest(LONG_REST);
         }
-        let resting = p.resting.load(Ordering::Relaxed);
-        if now < resting {
-            if let Some(pressure) = pressure.as_mut() {
-                if pressure.calm(resting) {
-                    debug!("CPUs calm: polling again");
-                    p.resting.store(0, Ordering::Relaxed);
-                }
-            }
+        let mut resting = p.resting.load(Ordering::Relaxed);
+        // Not a rest begun meanwhile: that one is measured anew.
+        if now < resting
+            && pressure
+                .as_mut()
+                .is_some_and(|sampler| sampler.calm(resting))
+            && p.resting
+                .compare_exchange(resting, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            debug!("CPUs calm: polling again");
+            resting = 0;
         }
         let idle = now.saturating_sub(p.last.load(Ordering::Relaxed)) > nanos(WATCH_IDLE);
         drop(p);

@@ -257,13 +257,12 @@ fn watch(poller: Weak<Poller>) {
         }
         let idle = now.saturating_sub(p.last.load(Ordering::Relaxed)) > nanos(WATCH_IDLE);
         drop(p);
-        let pause = match now < resting && pressure.is_some() {
-            true => CALM_SAMPLE.min(Duration::from_nanos(resting - now)),
-            false => WATCH,
-        };
-        match idle {
-            true => std::thread::park_timeout(WATCH_IDLE),
-            false => std::thread::sleep(pause),
+        if idle {
+            std::thread::park_timeout(WATCH_IDLE);
+        } else if now < resting && pressure.is_some() {
+            std::thread::sleep(CALM_SAMPLE.min(Duration::from_nanos(resting - now)));
+        } else {
+            std::thread::sleep(WATCH);
         }
     }
 }
@@ -278,16 +277,14 @@ struct Pressure {
 }
 
 impl Pressure {
-    const PATH: &'static str = "/proc/pressure/cpu";
-
     /// A sampler, if this kernel reports CPU pressure.
     fn open() -> Option<Self> {
-        read_pressure(Self::PATH).map(|_| Pressure { sample: None })
+        read_pressure().map(|_| Pressure { sample: None })
     }
 
     /// Whether the CPUs were calm since the last sample in the rest ending at `rest`.
     fn calm(&mut self, rest: u64) -> bool {
-        read_pressure(Self::PATH).is_some_and(|total| self.calm_at(rest, Instant::now(), total))
+        read_pressure().is_some_and(|total| self.calm_at(rest, Instant::now(), total))
     }
 
     /// Whether a thread waited for a CPU less than [`CALM`] of the time between the last
@@ -312,12 +309,12 @@ impl Pressure {
     }
 }
 
-/// The total microseconds some thread waited for a CPU, from a `/proc/pressure/cpu`
-/// file (its `some` line's `total=`).
-fn read_pressure(path: &str) -> Option<u64> {
-    parse_pressure(&std::fs::read_to_string(path).ok()?)
+/// The total microseconds some thread waited for a CPU, from `/proc/pressure/cpu`.
+fn read_pressure() -> Option<u64> {
+    parse_pressure(&std::fs::read_to_string("/proc/pressure/cpu").ok()?)
 }
 
+/// The `total=` of a pressure file's `some` line.
 fn parse_pressure(text: &str) -> Option<u64> {
     let some = text.lines().find(|line| line.starts_with("some "))?;
     some.split_whitespace()

@@ -169,34 +169,71 @@ fn hidden_by_ranges(slices: &[Slice]) -> Vec<bool> {
     hidden
 }
 
-/// Most units [`hidden_by_units`] keeps a bit for (8 KiB of bits).
+/// Most units [`Units`] keeps a bit for (8 KiB of bits).
 const MAX_UNITS: u32 = 1 << 16;
 
-/// [`hidden_by_ranges`] with a bit per unit of the block, the largest power of two all
-/// offsets and lengths are multiples of (4 KiB for page-sized writes): a commit runs
-/// this over a block's hundreds of slices, where the ranges' searches and insertions
-/// were most of a nameserver's time applying an fsync'd 4 KiB write. `None` if that
-/// takes more than [`MAX_UNITS`] bits (byte-sized slices in a large block).
+/// A block seen in units: the largest power of two all offsets and lengths of its
+/// slices are multiples of (4 KiB for page-sized writes), one bit each. A commit looks
+/// at a block's hundreds of slices, where searching and inserting sorted ranges (or
+/// sorting them) was most of the work: applying an fsync'd 4 KiB write on the
+/// nameserver, and deciding on the mount whether to compact after it.
+struct Units {
+    shift: u32,
+    bits: Vec<u64>,
+}
+
+impl Units {
+    /// An empty grid for `slices`, or `None` if it takes more than [`MAX_UNITS`] bits
+    /// (byte-sized slices in a large block) or there is nothing to grid.
+    fn new(slices: &[Slice]) -> Option<Self> {
+        let shift = slices
+            .iter()
+            .map(|s| (s.at | s.len).trailing_zeros())
+            .min()?;
+        let mut end = 0;
+        for s in slices {
+            end = end.max(s.at.checked_add(s.len).filter(|_| s.len > 0)?);
+        }
+        if end >> shift > MAX_UNITS {
+            return None;
+        }
+        let bits = vec![0u64; (end >> shift).div_ceil(64) as usize];
+        Some(Self { shift, bits })
+    }
+
+    /// The words `slice` falls in, each with the mask of its bits there.
+    fn masks(&self, slice: &Slice) -> impl Iterator<Item = (usize, u64)> {
+        unit_masks(slice.at >> self.shift..(slice.at + slice.len) >> self.shift)
+    }
+
+    /// Whether every unit of `slice` is set.
+    fn covers(&self, slice: &Slice) -> bool {
+        self.masks(slice)
+            .all(|(w, mask)| self.bits[w] & mask == mask)
+    }
+
+    /// Sets the units of `slice`.
+    fn add(&mut self, slice: &Slice) {
+        for (w, mask) in self.masks(slice) {
+            self.bits[w] |= mask;
+        }
+    }
+
+    /// Bytes of the units set.
+    fn bytes(&self) -> u64 {
+        self.bits.iter().map(|w| w.count_ones() as u64).sum::<u64>() << self.shift
+    }
+}
+
+/// [`hidden_by_ranges`] on a [`Units`] grid, or `None` where there is none.
 fn hidden_by_units(slices: &[Slice]) -> Option<Vec<bool>> {
-    let shift = slices
-        .iter()
-        .map(|s| (s.at | s.len).trailing_zeros())
-        .min()?;
-    let mut end = 0;
-    for s in slices {
-        end = end.max(s.at.checked_add(s.len).filter(|_| s.len > 0)?);
-    }
-    if end >> shift > MAX_UNITS {
-        return None;
-    }
-    let mut seen = vec![0u64; (end >> shift).div_ceil(64) as usize];
+    let mut seen = Units::new(slices)?;
     let mut hidden = vec![false; slices.len()];
     for (i, s) in slices.iter().enumerate().rev() {
-        let units = s.at >> shift..(s.at + s.len) >> shift;
-        if unit_masks(units.clone()).all(|(w, mask)| seen[w] & mask == mask) {
+        if seen.covers(s) {
             hidden[i] = true;
         } else {
-            unit_masks(units).for_each(|(w, mask)| seen[w] |= mask);
+            seen.add(s);
         }
     }
     Some(hidden)
@@ -234,12 +271,23 @@ pub fn trim(slices: &mut Vec<Slice>, end: u32) -> Vec<Slice> {
 
 /// Bytes readers see (covered by some slice) and bytes the slices reference in total.
 pub fn usage(slices: &[Slice]) -> (u64, u64) {
-    let visible = merge(slices.iter().map(Slice::range).collect())
-        .iter()
-        .map(|r| (r.end - r.start) as u64)
-        .sum();
+    let visible = match Units::new(slices) {
+        Some(mut units) => {
+            slices.iter().for_each(|s| units.add(s));
+            units.bytes()
+        }
+        None => visible_by_ranges(slices),
+    };
     let referenced = slices.iter().map(|s| s.len as u64).sum();
     (visible, referenced)
+}
+
+/// Bytes `slices` cover, by sorting and merging their ranges.
+fn visible_by_ranges(slices: &[Slice]) -> u64 {
+    merge(slices.iter().map(Slice::range).collect())
+        .iter()
+        .map(|r| (r.end - r.start) as u64)
+        .sum()
 }
 
 /// A compaction of `list`: `read` is the list as the compactor read it and `merged`
@@ -495,9 +543,10 @@ mod tests {
         assert!(taken > 1000, "only {taken} compactions applied");
     }
 
-    /// Hidden slices found by units and by ranges agree, at every granularity.
+    /// Hidden slices and visible bytes found by units and by ranges agree, at every
+    /// granularity.
     #[test]
-    fn hidden_slices_by_units_are_those_by_ranges() {
+    fn hidden_slices_and_visible_bytes_by_units_are_those_by_ranges() {
         let mut next = numbers(0x51_7cc1_b727_220a);
         let mut by_units = 0;
         for round in 0..5000u32 {
@@ -512,6 +561,7 @@ mod tests {
                 assert_eq!(units, ranges, "{slices:?}");
                 by_units += 1;
             }
+            assert_eq!(usage(&slices).0, visible_by_ranges(&slices), "{slices:?}");
         }
         assert!(by_units > 4000, "only {by_units} lists went by units");
         // Byte-sized slices over a large block go by ranges.

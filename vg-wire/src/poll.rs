@@ -199,6 +199,11 @@ impl Poller {
                     set_policy(0, libc::SCHED_IDLE);
                 }
                 self.looked.store(now, Ordering::Relaxed);
+                // A thread woken on this CPU may find the poller picked ahead of it
+                // (nothing else eligible at that instant); a woken thread preempts a
+                // `SCHED_IDLE` one only at its wake-up, so without this it waited for
+                // the window to end (a create took as long as the window).
+                std::thread::yield_now();
                 // The runtime looks at its sockets, without waiting, before it polls
                 // this task again.
                 tokio::task::yield_now().await;

@@ -67,10 +67,13 @@ pub struct Config {
     /// Base of the group's timeouts: heartbeats at this period, elections after 3 to 6
     /// times it without one.
     pub heartbeat: Duration,
-    /// How long the runtime's thread polls for the next request after answering one,
-    /// at the lowest priority (see [`vg_wire::poll`]); zero by default here, as it
-    /// lowers the priority of the caller's thread, which a test may share.
+    /// How long the runtime's thread polls for the next request after answering one
+    /// (see [`vg_wire::poll`]); zero by default here, as it spins on the caller's
+    /// thread, which a test may share.
     pub poll: Duration,
+    /// Whether that polling runs at the lowest priority (`SCHED_IDLE`) rather than the
+    /// thread's own.
+    pub poll_idle: bool,
 }
 
 impl Config {
@@ -95,6 +98,7 @@ impl Config {
             join: false,
             heartbeat: Duration::from_millis(50),
             poll: Duration::ZERO,
+            poll_idle: false,
         }
     }
 }

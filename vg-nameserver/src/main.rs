@@ -60,11 +60,15 @@ struct Args {
     /// nameserver (`vgctl nameserver add ID [NAME@]HOST:PORT`).
     #[arg(long, env = "VG_JOIN", conflicts_with = "peers")]
     join: bool,
-    /// How long to poll for the next request after answering one, at the lowest CPU
-    /// priority, instead of sleeping (0: never): a request that finds the nameserver
+    /// How long to poll for the next request after answering one, yielding the CPU at
+    /// each turn, instead of sleeping (0: never): a request that finds the nameserver
     /// asleep waits for its CPU to wake, tens of µs on a virtual machine.
     #[arg(long, env = "VG_NS_POLL", default_value = "200us", value_parser = parse_duration)]
     poll: std::time::Duration,
+    /// Poll at the lowest CPU priority (`SCHED_IDLE`; needs `CAP_SYS_NICE` to take the
+    /// thread's priority back) instead of the thread's own.
+    #[arg(long, env = "VG_NS_POLL_IDLE")]
+    poll_idle: bool,
     #[command(flatten)]
     tls: vg_wire::cli::TlsArgs,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
@@ -108,6 +112,7 @@ async fn run() -> anyhow::Result<()> {
     config.boot_id_file = args.boot_id_file;
     config.metrics = args.metrics;
     config.poll = args.poll;
+    config.poll_idle = args.poll_idle;
     config.node_id = args.node_id;
     config.join = args.join;
     if let Some(peers) = args.peers {

@@ -1,16 +1,19 @@
 //! Polling between requests: once a server has started or ended a request, its runtime
-//! thread keeps looking at its sockets for a while instead of sleeping, at the lowest
-//! scheduling priority (`SCHED_IDLE`), and goes back to its own priority as soon as a
-//! request starts.
+//! thread keeps looking at its sockets for a while instead of sleeping, yielding its CPU
+//! to the kernel at each turn, at its own priority or, if asked, at the lowest
+//! (`SCHED_IDLE`, back to its own as soon as a request starts).
 //!
 //! On a virtual machine a request that finds the thread asleep waits for its CPU to be
 //! woken (the sender's inter-processor interrupt, the host scheduling the virtual CPU
 //! again): tens of microseconds, as much as the nameserver's whole work on a metadata
-//! change. A thread polling at `SCHED_IDLE` keeps its CPU awake, yet the scheduler
-//! treats that CPU as idle: a thread woken on the machine may be placed there and runs at
-//! once, ahead of the poller. Creates, renames and unlinks through the mount went 1.1 to
-//! 1.9 times as fast (BENCHMARKS.md, stop 43); polling at the normal priority gained
-//! less and took CPU from the mount and the storages.
+//! change. Creates, renames and unlinks through the mount went 1.1 to 1.9 times as fast
+//! (BENCHMARKS.md, stop 43). Polling at `SCHED_IDLE` was the default until stop 46: the
+//! scheduler treats a CPU running only such a thread as idle, so each wake-up of the
+//! mount's caller moved it onto the poller's CPU and the poller onto the one where the
+//! mount's thread polled for its answer, whose yields never let an idle-class thread
+//! run: after a pause, whole phases of creates ran at 200 to 340 µs each instead of 60
+//! to 100. At its own priority the poller's CPU is busy to the scheduler, the caller
+//! stays with the mount's thread, and a yield lets any thread waiting there run first.
 //!
 //! At `SCHED_IDLE` a thread gets almost no CPU while others want all of it: beside two
 //! busy loops a create waited half a second once. A request that finds the thread was
@@ -65,8 +68,10 @@ pub struct Poller {
     epoch: Instant,
     /// When the last request started or ended, in nanoseconds since `epoch`.
     last: AtomicU64,
-    /// Whether the thread runs at `SCHED_IDLE` now.
-    lowered: AtomicBool,
+    /// Whether it polls at `SCHED_IDLE` rather than at its own priority.
+    idle: bool,
+    /// Whether the thread polls now (at `SCHED_IDLE`, if `idle`).
+    polling: AtomicBool,
     /// When the thread was last seen running (a poll, a request's start or end), in
     /// nanoseconds since `epoch`.
     looked: AtomicU64,
@@ -94,13 +99,14 @@ impl Drop for Serving<'_> {
 
 impl Poller {
     /// A poller that polls for `window` after each request starts and ends (never if
-    /// zero).
-    pub fn new(window: Duration) -> Arc<Self> {
+    /// zero), at `SCHED_IDLE` if `idle`, else at the thread's own priority.
+    pub fn new(window: Duration, idle: bool) -> Arc<Self> {
         Arc::new(Poller {
             window,
+            idle,
             epoch: Instant::now(),
             last: AtomicU64::new(0),
-            lowered: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             looked: AtomicU64::new(0),
             resting: AtomicU64::new(0),
             tid: AtomicI32::new(0),
@@ -168,7 +174,7 @@ impl Poller {
         {
             return;
         }
-        if !may_raise() {
+        if self.idle && !may_raise() {
             info!("not polling between requests: a thread here cannot take back its priority");
             return;
         }
@@ -195,7 +201,7 @@ impl Poller {
                 {
                     break;
                 }
-                if !self.lowered.swap(true, Ordering::AcqRel) {
+                if !self.polling.swap(true, Ordering::AcqRel) && self.idle {
                     set_policy(0, libc::SCHED_IDLE);
                 }
                 self.looked.store(now, Ordering::Relaxed);
@@ -220,14 +226,14 @@ impl Poller {
         self.raise();
     }
 
-    /// Gives the polling thread its own priority back (from any thread); true if it was
-    /// lowered.
+    /// Ends the poll, giving the thread its own priority back if it polled at
+    /// `SCHED_IDLE` (from any thread); true if it was polling.
     fn raise(&self) -> bool {
-        let lowered = self.lowered.swap(false, Ordering::AcqRel);
-        if lowered {
+        let polling = self.polling.swap(false, Ordering::AcqRel);
+        if polling && self.idle {
             set_policy(self.tid.load(Ordering::Relaxed), libc::SCHED_OTHER);
         }
-        lowered
+        polling
     }
 }
 
@@ -241,7 +247,7 @@ fn watch(poller: Weak<Poller>) {
             return;
         };
         let now = p.now();
-        if p.lowered.load(Ordering::Acquire)
+        if p.polling.load(Ordering::Acquire)
             && now.saturating_sub(p.looked.load(Ordering::Relaxed)) > nanos(LONG_STARVED)
             && p.awaited()
         {
@@ -394,7 +400,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_starts_at_the_threads_priority_and_polling_lowers_it() {
-        let poller = Poller::new(Duration::from_secs(60));
+        let poller = Poller::new(Duration::from_secs(60), true);
         tokio::spawn(poller.clone().run());
         let serving = poller.serving();
         assert_eq!(policy(), libc::SCHED_OTHER);
@@ -405,8 +411,24 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn polls_at_the_threads_own_priority_unless_asked() {
+        let poller = Poller::new(Duration::from_secs(60), false);
+        tokio::spawn(poller.clone().run());
+        drop(poller.serving());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !poller.polling.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "never polled");
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            assert_eq!(policy(), libc::SCHED_OTHER, "lowered while polling");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_starved_poller_rests() {
-        let poller = Poller::new(Duration::from_secs(60));
+        let poller = Poller::new(Duration::from_secs(60), true);
         lowered(&poller).await;
         // Off the CPU for longer than a poll takes: the next request finds it starved.
         std::thread::sleep(Duration::from_millis(1));
@@ -416,7 +438,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn stops_polling_after_the_window() {
-        let poller = Poller::new(Duration::from_millis(20));
+        let poller = Poller::new(Duration::from_millis(20), true);
         let run = tokio::spawn(poller.clone().run());
         drop(poller.serving());
         until_policy(libc::SCHED_IDLE, "never lowered").await;
@@ -426,7 +448,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_watchdog_raises_a_starved_poller() {
-        let poller = Poller::new(Duration::from_secs(60));
+        let poller = Poller::new(Duration::from_secs(60), true);
         lowered(&poller).await;
         // Off the CPU without a request: only the watchdog can tell.
         until_raised_off_cpu("the watchdog never raised it");
@@ -435,7 +457,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_watchdog_leaves_a_starved_poller_alone_until_a_request_waits() {
-        let poller = Poller::new(Duration::from_secs(60));
+        let poller = Poller::new(Duration::from_secs(60), true);
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         poller.watch(socket);
@@ -487,7 +509,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn does_not_poll_on_a_multi_thread_runtime() {
-        let poller = Poller::new(Duration::from_secs(60));
+        let poller = Poller::new(Duration::from_secs(60), true);
         tokio::time::timeout(Duration::from_secs(10), poller.run())
             .await
             .expect("returns at once");

@@ -240,7 +240,7 @@ impl Service {
             stopped: Default::default(),
             locks_changed: Default::default(),
             requests: Default::default(),
-            poller: vg_wire::poll::Poller::new(config.poll),
+            poller: vg_wire::poll::Poller::new(config.poll, config.poll_idle),
             raced_written: Default::default(),
             raced_wanted: Default::default(),
             raced_settled: tokio::sync::watch::Sender::new(0),

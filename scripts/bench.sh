@@ -5,9 +5,10 @@
 #
 # Starts a local vg cluster (nameserver + 3 storages, R=2, 4 MiB blocks, release build)
 # mounted at a temporary directory, runs the shared workload (fsbench.sh from $BENCH_DIR,
-# default ../shared/bench) on it, then again on a cluster with --durability strict (every
-# reply after its sync: "vg-strict"), then on every MOUNTPOINT given, and with --moosefs
-# on MooseFS (master + 3 chunkservers, goal 2) started in the kit's network namespace.
+# default ../shared/bench) on it, then with --moosefs on MooseFS (master + 3
+# chunkservers, goal 2) started in the kit's network namespace, then on a cluster with
+# --durability strict (every reply after its sync: "vg-strict"), then on every
+# MOUNTPOINT given.
 # Needs root, fio and python3; --moosefs needs Debian's moosefs-* packages (installed
 # here if missing). Results: a TSV in $OUT (default /tmp/vg-bench.tsv) and a table.
 set -uo pipefail
@@ -44,6 +45,15 @@ scripts/up.sh -n 3 -c 20GiB -m "$work/vg" >"$work/up.log" 2>&1 || { cat "$work/u
 fuse_pid=$(awk '$1 == "vg-fuse" {print $2}' "$VG_HOME/pids")
 printf 'vg\tclient_peak_rss_MiB\t%s\tMiB\n' "$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$fuse_pid/status")" | tee -a "$out"
 scripts/down.sh >/dev/null 2>&1
+# MooseFS right after vg: this host's speed drifts over minutes, and vg against MooseFS
+# is the comparison that matters most.
+if [[ -n $moosefs ]]; then
+  "$bench/netns-up.sh"
+  ip netns exec vgbench-mfs env MFS_HOST=10.211.0.1 "$bench/moosefs-up.sh" /tmp/vgbench-mfsmnt >/dev/null
+  ip netns exec vgbench-mfs env OUT="$work/mfs.tsv" "$bench/run-anchors.sh" moosefs >/dev/null
+  grep -v '^==' "$work/mfs.tsv" | tee -a "$out"
+  ip netns exec vgbench-mfs "$bench/moosefs-down.sh" /tmp/vgbench-mfsmnt >/dev/null 2>&1
+fi
 VG_HOME=$work/strict VG_DURABILITY=strict scripts/up.sh -n 3 -c 20GiB -m "$work/vg-strict" >"$work/up.log" 2>&1 \
   || { cat "$work/up.log"; exit 1; }
 "$bench/fsbench.sh" "$work/vg-strict" vg-strict | tee -a "$out"
@@ -51,12 +61,6 @@ VG_HOME=$work/strict scripts/down.sh >/dev/null 2>&1
 for mnt in "$@"; do
   "$bench/fsbench.sh" "$mnt" "$(basename "$mnt")" | tee -a "$out"
 done
-if [[ -n $moosefs ]]; then
-  "$bench/netns-up.sh"
-  ip netns exec vgbench-mfs env MFS_HOST=10.211.0.1 "$bench/moosefs-up.sh" /tmp/vgbench-mfsmnt >/dev/null
-  ip netns exec vgbench-mfs env OUT="$work/mfs.tsv" "$bench/run-anchors.sh" moosefs >/dev/null
-  grep -v '^==' "$work/mfs.tsv" | tee -a "$out"
-fi
 
 echo "== table"
 python3 - "$out" <<'PY'

@@ -205,10 +205,11 @@ impl Poller {
                     set_policy(0, libc::SCHED_IDLE);
                 }
                 self.looked.store(now, Ordering::Relaxed);
-                // A thread woken on this CPU may find the poller picked ahead of it
-                // (nothing else eligible at that instant); a woken thread preempts a
-                // `SCHED_IDLE` one only at its wake-up, so without this it waited for
-                // the window to end (a create took as long as the window).
+                // Any thread waiting for this CPU runs first. At its own priority the
+                // poller would hold the CPU for its slice; at `SCHED_IDLE` too, once
+                // picked at an instant nothing else there was eligible, since a woken
+                // thread preempts an idle-class one only at its wake-up (a create took
+                // as long as the window).
                 std::thread::yield_now();
                 // The runtime looks at its sockets, without waiting, before it polls
                 // this task again.

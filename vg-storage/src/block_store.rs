@@ -129,6 +129,8 @@ pub struct Chunks {
 /// A read of part of a block, planned: [`BlockStore::plan_read`].
 pub struct ReadPlan {
     id: BlockId,
+    /// The copy it reads.
+    pub copy: CopyId,
     file: Arc<File>,
     /// Where the block's bytes start in `file`.
     base: u64,
@@ -366,14 +368,21 @@ impl Syncer {
     }
 }
 
+/// One stored copy of a block, told apart from the copies of the same block stored
+/// before or after it here: a read or scrub that found the bytes it read corrupt deletes
+/// that copy only, not a good one stored since under the same name (re-replicated
+/// after the corrupt one was found, or the same bytes written anew).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyId(u64);
+
 /// Where a block is in its life on this storage, with its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Held {
     /// Its files are being written; its space is taken. Listed, as the upload will
     /// report it once written.
-    Writing(u32),
+    Writing(u32, CopyId),
     /// Stored.
-    Stored(u32),
+    Stored(u32, CopyId),
     /// Its files are being removed. No longer listed; its space is freed once they are
     /// gone.
     Removing(u32),
@@ -383,7 +392,15 @@ impl Held {
     /// Its length, if it counts as held.
     fn listed(self) -> Option<u32> {
         match self {
-            Held::Writing(len) | Held::Stored(len) => Some(len),
+            Held::Writing(len, _) | Held::Stored(len, _) => Some(len),
+            Held::Removing(_) => None,
+        }
+    }
+
+    /// Which copy it is, if it counts as held.
+    fn copy(self) -> Option<CopyId> {
+        match self {
+            Held::Writing(_, copy) | Held::Stored(_, copy) => Some(copy),
             Held::Removing(_) => None,
         }
     }
@@ -399,6 +416,8 @@ pub struct BlockStore {
     /// until that is done.
     blocks: Mutex<HashMap<BlockId, Held>>,
     settled: Condvar,
+    /// The number of the next copy stored ([`CopyId`]).
+    copies: AtomicU64,
     tmp_seq: AtomicU64,
     volumes: Volumes,
     /// Blocks up to this size go to the volumes.
@@ -438,6 +457,7 @@ impl BlockStore {
             used: AtomicU64::new(0),
             blocks: Mutex::default(),
             settled: Condvar::new(),
+            copies: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
             volumes,
             small,
@@ -479,7 +499,7 @@ impl BlockStore {
         info!(root = %root.display(), blocks = sizes.len(), bad, "block store scanned");
         *store.lock() = sizes
             .into_iter()
-            .map(|(id, len)| (id, Held::Stored(len)))
+            .map(|(id, len)| (id, Held::Stored(len, store.new_copy())))
             .collect();
         Ok((store, bad))
     }
@@ -522,6 +542,15 @@ impl BlockStore {
         self.lock().get(id)?.listed()
     }
 
+    /// Which copy of block `id` is held here now, if any.
+    pub fn copy_of(&self, id: &BlockId) -> Option<CopyId> {
+        self.lock().get(id)?.copy()
+    }
+
+    fn new_copy(&self) -> CopyId {
+        CopyId(self.copies.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Stores a block after checking that its bytes match its name. Storing a block that
     /// is already present succeeds without writing.
     pub fn put(&self, id: &BlockId, data: &[u8]) -> Result<()> {
@@ -546,11 +575,11 @@ impl BlockStore {
     /// bytes arrived (`vg_wire::storage::ChunkCrcs`).
     pub fn put_received(&self, id: &BlockId, data: &[u8], crcs: &[u32], sync: bool) -> Result<()> {
         let len = data.len() as u32;
-        {
+        let copy = {
             let mut blocks = self.lock();
             // Another upload of this block may still be writing it: acknowledging now
             // would promise bytes not yet written (or never, if that write fails).
-            while let Some(Held::Writing(_) | Held::Removing(_)) = blocks.get(id) {
+            while let Some(Held::Writing(..) | Held::Removing(_)) = blocks.get(id) {
                 blocks = self.settled.wait(blocks).expect("blocks lock");
             }
             if blocks.contains_key(id) {
@@ -571,11 +600,13 @@ impl BlockStore {
             }
             // Reserve the space now so concurrent uploads cannot overshoot the capacity.
             self.used.fetch_add(len as u64, Ordering::Relaxed);
-            blocks.insert(*id, Held::Writing(len));
-        }
+            let copy = self.new_copy();
+            blocks.insert(*id, Held::Writing(len, copy));
+            copy
+        };
         let result = self.write_files(id, data, crcs, sync);
         let settled = match result {
-            Ok(()) => Some(Held::Stored(len)),
+            Ok(()) => Some(Held::Stored(len, copy)),
             Err(_) => {
                 self.used.fetch_sub(len as u64, Ordering::Relaxed);
                 None
@@ -656,7 +687,11 @@ impl BlockStore {
     /// Where a read of bytes `offset..offset+len` of a block (`len` 0: to the end) goes:
     /// the chunks it touches, and their checksums as stored at upload.
     pub fn plan_read(&self, id: &BlockId, offset: u32, len: u32) -> Result<ReadPlan> {
-        let size = self.len_of(id).ok_or(Error::NotFound { block: *id })?;
+        let (size, copy) = self
+            .lock()
+            .get(id)
+            .and_then(|held| held.listed().zip(held.copy()))
+            .ok_or(Error::NotFound { block: *id })?;
         if offset > size || (len > 0 && offset as u64 + len as u64 > size as u64) {
             return Err(Error::BadRange {
                 block: *id,
@@ -677,6 +712,7 @@ impl BlockStore {
             })?;
         Ok(ReadPlan {
             id: *id,
+            copy,
             file,
             base,
             direct,
@@ -825,14 +861,28 @@ impl BlockStore {
 
     /// Deletes a block; true if it was there (and not still being written).
     pub fn delete(&self, id: &BlockId) -> bool {
+        self.remove(id, None)
+    }
+
+    /// Deletes copy `copy` of a block, found corrupt; true if it was still the one held
+    /// (and not still being written).
+    pub fn delete_copy(&self, id: &BlockId, copy: CopyId) -> bool {
+        self.remove(id, Some(copy))
+    }
+
+    /// Deletes the block held as `id` (only if it is copy `copy`, with one).
+    fn remove(&self, id: &BlockId, copy: Option<CopyId>) -> bool {
         let len = {
             let mut blocks = self.lock();
             // Being written: nothing is stored to delete yet, and the upload will report
             // the block once it is. A put of the same block waits until the old files
             // are gone.
-            let Some(Held::Stored(len)) = blocks.get(id).copied() else {
+            let Some(Held::Stored(len, held)) = blocks.get(id).copied() else {
                 return false;
             };
+            if copy.is_some_and(|copy| copy != held) {
+                return false;
+            }
             blocks.insert(*id, Held::Removing(len));
             len
         };
@@ -1165,5 +1215,32 @@ mod tests {
             Err(Error::Corrupt { .. })
         ));
         assert!(!store.verify(&id));
+    }
+
+    #[test]
+    fn a_copy_found_corrupt_late_spares_the_copy_stored_since() {
+        for small in [0, SMALL_BLOCK] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = BlockStore::open_with(dir.path(), 1 << 30, small).unwrap();
+            let bytes = data(100_000);
+            let id = BlockId::of(&bytes);
+            store.put(&id, &bytes).unwrap();
+            // A slow reader plans its read of the first copy; another finds that copy
+            // corrupt, and the block is stored again (re-replicated) before the slow
+            // reader finds the same.
+            let slow = store.plan_read(&id, 0, 0).unwrap();
+            assert_eq!(store.copy_of(&id), Some(slow.copy));
+            assert!(store.delete_copy(&id, slow.copy));
+            store.put(&id, &bytes).unwrap();
+            let now = store.copy_of(&id).expect("stored again");
+            assert_ne!(now, slow.copy);
+            assert!(
+                !store.delete_copy(&id, slow.copy),
+                "the new copy is not the one found corrupt"
+            );
+            assert!(store.verify(&id));
+            assert!(store.delete_copy(&id, now));
+            assert_eq!(store.copy_of(&id), None);
+        }
     }
 }

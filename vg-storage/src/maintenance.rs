@@ -88,20 +88,21 @@ impl Storage {
                 let (checked, bad) = tokio::task::spawn_blocking(move || {
                     let (mut checked, mut bad) = (0u64, Vec::new());
                     for (id, len) in turn {
-                        if store.len_of(&id).is_none() {
-                            continue; // deleted since the list was taken
-                        }
+                        // None: deleted since the list was taken.
+                        let Some(copy) = store.copy_of(&id) else {
+                            continue;
+                        };
                         checked += u64::from(len);
-                        if !store.verify(&id) && store.len_of(&id).is_some() {
-                            bad.push(id);
+                        if !store.verify(&id) {
+                            bad.push((id, copy));
                         }
                     }
                     (checked, bad)
                 })
                 .await
                 .unwrap_or_default();
-                for id in bad {
-                    self.found_bad(id);
+                for (id, copy) in bad {
+                    self.found_bad(id, copy);
                 }
                 tokio::time::sleep(Duration::from_secs_f64(checked as f64 / rate as f64)).await;
             }

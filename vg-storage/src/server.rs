@@ -16,7 +16,7 @@ use vg_wire::rpc::{
 use vg_wire::storage::{Request, Response};
 use vg_wire::{codec, BlockId, Location, Role};
 
-use crate::block_store::BlockStore;
+use crate::block_store::{BlockStore, CopyId};
 use crate::error::Error;
 use vg_wire::disk::AlignedBuf;
 
@@ -360,30 +360,37 @@ impl Storage {
         false
     }
 
-    /// Notes a corrupt block: deleted here, reported so the cluster re-replicates it.
-    pub(crate) fn found_bad(&self, id: BlockId) {
-        if self.store.delete(&id) {
+    /// Notes a corrupt copy of a block: deleted here, reported so the cluster
+    /// re-replicates it. A copy stored since (the re-replicated one, while a slow read
+    /// or scrub still held the corrupt one) is not touched.
+    pub(crate) fn found_bad(&self, id: BlockId, copy: CopyId) {
+        if self.store.delete_copy(&id, copy) {
             warn!(block = %id, "corrupt block deleted; the nameserver will re-replicate it");
             self.changes.lock().expect("changes lock").bad.push(id);
         }
     }
 
-    /// [`Storage::found_bad`] when a read failed because the block is corrupt.
-    fn found_bad_if_corrupt(&self, id: BlockId, e: &Error) {
-        if matches!(e, Error::Corrupt { .. }) {
-            self.found_bad(id);
+    /// [`Storage::found_bad`] when a read of copy `copy` failed because it is corrupt.
+    fn found_bad_if_corrupt(&self, id: BlockId, copy: Option<CopyId>, e: &Error) {
+        if let (Error::Corrupt { .. }, Some(copy)) = (e, copy) {
+            self.found_bad(id, copy);
         }
     }
 
     async fn read(&self, id: BlockId, offset: u32, len: u32, send: &mut SendStream) {
         let store = self.store.clone();
         // Reads only the checksums: small.
-        let plan = match run_sized(0, move || store.plan_read(&id, offset, len)).await {
+        let plan = run_sized(0, move || {
+            // The copy the plan's failure is about, if it cannot say.
+            let copy = store.copy_of(&id);
+            store.plan_read(&id, offset, len).map_err(|e| (e, copy))
+        });
+        let plan = match plan.await {
             Ok(plan) => plan,
-            Err(e) => return self.refuse_read(id, e, send).await,
+            Err((e, copy)) => return self.refuse_read(id, copy, e, send).await,
         };
         if !plan.is_whole_chunks() || plan.chunks.len() <= STREAM_PIECE {
-            let store = self.store.clone();
+            let (store, copy) = (self.store.clone(), plan.copy);
             match run_sized(plan.chunks.len(), move || store.read_planned(plan)).await {
                 Ok(read) => {
                     let header = Ok::<_, RemoteError>(Response::Data {
@@ -395,7 +402,7 @@ impl Storage {
                     }
                     let _ = send.finish();
                 }
-                Err(e) => self.refuse_read(id, e, send).await,
+                Err(e) => self.refuse_read(id, Some(copy), e, send).await,
             }
             return;
         }
@@ -409,6 +416,7 @@ impl Storage {
         if codec::write_frame(send, &header).await.is_err() {
             return;
         }
+        let copy = plan.copy;
         let plan = Arc::new(plan);
         for start in plan.chunks.clone().step_by(STREAM_PIECE) {
             let piece = start..(start + STREAM_PIECE).min(plan.chunks.end);
@@ -423,7 +431,7 @@ impl Storage {
                 Err(e) => {
                     // The header went out already: cut the stream, so that the reader
                     // takes the block from another replica.
-                    self.found_bad_if_corrupt(id, &e);
+                    self.found_bad_if_corrupt(id, Some(copy), &e);
                     warn!(block = %id, error = %e, "read failed part way");
                     let _ = send.reset(1u32.into());
                     return;
@@ -433,9 +441,16 @@ impl Storage {
         let _ = send.finish();
     }
 
-    /// Answers a read that cannot be served; a corrupt block is deleted and reported.
-    async fn refuse_read(&self, id: BlockId, e: Error, send: &mut SendStream) {
-        self.found_bad_if_corrupt(id, &e);
+    /// Answers a read of copy `copy` that cannot be served; a corrupt copy is deleted
+    /// and reported.
+    async fn refuse_read(
+        &self,
+        id: BlockId,
+        copy: Option<CopyId>,
+        e: Error,
+        send: &mut SendStream,
+    ) {
+        self.found_bad_if_corrupt(id, copy, &e);
         debug!(block = %id, error = %e, "read refused");
         respond::<Response>(send, Err(e.to_remote())).await;
     }

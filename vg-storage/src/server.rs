@@ -136,12 +136,19 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Records a block stored. One deleted earlier in the same round is no longer
-    /// reported deleted: the nameserver, which may already count the new copy, must
-    /// not drop it.
+    /// Records a block stored. One deleted (or found corrupt) earlier in the same round
+    /// is no longer reported so: the nameserver, which may already count the new copy,
+    /// must not drop it.
     pub fn stored(&mut self, id: BlockId, len: u32) {
         self.removed.retain(|r| *r != id);
+        self.bad.retain(|r| *r != id);
         self.received.insert(id, len);
+    }
+
+    /// Records a copy found corrupt and deleted, and no longer reports it stored.
+    pub fn found_bad(&mut self, id: BlockId) {
+        self.received.remove(&id);
+        self.bad.push(id);
     }
 
     /// Records blocks deleted, and no longer reports them stored.
@@ -366,7 +373,7 @@ impl Storage {
     pub(crate) fn found_bad(&self, id: BlockId, copy: CopyId) {
         if self.store.delete_copy(&id, copy) {
             warn!(block = %id, "corrupt block deleted; the nameserver will re-replicate it");
-            self.changes.lock().expect("changes lock").bad.push(id);
+            self.changes.lock().expect("changes lock").found_bad(id);
         }
     }
 
@@ -602,5 +609,14 @@ mod tests {
         changes.deleted(vec![b]);
         assert_eq!(changes.received, HashMap::from([(a, 10)]));
         assert_eq!(changes.removed, vec![b]);
+        // Found corrupt, then stored again (re-replicated within the round): reported
+        // stored; stored, then found corrupt: reported bad only.
+        let (c, d) = (BlockId([3; 32]), BlockId([4; 32]));
+        changes.found_bad(c);
+        changes.stored(c, 30);
+        changes.stored(d, 40);
+        changes.found_bad(d);
+        assert_eq!(changes.received, HashMap::from([(a, 10), (c, 30)]));
+        assert_eq!(changes.bad, vec![d]);
     }
 }

@@ -1134,7 +1134,15 @@ impl Files {
                 self.plan(&state, offset, len, sequential)
             };
             for (id, locations) in plan.ahead {
-                if !self.cache.lock().expect("cache lock").contains(&id) {
+                // Each sequential read names the next blocks again: one task fetches
+                // each, the rest would only queue up behind it.
+                if !self.cache.lock().expect("cache lock").contains(&id)
+                    && !self
+                        .fetching
+                        .lock()
+                        .expect("fetching lock")
+                        .contains_key(&id)
+                {
                     let files = self.clone();
                     self.rt.spawn(async move {
                         let _ = files.whole_blob(id, &locations).await;

@@ -1079,7 +1079,14 @@ impl Files {
             })
             .await
             .clone();
-        self.fetching.lock().expect("fetching lock").remove(&id);
+        // Only this fetch's entry: a reader woken late must not drop the entry of a
+        // fetch of the same blob started since (evicted and wanted again), which the
+        // next reader would then fetch a second time.
+        let mut fetching = self.fetching.lock().expect("fetching lock");
+        if fetching.get(&id).is_some_and(|f| Arc::ptr_eq(f, &cell)) {
+            fetching.remove(&id);
+        }
+        drop(fetching);
         result.map_err(|reason| Error::Unreadable { block: id, reason })
     }
 

@@ -388,7 +388,7 @@ impl Storage {
         let store = self.store.clone();
         // Reads only the checksums: small.
         let plan = run_sized(0, move || {
-            // The copy the plan's failure is about, if it cannot say.
+            // The copy a failed plan was about: its errors do not say.
             let copy = store.copy_of(&id);
             store.plan_read(&id, offset, len).map_err(|e| (e, copy))
         });

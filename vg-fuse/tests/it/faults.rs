@@ -407,16 +407,29 @@ async fn a_corrupt_piece_cuts_a_streamed_read() {
     assert!(cluster.get(&client, "/big").await.unwrap() == data);
     // s0 deleted its copy and reported it; the nameserver has it copied back. Once
     // (a slow host, CI) a copy s0 verified was gone at the read right after: checked
-    // together, until s0 serves the block's bytes.
+    // together, until s0 serves the block's bytes. Each new outcome goes to the test's
+    // output, which a failure shows.
+    let seen = std::sync::Mutex::new(String::new());
     eventually("bad copy replaced", Duration::from_secs(30), || async {
-        client
-            .verify(&s0[0], vec![block])
-            .await
-            .is_ok_and(|v| v == [true])
-            && client
-                .read_block(block, &s0, 0, 0)
-                .await
-                .is_ok_and(|read| read == data[4 << 20..8 << 20])
+        let verified = client.verify(&s0[0], vec![block]).await;
+        let read = client.read_block(block, &s0, 0, 0).await;
+        let outcome = format!(
+            "verify {verified:?}, read {}",
+            match &read {
+                Ok(bytes) => format!(
+                    "{} bytes, right: {}",
+                    bytes.len(),
+                    bytes[..] == data[4 << 20..8 << 20]
+                ),
+                Err(e) => format!("failed: {e}"),
+            }
+        );
+        let mut last = seen.lock().unwrap();
+        if *last != outcome {
+            eprintln!("s0 now: {outcome}");
+            *last = outcome;
+        }
+        verified.is_ok_and(|v| v == [true]) && read.is_ok_and(|read| read == data[4 << 20..8 << 20])
     })
     .await;
 }

@@ -151,9 +151,9 @@ impl Poller {
         self.bell.notify_one();
     }
 
-    /// Notes that a request starts, which runs at the thread's own priority, until the
-    /// returned guard goes. Polling waits for it too (the answer of a change that waits
-    /// for the log's sync comes sooner), at the lowest priority.
+    /// Notes that a request starts; its start and the end of the returned guard each
+    /// open the polling window. The request runs at the thread's own priority (a poller
+    /// at `SCHED_IDLE` takes it back first), and a poller found starved rests.
     pub fn serving(&self) -> Serving<'_> {
         let since = self
             .now()

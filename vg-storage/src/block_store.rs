@@ -547,6 +547,14 @@ impl BlockStore {
         self.lock().get(id)?.copy()
     }
 
+    /// Which copy of block `id` is stored here now, if one is (not one being written).
+    pub fn stored_copy_of(&self, id: &BlockId) -> Option<CopyId> {
+        match self.lock().get(id)? {
+            Held::Stored(_, copy) => Some(*copy),
+            _ => None,
+        }
+    }
+
     fn new_copy(&self) -> CopyId {
         CopyId(self.copies.fetch_add(1, Ordering::Relaxed))
     }

@@ -47,6 +47,8 @@ pub struct Config {
     /// Bytes per second the background scrub checks: it competes with clients for the
     /// disk and the CPU, so it goes slowly.
     pub scrub_rate: u64,
+    /// How often a scrub pass over every block starts at most (`ZERO`: back to back).
+    pub scrub_every: Duration,
     /// When a block is acknowledged.
     pub durability: vg_wire::cli::Durability,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
@@ -78,6 +80,7 @@ impl Config {
             tls,
             heartbeat: Duration::from_secs(1),
             scrub_rate: 8 << 20,
+            scrub_every: Duration::from_secs(24 * 3600),
             durability: vg_wire::cli::Durability::Written,
         }
     }
@@ -180,7 +183,11 @@ pub async fn start(config: Config) -> Result<Handle> {
         tasks.push(serve_metrics(&storage, metrics).await?);
         info!(addr = %metrics, "metrics served at /metrics");
     }
-    tasks.push(tokio::spawn(storage.clone().scrub_loop(config.scrub_rate)));
+    tasks.push(tokio::spawn(
+        storage
+            .clone()
+            .scrub_loop(config.scrub_rate, config.scrub_every),
+    ));
     tasks.push(tokio::spawn(storage.clone().compact_loop(COMPACT_EVERY)));
     Ok(Handle {
         addr,

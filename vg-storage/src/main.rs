@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use vg_wire::size::parse_size;
+use vg_wire::size::{parse_duration, parse_size};
 
 /// A vg storage: keeps replicated blocks on local disk.
 #[derive(Parser, Debug)]
@@ -48,6 +48,10 @@ struct Args {
     /// Bytes per second the background scrub re-reads and re-hashes (e.g. 8MiB).
     #[arg(long, env = "VG_SCRUB_RATE", default_value = "8MiB", value_parser = parse_size)]
     scrub_rate: u64,
+    /// How often a scrub pass over every block starts at most (e.g. 24h; 0: one pass
+    /// after another).
+    #[arg(long, env = "VG_SCRUB_EVERY", default_value = "24h", value_parser = parse_duration)]
+    scrub_every: std::time::Duration,
     /// When a block is acknowledged: `written` (synced by a background thread at once;
     /// an fsync through the mount waits for it) or `strict` (every reply after its sync).
     #[arg(long, env = "VG_DURABILITY", default_value = "written")]
@@ -119,6 +123,7 @@ async fn run() -> anyhow::Result<()> {
     config.nameservers = nameservers;
     config.advertise = advertise;
     config.scrub_rate = args.scrub_rate.max(1);
+    config.scrub_every = args.scrub_every;
     config.durability = args.durability;
     config.metrics = args.metrics;
     let mut handle = vg_storage::start(config).await.context("start storage")?;

@@ -306,9 +306,7 @@ impl Storage {
                 }
                 Request::Verify { ids } => {
                     let last = at_end(recv).await;
-                    let store = self.store.clone();
-                    let answer =
-                        on_pool(move || ids.iter().map(|id| store.verify(id)).collect()).await;
+                    let answer = self.check(ids).await;
                     reply(send, Ok(Response::Verified(answer)), last).await;
                     ("ok", !last)
                 }

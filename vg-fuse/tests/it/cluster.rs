@@ -109,6 +109,8 @@ pub struct TestCluster {
     pub block_size: usize,
     /// Bytes per second each storage's scrub checks.
     pub scrub_rate: u64,
+    /// How often each storage's scrub passes start at most.
+    pub scrub_every: Duration,
     /// The members of a nameserver group the storages and clients use instead of
     /// `ns_addr`, if set.
     pub group: Vec<vg_wire::rpc::Target>,
@@ -130,7 +132,23 @@ impl TestCluster {
     pub async fn start_with(n: usize, capacity: u64, block_size: usize, scrub_rate: u64) -> Self {
         let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, &names, capacity, block_size, scrub_rate).await
+        Self::start_in(
+            dir,
+            &names,
+            capacity,
+            block_size,
+            (scrub_rate, Duration::ZERO),
+        )
+        .await
+    }
+
+    /// [`TestCluster::start_with`] whose scrub makes one pass, at the start, over
+    /// storages still empty: whatever finds a damaged copy later is not the scrub.
+    pub async fn start_unscrubbed(n: usize, capacity: u64, block_size: usize) -> Self {
+        let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let day = Duration::from_secs(86_400);
+        Self::start_in(dir, &names, capacity, block_size, (8 << 20, day)).await
     }
 
     /// A cluster on the metadata and storage directories of `fixture` (a `.tar.xz` of
@@ -149,7 +167,7 @@ impl TestCluster {
             .expect("run tar (xz-utils must be installed)");
         assert!(status.success(), "tar -xJf {} failed", archive.display());
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        Self::start_in(dir, &names, 1 << 30, block_size, 64 << 20).await
+        Self::start_in(dir, &names, 1 << 30, block_size, (64 << 20, Duration::ZERO)).await
     }
 
     async fn start_in(
@@ -157,7 +175,7 @@ impl TestCluster {
         names: &[String],
         capacity: u64,
         block_size: usize,
-        scrub_rate: u64,
+        (scrub_rate, scrub_every): (u64, Duration),
     ) -> Self {
         let ca = Ca::generate("test CA").expect("CA");
         let certs = dir.path().join("certs");
@@ -173,6 +191,7 @@ impl TestCluster {
             capacity,
             block_size,
             scrub_rate,
+            scrub_every,
             group: Vec::new(),
             ca,
         };
@@ -302,6 +321,7 @@ impl TestCluster {
         );
         config.heartbeat = Duration::from_millis(200);
         config.scrub_rate = self.scrub_rate;
+        config.scrub_every = self.scrub_every;
         if !self.group.is_empty() {
             config.nameservers = self.group.clone();
         }

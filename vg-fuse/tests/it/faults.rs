@@ -312,6 +312,19 @@ async fn torn_write_ahead_log_recovers_the_valid_prefix() {
     }
 }
 
+/// Inverts the byte at `at` of the file at `path`: bit rot, on a storage's disk.
+fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bit_rot_is_read_around_detected_and_repaired() {
     let cluster = TestCluster::start(3, 1 << 30).await;
@@ -325,16 +338,7 @@ async fn bit_rot_is_read_around_detected_and_repaired() {
     for (_, path, offset, len) in
         vg_storage::block_store::on_disk(&cluster.data_dir(victim)).unwrap()
     {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let at = offset + len as u64 / 2;
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, at).unwrap();
-        file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+        flip_byte(&path, offset + len as u64 / 2);
         flipped += 1;
     }
     assert!(flipped > 0, "{victim} held no block");
@@ -358,6 +362,48 @@ async fn bit_rot_is_read_around_detected_and_repaired() {
     })
     .await;
     assert!(cluster.get(&client, "/rotten").await.unwrap() == data);
+}
+
+/// `vgctl fsck` has every holder re-hash its copies (`Verify`): one found corrupt is
+/// deleted and made again then, not only once a reader or the next scrub pass (a day
+/// later by default) comes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_copy_a_check_finds_is_repaired() {
+    let cluster = TestCluster::start_unscrubbed(2, 1 << 30, BLOCK).await;
+    let client = cluster.client().await;
+    let data = bytes(3 * BLOCK, 31);
+    cluster.put(&client, "/checked", &data).await.unwrap();
+    cluster.wait_replicated(2).await;
+    let (id, path, offset, len) = vg_storage::block_store::on_disk(&cluster.data_dir("s0"))
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("s0 holds a block");
+    flip_byte(&path, offset + len as u64 / 2);
+    let s0 = client
+        .list_blocks()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.id == id)
+        .expect("the nameserver knows the block")
+        .locations
+        .into_iter()
+        .find(|l| l.name == "s0")
+        .expect("s0 holds it");
+    assert_eq!(client.verify(&s0, vec![id]).await.unwrap(), [false]);
+    eventually(
+        "the checked copy made again",
+        Duration::from_secs(30),
+        || async {
+            client
+                .verify(&s0, vec![id])
+                .await
+                .is_ok_and(|v| v == [true])
+        },
+    )
+    .await;
+    assert!(cluster.get(&client, "/checked").await.unwrap() == data);
 }
 
 /// A block larger than a storage's read piece goes out piece by piece, each checked as it
@@ -388,18 +434,7 @@ async fn a_corrupt_piece_cuts_a_streamed_read() {
         .into_iter()
         .find(|(id, ..)| *id == block)
         .expect("s0 holds block 1");
-    {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let at = offset + (3 << 20) + 5;
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, at).unwrap();
-        file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
-    }
+    flip_byte(&path, offset + (3 << 20) + 5);
     assert!(
         client.read_block(block, &s0, 0, 0).await.is_err(),
         "a corrupt copy must not be served"

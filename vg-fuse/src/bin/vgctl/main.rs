@@ -95,6 +95,7 @@ pub enum Command {
     /// Storages, under-replicated blocks, capacity.
     Status,
     /// Check that every referenced block has its replicas, intact; non-zero exit if not.
+    /// A storage deletes a copy the check finds corrupt, and the cluster makes it again.
     Fsck,
     /// Make the cluster CA and peer certificates.
     #[command(subcommand)]

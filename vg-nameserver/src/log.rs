@@ -83,6 +83,10 @@ const VOTE: &str = "vote";
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Largest record accepted on recovery; anything larger is a torn or corrupt tail.
 const MAX_RECORD: u32 = 64 << 20;
+/// Entries kept in memory as appended, the log's newest: openraft reads each entry back
+/// to apply it (and a leader to send it to followers) moments after it was appended, and
+/// reading it from the file cost a `pread` and a decode per change.
+const TAIL_ENTRIES: usize = 1024;
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
@@ -264,6 +268,9 @@ struct LogFile {
     can_allocate: bool,
     /// The entries after the last purged one, in index order.
     slots: VecDeque<Slot>,
+    /// The entries of the last `tail.len()` slots, as appended (at most
+    /// [`TAIL_ENTRIES`]; none recovered from the file).
+    tail: VecDeque<Entry>,
     /// The last entry purged (in the snapshot, and gone from the file or ignored).
     purged: Option<LogId>,
 }
@@ -294,7 +301,33 @@ impl LogFile {
         Ok(())
     }
 
-    /// The entry in `slot`.
+    /// The entry in the slot at `position` in `slots`: from the tail if it is there.
+    fn entry(&self, position: usize) -> std::io::Result<Entry> {
+        match position.checked_sub(self.slots.len() - self.tail.len()) {
+            Some(at) => Ok(self.tail[at].clone()),
+            None => self.read(&self.slots[position]),
+        }
+    }
+
+    /// Keeps `entries`, just appended, in the tail.
+    fn keep(&mut self, entries: Vec<Entry>) {
+        self.tail.extend(entries);
+        while self.tail.len() > TAIL_ENTRIES {
+            self.tail.pop_front();
+        }
+    }
+
+    /// Drops from the tail the entries whose slots are gone: cut from the end
+    /// (`truncate_from`) or purged from the front.
+    fn trim_tail(&mut self, cut_from_end: usize) {
+        let keep = self.tail.len().saturating_sub(cut_from_end);
+        self.tail.truncate(keep);
+        while self.tail.len() > self.slots.len() {
+            self.tail.pop_front();
+        }
+    }
+
+    /// The entry in `slot`, read from the file.
     fn read(&self, slot: &Slot) -> std::io::Result<Entry> {
         let mut buf = vec![0; 8 + slot.len as usize];
         self.file.read_exact_at(&mut buf, slot.offset)?;
@@ -1021,6 +1054,7 @@ fn recover(
         allocated: 0,
         can_allocate: true,
         slots,
+        tail: VecDeque::new(),
         purged: applied,
     };
     if marks.is_empty() || recovery.unmarked > 0 {
@@ -1353,11 +1387,9 @@ impl LogStore {
             Bound::Unbounded => first,
         };
         let skip = start.saturating_sub(first) as usize;
-        file.slots
-            .iter()
-            .skip(skip)
-            .take_while(|slot| range.contains(&slot.log_id.index))
-            .map(|slot| file.read(slot).map_err(io_err("read the log")))
+        (skip..file.slots.len())
+            .take_while(|&at| range.contains(&file.slots[at].log_id.index))
+            .map(|at| file.entry(at).map_err(io_err("read the log")))
             .collect()
     }
 
@@ -1367,7 +1399,7 @@ impl LogStore {
         let mut file = shared.lock_file();
         shared.check()?;
         let (mut buf, mut slots, mut needs) = (Vec::new(), Vec::new(), BTreeSet::new());
-        let mut raced = Vec::new();
+        let (mut raced, mut appended) = (Vec::new(), Vec::new());
         for entry in entries {
             if let EntryPayload::Normal(proposal) = &entry.payload {
                 needs.extend(proposal.needs.iter().cloned());
@@ -1376,13 +1408,19 @@ impl LogStore {
                 raced.push((entry.log_id.index, r));
             }
             let log_id = entry.log_id;
-            let record = frame_record(&Record::Entry(entry))?;
+            // The record owns the entry while it is framed; the tail keeps it after.
+            let record = Record::Entry(entry);
+            let framed = frame_record(&record)?;
+            let Record::Entry(entry) = record else {
+                unreachable!("an entry's record")
+            };
             slots.push(Slot {
                 log_id,
                 offset: file.end + buf.len() as u64,
-                len: record.len() as u32 - 8,
+                len: framed.len() as u32 - 8,
             });
-            buf.extend_from_slice(&record);
+            buf.extend_from_slice(&framed);
+            appended.push(entry);
         }
         let Some(last) = slots.last().map(|s| s.log_id) else {
             return Ok(shared.written.load(Ordering::Acquire));
@@ -1392,6 +1430,7 @@ impl LogStore {
             return Err(io_err("write the log")(e));
         }
         file.slots.extend(slots);
+        file.keep(appended);
         shared.needs.lock().expect("log lock").extend(needs);
         shared.raced.lock().expect("log lock").extend(raced);
         shared
@@ -1422,7 +1461,9 @@ impl LogStore {
             sectors.generation += 1;
             (sectors.copied, sectors.zeroed) = (offset, offset);
         }
+        let cut = file.slots.len() - at;
         file.slots.truncate(at);
+        file.trim_tail(cut);
         shared
             .raced
             .lock()
@@ -1443,6 +1484,7 @@ impl LogStore {
         while file.slots.front().is_some_and(|s| s.log_id <= log_id) {
             file.slots.pop_front();
         }
+        file.trim_tail(0);
         let from = file.slots.front().map_or(file.end, |s| s.offset);
         let mut kept = vec![0; (file.end - from) as usize];
         file.file
@@ -2021,6 +2063,47 @@ mod tests {
         again.append_entries([entry(4, &[])]).unwrap();
         let (same_boot, _, _) = open(dir.path(), [3; 16]);
         assert_eq!(indexes(&same_boot), [0, 1, 2, 3, 4]);
+    }
+
+    /// Each entry `entries` would answer with (from the tail or the file) against the
+    /// one in the file, by their bytes; returns how many the tail holds.
+    fn tail_agrees_with_the_file(log: &LogStore) -> usize {
+        let file = log.shared.lock_file();
+        assert!(file.tail.len() <= TAIL_ENTRIES.min(file.slots.len()));
+        for at in 0..file.slots.len() {
+            let answered = vg_wire::codec::to_bytes(&file.entry(at).unwrap()).unwrap();
+            let stored = vg_wire::codec::to_bytes(&file.read(&file.slots[at]).unwrap()).unwrap();
+            assert!(answered == stored, "entry {at} differs from the file's");
+        }
+        file.tail.len()
+    }
+
+    #[tokio::test]
+    async fn the_tail_in_memory_answers_as_the_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), BOOT);
+        let n = TAIL_ENTRIES as u64 + 10;
+        append_synced(&log, 0..n).await;
+        assert_eq!(tail_agrees_with_the_file(&log), TAIL_ENTRIES);
+        // A new leader's entries in place of the last five, then of all but three.
+        let blank = |term, index| Entry {
+            log_id: log_id(term, term, index),
+            payload: EntryPayload::Blank,
+        };
+        log.truncate_from(log_id(1, 1, n - 5)).unwrap();
+        log.append_entries((n - 5..n - 2).map(|i| blank(2, i)))
+            .unwrap();
+        assert_eq!(tail_agrees_with_the_file(&log), TAIL_ENTRIES - 2);
+        log.truncate_from(log_id(1, 1, 3)).unwrap();
+        assert_eq!(tail_agrees_with_the_file(&log), 0);
+        log.append_entries((3..6).map(|i| blank(3, i))).unwrap();
+        assert_eq!(tail_agrees_with_the_file(&log), 3);
+        assert_eq!(indexes(&log), [0, 1, 2, 3, 4, 5]);
+        // A purge drops the entries it covers from both.
+        write_snapshot(&log, Some(log_id(1, 1, 3)), &Namespace::default());
+        log.purge_upto(log_id(3, 3, 4)).unwrap();
+        assert_eq!(tail_agrees_with_the_file(&log), 1);
+        assert_eq!(indexes(&log), [5]);
     }
 
     #[tokio::test]

@@ -38,12 +38,17 @@ pub const MAX_SLICES: usize = 4096;
 
 /// A list this long is compacted, and so is one whose slices reference more than twice
 /// the bytes it shows. Rewriting a 4 MiB block costs 4 MiB on each of R storages, so it
-/// pays only once much has piled up: 1,024 slices of 4 KiB (a whole block's worth of
-/// hidden bytes) cost one byte of rewrite per byte written, per copy. Random 4 KiB
-/// fsync'd writes (fsbench phase g, one run each, same hour): 270 to 312 IOPS and 9.2
-/// to 9.5 bytes on disk per byte written at 512 slices and 1.5 times; 420 to 477 IOPS
-/// and 8.6 at these.
-pub const COMPACT_SLICES: usize = 1024;
+/// pays only once much has piled up. Above a block's 4 KiB pages (1,024 of a 4 MiB
+/// block): a block written a page at a time, as a database writes, keeps at most one
+/// slice per page (a page written again hides the slice before whole, which is dropped),
+/// and such a list is the block's pages as they are, read as they are; compacted at
+/// 1,024 slices it was rewritten once per 4 MiB of pages, a byte more per byte written
+/// and per copy, and the rewrite's reads and writes slowed the writes beside it. Only
+/// writes smaller than a page or across pages reach this. Random 4 KiB fsync'd writes
+/// (fsbench phase g, fresh clusters alternating): 1,108 and 1,110 IOPS at 6.8 and 6.9
+/// bytes on disk per byte written at 1,024; 1,518 and 1,553 at 5.0 at 1,536, and the
+/// file read cold after at 432 and 451 MB/s against 367 and 336.
+pub const COMPACT_SLICES: usize = 1536;
 
 /// At a file's last close a list this long is compacted.
 pub const CLOSE_SLICES: usize = 16;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # POSIX cases programs rely on, each with its expected result or errno, on real FUSE
 # mounts of a real loopback cluster: special files, names over 255 bytes, extended
-# attributes, POSIX ACLs, files unlinked while open (on this mount, from another one,
-# across a nameserver restart, and on a mount that dies), locks across mounts (flock,
+# attributes, POSIX ACLs, set-user-ID bits and capabilities taken by writes, files
+# unlinked while open (on this mount, from another one, across a nameserver restart, and
+# on a mount that dies), locks across mounts (flock,
 # fcntl ranges, waits woken at release or ended by a signal, deadlocks, a restart, a
 # dead or cut-off mount, sqlite on two mounts), instant copies. Prints PASS/FAIL per
 # case and ends with "N passed, N failed".
@@ -193,6 +194,31 @@ acls() {
     && rm -r "$mnt/acl" "$mnt/acl-rsync" "$work/acl-local"
 }
 check "POSIX ACLs: setfacl/getfacl, chmod, default ACLs and umask, cp -a, rsync -AX as on ext4; enforced for a user, also on another mount" acls
+
+# Set-user-ID bits and capabilities, which the mount takes away itself
+# (FUSE_HANDLE_KILLPRIV_V2): privs_steps DIR has a user write, append, truncate and a root
+# write and chown files with set-user-ID and set-group-ID bits or a capability, and prints
+# the modes and capabilities that result: on the mount what it prints on the local disk.
+privs_steps() {
+  local as="setpriv --reuid=4242 --regid=4242 --clear-groups"
+  cd "$1" && for f in w a t r c k kr kept; do echo data >$f; done \
+    && chmod 6777 w a t r c k kr && chmod 4757 w \
+    && for f in k kr kept; do setfattr -n security.capability -v "$caps" $f || return 1; done \
+    && $as sh -c 'echo more >w && echo more >>a && truncate -s 1 t && echo more >>k' \
+    && echo more >>r && echo more >>kr && chown 4242 c \
+    && stat -c '%n %a %s' w a t r c k kr && getfattr -m - -e hex -d k kr r kept
+}
+privs() {
+  # A capability (CAP_NET_BIND_SERVICE permitted, effective), as setcap writes it; the
+  # steps see it.
+  local caps=0x0100000200040000000000000000000000000000 local_out mount_out
+  chmod 755 "$work" && mkdir "$work/privs-local" "$mnt/privs" && chmod 777 "$work/privs-local" "$mnt/privs" \
+    || return 1
+  local_out=$(privs_steps "$work/privs-local") || { echo "the steps fail on the local disk"; return 1; }
+  mount_out=$(privs_steps "$mnt/privs") || { echo "the steps fail on the mount"; return 1; }
+  diff <(echo "$local_out") <(echo "$mount_out") && rm -r "$mnt/privs" "$work/privs-local"
+}
+check "set-user-ID bits and capabilities: taken by a user's write and truncate, a root's chown, kept on a root's write, as on ext4" privs
 
 # Open-but-unlinked files. scripts/hold.py writes a file, holds it open and, on "go",
 # checks that the descriptor still reads, writes, truncates and fstats (nlink 0).

@@ -36,6 +36,15 @@ use reply::{
 /// 0.16 does not name it; older kernels ignore it and send FLUSH as before).
 const FOPEN_NOFLUSH: u32 = 1 << 5;
 
+/// `FUSE_HANDLE_KILLPRIV_V2` (Linux 5.11; fuser 0.16 does not name it): the mount takes
+/// set-user-ID bits and capabilities away on write, truncate and chown, told so by the
+/// flags below, and the kernel stops asking for `security.capability` before each write.
+const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
+/// `FUSE_WRITE_KILL_SUIDGID` in `fuse_write_in.write_flags`.
+pub(crate) const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// `FATTR_KILL_SUIDGID` in `fuse_setattr_in.valid`.
+pub(crate) const FATTR_KILL_SUIDGID: u32 = 1 << 11;
+
 /// Size the kernel sees as the preferred I/O size (`st_blksize`): large, so that `cp` and
 /// friends move big chunks per call.
 const IO_SIZE: u32 = 1 << 20;
@@ -525,11 +534,19 @@ impl Ops {
         self.attr("getattr", async move { files.getattr(ino).await }, reply);
     }
 
-    pub(crate) fn setattr(&self, ino: u64, set: SetAttr, reply: ReplyAttr) {
-        let files = self.files.clone();
+    /// `kill`: the caller lacks `CAP_FSETID`, and a change of owner or size takes its
+    /// set-user-ID bits away (see [`Files::kill_privs`]).
+    pub(crate) fn setattr(&self, ino: u64, mut set: SetAttr, kill: bool, reply: ReplyAttr) {
+        let (files, xattrs) = (self.files.clone(), self.xattrs);
         self.attr(
             "setattr",
-            async move { files.setattr(ino, set).await },
+            async move {
+                // A chown or a change of size takes the file's capabilities, whoever asks.
+                if kill || set.uid.is_some() || set.gid.is_some() || set.size.is_some() {
+                    files.kill_privs(ino, &mut set, kill, xattrs).await?;
+                }
+                files.setattr(ino, set).await
+            },
             reply,
         );
     }
@@ -751,18 +768,33 @@ impl Ops {
         );
     }
 
-    pub(crate) fn write(&self, ino: u64, fh: u64, offset: i64, data: Vec<u8>, reply: ReplyWrite) {
+    /// `kill`: the caller lacks `CAP_FSETID`, and the write takes set-user-ID bits away
+    /// (see [`Files::kill_privs`]).
+    pub(crate) fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: Vec<u8>,
+        kill: bool,
+        reply: ReplyWrite,
+    ) {
         let append = self
             .handles
             .lock()
             .expect("handles lock")
             .get(&fh)
             .is_some_and(|h| h.append);
-        let files = self.files.clone();
+        let (files, xattrs) = (self.files.clone(), self.xattrs);
         let (len, counted) = (data.len() as u32, self.files.bytes_written.clone());
         self.spawn(
             "write",
             async move {
+                let mut set = SetAttr::default();
+                files.kill_privs(ino, &mut set, kill, xattrs).await?;
+                if set.perm.is_some() {
+                    files.setattr(ino, set).await?;
+                }
                 let offset = match append {
                     true => files.size(ino).await.unwrap_or(offset.max(0) as u64),
                     false => offset.max(0) as u64,
@@ -1195,6 +1227,10 @@ impl Filesystem for VgFs {
         let _ = config.set_max_background(64);
         // Ask for what helps and ignore what the kernel lacks.
         for cap in [
+            // Clearing set-user-ID bits on write, truncate and chown done here
+            // (`Files::kill_privs`): the kernel otherwise asks for `security.capability`
+            // before every write, a round trip each (5% of fsync'd 4 KiB writes).
+            HANDLE_KILLPRIV_V2,
             fuser::consts::FUSE_DO_READDIRPLUS,
             fuser::consts::FUSE_READDIRPLUS_AUTO,
             fuser::consts::FUSE_PARALLEL_DIROPS,
@@ -1260,7 +1296,7 @@ impl Filesystem for VgFs {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -1276,8 +1312,11 @@ impl Filesystem for VgFs {
         _flags: Option<u32>,
         reply: fuser::ReplyAttr,
     ) {
+        // fuser does not pass the kernel's FATTR_KILL_SUIDGID on: it is set for every
+        // chown, and for a truncate by a caller without CAP_FSETID (taken for not root).
+        let kill = uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0);
         let set = set_attr(mode, uid, gid, size, atime, mtime);
-        self.ops.setattr(ino, set, reply.into())
+        self.ops.setattr(ino, set, kill, reply.into())
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: fuser::ReplyData) {
@@ -1381,12 +1420,14 @@ impl Filesystem for VgFs {
         fh: u64,
         offset: i64,
         data: &[u8],
-        _wflags: u32,
+        wflags: u32,
         _flags: i32,
         _lock: Option<u64>,
         reply: fuser::ReplyWrite,
     ) {
-        self.ops.write(ino, fh, offset, data.to_vec(), reply.into())
+        let kill = wflags & WRITE_KILL_SUIDGID != 0;
+        self.ops
+            .write(ino, fh, offset, data.to_vec(), kill, reply.into())
     }
 
     fn fallocate(

@@ -56,8 +56,7 @@ struct Args {
     /// default, close waits until they are written by the nameserver and the storages).
     #[arg(long, env = "VG_SYNC_ON_CLOSE")]
     sync_on_close: bool,
-    /// Turn extended attributes off (ENOTSUP): every write then saves the kernel's
-    /// request for the file's `security.capability`, which FUSE cannot cache.
+    /// Turn extended attributes off (ENOTSUP).
     #[arg(long, env = "VG_NO_XATTRS")]
     no_xattrs: bool,
     /// Serve FUSE requests through `/dev/fuse` only, even where the kernel offers

@@ -38,6 +38,16 @@ use super::{stored, Cached, Client, Commit, Error, Result};
 /// meanwhile waits for its next close.
 pub const CLOSE_IDLE: Duration = Duration::from_secs(5);
 
+/// The attribute holding a file's capabilities, which a write takes away.
+const CAPABILITY: &[u8] = b"security.capability";
+
+/// Permission bits `perm` without what a write by a caller without `CAP_FSETID` takes
+/// away: set-user-ID, and set-group-ID where the group may execute.
+fn privs_killed(perm: u32) -> u32 {
+    let group_exec = perm & 0o2010 == 0o2010;
+    perm & !0o4000 & if group_exec { !0o2000 } else { !0 }
+}
+
 /// The error of a call on a file this client has not opened.
 fn not_open() -> Error {
     Error::Remote(vg_wire::RemoteError::new(
@@ -1716,6 +1726,47 @@ impl Files {
         Ok(len)
     }
 
+    /// Takes away what a write, truncate or chown takes on ext4, which the kernel leaves
+    /// to the mount (`FUSE_HANDLE_KILLPRIV_V2`): the file's `security.capability` (if
+    /// `xattrs`), and, where the caller lacks `CAP_FSETID` (`kill`, as the kernel says),
+    /// the set-user-ID bit and the set-group-ID bit of a file its group may execute. The
+    /// mode goes into `set` unless it sets one; the mode looked at is the one this client
+    /// knows, as the kernel looked at its own cached one before. A set-group-ID bit
+    /// without group execute (once mandatory locking's mark) is kept: the kernel takes it
+    /// from writers outside the file's group, which the mount cannot tell.
+    pub async fn kill_privs(
+        &self,
+        ino: Ino,
+        set: &mut SetAttr,
+        kill: bool,
+        xattrs: bool,
+    ) -> Result<()> {
+        if xattrs {
+            let xattrs = self.client.xattrs(ino).await?;
+            if xattrs.iter().any(|(name, _)| name == CAPABILITY) {
+                self.client.remove_xattr(ino, CAPABILITY).await?;
+            }
+        }
+        if !kill || set.perm.is_some() {
+            return Ok(());
+        }
+        let known = match self.get_open(ino) {
+            Some(file) => file.state.lock().await.attr.clone(),
+            None => self.client.cached_attr(ino).map(|(attr, _)| attr),
+        };
+        let attr = match known {
+            Some(mut attr) => {
+                self.overlay(&mut attr).await;
+                attr
+            }
+            None => self.getattr(ino).await?,
+        };
+        if attr.kind != vg_wire::FileKind::Dir {
+            set.perm = Some(privs_killed(attr.perm)).filter(|&perm| perm != attr.perm);
+        }
+        Ok(())
+    }
+
     /// Changes attributes; a size change first commits buffered writes, then truncates
     /// or extends on the nameserver, then reloads the layout. Other changes to a file
     /// with uncommitted data wait for its commit, which carries them.
@@ -1754,6 +1805,17 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_takes_set_user_id_and_executable_set_group_id() {
+        assert_eq!(privs_killed(0o6777), 0o0777);
+        assert_eq!(privs_killed(0o4755), 0o0755);
+        // Set-group-ID without group execute: mandatory locking's mark, kept.
+        assert_eq!(privs_killed(0o2745), 0o2745);
+        assert_eq!(privs_killed(0o2755), 0o0755);
+        assert_eq!(privs_killed(0o1777), 0o1777);
+        assert_eq!(privs_killed(0o0644), 0o0644);
+    }
 
     #[test]
     fn cut_on_block_boundaries() {

@@ -599,7 +599,8 @@ fn dispatch(ops: &Ops, queue: &Arc<Shared>, i: usize, entry: &mut Entry) -> bool
         let mut data = payload;
         data.truncate(u32_at(&a, 16) as usize);
         let reply = ReplyWrite::Ring(enc());
-        ops.write(node, u64_at(&a, 0), u64_at(&a, 8) as i64, data, reply);
+        let kill = u32_at(&a, 20) & super::WRITE_KILL_SUIDGID != 0;
+        ops.write(node, u64_at(&a, 0), u64_at(&a, 8) as i64, data, kill, reply);
         return false;
     }
     let mut names = names(&payload);
@@ -620,7 +621,12 @@ fn dispatch(ops: &Ops, queue: &Arc<Shared>, i: usize, entry: &mut Entry) -> bool
                 has(FATTR_MTIME)
                     .then(|| time(has(FATTR_MTIME_NOW), u64_at(&a, 40), u32_at(&a, 60))),
             );
-            ops.setattr(node, set, ReplyAttr::Ring(enc()))
+            ops.setattr(
+                node,
+                set,
+                has(super::FATTR_KILL_SUIDGID),
+                ReplyAttr::Ring(enc()),
+            )
         }
         READLINK => ops.readlink(node, ReplyData::Ring(enc())),
         SYMLINK => {

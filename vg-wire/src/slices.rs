@@ -39,7 +39,7 @@ pub const MAX_SLICES: usize = 4096;
 /// A list this long is compacted, and so is one whose slices reference more than twice
 /// the bytes it shows. Rewriting a 4 MiB block costs 4 MiB on each of R storages, so it
 /// pays only once much has piled up. Above a block's 4 KiB pages (1,024 of a 4 MiB
-/// block): a block written a page at a time, as a database writes, keeps at most one
+/// block, the default): a block written a page at a time, as a database writes, keeps at most one
 /// slice per page (a page written again hides the slice before whole, which is dropped),
 /// and such a list is the block's pages as they are, read as they are; compacted at
 /// 1,024 slices it was rewritten once per 4 MiB of pages, a byte more per byte written

@@ -1750,15 +1750,22 @@ impl Files {
         if !kill || set.perm.is_some() {
             return Ok(());
         }
+        // An open file's own view (newer attributes the entry cache holds, a chmod still
+        // deferred), under one lock; a file not open here has nothing of this client's
+        // to overlay.
         let known = match self.get_open(ino) {
-            Some(file) => file.state.lock().await.attr.clone(),
+            Some(file) => {
+                let state = file.state.lock().await;
+                state.attr.clone().map(|mut attr| {
+                    self.client.newest(&mut attr);
+                    state.overlay(&mut attr);
+                    attr
+                })
+            }
             None => self.client.cached_attr(ino).map(|(attr, _)| attr),
         };
         let attr = match known {
-            Some(mut attr) => {
-                self.overlay(&mut attr).await;
-                attr
-            }
+            Some(attr) => attr,
             None => self.getattr(ino).await?,
         };
         if attr.kind != vg_wire::FileKind::Dir {

@@ -25,7 +25,9 @@
 //! early once the CPUs are calm again ([`Pressure`]): one begun in a busy phase (an
 //! untar) covered the short metadata phases after it whole. Where the thread could not
 //! take its priority back (no `CAP_SYS_NICE`: a container's root, a user), it never
-//! lowers it.
+//! lowers it. A thread not seen polling because a task of its own held it (the
+//! nameserver's tick takes 1-2 ms each second) is not starved: its CPU time says it ran
+//! ([`Poller::was_busy`]).
 //!
 //! Only on a current-thread runtime: a scheduling policy is a thread's, and only there
 //! is the poller's thread the one that serves the requests.
@@ -75,6 +77,10 @@ pub struct Poller {
     /// When the thread was last seen running (a poll, a request's start or end), in
     /// nanoseconds since `epoch`.
     looked: AtomicU64,
+    /// When the watchdog last read the thread's CPU time (nanoseconds since `epoch`),
+    /// and that time, to tell a thread kept off its CPU from one busy with a long task.
+    sampled_at: AtomicU64,
+    sampled_cpu: AtomicU64,
     /// Until when it does not poll, in nanoseconds since `epoch`.
     resting: AtomicU64,
     /// The polling thread's id, for the watchdog.
@@ -108,6 +114,8 @@ impl Poller {
             last: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             looked: AtomicU64::new(0),
+            sampled_at: AtomicU64::new(0),
+            sampled_cpu: AtomicU64::new(0),
             resting: AtomicU64::new(0),
             tid: AtomicI32::new(0),
             bell: Notify::new(),
@@ -158,7 +166,7 @@ impl Poller {
         let since = self
             .now()
             .saturating_sub(self.looked.load(Ordering::Relaxed));
-        if self.raise() && since > nanos(STARVED) {
+        if self.raise() && since > nanos(STARVED) && !self.was_busy() {
             self.rest(REST);
         }
         self.touch();
@@ -219,6 +227,28 @@ impl Poller {
         }
     }
 
+    /// Notes the thread's CPU time now, for [`Poller::was_busy`].
+    fn sample(&self) {
+        if let Some(cpu) = thread_cpu(self.tid.load(Ordering::Relaxed)) {
+            self.sampled_cpu.store(cpu, Ordering::Relaxed);
+            self.sampled_at.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the thread ran for most of the time since the watchdog's last sample: it
+    /// was not seen polling because a task of its own held it (the nameserver's tick
+    /// takes 1-2 ms each second), not because other threads kept it off its CPU. Taken
+    /// for starved, the tick stopped its polling for 20 ms to a second every second or
+    /// two.
+    fn was_busy(&self) -> bool {
+        let at = self.sampled_at.load(Ordering::Relaxed);
+        let cpu = self.sampled_cpu.load(Ordering::Relaxed);
+        let Some(now_cpu) = thread_cpu(self.tid.load(Ordering::Relaxed)) else {
+            return false;
+        };
+        at != 0 && busy(self.now().saturating_sub(at), now_cpu.saturating_sub(cpu))
+    }
+
     /// The thread was kept off its CPU while polling: no polling for `rest`.
     fn rest(&self, rest: Duration) {
         debug!(?rest, "polling starved: resting");
@@ -248,11 +278,16 @@ fn watch(poller: Weak<Poller>) {
             return;
         };
         let now = p.now();
-        if p.polling.load(Ordering::Acquire)
+        let polling = p.polling.load(Ordering::Acquire);
+        if polling
             && now.saturating_sub(p.looked.load(Ordering::Relaxed)) > nanos(LONG_STARVED)
             && p.awaited()
+            && !p.was_busy()
         {
             p.rest(LONG_REST);
+        }
+        if polling {
+            p.sample();
         }
         let mut resting = p.resting.load(Ordering::Relaxed);
         // Not a rest begun meanwhile: that one is measured anew.
@@ -333,6 +368,31 @@ fn parse_pressure(text: &str) -> Option<u64> {
         .find_map(|field| field.strip_prefix("total="))?
         .parse()
         .ok()
+}
+
+/// Whether a thread that ran `cpu` nanoseconds in `wall` was busy rather than kept off
+/// its CPU: it ran at least half the time.
+fn busy(wall: u64, cpu: u64) -> bool {
+    wall > 0 && cpu.saturating_mul(2) >= wall
+}
+
+/// Nanoseconds thread `tid` of this process has run, if it still exists.
+fn thread_cpu(tid: libc::pid_t) -> Option<u64> {
+    if tid == 0 {
+        return None;
+    }
+    // A thread's CPU clock, as `pthread_getcpuclockid` makes it from the thread's id
+    // (the kernel's `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`).
+    let clock: libc::clockid_t = (!tid << 3) | 6;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec; a clock of a thread gone only fails the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -468,6 +528,62 @@ mod tests {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"request", addr).unwrap();
         until_raised_off_cpu("the watchdog never raised it");
+    }
+
+    /// Holds the thread on its CPU for `time` without yielding.
+    fn spin(time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_poller_busy_with_a_long_task_is_not_starved() {
+        let poller = Poller::new(Duration::from_secs(60), false);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        poller.watch(socket);
+        tokio::spawn(poller.clone().run());
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"request", addr).unwrap();
+        // On a loaded machine other threads may really keep this one off its CPU during a
+        // spin: one spin of several left alone is enough.
+        for _ in 0..5 {
+            drop(poller.serving());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !poller.polling.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "never polled");
+                tokio::task::yield_now().await;
+            }
+            // Polling while the watchdog samples the thread, then a task that holds it
+            // (the nameserver's tick) with a request waiting; then the request starts.
+            let until = Instant::now() + WATCH * 3;
+            while Instant::now() < until {
+                tokio::task::yield_now().await;
+            }
+            spin(LONG_STARVED * 20);
+            drop(poller.serving());
+            if poller.resting.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            poller.resting.store(0, Ordering::Relaxed);
+        }
+        panic!("a busy poller was taken for starved every time");
+    }
+
+    #[test]
+    fn busy_means_running_half_the_time_at_least() {
+        assert!(busy(1_000_000, 900_000));
+        assert!(busy(1_000_000, 500_000));
+        assert!(!busy(1_000_000, 400_000));
+        assert!(!busy(0, 0));
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        let before = thread_cpu(tid).expect("this thread's CPU clock");
+        spin(Duration::from_millis(5));
+        assert!(thread_cpu(tid).unwrap() > before, "spinning takes CPU time");
+        assert_eq!(thread_cpu(0), None);
     }
 
     #[test]

@@ -196,17 +196,20 @@ acls() {
 check "POSIX ACLs: setfacl/getfacl, chmod, default ACLs and umask, cp -a, rsync -AX as on ext4; enforced for a user, also on another mount" acls
 
 # Set-user-ID bits and capabilities, which the mount takes away itself
-# (FUSE_HANDLE_KILLPRIV_V2): privs_steps DIR has a user write, append, truncate and a root
+# (FUSE_HANDLE_KILLPRIV_V2): privs_steps DIR has a user write, append, truncate, allocate
+# and copy into (Debian's python3: a pyenv shim is not the user's to run), and a root
 # write and chown files with set-user-ID and set-group-ID bits or a capability, and prints
 # the modes and capabilities that result: on the mount what it prints on the local disk.
 privs_steps() {
   local as="setpriv --reuid=4242 --regid=4242 --clear-groups"
-  cd "$1" && for f in w a t r c k kr kept; do echo data >$f; done \
-    && chmod 6777 w a t r c k kr && chmod 4757 w \
-    && for f in k kr kept; do setfattr -n security.capability -v "$caps" $f || return 1; done \
+  cd "$1" && for f in w a t r c k kr kept f y; do echo data >$f; done \
+    && chmod 6777 w a t r c k kr f y && chmod 4757 w \
+    && for f in k kr kept f; do setfattr -n security.capability -v "$caps" $f || return 1; done \
     && $as sh -c 'echo more >w && echo more >>a && truncate -s 1 t && echo more >>k' \
+    && $as fallocate -l 8192 f \
+    && $as /usr/bin/python3 -c 'import os; os.copy_file_range(os.open("a", os.O_RDONLY), os.open("y", os.O_WRONLY), 4)' \
     && echo more >>r && echo more >>kr && chown 4242 c \
-    && stat -c '%n %a %s' w a t r c k kr && getfattr -m - -e hex -d k kr r kept
+    && stat -c '%n %a %s' w a t r c k kr f y && getfattr -m - -e hex -d k kr r kept f
 }
 privs() {
   # A capability (CAP_NET_BIND_SERVICE permitted, effective), as setcap writes it; the
@@ -218,7 +221,7 @@ privs() {
   mount_out=$(privs_steps "$mnt/privs") || { echo "the steps fail on the mount"; return 1; }
   diff <(echo "$local_out") <(echo "$mount_out") && rm -r "$mnt/privs" "$work/privs-local"
 }
-check "set-user-ID bits and capabilities: taken by a user's write and truncate, a root's chown, kept on a root's write, as on ext4" privs
+check "set-user-ID bits and capabilities: taken by a user's write, truncate, allocation and copy into the file, a root's chown, kept on a root's write, as on ext4" privs
 
 # Open-but-unlinked files. scripts/hold.py writes a file, holds it open and, on "go",
 # checks that the descriptor still reads, writes, truncates and fstats (nlink 0).

@@ -187,6 +187,17 @@ async fn overlaid(
     Ok(attr)
 }
 
+/// What a write into file `ino` takes away on ext4 (see [`Files::kill_privs`]): also an
+/// allocation and a copy into it.
+async fn take_privs(files: &Files, ino: u64, kill: bool, xattrs: bool) -> Result<(), Error> {
+    let mut set = SetAttr::default();
+    files.kill_privs(ino, &mut set, kill, xattrs).await?;
+    if set.perm.is_some() {
+        files.setattr(ino, set).await?;
+    }
+    Ok(())
+}
+
 /// The attribute change a `setattr` asks for (what it leaves out stays).
 fn set_attr(
     mode: Option<u32>,
@@ -790,11 +801,7 @@ impl Ops {
         self.spawn(
             "write",
             async move {
-                let mut set = SetAttr::default();
-                files.kill_privs(ino, &mut set, kill, xattrs).await?;
-                if set.perm.is_some() {
-                    files.setattr(ino, set).await?;
-                }
+                take_privs(&files, ino, kill, xattrs).await?;
                 let offset = match append {
                     true => files.size(ino).await.unwrap_or(offset.max(0) as u64),
                     false => offset.max(0) as u64,
@@ -811,12 +818,15 @@ impl Ops {
         );
     }
 
+    /// `kill`: as for a write (the kernel sends no flag with an allocation: the mount
+    /// takes a caller other than root for one without `CAP_FSETID`).
     pub(crate) fn fallocate(
         &self,
         ino: u64,
         offset: i64,
         length: i64,
         mode: i32,
+        kill: bool,
         reply: ReplyEmpty,
     ) {
         // Punching holes, zeroing and collapsing ranges are not supported.
@@ -827,10 +837,11 @@ impl Ops {
             return reply.error(errno::BAD_RANGE);
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let files = self.files.clone();
+        let (files, xattrs) = (self.files.clone(), self.xattrs);
         self.empty(
             "fallocate",
             async move {
+                take_privs(&files, ino, kill, xattrs).await?;
                 files
                     .fallocate(ino, offset as u64, length as u64, keep_size)
                     .await
@@ -839,6 +850,8 @@ impl Ops {
         );
     }
 
+    /// `kill`: as for [`Ops::fallocate`], for the file written.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy_file_range(
         &self,
         ino_in: u64,
@@ -846,6 +859,7 @@ impl Ops {
         ino_out: u64,
         offset_out: i64,
         len: u64,
+        kill: bool,
         reply: ReplyWrite,
     ) {
         if offset_in < 0 || offset_out < 0 {
@@ -853,10 +867,11 @@ impl Ops {
         }
         // The answer counts bytes in 32 bits; a caller asks again for the rest.
         let len = len.min(1 << 30);
-        let files = self.files.clone();
+        let (files, xattrs) = (self.files.clone(), self.xattrs);
         self.spawn(
             "copy_file_range",
             async move {
+                take_privs(&files, ino_out, kill, xattrs).await?;
                 files
                     .copy_range(ino_in, offset_in as u64, ino_out, offset_out as u64, len)
                     .await
@@ -1432,7 +1447,7 @@ impl Filesystem for VgFs {
 
     fn fallocate(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         offset: i64,
@@ -1440,12 +1455,14 @@ impl Filesystem for VgFs {
         mode: i32,
         reply: fuser::ReplyEmpty,
     ) {
-        self.ops.fallocate(ino, offset, length, mode, reply.into())
+        let kill = req.uid() != 0;
+        self.ops
+            .fallocate(ino, offset, length, mode, kill, reply.into())
     }
 
     fn copy_file_range(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino_in: u64,
         _fh_in: u64,
         offset_in: i64,
@@ -1456,8 +1473,16 @@ impl Filesystem for VgFs {
         _flags: u32,
         reply: fuser::ReplyWrite,
     ) {
-        self.ops
-            .copy_file_range(ino_in, offset_in, ino_out, offset_out, len, reply.into())
+        let kill = req.uid() != 0;
+        self.ops.copy_file_range(
+            ino_in,
+            offset_in,
+            ino_out,
+            offset_out,
+            len,
+            kill,
+            reply.into(),
+        )
     }
 
     fn flush(

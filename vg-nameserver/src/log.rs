@@ -2225,7 +2225,7 @@ mod tests {
     async fn appends_past_the_allocation_are_mapped_again_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _, _) = open(dir.path(), BOOT);
-        // Entries of ~60 KB, so that the log passes its first allocation.
+        // Entries of ~50 KB, until the log passes its first allocation.
         let big = |index: u64| Entry {
             log_id: log_id(1, 1, index),
             payload: EntryPayload::Normal(Proposal {
@@ -2241,9 +2241,14 @@ mod tests {
                 by: (1, index),
             }),
         };
-        let n = PREALLOCATE / 60_000 + 20;
-        for index in 0..n {
-            log.append_entries([big(index)]).unwrap();
+        let mut n = 0;
+        loop {
+            let end = log.shared.lock_file().end;
+            if end > PREALLOCATE + (1 << 20) {
+                break;
+            }
+            log.append_entries([big(n)]).unwrap();
+            n += 1;
         }
         {
             let file = log.shared.lock_file();

@@ -332,6 +332,8 @@ struct LogFile {
     /// `file`'s allocated space mapped, once a write needed it (see [`Mapped`]); dropped
     /// when the file is cut or replaced, as it then may reach past the file's end.
     mapped: Option<Mapped>,
+    /// Set once mapping failed: appends are written from then on.
+    unmappable: bool,
     /// End of the records.
     end: u64,
     /// Bytes allocated; 0 when the file system cannot allocate ahead (then writes just
@@ -363,13 +365,16 @@ impl LogFile {
                 }
             }
         }
-        if self.can_allocate && end <= self.allocated {
+        if self.can_allocate && !self.unmappable && end <= self.allocated {
             if self.mapped.as_ref().is_none_or(|m| (m.len as u64) < end) {
                 // Remapped each time the allocation grows: once per [`PREALLOCATE`].
                 self.mapped = None;
                 match Mapped::new(&self.file, self.allocated) {
                     Ok(mapped) => self.mapped = Some(mapped),
-                    Err(e) => warn!(error = %e, "cannot map the log; writing it"),
+                    Err(e) => {
+                        warn!(error = %e, "cannot map the log; writing it");
+                        self.unmappable = true;
+                    }
                 }
             }
             if self.mapped.as_mut().is_some_and(|m| m.write(buf, self.end)) {
@@ -1140,6 +1145,7 @@ fn recover(
     let mut log_file = LogFile {
         file,
         mapped: None,
+        unmappable: false,
         end,
         allocated: 0,
         can_allocate: true,

@@ -187,6 +187,12 @@ async fn overlaid(
     Ok(attr)
 }
 
+/// Whether a caller lacks `CAP_FSETID` where the kernel does not say (fuser's
+/// `/dev/fuse` path, an allocation, a copy into a file): any caller but root is taken to.
+fn lacks_fsetid(uid: u32) -> bool {
+    uid != 0
+}
+
 /// What a write into file `ino` takes away on ext4 (see [`Files::kill_privs`]): also an
 /// allocation and a copy into it.
 async fn take_privs(files: &Files, ino: u64, kill: bool, xattrs: bool) -> Result<(), Error> {
@@ -818,15 +824,15 @@ impl Ops {
         );
     }
 
-    /// `kill`: as for a write (the kernel sends no flag with an allocation: the mount
-    /// takes a caller other than root for one without `CAP_FSETID`).
+    /// `uid`: the caller's; the kernel sends no kill flag with an allocation (see
+    /// [`lacks_fsetid`]).
     pub(crate) fn fallocate(
         &self,
         ino: u64,
         offset: i64,
         length: i64,
         mode: i32,
-        kill: bool,
+        uid: u32,
         reply: ReplyEmpty,
     ) {
         // Punching holes, zeroing and collapsing ranges are not supported.
@@ -837,6 +843,7 @@ impl Ops {
             return reply.error(errno::BAD_RANGE);
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let kill = lacks_fsetid(uid);
         let (files, xattrs) = (self.files.clone(), self.xattrs);
         self.empty(
             "fallocate",
@@ -850,7 +857,7 @@ impl Ops {
         );
     }
 
-    /// `kill`: as for [`Ops::fallocate`], for the file written.
+    /// `uid`: as for [`Ops::fallocate`], for the file written.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy_file_range(
         &self,
@@ -859,7 +866,7 @@ impl Ops {
         ino_out: u64,
         offset_out: i64,
         len: u64,
-        kill: bool,
+        uid: u32,
         reply: ReplyWrite,
     ) {
         if offset_in < 0 || offset_out < 0 {
@@ -867,6 +874,7 @@ impl Ops {
         }
         // The answer counts bytes in 32 bits; a caller asks again for the rest.
         let len = len.min(1 << 30);
+        let kill = lacks_fsetid(uid);
         let (files, xattrs) = (self.files.clone(), self.xattrs);
         self.spawn(
             "copy_file_range",
@@ -1328,8 +1336,8 @@ impl Filesystem for VgFs {
         reply: fuser::ReplyAttr,
     ) {
         // fuser does not pass the kernel's FATTR_KILL_SUIDGID on: it is set for every
-        // chown, and for a truncate by a caller without CAP_FSETID (taken for not root).
-        let kill = uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0);
+        // chown, and for a truncate by a caller without CAP_FSETID (see `lacks_fsetid`).
+        let kill = uid.is_some() || gid.is_some() || (size.is_some() && lacks_fsetid(req.uid()));
         let set = set_attr(mode, uid, gid, size, atime, mtime);
         self.ops.setattr(ino, set, kill, reply.into())
     }
@@ -1455,9 +1463,8 @@ impl Filesystem for VgFs {
         mode: i32,
         reply: fuser::ReplyEmpty,
     ) {
-        let kill = req.uid() != 0;
         self.ops
-            .fallocate(ino, offset, length, mode, kill, reply.into())
+            .fallocate(ino, offset, length, mode, req.uid(), reply.into())
     }
 
     fn copy_file_range(
@@ -1473,14 +1480,13 @@ impl Filesystem for VgFs {
         _flags: u32,
         reply: fuser::ReplyWrite,
     ) {
-        let kill = req.uid() != 0;
         self.ops.copy_file_range(
             ino_in,
             offset_in,
             ino_out,
             offset_out,
             len,
-            kill,
+            req.uid(),
             reply.into(),
         )
     }

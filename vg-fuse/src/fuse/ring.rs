@@ -745,14 +745,12 @@ fn dispatch(ops: &Ops, queue: &Arc<Shared>, i: usize, entry: &mut Entry) -> bool
             u32_at(&a, 0) as i32,
             ReplyCreate::Ring(enc()),
         ),
-        // The kernel sends no kill flag with these: a caller other than root is taken for
-        // one without `CAP_FSETID`.
         FALLOCATE => ops.fallocate(
             node,
             u64_at(&a, 8) as i64,
             u64_at(&a, 16) as i64,
             u32_at(&a, 24) as i32,
-            who.uid != 0,
+            who.uid,
             ReplyEmpty::Ring(enc()),
         ),
         COPY_FILE_RANGE => ops.copy_file_range(
@@ -761,7 +759,7 @@ fn dispatch(ops: &Ops, queue: &Arc<Shared>, i: usize, entry: &mut Entry) -> bool
             u64_at(&a, 16),
             u64_at(&a, 32) as i64,
             u64_at(&a, 40),
-            who.uid != 0,
+            who.uid,
             ReplyWrite::Ring(enc()),
         ),
         // What fuser's defaults answer: not implemented (the kernel stops asking for

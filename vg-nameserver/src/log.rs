@@ -124,6 +124,11 @@ struct Sectors {
     /// Bumped by a truncation or a purge: a round that read the log before does not
     /// write what it read.
     generation: u64,
+    /// Syncs a round by a flush of the disk's cache alone, where the copy's `fdatasync`
+    /// would write its inode as well ([`vg_wire::disk::CacheFlush`]): the copy's bytes
+    /// below `zeroed` are in space whose extents are on disk (the file is synced when
+    /// created and after each write of zeros ahead), and rounds write only there.
+    flush: Option<Arc<vg_wire::disk::CacheFlush>>,
 }
 
 impl Sectors {
@@ -141,12 +146,17 @@ impl Sectors {
             return None;
         }
         let len = bytes.len() as u64;
+        let flush = path
+            .parent()
+            .and_then(vg_wire::disk::CacheFlush::for_dir)
+            .map(Arc::new);
         Some(Sectors {
             file: Arc::new(file),
             align,
             copied: len,
             zeroed: len.max(align),
             generation,
+            flush,
         })
     }
 
@@ -167,6 +177,9 @@ impl Sectors {
             let at = self.zeroed.max(stop).next_multiple_of(self.align);
             let zeros = vg_wire::disk::AlignedBuf::new(ZERO_AHEAD as usize);
             self.file.write_all_at(&zeros, at)?;
+            if self.flush.is_some() {
+                self.file.sync_data()?;
+            }
             self.zeroed = at + ZERO_AHEAD;
         }
         Ok(())
@@ -540,10 +553,15 @@ impl Shared {
             Some(sectors) if sectors.generation != generation => return Ok(false),
             Some(sectors) => {
                 sectors.write(log, end)?;
-                Some(sectors.file.clone())
+                Some((sectors.file.clone(), sectors.flush.clone()))
             }
         };
-        copy.as_deref().unwrap_or(log).sync_data()?;
+        match copy {
+            // Written directly: no page of the copy is left to write back.
+            Some((_, Some(flush))) => flush.flush()?,
+            Some((copy, None)) => copy.sync_data()?,
+            None => log.sync_data()?,
+        }
         Ok(true)
     }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tracing::{info, warn};
-use vg_wire::disk::{read_spare, sync_dir, AlignedBuf, DIRECT_ALIGN};
+use vg_wire::disk::{read_spare, sync_dir, AlignedBuf, CacheFlush, DIRECT_ALIGN};
 use vg_wire::storage::CHUNK;
 use vg_wire::{BlockId, Bytes};
 
@@ -290,7 +290,10 @@ struct Unsynced {
     /// number.
     written: u64,
     synced: u64,
+    /// Block files, synced with their directories.
     files: Vec<Arc<File>>,
+    /// Volume files (see [`Volumes::sync`]).
+    volumes: Vec<Arc<File>>,
     dirs: BTreeSet<PathBuf>,
     /// Why a sync failed: nothing written since can be promised durable.
     failed: Option<String>,
@@ -304,6 +307,8 @@ struct Syncer {
     state: Mutex<Unsynced>,
     /// Wakes the thread (something written) and the waiters (something synced).
     changed: Condvar,
+    /// Syncs volume files without their inodes, where the file system would write them.
+    flush: Option<Arc<CacheFlush>>,
 }
 
 impl Syncer {
@@ -311,18 +316,26 @@ impl Syncer {
         self.state.lock().expect("syncer lock")
     }
 
-    /// Notes a file (and a directory entry) to sync.
-    fn add(&self, file: Arc<File>, dir: Option<PathBuf>) {
+    /// Notes a new block file and its directory to sync.
+    fn add_file(&self, file: Arc<File>, dir: PathBuf) {
         let mut state = self.lock();
         state.written += 1;
         state.files.push(file);
-        state.dirs.extend(dir);
+        state.dirs.insert(dir);
+        self.changed.notify_all();
+    }
+
+    /// Notes a volume file to sync.
+    fn add_volume(&self, file: Arc<File>) {
+        let mut state = self.lock();
+        state.written += 1;
+        state.volumes.push(file);
         self.changed.notify_all();
     }
 
     fn run(&self) {
         loop {
-            let (target, files, dirs) = {
+            let (target, files, volumes, dirs) = {
                 let mut state = self.lock();
                 while state.written == state.synced && !state.closing {
                     state = self.changed.wait(state).expect("syncer lock");
@@ -331,13 +344,30 @@ impl Syncer {
                     return;
                 }
                 let files = std::mem::take(&mut state.files);
-                (state.written, files, std::mem::take(&mut state.dirs))
+                let volumes = std::mem::take(&mut state.volumes);
+                (
+                    state.written,
+                    files,
+                    volumes,
+                    std::mem::take(&mut state.dirs),
+                )
             };
             let mut seen = HashSet::new();
             let mut result = Ok(());
             for file in files.iter().filter(|f| seen.insert(Arc::as_ptr(f))) {
                 result = result.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
             }
+            let mut volumes = volumes.iter().filter(|f| seen.insert(Arc::as_ptr(f)));
+            result = result.and_then(|()| match &self.flush {
+                // One flush of the disk's cache for every volume written back.
+                Some(flush) => volumes
+                    .try_for_each(|file| flush.write_back(file))
+                    .and_then(|()| flush.flush())
+                    .map_err(|e| e.to_string()),
+                None => volumes
+                    .try_for_each(|file| file.sync_data())
+                    .map_err(|e| e.to_string()),
+            });
             for dir in &dirs {
                 result = result
                     .and_then(|()| sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display())));
@@ -459,9 +489,12 @@ impl BlockStore {
             settled: Condvar::new(),
             copies: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
-            volumes,
             small,
-            syncer: Arc::default(),
+            syncer: Arc::new(Syncer {
+                flush: volumes.cache_flush(),
+                ..Syncer::default()
+            }),
+            volumes,
         };
         // Blocks a previous process wrote may not be synced yet: make them durable
         // before this one promises that everything it acknowledged is.
@@ -642,7 +675,7 @@ impl BlockStore {
                 return self.volumes.put(id, data, &trailer);
             }
             let file = self.volumes.put_unsynced(id, data, &trailer)?;
-            self.syncer.add(file, None);
+            self.syncer.add_volume(file);
             return Ok(());
         }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -655,7 +688,7 @@ impl BlockStore {
         self.make_dir(dir)?;
         fs::rename(&tmp, &path).map_err(io_err(format!("rename into {}", dir.display())))?;
         if !sync {
-            self.syncer.add(Arc::new(file), Some(dir.to_path_buf()));
+            self.syncer.add_file(Arc::new(file), dir.to_path_buf());
             return Ok(());
         }
         // The rename is durable only once the directory is synced.

@@ -52,7 +52,7 @@ use vg_wire::storage::CHUNK;
 use vg_wire::BlockId;
 
 use crate::error::{io_err, Result};
-use vg_wire::disk::{allocate, sync_dir, AlignedBuf};
+use vg_wire::disk::{allocate, sync_dir, AlignedBuf, CacheFlush};
 
 /// Bytes of each volume file.
 pub const VOLUME_BYTES: u64 = 64 << 20;
@@ -412,6 +412,11 @@ struct State {
 pub struct Volumes {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Syncs records without the volume's inode, where that is written for nothing
+    /// (see [`CacheFlush`]). Every byte of a volume below its `zeroed` is in space whose
+    /// extents are on disk (the zeros ahead are synced as they are written), so a
+    /// record's sync needs no metadata of the file.
+    flush: Option<Arc<CacheFlush>>,
 }
 
 /// A block's bytes and checksums inside a volume: read `len` bytes at `offset`, then the
@@ -467,9 +472,14 @@ impl Volumes {
         };
         let blocks = state.index.iter().map(|(id, l)| (*id, l.len)).collect();
         info!(dir = %dir.display(), volumes = state.volumes.len(), spares = state.spares.len(), blocks = state.index.len(), "volumes scanned");
+        let flush = CacheFlush::for_dir(dir).map(Arc::new);
+        if flush.is_some() {
+            info!(dir = %dir.display(), "journal-less ext4: records are synced by a flush of the disk's cache, not the volume's inode");
+        }
         let volumes = Volumes {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
+            flush,
         };
         // Volumes from before the restart take no new records; recycle or drop the empty
         // ones.
@@ -539,7 +549,7 @@ impl Volumes {
 
     /// Gives a volume with no live records a new head, which turns the records it held
     /// into bytes the scan stops at, and syncs it; writes zeros over the part of it never
-    /// written if `whole`.
+    /// written if `whole`, and syncs them before the head that says so.
     fn renew(&self, volume: &mut Volume, whole: bool) -> std::io::Result<()> {
         if whole {
             let zeros = vec![0u8; ZERO_AHEAD as usize];
@@ -549,6 +559,7 @@ impl Volumes {
                 volume.file.write_all_at(&zeros[..len as usize], at)?;
                 at += len;
             }
+            volume.file.sync_data()?;
         }
         let head = Head::fresh(whole);
         let mut bytes = vec![0u8; HEAD as usize];
@@ -650,8 +661,8 @@ impl Volumes {
         if !sync {
             return Ok(Some(file));
         }
-        let synced = file
-            .sync_data()
+        let synced = self
+            .sync(&file)
             .map_err(io_err(format!("sync volume for block {id}")));
         if synced.is_err() {
             // Not durable, so not stored: forget the record (a later put writes another).
@@ -721,7 +732,11 @@ impl Volumes {
                 .file
                 .write_all_at(&zeros, volume.zeroed)
                 .map_err(write_err())?;
-            if volume.direct.is_some() {
+            if self.flush.is_some() {
+                // Records synced by a flush alone must lie in space whose extents are
+                // on disk already.
+                volume.file.sync_data().map_err(write_err())?;
+            } else if volume.direct.is_some() {
                 // Written back now, the zeros' pages are clean by the time direct writes
                 // reach them, which would otherwise write each back whole first.
                 start_writeback(&volume.file, volume.zeroed, to - volume.zeroed);
@@ -755,6 +770,20 @@ impl Volumes {
         }
         volume.end += bytes;
         Ok((number, offset, volume.file.clone()))
+    }
+
+    /// Makes the records written to volume file `file` durable (every one before the
+    /// last written, which are in offset order).
+    pub fn sync(&self, file: &File) -> std::io::Result<()> {
+        match &self.flush {
+            Some(flush) => flush.sync(file),
+            None => file.sync_data(),
+        }
+    }
+
+    /// The flush that syncs volume files where their own sync would write their inode.
+    pub fn cache_flush(&self) -> Option<Arc<CacheFlush>> {
+        self.flush.clone()
     }
 
     /// Where a block's bytes are.

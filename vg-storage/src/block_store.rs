@@ -32,6 +32,8 @@ use crate::volumes::Volumes;
 /// Blocks up to this size go to volume files. Larger ones are written with O_DIRECT to a
 /// file of their own, where the journal commits are few against the bytes.
 pub const SMALL_BLOCK: usize = 256 << 10;
+/// How long the volumes must be left alone before a new spare is written whole.
+pub const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Marks the end of a block file.
 const MAGIC: &[u8; 4] = b"vgb1";
@@ -892,12 +894,16 @@ impl BlockStore {
         sync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))
     }
 
-    /// Reclaims the space of deleted small blocks, and keeps a spare volume ready for
-    /// them (see [`Volumes::prepare_spares`]); returns how many volumes were compacted.
+    /// Reclaims the space of deleted small blocks; returns how many volumes were
+    /// compacted.
     pub fn compact(&self) -> Result<usize> {
-        let compacted = self.volumes.compact()?;
-        self.volumes.prepare_spares()?;
-        Ok(compacted)
+        self.volumes.compact()
+    }
+
+    /// Keeps a spare volume ready for small blocks, written while none has been written
+    /// for [`SPARE_IDLE`] (see [`Volumes::prepare_spares`]).
+    pub fn prepare_spares(&self) -> Result<usize> {
+        self.volumes.prepare_spares(SPARE_IDLE)
     }
 
     /// Deletes a block; true if it was there (and not still being written).

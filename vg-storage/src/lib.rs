@@ -188,7 +188,16 @@ pub async fn start(config: Config) -> Result<Handle> {
             .clone()
             .scrub_loop(config.scrub_rate, config.scrub_every),
     ));
-    tasks.push(tokio::spawn(storage.clone().compact_loop(COMPACT_EVERY)));
+    tasks.push(tokio::spawn(storage.clone().store_loop(
+        COMPACT_EVERY,
+        "compact volumes",
+        block_store::BlockStore::compact,
+    )));
+    tasks.push(tokio::spawn(storage.clone().store_loop(
+        block_store::SPARE_IDLE,
+        "write a spare volume",
+        block_store::BlockStore::prepare_spares,
+    )));
     Ok(Handle {
         addr,
         endpoint,

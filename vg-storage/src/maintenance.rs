@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use vg_wire::rpc::Target;
 use vg_wire::{BlockId, Location};
 
+use crate::block_store::BlockStore;
 use crate::server::Storage;
 
 /// Bytes the scrub checks in one turn (a block larger than this is a turn alone).
@@ -141,14 +142,21 @@ impl Storage {
         intact
     }
 
-    /// Reclaims the space of deleted small blocks and keeps a spare volume every `every`,
-    /// forever.
-    pub async fn compact_loop(self: Arc<Self>, every: Duration) {
+    /// Runs `work` on the store, off the request thread, every `every`, forever; warns
+    /// that it could not `what` when it fails. The volumes' compaction (every 30 s) and
+    /// their spares (looked at every second: the quiet spells between bursts of writes
+    /// are seconds long) run so.
+    pub async fn store_loop(
+        self: Arc<Self>,
+        every: Duration,
+        what: &'static str,
+        work: fn(&BlockStore) -> crate::Result<usize>,
+    ) {
         loop {
             tokio::time::sleep(every).await;
             let store = self.store.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.compact()).await {
-                warn!(error = %e, "volume compaction failed");
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || work(&store)).await {
+                warn!(error = %e, "cannot {what}");
             }
         }
     }

@@ -32,7 +32,8 @@ use crate::volumes::Volumes;
 /// Blocks up to this size go to volume files. Larger ones are written with O_DIRECT to a
 /// file of their own, where the journal commits are few against the bytes.
 pub const SMALL_BLOCK: usize = 256 << 10;
-/// How long the volumes must be left alone before a new spare is written whole.
+/// How long the volumes must be left alone before zeros are written ahead of need (the
+/// rest of the volume in use, a spare).
 pub const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Marks the end of a block file.
@@ -359,14 +360,20 @@ impl Syncer {
             for file in files.iter().filter(|f| seen.insert(Arc::as_ptr(f))) {
                 result = result.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
             }
-            let mut volumes = volumes.iter().filter(|f| seen.insert(Arc::as_ptr(f)));
+            let volumes: Vec<_> = volumes
+                .iter()
+                .filter(|f| seen.insert(Arc::as_ptr(f)))
+                .collect();
             result = result.and_then(|()| match &self.flush {
+                _ if volumes.is_empty() => Ok(()),
                 // One flush of the disk's cache for every volume written back.
                 Some(flush) => volumes
+                    .iter()
                     .try_for_each(|file| flush.write_back(file))
                     .and_then(|()| flush.flush())
                     .map_err(|e| e.to_string()),
                 None => volumes
+                    .iter()
                     .try_for_each(|file| file.sync_data())
                     .map_err(|e| e.to_string()),
             });
@@ -900,8 +907,8 @@ impl BlockStore {
         self.volumes.compact()
     }
 
-    /// Keeps a spare volume ready for small blocks, written while none has been written
-    /// for [`SPARE_IDLE`] (see [`Volumes::prepare_spares`]).
+    /// Keeps volume space zeroed ahead for small blocks, written while none has been
+    /// written for [`SPARE_IDLE`] (see [`Volumes::prepare_spares`]).
     pub fn prepare_spares(&self) -> Result<usize> {
         self.volumes.prepare_spares(SPARE_IDLE)
     }

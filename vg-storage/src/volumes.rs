@@ -407,7 +407,7 @@ struct State {
     /// Emptied volumes waiting for a new salt (and for readers still holding their file
     /// to let go of it) before they are spares.
     recycling: Vec<(u32, Volume)>,
-    /// When the last record was written: a new spare is written whole only once the
+    /// When the last record was written: zeros are written ahead of need only once the
     /// volumes have been left alone a while ([`Volumes::prepare_spares`]).
     last_write: std::time::Instant,
 }

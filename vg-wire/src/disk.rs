@@ -36,9 +36,10 @@ pub fn allocate(file: &File, size: u64) -> std::io::Result<()> {
 /// quarter of what the records themselves took). Where a file's size and extents are
 /// unchanged since its last `fdatasync` (its writes went into space written before),
 /// its bytes are durable once they are written back and the disk's cache is flushed;
-/// `fdatasync` of the file system's root directory is that flush (its inode shares a
-/// table block only with the file system's reserved inodes and first files, which
-/// nothing writes), and writes no inode of ours.
+/// `fdatasync` of the file system's root directory is that flush, and writes no inode
+/// of ours (the root's shares a table block only with the file system's reserved
+/// inodes and the first few files made on it, seldom written; were one written often,
+/// the flush would write that block as the file's own sync did, no more).
 pub struct CacheFlush {
     root: File,
 }

@@ -128,7 +128,7 @@ struct Sectors {
     /// would write its inode as well ([`vg_wire::disk::CacheFlush`]): the copy's bytes
     /// below `zeroed` are in space whose extents are on disk (the file is synced when
     /// created and after each write of zeros ahead), and rounds write only there.
-    flush: Option<Arc<vg_wire::disk::CacheFlush>>,
+    flush: Arc<vg_wire::disk::CacheFlush>,
 }
 
 impl Sectors {
@@ -146,10 +146,8 @@ impl Sectors {
             return None;
         }
         let len = bytes.len() as u64;
-        let flush = path
-            .parent()
-            .and_then(vg_wire::disk::CacheFlush::for_dir)
-            .map(Arc::new);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let flush = Arc::new(vg_wire::disk::CacheFlush::for_dir(dir));
         Some(Sectors {
             file: Arc::new(file),
             align,
@@ -177,7 +175,7 @@ impl Sectors {
             let at = self.zeroed.max(stop).next_multiple_of(self.align);
             let zeros = vg_wire::disk::AlignedBuf::new(ZERO_AHEAD as usize);
             self.file.write_all_at(&zeros, at)?;
-            if self.flush.is_some() {
+            if self.flush.flushes_alone() {
                 self.file.sync_data()?;
             }
             self.zeroed = at + ZERO_AHEAD;
@@ -557,9 +555,7 @@ impl Shared {
             }
         };
         match copy {
-            // Written directly: no page of the copy is left to write back.
-            Some((_, Some(flush))) => flush.flush()?,
-            Some((copy, None)) => copy.sync_data()?,
+            Some((copy, flush)) => flush.sync([&*copy])?,
             None => log.sync_data()?,
         }
         Ok(true)

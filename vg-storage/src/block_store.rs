@@ -310,8 +310,8 @@ struct Syncer {
     state: Mutex<Unsynced>,
     /// Wakes the thread (something written) and the waiters (something synced).
     changed: Condvar,
-    /// Syncs volume files without their inodes, where the file system would write them.
-    flush: Option<Arc<CacheFlush>>,
+    /// Syncs volume files (without their inodes, where the file system would write them).
+    flush: Arc<CacheFlush>,
 }
 
 impl Syncer {
@@ -360,23 +360,11 @@ impl Syncer {
             for file in files.iter().filter(|f| seen.insert(Arc::as_ptr(f))) {
                 result = result.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
             }
-            let volumes: Vec<_> = volumes
+            let volumes = volumes
                 .iter()
                 .filter(|f| seen.insert(Arc::as_ptr(f)))
-                .collect();
-            result = result.and_then(|()| match &self.flush {
-                _ if volumes.is_empty() => Ok(()),
-                // One flush of the disk's cache for every volume written back.
-                Some(flush) => volumes
-                    .iter()
-                    .try_for_each(|file| flush.write_back(file))
-                    .and_then(|()| flush.flush())
-                    .map_err(|e| e.to_string()),
-                None => volumes
-                    .iter()
-                    .try_for_each(|file| file.sync_data())
-                    .map_err(|e| e.to_string()),
-            });
+                .map(|f| &**f);
+            result = result.and_then(|()| self.flush.sync(volumes).map_err(|e| e.to_string()));
             for dir in &dirs {
                 result = result
                     .and_then(|()| sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display())));

@@ -420,7 +420,7 @@ pub struct Volumes {
     /// (see [`CacheFlush`]). Every byte of a volume below its `zeroed` is in space whose
     /// extents are on disk (the zeros ahead are synced as they are written), so a
     /// record's sync needs no metadata of the file.
-    flush: Option<Arc<CacheFlush>>,
+    flush: Arc<CacheFlush>,
 }
 
 /// A block's bytes and checksums inside a volume: read `len` bytes at `offset`, then the
@@ -477,8 +477,8 @@ impl Volumes {
         };
         let blocks = state.index.iter().map(|(id, l)| (*id, l.len)).collect();
         info!(dir = %dir.display(), volumes = state.volumes.len(), spares = state.spares.len(), blocks = state.index.len(), "volumes scanned");
-        let flush = CacheFlush::for_dir(dir).map(Arc::new);
-        if flush.is_some() {
+        let flush = Arc::new(CacheFlush::for_dir(dir));
+        if flush.flushes_alone() {
             info!(dir = %dir.display(), "journal-less ext4: records are synced by a flush of the disk's cache, not the volume's inode");
         }
         let volumes = Volumes {
@@ -777,14 +777,12 @@ impl Volumes {
     /// Makes the records written to volume file `file` durable (every one before the
     /// last written, which are in offset order).
     pub fn sync(&self, file: &File) -> std::io::Result<()> {
-        match &self.flush {
-            Some(flush) => flush.sync(file),
-            None => file.sync_data(),
-        }
+        self.flush.sync([file])
     }
 
-    /// The flush that syncs volume files where their own sync would write their inode.
-    pub fn cache_flush(&self) -> Option<Arc<CacheFlush>> {
+    /// What syncs volume files (several with one flush of the disk's cache, where that
+    /// stands in for their own syncs).
+    pub fn cache_flush(&self) -> Arc<CacheFlush> {
         self.flush.clone()
     }
 
@@ -792,7 +790,7 @@ impl Volumes {
     fn zero_ahead(&self, volume: &mut Volume, to: u64) -> std::io::Result<()> {
         let zeros = vec![0u8; (to - volume.zeroed) as usize];
         volume.file.write_all_at(&zeros, volume.zeroed)?;
-        if self.flush.is_some() {
+        if self.flush.flushes_alone() {
             // Records synced by a flush alone must lie in space whose extents are on
             // disk already.
             volume.file.sync_data()?;

@@ -26,8 +26,9 @@ pub fn allocate(file: &File, size: u64) -> std::io::Result<()> {
     }
 }
 
-/// Makes bytes written into a file's already written space durable without the
-/// file's inode, where the file system would write it for nothing.
+/// Makes bytes written into files' already written space durable: without their
+/// inodes where the file system would write them for nothing, by their own
+/// `fdatasync` elsewhere.
 ///
 /// On ext4 without a journal, `fdatasync` also writes the 4 KiB block of the inode table
 /// holding the file's inode whenever the inode changed, and a write changes its
@@ -40,19 +41,29 @@ pub fn allocate(file: &File, size: u64) -> std::io::Result<()> {
 /// of ours (the root's shares a table block only with the file system's reserved
 /// inodes and the first few files made on it, seldom written; were one written often,
 /// the flush would write that block as the file's own sync did, no more).
+#[derive(Default)]
 pub struct CacheFlush {
-    root: File,
+    /// The file system's root, where a flush of the disk's cache stands in for the
+    /// files' own syncs; `None` elsewhere (the default).
+    root: Option<File>,
 }
 
 /// Inode number of an ext4 file system's root directory.
 const EXT4_ROOT_INO: u64 = 2;
 
 impl CacheFlush {
-    /// The flush for the file system holding `dir`, where it is ext4 without a journal
-    /// and its root is reachable from `dir` (not a bind mount of a subdirectory); `None`
-    /// elsewhere, where a file's own `fdatasync` costs no inode for a time change (a
-    /// journal logs that) or where a clean inode's sync might not flush the disk.
-    pub fn for_dir(dir: &Path) -> Option<CacheFlush> {
+    /// The syncs for files under `dir`: by a flush where its file system is ext4 without
+    /// a journal and its root is reachable from `dir` (not a bind mount of a
+    /// subdirectory); by each file's `fdatasync` elsewhere, where that costs no inode for
+    /// a time change (a journal logs that) or where a clean inode's sync might not flush
+    /// the disk.
+    pub fn for_dir(dir: &Path) -> CacheFlush {
+        CacheFlush {
+            root: Self::root_of(dir),
+        }
+    }
+
+    fn root_of(dir: &Path) -> Option<File> {
         let dir = dir.canonicalize().ok()?;
         let dev = std::fs::metadata(&dir).ok()?.dev();
         let mut top = dir.as_path();
@@ -66,34 +77,43 @@ impl CacheFlush {
         if meta.ino() != EXT4_ROOT_INO || !journal_less_ext4(top, dev) {
             return None;
         }
-        Some(CacheFlush {
-            root: File::open(top).ok()?,
-        })
+        File::open(top).ok()
     }
 
-    /// Makes what was written into `file` durable, given that its size and extents have
-    /// not changed since its last `fdatasync`.
-    pub fn sync(&self, file: &File) -> std::io::Result<()> {
-        self.write_back(file)?;
-        self.flush()
+    /// Whether a flush of the disk's cache stands in for the files' own syncs: their
+    /// size and extents must then be on disk before data is written into them.
+    pub fn flushes_alone(&self) -> bool {
+        self.root.is_some()
     }
 
-    /// Writes back `file`'s dirty pages and waits for them (not its inode).
-    pub fn write_back(&self, file: &File) -> std::io::Result<()> {
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        // SAFETY: the descriptor is open for the duration of the call; no pointers are
-        // passed. Offset 0 and length 0 cover the whole file.
-        match unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
+    /// Makes what was written into `files` durable, given that their size and extents
+    /// have not changed since their last `fdatasync`: one flush for them all.
+    pub fn sync<'a>(&self, files: impl IntoIterator<Item = &'a File>) -> std::io::Result<()> {
+        let Some(root) = &self.root else {
+            return files.into_iter().try_for_each(File::sync_data);
+        };
+        let mut any = false;
+        for file in files {
+            write_back(file)?;
+            any = true;
+        }
+        match any {
+            true => root.sync_data(),
+            false => Ok(()),
         }
     }
+}
 
-    /// Flushes the disk's cache: every write that has completed is on disk.
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.root.sync_data()
+/// Writes back `file`'s dirty pages and waits for them (not its inode).
+fn write_back(file: &File) -> std::io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: the descriptor is open for the duration of the call; no pointers are
+    // passed. Offset 0 and length 0 cover the whole file.
+    match unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -272,19 +292,18 @@ mod tests {
     #[test]
     fn a_cache_flush_stands_in_only_on_journal_less_ext4() {
         // tmpfs: its files' own sync is free, and a flush of the root would not do.
-        assert!(CacheFlush::for_dir(Path::new("/dev/shm")).is_none());
+        assert!(!CacheFlush::for_dir(Path::new("/dev/shm")).flushes_alone());
         let dir = tempfile::tempdir().unwrap();
         let journal_less = journal_less_ext4(Path::new("/"), std::fs::metadata("/").unwrap().dev());
         let flush = CacheFlush::for_dir(dir.path());
         if std::fs::metadata("/").unwrap().dev() == std::fs::metadata(dir.path()).unwrap().dev() {
-            assert_eq!(flush.is_some(), journal_less);
+            assert_eq!(flush.flushes_alone(), journal_less);
         }
-        if let Some(flush) = flush {
-            let mut file = File::create(dir.path().join("f")).unwrap();
-            file.write_all(b"bytes").unwrap();
-            file.sync_data().unwrap();
-            file.write_all(b" more").unwrap();
-            flush.sync(&file).unwrap();
-        }
+        let mut file = File::create(dir.path().join("f")).unwrap();
+        file.write_all(b"bytes").unwrap();
+        file.sync_data().unwrap();
+        file.write_all(b" more").unwrap();
+        flush.sync([&file]).unwrap();
+        flush.sync([]).unwrap();
     }
 }
